@@ -1,0 +1,1 @@
+//! Pure planner (filled in by the rollout issue).

@@ -1,0 +1,210 @@
+//! baton's domain vocabulary: members, roles, health, reports.
+//!
+//! These are the types every other crate speaks after the wire edge. This crate
+//! owns their invariants (a [`MemberId`] is never empty, a [`Report`] always
+//! names its member) and does no IO; it must not depend on tonic, tokio or any
+//! generated code. Conversions from the wire live in `baton-proto`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The name of one cluster member, as the operator configured it (e.g. `n1`).
+///
+/// Non-empty, at most 128 bytes, and made only of `[A-Za-z0-9._-]`, so that it
+/// is safe in file names, metric labels and log lines.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MemberId(String);
+
+/// Why a string is not a valid [`MemberId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidMemberId {
+    #[error("member id is empty")]
+    Empty,
+    #[error("member id {0:?} is longer than 128 bytes")]
+    TooLong(String),
+    #[error("member id {0:?} has characters outside [A-Za-z0-9._-]")]
+    BadCharacters(String),
+}
+
+impl MemberId {
+    pub fn new(s: impl Into<String>) -> Result<Self, InvalidMemberId> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(InvalidMemberId::Empty);
+        }
+        if s.len() > 128 {
+            return Err(InvalidMemberId::TooLong(s));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(InvalidMemberId::BadCharacters(s));
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MemberId {
+    type Error = InvalidMemberId;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<MemberId> for String {
+    fn from(m: MemberId) -> Self {
+        m.0
+    }
+}
+
+impl fmt::Display for MemberId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for MemberId {
+    type Err = InvalidMemberId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// The part a member plays in its cluster, as its agent last saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Accepts writes; every other member replicates from it.
+    Leader,
+    /// Replicates from the leader and votes.
+    Follower,
+    /// Campaigning for leadership; there may be no leader right now.
+    Candidate,
+    /// Replicates but does not vote.
+    Learner,
+    /// The agent could not reach the member, so its role is unknown.
+    Unknown,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Unknown => "unknown",
+        })
+    }
+}
+
+/// Whether a member can serve, as its agent judged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Answers and serves.
+    Healthy,
+    /// Answers, but cannot serve right now (e.g. knows no leader).
+    Degraded,
+    /// Does not answer or is not running.
+    Down,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        })
+    }
+}
+
+/// Host resources next to the member, read by the agent through sysinfo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    /// Free bytes on the filesystem holding the member's data directory.
+    pub data_disk_free_bytes: u64,
+}
+
+/// What an agent says about its member at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub member: MemberId,
+    pub role: Role,
+    /// The leader this member believes in, if any.
+    pub leader: Option<MemberId>,
+    pub committed_revision: u64,
+    pub applied_revision: u64,
+    /// The release the member runs (e.g. `v2`); empty when unknown (member down).
+    pub release: String,
+    pub format_version: u32,
+    pub health: Health,
+    /// Why the member is not healthy; empty when it is.
+    pub health_detail: String,
+    pub resources: Resources,
+    /// The agent's wall clock when it read the member, unix milliseconds.
+    pub timestamp_unix_ms: u64,
+    /// Raft term (or epoch); 0 when the target has none.
+    pub term: u64,
+}
+
+impl Report {
+    /// The parts whose change makes an agent report at once instead of
+    /// waiting for the next heartbeat.
+    pub fn salient(&self) -> (Role, Option<&MemberId>, &str, u32, Health) {
+        (
+            self.role,
+            self.leader.as_ref(),
+            &self.release,
+            self.format_version,
+            self.health,
+        )
+    }
+}
+
+/// The first message an agent sends on its stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub member: MemberId,
+    pub cluster: String,
+    pub agent_version: String,
+    pub adapter_kind: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_are_validated() {
+        assert_eq!(MemberId::new(""), Err(InvalidMemberId::Empty));
+        assert!(matches!(
+            MemberId::new("n 1"),
+            Err(InvalidMemberId::BadCharacters(_))
+        ));
+        assert!(matches!(
+            MemberId::new("x".repeat(129)),
+            Err(InvalidMemberId::TooLong(_))
+        ));
+        assert_eq!(MemberId::new("etcd-1.a_b").map(|m| m.to_string()), Ok("etcd-1.a_b".into()));
+    }
+
+    #[test]
+    fn member_ids_deserialize_through_validation() {
+        let ok: Result<MemberId, _> = serde_json::from_str("\"n1\"");
+        assert!(ok.is_ok());
+        let bad: Result<MemberId, _> = serde_json::from_str("\"\"");
+        assert!(bad.is_err());
+    }
+}

@@ -1,0 +1,353 @@
+//! `TryFrom` conversions between `baton.v1` wire types and domain types.
+//!
+//! Inbound conversions validate and name what is wrong in a typed error; they
+//! never panic and never default a bad value silently. Outbound conversions
+//! (`From` domain → wire) are total.
+
+use baton_domain::{Health, Hello, InvalidMemberId, MemberId, Report, Resources, Role};
+
+use crate::v1;
+
+/// Why a `Hello` from the wire was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidHello {
+    #[error("hello has a bad member id: {0}")]
+    MemberId(#[from] InvalidMemberId),
+    #[error("hello from member {member} has an empty cluster id")]
+    EmptyCluster { member: MemberId },
+}
+
+/// Why a `Report` from the wire was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidReport {
+    #[error("report has a bad member id: {0}")]
+    MemberId(InvalidMemberId),
+    #[error("report from member {member} has a bad leader id: {source}")]
+    LeaderId {
+        member: MemberId,
+        source: InvalidMemberId,
+    },
+    #[error("report from member {member} has unknown role value {value}")]
+    UnknownRole { member: MemberId, value: i32 },
+    #[error("report from member {member} does not set its role")]
+    MissingRole { member: MemberId },
+    #[error("report from member {member} has unknown health value {value}")]
+    UnknownHealth { member: MemberId, value: i32 },
+    #[error("report from member {member} does not set its health")]
+    MissingHealth { member: MemberId },
+    #[error(
+        "report from member {member} says applied revision {applied} > committed revision {committed}"
+    )]
+    AppliedAheadOfCommitted {
+        member: MemberId,
+        applied: u64,
+        committed: u64,
+    },
+    #[error("report from member {member} has a non-finite or negative cpu figure {value}")]
+    BadCpu { member: MemberId, value: f32 },
+}
+
+impl TryFrom<v1::Hello> for Hello {
+    type Error = InvalidHello;
+
+    fn try_from(h: v1::Hello) -> Result<Self, Self::Error> {
+        let v1::Hello {
+            member_id,
+            cluster_id,
+            agent_version,
+            adapter_kind,
+        } = h;
+        let member = MemberId::new(member_id)?;
+        if cluster_id.is_empty() {
+            return Err(InvalidHello::EmptyCluster { member });
+        }
+        Ok(Hello {
+            member,
+            cluster: cluster_id,
+            agent_version,
+            adapter_kind,
+        })
+    }
+}
+
+impl From<Hello> for v1::Hello {
+    fn from(h: Hello) -> Self {
+        let Hello {
+            member,
+            cluster,
+            agent_version,
+            adapter_kind,
+        } = h;
+        v1::Hello {
+            member_id: member.into(),
+            cluster_id: cluster,
+            agent_version,
+            adapter_kind,
+        }
+    }
+}
+
+fn role_from_wire(member: &MemberId, value: i32) -> Result<Role, InvalidReport> {
+    match v1::Role::try_from(value) {
+        Ok(v1::Role::Leader) => Ok(Role::Leader),
+        Ok(v1::Role::Follower) => Ok(Role::Follower),
+        Ok(v1::Role::Candidate) => Ok(Role::Candidate),
+        Ok(v1::Role::Learner) => Ok(Role::Learner),
+        Ok(v1::Role::Unknown) => Ok(Role::Unknown),
+        Ok(v1::Role::Unspecified) => Err(InvalidReport::MissingRole {
+            member: member.clone(),
+        }),
+        Err(_) => Err(InvalidReport::UnknownRole {
+            member: member.clone(),
+            value,
+        }),
+    }
+}
+
+fn health_from_wire(member: &MemberId, value: i32) -> Result<Health, InvalidReport> {
+    match v1::Health::try_from(value) {
+        Ok(v1::Health::Healthy) => Ok(Health::Healthy),
+        Ok(v1::Health::Degraded) => Ok(Health::Degraded),
+        Ok(v1::Health::Down) => Ok(Health::Down),
+        Ok(v1::Health::Unspecified) => Err(InvalidReport::MissingHealth {
+            member: member.clone(),
+        }),
+        Err(_) => Err(InvalidReport::UnknownHealth {
+            member: member.clone(),
+            value,
+        }),
+    }
+}
+
+impl From<Role> for v1::Role {
+    fn from(r: Role) -> Self {
+        match r {
+            Role::Leader => v1::Role::Leader,
+            Role::Follower => v1::Role::Follower,
+            Role::Candidate => v1::Role::Candidate,
+            Role::Learner => v1::Role::Learner,
+            Role::Unknown => v1::Role::Unknown,
+        }
+    }
+}
+
+impl From<Health> for v1::Health {
+    fn from(h: Health) -> Self {
+        match h {
+            Health::Healthy => v1::Health::Healthy,
+            Health::Degraded => v1::Health::Degraded,
+            Health::Down => v1::Health::Down,
+        }
+    }
+}
+
+impl TryFrom<v1::Report> for Report {
+    type Error = InvalidReport;
+
+    fn try_from(r: v1::Report) -> Result<Self, Self::Error> {
+        let v1::Report {
+            member_id,
+            role,
+            leader_id,
+            committed_revision,
+            applied_revision,
+            release_version,
+            format_version,
+            health,
+            health_detail,
+            resources,
+            timestamp_unix_ms,
+            term,
+        } = r;
+        let member = MemberId::new(member_id).map_err(InvalidReport::MemberId)?;
+        let role = role_from_wire(&member, role)?;
+        let health = health_from_wire(&member, health)?;
+        let leader = if leader_id.is_empty() {
+            None
+        } else {
+            Some(
+                MemberId::new(leader_id).map_err(|source| InvalidReport::LeaderId {
+                    member: member.clone(),
+                    source,
+                })?,
+            )
+        };
+        if applied_revision > committed_revision {
+            return Err(InvalidReport::AppliedAheadOfCommitted {
+                member,
+                applied: applied_revision,
+                committed: committed_revision,
+            });
+        }
+        let resources = match resources {
+            None => Resources::default(),
+            Some(v1::Resources {
+                cpu_percent,
+                memory_used_bytes,
+                memory_total_bytes,
+                data_disk_free_bytes,
+            }) => {
+                if !cpu_percent.is_finite() || cpu_percent < 0.0 {
+                    return Err(InvalidReport::BadCpu {
+                        member,
+                        value: cpu_percent,
+                    });
+                }
+                Resources {
+                    cpu_percent,
+                    memory_used_bytes,
+                    memory_total_bytes,
+                    data_disk_free_bytes,
+                }
+            }
+        };
+        Ok(Report {
+            member,
+            role,
+            leader,
+            committed_revision,
+            applied_revision,
+            release: release_version,
+            format_version,
+            health,
+            health_detail,
+            resources,
+            timestamp_unix_ms,
+            term,
+        })
+    }
+}
+
+impl From<Report> for v1::Report {
+    fn from(r: Report) -> Self {
+        let Report {
+            member,
+            role,
+            leader,
+            committed_revision,
+            applied_revision,
+            release,
+            format_version,
+            health,
+            health_detail,
+            resources,
+            timestamp_unix_ms,
+            term,
+        } = r;
+        let Resources {
+            cpu_percent,
+            memory_used_bytes,
+            memory_total_bytes,
+            data_disk_free_bytes,
+        } = resources;
+        v1::Report {
+            member_id: member.into(),
+            role: v1::Role::from(role) as i32,
+            leader_id: leader.map(String::from).unwrap_or_default(),
+            committed_revision,
+            applied_revision,
+            release_version: release,
+            format_version,
+            health: v1::Health::from(health) as i32,
+            health_detail,
+            resources: Some(v1::Resources {
+                cpu_percent,
+                memory_used_bytes,
+                memory_total_bytes,
+                data_disk_free_bytes,
+            }),
+            timestamp_unix_ms,
+            term,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> v1::Report {
+        v1::Report {
+            member_id: "n1".into(),
+            role: v1::Role::Follower as i32,
+            leader_id: "n2".into(),
+            committed_revision: 10,
+            applied_revision: 9,
+            release_version: "v1".into(),
+            format_version: 1,
+            health: v1::Health::Healthy as i32,
+            health_detail: String::new(),
+            resources: None,
+            timestamp_unix_ms: 1,
+            term: 3,
+        }
+    }
+
+    #[test]
+    fn a_good_report_round_trips() {
+        let domain = Report::try_from(good()).unwrap();
+        assert_eq!(domain.role, Role::Follower);
+        assert_eq!(domain.leader.as_ref().map(|m| m.as_str()), Some("n2"));
+        let back = v1::Report::from(domain.clone());
+        assert_eq!(Report::try_from(back).unwrap(), domain);
+    }
+
+    #[test]
+    fn bad_reports_name_what_is_wrong() {
+        let cases: Vec<(v1::Report, &str)> = vec![
+            (
+                v1::Report { role: 99, ..good() },
+                "report from member n1 has unknown role value 99",
+            ),
+            (
+                v1::Report { role: 0, ..good() },
+                "report from member n1 does not set its role",
+            ),
+            (
+                v1::Report {
+                    member_id: String::new(),
+                    ..good()
+                },
+                "report has a bad member id: member id is empty",
+            ),
+            (
+                v1::Report {
+                    health: 42,
+                    ..good()
+                },
+                "report from member n1 has unknown health value 42",
+            ),
+            (
+                v1::Report {
+                    applied_revision: 11,
+                    ..good()
+                },
+                "report from member n1 says applied revision 11 > committed revision 10",
+            ),
+            (
+                v1::Report {
+                    leader_id: "a b".into(),
+                    ..good()
+                },
+                "report from member n1 has a bad leader id: member id \"a b\" has characters outside [A-Za-z0-9._-]",
+            ),
+        ];
+        for (wire, want) in cases {
+            assert_eq!(Report::try_from(wire).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn hello_needs_member_and_cluster() {
+        let h = v1::Hello {
+            member_id: "n1".into(),
+            cluster_id: String::new(),
+            agent_version: "0.1.0".into(),
+            adapter_kind: "samplekv".into(),
+        };
+        assert_eq!(
+            Hello::try_from(h).unwrap_err().to_string(),
+            "hello from member n1 has an empty cluster id"
+        );
+    }
+}

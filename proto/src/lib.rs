@@ -1,0 +1,24 @@
+//! baton's wire contract.
+//!
+//! This crate owns the generated gRPC code (the only generated code in the
+//! workspace) and the edge between wire and domain: [`convert`] turns every
+//! inbound message into a `baton-domain` type with `TryFrom`, destructuring
+//! each message exhaustively so that a new proto field breaks the build until
+//! someone handles it. Service code converts on its first line and uses domain
+//! types after that. This crate must not hold behaviour beyond conversion.
+
+pub mod convert;
+
+/// `baton.v1`: agent link and operator API.
+pub mod v1 {
+    #![allow(clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("baton.v1");
+}
+
+/// `samplekv.v1`: the bundled sample cluster's member and client API.
+pub mod samplekv {
+    #![allow(clippy::all, missing_debug_implementations)]
+    tonic::include_proto!("samplekv.v1");
+}
+
+pub use convert::{InvalidHello, InvalidReport};

@@ -1,0 +1,1 @@
+//! samplekv (placeholder until built).
