@@ -1,1 +1,128 @@
-//! agent
+//! baton-agent: one per cluster member.
+//!
+//! A tour of the crate:
+//! - [`config`]: the validated agent configuration (TOML + env overrides).
+//! - [`target`]: the adapter trait and the samplekv adapter, which read a member.
+//! - [`watcher`]: polls the member and publishes the latest observation.
+//! - [`link`]: the outbound gRPC stream to the coordinator (Hello, Reports,
+//!   Commands and their Results).
+//! - [`supervisor`]: `supervise` mode, where the agent runs the member process.
+//! - [`resources`]: CPU, memory and free disk next to the member (sysinfo).
+//! - [`probes`]: `/healthz` and `/readyz`.
+//!
+//! [`run`] wires them together; `main` only parses, sets up tracing and calls
+//! it. Nothing here calls `process::exit`.
+
+pub mod config;
+pub mod link;
+pub mod probes;
+pub mod resources;
+pub mod supervisor;
+pub mod target;
+pub mod watcher;
+
+use std::sync::Arc;
+
+use baton_domain::Hello;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{AgentConfig, RunMode, TargetConfig};
+use crate::target::{SamplekvTarget, Target, TargetError};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("member {member}: cannot create state dir {path}: {source}")]
+    StateDir {
+        member: baton_domain::MemberId,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("member {member}: probe server failed: {source}")]
+    Probes {
+        member: baton_domain::MemberId,
+        source: std::io::Error,
+    },
+}
+
+fn build_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, TargetError> {
+    Ok(match cfg {
+        TargetConfig::Samplekv {
+            addr,
+            member_names,
+            timeout,
+        } => Arc::new(SamplekvTarget::new(addr, member_names.clone(), *timeout)?),
+    })
+}
+
+/// Runs the agent until `shutdown`: probes on `probe_listener` (already
+/// bound), the member watcher, the supervisor (in `supervise` mode) and the
+/// coordinator link.
+pub async fn run(
+    config: AgentConfig,
+    probe_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|source| AgentError::StateDir {
+        member: config.member.clone(),
+        path: config.state_dir.clone(),
+        source,
+    })?;
+    let target = build_target(&config.target)?;
+    let tracker = TaskTracker::new();
+
+    if let RunMode::Supervise(sup) = &config.run {
+        supervisor::spawn(
+            config.member.clone(),
+            sup.clone(),
+            config.data_dir.clone(),
+            config.state_dir.clone(),
+            &tracker,
+            shutdown.clone(),
+        );
+    }
+
+    let (obs_tx, obs_rx) = watch::channel(None);
+    tracker.spawn(watcher::run(
+        target.clone(),
+        config.poll,
+        obs_tx,
+        shutdown.clone(),
+    ));
+
+    let hello = Hello {
+        member: config.member.clone(),
+        cluster: config.cluster.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        adapter_kind: target.kind().to_owned(),
+    };
+    let (stats_tx, _stats_rx) = watch::channel(link::LinkStats::default());
+    tracker.spawn(link::run(
+        link::LinkConfig {
+            hello,
+            coordinator: config.coordinator.clone(),
+            heartbeat: config.heartbeat,
+        },
+        obs_rx.clone(),
+        resources::ResourceReader::new(&config.data_dir),
+        stats_tx,
+        shutdown.clone(),
+    ));
+
+    if let Ok(addr) = probe_listener.local_addr() {
+        tracing::info!(member = %config.member, probes = %probes::describe(addr), "agent started");
+    }
+    let served = probes::serve(probe_listener, config.member.clone(), obs_rx, shutdown.clone()).await;
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
+    served.map_err(|source| AgentError::Probes {
+        member: config.member,
+        source,
+    })
+}

@@ -1,0 +1,354 @@
+//! The agent's configuration: parsed once from TOML, overridden from the
+//! environment, validated into [`AgentConfig`].
+//!
+//! This module owns every rule about what a valid agent config is. A bad one
+//! is an [`ConfigError`] that names the key; `main` turns it into exit 64.
+//! Nothing else in the agent reads the environment or the config file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_domain::MemberId;
+use serde::Deserialize;
+
+/// A config problem, always naming the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for the agent: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("environment variable {var} (overrides `{key}`) is invalid: {reason}")]
+    Env {
+        var: &'static str,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The file as written by the operator. Every field is optional here so that
+/// the environment can fill it; [`AgentConfig::validate`] decides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    member_id: Option<String>,
+    cluster_id: Option<String>,
+    coordinator: Option<String>,
+    heartbeat_ms: Option<u64>,
+    poll_ms: Option<u64>,
+    data_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    probe_listen: Option<String>,
+    target: Option<RawTarget>,
+    run: Option<RawRun>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    kind: String,
+    addr: String,
+    /// samplekv: numeric member id -> baton member id. Defaults to `n{id}`.
+    #[serde(default)]
+    member_names: BTreeMap<String, String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    mode: String,
+    #[serde(default)]
+    command: Vec<String>,
+    /// Directory holding `releases/<version>/` and the `current` link.
+    base_dir: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    stop_timeout_ms: Option<u64>,
+}
+
+/// How the agent relates to its member's process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunMode {
+    /// Something else (systemd, a test, an operator) runs the member; the
+    /// agent only watches it.
+    External,
+    /// The agent runs the member from a command template and restarts it
+    /// after a crash unless it was told to stop.
+    Supervise(SuperviseConfig),
+}
+
+/// Settings for [`RunMode::Supervise`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SuperviseConfig {
+    /// argv template; `{release_dir}` and `{data_dir}` are substituted.
+    pub command: Vec<String>,
+    /// Holds `releases/<version>/` and the `current` symlink.
+    pub base_dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub stop_timeout: Duration,
+}
+
+/// Which adapter watches the member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetConfig {
+    Samplekv {
+        addr: String,
+        member_names: BTreeMap<u64, MemberId>,
+        timeout: Duration,
+    },
+}
+
+impl TargetConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TargetConfig::Samplekv { .. } => "samplekv",
+        }
+    }
+}
+
+/// A validated agent configuration.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub member: MemberId,
+    pub cluster: String,
+    /// `http://host:port` or `https://host:port` of the coordinator.
+    pub coordinator: String,
+    pub heartbeat: Duration,
+    /// How often the member is read.
+    pub poll: Duration,
+    /// The member's data directory (for free-disk reporting).
+    pub data_dir: PathBuf,
+    /// Where the agent keeps its own state (pidfile, member log).
+    pub state_dir: PathBuf,
+    pub probe_listen: SocketAddr,
+    pub target: TargetConfig,
+    pub run: RunMode,
+}
+
+/// The environment variables that override config keys, read once at start.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("BATON_AGENT_MEMBER_ID", "member_id"),
+    ("BATON_AGENT_CLUSTER_ID", "cluster_id"),
+    ("BATON_AGENT_COORDINATOR", "coordinator"),
+    ("BATON_AGENT_HEARTBEAT_MS", "heartbeat_ms"),
+    ("BATON_AGENT_PROBE_LISTEN", "probe_listen"),
+];
+
+impl AgentConfig {
+    /// Reads `path`, applies `env` overrides, validates.
+    pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path, env)
+    }
+
+    /// Parses TOML text (`path` is only used in messages).
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        for (var, key) in ENV_OVERRIDES {
+            let Some(value) = env.get(*var) else { continue };
+            let bad = |reason: String| ConfigError::Env { var, key, reason };
+            match *key {
+                "member_id" => raw.member_id = Some(value.clone()),
+                "cluster_id" => raw.cluster_id = Some(value.clone()),
+                "coordinator" => raw.coordinator = Some(value.clone()),
+                "heartbeat_ms" => {
+                    raw.heartbeat_ms = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
+                "probe_listen" => raw.probe_listen = Some(value.clone()),
+                _ => {}
+            }
+        }
+        Self::validate(raw)
+    }
+
+    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+        let member = MemberId::new(raw.member_id.ok_or_else(|| invalid("member_id", "missing"))?)
+            .map_err(|e| invalid("member_id", e.to_string()))?;
+        let cluster = raw.cluster_id.ok_or_else(|| invalid("cluster_id", "missing"))?;
+        if cluster.is_empty() {
+            return Err(invalid("cluster_id", "empty"));
+        }
+        let coordinator = raw
+            .coordinator
+            .ok_or_else(|| invalid("coordinator", "missing"))?;
+        if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
+            return Err(invalid(
+                "coordinator",
+                format!("{coordinator:?} must start with http:// or https://"),
+            ));
+        }
+        let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(1000));
+        if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&heartbeat) {
+            return Err(invalid("heartbeat_ms", "must be between 50 and 60000"));
+        }
+        let poll = Duration::from_millis(raw.poll_ms.unwrap_or(100));
+        if !(Duration::from_millis(10)..=heartbeat).contains(&poll) {
+            return Err(invalid("poll_ms", "must be between 10 and heartbeat_ms"));
+        }
+        let data_dir = raw.data_dir.ok_or_else(|| invalid("data_dir", "missing"))?;
+        let state_dir = raw.state_dir.ok_or_else(|| invalid("state_dir", "missing"))?;
+        let probe_listen: SocketAddr = raw
+            .probe_listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:0")
+            .parse()
+            .map_err(|e| invalid("probe_listen", format!("{e}")))?;
+        let target = raw.target.ok_or_else(|| invalid("target", "missing [target] table"))?;
+        let timeout = Duration::from_millis(target.timeout_ms.unwrap_or(1000));
+        let target = match target.kind.as_str() {
+            "samplekv" => {
+                let mut member_names = BTreeMap::new();
+                for (k, v) in target.member_names {
+                    let id: u64 = k.parse().map_err(|_| {
+                        invalid("target.member_names", format!("key {k:?} is not a u64"))
+                    })?;
+                    let name = MemberId::new(v)
+                        .map_err(|e| invalid("target.member_names", e.to_string()))?;
+                    member_names.insert(id, name);
+                }
+                if target.addr.is_empty() {
+                    return Err(invalid("target.addr", "empty"));
+                }
+                TargetConfig::Samplekv {
+                    addr: target.addr,
+                    member_names,
+                    timeout,
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "target.kind",
+                    format!("unknown adapter {other:?}; known: samplekv"),
+                ));
+            }
+        };
+        let run = match raw.run {
+            None => RunMode::External,
+            Some(run) => match run.mode.as_str() {
+                "external" => RunMode::External,
+                "supervise" => {
+                    if run.command.is_empty() {
+                        return Err(invalid("run.command", "supervise mode needs a command"));
+                    }
+                    let base_dir = run
+                        .base_dir
+                        .ok_or_else(|| invalid("run.base_dir", "supervise mode needs base_dir"))?;
+                    RunMode::Supervise(SuperviseConfig {
+                        command: run.command,
+                        base_dir,
+                        env: run.env,
+                        stop_timeout: Duration::from_millis(run.stop_timeout_ms.unwrap_or(10_000)),
+                    })
+                }
+                other => {
+                    return Err(invalid(
+                        "run.mode",
+                        format!("unknown mode {other:?}; known: external, supervise"),
+                    ));
+                }
+            },
+        };
+        Ok(AgentConfig {
+            member,
+            cluster,
+            coordinator,
+            heartbeat,
+            poll,
+            data_dir,
+            state_dir,
+            probe_listen,
+            target,
+            run,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+member_id = "n1"
+cluster_id = "demo"
+coordinator = "http://127.0.0.1:7400"
+data_dir = "/tmp/d"
+state_dir = "/tmp/s"
+[target]
+kind = "samplekv"
+addr = "127.0.0.1:7101"
+[run]
+mode = "supervise"
+command = ["{release_dir}/samplekv", "--data-dir", "{data_dir}"]
+base_dir = "/tmp/b"
+"#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<AgentConfig, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        AgentConfig::from_toml(text, Path::new("agent.toml"), &env)
+    }
+
+    #[test]
+    fn a_good_config_loads_with_defaults() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.member.as_str(), "n1");
+        assert_eq!(c.heartbeat, Duration::from_secs(1));
+        assert!(matches!(c.run, RunMode::Supervise(_)));
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let c = load(GOOD, &[("BATON_AGENT_MEMBER_ID", "n7"), ("BATON_AGENT_HEARTBEAT_MS", "200")])
+            .unwrap();
+        assert_eq!(c.member.as_str(), "n7");
+        assert_eq!(c.heartbeat, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            (GOOD.replace("\"n1\"", "\"\""), "`member_id`"),
+            (GOOD.replace("http://127", "tcp://127"), "`coordinator`"),
+            (GOOD.replace("samplekv\"\naddr", "nosuch\"\naddr"), "`target.kind`"),
+            (GOOD.replace("supervise", "daemon"), "`run.mode`"),
+            (GOOD.replace("[target]\n", "heartbeat_ms = 1\n[target]\n"), "`heartbeat_ms`"),
+        ];
+        for (text, key) in cases {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+        let err = load(GOOD, &[("BATON_AGENT_HEARTBEAT_MS", "fast")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BATON_AGENT_HEARTBEAT_MS"), "{err}");
+        let err = load(&format!("{GOOD}\nbogus = 1\n"), &[]).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

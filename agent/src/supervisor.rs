@@ -1,0 +1,411 @@
+//! `supervise` mode: the agent runs its member from a command template.
+//!
+//! This module owns the member's process: it starts it from
+//! `run.command` with `{release_dir}` set to the release that `current`
+//! points at, restarts it after a crash (with backoff) unless it was told to
+//! stop, and stops it gracefully (SIGTERM, then SIGKILL after `stop_timeout`).
+//!
+//! The member outlives the agent: a pidfile (pid plus the kernel's start time,
+//! so a recycled pid is never mistaken for ours) lets a restarted agent adopt
+//! the running member instead of starting a second one. Restarting or
+//! upgrading baton never restarts the database.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use baton_domain::MemberId;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SuperviseConfig;
+
+/// Why the supervisor could not run the member.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("member {member}: no current release: {path} does not resolve ({source}); publish and switch a release first")]
+    NoCurrentRelease {
+        member: MemberId,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("member {member}: cannot start {program}: {source}")]
+    Spawn {
+        member: MemberId,
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("member {member}: cannot write {path}: {source}")]
+    State {
+        member: MemberId,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the supervisor is asked to do with the member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// What the supervisor knows about the member's process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcState {
+    pub pid: Option<u32>,
+    /// Starts after a crash (not counting the first start or an adoption).
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// Handle to a running supervisor task.
+#[derive(Debug, Clone)]
+pub struct SupervisorHandle {
+    pub state: watch::Receiver<ProcState>,
+    desired: mpsc::Sender<Desired>,
+}
+
+impl SupervisorHandle {
+    pub async fn set_desired(&self, d: Desired) {
+        // The task only ends at shutdown, when nobody cares any more.
+        let _ = self.desired.send(d).await;
+    }
+}
+
+/// Substitutes `{release_dir}` and `{data_dir}` in each argv element.
+pub fn render_command(template: &[String], release_dir: &Path, data_dir: &Path) -> Vec<String> {
+    template
+        .iter()
+        .map(|a| {
+            a.replace("{release_dir}", &release_dir.to_string_lossy())
+                .replace("{data_dir}", &data_dir.to_string_lossy())
+        })
+        .collect()
+}
+
+/// The kernel's start time of `pid` (field 22 of /proc/pid/stat), or None if
+/// there is no such live process.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+struct Supervisor {
+    member: MemberId,
+    cfg: SuperviseConfig,
+    data_dir: PathBuf,
+    state_dir: PathBuf,
+    state: watch::Sender<ProcState>,
+}
+
+enum Running {
+    Child(tokio::process::Child),
+    Adopted(u32),
+}
+
+impl Running {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Child(c) => c.id(),
+            Running::Adopted(p) => Some(*p),
+        }
+    }
+}
+
+impl Supervisor {
+    fn pidfile(&self) -> PathBuf {
+        self.state_dir.join("member.pid")
+    }
+
+    fn write_pidfile(&self, pid: u32) -> Result<(), SupervisorError> {
+        let start = proc_start_time(pid).unwrap_or(0);
+        let path = self.pidfile();
+        let tmp = path.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{pid} {start}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| SupervisorError::State {
+                member: self.member.clone(),
+                path,
+                source,
+            })
+    }
+
+    /// A member left running by an earlier agent, if the pidfile names a live
+    /// process with the recorded start time.
+    fn adoptable(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pidfile()).ok()?;
+        let mut it = text.split_whitespace();
+        let pid: u32 = it.next()?.parse().ok()?;
+        let start: u64 = it.next()?.parse().ok()?;
+        (proc_start_time(pid)? == start).then_some(pid)
+    }
+
+    fn spawn(&self) -> Result<tokio::process::Child, SupervisorError> {
+        let current = self.cfg.base_dir.join("current");
+        let release_dir =
+            std::fs::canonicalize(&current).map_err(|source| SupervisorError::NoCurrentRelease {
+                member: self.member.clone(),
+                path: current.clone(),
+                source,
+            })?;
+        let argv = render_command(&self.cfg.command, &release_dir, &self.data_dir);
+        let log_path = self.state_dir.join("member.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| SupervisorError::State {
+                member: self.member.clone(),
+                path: log_path.clone(),
+                source,
+            })?;
+        let log2 = log.try_clone().map_err(|source| SupervisorError::State {
+            member: self.member.clone(),
+            path: log_path,
+            source,
+        })?;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(&self.cfg.env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            // Its own process group: a Ctrl-C aimed at the agent must not
+            // reach the database.
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
+            member: self.member.clone(),
+            program: argv[0].clone(),
+            source,
+        })?;
+        if let Some(pid) = child.id() {
+            self.write_pidfile(pid)?;
+            tracing::info!(member = %self.member, pid, release_dir = %release_dir.display(), "started member");
+        }
+        Ok(child)
+    }
+
+    /// Waits until the running member exits; returns a description.
+    async fn wait_exit(running: &mut Running) -> String {
+        match running {
+            Running::Child(c) => match c.wait().await {
+                Ok(status) => format!("exited with {status}"),
+                Err(e) => format!("wait failed: {e}"),
+            },
+            Running::Adopted(pid) => {
+                let pid = *pid;
+                let start = proc_start_time(pid);
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    if proc_start_time(pid) != start || start.is_none() {
+                        return "exited (adopted process, status unknown)".to_owned();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop(&self, running: &mut Running) {
+        let Some(pid) = running.pid() else { return };
+        let Ok(raw) = i32::try_from(pid) else { return };
+        tracing::info!(member = %self.member, pid, "stopping member (SIGTERM)");
+        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+        let exited = tokio::time::timeout(self.cfg.stop_timeout, Self::wait_exit(running)).await;
+        if exited.is_err() {
+            tracing::warn!(member = %self.member, pid, timeout = ?self.cfg.stop_timeout, "member ignored SIGTERM; sending SIGKILL");
+            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+            Self::wait_exit(running).await;
+        }
+    }
+
+    async fn run(self, mut desired_rx: mpsc::Receiver<Desired>, shutdown: CancellationToken) {
+        let mut desired = Desired::Running;
+        let mut running: Option<Running> = self.adoptable().map(|pid| {
+            tracing::info!(member = %self.member, pid, "adopted running member from pidfile");
+            Running::Adopted(pid)
+        });
+        let mut first_start = running.is_none();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let pid = running.as_ref().and_then(Running::pid);
+            self.state.send_modify(|s| s.pid = pid);
+            match (&mut running, desired) {
+                (None, Desired::Running) => match self.spawn() {
+                    Ok(child) => {
+                        if !first_start {
+                            self.state.send_modify(|s| s.restarts += 1);
+                        }
+                        first_start = false;
+                        running = Some(Running::Child(child));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start member");
+                        self.state
+                            .send_modify(|s| s.last_error = Some(e.to_string()));
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                            Some(d) = desired_rx.recv() => desired = d,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                },
+                (Some(r), Desired::Stopped) => {
+                    self.stop(r).await;
+                    running = None;
+                }
+                (Some(r), Desired::Running) => {
+                    tokio::select! {
+                        // The member outlives the agent: leave it running.
+                        () = shutdown.cancelled() => return,
+                        Some(d) = desired_rx.recv() => desired = d,
+                        how = Self::wait_exit(r) => {
+                            tracing::warn!(member = %self.member, how, "member exited; restarting after {backoff:?}");
+                            self.state.send_modify(|s| s.last_exit = Some(how));
+                            running = None;
+                            tokio::select! {
+                                () = shutdown.cancelled() => return,
+                                () = tokio::time::sleep(backoff) => {}
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                (None, Desired::Stopped) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        Some(d) = desired_rx.recv() => desired = d,
+                    }
+                    backoff = Duration::from_millis(200);
+                }
+            }
+        }
+    }
+}
+
+/// Starts the supervisor task on `tracker`.
+pub fn spawn(
+    member: MemberId,
+    cfg: SuperviseConfig,
+    data_dir: PathBuf,
+    state_dir: PathBuf,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) -> SupervisorHandle {
+    let (state_tx, state_rx) = watch::channel(ProcState::default());
+    let (desired_tx, desired_rx) = mpsc::channel(8);
+    let sup = Supervisor {
+        member,
+        cfg,
+        data_dir,
+        state_dir,
+        state: state_tx,
+    };
+    tracker.spawn(sup.run(desired_rx, shutdown));
+    SupervisorHandle {
+        state: state_rx,
+        desired: desired_tx,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_substitute_dirs() {
+        let argv = render_command(
+            &["{release_dir}/bin/kv".into(), "--data={data_dir}".into()],
+            Path::new("/r/v2"),
+            Path::new("/d"),
+        );
+        assert_eq!(argv, vec!["/r/v2/bin/kv", "--data=/d"]);
+    }
+
+    #[test]
+    fn start_time_of_self_is_readable_and_dead_pids_are_not() {
+        assert!(proc_start_time(std::process::id()).is_some());
+        assert!(proc_start_time(u32::MAX - 1).is_none());
+    }
+
+    fn setup(script: &str) -> (tempfile::TempDir, SuperviseConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = dir.path().join("releases/v1");
+        std::fs::create_dir_all(&rel).unwrap();
+        std::os::unix::fs::symlink(&rel, dir.path().join("current")).unwrap();
+        let cfg = SuperviseConfig {
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            base_dir: dir.path().to_owned(),
+            env: Default::default(),
+            stop_timeout: Duration::from_secs(2),
+        };
+        (dir, cfg)
+    }
+
+    async fn wait_for(rx: &mut watch::Receiver<ProcState>, f: impl Fn(&ProcState) -> bool) -> ProcState {
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| f(s)))
+            .await
+            .expect("supervisor state in time")
+            .expect("supervisor alive")
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn restarts_a_crashed_member_and_stops_on_request() {
+        let (dir, cfg) = setup("exec sleep 30");
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let m = MemberId::new("n1").unwrap();
+        let mut h = spawn(m, cfg, dir.path().into(), dir.path().into(), &tracker, shutdown.clone());
+        let first = wait_for(&mut h.state, |s| s.pid.is_some()).await.pid.unwrap();
+        kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
+        let second = wait_for(&mut h.state, |s| s.pid.is_some_and(|p| p != first)).await;
+        assert_eq!(second.restarts, 1);
+        h.set_desired(Desired::Stopped).await;
+        wait_for(&mut h.state, |s| s.pid.is_none()).await;
+        let pid = second.pid.unwrap();
+        assert!(proc_start_time(pid).is_none(), "stopped member must be gone");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_adopts_the_running_member() {
+        let (dir, cfg) = setup("exec sleep 30");
+        let m = MemberId::new("n1").unwrap();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let mut h = spawn(m.clone(), cfg.clone(), dir.path().into(), dir.path().into(), &tracker, shutdown.clone());
+        let pid = wait_for(&mut h.state, |s| s.pid.is_some()).await.pid.unwrap();
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        assert!(proc_start_time(pid).is_some(), "member outlives the agent");
+
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let mut h = spawn(m, cfg, dir.path().into(), dir.path().into(), &tracker, shutdown.clone());
+        let adopted = wait_for(&mut h.state, |s| s.pid.is_some()).await;
+        assert_eq!(adopted.pid, Some(pid));
+        assert_eq!(adopted.restarts, 0);
+        h.set_desired(Desired::Stopped).await;
+        wait_for(&mut h.state, |s| s.pid.is_none()).await;
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}

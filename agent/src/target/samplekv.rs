@@ -1,0 +1,170 @@
+//! The samplekv adapter: reads a member's `Kv.Status` over gRPC.
+//!
+//! samplekv names members by number; baton names them by [`MemberId`]. The
+//! adapter maps one to the other with the configured `member_names`, falling
+//! back to `n{id}`. It owns nothing but that read and that mapping.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_domain::{Health, MemberId, Role};
+use baton_proto::samplekv::{self as wire, kv_client::KvClient};
+use futures::future::BoxFuture;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{MemberState, Target, TargetError};
+
+/// Reads one samplekv member.
+#[derive(Debug, Clone)]
+pub struct SamplekvTarget {
+    addr: String,
+    channel: Channel,
+    member_names: BTreeMap<u64, MemberId>,
+}
+
+impl SamplekvTarget {
+    /// `addr` is `host:port`. The channel connects lazily and reconnects.
+    pub fn new(
+        addr: &str,
+        member_names: BTreeMap<u64, MemberId>,
+        timeout: Duration,
+    ) -> Result<Self, TargetError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| TargetError::Unreachable {
+                addr: addr.to_owned(),
+                detail: format!("bad address: {e}"),
+            })?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        Ok(SamplekvTarget {
+            addr: addr.to_owned(),
+            channel: endpoint.connect_lazy(),
+            member_names,
+        })
+    }
+
+    fn name_of(&self, id: u64) -> Result<MemberId, TargetError> {
+        if let Some(name) = self.member_names.get(&id) {
+            return Ok(name.clone());
+        }
+        MemberId::new(format!("n{id}")).map_err(|e| self.bad(e.to_string()))
+    }
+
+    fn bad(&self, detail: String) -> TargetError {
+        TargetError::BadAnswer {
+            addr: self.addr.clone(),
+            kind: "samplekv",
+            detail,
+        }
+    }
+
+    fn convert(&self, s: wire::StatusResponse) -> Result<MemberState, TargetError> {
+        let wire::StatusResponse {
+            member_id: _,
+            role,
+            leader_id,
+            term,
+            committed_revision,
+            applied_revision,
+            release_version,
+            format_version,
+            last_log_index: _,
+        } = s;
+        let role = match wire::Role::try_from(role) {
+            Ok(wire::Role::Leader) => Role::Leader,
+            Ok(wire::Role::Follower) => Role::Follower,
+            Ok(wire::Role::Candidate) => Role::Candidate,
+            Ok(wire::Role::Learner) => Role::Learner,
+            Ok(wire::Role::Shutdown) | Ok(wire::Role::Unspecified) => Role::Unknown,
+            Err(_) => return Err(self.bad(format!("unknown role value {role}"))),
+        };
+        let leader = match leader_id {
+            0 => None,
+            id => Some(self.name_of(id)?),
+        };
+        // A member that knows no leader cannot serve writes.
+        let (health, health_detail) = match (role, &leader) {
+            (Role::Unknown, _) => (Health::Degraded, "member is shutting down".to_owned()),
+            (_, None) => (Health::Degraded, "member knows no leader".to_owned()),
+            _ => (Health::Healthy, String::new()),
+        };
+        Ok(MemberState {
+            role,
+            leader,
+            // A member may report applied > committed for a moment while its
+            // commit index catches up; never report an impossible pair.
+            committed_revision: committed_revision.max(applied_revision),
+            applied_revision,
+            release: release_version,
+            format_version,
+            term,
+            health,
+            health_detail,
+        })
+    }
+}
+
+impl Target for SamplekvTarget {
+    fn kind(&self) -> &'static str {
+        "samplekv"
+    }
+
+    fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
+        Box::pin(async move {
+            let mut client = KvClient::new(self.channel.clone());
+            let resp = client
+                .status(wire::StatusRequest {})
+                .await
+                .map_err(|status| TargetError::Unreachable {
+                    addr: self.addr.clone(),
+                    detail: status.message().to_owned(),
+                })?;
+            self.convert(resp.into_inner())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> SamplekvTarget {
+        let names = BTreeMap::from([(2, MemberId::new("beta").unwrap())]);
+        SamplekvTarget::new("127.0.0.1:1", names, Duration::from_millis(100)).unwrap()
+    }
+
+    fn status(role: wire::Role, leader: u64) -> wire::StatusResponse {
+        wire::StatusResponse {
+            member_id: 1,
+            role: role as i32,
+            leader_id: leader,
+            term: 2,
+            committed_revision: 10,
+            applied_revision: 9,
+            release_version: "v1".into(),
+            format_version: 1,
+            last_log_index: 10,
+        }
+    }
+
+    #[tokio::test]
+    async fn maps_ids_and_health() {
+        let t = target();
+        let s = t.convert(status(wire::Role::Follower, 2)).unwrap();
+        assert_eq!(s.leader.unwrap().as_str(), "beta");
+        assert_eq!(s.health, Health::Healthy);
+        let s = t.convert(status(wire::Role::Leader, 3)).unwrap();
+        assert_eq!(s.leader.unwrap().as_str(), "n3");
+        let s = t.convert(status(wire::Role::Candidate, 0)).unwrap();
+        assert_eq!(s.health, Health::Degraded);
+        let mut bad = status(wire::Role::Follower, 2);
+        bad.role = 77;
+        assert!(t.convert(bad).unwrap_err().to_string().contains("unknown role value 77"));
+    }
+
+    #[tokio::test]
+    async fn an_absent_member_is_unreachable() {
+        let err = target().poll().await.unwrap_err();
+        assert!(matches!(err, TargetError::Unreachable { .. }), "{err}");
+    }
+}
