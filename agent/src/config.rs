@@ -187,9 +187,14 @@ impl AgentConfig {
     }
 
     fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
-        let member = MemberId::new(raw.member_id.ok_or_else(|| invalid("member_id", "missing"))?)
-            .map_err(|e| invalid("member_id", e.to_string()))?;
-        let cluster = raw.cluster_id.ok_or_else(|| invalid("cluster_id", "missing"))?;
+        let member = MemberId::new(
+            raw.member_id
+                .ok_or_else(|| invalid("member_id", "missing"))?,
+        )
+        .map_err(|e| invalid("member_id", e.to_string()))?;
+        let cluster = raw
+            .cluster_id
+            .ok_or_else(|| invalid("cluster_id", "missing"))?;
         if cluster.is_empty() {
             return Err(invalid("cluster_id", "empty"));
         }
@@ -211,14 +216,18 @@ impl AgentConfig {
             return Err(invalid("poll_ms", "must be between 10 and heartbeat_ms"));
         }
         let data_dir = raw.data_dir.ok_or_else(|| invalid("data_dir", "missing"))?;
-        let state_dir = raw.state_dir.ok_or_else(|| invalid("state_dir", "missing"))?;
+        let state_dir = raw
+            .state_dir
+            .ok_or_else(|| invalid("state_dir", "missing"))?;
         let probe_listen: SocketAddr = raw
             .probe_listen
             .as_deref()
             .unwrap_or("127.0.0.1:0")
             .parse()
             .map_err(|e| invalid("probe_listen", format!("{e}")))?;
-        let target = raw.target.ok_or_else(|| invalid("target", "missing [target] table"))?;
+        let target = raw
+            .target
+            .ok_or_else(|| invalid("target", "missing [target] table"))?;
         let timeout = Duration::from_millis(target.timeout_ms.unwrap_or(1000));
         let target = match target.kind.as_str() {
             "samplekv" => {
@@ -325,8 +334,14 @@ base_dir = "/tmp/b"
 
     #[test]
     fn env_overrides_the_file() {
-        let c = load(GOOD, &[("BATON_AGENT_MEMBER_ID", "n7"), ("BATON_AGENT_HEARTBEAT_MS", "200")])
-            .unwrap();
+        let c = load(
+            GOOD,
+            &[
+                ("BATON_AGENT_MEMBER_ID", "n7"),
+                ("BATON_AGENT_HEARTBEAT_MS", "200"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.member.as_str(), "n7");
         assert_eq!(c.heartbeat, Duration::from_millis(200));
     }
@@ -336,9 +351,15 @@ base_dir = "/tmp/b"
         let cases = [
             (GOOD.replace("\"n1\"", "\"\""), "`member_id`"),
             (GOOD.replace("http://127", "tcp://127"), "`coordinator`"),
-            (GOOD.replace("samplekv\"\naddr", "nosuch\"\naddr"), "`target.kind`"),
+            (
+                GOOD.replace("samplekv\"\naddr", "nosuch\"\naddr"),
+                "`target.kind`",
+            ),
             (GOOD.replace("supervise", "daemon"), "`run.mode`"),
-            (GOOD.replace("[target]\n", "heartbeat_ms = 1\n[target]\n"), "`heartbeat_ms`"),
+            (
+                GOOD.replace("[target]\n", "heartbeat_ms = 1\n[target]\n"),
+                "`heartbeat_ms`",
+            ),
         ];
         for (text, key) in cases {
             let err = load(&text, &[]).unwrap_err().to_string();
@@ -348,7 +369,9 @@ base_dir = "/tmp/b"
             .unwrap_err()
             .to_string();
         assert!(err.contains("BATON_AGENT_HEARTBEAT_MS"), "{err}");
-        let err = load(&format!("{GOOD}\nbogus = 1\n"), &[]).unwrap_err().to_string();
+        let err = load(&format!("{GOOD}\nbogus = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bogus"), "{err}");
     }
 }

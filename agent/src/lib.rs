@@ -117,7 +117,13 @@ pub async fn run(
     if let Ok(addr) = probe_listener.local_addr() {
         tracing::info!(member = %config.member, probes = %probes::describe(addr), "agent started");
     }
-    let served = probes::serve(probe_listener, config.member.clone(), obs_rx, shutdown.clone()).await;
+    let served = probes::serve(
+        probe_listener,
+        config.member.clone(),
+        obs_rx,
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;

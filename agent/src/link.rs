@@ -60,7 +60,11 @@ fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn build_report(member: &MemberId, obs: &Observation, resources: baton_domain::Resources) -> Report {
+fn build_report(
+    member: &MemberId,
+    obs: &Observation,
+    resources: baton_domain::Resources,
+) -> Report {
     let s = &obs.state;
     Report {
         member: member.clone(),
@@ -263,7 +267,10 @@ mod tests {
             step: Some(command::Step::Noop(v1::Noop {})),
         };
         let a = execute(noop("c1"), &mut results).unwrap();
-        let bad = v1::Command { id: "c1".into(), step: None };
+        let bad = v1::Command {
+            id: "c1".into(),
+            step: None,
+        };
         // Same id, different body: the stored result wins, nothing runs again.
         assert_eq!(execute(bad, &mut results).unwrap(), a);
         assert_eq!(results.len(), 1);

@@ -41,10 +41,7 @@ pub fn readyz(member: &MemberId, obs: Option<&Observation>) -> Result<String, St
     let o = obs.ok_or_else(|| format!("member {member}: not read yet"))?;
     match o.state.health {
         Health::Healthy => Ok(format!("member {member}: serving as {}", o.state.role)),
-        h => Err(format!(
-            "member {member}: {h}: {}",
-            o.state.health_detail
-        )),
+        h => Err(format!("member {member}: {h}: {}", o.state.health_detail)),
     }
 }
 

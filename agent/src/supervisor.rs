@@ -25,7 +25,9 @@ use crate::config::SuperviseConfig;
 /// Why the supervisor could not run the member.
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
-    #[error("member {member}: no current release: {path} does not resolve ({source}); publish and switch a release first")]
+    #[error(
+        "member {member}: no current release: {path} does not resolve ({source}); publish and switch a release first"
+    )]
     NoCurrentRelease {
         member: MemberId,
         path: PathBuf,
@@ -152,12 +154,13 @@ impl Supervisor {
 
     fn spawn(&self) -> Result<tokio::process::Child, SupervisorError> {
         let current = self.cfg.base_dir.join("current");
-        let release_dir =
-            std::fs::canonicalize(&current).map_err(|source| SupervisorError::NoCurrentRelease {
+        let release_dir = std::fs::canonicalize(&current).map_err(|source| {
+            SupervisorError::NoCurrentRelease {
                 member: self.member.clone(),
                 path: current.clone(),
                 source,
-            })?;
+            }
+        })?;
         let argv = render_command(&self.cfg.command, &release_dir, &self.data_dir);
         let log_path = self.state_dir.join("member.log");
         let log = std::fs::OpenOptions::new()
@@ -355,7 +358,10 @@ mod tests {
         (dir, cfg)
     }
 
-    async fn wait_for(rx: &mut watch::Receiver<ProcState>, f: impl Fn(&ProcState) -> bool) -> ProcState {
+    async fn wait_for(
+        rx: &mut watch::Receiver<ProcState>,
+        f: impl Fn(&ProcState) -> bool,
+    ) -> ProcState {
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| f(s)))
             .await
             .expect("supervisor state in time")
@@ -369,15 +375,28 @@ mod tests {
         let tracker = tokio_util::task::TaskTracker::new();
         let shutdown = CancellationToken::new();
         let m = MemberId::new("n1").unwrap();
-        let mut h = spawn(m, cfg, dir.path().into(), dir.path().into(), &tracker, shutdown.clone());
-        let first = wait_for(&mut h.state, |s| s.pid.is_some()).await.pid.unwrap();
+        let mut h = spawn(
+            m,
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        let first = wait_for(&mut h.state, |s| s.pid.is_some())
+            .await
+            .pid
+            .unwrap();
         kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
         let second = wait_for(&mut h.state, |s| s.pid.is_some_and(|p| p != first)).await;
         assert_eq!(second.restarts, 1);
         h.set_desired(Desired::Stopped).await;
         wait_for(&mut h.state, |s| s.pid.is_none()).await;
         let pid = second.pid.unwrap();
-        assert!(proc_start_time(pid).is_none(), "stopped member must be gone");
+        assert!(
+            proc_start_time(pid).is_none(),
+            "stopped member must be gone"
+        );
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
@@ -389,8 +408,18 @@ mod tests {
         let m = MemberId::new("n1").unwrap();
         let tracker = tokio_util::task::TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let mut h = spawn(m.clone(), cfg.clone(), dir.path().into(), dir.path().into(), &tracker, shutdown.clone());
-        let pid = wait_for(&mut h.state, |s| s.pid.is_some()).await.pid.unwrap();
+        let mut h = spawn(
+            m.clone(),
+            cfg.clone(),
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        let pid = wait_for(&mut h.state, |s| s.pid.is_some())
+            .await
+            .pid
+            .unwrap();
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
@@ -398,7 +427,14 @@ mod tests {
 
         let tracker = tokio_util::task::TaskTracker::new();
         let shutdown = CancellationToken::new();
-        let mut h = spawn(m, cfg, dir.path().into(), dir.path().into(), &tracker, shutdown.clone());
+        let mut h = spawn(
+            m,
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
         let adopted = wait_for(&mut h.state, |s| s.pid.is_some()).await;
         assert_eq!(adopted.pid, Some(pid));
         assert_eq!(adopted.restarts, 0);

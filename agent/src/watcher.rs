@@ -49,7 +49,8 @@ pub async fn run(
             },
         };
         tx.send_if_modified(|cur| {
-            let changed = cur.as_ref().map(|c| (&c.state, c.reachable)) != Some((&obs.state, obs.reachable));
+            let changed =
+                cur.as_ref().map(|c| (&c.state, c.reachable)) != Some((&obs.state, obs.reachable));
             // Always refresh the time; only wake readers on a real change.
             *cur = Some(obs);
             changed

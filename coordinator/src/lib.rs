@@ -1,1 +1,90 @@
-//! coordinator
+//! baton-coordinator: the fleet view, the operator API and (in later issues)
+//! the rollout driver.
+//!
+//! A tour of the crate:
+//! - [`config`]: the validated coordinator configuration.
+//! - [`fleet`]: the FleetView, the latest report per member; pure, clock as input.
+//! - [`agent_link`]: the gRPC service agents stream reports into.
+//! - [`operator`]: the gRPC service the `baton` CLI calls.
+//! - [`error`]: the one mapping from coordinator errors to `tonic::Status`.
+//! - [`cli`]: the `baton` command line (status rendering and its client).
+//!
+//! [`run`] takes an already-bound listener so tests bind `127.0.0.1:0`.
+
+pub mod agent_link;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod operator;
+
+use std::sync::{Arc, Mutex};
+
+use baton_proto::v1::{agent_link_server::AgentLinkServer, operator_server::OperatorServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::{CoordinatorConfig, TlsConfig};
+use crate::fleet::FleetView;
+
+/// Why the coordinator stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read TLS file {path}: {source}")]
+    TlsFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS setup failed: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
+    std::fs::read(path).map_err(|source| RunError::TlsFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, RunError> {
+    let mut cfg =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(ca) = &tls.client_ca {
+        cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(cfg)
+}
+
+/// Serves agents and operators on `listener` until `shutdown`.
+pub async fn run(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let fleet = Arc::new(Mutex::new(FleetView::new(
+        config.cluster.clone(),
+        config.members.clone(),
+        config.heartbeat,
+    )));
+    let link = agent_link::AgentLinkService::new(fleet.clone(), shutdown.clone());
+    let operator = operator::OperatorService { fleet };
+    let mut server = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
+    if let Some(tls) = &config.tls {
+        server = server.tls_config(tls_config(tls)?).map_err(RunError::Tls)?;
+    }
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(cluster = %config.cluster, %addr, members = config.members.len(), "coordinator serving");
+    }
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    server
+        .add_service(AgentLinkServer::new(link))
+        .add_service(OperatorServer::new(operator))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await
+        .map_err(RunError::Serve)
+}

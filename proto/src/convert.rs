@@ -4,7 +4,9 @@
 //! never panic and never default a bad value silently. Outbound conversions
 //! (`From` domain → wire) are total.
 
-use baton_domain::{Health, Hello, InvalidMemberId, MemberId, Report, Resources, Role};
+use baton_domain::{
+    FleetStatus, Health, Hello, InvalidMemberId, MemberId, MemberRow, Report, Resources, Role,
+};
 
 use crate::v1;
 
@@ -258,6 +260,121 @@ impl From<Report> for v1::Report {
             }),
             timestamp_unix_ms,
             term,
+        }
+    }
+}
+
+/// Why a `StatusResponse` from the coordinator could not be understood.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidStatus {
+    #[error("status names a bad member id: {0}")]
+    MemberId(#[from] InvalidMemberId),
+    #[error("status row for member {member} has a bad report: {source}")]
+    Report {
+        member: MemberId,
+        source: InvalidReport,
+    },
+}
+
+impl TryFrom<v1::StatusResponse> for FleetStatus {
+    type Error = InvalidStatus;
+
+    fn try_from(s: v1::StatusResponse) -> Result<Self, Self::Error> {
+        let v1::StatusResponse {
+            cluster_id,
+            members,
+            leader_id,
+            heartbeat_ms,
+        } = s;
+        let leader = match leader_id.as_str() {
+            "" => None,
+            id => Some(MemberId::new(id)?),
+        };
+        let members = members
+            .into_iter()
+            .map(MemberRow::try_from)
+            .collect::<Result<_, _>>()?;
+        Ok(FleetStatus {
+            cluster: cluster_id,
+            leader,
+            heartbeat_ms,
+            members,
+        })
+    }
+}
+
+impl TryFrom<v1::MemberStatus> for MemberRow {
+    type Error = InvalidStatus;
+
+    fn try_from(m: v1::MemberStatus) -> Result<Self, Self::Error> {
+        let v1::MemberStatus {
+            member_id,
+            ever_seen,
+            connected,
+            fresh,
+            last_seen_ms_ago,
+            report,
+            lag,
+            lag_known,
+        } = m;
+        let member = MemberId::new(member_id)?;
+        let report =
+            report
+                .map(Report::try_from)
+                .transpose()
+                .map_err(|source| InvalidStatus::Report {
+                    member: member.clone(),
+                    source,
+                })?;
+        Ok(MemberRow {
+            member,
+            ever_seen,
+            connected,
+            fresh,
+            last_seen_ms_ago: ever_seen.then_some(last_seen_ms_ago),
+            report,
+            lag: lag_known.then_some(lag),
+        })
+    }
+}
+
+impl From<FleetStatus> for v1::StatusResponse {
+    fn from(f: FleetStatus) -> Self {
+        let FleetStatus {
+            cluster,
+            leader,
+            heartbeat_ms,
+            members,
+        } = f;
+        v1::StatusResponse {
+            cluster_id: cluster,
+            leader_id: leader.map(String::from).unwrap_or_default(),
+            heartbeat_ms,
+            members: members.into_iter().map(v1::MemberStatus::from).collect(),
+        }
+    }
+}
+
+impl From<MemberRow> for v1::MemberStatus {
+    fn from(m: MemberRow) -> Self {
+        let MemberRow {
+            member,
+            ever_seen,
+            connected,
+            fresh,
+            last_seen_ms_ago,
+            report,
+            lag,
+        } = m;
+        v1::MemberStatus {
+            member_id: member.into(),
+            ever_seen,
+            connected,
+            fresh,
+            last_seen_ms_ago: last_seen_ms_ago.unwrap_or(0),
+            report: report.map(v1::Report::from),
+            lag: lag.unwrap_or(0),
+            lag_known: lag.is_some(),
         }
     }
 }

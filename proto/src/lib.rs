@@ -21,4 +21,4 @@ pub mod samplekv {
     tonic::include_proto!("samplekv.v1");
 }
 
-pub use convert::{InvalidHello, InvalidReport};
+pub use convert::{InvalidHello, InvalidReport, InvalidStatus};

@@ -159,7 +159,12 @@ mod tests {
         assert_eq!(s.health, Health::Degraded);
         let mut bad = status(wire::Role::Follower, 2);
         bad.role = 77;
-        assert!(t.convert(bad).unwrap_err().to_string().contains("unknown role value 77"));
+        assert!(
+            t.convert(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown role value 77")
+        );
     }
 
     #[tokio::test]

@@ -1,1 +1,80 @@
-fn main() {}
+//! `baton-coordinator`: parse, set up tracing, bind, run. Exit 64 on a bad config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use baton_coordinator::config::CoordinatorConfig;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "baton-coordinator", version, about = "baton's coordinator")]
+struct Args {
+    /// Path to the coordinator's TOML config.
+    #[arg(long, short = 'c', env = "BATON_CONFIG")]
+    config: PathBuf,
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let env = std::env::vars().collect();
+    let config = match CoordinatorConfig::load(&args.config, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("baton-coordinator: bad config: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        eprintln!("baton-coordinator: cannot start the tokio runtime");
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!(
+                    "baton-coordinator: cannot bind `listen` {}: {e}",
+                    config.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+            on_signal.cancel();
+        });
+        match baton_coordinator::run(config, listener, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("baton-coordinator: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

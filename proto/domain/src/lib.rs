@@ -197,7 +197,10 @@ mod tests {
             MemberId::new("x".repeat(129)),
             Err(InvalidMemberId::TooLong(_))
         ));
-        assert_eq!(MemberId::new("etcd-1.a_b").map(|m| m.to_string()), Ok("etcd-1.a_b".into()));
+        assert_eq!(
+            MemberId::new("etcd-1.a_b").map(|m| m.to_string()),
+            Ok("etcd-1.a_b".into())
+        );
     }
 
     #[test]
@@ -207,4 +210,33 @@ mod tests {
         let bad: Result<MemberId, _> = serde_json::from_str("\"\"");
         assert!(bad.is_err());
     }
+}
+
+/// One member's row in the coordinator's fleet view, as `baton status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub member: MemberId,
+    /// The agent has sent at least one valid report.
+    pub ever_seen: bool,
+    /// The agent's stream is open now.
+    pub connected: bool,
+    /// Heard from within 3 heartbeats.
+    pub fresh: bool,
+    /// Milliseconds since the last valid report; None when never seen.
+    pub last_seen_ms_ago: Option<u64>,
+    /// The latest valid report.
+    pub report: Option<Report>,
+    /// Leader's committed revision minus this member's applied revision;
+    /// None when no leader is known.
+    pub lag: Option<u64>,
+}
+
+/// The coordinator's view of the whole cluster at one moment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    pub cluster: String,
+    /// The leader that fresh reports name (highest term wins); None if none.
+    pub leader: Option<MemberId>,
+    pub heartbeat_ms: u64,
+    pub members: Vec<MemberRow>,
 }

@@ -1,0 +1,192 @@
+//! The `AgentLink` gRPC service: where agents' streams arrive.
+//!
+//! Owns the session protocol: the first message must be a Hello, the second a
+//! Report; only then is a session opened in the [`FleetView`]. Each later
+//! Report is validated at the edge (`TryFrom`) and then by the view. A bad
+//! message ends the stream with a status naming what was wrong, and leaves the
+//! view as it was. Converting from the wire happens here and nowhere deeper.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_domain::{Hello, MemberId, Report};
+use baton_proto::v1::{
+    self, AgentMessage, CoordinatorMessage, agent_link_server::AgentLink, agent_message,
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::LinkError;
+use crate::fleet::{FleetView, SessionId};
+
+/// How long a new stream may take to send its Hello and first Report.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// Shared state of the agent-facing service.
+#[derive(Debug, Clone)]
+pub struct AgentLinkService {
+    pub fleet: Arc<Mutex<FleetView>>,
+    sessions: Arc<Mutex<HashMap<MemberId, (SessionId, Outbound)>>>,
+    shutdown: CancellationToken,
+}
+
+impl AgentLinkService {
+    pub fn new(fleet: Arc<Mutex<FleetView>>, shutdown: CancellationToken) -> Self {
+        AgentLinkService {
+            fleet,
+            sessions: Arc::default(),
+            shutdown,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FleetView> {
+        // A panic while holding the lock leaves plain data; keep serving.
+        self.fleet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn kind(body: &Option<agent_message::Body>) -> &'static str {
+    match body {
+        Some(agent_message::Body::Hello(_)) => "a Hello",
+        Some(agent_message::Body::Report(_)) => "a Report",
+        Some(agent_message::Body::Result(_)) => "a CommandResult",
+        None => "an empty message",
+    }
+}
+
+async fn next_message(
+    inbound: &mut Streaming<AgentMessage>,
+) -> Result<Option<agent_message::Body>, LinkError> {
+    let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| LinkError::Silent {
+            waited_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+        })?
+        .map_err(|s| LinkError::Transport(s.message().to_owned()))?;
+    Ok(msg.and_then(|m| m.body))
+}
+
+impl AgentLinkService {
+    async fn handshake(
+        &self,
+        inbound: &mut Streaming<AgentMessage>,
+    ) -> Result<(Hello, Report), LinkError> {
+        let hello = match next_message(inbound).await? {
+            Some(agent_message::Body::Hello(h)) => Hello::try_from(h)?,
+            other => return Err(LinkError::ExpectedHello { got: kind(&other) }),
+        };
+        self.lock().check_hello(&hello)?;
+        let report = match next_message(inbound).await? {
+            Some(agent_message::Body::Report(r)) => Report::try_from(r)?,
+            other => {
+                return Err(LinkError::ExpectedReport {
+                    member: hello.member,
+                    got: kind(&other),
+                });
+            }
+        };
+        Ok((hello, report))
+    }
+
+    /// Serves one session until the stream ends, a message is refused, a
+    /// newer session replaces it, or the coordinator shuts down.
+    async fn serve_session(
+        self,
+        hello: Hello,
+        session: SessionId,
+        mut inbound: Streaming<AgentMessage>,
+        out: Outbound,
+    ) {
+        let member = hello.member.clone();
+        let ended = loop {
+            let msg = tokio::select! {
+                () = self.shutdown.cancelled() => break Ok(()),
+                () = out.closed() => break Ok(()),
+                m = inbound.message() => m,
+            };
+            let body = match msg {
+                Ok(Some(m)) => m.body,
+                Ok(None) => break Ok(()),
+                Err(s) => break Err(LinkError::Transport(s.message().to_owned())),
+            };
+            match body {
+                Some(agent_message::Body::Report(r)) => {
+                    let result = Report::try_from(r).map_err(LinkError::from).and_then(|r| {
+                        self.lock()
+                            .record(&member, session, r, Instant::now())
+                            .map_err(LinkError::from)
+                    });
+                    if let Err(e) = result {
+                        break Err(e);
+                    }
+                }
+                Some(agent_message::Body::Result(v1::CommandResult {
+                    id,
+                    outcome,
+                    detail,
+                })) => {
+                    tracing::info!(member = %member, id, outcome, detail, "command result");
+                }
+                other => {
+                    break Err(LinkError::ExpectedReport {
+                        member: member.clone(),
+                        got: kind(&other),
+                    });
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::warn!(member = %member, error = %e, "agent stream ended with an error");
+            let _ = out.send(Err(e.into())).await;
+        } else {
+            tracing::info!(member = %member, "agent stream closed");
+        }
+        self.lock().close_session(&member, session);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions.get(&member).is_some_and(|(s, _)| *s == session) {
+            sessions.remove(&member);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentLink for AgentLinkService {
+    type ConnectStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (hello, first) = self.handshake(&mut inbound).await.inspect_err(|e| {
+            tracing::warn!(error = %e, "refused agent stream");
+        })?;
+        let (tx, rx) = mpsc::channel(16);
+        let session = self
+            .lock()
+            .open_session(&hello, first, Instant::now())
+            .map_err(LinkError::from)?;
+        let replaced = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hello.member.clone(), (session, tx.clone()));
+        if let Some((_, old)) = replaced {
+            let refusal = LinkError::Refused(crate::fleet::Refusal::Superseded {
+                member: hello.member.clone(),
+            });
+            let _ = old.try_send(Err(refusal.into()));
+        }
+        tracing::info!(member = %hello.member, agent_version = %hello.agent_version, adapter = %hello.adapter_kind, "agent connected");
+        tokio::spawn(self.clone().serve_session(hello, session, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,219 @@
+//! The coordinator's configuration: TOML once at start, environment
+//! overrides, validated into [`CoordinatorConfig`]. A bad config names the
+//! key; `main` turns it into exit 64. Nothing else reads the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_domain::MemberId;
+use serde::Deserialize;
+
+/// A config problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for the coordinator: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}` is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("environment variable {var} (overrides `{key}`) is invalid: {reason}")]
+    Env {
+        var: &'static str,
+        key: &'static str,
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster_id: Option<String>,
+    listen: Option<String>,
+    heartbeat_ms: Option<u64>,
+    members: Option<Vec<String>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+/// Server TLS material (rustls via tonic).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A validated coordinator configuration.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    pub cluster: String,
+    /// Where agents and operators connect (one gRPC server).
+    pub listen: SocketAddr,
+    /// The heartbeat agents are expected to keep; freshness is 3 of them.
+    pub heartbeat: Duration,
+    /// The cluster's members, in the operator's order.
+    pub members: Vec<MemberId>,
+    pub tls: Option<TlsConfig>,
+}
+
+/// Environment variables that override keys.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("BATON_CLUSTER_ID", "cluster_id"),
+    ("BATON_LISTEN", "listen"),
+    ("BATON_HEARTBEAT_MS", "heartbeat_ms"),
+    ("BATON_MEMBERS", "members"),
+];
+
+impl CoordinatorConfig {
+    pub fn load(path: &Path, env: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path, env)
+    }
+
+    pub fn from_toml(
+        text: &str,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        for (var, key) in ENV_OVERRIDES {
+            let Some(value) = env.get(*var) else { continue };
+            match *key {
+                "cluster_id" => raw.cluster_id = Some(value.clone()),
+                "listen" => raw.listen = Some(value.clone()),
+                "heartbeat_ms" => {
+                    raw.heartbeat_ms = Some(value.parse().map_err(|e| ConfigError::Env {
+                        var,
+                        key,
+                        reason: format!("{e}"),
+                    })?)
+                }
+                "members" => {
+                    raw.members = Some(value.split(',').map(|s| s.trim().to_owned()).collect())
+                }
+                _ => {}
+            }
+        }
+        let cluster = raw
+            .cluster_id
+            .ok_or_else(|| invalid("cluster_id", "missing"))?;
+        if cluster.is_empty() {
+            return Err(invalid("cluster_id", "empty"));
+        }
+        let listen: SocketAddr = raw
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:7400")
+            .parse()
+            .map_err(|e| invalid("listen", format!("{e}")))?;
+        let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(1000));
+        if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&heartbeat) {
+            return Err(invalid("heartbeat_ms", "must be between 50 and 60000"));
+        }
+        let raw_members = raw.members.ok_or_else(|| invalid("members", "missing"))?;
+        if raw_members.is_empty() {
+            return Err(invalid(
+                "members",
+                "empty: list every member of the cluster",
+            ));
+        }
+        let mut members = Vec::new();
+        for m in raw_members {
+            let id = MemberId::new(m).map_err(|e| invalid("members", e.to_string()))?;
+            if members.contains(&id) {
+                return Err(invalid("members", format!("{id} is listed twice")));
+            }
+            members.push(id);
+        }
+        let tls = raw.tls.map(|t| TlsConfig {
+            cert: t.cert,
+            key: t.key,
+            client_ca: t.client_ca,
+        });
+        if tls.is_none() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "{listen} is not loopback and [tls] is not set: plaintext may only bind to loopback"
+                ),
+            ));
+        }
+        Ok(CoordinatorConfig {
+            cluster,
+            listen,
+            heartbeat,
+            members,
+            tls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<CoordinatorConfig, ConfigError> {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        CoordinatorConfig::from_toml(text, Path::new("c.toml"), &env)
+    }
+
+    const GOOD: &str = "cluster_id = \"demo\"\nmembers = [\"n1\", \"n2\", \"n3\"]\n";
+
+    #[test]
+    fn good_config_and_env_override() {
+        let c = load(GOOD, &[("BATON_LISTEN", "127.0.0.1:9000")]).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.members.len(), 3);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        for (text, key) in [
+            ("cluster_id = \"demo\"\n".to_owned(), "`members`"),
+            (format!("{GOOD}listen = \"0.0.0.0:7400\"\n"), "`listen`"),
+            (
+                "cluster_id = \"d\"\nmembers = [\"n1\", \"n1\"]\n".to_owned(),
+                "`members`",
+            ),
+            (
+                "cluster_id = \"d\"\nmembers = [\"\"]\n".to_owned(),
+                "`members`",
+            ),
+            (format!("{GOOD}heartbeat_ms = 5\n"), "`heartbeat_ms`"),
+            (format!("{GOOD}nope = 5\n"), "nope"),
+        ] {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+}

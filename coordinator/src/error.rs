@@ -1,0 +1,48 @@
+//! The one place where coordinator errors become `tonic::Status`.
+
+use baton_proto::{InvalidHello, InvalidReport};
+use tonic::{Code, Status};
+
+use crate::fleet::Refusal;
+
+/// Why an agent's stream was refused or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("agent stream must start with a Hello, got {got}")]
+    ExpectedHello { got: &'static str },
+    #[error("member {member}: expected a Report after Hello, got {got}")]
+    ExpectedReport {
+        member: baton_domain::MemberId,
+        got: &'static str,
+    },
+    #[error(
+        "agent sent nothing for {waited_ms} ms after connecting; it must send Hello and a Report"
+    )]
+    Silent { waited_ms: u64 },
+    #[error("hello refused: {0}")]
+    BadHello(#[from] InvalidHello),
+    #[error("report refused: {0}")]
+    BadReport(#[from] InvalidReport),
+    #[error("refused: {0}")]
+    Refused(#[from] Refusal),
+    #[error("agent stream failed: {0}")]
+    Transport(String),
+}
+
+impl From<LinkError> for Status {
+    fn from(e: LinkError) -> Self {
+        let code = match &e {
+            LinkError::ExpectedHello { .. }
+            | LinkError::ExpectedReport { .. }
+            | LinkError::BadHello(_)
+            | LinkError::BadReport(_)
+            | LinkError::Refused(Refusal::MemberMismatch { .. }) => Code::InvalidArgument,
+            LinkError::Refused(Refusal::UnknownMember { .. }) => Code::NotFound,
+            LinkError::Refused(Refusal::WrongCluster { .. }) => Code::FailedPrecondition,
+            LinkError::Refused(Refusal::Superseded { .. }) => Code::Aborted,
+            LinkError::Silent { .. } => Code::DeadlineExceeded,
+            LinkError::Transport(_) => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,349 @@
+//! The FleetView: the latest valid report per member and when it arrived.
+//!
+//! This module owns what the coordinator believes about the cluster and the
+//! rules for changing it: only a configured member may report, a report must
+//! name the member its stream said Hello for, and a session that was replaced
+//! by a newer one can no longer write. It does no IO and never reads the
+//! clock: every call that needs the time takes `now`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_domain::{FleetStatus, Hello, MemberId, MemberRow, Report, Role};
+use tokio::time::Instant;
+
+/// Identifies one agent stream; a newer one for the same member supersedes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+/// Why a Hello or a Report was refused. Nothing in the view changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "member {member} is not in cluster {cluster}'s config; add it to `members` or fix the agent's member_id"
+    )]
+    UnknownMember { member: MemberId, cluster: String },
+    #[error(
+        "member {member} says cluster {got:?}, this coordinator runs {want:?}; fix the agent's cluster_id"
+    )]
+    WrongCluster {
+        member: MemberId,
+        got: String,
+        want: String,
+    },
+    #[error(
+        "report names member {reported} on a stream that said Hello as {hello}; the agent's identity is fixed by its Hello"
+    )]
+    MemberMismatch { hello: MemberId, reported: MemberId },
+    #[error("member {member}: this stream was replaced by a newer connection from the same member")]
+    Superseded { member: MemberId },
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    report: Option<Report>,
+    last_seen: Option<Instant>,
+    session: Option<SessionId>,
+}
+
+/// The coordinator's picture of the cluster.
+#[derive(Debug)]
+pub struct FleetView {
+    cluster: String,
+    heartbeat: Duration,
+    members: BTreeMap<MemberId, Entry>,
+    /// The configured order, for display.
+    order: Vec<MemberId>,
+    next_session: u64,
+}
+
+impl FleetView {
+    pub fn new(cluster: String, members: Vec<MemberId>, heartbeat: Duration) -> Self {
+        FleetView {
+            cluster,
+            heartbeat,
+            members: members
+                .iter()
+                .map(|m| (m.clone(), Entry::default()))
+                .collect(),
+            order: members,
+            next_session: 1,
+        }
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Whether this Hello may open a session. Changes nothing.
+    pub fn check_hello(&self, hello: &Hello) -> Result<(), Refusal> {
+        if !self.members.contains_key(&hello.member) {
+            return Err(Refusal::UnknownMember {
+                member: hello.member.clone(),
+                cluster: self.cluster.clone(),
+            });
+        }
+        if hello.cluster != self.cluster {
+            return Err(Refusal::WrongCluster {
+                member: hello.member.clone(),
+                got: hello.cluster.clone(),
+                want: self.cluster.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_report(hello: &MemberId, report: &Report) -> Result<(), Refusal> {
+        if &report.member != hello {
+            return Err(Refusal::MemberMismatch {
+                hello: hello.clone(),
+                reported: report.member.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens a session with its first valid report; a previous session of the
+    /// same member is superseded. Refused reports change nothing.
+    pub fn open_session(
+        &mut self,
+        hello: &Hello,
+        first: Report,
+        now: Instant,
+    ) -> Result<SessionId, Refusal> {
+        self.check_hello(hello)?;
+        Self::check_report(&hello.member, &first)?;
+        let id = SessionId(self.next_session);
+        self.next_session += 1;
+        let entry = self
+            .members
+            .get_mut(&hello.member)
+            .ok_or_else(|| Refusal::UnknownMember {
+                member: hello.member.clone(),
+                cluster: self.cluster.clone(),
+            })?;
+        entry.session = Some(id);
+        entry.report = Some(first);
+        entry.last_seen = Some(now);
+        Ok(id)
+    }
+
+    /// Records a report on an open session.
+    pub fn record(
+        &mut self,
+        hello: &MemberId,
+        session: SessionId,
+        report: Report,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        Self::check_report(hello, &report)?;
+        let entry = self
+            .members
+            .get_mut(hello)
+            .filter(|e| e.session == Some(session))
+            .ok_or_else(|| Refusal::Superseded {
+                member: hello.clone(),
+            })?;
+        entry.report = Some(report);
+        entry.last_seen = Some(now);
+        Ok(())
+    }
+
+    /// Marks the session closed, unless a newer one replaced it.
+    pub fn close_session(&mut self, member: &MemberId, session: SessionId) {
+        if let Some(e) = self.members.get_mut(member)
+            && e.session == Some(session)
+        {
+            e.session = None;
+        }
+    }
+
+    /// Whether `member` was heard from within 3 heartbeats of `now`.
+    pub fn is_fresh(&self, member: &MemberId, now: Instant) -> bool {
+        self.members
+            .get(member)
+            .and_then(|e| e.last_seen)
+            .is_some_and(|t| now.saturating_duration_since(t) <= self.heartbeat * 3)
+    }
+
+    /// The leader as fresh reports say: among fresh members that report
+    /// themselves leader, the one with the highest term.
+    pub fn leader(&self, now: Instant) -> Option<(&MemberId, &Report)> {
+        self.members
+            .iter()
+            .filter(|(m, _)| self.is_fresh(m, now))
+            .filter_map(|(m, e)| e.report.as_ref().map(|r| (m, r)))
+            .filter(|(_, r)| r.role == Role::Leader)
+            .max_by_key(|(_, r)| r.term)
+    }
+
+    /// The view as `baton status` shows it.
+    pub fn status(&self, now: Instant) -> FleetStatus {
+        let leader = self.leader(now);
+        let leader_committed = leader.map(|(_, r)| r.committed_revision);
+        let members = self
+            .order
+            .iter()
+            .map(|m| {
+                let e = &self.members[m];
+                let lag = match (&e.report, leader_committed) {
+                    (Some(r), Some(c)) if self.is_fresh(m, now) => {
+                        Some(c.saturating_sub(r.applied_revision))
+                    }
+                    _ => None,
+                };
+                MemberRow {
+                    member: m.clone(),
+                    ever_seen: e.last_seen.is_some(),
+                    connected: e.session.is_some(),
+                    fresh: self.is_fresh(m, now),
+                    last_seen_ms_ago: e.last_seen.map(|t| {
+                        u64::try_from(now.saturating_duration_since(t).as_millis())
+                            .unwrap_or(u64::MAX)
+                    }),
+                    report: e.report.clone(),
+                    lag,
+                }
+            })
+            .collect();
+        FleetStatus {
+            cluster: self.cluster.clone(),
+            leader: leader.map(|(m, _)| m.clone()),
+            heartbeat_ms: u64::try_from(self.heartbeat.as_millis()).unwrap_or(u64::MAX),
+            members,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_domain::{Health, Resources};
+
+    use super::*;
+
+    fn id(s: &str) -> MemberId {
+        MemberId::new(s).unwrap()
+    }
+
+    fn hello(m: &str) -> Hello {
+        Hello {
+            member: id(m),
+            cluster: "demo".into(),
+            agent_version: "t".into(),
+            adapter_kind: "fake".into(),
+        }
+    }
+
+    fn report(m: &str, role: Role, committed: u64, applied: u64, term: u64) -> Report {
+        Report {
+            member: id(m),
+            role,
+            leader: Some(id("n1")),
+            committed_revision: committed,
+            applied_revision: applied,
+            release: "v1".into(),
+            format_version: 1,
+            health: Health::Healthy,
+            health_detail: String::new(),
+            resources: Resources::default(),
+            timestamp_unix_ms: 0,
+            term,
+        }
+    }
+
+    fn view() -> FleetView {
+        FleetView::new(
+            "demo".into(),
+            vec![id("n1"), id("n2"), id("n3")],
+            Duration::from_secs(1),
+        )
+    }
+
+    #[test]
+    fn lag_is_against_the_leaders_committed_revision() {
+        let t0 = Instant::now();
+        let mut v = view();
+        v.open_session(&hello("n1"), report("n1", Role::Leader, 100, 100, 2), t0)
+            .unwrap();
+        v.open_session(&hello("n2"), report("n2", Role::Follower, 98, 90, 2), t0)
+            .unwrap();
+        let s = v.status(t0);
+        assert_eq!(s.leader, Some(id("n1")));
+        let lags: Vec<_> = s.members.iter().map(|r| r.lag).collect();
+        assert_eq!(lags, vec![Some(0), Some(10), None]);
+        assert!(!s.members[2].ever_seen);
+    }
+
+    #[test]
+    fn stale_members_lose_freshness_and_a_stale_leader_is_not_leader() {
+        let t0 = Instant::now();
+        let mut v = view();
+        v.open_session(&hello("n1"), report("n1", Role::Leader, 5, 5, 1), t0)
+            .unwrap();
+        let later = t0 + Duration::from_millis(3001);
+        let s = v.status(later);
+        assert!(!s.members[0].fresh);
+        assert_eq!(s.leader, None);
+        assert_eq!(s.members[0].last_seen_ms_ago, Some(3001));
+    }
+
+    #[test]
+    fn the_highest_term_leader_wins() {
+        let t0 = Instant::now();
+        let mut v = view();
+        v.open_session(&hello("n1"), report("n1", Role::Leader, 5, 5, 1), t0)
+            .unwrap();
+        v.open_session(&hello("n2"), report("n2", Role::Leader, 7, 7, 2), t0)
+            .unwrap();
+        assert_eq!(v.status(t0).leader, Some(id("n2")));
+    }
+
+    #[test]
+    fn refused_hellos_and_reports_change_nothing() {
+        let t0 = Instant::now();
+        let mut v = view();
+        let s1 = v
+            .open_session(&hello("n1"), report("n1", Role::Leader, 5, 5, 1), t0)
+            .unwrap();
+        let before = v.status(t0);
+        let t1 = t0 + Duration::from_millis(10);
+        let mut wrong_cluster = hello("n2");
+        wrong_cluster.cluster = "other".into();
+        let cases = [
+            v.open_session(&hello("n9"), report("n9", Role::Follower, 1, 1, 1), t1),
+            v.open_session(&wrong_cluster, report("n2", Role::Follower, 1, 1, 1), t1),
+            v.open_session(&hello("n2"), report("n3", Role::Follower, 1, 1, 1), t1),
+        ];
+        for c in cases {
+            assert!(c.is_err());
+        }
+        assert!(matches!(
+            v.record(&id("n1"), s1, report("n2", Role::Leader, 9, 9, 1), t1),
+            Err(Refusal::MemberMismatch { .. })
+        ));
+        assert_eq!(v.status(t0), before);
+    }
+
+    #[test]
+    fn a_newer_session_supersedes_the_old_one() {
+        let t0 = Instant::now();
+        let mut v = view();
+        let old = v
+            .open_session(&hello("n1"), report("n1", Role::Leader, 5, 5, 1), t0)
+            .unwrap();
+        let new = v
+            .open_session(&hello("n1"), report("n1", Role::Leader, 6, 6, 1), t0)
+            .unwrap();
+        assert_eq!(
+            v.record(&id("n1"), old, report("n1", Role::Leader, 7, 7, 1), t0),
+            Err(Refusal::Superseded { member: id("n1") })
+        );
+        v.close_session(&id("n1"), old);
+        assert!(
+            v.status(t0).members[0].connected,
+            "old close must not disconnect the new"
+        );
+        v.close_session(&id("n1"), new);
+        assert!(!v.status(t0).members[0].connected);
+    }
+}
