@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_domain::{FleetStatus, Hello, MemberId, MemberRow, Report, Role};
+use baton_domain::{FleetStatus, Health, Hello, MemberId, MemberRow, Report, Role};
 use tokio::time::Instant;
 
 /// Identifies one agent stream; a newer one for the same member supersedes.
@@ -186,8 +186,9 @@ impl FleetView {
             .iter()
             .map(|m| {
                 let e = &self.members[m];
+                // A member that is down has no meaningful revision.
                 let lag = match (&e.report, leader_committed) {
-                    (Some(r), Some(c)) if self.is_fresh(m, now) => {
+                    (Some(r), Some(c)) if self.is_fresh(m, now) && r.health != Health::Down => {
                         Some(c.saturating_sub(r.applied_revision))
                     }
                     _ => None,
@@ -217,7 +218,7 @@ impl FleetView {
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::{Health, Resources};
+    use baton_domain::Resources;
 
     use super::*;
 
@@ -272,6 +273,14 @@ mod tests {
         let lags: Vec<_> = s.members.iter().map(|r| r.lag).collect();
         assert_eq!(lags, vec![Some(0), Some(10), None]);
         assert!(!s.members[2].ever_seen);
+        let mut down = report("n3", Role::Unknown, 0, 0, 0);
+        down.health = Health::Down;
+        v.open_session(&hello("n3"), down, t0).unwrap();
+        assert_eq!(
+            v.status(t0).members[2].lag,
+            None,
+            "a down member has no lag figure"
+        );
     }
 
     #[test]

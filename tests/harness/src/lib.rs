@@ -1,1 +1,591 @@
-//! harness
+//! End-to-end test harness: real samplekv members, real agents and a real
+//! coordinator, each a separate process on free loopback ports in a temp dir.
+//!
+//! Owns process lifetimes: every process is held by a [`Proc`] guard that
+//! kills it by pid on drop, so a failing test still cleans up. Members that
+//! an agent supervises are killed through the agent's pidfile. On a panic,
+//! the tail of every log is printed to help the reader.
+//!
+//! The binaries come from the workspace target dir; `.ci/run` builds them
+//! first with `cargo build --workspace --bins`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_domain::FleetStatus;
+use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Installs the ring crypto provider once (see STACK.md: never two providers).
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("BATON_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+/// Path of a workspace binary, checked to exist.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A process this harness started; killed by pid (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), sig);
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{} did not exit within {within:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Kills a process we did not spawn ourselves (an agent-supervised member)
+/// by pid, if it is still alive.
+fn kill_pid(pid: i32) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// How members are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberMode {
+    /// The harness runs the members; agents only watch.
+    External,
+    /// Agents run the members from a command template.
+    Supervise,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub members: usize,
+    pub mode: MemberMode,
+    pub heartbeat_ms: u64,
+    pub release: String,
+    pub format_version: u32,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            members: 3,
+            mode: MemberMode::External,
+            heartbeat_ms: 300,
+            release: "v1".into(),
+            format_version: 1,
+        }
+    }
+}
+
+/// One samplekv member and its agent.
+#[derive(Debug)]
+pub struct Member {
+    /// samplekv's numeric id (1-based).
+    pub id: u64,
+    /// baton's member id: `n{id}`.
+    pub name: String,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Holds `releases/<v>/` and `current`.
+    pub base_dir: PathBuf,
+    pub agent_dir: PathBuf,
+    pub agent_config: PathBuf,
+    pub probe_addr: SocketAddr,
+    pub proc: Option<Proc>,
+    pub agent: Option<Proc>,
+}
+
+/// A running cluster with agents and a coordinator. Drop kills everything.
+#[derive(Debug)]
+pub struct Cluster {
+    pub spec: ClusterSpec,
+    pub members: Vec<Member>,
+    pub coordinator: Option<Proc>,
+    pub coordinator_url: String,
+    pub coordinator_config: PathBuf,
+    /// Keep last: removed after every process is dead.
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts members, a coordinator and agents; waits until `baton status`
+    /// shows every member with exactly one agreed leader.
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster> {
+        init();
+        let dir = tempfile::Builder::new().prefix("baton-e2e-").tempdir()?;
+        let coord_port = free_port();
+        let coordinator_url = format!("http://127.0.0.1:{coord_port}");
+        let ports: Vec<u16> = (0..spec.members).map(|_| free_port()).collect();
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let names: Vec<String> = (1..=spec.members).map(|i| format!("n{i}")).collect();
+
+        let coordinator_config = dir.path().join("coordinator.toml");
+        fs::write(
+            &coordinator_config,
+            format!(
+                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\n",
+                spec.heartbeat_ms, names
+            ),
+        )?;
+
+        let mut members = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let mdir = dir.path().join(format!("n{id}"));
+            let base_dir = mdir.join("base");
+            let release_dir = base_dir.join("releases").join(&spec.release);
+            fs::create_dir_all(&release_dir)?;
+            write_manifest(&release_dir, &spec.release, spec.format_version, false)?;
+            std::os::unix::fs::symlink(&release_dir, base_dir.join("current"))?;
+            let data_dir = mdir.join("data");
+            fs::create_dir_all(&data_dir)?;
+            let agent_dir = mdir.join("agent");
+            fs::create_dir_all(&agent_dir)?;
+            let probe_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+            let command = member_argv(
+                &bin("samplekv").to_string_lossy(),
+                id,
+                addr,
+                &peers,
+                "{data_dir}",
+                "{release_dir}",
+            );
+            let run = match spec.mode {
+                MemberMode::External => "[run]\nmode = \"external\"\n".to_owned(),
+                MemberMode::Supervise => format!(
+                    "[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {:?}\nstop_timeout_ms = 5000\n",
+                    base_dir.to_string_lossy(),
+                    command
+                ),
+            };
+            let agent_config = agent_dir.join("agent.toml");
+            fs::write(
+                &agent_config,
+                format!(
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\n{run}",
+                    spec.heartbeat_ms,
+                    data_dir.to_string_lossy(),
+                    agent_dir.to_string_lossy(),
+                ),
+            )?;
+            members.push(Member {
+                id,
+                name: format!("n{id}"),
+                addr,
+                data_dir,
+                base_dir,
+                agent_dir,
+                agent_config,
+                probe_addr,
+                proc: None,
+                agent: None,
+            });
+        }
+
+        let mut cluster = Cluster {
+            spec,
+            members,
+            coordinator: None,
+            coordinator_url,
+            coordinator_config,
+            dir,
+        };
+        cluster.start_coordinator()?;
+        if cluster.spec.mode == MemberMode::External {
+            for i in 0..cluster.members.len() {
+                cluster.start_member(i, &[])?;
+            }
+        }
+        for i in 0..cluster.members.len() {
+            cluster.start_agent(i)?;
+        }
+        cluster
+            .wait_status(
+                "every member reported, one agreed leader",
+                Duration::from_secs(30),
+                |s| {
+                    s.leader.is_some()
+                        && s.members.iter().all(|m| {
+                            m.fresh && m.report.as_ref().is_some_and(|r| r.leader == s.leader)
+                        })
+                },
+            )
+            .await?;
+        Ok(cluster)
+    }
+
+    pub fn peers(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.id, m.addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.addr.to_string()).collect()
+    }
+
+    pub fn start_coordinator(&mut self) -> Result<()> {
+        let log = self.dir.path().join("coordinator.log");
+        let mut cmd = Command::new(bin("baton-coordinator"));
+        cmd.arg("--config")
+            .arg(&self.coordinator_config)
+            .env("RUST_LOG", "info");
+        self.coordinator = Some(Proc::spawn("coordinator", &mut cmd, &log)?);
+        Ok(())
+    }
+
+    /// Starts member `i` (0-based) in external mode with extra env vars.
+    pub fn start_member(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
+        let peers = self.peers();
+        let m = &mut self.members[i];
+        let release_dir = fs::canonicalize(m.base_dir.join("current"))?;
+        let argv = member_argv(
+            &bin("samplekv").to_string_lossy(),
+            m.id,
+            m.addr,
+            &peers,
+            &m.data_dir.to_string_lossy(),
+            &release_dir.to_string_lossy(),
+        );
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env("RUST_LOG", "info,openraft=warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let log = m
+            .data_dir
+            .parent()
+            .unwrap_or(&m.data_dir)
+            .join("member.log");
+        m.proc = Some(Proc::spawn(&m.name, &mut cmd, &log)?);
+        Ok(())
+    }
+
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        let mut cmd = Command::new(bin("baton-agent"));
+        cmd.arg("--config")
+            .arg(&m.agent_config)
+            .env("RUST_LOG", "info");
+        let log = m.agent_dir.join("agent.log");
+        m.agent = Some(Proc::spawn(&format!("agent-{}", m.name), &mut cmd, &log)?);
+        Ok(())
+    }
+
+    /// The pid of member `i`, whoever started it.
+    pub fn member_pid(&self, i: usize) -> Option<i32> {
+        let m = &self.members[i];
+        if let Some(p) = &m.proc {
+            return Some(p.pid() as i32);
+        }
+        let text = fs::read_to_string(m.agent_dir.join("member.pid")).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    /// `baton --output json status`, run as the operator would.
+    pub fn status(&self) -> Result<FleetStatus> {
+        let out = Command::new(bin("baton"))
+            .args([
+                "--coordinator",
+                &self.coordinator_url,
+                "--output",
+                "json",
+                "status",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "baton status failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Polls `baton status` until `f` holds or `within` passes.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut(&FleetStatus) -> bool,
+    ) -> Result<FleetStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
+        loop {
+            match self.status() {
+                Ok(s) if f(&s) => return Ok(s),
+                Ok(s) => last = Some(s),
+                Err(_) if tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out after {within:?} waiting for: {what}; last status: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Member `i`'s own `Kv.Status`.
+    pub async fn member_status(&self, i: usize) -> Result<StatusResponse> {
+        member_status(&self.members[i].addr.to_string()).await
+    }
+
+    /// Index of the member that says it leads, per the members themselves.
+    pub async fn leader_index(&self) -> Result<usize> {
+        for i in 0..self.members.len() {
+            if let Ok(s) = self.member_status(i).await
+                && s.role == baton_proto::samplekv::Role::Leader as i32
+            {
+                return Ok(i);
+            }
+        }
+        bail!("no member says it is leader")
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name == name)
+    }
+
+    fn dump_logs(&self) {
+        let mut logs: Vec<PathBuf> = vec![self.dir.path().join("coordinator.log")];
+        for m in &self.members {
+            logs.push(m.agent_dir.join("agent.log"));
+            logs.push(m.agent_dir.join("member.log"));
+            logs.push(
+                m.data_dir
+                    .parent()
+                    .unwrap_or(&m.data_dir)
+                    .join("member.log"),
+            );
+        }
+        for l in logs {
+            if let Ok(text) = fs::read_to_string(&l) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(25)..];
+                eprintln!(
+                    "----- {} (last {} lines)\n{}",
+                    l.display(),
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        // Agents first, so none restarts a member we are about to kill.
+        let supervised: Vec<Option<i32>> = (0..self.members.len())
+            .map(|i| self.member_pid(i))
+            .collect();
+        for m in &mut self.members {
+            m.agent.take();
+        }
+        if self.spec.mode == MemberMode::Supervise {
+            for pid in supervised.into_iter().flatten() {
+                kill_pid(pid);
+            }
+        }
+        for m in &mut self.members {
+            m.proc.take();
+        }
+        self.coordinator.take();
+    }
+}
+
+/// The argv that runs one samplekv member.
+pub fn member_argv(
+    samplekv: &str,
+    id: u64,
+    addr: SocketAddr,
+    peers: &str,
+    data_dir: &str,
+    release_dir: &str,
+) -> Vec<String> {
+    vec![
+        samplekv.to_owned(),
+        "--id".into(),
+        id.to_string(),
+        "--listen".into(),
+        addr.to_string(),
+        "--peers".into(),
+        peers.to_owned(),
+        "--data-dir".into(),
+        data_dir.to_owned(),
+        "--release-dir".into(),
+        release_dir.to_owned(),
+    ]
+}
+
+/// Writes a samplekv release manifest.
+pub fn write_manifest(
+    dir: &Path,
+    version: &str,
+    format_version: u32,
+    fail_start: bool,
+) -> Result<()> {
+    let m = BTreeMap::from([
+        ("name", toml::Value::from("samplekv")),
+        ("version", toml::Value::from(version)),
+        (
+            "format_version",
+            toml::Value::from(i64::from(format_version)),
+        ),
+        ("fail_start", toml::Value::from(fail_start)),
+    ]);
+    fs::write(dir.join("manifest.toml"), toml::to_string(&m)?)?;
+    Ok(())
+}
+
+/// A member's own `Kv.Status`.
+pub async fn member_status(addr: &str) -> Result<StatusResponse> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(1))
+        .connect()
+        .await?;
+    Ok(KvClient::new(channel)
+        .status(StatusRequest {})
+        .await?
+        .into_inner())
+}
+
+/// A coordinator on its own, for protocol tests that play the agents.
+#[derive(Debug)]
+pub struct LoneCoordinator {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+}
+
+impl LoneCoordinator {
+    pub async fn start(members: &[&str], heartbeat_ms: u64) -> Result<LoneCoordinator> {
+        init();
+        let dir = tempfile::Builder::new().prefix("baton-coord-").tempdir()?;
+        let port = free_port();
+        let config = dir.path().join("coordinator.toml");
+        fs::write(
+            &config,
+            format!(
+                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = {heartbeat_ms}\nmembers = {members:?}\n"
+            ),
+        )?;
+        let mut cmd = Command::new(bin("baton-coordinator"));
+        cmd.arg("--config").arg(&config);
+        let proc = Proc::spawn("coordinator", &mut cmd, &dir.path().join("coordinator.log"))?;
+        let url = format!("http://127.0.0.1:{port}");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if tokio::time::Instant::now() > deadline {
+                bail!("coordinator did not listen on {addr}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(LoneCoordinator {
+            url,
+            addr,
+            proc,
+            dir,
+        })
+    }
+
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(self.url.clone())?
+            .connect()
+            .await?)
+    }
+}
