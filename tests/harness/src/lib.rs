@@ -94,12 +94,12 @@ impl Proc {
 
     /// Waits (bounded) for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, within: Duration) -> Result<Option<i32>> {
-        let deadline = std::time::Instant::now() + within;
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status.code());
             }
-            if std::time::Instant::now() > deadline {
+            if tokio::time::Instant::now() > deadline {
                 bail!("{} did not exit within {within:?}", self.name);
             }
             std::thread::sleep(Duration::from_millis(20));
