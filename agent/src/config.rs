@@ -375,3 +375,17 @@ base_dir = "/tmp/b"
         assert!(err.contains("bogus"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped under deploy/ must stay a valid config.
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/agent.toml");
+        let c = AgentConfig::load(&path, &BTreeMap::new()).unwrap();
+        assert_eq!(c.member.as_str(), "n1");
+        assert!(matches!(c.run, RunMode::Supervise(_)));
+    }
+}

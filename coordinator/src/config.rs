@@ -217,3 +217,17 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The example shipped under deploy/ must stay a valid config.
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/coordinator.toml");
+        let c = CoordinatorConfig::load(&path, &BTreeMap::new()).unwrap();
+        assert_eq!(c.members.len(), 3);
+    }
+}
