@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_domain::MemberId;
+use baton_proto::tls::ClientTls;
 use serde::Deserialize;
 
 /// A config problem, always naming the key and what is wrong with it.
@@ -55,6 +56,16 @@ struct RawConfig {
     probe_listen: Option<String>,
     target: Option<RawTarget>,
     run: Option<RawRun>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    domain: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +149,8 @@ pub struct AgentConfig {
     pub probe_listen: SocketAddr,
     pub target: TargetConfig,
     pub run: RunMode,
+    /// TLS to the coordinator; required when `coordinator` is https.
+    pub tls: Option<ClientTls>,
 }
 
 /// The environment variables that override config keys, read once at start.
@@ -282,6 +295,26 @@ impl AgentConfig {
                 }
             },
         };
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => {
+                let identity = match (&t.cert, &t.key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    (None, None) => None,
+                    _ => return Err(invalid("tls.cert", "cert and key must be set together")),
+                };
+                Some(
+                    ClientTls::load(&t.ca, identity, t.domain.clone())
+                        .map_err(|e| invalid("tls", e.to_string()))?,
+                )
+            }
+        };
+        if coordinator.starts_with("https://") != tls.is_some() {
+            return Err(invalid(
+                "tls",
+                "an https:// coordinator needs [tls] with at least `ca`, and [tls] needs https://",
+            ));
+        }
         Ok(AgentConfig {
             member,
             cluster,
@@ -293,6 +326,7 @@ impl AgentConfig {
             probe_listen,
             target,
             run,
+            tls,
         })
     }
 }

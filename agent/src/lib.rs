@@ -107,6 +107,7 @@ pub async fn run(
             hello,
             coordinator: config.coordinator.clone(),
             heartbeat: config.heartbeat,
+            tls: config.tls.clone(),
         },
         obs_rx.clone(),
         resources::ResourceReader::new(&config.data_dir),

@@ -42,6 +42,7 @@ pub struct LinkConfig {
     pub hello: Hello,
     pub coordinator: String,
     pub heartbeat: Duration,
+    pub tls: Option<baton_proto::tls::ClientTls>,
 }
 
 /// Counters the tests and probes read.
@@ -130,6 +131,13 @@ async fn session(
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
+    let endpoint = match &cfg.tls {
+        Some(tls) => tls.apply(endpoint).map_err(|e| LinkError::BadAddress {
+            addr: cfg.coordinator.clone(),
+            detail: format!("TLS setup: {e}"),
+        })?,
+        None => endpoint,
+    };
     let channel = endpoint.connect().await.map_err(|e| LinkError::Connect {
         addr: cfg.coordinator.clone(),
         detail: e.to_string(),

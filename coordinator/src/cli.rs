@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use baton_domain::FleetStatus;
+use baton_proto::tls::ClientTls;
 use baton_proto::v1::{StatusRequest, operator_client::OperatorClient};
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,14 +38,20 @@ pub struct OperatorConn {
 }
 
 impl OperatorConn {
-    pub async fn connect(addr: &str) -> Result<Self, CliError> {
-        let endpoint = Endpoint::from_shared(addr.to_owned())
-            .map_err(|e| CliError::BadAddress {
-                addr: addr.to_owned(),
-                detail: e.to_string(),
-            })?
+    pub async fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<Self, CliError> {
+        let bad = |detail: String| CliError::BadAddress {
+            addr: addr.to_owned(),
+            detail,
+        };
+        let mut endpoint = Endpoint::from_shared(addr.to_owned())
+            .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            endpoint = tls
+                .apply(endpoint)
+                .map_err(|e| bad(format!("TLS setup: {e}")))?;
+        }
         let channel = endpoint
             .connect()
             .await

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use baton_coordinator::cli::{OperatorConn, render_status};
+use baton_proto::tls::ClientTls;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -25,6 +26,15 @@ struct Args {
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// CA certificate that signs the coordinator's (for https://).
+    #[arg(long, global = true, env = "BATON_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// Operator client certificate (mTLS), with --key.
+    #[arg(long, global = true, env = "BATON_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Operator client key, with --cert.
+    #[arg(long, global = true, env = "BATON_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,7 +77,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut conn = OperatorConn::connect(&args.coordinator).await?;
+    let tls = match &args.ca_cert {
+        Some(ca) => {
+            let identity = args.cert.as_deref().zip(args.key.as_deref());
+            Some(ClientTls::load(ca, identity, None)?)
+        }
+        None => None,
+    };
+    let mut conn = OperatorConn::connect(&args.coordinator, tls.as_ref()).await?;
     match args.command {
         Command::Status { watch, interval_ms } => loop {
             let status = conn.status().await?;
