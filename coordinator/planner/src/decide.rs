@@ -1,0 +1,439 @@
+//! `decide`: the next steps of a rollout, as data.
+//!
+//! Level-triggered and idempotent: every tick the driver rebuilds the view
+//! and calls `decide` again; the same inputs give the same steps. A step that
+//! changes the rollout is an [`Event`] to journal (`Step::Record`) or an
+//! action to journal and send (`Step::Issue`). `decide` does no IO and reads
+//! no clock.
+
+use std::cmp::Reverse;
+
+use baton_domain::MemberId;
+
+use crate::policy::OnStall;
+use crate::rollout::{Action, Event, Gate, Phase, RolloutState, Stage};
+use crate::view::View;
+use crate::{Policy, UnixMs};
+
+/// One thing the driver should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Journal this event, then apply it.
+    Record(Event),
+    /// Journal a `CommandIssued` with the next id, then send it to the agent.
+    Issue { member: MemberId, action: Action },
+    /// Page the on-call: a rollout needs a human.
+    Page {
+        member: Option<MemberId>,
+        reason: String,
+    },
+    /// Ask the agents to report fast (during a gate or handover) or normally.
+    Cadence { fast: bool },
+    /// Nothing to do until the view changes.
+    Wait { reason: String },
+}
+
+fn wait(reason: impl Into<String>) -> Vec<Step> {
+    vec![Step::Wait {
+        reason: reason.into(),
+    }]
+}
+
+/// The upgraded follower with the highest applied revision, as of `view`
+/// (ties go to the lowest id). Falls back to any healthy follower when no
+/// follower is upgraded yet (the leader moved mid-rollout).
+pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> Option<MemberId> {
+    let candidates = |upgraded_only: bool| {
+        view.members
+            .iter()
+            .filter(|(m, _)| *m != from)
+            .filter(|(_, v)| v.healthy())
+            .filter(|(m, v)| {
+                !upgraded_only
+                    || (v.release() == Some(rollout.target.version.as_str())
+                        && rollout
+                            .members
+                            .get(*m)
+                            .is_some_and(|p| p.stage == Stage::Done))
+            })
+            .max_by_key(|(m, v)| (v.applied(), Reverse((*m).clone())))
+            .map(|(m, _)| m.clone())
+    };
+    candidates(true).or_else(|| candidates(false))
+}
+
+/// Whether the member's catch-up gate holds: lag ≤ tolerable on its two
+/// latest reports, which are consecutive and both taken since `since`.
+fn caught_up(view: &View, member: &MemberId, since: UnixMs, tolerable: u64) -> bool {
+    let Some(v) = view.members.get(member) else {
+        return false;
+    };
+    let recent: Vec<_> = v.lag_samples.iter().rev().take(2).collect();
+    match recent.as_slice() {
+        [last, prev] => {
+            last.seq == prev.seq + 1
+                && prev.at >= since
+                && last.lag <= tolerable
+                && prev.lag <= tolerable
+                && v.healthy()
+        }
+        _ => false,
+    }
+}
+
+/// How long the member's lag has gone without shrinking, if it is above
+/// `tolerable` now. Only samples since `since` count.
+pub fn stalled_for(
+    view: &View,
+    member: &MemberId,
+    since: UnixMs,
+    tolerable: u64,
+    now: UnixMs,
+) -> Option<std::time::Duration> {
+    let v = view.members.get(member)?;
+    let samples: Vec<_> = v.lag_samples.iter().filter(|s| s.at >= since).collect();
+    let last = samples.last()?;
+    if last.lag <= tolerable {
+        return None;
+    }
+    // The last time the lag went down (or the first sample).
+    let mut shrank_at = samples.first()?.at;
+    for w in samples.windows(2) {
+        if w[1].lag < w[0].lag {
+            shrank_at = w[1].at;
+        }
+    }
+    Some(now.since(shrank_at))
+}
+
+/// The next steps of `rollout` given `view`, `policy` and `now`.
+pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> Vec<Step> {
+    match &rollout.phase {
+        Phase::Completed => return Vec::new(),
+        Phase::Paused { reason } => return wait(format!("paused: {reason}")),
+        Phase::Running | Phase::Aborting => {}
+    }
+    let Some(member) = rollout.current().cloned() else {
+        return verify(view, rollout, policy, now);
+    };
+    let progress = &rollout.members[&member];
+    let aborting = rollout.phase == Phase::Aborting;
+
+    if let Some(id) = &progress.inflight {
+        let action = rollout.commands.get(id).map(|c| c.action.to_string());
+        return wait(format!(
+            "member {member}: {} ({id}) in flight",
+            action.unwrap_or_default()
+        ));
+    }
+    // Abort stops between steps, never leaving a member stopped.
+    if aborting && !progress.stage.is_disruptive() {
+        return vec![Step::Record(Event::Paused {
+            reason: format!(
+                "aborted by the operator; member {member} is {}",
+                progress.stage.name()
+            ),
+            at: now,
+        })];
+    }
+
+    match &progress.stage {
+        Stage::Started { at } => {
+            let v = view.members.get(&member);
+            let on_target = v.and_then(|v| v.release()) == Some(rollout.target.version.as_str());
+            if v.is_some_and(|v| v.healthy()) && on_target {
+                return vec![
+                    Step::Cadence { fast: true },
+                    Step::Record(Event::GatePassed {
+                        member,
+                        gate: Gate::Healthy,
+                        at: now,
+                    }),
+                ];
+            }
+            if now.since(*at) > policy.health_timeout {
+                let detail = match v.and_then(|v| v.report.as_ref()) {
+                    Some(r) if r.health_detail.is_empty() => {
+                        format!("{} on release {:?}", r.health, r.release)
+                    }
+                    Some(r) => format!(
+                        "{} on release {:?}: {}",
+                        r.health, r.release, r.health_detail
+                    ),
+                    None => "never reported".to_owned(),
+                };
+                return vec![Step::Record(Event::GateFailed {
+                    member: member.clone(),
+                    gate: Gate::Healthy,
+                    reason: format!(
+                        "member {member} did not become healthy on {} within {:?} ({detail}); rolling it back to {}",
+                        rollout.target.version, policy.health_timeout, rollout.previous
+                    ),
+                    at: now,
+                })];
+            }
+            vec![
+                Step::Cadence { fast: true },
+                Step::Wait {
+                    reason: format!(
+                        "member {member}: waiting to be healthy on {}",
+                        rollout.target.version
+                    ),
+                },
+            ]
+        }
+        Stage::CatchingUp { since } => catch_up(view, rollout, policy, now, &member, *since),
+        Stage::Soaking { since } => {
+            if now.since(*since) >= policy.soak {
+                vec![Step::Record(Event::GatePassed {
+                    member,
+                    gate: Gate::Soaked,
+                    at: now,
+                })]
+            } else {
+                wait(format!("member {member}: soaking"))
+            }
+        }
+        Stage::Reverted { reason } => vec![
+            Step::Record(Event::Paused {
+                reason: reason.clone(),
+                at: now,
+            }),
+            Step::Page {
+                member: Some(member.clone()),
+                reason: reason.clone(),
+            },
+        ],
+        Stage::Done => Vec::new(),
+        stage @ (Stage::Pending
+        | Stage::Staged
+        | Stage::Stopped
+        | Stage::Switched
+        | Stage::Reverting { .. }) => {
+            let Some(action) = stage.action(&rollout.target, &rollout.previous) else {
+                return Vec::new();
+            };
+            // Invariant 6, checked again at the last moment: never put a
+            // member onto a release that cannot read its data.
+            if let Action::Switch { version } = &action
+                && *version == rollout.target.version
+                && let Some(r) = view.members.get(&member).and_then(|v| v.report.as_ref())
+                && r.format_version > rollout.target.format_version
+            {
+                let reason = format!(
+                    "member {member} has data format {} but {} reads only format {}; refusing to switch it",
+                    r.format_version, rollout.target.version, rollout.target.format_version
+                );
+                return vec![
+                    Step::Record(Event::Paused {
+                        reason: reason.clone(),
+                        at: now,
+                    }),
+                    Step::Page {
+                        member: Some(member),
+                        reason,
+                    },
+                ];
+            }
+            if action == Action::Stop {
+                let handing_over = rollout.handover.as_ref().is_some_and(|h| h.from == member);
+                if handing_over || view.is_leader(&member) {
+                    return handover(view, rollout, policy, now, &member);
+                }
+                let cap = policy.effective_max_unavailable(view.members.len());
+                let down_others = view
+                    .members
+                    .iter()
+                    .filter(|(m, v)| **m != member && v.down())
+                    .count();
+                if down_others + 1 > cap {
+                    return wait(format!(
+                        "member {member}: {down_others} other member(s) down; max_unavailable is {cap}"
+                    ));
+                }
+            }
+            vec![Step::Issue { member, action }]
+        }
+    }
+}
+
+fn catch_up(
+    view: &View,
+    rollout: &RolloutState,
+    policy: &Policy,
+    now: UnixMs,
+    member: &MemberId,
+    since: UnixMs,
+) -> Vec<Step> {
+    if caught_up(view, member, since, policy.tolerable_lag) {
+        return vec![
+            Step::Cadence { fast: false },
+            Step::Record(Event::GatePassed {
+                member: member.clone(),
+                gate: Gate::CaughtUp,
+                at: now,
+            }),
+        ];
+    }
+    let lag = view.members.get(member).and_then(|v| v.lag);
+    let lag_text = lag.map_or("unknown".to_owned(), |l| l.to_string());
+    let waited = now.since(since);
+    if waited > policy.catchup_timeout {
+        let reason = format!(
+            "member {member} did not catch up: lag {lag_text} > {} after {waited:?} (catchup_timeout {:?})",
+            policy.tolerable_lag, policy.catchup_timeout
+        );
+        return vec![
+            Step::Record(Event::Paused {
+                reason: reason.clone(),
+                at: now,
+            }),
+            Step::Page {
+                member: Some(member.clone()),
+                reason,
+            },
+        ];
+    }
+    if let Some(stalled) = stalled_for(view, member, since, policy.tolerable_lag, now)
+        && stalled >= policy.stall_after
+    {
+        let reason = format!(
+            "member {member} catch-up stalled: lag {lag_text} has not shrunk for {stalled:?} (stall_after {:?})",
+            policy.stall_after
+        );
+        let page = Step::Page {
+            member: Some(member.clone()),
+            reason: reason.clone(),
+        };
+        return match policy.on_stall {
+            OnStall::Pause => vec![Step::Record(Event::Paused { reason, at: now }), page],
+            OnStall::Wait => vec![page, Step::Cadence { fast: true }],
+            OnStall::Rollback => vec![
+                Step::Record(Event::GateFailed {
+                    member: member.clone(),
+                    gate: Gate::CaughtUp,
+                    reason: format!("{reason}; rolling it back to {}", rollout.previous),
+                    at: now,
+                }),
+                page,
+            ],
+        };
+    }
+    vec![
+        Step::Cadence { fast: true },
+        Step::Wait {
+            reason: format!("member {member}: catching up, lag {lag_text}"),
+        },
+    ]
+}
+
+fn handover(
+    view: &View,
+    rollout: &RolloutState,
+    policy: &Policy,
+    now: UnixMs,
+    from: &MemberId,
+) -> Vec<Step> {
+    if let Some(h) = rollout.handover.as_ref().filter(|h| &h.from == from) {
+        // Every report names a new leader: normally the one asked for, but
+        // any leader other than `from` makes it safe to go on.
+        if let Some(new) = view.agreed_leader().filter(|l| *l != from) {
+            return vec![
+                Step::Cadence { fast: false },
+                Step::Record(Event::HandoverConfirmed {
+                    to: new.clone(),
+                    at: now,
+                }),
+            ];
+        }
+        let failed = h.last_error.is_some() || now.since(h.requested_at) > policy.handover_timeout;
+        if !failed {
+            return vec![
+                Step::Cadence { fast: true },
+                Step::Wait {
+                    reason: format!(
+                        "handover from {from} to {}: waiting for every report to name it",
+                        h.to
+                    ),
+                },
+            ];
+        }
+        if h.attempts >= 2 {
+            let why = h.last_error.clone().unwrap_or_else(|| {
+                format!(
+                    "not every report named {} within {:?}",
+                    h.to, policy.handover_timeout
+                )
+            });
+            let reason = format!(
+                "handover from leader {from} to {} failed after {} attempts: {why}; {from} was not stopped and still leads",
+                h.to, h.attempts
+            );
+            return vec![
+                Step::Record(Event::Paused {
+                    reason: reason.clone(),
+                    at: now,
+                }),
+                Step::Page {
+                    member: Some(from.clone()),
+                    reason,
+                },
+            ];
+        }
+    }
+    match handover_target(view, rollout, from) {
+        Some(to) => vec![
+            Step::Cadence { fast: true },
+            Step::Issue {
+                member: from.clone(),
+                action: Action::StepDown { to },
+            },
+        ],
+        None => wait(format!(
+            "leader {from}: no healthy follower to hand leadership to"
+        )),
+    }
+}
+
+fn verify(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> Vec<Step> {
+    let target = rollout.target.version.as_str();
+    let mut problems = Vec::new();
+    for (m, v) in &view.members {
+        if !v.healthy() {
+            problems.push(format!("{m} not healthy"));
+        } else if v.release() != Some(target) {
+            problems.push(format!("{m} on {:?}", v.release().unwrap_or("")));
+        } else if v.lag.is_none_or(|l| l > policy.tolerable_lag) {
+            problems.push(format!("{m} lag {:?}", v.lag));
+        }
+    }
+    if view.agreed_leader().is_none() {
+        problems.push("no single agreed leader".to_owned());
+    }
+    if problems.is_empty() {
+        return vec![
+            Step::Cadence { fast: false },
+            Step::Record(Event::Completed { at: now }),
+        ];
+    }
+    let last_done = rollout
+        .members
+        .values()
+        .filter_map(|p| p.finished_at)
+        .max()
+        .unwrap_or(rollout.started_at);
+    if now.since(last_done) > policy.catchup_timeout {
+        let reason = format!("verify failed: {}", problems.join(", "));
+        return vec![
+            Step::Record(Event::Paused {
+                reason: reason.clone(),
+                at: now,
+            }),
+            Step::Page {
+                member: None,
+                reason,
+            },
+        ];
+    }
+    wait(format!("verify: {}", problems.join(", ")))
+}

@@ -1,0 +1,237 @@
+//! Preflight: every check that must hold before a rollout touches anything,
+//! and the member order it will use. A failed check names the member and the
+//! check; a failed preflight starts nothing (invariant 5).
+
+use std::cmp::Reverse;
+
+use baton_domain::{MemberId, Role};
+use serde::{Deserialize, Serialize};
+
+use crate::view::View;
+use crate::{Policy, ReleaseRef};
+
+/// The verdict of one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `agent`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`.
+    pub check: String,
+    pub member: Option<MemberId>,
+    pub ok: bool,
+    /// What was found, and for a failure what to do next.
+    pub detail: String,
+}
+
+impl Check {
+    fn pass(check: &str, member: Option<&MemberId>, detail: impl Into<String>) -> Check {
+        Check {
+            check: check.to_owned(),
+            member: member.cloned(),
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(check: &str, member: Option<&MemberId>, detail: impl Into<String>) -> Check {
+        Check {
+            check: check.to_owned(),
+            member: member.cloned(),
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the artifact store says about the target release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactVerdict {
+    /// Present, and its bytes match the manifest's sha256.
+    Verified { release: ReleaseRef, size: u64 },
+    /// Not in the store.
+    Missing { detail: String },
+    /// In the store, but the bytes do not match the sha256.
+    BadChecksum { detail: String },
+}
+
+/// Everything preflight needs besides the view.
+#[derive(Clone, Debug)]
+pub struct PreflightInput<'a> {
+    pub view: &'a View,
+    pub target_version: &'a str,
+    pub artifact: &'a ArtifactVerdict,
+    /// Bytes each member needs free: artifact plus backup.
+    pub required_disk: u64,
+}
+
+/// Runs every check; the rollout may start only if all are ok.
+pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
+    let view = input.view;
+    let mut checks = Vec::new();
+
+    // 1. A connected, fresh agent for every member.
+    for (m, v) in &view.members {
+        checks.push(if v.connected && v.fresh {
+            Check::pass("agent", Some(m), "agent connected")
+        } else if !v.connected {
+            Check::fail(
+                "agent",
+                Some(m),
+                format!("member {m} has no connected agent; start baton-agent on its node"),
+            )
+        } else {
+            Check::fail(
+                "agent",
+                Some(m),
+                format!("member {m}'s agent has not reported within 3 heartbeats"),
+            )
+        });
+    }
+
+    // 2. One leader that everyone agrees on; everyone healthy.
+    let leaders: Vec<&MemberId> = view
+        .members
+        .iter()
+        .filter(|(_, v)| v.role() == Some(Role::Leader))
+        .map(|(m, _)| m)
+        .collect();
+    match (leaders.as_slice(), view.agreed_leader()) {
+        ([one], Some(agreed)) if *one == agreed => {
+            checks.push(Check::pass("leader", Some(agreed), format!("{agreed} leads, all members agree")))
+        }
+        ([], _) => checks.push(Check::fail("leader", None, "no member reports itself leader; wait for an election")),
+        _ => checks.push(Check::fail(
+            "leader",
+            None,
+            format!("members disagree on the leader (self-declared: {leaders:?}); wait until the cluster settles"),
+        )),
+    }
+    for (m, v) in &view.members {
+        if v.fresh && !v.healthy() {
+            let detail = v
+                .report
+                .as_ref()
+                .map(|r| r.health_detail.clone())
+                .unwrap_or_default();
+            checks.push(Check::fail(
+                "health",
+                Some(m),
+                format!("member {m} is not healthy: {detail}"),
+            ));
+        }
+    }
+
+    // 3. Everyone on the same release.
+    let mut releases: Vec<(&str, &MemberId)> = view
+        .members
+        .iter()
+        .filter_map(|(m, v)| v.release().map(|r| (r, m)))
+        .collect();
+    releases.sort();
+    let distinct: std::collections::BTreeSet<&str> = releases.iter().map(|(r, _)| *r).collect();
+    if distinct.len() > 1 {
+        for (r, m) in &releases {
+            checks.push(Check::fail(
+                "release",
+                Some(m),
+                format!("member {m} is on {r:?}, the cluster is on mixed releases {distinct:?}; finish or roll back the last rollout first"),
+            ));
+        }
+    } else if let Some(r) = distinct.first() {
+        if *r == input.target_version {
+            checks.push(Check::fail(
+                "release",
+                None,
+                format!("every member is already on {r}"),
+            ));
+        } else {
+            checks.push(Check::pass("release", None, format!("every member on {r}")));
+        }
+    }
+
+    // 4. The version path: never onto a release that cannot read the data.
+    if let ArtifactVerdict::Verified { release, .. } = input.artifact {
+        for (m, v) in &view.members {
+            let Some(r) = v.report.as_ref() else { continue };
+            if release.format_version < r.format_version {
+                checks.push(Check::fail(
+                    "format",
+                    Some(m),
+                    format!(
+                        "member {m} has data format {} but {} reads only format {}: a downgrade across formats would not start; roll forward instead",
+                        r.format_version, release.version, release.format_version
+                    ),
+                ));
+            }
+        }
+    }
+
+    // 5. Lag.
+    for (m, v) in &view.members {
+        match v.lag {
+            Some(l) if l <= policy.tolerable_lag => {}
+            Some(l) => checks.push(Check::fail(
+                "lag",
+                Some(m),
+                format!(
+                    "member {m} lags by {l} > tolerable_lag {}; wait for it to catch up",
+                    policy.tolerable_lag
+                ),
+            )),
+            None if v.fresh => checks.push(Check::fail(
+                "lag",
+                Some(m),
+                format!("member {m}'s lag is unknown"),
+            )),
+            None => {}
+        }
+    }
+
+    // 6. The artifact.
+    match input.artifact {
+        ArtifactVerdict::Verified { release, .. } => checks.push(Check::pass(
+            "artifact",
+            None,
+            format!("{} in the store, sha256 {}", release.version, release.sha256),
+        )),
+        ArtifactVerdict::Missing { detail } => checks.push(Check::fail(
+            "artifact",
+            None,
+            format!("release {} is not in the artifact store ({detail}); publish it with `baton release publish`", input.target_version),
+        )),
+        ArtifactVerdict::BadChecksum { detail } => checks.push(Check::fail(
+            "artifact",
+            None,
+            format!("release {}'s artifact does not match its sha256 ({detail}); republish it", input.target_version),
+        )),
+    }
+
+    // 7. Disk.
+    for (m, v) in &view.members {
+        let Some(r) = v.report.as_ref() else { continue };
+        let free = r.resources.data_disk_free_bytes;
+        if free < input.required_disk {
+            checks.push(Check::fail(
+                "disk",
+                Some(m),
+                format!(
+                    "member {m} has {free} bytes free, needs {} for the artifact and backup",
+                    input.required_disk
+                ),
+            ));
+        }
+    }
+    checks
+}
+
+/// The rollout order: followers most-lagging first, then by id; the leader last.
+pub fn order(view: &View, leader: &MemberId) -> Vec<MemberId> {
+    let mut followers: Vec<(&MemberId, u64)> = view
+        .members
+        .iter()
+        .filter(|(m, _)| *m != leader)
+        .map(|(m, v)| (m, v.lag.unwrap_or(u64::MAX)))
+        .collect();
+    followers.sort_by_key(|(m, lag)| (Reverse(*lag), (*m).clone()));
+    let mut order: Vec<MemberId> = followers.into_iter().map(|(m, _)| m.clone()).collect();
+    order.push(leader.clone());
+    order
+}

@@ -1,0 +1,93 @@
+//! The planner's input: a snapshot of the fleet, built by the coordinator
+//! from its FleetView. Plain data; the planner never asks for more.
+
+use std::collections::BTreeMap;
+
+use baton_domain::{Health, MemberId, Report, Role};
+use serde::{Deserialize, Serialize};
+
+use crate::UnixMs;
+
+/// One lag reading, taken when a report from the member arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LagSample {
+    /// The member's report sequence number (consecutive reports differ by 1).
+    pub seq: u64,
+    pub at: UnixMs,
+    pub lag: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Heard from within 3 heartbeats.
+    pub fresh: bool,
+    pub connected: bool,
+    pub report: Option<Report>,
+    /// Lag now, against the leader's committed revision; None if unknown.
+    pub lag: Option<u64>,
+    /// Recent lag readings, oldest first.
+    pub lag_samples: Vec<LagSample>,
+}
+
+impl MemberView {
+    /// The member is up and serving, per a fresh report.
+    pub fn healthy(&self) -> bool {
+        self.fresh
+            && self
+                .report
+                .as_ref()
+                .is_some_and(|r| r.health == Health::Healthy)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.report.as_ref().filter(|_| self.fresh).map(|r| r.role)
+    }
+
+    pub fn release(&self) -> Option<&str> {
+        self.report.as_ref().map(|r| r.release.as_str())
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.report.as_ref().map_or(0, |r| r.applied_revision)
+    }
+
+    /// Counts as down for `max_unavailable`.
+    pub fn down(&self) -> bool {
+        !self.healthy()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct View {
+    /// The leader fresh reports name.
+    pub leader: Option<MemberId>,
+    pub members: BTreeMap<MemberId, MemberView>,
+}
+
+impl View {
+    /// The single leader that every fresh, healthy report agrees on.
+    pub fn agreed_leader(&self) -> Option<&MemberId> {
+        let leader = self.leader.as_ref()?;
+        let all_agree = self
+            .members
+            .values()
+            .filter(|m| m.healthy())
+            .all(|m| m.report.as_ref().and_then(|r| r.leader.as_ref()) == Some(leader));
+        let leaders = self
+            .members
+            .values()
+            .filter(|m| m.role() == Some(Role::Leader))
+            .count();
+        (all_agree && leaders == 1).then_some(leader)
+    }
+
+    /// Whether `member` leads, by its own fresh report or by the view.
+    pub fn is_leader(&self, member: &MemberId) -> bool {
+        self.leader.as_ref() == Some(member)
+            || self
+                .members
+                .get(member)
+                .and_then(|m| m.report.as_ref())
+                .is_some_and(|r| r.role == Role::Leader)
+    }
+}

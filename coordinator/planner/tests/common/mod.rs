@@ -1,0 +1,177 @@
+//! Builders for planner tests: views and rollouts in a line each.
+#![allow(dead_code)]
+
+use baton_domain::{Health, MemberId, Report, Resources, Role};
+use baton_planner::preflight::order;
+use baton_planner::rollout::{Action, CommandId, Event, RolloutState, Stage};
+use baton_planner::{LagSample, MemberView, ReleaseRef, UnixMs, View};
+
+pub const L: Role = Role::Leader;
+pub const F: Role = Role::Follower;
+
+pub fn id(s: &str) -> MemberId {
+    MemberId::new(s).unwrap()
+}
+
+pub fn ids(s: &[&str]) -> Vec<MemberId> {
+    s.iter().map(|m| id(m)).collect()
+}
+
+pub fn t(ms: u64) -> UnixMs {
+    UnixMs(ms)
+}
+
+pub fn target() -> ReleaseRef {
+    ReleaseRef {
+        version: "v2".into(),
+        format_version: 1,
+        sha256: "ab".repeat(32),
+    }
+}
+
+/// A healthy cluster on v1: (member, role, applied revision). The leader's
+/// applied revision is the committed one; lag is measured against it.
+pub fn cluster(members: &[(&str, Role, u64)]) -> View {
+    let leader = members
+        .iter()
+        .find(|m| m.1 == Role::Leader)
+        .map(|m| id(m.0));
+    let committed = members.iter().map(|m| m.2).max().unwrap_or(0);
+    View {
+        leader: leader.clone(),
+        members: members
+            .iter()
+            .map(|(m, role, applied)| {
+                (
+                    id(m),
+                    MemberView {
+                        fresh: true,
+                        connected: true,
+                        report: Some(Report {
+                            member: id(m),
+                            role: *role,
+                            leader: leader.clone(),
+                            committed_revision: committed,
+                            applied_revision: *applied,
+                            release: "v1".into(),
+                            format_version: 1,
+                            health: Health::Healthy,
+                            health_detail: String::new(),
+                            resources: Resources {
+                                data_disk_free_bytes: 1 << 40,
+                                ..Resources::default()
+                            },
+                            timestamp_unix_ms: 0,
+                            term: 1,
+                        }),
+                        lag: Some(committed - applied),
+                        lag_samples: Vec::new(),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn edit(mut view: View, m: &str, f: impl FnOnce(&mut MemberView)) -> View {
+    f(view.members.get_mut(&id(m)).unwrap());
+    view
+}
+
+pub fn with_release(view: View, m: &str, release: &str) -> View {
+    edit(view, m, |v| {
+        v.report.as_mut().unwrap().release = release.into()
+    })
+}
+
+pub fn with_lag(view: View, m: &str, lag: u64) -> View {
+    edit(view, m, |v| v.lag = Some(lag))
+}
+
+pub fn with_down(view: View, m: &str) -> View {
+    edit(view, m, |v| {
+        let r = v.report.as_mut().unwrap();
+        r.health = Health::Down;
+        r.role = Role::Unknown;
+        r.health_detail = "connection refused".into();
+        v.lag = None;
+    })
+}
+
+pub fn with_samples(view: View, m: &str, samples: &[(u64, u64, u64)]) -> View {
+    edit(view, m, |v| {
+        v.lag_samples = samples
+            .iter()
+            .map(|(seq, at, lag)| LagSample {
+                seq: *seq,
+                at: UnixMs(*at),
+                lag: *lag,
+            })
+            .collect();
+    })
+}
+
+/// Moves leadership to `m` in every report.
+pub fn led_by(mut view: View, m: &str) -> View {
+    view.leader = Some(id(m));
+    for (name, v) in view.members.iter_mut() {
+        let r = v.report.as_mut().unwrap();
+        r.leader = Some(id(m));
+        r.role = if name.as_str() == m {
+            Role::Leader
+        } else {
+            Role::Follower
+        };
+    }
+    view
+}
+
+pub fn started(view: &View, leader: &str) -> RolloutState {
+    RolloutState::start(&Event::Started {
+        id: "r1".into(),
+        target: target(),
+        previous: "v1".into(),
+        order: order(view, &id(leader)),
+        leader: id(leader),
+        at: t(0),
+    })
+    .unwrap()
+}
+
+/// A rollout where every member before `m` in order is done and `m` is at `stage`.
+pub fn at_stage(view: &View, leader: &str, m: &str, stage: Stage) -> RolloutState {
+    let mut r = started(view, leader);
+    for name in r.order.clone() {
+        if name == id(m) {
+            break;
+        }
+        r.members.get_mut(&name).unwrap().stage = Stage::Done;
+    }
+    r.members.get_mut(&id(m)).unwrap().stage = stage;
+    r
+}
+
+pub fn issue_at(r: &mut RolloutState, m: &str, action: Action, at: UnixMs) -> CommandId {
+    let cmd = r.next_command_id();
+    r.apply(&Event::CommandIssued {
+        id: cmd.clone(),
+        member: id(m),
+        action,
+        at,
+    })
+    .unwrap();
+    cmd
+}
+
+pub fn issue(r: &mut RolloutState, m: &str, action: Action) -> CommandId {
+    issue_at(r, m, action, t(0))
+}
+
+pub fn succeed(r: &mut RolloutState, cmd: &CommandId, at: UnixMs) {
+    r.apply(&Event::CommandSucceeded {
+        id: cmd.clone(),
+        detail: String::new(),
+        at,
+    })
+    .unwrap();
+}

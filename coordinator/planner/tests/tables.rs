@@ -1,0 +1,386 @@
+//! Table tests of the planner: a view and a rollout in, steps out.
+
+mod common;
+
+use std::time::Duration;
+
+use baton_planner::decide::Step;
+use baton_planner::rollout::{Action, Event, Gate, Phase, Stage};
+use baton_planner::{Policy, decide};
+use common::*;
+
+#[test]
+fn a_new_rollout_stages_the_first_follower() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let r = started(&view, "n1");
+    assert_eq!(r.order, ids(&["n2", "n3", "n1"]));
+    assert_eq!(
+        decide(&view, &r, &Policy::default(), t(1)),
+        vec![Step::Issue {
+            member: id("n2"),
+            action: Action::Stage { release: target() }
+        }]
+    );
+}
+
+#[test]
+fn followers_go_most_lagging_first_then_by_id() {
+    let view = cluster(&[("n1", F, 90), ("n2", L, 100), ("n3", F, 95), ("n4", F, 90)]);
+    assert_eq!(started(&view, "n2").order, ids(&["n1", "n4", "n3", "n2"]));
+}
+
+#[test]
+fn a_command_in_flight_means_wait() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = started(&view, "n1");
+    issue(&mut r, "n2", Action::Stage { release: target() });
+    assert!(matches!(
+        decide(&view, &r, &Policy::default(), t(2)).as_slice(),
+        [Step::Wait { .. }]
+    ));
+}
+
+#[test]
+fn the_forward_path_of_one_follower() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = started(&view, "n1");
+    let p = Policy::default();
+    for want in [
+        Action::Stage { release: target() },
+        Action::Stop,
+        Action::Switch {
+            version: "v2".into(),
+        },
+        Action::Start,
+    ] {
+        assert_eq!(
+            decide(&view, &r, &p, t(2)),
+            vec![Step::Issue {
+                member: id("n2"),
+                action: want.clone()
+            }]
+        );
+        let cmd = issue(&mut r, "n2", want);
+        succeed(&mut r, &cmd, t(3));
+    }
+    assert!(matches!(r.members[&id("n2")].stage, Stage::Started { .. }));
+    // Not yet on the target: wait.
+    assert!(
+        decide(&view, &r, &p, t(4))
+            .iter()
+            .any(|s| matches!(s, Step::Wait { .. }))
+    );
+    // Healthy on v2: the health gate passes.
+    let view = with_release(view, "n2", "v2");
+    assert_eq!(
+        decide(&view, &r, &p, t(5)),
+        vec![
+            Step::Cadence { fast: true },
+            Step::Record(Event::GatePassed {
+                member: id("n2"),
+                gate: Gate::Healthy,
+                at: t(5)
+            })
+        ]
+    );
+}
+
+#[test]
+fn the_catch_up_gate_needs_two_consecutive_reports() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(10) });
+    let p = Policy {
+        tolerable_lag: 5,
+        ..Policy::default()
+    };
+    let one = with_samples(view.clone(), "n2", &[(1, 11, 40), (2, 12, 3)]);
+    assert!(
+        !decide(&one, &r, &p, t(13))
+            .iter()
+            .any(|s| matches!(s, Step::Record(_)))
+    );
+    let gap = with_samples(view.clone(), "n2", &[(1, 11, 3), (3, 12, 3)]);
+    assert!(
+        !decide(&gap, &r, &p, t(13))
+            .iter()
+            .any(|s| matches!(s, Step::Record(_))),
+        "not consecutive"
+    );
+    let two = with_samples(view, "n2", &[(1, 11, 40), (2, 12, 3), (3, 13, 0)]);
+    let steps = decide(&two, &r, &p, t(14));
+    assert!(steps.contains(&Step::Record(Event::GatePassed {
+        member: id("n2"),
+        gate: Gate::CaughtUp,
+        at: t(14)
+    })));
+    r.apply(&Event::GatePassed {
+        member: id("n2"),
+        gate: Gate::CaughtUp,
+        at: t(14),
+    })
+    .unwrap();
+    // Soak 0: done at once, then the next follower.
+    assert_eq!(
+        decide(&two, &r, &p, t(14)),
+        vec![Step::Record(Event::GatePassed {
+            member: id("n2"),
+            gate: Gate::Soaked,
+            at: t(14)
+        })]
+    );
+}
+
+#[test]
+fn a_catch_up_that_never_finishes_pauses_naming_member_and_lag() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
+    let p = Policy {
+        catchup_timeout: Duration::from_secs(5),
+        stall_after: Duration::from_secs(60),
+        ..Policy::default()
+    };
+    let view = with_samples(
+        with_lag(view, "n2", 70),
+        "n2",
+        &[(1, 1000, 80), (2, 2000, 70)],
+    );
+    let steps = decide(&view, &r, &p, t(6000));
+    let Some(Step::Record(Event::Paused { reason, .. })) = steps.first() else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(
+        reason,
+        "member n2 did not catch up: lag 70 > 10 after 6s (catchup_timeout 5s)"
+    );
+    assert!(steps.iter().any(|s| matches!(s, Step::Page { .. })));
+}
+
+#[test]
+fn a_lag_that_stops_shrinking_is_a_stall() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
+    let p = Policy {
+        stall_after: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    let samples: Vec<(u64, u64, u64)> = (0..40)
+        .map(|i| (i, 1000 + i * 1000, if i < 5 { 100 - i } else { 96 }))
+        .collect();
+    let view = with_samples(with_lag(view, "n2", 96), "n2", &samples);
+    // Lag last shrank at t=5000; at t=34000 that is 29 s: still waiting.
+    assert!(
+        !decide(&view, &r, &p, t(34_000))
+            .iter()
+            .any(|s| matches!(s, Step::Record(_)))
+    );
+    let steps = decide(&view, &r, &p, t(35_000));
+    assert!(
+        matches!(&steps[0], Step::Record(Event::Paused { reason, .. }) if reason.contains("stalled") && reason.contains("n2")),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn the_leader_hands_over_to_the_most_caught_up_upgraded_follower() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 97), ("n3", F, 99)]);
+    let view = with_release(with_release(view, "n2", "v2"), "n3", "v2");
+    let r = at_stage(&view, "n1", "n1", Stage::Staged);
+    assert_eq!(
+        decide(&view, &r, &Policy::default(), t(50)),
+        vec![
+            Step::Cadence { fast: true },
+            Step::Issue {
+                member: id("n1"),
+                action: Action::StepDown { to: id("n3") }
+            }
+        ]
+    );
+}
+
+#[test]
+fn a_handover_is_confirmed_only_when_every_report_names_the_new_leader() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = at_stage(&view, "n1", "n1", Stage::Staged);
+    let cmd = issue(&mut r, "n1", Action::StepDown { to: id("n3") });
+    succeed(&mut r, &cmd, t(60));
+    // The agent said ok, but the view still shows n1 leading: wait, never stop.
+    let steps = decide(&view, &r, &Policy::default(), t(61));
+    assert!(
+        !steps.iter().any(|s| matches!(
+            s,
+            Step::Issue {
+                action: Action::Stop,
+                ..
+            }
+        )),
+        "{steps:?}"
+    );
+    let moved = led_by(view, "n3");
+    assert!(
+        decide(&moved, &r, &Policy::default(), t(62)).contains(&Step::Record(
+            Event::HandoverConfirmed {
+                to: id("n3"),
+                at: t(62)
+            }
+        ))
+    );
+    r.apply(&Event::HandoverConfirmed {
+        to: id("n3"),
+        at: t(62),
+    })
+    .unwrap();
+    assert_eq!(
+        decide(&moved, &r, &Policy::default(), t(63)),
+        vec![Step::Issue {
+            member: id("n1"),
+            action: Action::Stop
+        }]
+    );
+}
+
+#[test]
+fn a_handover_is_retried_once_then_pauses_without_stopping_the_leader() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = at_stage(&view, "n1", "n1", Stage::Staged);
+    let p = Policy {
+        handover_timeout: Duration::from_secs(10),
+        ..Policy::default()
+    };
+    let c1 = issue_at(&mut r, "n1", Action::StepDown { to: id("n2") }, t(0));
+    succeed(&mut r, &c1, t(1));
+    let retry = decide(&view, &r, &p, t(10_001));
+    assert!(
+        retry.iter().any(|s| matches!(
+            s,
+            Step::Issue {
+                action: Action::StepDown { .. },
+                ..
+            }
+        )),
+        "{retry:?}"
+    );
+    let c2 = issue_at(&mut r, "n1", Action::StepDown { to: id("n2") }, t(10_002));
+    succeed(&mut r, &c2, t(10_003));
+    let steps = decide(&view, &r, &p, t(20_003));
+    assert!(
+        matches!(&steps[0], Step::Record(Event::Paused { reason, .. })
+        if reason.contains("handover from leader n1 to n2 failed after 2 attempts") && reason.contains("n1 was not stopped")),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn an_unhealthy_start_rolls_the_member_back_and_pauses() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let view = with_down(view, "n2");
+    let mut r = at_stage(&view, "n1", "n2", Stage::Started { at: t(0) });
+    let p = Policy {
+        health_timeout: Duration::from_secs(3),
+        ..Policy::default()
+    };
+    assert!(
+        !decide(&view, &r, &p, t(2999))
+            .iter()
+            .any(|s| matches!(s, Step::Record(_)))
+    );
+    let steps = decide(&view, &r, &p, t(3001));
+    let [Step::Record(ev @ Event::GateFailed { reason, .. })] = steps.as_slice() else {
+        panic!("{steps:?}")
+    };
+    assert!(
+        reason.starts_with("member n2 did not become healthy on v2 within 3s"),
+        "{reason}"
+    );
+    r.apply(ev).unwrap();
+    // Back: stop (it may crash-loop), switch to v1, start. The others are up.
+    for want in [
+        Action::Stop,
+        Action::Switch {
+            version: "v1".into(),
+        },
+        Action::Start,
+    ] {
+        let steps = decide(&view, &r, &p, t(3002));
+        assert_eq!(
+            steps,
+            vec![Step::Issue {
+                member: id("n2"),
+                action: want.clone()
+            }],
+            "{want:?}"
+        );
+        let c = issue(&mut r, "n2", want);
+        succeed(&mut r, &c, t(3003));
+    }
+    let steps = decide(&view, &r, &p, t(3004));
+    assert!(
+        matches!(&steps[0], Step::Record(Event::Paused { .. })),
+        "{steps:?}"
+    );
+    r.apply(match &steps[0] {
+        Step::Record(e) => e,
+        _ => unreachable!(),
+    })
+    .unwrap();
+    assert!(matches!(r.phase, Phase::Paused { .. }));
+}
+
+#[test]
+fn stop_waits_while_another_member_is_down() {
+    let view = with_down(
+        cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]),
+        "n3",
+    );
+    let r = at_stage(&view, "n1", "n2", Stage::Staged);
+    let steps = decide(&view, &r, &Policy::default(), t(1));
+    assert!(
+        matches!(&steps[..], [Step::Wait { reason }] if reason.contains("max_unavailable is 1")),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn abort_stops_between_steps_and_never_leaves_a_member_stopped() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut stopped = at_stage(&view, "n1", "n2", Stage::Stopped);
+    stopped.apply(&Event::AbortRequested { at: t(1) }).unwrap();
+    assert_eq!(
+        decide(&view, &stopped, &Policy::default(), t(2)),
+        vec![Step::Issue {
+            member: id("n2"),
+            action: Action::Switch {
+                version: "v2".into()
+            }
+        }],
+        "a stopped member is brought back up first"
+    );
+    let mut catching = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
+    catching.apply(&Event::AbortRequested { at: t(1) }).unwrap();
+    let steps = decide(&view, &catching, &Policy::default(), t(2));
+    assert!(
+        matches!(&steps[..], [Step::Record(Event::Paused { reason, .. })] if reason.contains("aborted"))
+    );
+}
+
+#[test]
+fn verify_completes_when_all_are_on_target_with_one_leader() {
+    let view = cluster(&[("n1", F, 100), ("n2", F, 100), ("n3", L, 100)]);
+    let mut r = started(&view, "n1");
+    for m in ["n1", "n2", "n3"] {
+        r.members.get_mut(&id(m)).unwrap().stage = Stage::Done;
+    }
+    assert!(matches!(
+        decide(&view, &r, &Policy::default(), t(1)).as_slice(),
+        [Step::Wait { .. }]
+    ));
+    let on_v2 = ["n1", "n2", "n3"]
+        .iter()
+        .fold(view, |v, m| with_release(v, m, "v2"));
+    assert_eq!(
+        decide(&on_v2, &r, &Policy::default(), t(2)),
+        vec![
+            Step::Cadence { fast: false },
+            Step::Record(Event::Completed { at: t(2) })
+        ]
+    );
+}
