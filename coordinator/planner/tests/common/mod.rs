@@ -1,5 +1,5 @@
 //! Builders for planner tests: views and rollouts in a line each.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use baton_domain::{Health, MemberId, Report, Resources, Role};
 use baton_planner::preflight::order;
