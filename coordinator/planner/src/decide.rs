@@ -213,22 +213,36 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
             let Some(action) = stage.action(&rollout.target, &rollout.previous) else {
                 return Vec::new();
             };
-            // Invariant 6, checked again at the last moment: never put a
-            // member onto a release that cannot read its data.
-            if let Action::Switch { version } = &action
-                && *version == rollout.target.version
+            // Invariant 6, checked again before the member is touched: never
+            // put a member onto a release that cannot read its data.
+            let forward = matches!(stage, Stage::Pending | Stage::Staged | Stage::Stopped);
+            if forward
                 && let Some(r) = view.members.get(&member).and_then(|v| v.report.as_ref())
                 && r.format_version > rollout.target.format_version
             {
                 let reason = format!(
-                    "member {member} has data format {} but {} reads only format {}; refusing to switch it",
-                    r.format_version, rollout.target.version, rollout.target.format_version
+                    "member {member} has data format {} but {} reads only format {}; refusing to move it to {}",
+                    r.format_version,
+                    rollout.target.version,
+                    rollout.target.format_version,
+                    rollout.target.version
                 );
-                return vec![
-                    Step::Record(Event::Paused {
+                let record = if *stage == Stage::Stopped {
+                    // Already stopped: bring it back on the previous release.
+                    Event::GateFailed {
+                        member: member.clone(),
+                        gate: Gate::Healthy,
                         reason: reason.clone(),
                         at: now,
-                    }),
+                    }
+                } else {
+                    Event::Paused {
+                        reason: reason.clone(),
+                        at: now,
+                    }
+                };
+                return vec![
+                    Step::Record(record),
                     Step::Page {
                         member: Some(member),
                         reason,

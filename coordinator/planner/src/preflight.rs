@@ -235,3 +235,41 @@ pub fn order(view: &View, leader: &MemberId) -> Vec<MemberId> {
     order.push(leader.clone());
     order
 }
+
+/// The only way to start a rollout: from a preflight with no failed check.
+/// Returns the `Started` event to journal, or the failed checks (invariant 5:
+/// a failed preflight starts nothing).
+pub fn start(
+    checks: &[Check],
+    id: String,
+    view: &View,
+    target_version: &str,
+    artifact: &ArtifactVerdict,
+    now: crate::UnixMs,
+) -> Result<crate::rollout::Event, Vec<Check>> {
+    let failed: Vec<Check> = checks.iter().filter(|c| !c.ok).cloned().collect();
+    if !failed.is_empty() {
+        return Err(failed);
+    }
+    let refuse = |check: &str, detail: String| Err(vec![Check::fail(check, None, detail)]);
+    let ArtifactVerdict::Verified { release, .. } = artifact else {
+        return refuse(
+            "artifact",
+            format!("release {target_version} is not verified in the store"),
+        );
+    };
+    let Some(leader) = view.agreed_leader() else {
+        return refuse("leader", "no agreed leader".to_owned());
+    };
+    let Some(previous) = view.members.values().find_map(|v| v.release()) else {
+        return refuse("release", "no member reports a release".to_owned());
+    };
+    Ok(crate::rollout::Event::Started {
+        id,
+        target: release.clone(),
+        previous: previous.to_owned(),
+        order: order(view, leader),
+        leader: leader.clone(),
+        at: now,
+    })
+}
