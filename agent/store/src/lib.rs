@@ -1,0 +1,403 @@
+//! The artifact store: where releases live before they reach a node.
+//!
+//! This crate owns the release manifest format, the [`ArtifactStore`] trait
+//! (a local directory today; S3 later, behind the same trait), sha256
+//! checksums, and packing/unpacking release directories. The rule it
+//! enforces: an artifact whose sha256 does not match is never unpacked.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What the store knows about one release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseManifest {
+    pub name: String,
+    pub version: String,
+    /// The on-disk data format this release writes and the newest it reads.
+    pub format_version: u32,
+    /// Hex sha256 of the artifact bytes.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A store failure, naming the release and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "release {name} {version} is not in the store at {location}; publish it with `baton release publish`"
+    )]
+    Missing {
+        name: String,
+        version: String,
+        location: String,
+    },
+    #[error(
+        "release {name} {version}: artifact sha256 is {actual}, the manifest says {expected}; it was not unpacked; republish the release"
+    )]
+    BadChecksum {
+        name: String,
+        version: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("release {name} {version}: manifest {path} is invalid: {detail}")]
+    BadManifest {
+        name: String,
+        version: String,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error(
+        "invalid release name or version {0:?}: use only [A-Za-z0-9._-], not starting with '.'"
+    )]
+    BadName(String),
+    #[error("artifact store I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Names and versions become path components: keep them boring.
+pub fn check_name(s: &str) -> Result<(), StoreError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(s.to_owned()))
+    }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    let mut f = fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Packs the files of `dir` (recursively, following no symlinks) into a tar
+/// at `out`.
+pub fn pack_dir(dir: &Path, out: &Path) -> Result<(), StoreError> {
+    let file = fs::File::create(out).map_err(io(out))?;
+    let mut builder = tar::Builder::new(file);
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", dir).map_err(io(dir))?;
+    let mut file = builder.into_inner().map_err(io(out))?;
+    file.flush().map_err(io(out))?;
+    file.sync_all().map_err(io(out))?;
+    Ok(())
+}
+
+/// Verifies `artifact` against `expected` sha256 and only then unpacks it
+/// into `dest` (which must not exist). Entries that would escape `dest` are
+/// refused by the tar reader.
+pub fn unpack_verified(
+    artifact: &Path,
+    expected: &str,
+    dest: &Path,
+    name: &str,
+    version: &str,
+) -> Result<(), StoreError> {
+    let actual = sha256_file(artifact)?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(StoreError::BadChecksum {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            expected: expected.to_owned(),
+            actual,
+        });
+    }
+    fs::create_dir_all(dest).map_err(io(dest))?;
+    let file = fs::File::open(artifact).map_err(io(artifact))?;
+    let mut archive = tar::Archive::new(file);
+    archive.set_preserve_permissions(true);
+    archive.unpack(dest).map_err(io(dest))?;
+    Ok(())
+}
+
+/// Where releases are kept. Implementations: [`DirStore`]; S3 later.
+pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
+    /// Where the store is, for messages.
+    fn location(&self) -> String;
+    /// The manifest of a release.
+    fn manifest<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseManifest, StoreError>>;
+    /// Copies the artifact bytes to `dest`.
+    fn fetch<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Stores `artifact` under `manifest` (name, version).
+    fn put<'a>(
+        &'a self,
+        manifest: &'a ReleaseManifest,
+        artifact: &'a Path,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+/// Fetches the artifact to a temp file and checks it against the manifest.
+pub async fn verify(
+    store: &dyn ArtifactStore,
+    name: &str,
+    version: &str,
+    scratch: &Path,
+) -> Result<ReleaseManifest, StoreError> {
+    let manifest = store.manifest(name, version).await?;
+    let tmp = scratch.join(format!(".verify-{name}-{version}.tar"));
+    store.fetch(name, version, &tmp).await?;
+    let actual = sha256_file(&tmp);
+    let _ = fs::remove_file(&tmp);
+    let actual = actual?;
+    if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+        return Err(StoreError::BadChecksum {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            expected: manifest.sha256,
+            actual,
+        });
+    }
+    Ok(manifest)
+}
+
+/// Packs `dir` and puts it in the store as `name` `version`.
+pub async fn publish(
+    store: &dyn ArtifactStore,
+    name: &str,
+    version: &str,
+    format_version: u32,
+    dir: &Path,
+    scratch: &Path,
+) -> Result<ReleaseManifest, StoreError> {
+    check_name(name)?;
+    check_name(version)?;
+    let tar = scratch.join(format!(".publish-{name}-{version}.tar"));
+    pack_dir(dir, &tar)?;
+    let sha256 = sha256_file(&tar)?;
+    let size = fs::metadata(&tar).map_err(io(&tar))?.len();
+    let manifest = ReleaseManifest {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        format_version,
+        sha256,
+        size,
+    };
+    let result = store.put(&manifest, &tar).await;
+    let _ = fs::remove_file(&tar);
+    result.map(|()| manifest)
+}
+
+/// A store in a local (or shared) directory:
+/// `<root>/<name>/<version>/{manifest.toml,artifact.tar}`.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirStore { root: root.into() }
+    }
+
+    fn dir(&self, name: &str, version: &str) -> Result<PathBuf, StoreError> {
+        check_name(name)?;
+        check_name(version)?;
+        Ok(self.root.join(name).join(version))
+    }
+}
+
+impl ArtifactStore for DirStore {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn manifest<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<ReleaseManifest, StoreError>> {
+        Box::pin(async move {
+            let path = self.dir(name, version)?.join("manifest.toml");
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Missing {
+                        name: name.to_owned(),
+                        version: version.to_owned(),
+                        location: self.location(),
+                    });
+                }
+                Err(e) => return Err(io(&path)(e)),
+            };
+            let m: ReleaseManifest =
+                toml::from_str(&text).map_err(|e| StoreError::BadManifest {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    path: path.clone(),
+                    detail: e.message().to_owned(),
+                })?;
+            if m.name != name
+                || m.version != version
+                || m.sha256.len() != 64
+                || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                return Err(StoreError::BadManifest {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    path,
+                    detail: "name, version or sha256 does not fit this release".to_owned(),
+                });
+            }
+            Ok(m)
+        })
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+        dest: &'a Path,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let src = self.dir(name, version)?.join("artifact.tar");
+            match fs::copy(&src, dest) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    location: self.location(),
+                }),
+                Err(e) => Err(io(&src)(e)),
+            }
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        manifest: &'a ReleaseManifest,
+        artifact: &'a Path,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let dir = self.dir(&manifest.name, &manifest.version)?;
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let tmp = dir.join("artifact.tar.tmp");
+            fs::copy(artifact, &tmp).map_err(io(&tmp))?;
+            fs::rename(&tmp, dir.join("artifact.tar")).map_err(io(&dir))?;
+            let text = toml::to_string(manifest).map_err(|e| StoreError::BadManifest {
+                name: manifest.name.clone(),
+                version: manifest.version.clone(),
+                path: dir.join("manifest.toml"),
+                detail: e.to_string(),
+            })?;
+            let mtmp = dir.join("manifest.toml.tmp");
+            fs::write(&mtmp, text).map_err(io(&mtmp))?;
+            fs::rename(&mtmp, dir.join("manifest.toml")).map_err(io(&dir))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release_dir(root: &Path, body: &str) -> PathBuf {
+        let d = root.join("build");
+        fs::create_dir_all(d.join("bin")).unwrap();
+        fs::write(d.join("bin/tool"), body).unwrap();
+        fs::write(d.join("manifest.toml"), "version = \"v2\"\n").unwrap();
+        d
+    }
+
+    #[tokio::test]
+    async fn publish_verify_and_unpack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path().join("store"));
+        let src = release_dir(tmp.path(), "hello");
+        let m = publish(&store, "kv", "v2", 2, &src, tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(m.format_version, 2);
+        assert_eq!(verify(&store, "kv", "v2", tmp.path()).await.unwrap(), m);
+        let art = tmp.path().join("a.tar");
+        store.fetch("kv", "v2", &art).await.unwrap();
+        let dest = tmp.path().join("out");
+        unpack_verified(&art, &m.sha256, &dest, "kv", "v2").unwrap();
+        assert_eq!(fs::read_to_string(dest.join("bin/tool")).unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_bad_checksum_is_never_unpacked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path().join("store"));
+        let src = release_dir(tmp.path(), "hello");
+        let m = publish(&store, "kv", "v2", 1, &src, tmp.path())
+            .await
+            .unwrap();
+        // Corrupt the stored artifact.
+        let stored = tmp.path().join("store/kv/v2/artifact.tar");
+        let mut bytes = fs::read(&stored).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&stored, bytes).unwrap();
+        let err = verify(&store, "kv", "v2", tmp.path()).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadChecksum { .. }), "{err}");
+        let art = tmp.path().join("a.tar");
+        store.fetch("kv", "v2", &art).await.unwrap();
+        let dest = tmp.path().join("out");
+        let err = unpack_verified(&art, &m.sha256, &dest, "kv", "v2").unwrap_err();
+        assert!(err.to_string().contains("was not unpacked"), "{err}");
+        assert!(!dest.exists(), "nothing was unpacked");
+    }
+
+    #[tokio::test]
+    async fn missing_releases_and_bad_names_are_clear() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path());
+        let err = store.manifest("kv", "v9").await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("release kv v9 is not in the store"),
+            "{err}"
+        );
+        assert!(matches!(
+            store.manifest("kv", "../etc").await,
+            Err(StoreError::BadName(_))
+        ));
+        fs::create_dir_all(tmp.path().join("kv/v3")).unwrap();
+        fs::write(tmp.path().join("kv/v3/manifest.toml"), "name = 1").unwrap();
+        assert!(matches!(
+            store.manifest("kv", "v3").await,
+            Err(StoreError::BadManifest { .. })
+        ));
+    }
+}
