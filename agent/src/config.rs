@@ -57,6 +57,21 @@ struct RawConfig {
     target: Option<RawTarget>,
     run: Option<RawRun>,
     tls: Option<RawTls>,
+    store: Option<RawStore>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    path: Option<PathBuf>,
+}
+
+/// Where releases come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// A local or shared directory.
+    Dir { path: PathBuf },
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +166,7 @@ pub struct AgentConfig {
     pub run: RunMode,
     /// TLS to the coordinator; required when `coordinator` is https.
     pub tls: Option<ClientTls>,
+    pub store: Option<StoreConfig>,
 }
 
 /// The environment variables that override config keys, read once at start.
@@ -315,6 +331,21 @@ impl AgentConfig {
                 "an https:// coordinator needs [tls] with at least `ca`, and [tls] needs https://",
             ));
         }
+        let store = match raw.store {
+            None => None,
+            Some(RawStore { kind, path }) => match kind.as_str() {
+                "dir" => Some(StoreConfig::Dir {
+                    path: path
+                        .ok_or_else(|| invalid("store.path", "missing for kind = \"dir\""))?,
+                }),
+                other => {
+                    return Err(invalid(
+                        "store.kind",
+                        format!("unknown store {other:?}; known: dir"),
+                    ));
+                }
+            },
+        };
         Ok(AgentConfig {
             member,
             cluster,
@@ -327,6 +358,7 @@ impl AgentConfig {
             target,
             run,
             tls,
+            store,
         })
     }
 }

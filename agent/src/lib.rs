@@ -14,6 +14,8 @@
 //! it. Nothing here calls `process::exit`.
 
 pub mod config;
+pub mod executor;
+pub mod installer;
 pub mod link;
 pub mod probes;
 pub mod resources;
@@ -29,7 +31,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AgentConfig, RunMode, TargetConfig};
+use crate::config::{AgentConfig, RunMode, StoreConfig, TargetConfig};
 use crate::target::{SamplekvTarget, Target, TargetError};
 
 /// Why the agent could not start.
@@ -43,6 +45,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Target(#[from] TargetError),
+    #[error(transparent)]
+    Journal(#[from] executor::JournalError),
     #[error("member {member}: probe server failed: {source}")]
     Probes {
         member: baton_domain::MemberId,
@@ -76,16 +80,40 @@ pub async fn run(
     let target = build_target(&config.target)?;
     let tracker = TaskTracker::new();
 
-    if let RunMode::Supervise(sup) = &config.run {
-        supervisor::spawn(
+    let supervisor = match &config.run {
+        RunMode::Supervise(sup) => Some(supervisor::spawn(
             config.member.clone(),
             sup.clone(),
             config.data_dir.clone(),
             config.state_dir.clone(),
             &tracker,
             shutdown.clone(),
-        );
-    }
+        )),
+        RunMode::External => None,
+    };
+    let installer = match (&config.run, &config.store) {
+        (RunMode::Supervise(sup), Some(StoreConfig::Dir { path })) => {
+            Some(installer::Installer::new(
+                config.member.clone(),
+                sup.base_dir.clone(),
+                config.data_dir.clone(),
+                Arc::new(baton_store::DirStore::new(path.clone())),
+            ))
+        }
+        _ => None,
+    };
+    let mode = match config.run {
+        RunMode::Supervise(_) => "supervise",
+        RunMode::External => "external",
+    };
+    let executor = Arc::new(executor::Executor::open(
+        config.member.clone(),
+        &config.state_dir,
+        target.clone(),
+        supervisor,
+        installer,
+        mode,
+    )?);
 
     let (obs_tx, obs_rx) = watch::channel(None);
     tracker.spawn(watcher::run(
@@ -112,6 +140,7 @@ pub async fn run(
         obs_rx.clone(),
         resources::ResourceReader::new(&config.data_dir),
         stats_tx,
+        executor.clone(),
         shutdown.clone(),
     ));
 
@@ -122,6 +151,7 @@ pub async fn run(
         probe_listener,
         config.member.clone(),
         obs_rx,
+        executor,
         shutdown.clone(),
     )
     .await;

@@ -7,17 +7,18 @@
 //! command id is run at most once: a repeated id is answered from the stored
 //! result.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_domain::{Hello, MemberId, Report};
+use baton_domain::{AgentCommand, CommandOutcome, Hello, MemberId, Report};
 use baton_proto::v1::{
-    self, agent_link_client::AgentLinkClient, agent_message, command, coordinator_message,
+    self, agent_link_client::AgentLinkClient, agent_message, coordinator_message,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
+use crate::executor::Executor;
 use crate::resources::ResourceReader;
 use crate::watcher::Observation;
 
@@ -89,15 +90,26 @@ pub async fn run(
     mut observations: watch::Receiver<Option<Observation>>,
     mut resources: ResourceReader,
     stats: watch::Sender<LinkStats>,
+    executor: Arc<Executor>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut results: HashMap<String, v1::CommandResult> = HashMap::new();
+    // Results outlive sessions: one finished while disconnected is sent on
+    // the next session (and a resent id is answered from the journal anyway).
+    let (results_tx, mut results_rx) = mpsc::channel::<CommandOutcome>(64);
+    let mut io = SessionIo {
+        observations: &mut observations,
+        resources: &mut resources,
+        stats: &stats,
+        executor: &executor,
+        results_tx: &results_tx,
+        results_rx: &mut results_rx,
+    };
     loop {
         let started = tokio::time::Instant::now();
         let outcome = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&cfg, &mut observations, &mut resources, &stats, &mut results) => r,
+            r = session(&cfg, &mut io) => r,
         };
         stats.send_modify(|s| s.connected = false);
         if let Err(e) = outcome {
@@ -115,13 +127,25 @@ pub async fn run(
     }
 }
 
-async fn session(
-    cfg: &LinkConfig,
-    observations: &mut watch::Receiver<Option<Observation>>,
-    resources: &mut ResourceReader,
-    stats: &watch::Sender<LinkStats>,
-    results: &mut HashMap<String, v1::CommandResult>,
-) -> Result<(), LinkError> {
+/// What a session borrows from the link for its lifetime.
+struct SessionIo<'a> {
+    observations: &'a mut watch::Receiver<Option<Observation>>,
+    resources: &'a mut ResourceReader,
+    stats: &'a watch::Sender<LinkStats>,
+    executor: &'a Arc<Executor>,
+    results_tx: &'a mpsc::Sender<CommandOutcome>,
+    results_rx: &'a mut mpsc::Receiver<CommandOutcome>,
+}
+
+async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkError> {
+    let SessionIo {
+        observations,
+        resources,
+        stats,
+        executor,
+        results_tx,
+        results_rx,
+    } = io;
     let member = &cfg.hello.member;
     let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
         .map_err(|e| LinkError::BadAddress {
@@ -216,6 +240,9 @@ async fn session(
                 }
                 next_beat = tokio::time::Instant::now() + heartbeat;
             }
+            Some(outcome) = results_rx.recv() => {
+                send(&tx, agent_message::Body::Result(outcome.into())).await?;
+            }
             msg = inbound.message() => {
                 let msg = msg
                     .map_err(|status| LinkError::Stream(format!("{}: {}", status.code(), status.message())))?
@@ -228,60 +255,22 @@ async fn session(
                         tracing::debug!(member = %member, ?heartbeat, "report cadence changed");
                     }
                     Some(coordinator_message::Body::Command(cmd)) => {
-                        let result = execute(cmd, results)?;
-                        send(&tx, agent_message::Body::Result(result)).await?;
+                        let cmd = AgentCommand::try_from(cmd)
+                            .map_err(|e| LinkError::BadMessage(e.to_string()))?;
+                        if let Some(done) = executor.stored(&cmd.id) {
+                            send(&tx, agent_message::Body::Result(done.into())).await?;
+                        } else {
+                            // Run off the session so reports keep flowing.
+                            let (ex, out) = (Arc::clone(executor), results_tx.clone());
+                            tokio::spawn(async move {
+                                let outcome = ex.run(cmd).await;
+                                let _ = out.send(outcome).await;
+                            });
+                        }
                     }
                     None => return Err(LinkError::BadMessage("empty coordinator message".into())),
                 }
             }
         }
-    }
-}
-
-/// Runs a command once; a repeated id gets the stored result.
-fn execute(
-    cmd: v1::Command,
-    results: &mut HashMap<String, v1::CommandResult>,
-) -> Result<v1::CommandResult, LinkError> {
-    let v1::Command { id, step } = cmd;
-    if id.is_empty() {
-        return Err(LinkError::BadMessage("command without an id".into()));
-    }
-    if let Some(done) = results.get(&id) {
-        return Ok(done.clone());
-    }
-    let (outcome, detail) = match step {
-        Some(command::Step::Noop(v1::Noop {})) => (v1::Outcome::Ok, String::new()),
-        None => (v1::Outcome::Failed, "command has no step".to_owned()),
-    };
-    let result = v1::CommandResult {
-        id: id.clone(),
-        outcome: outcome as i32,
-        detail,
-    };
-    results.insert(id, result.clone());
-    Ok(result)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repeated_command_id_returns_the_stored_result() {
-        let mut results = HashMap::new();
-        let noop = |id: &str| v1::Command {
-            id: id.into(),
-            step: Some(command::Step::Noop(v1::Noop {})),
-        };
-        let a = execute(noop("c1"), &mut results).unwrap();
-        let bad = v1::Command {
-            id: "c1".into(),
-            step: None,
-        };
-        // Same id, different body: the stored result wins, nothing runs again.
-        assert_eq!(execute(bad, &mut results).unwrap(), a);
-        assert_eq!(results.len(), 1);
-        assert!(execute(noop(""), &mut results).is_err());
     }
 }

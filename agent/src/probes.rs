@@ -6,6 +6,7 @@
 //! module only reads the published observation; it changes nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
@@ -16,12 +17,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::executor::Executor;
 use crate::watcher::Observation;
 
 #[derive(Clone, Debug)]
 struct ProbeState {
     member: MemberId,
     obs: watch::Receiver<Option<Observation>>,
+    executor: Arc<Executor>,
 }
 
 /// The verdict of one probe: `Ok(line)` or `Err(reason)`.
@@ -57,6 +60,7 @@ pub async fn serve(
     listener: TcpListener,
     member: MemberId,
     obs: watch::Receiver<Option<Observation>>,
+    executor: Arc<Executor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
@@ -72,7 +76,16 @@ pub async fn serve(
                 answer(readyz(&s.member, s.obs.borrow().as_ref()))
             }),
         )
-        .with_state(ProbeState { member, obs });
+        // The command journal: each id with how many times it ran here.
+        .route(
+            "/commands",
+            get(|State(s): State<ProbeState>| async move { axum::Json(s.executor.entries()) }),
+        )
+        .with_state(ProbeState {
+            member,
+            obs,
+            executor,
+        });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -51,7 +51,9 @@ pub enum SupervisorError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Desired {
     Running,
-    Stopped,
+    /// Stopped, escalating to SIGKILL after this long (None: the configured
+    /// `stop_timeout`).
+    Stopped(Option<Duration>),
 }
 
 /// What the supervisor knows about the member's process.
@@ -62,6 +64,10 @@ pub struct ProcState {
     pub restarts: u64,
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
+    /// Times the command could not even be spawned.
+    pub spawn_failures: u64,
+    /// How the last requested stop went.
+    pub last_stop: Option<String>,
 }
 
 /// Handle to a running supervisor task.
@@ -75,6 +81,43 @@ impl SupervisorHandle {
     pub async fn set_desired(&self, d: Desired) {
         // The task only ends at shutdown, when nobody cares any more.
         let _ = self.desired.send(d).await;
+    }
+
+    /// Stops the member and waits until it is gone.
+    pub async fn stop(&self, timeout: Option<Duration>, bound: Duration) -> Result<String, String> {
+        self.set_desired(Desired::Stopped(timeout)).await;
+        let mut rx = self.state.clone();
+        match tokio::time::timeout(bound, rx.wait_for(|s| s.pid.is_none())).await {
+            Ok(Ok(s)) => Ok(s
+                .last_stop
+                .clone()
+                .unwrap_or_else(|| "already stopped".to_owned())),
+            Ok(Err(_)) => Err("supervisor stopped".to_owned()),
+            Err(_) => Err(format!("member still running after {bound:?}")),
+        }
+    }
+
+    /// Starts the member and waits until its process exists.
+    pub async fn start(&self, bound: Duration) -> Result<String, String> {
+        let failures = self.state.borrow().spawn_failures;
+        self.set_desired(Desired::Running).await;
+        let mut rx = self.state.clone();
+        match tokio::time::timeout(
+            bound,
+            rx.wait_for(|s| s.pid.is_some() || s.spawn_failures > failures),
+        )
+        .await
+        {
+            Ok(Ok(s)) => match s.pid {
+                Some(pid) => Ok(format!("started, pid {pid}")),
+                None => Err(s
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "could not start".to_owned())),
+            },
+            Ok(Err(_)) => Err("supervisor stopped".to_owned()),
+            Err(_) => Err(format!("member not started after {bound:?}")),
+        }
     }
 }
 
@@ -220,16 +263,28 @@ impl Supervisor {
         }
     }
 
-    async fn stop(&self, running: &mut Running) {
-        let Some(pid) = running.pid() else { return };
-        let Ok(raw) = i32::try_from(pid) else { return };
+    async fn stop(&self, running: &mut Running, timeout: Option<Duration>) -> String {
+        let Some(pid) = running.pid() else {
+            return "not running".to_owned();
+        };
+        let Ok(raw) = i32::try_from(pid) else {
+            return "bad pid".to_owned();
+        };
+        let timeout = timeout.unwrap_or(self.cfg.stop_timeout);
         tracing::info!(member = %self.member, pid, "stopping member (SIGTERM)");
+        let started = tokio::time::Instant::now();
         let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
-        let exited = tokio::time::timeout(self.cfg.stop_timeout, Self::wait_exit(running)).await;
-        if exited.is_err() {
-            tracing::warn!(member = %self.member, pid, timeout = ?self.cfg.stop_timeout, "member ignored SIGTERM; sending SIGKILL");
-            let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-            Self::wait_exit(running).await;
+        match tokio::time::timeout(timeout, Self::wait_exit(running)).await {
+            Ok(how) => format!(
+                "stopped pid {pid} with SIGTERM in {:?} ({how})",
+                started.elapsed()
+            ),
+            Err(_) => {
+                tracing::warn!(member = %self.member, pid, ?timeout, "member ignored SIGTERM; sending SIGKILL");
+                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+                Self::wait_exit(running).await;
+                format!("pid {pid} ignored SIGTERM for {timeout:?}; killed with SIGKILL")
+            }
         }
     }
 
@@ -256,8 +311,10 @@ impl Supervisor {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot start member");
-                        self.state
-                            .send_modify(|s| s.last_error = Some(e.to_string()));
+                        self.state.send_modify(|s| {
+                            s.last_error = Some(e.to_string());
+                            s.spawn_failures += 1;
+                        });
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(backoff) => {}
@@ -266,8 +323,9 @@ impl Supervisor {
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 },
-                (Some(r), Desired::Stopped) => {
-                    self.stop(r).await;
+                (Some(r), Desired::Stopped(timeout)) => {
+                    let how = self.stop(r, timeout).await;
+                    self.state.send_modify(|s| s.last_stop = Some(how));
                     running = None;
                 }
                 (Some(r), Desired::Running) => {
@@ -287,7 +345,7 @@ impl Supervisor {
                         }
                     }
                 }
-                (None, Desired::Stopped) => {
+                (None, Desired::Stopped(_)) => {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         Some(d) = desired_rx.recv() => desired = d,
@@ -390,8 +448,8 @@ mod tests {
         kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
         let second = wait_for(&mut h.state, |s| s.pid.is_some_and(|p| p != first)).await;
         assert_eq!(second.restarts, 1);
-        h.set_desired(Desired::Stopped).await;
-        wait_for(&mut h.state, |s| s.pid.is_none()).await;
+        let how = h.stop(None, Duration::from_secs(5)).await.unwrap();
+        assert!(how.contains("SIGTERM"), "{how}");
         let pid = second.pid.unwrap();
         assert!(
             proc_start_time(pid).is_none(),
@@ -438,8 +496,64 @@ mod tests {
         let adopted = wait_for(&mut h.state, |s| s.pid.is_some()).await;
         assert_eq!(adopted.pid, Some(pid));
         assert_eq!(adopted.restarts, 0);
-        h.set_desired(Desired::Stopped).await;
-        wait_for(&mut h.state, |s| s.pid.is_none()).await;
+        h.stop(None, Duration::from_secs(5)).await.unwrap();
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod escalation_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_member_that_ignores_sigterm_is_killed_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let rel = dir.path().join("releases/v1");
+        std::fs::create_dir_all(&rel).unwrap();
+        std::os::unix::fs::symlink(&rel, dir.path().join("current")).unwrap();
+        let cfg = SuperviseConfig {
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "trap '' TERM; exec sleep 30".into(),
+            ],
+            base_dir: dir.path().to_owned(),
+            env: Default::default(),
+            stop_timeout: Duration::from_secs(30),
+        };
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let h = spawn(
+            MemberId::new("n1").unwrap(),
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        h.start(Duration::from_secs(5)).await.unwrap();
+        // Give sh a moment to install the trap before exec.
+        let pid = h.state.borrow().pid.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            != "sleep"
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "sh never exec'd sleep"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let how = h
+            .stop(Some(Duration::from_millis(300)), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(how.contains("SIGKILL"), "{how}");
+        assert!(proc_start_time(pid).is_none());
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;

@@ -5,7 +5,8 @@
 //! (`From` domain → wire) are total.
 
 use baton_domain::{
-    FleetStatus, Health, Hello, InvalidMemberId, MemberId, MemberRow, Report, Resources, Role,
+    Action, AgentCommand, CommandId, CommandOutcome, FleetStatus, Health, Hello, InvalidMemberId,
+    MemberId, MemberRow, ReleaseRef, Report, Resources, Role,
 };
 
 use crate::v1;
@@ -379,6 +380,161 @@ impl From<MemberRow> for v1::MemberStatus {
     }
 }
 
+/// Why a `Command` or `CommandResult` from the wire was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error("command has an empty id")]
+    EmptyId,
+    #[error("command {id} has no step")]
+    NoStep { id: String },
+    #[error("command {id} is a no-op, which carries no action")]
+    Noop { id: String },
+    #[error("command {id} names a bad member: {source}")]
+    Member { id: String, source: InvalidMemberId },
+    #[error("command {id}: stage needs a name, a version and a 64-hex-digit sha256")]
+    BadStage { id: String },
+    #[error("command {id}: switch needs a version")]
+    BadSwitch { id: String },
+    #[error("result {id} has unknown outcome value {value}")]
+    UnknownOutcome { id: String, value: i32 },
+}
+
+impl TryFrom<v1::Command> for AgentCommand {
+    type Error = InvalidCommand;
+
+    fn try_from(c: v1::Command) -> Result<Self, Self::Error> {
+        use v1::command::Step;
+        let v1::Command { id, step } = c;
+        if id.is_empty() {
+            return Err(InvalidCommand::EmptyId);
+        }
+        let mut stop_timeout_ms = None;
+        let action = match step {
+            None => return Err(InvalidCommand::NoStep { id }),
+            Some(Step::Noop(v1::Noop {})) => return Err(InvalidCommand::Noop { id }),
+            Some(Step::Stage(v1::Stage {
+                name,
+                version,
+                format_version,
+                sha256,
+            })) => {
+                let hex = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
+                if name.is_empty() || version.is_empty() || !hex {
+                    return Err(InvalidCommand::BadStage { id });
+                }
+                Action::Stage {
+                    release: ReleaseRef {
+                        name,
+                        version,
+                        format_version,
+                        sha256,
+                    },
+                }
+            }
+            Some(Step::Stop(v1::Stop { timeout_ms })) => {
+                stop_timeout_ms = (timeout_ms > 0).then_some(timeout_ms);
+                Action::Stop
+            }
+            Some(Step::Switch(v1::Switch { version })) => {
+                if version.is_empty() {
+                    return Err(InvalidCommand::BadSwitch { id });
+                }
+                Action::Switch { version }
+            }
+            Some(Step::Start(v1::Start {})) => Action::Start,
+            Some(Step::StepDown(v1::StepDown { to_member_id })) => Action::StepDown {
+                to: MemberId::new(to_member_id).map_err(|source| InvalidCommand::Member {
+                    id: id.clone(),
+                    source,
+                })?,
+            },
+        };
+        Ok(AgentCommand {
+            id: CommandId(id),
+            action,
+            stop_timeout_ms,
+        })
+    }
+}
+
+impl From<AgentCommand> for v1::Command {
+    fn from(c: AgentCommand) -> Self {
+        use v1::command::Step;
+        let AgentCommand {
+            id,
+            action,
+            stop_timeout_ms,
+        } = c;
+        let step = match action {
+            Action::Stage { release } => {
+                let ReleaseRef {
+                    name,
+                    version,
+                    format_version,
+                    sha256,
+                } = release;
+                Step::Stage(v1::Stage {
+                    name,
+                    version,
+                    format_version,
+                    sha256,
+                })
+            }
+            Action::Stop => Step::Stop(v1::Stop {
+                timeout_ms: stop_timeout_ms.unwrap_or(0),
+            }),
+            Action::Switch { version } => Step::Switch(v1::Switch { version }),
+            Action::Start => Step::Start(v1::Start {}),
+            Action::StepDown { to } => Step::StepDown(v1::StepDown {
+                to_member_id: to.into(),
+            }),
+        };
+        v1::Command {
+            id: id.0,
+            step: Some(step),
+        }
+    }
+}
+
+impl TryFrom<v1::CommandResult> for CommandOutcome {
+    type Error = InvalidCommand;
+
+    fn try_from(r: v1::CommandResult) -> Result<Self, Self::Error> {
+        let v1::CommandResult {
+            id,
+            outcome,
+            detail,
+        } = r;
+        if id.is_empty() {
+            return Err(InvalidCommand::EmptyId);
+        }
+        let result = match v1::Outcome::try_from(outcome) {
+            Ok(v1::Outcome::Ok) => Ok(detail),
+            Ok(v1::Outcome::Failed) => Err(detail),
+            _ => return Err(InvalidCommand::UnknownOutcome { id, value: outcome }),
+        };
+        Ok(CommandOutcome {
+            id: CommandId(id),
+            result,
+        })
+    }
+}
+
+impl From<CommandOutcome> for v1::CommandResult {
+    fn from(o: CommandOutcome) -> Self {
+        let CommandOutcome { id, result } = o;
+        let (outcome, detail) = match result {
+            Ok(d) => (v1::Outcome::Ok, d),
+            Err(d) => (v1::Outcome::Failed, d),
+        };
+        v1::CommandResult {
+            id: id.0,
+            outcome: outcome as i32,
+            detail,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +608,60 @@ mod tests {
         for (wire, want) in cases {
             assert_eq!(Report::try_from(wire).unwrap_err().to_string(), want);
         }
+    }
+
+    #[test]
+    fn commands_round_trip_and_bad_ones_are_named() {
+        let cmds = [
+            Action::Stage {
+                release: ReleaseRef {
+                    name: "kv".into(),
+                    version: "v2".into(),
+                    format_version: 2,
+                    sha256: "a".repeat(64),
+                },
+            },
+            Action::Stop,
+            Action::Switch {
+                version: "v2".into(),
+            },
+            Action::Start,
+            Action::StepDown {
+                to: MemberId::new("n3").unwrap(),
+            },
+        ];
+        for action in cmds {
+            let c = AgentCommand {
+                id: CommandId("r-1".into()),
+                action,
+                stop_timeout_ms: None,
+            };
+            assert_eq!(
+                AgentCommand::try_from(v1::Command::from(c.clone())).unwrap(),
+                c
+            );
+        }
+        let bad = v1::Command {
+            id: "r-2".into(),
+            step: Some(v1::command::Step::Stage(v1::Stage {
+                name: "kv".into(),
+                version: "v2".into(),
+                format_version: 1,
+                sha256: "xyz".into(),
+            })),
+        };
+        assert_eq!(
+            AgentCommand::try_from(bad).unwrap_err().to_string(),
+            "command r-2: stage needs a name, a version and a 64-hex-digit sha256"
+        );
+        let empty = v1::Command {
+            id: String::new(),
+            step: None,
+        };
+        assert_eq!(
+            AgentCommand::try_from(empty).unwrap_err(),
+            InvalidCommand::EmptyId
+        );
     }
 
     #[test]

@@ -22,4 +22,4 @@ pub mod samplekv {
     tonic::include_proto!("samplekv.v1");
 }
 
-pub use convert::{InvalidHello, InvalidReport, InvalidStatus};
+pub use convert::{InvalidCommand, InvalidHello, InvalidReport, InvalidStatus};

@@ -47,6 +47,8 @@ impl MemberState {
 pub enum TargetError {
     #[error("member at {addr} is unreachable: {detail}")]
     Unreachable { addr: String, detail: String },
+    #[error("member at {addr} refused: {detail}")]
+    Refused { addr: String, detail: String },
     #[error("member at {addr} gave an answer the {kind} adapter cannot use: {detail}")]
     BadAnswer {
         addr: String,
@@ -56,11 +58,15 @@ pub enum TargetError {
 }
 
 /// One kind of cluster member, seen from its agent.
-pub trait Target: Send + Sync {
+pub trait Target: Send + Sync + std::fmt::Debug {
     /// The adapter's name, sent in the Hello (e.g. `samplekv`).
     fn kind(&self) -> &'static str;
     /// Reads the member's current state.
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>>;
+    /// Asks the member (the leader) to hand leadership to `to`. Returns once
+    /// the request is accepted; the coordinator confirms the new leader from
+    /// reports.
+    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>>;
 }
 
 #[cfg(test)]
@@ -75,6 +81,7 @@ pub mod fake {
     pub struct FakeTarget {
         pub state: Mutex<Option<MemberState>>,
         pub polls: AtomicUsize,
+        pub step_downs: Mutex<Vec<MemberId>>,
     }
 
     impl FakeTarget {
@@ -96,6 +103,10 @@ pub mod fake {
                     detail: "scripted down".into(),
                 })
             })
+        }
+        fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>> {
+            self.step_downs.lock().unwrap().push(to.clone());
+            Box::pin(async move { Ok(format!("asked to hand over to {to}")) })
         }
     }
 }

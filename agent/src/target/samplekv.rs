@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton_domain::{Health, MemberId, Role};
-use baton_proto::samplekv::{self as wire, kv_client::KvClient};
+use baton_proto::samplekv::{self as wire, admin_client::AdminClient, kv_client::KvClient};
 use futures::future::BoxFuture;
 use tonic::transport::{Channel, Endpoint};
 
@@ -48,6 +48,15 @@ impl SamplekvTarget {
             return Ok(name.clone());
         }
         MemberId::new(format!("n{id}")).map_err(|e| self.bad(e.to_string()))
+    }
+
+    /// samplekv's numeric id for a baton member id (inverse of `name_of`).
+    fn id_of(&self, member: &MemberId) -> Option<u64> {
+        self.member_names
+            .iter()
+            .find(|(_, name)| *name == member)
+            .map(|(id, _)| *id)
+            .or_else(|| member.as_str().strip_prefix('n')?.parse().ok())
     }
 
     fn bad(&self, detail: String) -> TargetError {
@@ -120,6 +129,39 @@ impl Target for SamplekvTarget {
                     detail: status.message().to_owned(),
                 })?;
             self.convert(resp.into_inner())
+        })
+    }
+
+    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>> {
+        Box::pin(async move {
+            let id = self.id_of(to).ok_or_else(|| {
+                self.bad(format!(
+                    "no samplekv id known for member {to}; set target.member_names"
+                ))
+            })?;
+            let resp = AdminClient::new(self.channel.clone())
+                .transfer_leader(wire::TransferLeaderRequest { to_member_id: id })
+                .await
+                .map_err(|status| TargetError::Unreachable {
+                    addr: self.addr.clone(),
+                    detail: status.message().to_owned(),
+                })?
+                .into_inner();
+            let wire::TransferLeaderResponse {
+                ok,
+                detail,
+                leader_id,
+            } = resp;
+            if ok {
+                Ok(format!(
+                    "asked to hand leadership to {to} (samplekv id {id}); leader now {leader_id}: {detail}"
+                ))
+            } else {
+                Err(TargetError::Refused {
+                    addr: self.addr.clone(),
+                    detail,
+                })
+            }
         })
     }
 }

@@ -52,10 +52,4 @@ impl fmt::Display for UnixMs {
     }
 }
 
-/// A release as the planner needs it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRef {
-    pub version: String,
-    pub format_version: u32,
-    pub sha256: String,
-}
+pub use baton_domain::ReleaseRef;

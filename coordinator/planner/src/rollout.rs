@@ -7,50 +7,12 @@
 //! methods.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use baton_domain::MemberId;
+pub use baton_domain::{Action, CommandId};
 use serde::{Deserialize, Serialize};
 
 use crate::{ReleaseRef, UnixMs};
-
-/// A command's id: `<rollout id>-<n>`, journaled before it is sent.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct CommandId(pub String);
-
-impl fmt::Display for CommandId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What an agent is asked to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "action")]
-pub enum Action {
-    /// Download, verify and unpack the release while the member serves.
-    Stage { release: ReleaseRef },
-    /// Stop the member gracefully (escalating after the stop timeout).
-    Stop,
-    /// Point `current` at this release and run its migrate hook.
-    Switch { version: String },
-    /// Start the member.
-    Start,
-    /// Hand leadership to `to`.
-    StepDown { to: MemberId },
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::Stage { release } => write!(f, "stage {}", release.version),
-            Action::Stop => f.write_str("stop"),
-            Action::Switch { version } => write!(f, "switch to {version}"),
-            Action::Start => f.write_str("start"),
-            Action::StepDown { to } => write!(f, "step down to {to}"),
-        }
-    }
-}
 
 /// Where one member is in the rollout. Forward path:
 /// `Pending → Staged → Stopped → Switched → Started → CatchingUp → Soaking → Done`.

@@ -236,6 +236,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
 fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
     let n = sc.speeds.len();
     let target = ReleaseRef {
+        name: "kv".into(),
         version: "v2".into(),
         format_version: 1,
         sha256: "cd".repeat(32),
@@ -394,7 +395,7 @@ proptest! {
             .collect();
         let spec: Vec<(&str, Role, u64)> = roles.iter().map(|(m, r, a)| (m.as_str(), *r, *a)).collect();
         let view = common::cluster(&spec);
-        let release = ReleaseRef { version: "v2".into(), format_version: fmt, sha256: "00".repeat(32) };
+        let release = ReleaseRef { name: "kv".into(), version: "v2".into(), format_version: fmt, sha256: "00".repeat(32) };
         let artifact = if missing {
             ArtifactVerdict::Missing { detail: "no such key".into() }
         } else {

@@ -240,3 +240,70 @@ pub struct FleetStatus {
     pub heartbeat_ms: u64,
     pub members: Vec<MemberRow>,
 }
+
+/// A release as commands and plans refer to it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub name: String,
+    pub version: String,
+    /// The on-disk data format the release writes (and the newest it reads).
+    pub format_version: u32,
+    /// Hex sha256 of the artifact.
+    pub sha256: String,
+}
+
+/// A command's id: `<rollout id>-<n>`, journaled before it is sent. An agent
+/// runs an id at most once and answers a repeat with the stored result.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CommandId(pub String);
+
+impl fmt::Display for CommandId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What an agent is asked to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Action {
+    /// Download, verify and unpack the release while the member serves.
+    Stage { release: ReleaseRef },
+    /// Stop the member gracefully (escalating after the stop timeout).
+    Stop,
+    /// Point `current` at this release and run its migrate hook.
+    Switch { version: String },
+    /// Start the member.
+    Start,
+    /// Hand leadership to `to`.
+    StepDown { to: MemberId },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Stage { release } => write!(f, "stage {}", release.version),
+            Action::Stop => f.write_str("stop"),
+            Action::Switch { version } => write!(f, "switch to {version}"),
+            Action::Start => f.write_str("start"),
+            Action::StepDown { to } => write!(f, "step down to {to}"),
+        }
+    }
+}
+
+/// A command as an agent receives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCommand {
+    pub id: CommandId,
+    pub action: Action,
+    /// For `Stop`: how long to wait before SIGKILL; None = the agent's own.
+    pub stop_timeout_ms: Option<u32>,
+}
+
+/// An agent's answer to a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    pub id: CommandId,
+    /// Ok(detail) or Err(what failed and why).
+    pub result: Result<String, String>,
+}

@@ -23,6 +23,7 @@ pub fn t(ms: u64) -> UnixMs {
 
 pub fn target() -> ReleaseRef {
     ReleaseRef {
+        name: "kv".into(),
         version: "v2".into(),
         format_version: 1,
         sha256: "ab".repeat(32),

@@ -1,0 +1,304 @@
+//! Runs the coordinator's commands on the node, each id at most once.
+//!
+//! This module owns the command journal (`<state_dir>/commands.jsonl`): a
+//! result is written (and fsynced) before it is sent, so a repeated id —
+//! after a coordinator restart or a reconnect — gets the stored result and
+//! nothing runs again. Commands run one at a time. Per-id run counts are
+//! kept so tests and operators can see that nothing ran twice.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId};
+use serde::{Deserialize, Serialize};
+
+use crate::installer::Installer;
+use crate::supervisor::SupervisorHandle;
+use crate::target::Target;
+
+/// One line of the command journal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    pub id: CommandId,
+    pub action: Action,
+    /// How many times this id was executed on this node (should be 1).
+    pub runs: u32,
+    pub result: Option<Result<String, String>>,
+}
+
+/// Why the journal could not be read at start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "member {member}: command journal {path} is unreadable at line {line}: {detail}; move it aside to start fresh (commands may then run again)"
+)]
+pub struct JournalError {
+    pub member: MemberId,
+    pub path: PathBuf,
+    pub line: usize,
+    pub detail: String,
+}
+
+/// Executes commands against the member.
+#[derive(Debug)]
+pub struct Executor {
+    member: MemberId,
+    path: PathBuf,
+    entries: Mutex<HashMap<CommandId, JournalEntry>>,
+    /// One command at a time.
+    running: tokio::sync::Mutex<()>,
+    target: Arc<dyn Target>,
+    supervisor: Option<SupervisorHandle>,
+    installer: Option<Installer>,
+    mode: &'static str,
+}
+
+impl Executor {
+    pub fn open(
+        member: MemberId,
+        state_dir: &std::path::Path,
+        target: Arc<dyn Target>,
+        supervisor: Option<SupervisorHandle>,
+        installer: Option<Installer>,
+        mode: &'static str,
+    ) -> Result<Self, JournalError> {
+        let path = state_dir.join("commands.jsonl");
+        let mut entries = HashMap::new();
+        if let Ok(text) = fs::read_to_string(&path) {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let e: JournalEntry = serde_json::from_str(line).map_err(|e| JournalError {
+                    member: member.clone(),
+                    path: path.clone(),
+                    line: i + 1,
+                    detail: e.to_string(),
+                })?;
+                entries.insert(e.id.clone(), e);
+            }
+        }
+        Ok(Executor {
+            member,
+            path,
+            entries: Mutex::new(entries),
+            running: tokio::sync::Mutex::new(()),
+            target,
+            supervisor,
+            installer,
+            mode,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CommandId, JournalEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The journal as it stands (for `/commands` and tests).
+    pub fn entries(&self) -> Vec<JournalEntry> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    fn append(&self, e: &JournalEntry) {
+        let line = match serde_json::to_string(e) {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::error!(member = %self.member, error = %err, "cannot encode journal entry");
+                return;
+            }
+        };
+        let written = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| {
+                f.write_all(line.as_bytes())?;
+                f.write_all(b"\n")?;
+                f.sync_data()
+            });
+        if let Err(err) = written {
+            tracing::error!(member = %self.member, path = %self.path.display(), error = %err, "cannot write command journal");
+        }
+    }
+
+    /// The stored result of `id`, if it finished before.
+    pub fn stored(&self, id: &CommandId) -> Option<CommandOutcome> {
+        let entries = self.lock();
+        let e = entries.get(id)?;
+        e.result.clone().map(|result| CommandOutcome {
+            id: id.clone(),
+            result,
+        })
+    }
+
+    /// Runs `cmd` unless its id already ran; returns the (stored) outcome.
+    pub async fn run(&self, cmd: AgentCommand) -> CommandOutcome {
+        let _one_at_a_time = self.running.lock().await;
+        if let Some(done) = self.stored(&cmd.id) {
+            tracing::info!(member = %self.member, id = %cmd.id, "repeated command id; answering with the stored result");
+            return done;
+        }
+        let runs = {
+            let mut entries = self.lock();
+            let e = entries.entry(cmd.id.clone()).or_insert(JournalEntry {
+                id: cmd.id.clone(),
+                action: cmd.action.clone(),
+                runs: 0,
+                result: None,
+            });
+            // An entry without a result was interrupted by an agent crash;
+            // every action is idempotent, so it is safe to run it again.
+            e.runs += 1;
+            e.clone()
+        };
+        self.append(&runs);
+        tracing::info!(member = %self.member, id = %cmd.id, action = %cmd.action, "running command");
+        let result = self.execute(&cmd).await;
+        match &result {
+            Ok(d) => {
+                tracing::info!(member = %self.member, id = %cmd.id, detail = %d, "command done")
+            }
+            Err(d) => {
+                tracing::warn!(member = %self.member, id = %cmd.id, detail = %d, "command failed")
+            }
+        }
+        let done = self.lock().get_mut(&cmd.id).map(|e| {
+            e.result = Some(result.clone());
+            e.clone()
+        });
+        if let Some(e) = done {
+            self.append(&e);
+        }
+        CommandOutcome { id: cmd.id, result }
+    }
+
+    fn needs_supervisor(&self) -> Result<&SupervisorHandle, String> {
+        self.supervisor.as_ref().ok_or_else(|| {
+            format!(
+                "member {} runs in {} mode, so this agent cannot stop or start it; use run.mode = \"supervise\"",
+                self.member, self.mode
+            )
+        })
+    }
+
+    fn needs_installer(&self) -> Result<&Installer, String> {
+        self.installer.as_ref().ok_or_else(|| {
+            format!(
+                "member {}: no [store] and run.base_dir configured, so releases cannot be staged or switched here",
+                self.member
+            )
+        })
+    }
+
+    async fn execute(&self, cmd: &AgentCommand) -> Result<String, String> {
+        match &cmd.action {
+            Action::Stage { release } => self
+                .needs_installer()?
+                .stage(release)
+                .await
+                .map_err(|e| e.to_string()),
+            Action::Switch { version } => self
+                .needs_installer()?
+                .switch(version)
+                .map_err(|e| e.to_string()),
+            Action::Stop => {
+                let timeout = cmd
+                    .stop_timeout_ms
+                    .map(|ms| Duration::from_millis(u64::from(ms)));
+                let bound = timeout.unwrap_or(Duration::from_secs(60)) + Duration::from_secs(10);
+                self.needs_supervisor()?.stop(timeout, bound).await
+            }
+            Action::Start => {
+                self.needs_supervisor()?
+                    .start(Duration::from_secs(30))
+                    .await
+            }
+            Action::StepDown { to } => self.target.step_down(to).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::fake::FakeTarget;
+
+    fn cmd(id: &str, action: Action) -> AgentCommand {
+        AgentCommand {
+            id: CommandId(id.into()),
+            action,
+            stop_timeout_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_id_runs_at_most_once_even_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Arc::new(FakeTarget::default());
+        let m = MemberId::new("n1").unwrap();
+        let to = MemberId::new("n2").unwrap();
+        let ex = Executor::open(
+            m.clone(),
+            dir.path(),
+            target.clone(),
+            None,
+            None,
+            "external",
+        )
+        .unwrap();
+        let first = ex
+            .run(cmd("r-1", Action::StepDown { to: to.clone() }))
+            .await;
+        assert!(first.result.is_ok());
+        assert_eq!(
+            ex.run(cmd("r-1", Action::StepDown { to: to.clone() }))
+                .await,
+            first
+        );
+        assert_eq!(target.step_downs.lock().unwrap().len(), 1);
+
+        // A new executor over the same journal (an agent restart) remembers.
+        let ex = Executor::open(m, dir.path(), target.clone(), None, None, "external").unwrap();
+        assert_eq!(ex.run(cmd("r-1", Action::StepDown { to })).await, first);
+        assert_eq!(target.step_downs.lock().unwrap().len(), 1);
+        assert_eq!(ex.entries()[0].runs, 1);
+    }
+
+    #[tokio::test]
+    async fn external_mode_refuses_stop_with_a_clear_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            dir.path(),
+            Arc::new(FakeTarget::default()),
+            None,
+            None,
+            "external",
+        )
+        .unwrap();
+        let out = ex.run(cmd("r-2", Action::Stop)).await;
+        let err = out.result.unwrap_err();
+        assert!(err.contains("member n1 runs in external mode"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_journal_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("commands.jsonl"), "{\"id\":\"x\"}\n").unwrap();
+        let err = Executor::open(
+            MemberId::new("n1").unwrap(),
+            dir.path(),
+            Arc::new(FakeTarget::default()),
+            None,
+            None,
+            "external",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}
