@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_domain::{Hello, MemberId, Report};
+use baton_domain::{CommandOutcome, Hello, MemberId, Report};
 use baton_proto::v1::{
-    self, AgentMessage, CoordinatorMessage, agent_link_server::AgentLink, agent_message,
+    AgentMessage, CoordinatorMessage, agent_link_server::AgentLink, agent_message,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -35,16 +35,31 @@ type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 pub struct AgentLinkService {
     pub fleet: Arc<Mutex<FleetView>>,
     sessions: Arc<Mutex<HashMap<MemberId, (SessionId, Outbound)>>>,
+    results: mpsc::Sender<(MemberId, CommandOutcome)>,
     shutdown: CancellationToken,
 }
 
 impl AgentLinkService {
-    pub fn new(fleet: Arc<Mutex<FleetView>>, shutdown: CancellationToken) -> Self {
+    /// `results` receives every command result an agent sends.
+    pub fn new(
+        fleet: Arc<Mutex<FleetView>>,
+        results: mpsc::Sender<(MemberId, CommandOutcome)>,
+        shutdown: CancellationToken,
+    ) -> Self {
         AgentLinkService {
             fleet,
             sessions: Arc::default(),
+            results,
             shutdown,
         }
+    }
+
+    /// Sends a message to `member`'s agent on its current session; returns
+    /// that session, or None when the agent is not connected.
+    pub fn send(&self, member: &MemberId, msg: CoordinatorMessage) -> Option<SessionId> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let (session, tx) = sessions.get(member)?;
+        tx.try_send(Ok(msg)).ok().map(|()| *session)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FleetView> {
@@ -128,13 +143,12 @@ impl AgentLinkService {
                         break Err(e);
                     }
                 }
-                Some(agent_message::Body::Result(v1::CommandResult {
-                    id,
-                    outcome,
-                    detail,
-                })) => {
-                    tracing::info!(member = %member, id, outcome, detail, "command result");
-                }
+                Some(agent_message::Body::Result(r)) => match CommandOutcome::try_from(r) {
+                    Ok(outcome) => {
+                        let _ = self.results.send((member.clone(), outcome)).await;
+                    }
+                    Err(e) => break Err(LinkError::BadResult(e)),
+                },
                 other => {
                     break Err(LinkError::ExpectedReport {
                         member: member.clone(),

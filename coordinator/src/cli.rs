@@ -4,9 +4,11 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use baton_domain::FleetStatus;
+use baton_domain::{Check, FleetStatus};
+use baton_planner::rollout::{Phase, RolloutState};
 use baton_proto::tls::ClientTls;
-use baton_proto::v1::{StatusRequest, operator_client::OperatorClient};
+use baton_proto::v1::{self, StatusRequest, operator_client::OperatorClient};
+use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 /// Why a CLI command failed. Each names the coordinator and what to try.
@@ -28,6 +30,38 @@ pub enum CliError {
         "coordinator at {addr} sent a status this CLI cannot read: {detail}; are the CLI and coordinator the same version?"
     )]
     BadAnswer { addr: String, detail: String },
+    #[error("no such rollout on the coordinator at {addr}")]
+    NoRollout { addr: String },
+}
+
+/// A rollout as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub state: RolloutState,
+    pub waiting_for: String,
+}
+
+/// The answer to `baton upgrade` before progress starts.
+#[derive(Debug, Clone, Serialize)]
+pub enum Started {
+    Started { rollout_id: String },
+    Refused { detail: String, checks: Vec<Check> },
+}
+
+/// A dry run, as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    pub steps: Vec<PlanLine>,
+    pub handover_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanLine {
+    pub member: Option<String>,
+    pub action: String,
+    pub reason: String,
 }
 
 /// A connection to the operator API.
@@ -80,6 +114,258 @@ impl OperatorConn {
             detail: e.to_string(),
         })
     }
+}
+
+impl OperatorConn {
+    fn refused(&self, call: &'static str) -> impl Fn(tonic::Status) -> CliError + '_ {
+        move |s| CliError::Refused {
+            addr: self.addr.clone(),
+            call,
+            detail: s.message().to_owned(),
+        }
+    }
+
+    fn bad(&self, detail: String) -> CliError {
+        CliError::BadAnswer {
+            addr: self.addr.clone(),
+            detail,
+        }
+    }
+
+    fn checks(&self, checks: Vec<v1::Check>) -> Result<Vec<Check>, CliError> {
+        checks
+            .into_iter()
+            .map(|c| Check::try_from(c).map_err(|e| self.bad(e.to_string())))
+            .collect()
+    }
+
+    fn view(&self, r: v1::RolloutReply) -> Result<Option<RolloutView>, CliError> {
+        let v1::RolloutReply {
+            found,
+            state_json,
+            waiting_for,
+        } = r;
+        if !found {
+            return Ok(None);
+        }
+        let state = serde_json::from_str(&state_json).map_err(|e| self.bad(e.to_string()))?;
+        Ok(Some(RolloutView { state, waiting_for }))
+    }
+
+    pub async fn plan(&mut self, to: &str) -> Result<Plan, CliError> {
+        let r = self
+            .client
+            .plan(v1::PlanRequest {
+                to_version: to.to_owned(),
+            })
+            .await
+            .map_err(self.refused("Plan"))?
+            .into_inner();
+        let v1::PlanResponse {
+            ok,
+            checks,
+            steps,
+            handover_target,
+        } = r;
+        Ok(Plan {
+            ok,
+            checks: self.checks(checks)?,
+            steps: steps
+                .into_iter()
+                .map(
+                    |v1::PlannedStep {
+                         member_id,
+                         action,
+                         reason,
+                     }| PlanLine {
+                        member: (!member_id.is_empty()).then_some(member_id),
+                        action,
+                        reason,
+                    },
+                )
+                .collect(),
+            handover_target: (!handover_target.is_empty()).then_some(handover_target),
+        })
+    }
+
+    pub async fn upgrade(&mut self, to: &str) -> Result<Started, CliError> {
+        let r = self
+            .client
+            .upgrade(v1::UpgradeRequest {
+                to_version: to.to_owned(),
+            })
+            .await
+            .map_err(self.refused("Upgrade"))?
+            .into_inner();
+        let v1::UpgradeResponse {
+            started,
+            rollout_id,
+            checks,
+            detail,
+        } = r;
+        Ok(if started {
+            Started::Started { rollout_id }
+        } else {
+            Started::Refused {
+                detail,
+                checks: self.checks(checks)?,
+            }
+        })
+    }
+
+    pub async fn rollout(&mut self, id: Option<&str>) -> Result<RolloutView, CliError> {
+        let r = self
+            .client
+            .rollout(v1::RolloutRequest {
+                rollout_id: id.unwrap_or_default().to_owned(),
+            })
+            .await
+            .map_err(self.refused("Rollout"))?
+            .into_inner();
+        self.view(r)?.ok_or_else(|| CliError::NoRollout {
+            addr: self.addr.clone(),
+        })
+    }
+
+    pub async fn control(&mut self, verb: &str, reason: &str) -> Result<RolloutView, CliError> {
+        let req = v1::ControlRequest {
+            reason: reason.to_owned(),
+        };
+        let r = match verb {
+            "pause" => self
+                .client
+                .pause(req)
+                .await
+                .map_err(self.refused("Pause"))?,
+            "resume" => self
+                .client
+                .resume(req)
+                .await
+                .map_err(self.refused("Resume"))?,
+            _ => self
+                .client
+                .abort(req)
+                .await
+                .map_err(self.refused("Abort"))?,
+        };
+        self.view(r.into_inner())?
+            .ok_or_else(|| CliError::NoRollout {
+                addr: self.addr.clone(),
+            })
+    }
+
+    pub async fn history(&mut self) -> Result<Vec<RolloutView>, CliError> {
+        let r = self
+            .client
+            .history(v1::HistoryRequest {})
+            .await
+            .map_err(self.refused("History"))?
+            .into_inner();
+        let mut out = Vec::new();
+        for reply in r.rollouts {
+            out.extend(self.view(reply)?);
+        }
+        Ok(out)
+    }
+}
+
+/// What a finished rollout took, for the end-of-run summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rollout: String,
+    pub target: String,
+    pub outcome: String,
+    pub order: Vec<String>,
+    pub handover_target: Option<String>,
+    pub leader_changes: usize,
+    /// Per member: from its stop to its last gate, in ms.
+    pub step_ms: Vec<(String, u64)>,
+    pub total_ms: u64,
+}
+
+pub fn summary(r: &RolloutState) -> Summary {
+    let end = r.completed_at.unwrap_or_else(|| {
+        r.members
+            .values()
+            .filter_map(|p| p.finished_at)
+            .max()
+            .unwrap_or(r.started_at)
+    });
+    Summary {
+        rollout: r.id.clone(),
+        target: r.target.version.clone(),
+        outcome: match &r.phase {
+            Phase::Completed => "completed".into(),
+            Phase::Paused { reason } => format!("paused: {reason}"),
+            Phase::Running => "running".into(),
+            Phase::Aborting => "aborting".into(),
+        },
+        order: r.order.iter().map(|m| m.to_string()).collect(),
+        handover_target: r.leader_changes.first().map(|(m, _)| m.to_string()),
+        leader_changes: r.leader_changes.len(),
+        step_ms: r
+            .order
+            .iter()
+            .filter_map(|m| {
+                let p = r.members.get(m)?;
+                let d = p.finished_at?.since(p.started_at?);
+                Some((
+                    m.to_string(),
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                ))
+            })
+            .collect(),
+        total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// One line per check, failures first.
+pub fn render_checks(checks: &[Check]) -> String {
+    let mut out = String::new();
+    let mut sorted: Vec<&Check> = checks.iter().collect();
+    sorted.sort_by_key(|c| c.ok);
+    for c in sorted {
+        let member = c.member.as_ref().map_or("-".to_owned(), |m| m.to_string());
+        let _ = writeln!(
+            out,
+            "{} {:<9} {:<8} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.check,
+            member,
+            c.detail
+        );
+    }
+    out
+}
+
+/// One line per member: stage, and the rollout's phase and wait reason.
+pub fn render_rollout(v: &RolloutView) -> String {
+    let r = &v.state;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rollout {} -> {}  {}  {}",
+        r.id,
+        r.target.version,
+        match &r.phase {
+            Phase::Running => "running",
+            Phase::Paused { .. } => "PAUSED",
+            Phase::Aborting => "aborting",
+            Phase::Completed => "completed",
+        },
+        v.waiting_for
+    );
+    for m in &r.order {
+        if let Some(p) = r.members.get(m) {
+            let lead = if *m == r.original_leader {
+                " (leader at start)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {:<8} {:<12}{}", m, p.stage.name(), lead);
+        }
+    }
+    out
 }
 
 fn age(ms: Option<u64>) -> String {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_domain::MemberId;
+use baton_planner::Policy;
+use baton_planner::policy::OnStall;
 use serde::Deserialize;
 
 /// A config problem, naming the key.
@@ -45,6 +47,32 @@ struct RawConfig {
     heartbeat_ms: Option<u64>,
     members: Option<Vec<String>>,
     tls: Option<RawTls>,
+    state_dir: Option<PathBuf>,
+    release_name: Option<String>,
+    store: Option<RawStore>,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    tolerable_lag: Option<u64>,
+    max_unavailable: Option<usize>,
+    stop_timeout_ms: Option<u64>,
+    health_timeout_ms: Option<u64>,
+    catchup_timeout_ms: Option<u64>,
+    stall_after_ms: Option<u64>,
+    handover_timeout_ms: Option<u64>,
+    soak_ms: Option<u64>,
+    on_stall: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +103,13 @@ pub struct CoordinatorConfig {
     /// The cluster's members, in the operator's order.
     pub members: Vec<MemberId>,
     pub tls: Option<TlsConfig>,
+    /// Where the rollout journal lives.
+    pub state_dir: PathBuf,
+    /// The release name in the artifact store.
+    pub release_name: String,
+    /// The artifact store (a directory for now).
+    pub store: Option<PathBuf>,
+    pub policy: Policy,
 }
 
 /// Environment variables that override keys.
@@ -165,14 +200,89 @@ impl CoordinatorConfig {
                 ),
             ));
         }
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/baton"));
+        let release_name = raw.release_name.unwrap_or_else(|| "samplekv".to_owned());
+        if baton_store::check_name(&release_name).is_err() {
+            return Err(invalid("release_name", "use only [A-Za-z0-9._-]"));
+        }
+        let store = match raw.store {
+            None => None,
+            Some(RawStore { kind, path }) => match kind.as_str() {
+                "dir" => {
+                    Some(path.ok_or_else(|| invalid("store.path", "missing for kind = \"dir\""))?)
+                }
+                other => {
+                    return Err(invalid(
+                        "store.kind",
+                        format!("unknown store {other:?}; known: dir"),
+                    ));
+                }
+            },
+        };
+        let policy = policy(raw.policy, members.len())?;
         Ok(CoordinatorConfig {
             cluster,
             listen,
             heartbeat,
             members,
             tls,
+            state_dir,
+            release_name,
+            store,
+            policy,
         })
     }
+}
+
+fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
+    let d = Policy::default();
+    let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+    let on_stall = match raw.on_stall.as_deref() {
+        None | Some("pause") => OnStall::Pause,
+        Some("wait") => OnStall::Wait,
+        Some("rollback") => OnStall::Rollback,
+        Some(other) => {
+            return Err(invalid(
+                "policy.on_stall",
+                format!("{other:?}; use pause, wait or rollback"),
+            ));
+        }
+    };
+    let max_unavailable = raw.max_unavailable.unwrap_or(d.max_unavailable);
+    let cap = Policy::quorum_cap(members);
+    if max_unavailable == 0 || max_unavailable > cap {
+        return Err(invalid(
+            "policy.max_unavailable",
+            format!(
+                "{max_unavailable} is outside 1..={cap} for {members} members ((N-1)/2 keeps quorum)"
+            ),
+        ));
+    }
+    let p = Policy {
+        tolerable_lag: raw.tolerable_lag.unwrap_or(d.tolerable_lag),
+        max_unavailable,
+        stop_timeout: ms(raw.stop_timeout_ms, d.stop_timeout),
+        health_timeout: ms(raw.health_timeout_ms, d.health_timeout),
+        catchup_timeout: ms(raw.catchup_timeout_ms, d.catchup_timeout),
+        stall_after: ms(raw.stall_after_ms, d.stall_after),
+        handover_timeout: ms(raw.handover_timeout_ms, d.handover_timeout),
+        soak: ms(raw.soak_ms, d.soak),
+        on_stall,
+    };
+    for (key, v) in [
+        ("policy.stop_timeout_ms", p.stop_timeout),
+        ("policy.health_timeout_ms", p.health_timeout),
+        ("policy.catchup_timeout_ms", p.catchup_timeout),
+        ("policy.stall_after_ms", p.stall_after),
+        ("policy.handover_timeout_ms", p.handover_timeout),
+    ] {
+        if v.is_zero() {
+            return Err(invalid(key, "must be above 0"));
+        }
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -211,6 +321,15 @@ mod tests {
             ),
             (format!("{GOOD}heartbeat_ms = 5\n"), "`heartbeat_ms`"),
             (format!("{GOOD}nope = 5\n"), "nope"),
+            (
+                format!("{GOOD}[policy]\nmax_unavailable = 2\n"),
+                "`policy.max_unavailable`",
+            ),
+            (
+                format!("{GOOD}[policy]\non_stall = \"panic\"\n"),
+                "`policy.on_stall`",
+            ),
+            (format!("{GOOD}[store]\nkind = \"ftp\"\n"), "`store.kind`"),
         ] {
             let err = load(&text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");

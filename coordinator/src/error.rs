@@ -25,6 +25,8 @@ pub enum LinkError {
     BadReport(#[from] InvalidReport),
     #[error("refused: {0}")]
     Refused(#[from] Refusal),
+    #[error("command result refused: {0}")]
+    BadResult(baton_proto::InvalidCommand),
     #[error("agent stream failed: {0}")]
     Transport(String),
 }
@@ -36,6 +38,7 @@ impl From<LinkError> for Status {
             | LinkError::ExpectedReport { .. }
             | LinkError::BadHello(_)
             | LinkError::BadReport(_)
+            | LinkError::BadResult(_)
             | LinkError::Refused(Refusal::MemberMismatch { .. }) => Code::InvalidArgument,
             LinkError::Refused(Refusal::UnknownMember { .. }) => Code::NotFound,
             LinkError::Refused(Refusal::WrongCluster { .. }) => Code::FailedPrecondition,

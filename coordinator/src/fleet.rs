@@ -10,7 +10,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton_domain::{FleetStatus, Health, Hello, MemberId, MemberRow, Report, Role};
+use baton_planner::{LagSample, MemberView, UnixMs, View};
 use tokio::time::Instant;
+
+/// Wall-clock now, for anchoring the view's monotonic clock once.
+pub fn now_unix_ms() -> UnixMs {
+    UnixMs(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+    )
+}
 
 /// Identifies one agent stream; a newer one for the same member supersedes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,11 +50,18 @@ pub enum Refusal {
     Superseded { member: MemberId },
 }
 
+/// Lag readings kept per member for the planner's gates.
+const LAG_SAMPLES: usize = 256;
+
 #[derive(Debug, Default)]
 struct Entry {
     report: Option<Report>,
     last_seen: Option<Instant>,
     session: Option<SessionId>,
+    /// Valid reports received, ever.
+    seq: u64,
+    /// (seq, wall time, lag) per report, oldest first.
+    lag_samples: std::collections::VecDeque<LagSample>,
 }
 
 /// The coordinator's picture of the cluster.
@@ -55,11 +73,24 @@ pub struct FleetView {
     /// The configured order, for display.
     order: Vec<MemberId>,
     next_session: u64,
+    /// A monotonic instant and the wall time it corresponds to.
+    epoch: (Instant, UnixMs),
 }
 
 impl FleetView {
     pub fn new(cluster: String, members: Vec<MemberId>, heartbeat: Duration) -> Self {
+        Self::with_epoch(cluster, members, heartbeat, (Instant::now(), now_unix_ms()))
+    }
+
+    /// As `new`, with the clock pinned (for tests).
+    pub fn with_epoch(
+        cluster: String,
+        members: Vec<MemberId>,
+        heartbeat: Duration,
+        epoch: (Instant, UnixMs),
+    ) -> Self {
         FleetView {
+            epoch,
             cluster,
             heartbeat,
             members: members
@@ -73,6 +104,15 @@ impl FleetView {
 
     pub fn cluster(&self) -> &str {
         &self.cluster
+    }
+
+    /// The current session of `member`, if its agent is connected.
+    pub fn session(&self, member: &MemberId) -> Option<SessionId> {
+        self.members.get(member).and_then(|e| e.session)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
     }
 
     /// Whether this Hello may open a session. Changes nothing.
@@ -125,7 +165,72 @@ impl FleetView {
         entry.session = Some(id);
         entry.report = Some(first);
         entry.last_seen = Some(now);
+        self.sample(&hello.member, now);
         Ok(id)
+    }
+
+    /// Records the member's lag as of its newest report.
+    fn sample(&mut self, member: &MemberId, now: Instant) {
+        let leader_committed = self.leader(now).map(|(_, r)| r.committed_revision);
+        let wall = self.wall(now);
+        let Some(e) = self.members.get_mut(member) else {
+            return;
+        };
+        e.seq += 1;
+        let Some(r) = e.report.as_ref() else { return };
+        if r.health == Health::Down {
+            return;
+        }
+        let Some(committed) = leader_committed else {
+            return;
+        };
+        e.lag_samples.push_back(LagSample {
+            seq: e.seq,
+            at: wall,
+            lag: committed.saturating_sub(r.applied_revision),
+        });
+        while e.lag_samples.len() > LAG_SAMPLES {
+            e.lag_samples.pop_front();
+        }
+    }
+
+    /// Wall-clock time of a monotonic instant (fixed at construction).
+    fn wall(&self, now: Instant) -> UnixMs {
+        let (t0, w0) = self.epoch;
+        UnixMs(w0.0 + u64::try_from(now.saturating_duration_since(t0).as_millis()).unwrap_or(0))
+    }
+
+    /// The planner's snapshot of the fleet.
+    pub fn planner_view(&self, now: Instant) -> (View, UnixMs) {
+        let status = self.status(now);
+        let members = status
+            .members
+            .into_iter()
+            .map(|row| {
+                let samples = self.members[&row.member]
+                    .lag_samples
+                    .iter()
+                    .copied()
+                    .collect();
+                (
+                    row.member,
+                    MemberView {
+                        fresh: row.fresh,
+                        connected: row.connected,
+                        report: row.report,
+                        lag: row.lag,
+                        lag_samples: samples,
+                    },
+                )
+            })
+            .collect();
+        (
+            View {
+                leader: status.leader,
+                members,
+            },
+            self.wall(now),
+        )
     }
 
     /// Records a report on an open session.
@@ -146,6 +251,8 @@ impl FleetView {
             })?;
         entry.report = Some(report);
         entry.last_seen = Some(now);
+        let member = hello.clone();
+        self.sample(&member, now);
         Ok(())
     }
 
@@ -331,6 +438,35 @@ mod tests {
             Err(Refusal::MemberMismatch { .. })
         ));
         assert_eq!(v.status(t0), before);
+    }
+
+    #[test]
+    fn each_report_adds_a_numbered_lag_sample() {
+        let t0 = Instant::now();
+        let mut v = FleetView::with_epoch(
+            "demo".into(),
+            vec![id("n1"), id("n2")],
+            Duration::from_secs(1),
+            (t0, UnixMs(1_000)),
+        );
+        v.open_session(&hello("n1"), report("n1", Role::Leader, 100, 100, 1), t0)
+            .unwrap();
+        let s = v
+            .open_session(&hello("n2"), report("n2", Role::Follower, 100, 60, 1), t0)
+            .unwrap();
+        let t1 = t0 + Duration::from_millis(250);
+        v.record(&id("n2"), s, report("n2", Role::Follower, 100, 95, 1), t1)
+            .unwrap();
+        let (view, now) = v.planner_view(t1);
+        assert_eq!(now, UnixMs(1_250));
+        let samples = &view.members[&id("n2")].lag_samples;
+        assert_eq!(
+            samples
+                .iter()
+                .map(|s| (s.seq, s.at.0, s.lag))
+                .collect::<Vec<_>>(),
+            vec![(1, 1_000, 40), (2, 1_250, 5)]
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`config`]: the validated coordinator configuration.
 //! - [`fleet`]: the FleetView, the latest report per member; pure, clock as input.
 //! - [`agent_link`]: the gRPC service agents stream reports into.
+//! - [`driver`]: the rollout driver (steps to commands, results to events).
+//! - [`journal`]: the rollout journal, appended before anything is applied.
 //! - [`operator`]: the gRPC service the `baton` CLI calls.
 //! - [`error`]: the one mapping from coordinator errors to `tonic::Status`.
 //! - [`cli`]: the `baton` command line (status rendering and its client).
@@ -14,8 +16,10 @@
 pub mod agent_link;
 pub mod cli;
 pub mod config;
+pub mod driver;
 pub mod error;
 pub mod fleet;
+pub mod journal;
 pub mod operator;
 
 use std::sync::{Arc, Mutex};
@@ -40,6 +44,8 @@ pub enum RunError {
     Tls(tonic::transport::Error),
     #[error("gRPC server failed: {0}")]
     Serve(tonic::transport::Error),
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
@@ -69,8 +75,29 @@ pub async fn run(
         config.members.clone(),
         config.heartbeat,
     )));
-    let link = agent_link::AgentLinkService::new(fleet.clone(), shutdown.clone());
-    let operator = operator::OperatorService { fleet };
+    let (results_tx, results_rx) = tokio::sync::mpsc::channel(256);
+    let link = agent_link::AgentLinkService::new(fleet.clone(), results_tx, shutdown.clone());
+    let journal = journal::FileJournal::open(&config.state_dir)?;
+    let rollouts = journal.rollouts()?;
+    let driver = driver::Driver::new(
+        driver::DriverConfig {
+            policy: config.policy.clone(),
+            release_name: config.release_name.clone(),
+            store: config.store.as_ref().map(|p| {
+                Arc::new(baton_store::DirStore::new(p.clone()))
+                    as Arc<dyn baton_store::ArtifactStore>
+            }),
+            scratch: config.state_dir.clone(),
+            tick: std::time::Duration::from_millis(50),
+        },
+        fleet.clone(),
+        link.clone(),
+        Box::new(journal),
+        rollouts,
+    );
+    let (ops_tx, ops_rx) = tokio::sync::mpsc::channel(16);
+    let driver_task = tokio::spawn(driver.run(ops_rx, results_rx, shutdown.clone()));
+    let operator = operator::OperatorService { fleet, ops: ops_tx };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
@@ -81,10 +108,13 @@ pub async fn run(
         tracing::info!(cluster = %config.cluster, %addr, members = config.members.len(), "coordinator serving");
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    server
+    let served = server
         .add_service(AgentLinkServer::new(link))
         .add_service(OperatorServer::new(operator))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await
-        .map_err(RunError::Serve)
+        .map_err(RunError::Serve);
+    shutdown.cancel();
+    let _ = driver_task.await;
+    served
 }

@@ -5,8 +5,8 @@
 //! (`From` domain → wire) are total.
 
 use baton_domain::{
-    Action, AgentCommand, CommandId, CommandOutcome, FleetStatus, Health, Hello, InvalidMemberId,
-    MemberId, MemberRow, ReleaseRef, Report, Resources, Role,
+    Action, AgentCommand, Check, CommandId, CommandOutcome, FleetStatus, Health, Hello,
+    InvalidMemberId, MemberId, MemberRow, ReleaseRef, Report, Resources, Role,
 };
 
 use crate::v1;
@@ -530,6 +530,46 @@ impl From<CommandOutcome> for v1::CommandResult {
         v1::CommandResult {
             id: id.0,
             outcome: outcome as i32,
+            detail,
+        }
+    }
+}
+
+impl TryFrom<v1::Check> for Check {
+    type Error = InvalidMemberId;
+
+    fn try_from(c: v1::Check) -> Result<Self, Self::Error> {
+        let v1::Check {
+            check,
+            member_id,
+            ok,
+            detail,
+        } = c;
+        let member = match member_id.as_str() {
+            "" => None,
+            m => Some(MemberId::new(m)?),
+        };
+        Ok(Check {
+            check,
+            member,
+            ok,
+            detail,
+        })
+    }
+}
+
+impl From<Check> for v1::Check {
+    fn from(c: Check) -> Self {
+        let Check {
+            check,
+            member,
+            ok,
+            detail,
+        } = c;
+        v1::Check {
+            check,
+            member_id: member.map(String::from).unwrap_or_default(),
+            ok,
             detail,
         }
     }

@@ -4,24 +4,19 @@
 
 use std::cmp::Reverse;
 
+pub use baton_domain::Check;
 use baton_domain::{MemberId, Role};
-use serde::{Deserialize, Serialize};
 
 use crate::view::View;
 use crate::{Policy, ReleaseRef};
 
-/// The verdict of one check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// `agent`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`.
-    pub check: String,
-    pub member: Option<MemberId>,
-    pub ok: bool,
-    /// What was found, and for a failure what to do next.
-    pub detail: String,
+/// Constructors for [`Check`] verdicts.
+trait Verdict {
+    fn pass(check: &str, member: Option<&MemberId>, detail: impl Into<String>) -> Check;
+    fn fail(check: &str, member: Option<&MemberId>, detail: impl Into<String>) -> Check;
 }
 
-impl Check {
+impl Verdict for Check {
     fn pass(check: &str, member: Option<&MemberId>, detail: impl Into<String>) -> Check {
         Check {
             check: check.to_owned(),
@@ -272,4 +267,82 @@ pub fn start(
         leader: leader.clone(),
         at: now,
     })
+}
+
+/// One line of a dry-run plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedStep {
+    pub member: Option<MemberId>,
+    pub action: String,
+    pub reason: String,
+}
+
+/// The ordered steps a rollout to `target` would take from `view`, each with
+/// its reason, and the handover target as of now.
+pub fn planned_steps(
+    view: &View,
+    target: &str,
+    policy: &Policy,
+) -> (Vec<PlannedStep>, Option<MemberId>) {
+    let Some(leader) = view.agreed_leader().cloned() else {
+        return (
+            vec![PlannedStep {
+                member: None,
+                action: "nothing".into(),
+                reason: "no agreed leader, so no order can be fixed".into(),
+            }],
+            None,
+        );
+    };
+    let mut steps = Vec::new();
+    let gates = format!(
+        "stage {target}, stop (SIGKILL after {:?}), switch current, start, wait healthy on {target} (<= {:?}), wait lag <= {} on 2 consecutive reports (<= {:?})",
+        policy.stop_timeout, policy.health_timeout, policy.tolerable_lag, policy.catchup_timeout
+    );
+    let order = order(view, &leader);
+    let followers = &order[..order.len() - 1];
+    for m in followers {
+        let lag = view.members.get(m).and_then(|v| v.lag);
+        steps.push(PlannedStep {
+            member: Some(m.clone()),
+            action: format!("upgrade: {gates}"),
+            reason: format!(
+                "follower, lag {}; followers go most-lagging first, then by id",
+                lag.map_or("unknown".into(), |l| l.to_string())
+            ),
+        });
+    }
+    // As of now; the real pick happens at handover time among upgraded followers.
+    let handover = followers
+        .iter()
+        .filter_map(|m| {
+            view.members
+                .get(m)
+                .filter(|v| v.healthy())
+                .map(|v| (m, v.applied()))
+        })
+        .max_by_key(|(m, applied)| (*applied, std::cmp::Reverse((*m).clone())))
+        .map(|(m, _)| m.clone());
+    steps.push(PlannedStep {
+        member: Some(leader.clone()),
+        action: format!(
+            "hand leadership to {}",
+            handover.as_ref().map_or("(none healthy)".to_owned(), |m| m.to_string())
+        ),
+        reason: "the leader is never stopped while it leads; the target is the most caught-up upgraded follower, picked at handover time".into(),
+    });
+    steps.push(PlannedStep {
+        member: Some(leader),
+        action: format!("upgrade: {gates}"),
+        reason: "the old leader goes last".into(),
+    });
+    steps.push(PlannedStep {
+        member: None,
+        action: "verify".into(),
+        reason: format!(
+            "every member on {target}, one leader, every lag <= {}",
+            policy.tolerable_lag
+        ),
+    });
+    (steps, handover)
 }

@@ -307,3 +307,14 @@ pub struct CommandOutcome {
     /// Ok(detail) or Err(what failed and why).
     pub result: Result<String, String>,
 }
+
+/// The verdict of one preflight check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `agent`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`.
+    pub check: String,
+    pub member: Option<MemberId>,
+    pub ok: bool,
+    /// What was found, and for a failure what to do next.
+    pub detail: String,
+}
