@@ -54,9 +54,22 @@ pub struct Executor {
     supervisor: Option<SupervisorHandle>,
     installer: Option<Installer>,
     mode: &'static str,
+    /// The member as last observed, for the leader interlock on Stop.
+    observed: Option<tokio::sync::watch::Receiver<Option<crate::watcher::Observation>>>,
 }
 
 impl Executor {
+    /// Refuses `Stop` while the member's own latest observation says it
+    /// leads: the coordinator hands leadership over first, and this is the
+    /// second lock on that door.
+    pub fn with_leader_interlock(
+        mut self,
+        observed: tokio::sync::watch::Receiver<Option<crate::watcher::Observation>>,
+    ) -> Self {
+        self.observed = Some(observed);
+        self
+    }
+
     pub fn open(
         member: MemberId,
         state_dir: &std::path::Path,
@@ -90,6 +103,7 @@ impl Executor {
             supervisor,
             installer,
             mode,
+            observed: None,
         })
     }
 
@@ -207,6 +221,17 @@ impl Executor {
                 .switch(version)
                 .map_err(|e| e.to_string()),
             Action::Stop => {
+                let leads = self.observed.as_ref().is_some_and(|o| {
+                    o.borrow()
+                        .as_ref()
+                        .is_some_and(|o| o.state.role == baton_domain::Role::Leader)
+                });
+                if leads {
+                    return Err(format!(
+                        "member {} is the leader; refusing to stop it (hand leadership over first)",
+                        self.member
+                    ));
+                }
                 let timeout = cmd
                     .stop_timeout_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)));
@@ -284,6 +309,38 @@ mod tests {
         let out = ex.run(cmd("r-2", Action::Stop)).await;
         let err = out.result.unwrap_err();
         assert!(err.contains("member n1 runs in external mode"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stop_is_refused_while_the_member_leads() {
+        use baton_domain::{Health, Role};
+
+        use crate::target::MemberState;
+        use crate::watcher::Observation;
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = MemberState::unreachable(String::new());
+        state.role = Role::Leader;
+        state.health = Health::Healthy;
+        let (_tx, rx) = tokio::sync::watch::channel(Some(Observation {
+            state,
+            reachable: true,
+            at: tokio::time::Instant::now(),
+        }));
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            dir.path(),
+            Arc::new(FakeTarget::default()),
+            None,
+            None,
+            "supervise",
+        )
+        .unwrap()
+        .with_leader_interlock(rx);
+        let err = ex.run(cmd("r-3", Action::Stop)).await.result.unwrap_err();
+        assert!(
+            err.contains("member n1 is the leader; refusing to stop it"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -106,16 +106,19 @@ pub async fn run(
         RunMode::Supervise(_) => "supervise",
         RunMode::External => "external",
     };
-    let executor = Arc::new(executor::Executor::open(
-        config.member.clone(),
-        &config.state_dir,
-        target.clone(),
-        supervisor,
-        installer,
-        mode,
-    )?);
-
     let (obs_tx, obs_rx) = watch::channel(None);
+    let executor = Arc::new(
+        executor::Executor::open(
+            config.member.clone(),
+            &config.state_dir,
+            target.clone(),
+            supervisor,
+            installer,
+            mode,
+        )?
+        .with_leader_interlock(obs_rx.clone()),
+    );
+
     tracker.spawn(watcher::run(
         target.clone(),
         config.poll,

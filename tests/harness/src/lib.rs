@@ -143,6 +143,10 @@ pub struct ClusterSpec {
     pub heartbeat_ms: u64,
     pub release: String,
     pub format_version: u32,
+    /// Extra `[policy]` lines for the coordinator.
+    pub policy: String,
+    /// Per member index: extra environment for the member process.
+    pub member_env: BTreeMap<usize, Vec<(String, String)>>,
 }
 
 impl Default for ClusterSpec {
@@ -153,6 +157,19 @@ impl Default for ClusterSpec {
             heartbeat_ms: 300,
             release: "v1".into(),
             format_version: 1,
+            policy: String::new(),
+            member_env: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// A cluster whose agents run the members, ready for rollouts.
+    pub fn supervised(members: usize) -> Self {
+        ClusterSpec {
+            members,
+            mode: MemberMode::Supervise,
+            ..ClusterSpec::default()
         }
     }
 }
@@ -179,6 +196,7 @@ pub struct Member {
 #[derive(Debug)]
 pub struct Cluster {
     pub spec: ClusterSpec,
+    pub store_dir: PathBuf,
     pub members: Vec<Member>,
     pub coordinator: Option<Proc>,
     pub coordinator_url: String,
@@ -204,24 +222,35 @@ impl Cluster {
             .join(",");
         let names: Vec<String> = (1..=spec.members).map(|i| format!("n{i}")).collect();
 
+        let store_dir = dir.path().join("store");
+        fs::create_dir_all(&store_dir)?;
         let coordinator_config = dir.path().join("coordinator.toml");
         fs::write(
             &coordinator_config,
             format!(
-                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\n",
-                spec.heartbeat_ms, names
+                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{}\n",
+                spec.heartbeat_ms,
+                names,
+                dir.path().join("coordinator-state").to_string_lossy(),
+                store_dir.to_string_lossy(),
+                spec.policy,
             ),
         )?;
+        let v1_build = build_release(dir.path(), &spec.release, spec.format_version, false)?;
+        publish_release(&store_dir, &v1_build, &spec.release, spec.format_version)?;
 
         let mut members = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let id = i as u64 + 1;
             let mdir = dir.path().join(format!("n{id}"));
             let base_dir = mdir.join("base");
+            // The first install, as an operator would do it by hand.
             let release_dir = base_dir.join("releases").join(&spec.release);
-            fs::create_dir_all(&release_dir)?;
-            write_manifest(&release_dir, &spec.release, spec.format_version, false)?;
-            std::os::unix::fs::symlink(&release_dir, base_dir.join("current"))?;
+            copy_dir(&v1_build, &release_dir)?;
+            std::os::unix::fs::symlink(
+                Path::new("releases").join(&spec.release),
+                base_dir.join("current"),
+            )?;
             let data_dir = mdir.join("data");
             fs::create_dir_all(&data_dir)?;
             let agent_dir = mdir.join("agent");
@@ -229,17 +258,22 @@ impl Cluster {
             let probe_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
             let command = member_argv(
-                &bin("samplekv").to_string_lossy(),
+                "{release_dir}/samplekv",
                 id,
                 addr,
                 &peers,
                 "{data_dir}",
                 "{release_dir}",
             );
+            let env: String = spec
+                .member_env
+                .get(&i)
+                .map(|vars| vars.iter().map(|(k, v)| format!("{k} = {v:?}\n")).collect())
+                .unwrap_or_default();
             let run = match spec.mode {
                 MemberMode::External => "[run]\nmode = \"external\"\n".to_owned(),
                 MemberMode::Supervise => format!(
-                    "[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {:?}\nstop_timeout_ms = 5000\n",
+                    "[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {:?}\nstop_timeout_ms = 5000\n[run.env]\nRUST_LOG = \"info,openraft=warn\"\n{env}",
                     base_dir.to_string_lossy(),
                     command
                 ),
@@ -248,10 +282,11 @@ impl Cluster {
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\n{run}",
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\n{run}",
                     spec.heartbeat_ms,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
+                    store_dir.to_string_lossy(),
                 ),
             )?;
             members.push(Member {
@@ -270,6 +305,7 @@ impl Cluster {
 
         let mut cluster = Cluster {
             spec,
+            store_dir,
             members,
             coordinator: None,
             coordinator_url,
@@ -322,13 +358,56 @@ impl Cluster {
         Ok(())
     }
 
+    /// Builds and publishes a samplekv release to the store.
+    pub fn publish(&self, version: &str, format_version: u32, fail_start: bool) -> Result<PathBuf> {
+        let build = build_release(self.dir.path(), version, format_version, fail_start)?;
+        publish_release(&self.store_dir, &build, version, format_version)?;
+        Ok(build)
+    }
+
+    /// Runs a `baton` subcommand with `--output json`; returns the exit
+    /// code and the last stdout line parsed as JSON (Null if none).
+    pub fn baton_json(&self, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
+        let out = Command::new(bin("baton"))
+            .args(["--coordinator", &self.coordinator_url, "--output", "json"])
+            .args(args)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{') || l.starts_with('['))
+            .map(serde_json::from_str)
+            .transpose()?
+            .unwrap_or(serde_json::Value::Null);
+        Ok((
+            out.status.code().unwrap_or(-1),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The agent-side command journal of member `i` (`/commands`).
+    pub async fn agent_commands(&self, i: usize) -> Result<serde_json::Value> {
+        let addr = self.members[i].probe_addr;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(format!("GET /commands HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = String::new();
+        stream.read_to_string(&mut buf).await?;
+        let body = buf.split("\r\n\r\n").nth(1).unwrap_or("");
+        Ok(serde_json::from_str(body)?)
+    }
+
     /// Starts member `i` (0-based) in external mode with extra env vars.
     pub fn start_member(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
         let peers = self.peers();
         let m = &mut self.members[i];
         let release_dir = fs::canonicalize(m.base_dir.join("current"))?;
         let argv = member_argv(
-            &bin("samplekv").to_string_lossy(),
+            &release_dir.join("samplekv").to_string_lossy(),
             m.id,
             m.addr,
             &peers,
@@ -507,6 +586,77 @@ pub fn member_argv(
         "--release-dir".into(),
         release_dir.to_owned(),
     ]
+}
+
+/// A samplekv release directory: the member binary (a launcher for the
+/// workspace build, so v1 and v2 come from one build) and its manifest.
+pub fn build_release(
+    root: &Path,
+    version: &str,
+    format_version: u32,
+    fail_start: bool,
+) -> Result<PathBuf> {
+    let dir = root.join("builds").join(version);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir)?;
+    let launcher = dir.join("samplekv");
+    fs::write(
+        &launcher,
+        format!(
+            "#!/bin/sh\nexec {:?} \"$@\"\n",
+            bin("samplekv").to_string_lossy()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&launcher, fs::Permissions::from_mode(0o755))?;
+    write_manifest(&dir, version, format_version, fail_start)?;
+    Ok(dir)
+}
+
+/// `baton release publish`, as an operator runs it.
+pub fn publish_release(
+    store: &Path,
+    build: &Path,
+    version: &str,
+    format_version: u32,
+) -> Result<()> {
+    let out = Command::new(bin("baton"))
+        .args([
+            "release",
+            "publish",
+            "--name",
+            "samplekv",
+            "--version",
+            version,
+        ])
+        .arg("--format-version")
+        .arg(format_version.to_string())
+        .arg("--store")
+        .arg(store)
+        .arg("--from")
+        .arg(build)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "baton release publish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes a samplekv release manifest.
