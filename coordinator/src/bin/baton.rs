@@ -80,6 +80,11 @@ enum Command {
         #[arg(long)]
         rollout: Option<String>,
     },
+    /// Shows the active (or named) rollout once.
+    Rollout {
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Pauses the running rollout after the step in flight.
     Pause {
         #[arg(long, default_value = "operator request")]
@@ -256,6 +261,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let id = conn.rollout(rollout.as_deref()).await?.state.id;
             follow(&mut conn, &id, args.output).await
         }
+        Command::Rollout { id } => show(conn.rollout(id.as_deref()).await?, args.output),
         Command::Pause { reason } => show(conn.control("pause", &reason).await?, args.output),
         Command::Resume => show(conn.control("resume", "").await?, args.output),
         Command::Abort => show(conn.control("abort", "").await?, args.output),

@@ -66,7 +66,7 @@ impl From<MemberId> for String {
 
 impl fmt::Display for MemberId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -95,7 +95,7 @@ pub enum Role {
 
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Role::Leader => "leader",
             Role::Follower => "follower",
             Role::Candidate => "candidate",
@@ -119,7 +119,7 @@ pub enum Health {
 
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Health::Healthy => "healthy",
             Health::Degraded => "degraded",
             Health::Down => "down",

@@ -401,6 +401,33 @@ impl Cluster {
         Ok(serde_json::from_str(body)?)
     }
 
+    /// Supervise mode: restarts member `i` under its agent with extra
+    /// environment (kills the agent and the member by pid, rewrites the
+    /// agent's `[run.env]`, starts the agent, which starts the member).
+    pub fn restart_supervised_with_env(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
+        let pid = self.member_pid(i);
+        drop(self.members[i].agent.take());
+        if let Some(pid) = pid {
+            kill_pid(pid);
+        }
+        let path = self.members[i].agent_config.clone();
+        let mut text = fs::read_to_string(&path)?;
+        for (k, v) in env {
+            text.push_str(&format!("{k} = {v:?}\n"));
+        }
+        fs::write(&path, text)?;
+        self.start_agent(i)
+    }
+
+    /// Every event in the coordinator's rollout journal.
+    pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
+        let text = fs::read_to_string(self.dir.path().join("coordinator-state/journal.jsonl"))?;
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    }
+
     /// Starts member `i` (0-based) in external mode with extra env vars.
     pub fn start_member(&mut self, i: usize, env: &[(&str, &str)]) -> Result<()> {
         let peers = self.peers();

@@ -1,0 +1,223 @@
+//! `baton-demo`: the one-command demo behind `bash deploy/demo.sh`.
+//!
+//! Starts a 3-member samplekv cluster with agents and a coordinator in a
+//! temp dir, publishes v1 and v2, runs a writer at 100 writes/s, runs
+//! `baton upgrade --to v2` with live progress, and prints a summary. Every
+//! process is killed by pid when it ends, however it ends.
+
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use baton_harness::{Cluster, ClusterSpec, bin};
+use samplekv::client::Client;
+use samplekv::writer::{WriterConfig, run_writer, verify};
+use tokio_util::sync::CancellationToken;
+
+struct Args {
+    json: bool,
+    keep: bool,
+    members: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        json: false,
+        keep: false,
+        members: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--json" => a.json = true,
+            "--keep" => a.keep = true,
+            "--members" => {
+                a.members = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (3..=7).contains(n))
+                    .ok_or("--members takes a number from 3 to 7")?;
+            }
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: baton-demo [--json] [--keep] [--members N]"
+                ));
+            }
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("baton-demo: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("baton-demo: cannot start the runtime");
+        return ExitCode::FAILURE;
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("baton-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Progress lines go to stderr in --json mode, so stdout is one JSON line.
+macro_rules! say {
+    ($json:expr, $($t:tt)*) => {
+        if $json { eprintln!($($t)*) } else { println!($($t)*) }
+    };
+}
+
+async fn run(args: Args) -> Result<bool> {
+    let spec = ClusterSpec {
+        policy: "tolerable_lag = 20\nhandover_timeout_ms = 5000\n".into(),
+        ..ClusterSpec::supervised(args.members)
+    };
+    say!(
+        args.json,
+        "starting {} samplekv members, their agents and a coordinator on loopback...",
+        args.members
+    );
+    let cluster = Cluster::start(spec)
+        .await
+        .context("starting the sample cluster")?;
+    say!(
+        args.json,
+        "published v1 (running) and v2 to {}",
+        cluster.store_dir.display()
+    );
+    cluster.publish("v2", 1, false)?;
+    let status = Command::new(bin("baton"))
+        .args(["--coordinator", &cluster.coordinator_url, "status"])
+        .output()?;
+    say!(args.json, "\n{}", String::from_utf8_lossy(&status.stdout));
+
+    let client = Client::new(cluster.addrs());
+    let stop = CancellationToken::new();
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        let cfg = WriterConfig {
+            rate_per_sec: 100,
+            max_writes: 100_000,
+            max_duration: Duration::from_secs(300),
+            key_prefix: "demo-".into(),
+            ..WriterConfig::default()
+        };
+        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    say!(
+        args.json,
+        "writer running at 100 writes/s; baton upgrade --to v2:\n"
+    );
+
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args([
+        "--coordinator",
+        &cluster.coordinator_url,
+        "--output",
+        "json",
+        "upgrade",
+        "--to",
+        "v2",
+    ]);
+    // Live progress: let the CLI draw its table while a second CLI follows.
+    let watcher = if args.json {
+        None
+    } else {
+        Some(
+            Command::new(bin("baton"))
+                .args(["--coordinator", &cluster.coordinator_url, "watch"])
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit())
+                .spawn(),
+        )
+    };
+    let out = tokio::task::block_in_place(|| cmd.output())?;
+    if let Some(Ok(mut w)) = watcher {
+        let _ = tokio::task::block_in_place(|| w.wait());
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.cancel();
+    let report = writer.await?;
+    let checked = verify(&client, &report).await;
+
+    let text = String::from_utf8_lossy(&out.stdout);
+    let result: serde_json::Value = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or(serde_json::Value::Null);
+    let summary = &result["summary"];
+    let ok = out.status.success() && checked.lost.is_empty();
+    let line = serde_json::json!({
+        "ok": ok,
+        "members": args.members,
+        "order": summary["order"],
+        "handover_target": summary["handover_target"],
+        "step_ms": summary["step_ms"],
+        "leader_changes": report.leader_changes,
+        "max_write_gap_ms": report.max_write_gap_ms,
+        "acked_writes": report.acked,
+        "failed_writes": report.failed,
+        "lost_acked_writes": checked.lost.len(),
+        "total_s": summary["total_ms"].as_f64().map(|ms| ms / 1000.0),
+    });
+    if args.json {
+        println!("{line}");
+    } else {
+        println!("\nsummary");
+        println!("  order:              {}", summary["order"]);
+        println!("  handover target:    {}", summary["handover_target"]);
+        if let Some(steps) = summary["step_ms"].as_array() {
+            for s in steps {
+                println!(
+                    "  member {:<6} took {} ms (stop to caught up)",
+                    s[0].as_str().unwrap_or("?"),
+                    s[1]
+                );
+            }
+        }
+        println!(
+            "  total:              {:.2} s",
+            summary["total_ms"].as_f64().unwrap_or(0.0) / 1000.0
+        );
+        println!("  largest write gap:  {} ms", report.max_write_gap_ms);
+        println!(
+            "  acked writes:       {} ({} failed or timed out, not acked)",
+            report.acked, report.failed
+        );
+        println!("  lost acked writes:  {}", checked.lost.len());
+        println!("  leader changes:     {}", report.leader_changes);
+        if !out.status.success() {
+            println!(
+                "\nbaton upgrade failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    if args.keep {
+        say!(
+            args.json,
+            "\ncluster left running; watch it with:\n  {} --coordinator {} status --watch\nCtrl-C here stops everything.",
+            bin("baton").display(),
+            cluster.coordinator_url
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    Ok(ok)
+}

@@ -1,0 +1,667 @@
+//! Rolling upgrades of a live samplekv cluster, end to end: real members,
+//! real agents, a real coordinator, the `baton` CLI, and a writer at 100
+//! writes/s whose every acknowledged write is read back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_domain::Health;
+use baton_harness::{Cluster, ClusterSpec};
+use samplekv::client::Client;
+use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
+use tokio_util::sync::CancellationToken;
+
+const POLICY: &str = "tolerable_lag = 50\nhealth_timeout_ms = 20000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\nstall_after_ms = 20000\n";
+
+struct Load {
+    client: Client,
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<WriterReport>,
+    observer: tokio::task::JoinHandle<()>,
+    max_down: Arc<AtomicUsize>,
+}
+
+/// Starts the writer at 100 writes/s and an observer that counts members
+/// that do not answer, every 15 ms.
+fn start_load(cluster: &Cluster) -> Load {
+    let client = Client::new(cluster.addrs());
+    let stop = CancellationToken::new();
+    let cfg = WriterConfig {
+        rate_per_sec: 100,
+        max_writes: 20_000,
+        max_duration: Duration::from_secs(120),
+        key_prefix: "roll-".into(),
+        ..WriterConfig::default()
+    };
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+    };
+    let max_down = Arc::new(AtomicUsize::new(0));
+    let observer = {
+        let (addrs, stop, max_down) = (cluster.addrs(), stop.clone(), max_down.clone());
+        tokio::spawn(async move {
+            // Bounded: the stop token, or 10 minutes of 15 ms polls.
+            for _ in 0..40_000 {
+                if stop.is_cancelled() {
+                    return;
+                }
+                // Down means not listening: a refused connection. A slow
+                // answer on a loaded machine is not an outage.
+                let mut down = 0;
+                for a in &addrs {
+                    let c = tokio::time::timeout(
+                        Duration::from_millis(500),
+                        tokio::net::TcpStream::connect(a.as_str()),
+                    )
+                    .await;
+                    if matches!(c, Ok(Err(_))) {
+                        down += 1;
+                    }
+                }
+                max_down.fetch_max(down, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    Load {
+        client,
+        stop,
+        writer,
+        observer,
+        max_down,
+    }
+}
+
+impl Load {
+    async fn finish(self) -> Result<(WriterReport, Vec<String>, usize)> {
+        // A little more load on the finished cluster, then stop.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.stop.cancel();
+        let report = self.writer.await?;
+        self.observer.await?;
+        let checked = verify(&self.client, &report).await;
+        anyhow::ensure!(
+            checked.checked == report.acked,
+            "every acked write was checked"
+        );
+        Ok((report, checked.lost, self.max_down.load(Ordering::SeqCst)))
+    }
+}
+
+fn event_index(
+    journal: &[serde_json::Value],
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> Option<usize> {
+    journal.iter().position(f)
+}
+
+async fn clean_upgrade(n: usize) -> Result<()> {
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        ..ClusterSpec::supervised(n)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    let leader = cluster.leader_index().await?;
+    let leader_name = cluster.members[leader].name.clone();
+    // Slow every follower's appends but one: that one is the most caught up
+    // at handover time, whatever the tie-break would say.
+    let followers: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
+    let fast = followers[0];
+    for &i in &followers[1..] {
+        cluster.restart_supervised_with_env(i, &[("SAMPLEKV_APPEND_DELAY_MS", "40")])?;
+    }
+    cluster
+        .wait_status(
+            "every member back, one leader, caught up",
+            Duration::from_secs(30),
+            |s| {
+                s.leader.as_ref().map(|m| m.as_str()) == Some(leader_name.as_str())
+                    && s.members.iter().all(|m| m.lag.is_some_and(|l| l <= 5))
+            },
+        )
+        .await?;
+
+    let load = start_load(&cluster);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, out, stderr) = {
+        let cluster = &cluster;
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?
+    };
+    let (report, lost, max_down) = load.finish().await?;
+    assert_eq!(code, 0, "baton upgrade succeeds: {stderr}\n{out:#}");
+
+    // Every member on v2, healthy, one leader.
+    let status = cluster
+        .wait_status("all on v2", Duration::from_secs(10), |s| {
+            s.leader.is_some()
+                && s.members.iter().all(|m| {
+                    m.report
+                        .as_ref()
+                        .is_some_and(|r| r.release == "v2" && r.health == Health::Healthy)
+                })
+        })
+        .await?;
+    let summary = &out["summary"];
+    let order: Vec<String> = serde_json::from_value(summary["order"].clone())?;
+    assert_eq!(order.len(), n);
+    assert_eq!(
+        order.last(),
+        Some(&leader_name),
+        "the leader at the start went last"
+    );
+    assert_eq!(summary["leader_changes"], 1, "one handover");
+    assert_eq!(
+        summary["handover_target"],
+        cluster.members[fast].name.as_str(),
+        "the handover went to the most caught-up upgraded follower"
+    );
+    assert_eq!(
+        status.leader.as_ref().map(|m| m.to_string()),
+        Some(cluster.members[fast].name.clone())
+    );
+
+    // The writer saw exactly one leader change and lost nothing.
+    assert_eq!(
+        report.leader_changes, 1,
+        "leaders seen: {:?}",
+        report.leaders_seen
+    );
+    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
+    assert!(report.acked >= 100, "the writer kept writing: {report:?}");
+    assert!(
+        max_down <= 1,
+        "never two members down at once (saw {max_down})"
+    );
+
+    // No member was stopped while it led: the old leader's Stop comes after
+    // the handover was confirmed, and no agent refused a Stop as leader.
+    let journal = cluster.journal()?;
+    let confirmed =
+        event_index(&journal, |e| e["event"] == "handover_confirmed").expect("handover");
+    let leader_stop = event_index(&journal, |e| {
+        e["event"] == "command_issued"
+            && e["member"] == leader_name.as_str()
+            && e["action"]["action"] == "stop"
+    })
+    .expect("the old leader was stopped");
+    assert!(
+        confirmed < leader_stop,
+        "handover confirmed before the old leader's stop"
+    );
+    let mut runs = BTreeMap::new();
+    for i in 0..n {
+        for entry in cluster
+            .agent_commands(i)
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            assert!(
+                entry["result"].get("Ok").is_some(),
+                "member {i} command failed: {entry}"
+            );
+            runs.insert(entry["id"].to_string(), entry["runs"].as_u64());
+        }
+    }
+    assert!(
+        runs.values().all(|r| *r == Some(1)),
+        "each command ran once: {runs:?}"
+    );
+    eprintln!(
+        "{n} members: total {} ms, acked {}, max write gap {} ms, max down {max_down}",
+        summary["total_ms"], report.acked, report.max_write_gap_ms
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_upgrade_of_three_members() -> Result<()> {
+    clean_upgrade(3).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_upgrade_of_five_members() -> Result<()> {
+    clean_upgrade(5).await
+}
+
+/// The agent journals of every member, as (member index, entries).
+async fn agent_journals(cluster: &Cluster) -> Result<Vec<(usize, Vec<serde_json::Value>)>> {
+    let mut out = Vec::new();
+    for i in 0..cluster.members.len() {
+        let entries = cluster
+            .agent_commands(i)
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        out.push((i, entries));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_to_start_is_rolled_back_and_pauses() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: format!("{POLICY}health_timeout_ms = 4000\n")
+            .replace("health_timeout_ms = 20000\n", ""),
+        ..ClusterSpec::supervised(3)
+    };
+    let cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, true)?;
+    let leader = cluster.leader_index().await?;
+    let leader_name = cluster.members[leader].name.clone();
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    assert_eq!(code, 3, "a paused rollout exits 3: {stderr}");
+    let state = &out["rollout"]["state"];
+    let first = state["order"][0].as_str().expect("order").to_owned();
+    let reason = state["phase"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains(&format!("member {first} did not become healthy on v2"))
+            && reason.contains("rolling it back to v1"),
+        "the reason names the member and the rollback: {reason}"
+    );
+    assert!(
+        stderr.contains("baton resume"),
+        "the CLI gives the next step: {stderr}"
+    );
+    assert_eq!(state["members"][&first]["stage"]["stage"], "reverted");
+    // The cluster is healthy on v1, and the leader was never touched.
+    cluster
+        .wait_status("everyone healthy on v1", Duration::from_secs(20), |s| {
+            s.leader.as_ref().map(|m| m.as_str()) == Some(leader_name.as_str())
+                && s.members.iter().all(|m| {
+                    m.lag.is_some()
+                        && m.report
+                            .as_ref()
+                            .is_some_and(|r| r.release == "v1" && r.health == Health::Healthy)
+                })
+        })
+        .await?;
+    for (i, entries) in agent_journals(&cluster).await? {
+        if i == leader || cluster.members[i].name != first {
+            assert!(
+                entries.is_empty(),
+                "member {i} was never touched: {entries:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_that_never_finishes_pauses_at_the_timeout() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: "tolerable_lag = 5\ncatchup_timeout_ms = 3000\nstall_after_ms = 60000\nhealth_timeout_ms = 20000\n".into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    let leader = cluster.leader_index().await?;
+    // Every follower applies only while its pause file is absent.
+    let pause_files: BTreeMap<usize, std::path::PathBuf> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
+        .collect();
+    for (i, f) in &pause_files {
+        let f = f.to_string_lossy().into_owned();
+        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
+    }
+    cluster
+        .wait_status("all back", Duration::from_secs(30), |s| {
+            s.members.iter().all(|m| m.lag.is_some_and(|l| l == 0))
+        })
+        .await?;
+    let load = start_load(&cluster);
+    let (started, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(started, 0, "{stderr}");
+    // Pause apply on both followers once the rollout has started: whichever
+    // goes first comes back on v2 and cannot catch up.
+    for f in pause_files.values() {
+        std::fs::write(f, b"")?;
+    }
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    let (report, lost, _) = load.finish().await?;
+    assert_eq!(code, 3, "paused: {out:#}");
+    let state = &out["rollout"]["state"];
+    let first = state["order"][0].as_str().expect("order");
+    let reason = state["phase"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!("member {first} did not catch up: lag "))
+            && reason.contains("catchup_timeout 3s"),
+        "the reason names the member and its lag: {reason}"
+    );
+    for f in pause_files.values() {
+        let _ = std::fs::remove_file(f);
+    }
+    assert_eq!(lost, Vec::<String>::new());
+    assert!(report.acked > 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_during_a_catch_up_leaves_everyone_running_and_resume_finishes() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: "tolerable_lag = 5\ncatchup_timeout_ms = 60000\nstall_after_ms = 60000\n".into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    let leader = cluster.leader_index().await?;
+    let pause_files: BTreeMap<usize, std::path::PathBuf> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
+        .collect();
+    for (i, f) in &pause_files {
+        let f = f.to_string_lossy().into_owned();
+        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
+    }
+    cluster
+        .wait_status("all back", Duration::from_secs(30), |s| {
+            s.members.iter().all(|m| m.lag == Some(0))
+        })
+        .await?;
+    let load = start_load(&cluster);
+    let (started, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(started, 0, "{stderr}");
+    for f in pause_files.values() {
+        std::fs::write(f, b"")?;
+    }
+    // Wait for the first member to be in its catch-up, then abort.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, cur, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
+        let first = cur["state"]["order"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if cur["state"]["members"][&first]["stage"]["stage"] == "catching_up" {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "never reached the catch-up: {cur:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["abort"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "abort leaves the rollout paused: {out:#}");
+    let reason = out["rollout"]["state"]["phase"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("aborted by the operator"), "{reason}");
+    // Every member is running (answers its Status) after the abort.
+    for i in 0..3 {
+        cluster.member_status(i).await?;
+    }
+    for f in pause_files.values() {
+        std::fs::remove_file(f)?;
+    }
+    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 0, "resume finishes the rollout: {stderr} {out:#}");
+    let (_, lost, _) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_carries_on_and_no_command_runs_twice() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    let load = start_load(&cluster);
+    let (started, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(started, 0, "{stderr}");
+    // Kill the coordinator once the first member is done and the second is under way.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, cur, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
+        let second = cur["state"]["order"][1]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if cur["state"]["members"][&second]["stage"]["stage"] != "pending" {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "rollout never got going: {cur:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(cluster.coordinator.take()); // SIGKILL by pid
+    let before = cluster.journal()?.len();
+    cluster.start_coordinator()?;
+    let (code, out, stderr) = tokio::task::block_in_place(|| {
+        // The CLI retries nothing itself: wait for the new coordinator to listen.
+        let deadline = std::time::Duration::from_secs(10);
+        let t0 = tokio::time::Instant::now();
+        loop {
+            let r = cluster.baton_json(&["watch"]);
+            match &r {
+                Ok((69, _, _)) if t0.elapsed() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                _ => return r,
+            }
+        }
+    })?;
+    assert_eq!(
+        code, 0,
+        "the restarted coordinator finished the rollout: {stderr} {out:#}"
+    );
+    let journal = cluster.journal()?;
+    assert!(
+        journal.len() > before,
+        "the new coordinator appended to the same journal"
+    );
+    assert_eq!(
+        journal.iter().filter(|e| e["event"] == "started").count(),
+        1,
+        "one rollout, resumed, not restarted"
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    for e in journal.iter().filter(|e| e["event"] == "command_issued") {
+        assert!(
+            ids.insert(e["id"].to_string()),
+            "command id issued twice: {e}"
+        );
+    }
+    let mut total = 0;
+    for (i, entries) in agent_journals(&cluster).await? {
+        for e in entries {
+            assert_eq!(e["runs"], 1, "member {i} ran a command twice: {e}");
+            total += 1;
+        }
+    }
+    assert_eq!(
+        total,
+        ids.len(),
+        "every issued command ran exactly once somewhere"
+    );
+    let (_, lost, _) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new());
+    Ok(())
+}
+
+/// Runs `baton upgrade --to V` and returns the failed checks as (check, member).
+fn refused(cluster: &Cluster, to: &str) -> Result<Vec<(String, String, String)>> {
+    let (code, out, stderr) = cluster.baton_json(&["upgrade", "--to", to])?;
+    anyhow::ensure!(
+        code == 2,
+        "preflight must refuse with exit 2, got {code}: {stderr} {out:#}"
+    );
+    assert!(stderr.contains("nothing was touched"), "{stderr}");
+    let checks = out["checks"].as_array().cloned().unwrap_or_default();
+    Ok(checks
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap_or_default().to_owned(),
+                c["member"].as_str().unwrap_or_default().to_owned(),
+                c["detail"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_naming_the_member_and_the_check() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: "tolerable_lag = 5\n".into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    let leader = cluster.leader_index().await?;
+    let follower = (leader + 1) % 3;
+    let fname = cluster.members[follower].name.clone();
+
+    // The artifact is missing.
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v9"))?;
+    assert!(
+        failed
+            .iter()
+            .any(|(c, _, d)| c == "artifact" && d.contains("not in the artifact store")),
+        "{failed:?}"
+    );
+
+    // The artifact's checksum is bad.
+    cluster.publish("v3", 1, false)?;
+    let tar = cluster.store_dir.join("samplekv/v3/artifact.tar");
+    let mut bytes = std::fs::read(&tar)?;
+    bytes[600] ^= 0x55;
+    std::fs::write(&tar, bytes)?;
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v3"))?;
+    assert!(
+        failed
+            .iter()
+            .any(|(c, _, d)| c == "artifact" && d.contains("does not match its sha256")),
+        "{failed:?}"
+    );
+
+    // A downgrade across formats: the members write format 1, v0 reads only 0.
+    cluster.publish("v0", 0, false)?;
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v0"))?;
+    assert!(
+        failed.iter().any(|(c, m, d)| c == "format"
+            && m == &fname
+            && d.contains("downgrade across formats")),
+        "{failed:?}"
+    );
+
+    cluster.publish("v2", 1, false)?;
+    // A member has no agent.
+    drop(cluster.members[follower].agent.take());
+    cluster
+        .wait_status("agent gone", Duration::from_secs(10), |s| {
+            !s.members[follower].connected
+        })
+        .await?;
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v2"))?;
+    assert!(
+        failed
+            .iter()
+            .any(|(c, m, d)| c == "agent" && m == &fname && d.contains("no connected agent")),
+        "{failed:?}"
+    );
+    cluster.start_agent(follower)?;
+    cluster
+        .wait_status("agent back", Duration::from_secs(10), |s| {
+            s.members[follower].fresh
+        })
+        .await?;
+
+    // A member is lagging: its apply is paused while writes go on.
+    let pause = cluster.dir.path().join("pause-apply");
+    let p = pause.to_string_lossy().into_owned();
+    cluster.restart_supervised_with_env(follower, &[("SAMPLEKV_PAUSE_APPLY_FILE", p.as_str())])?;
+    cluster
+        .wait_status("back", Duration::from_secs(30), |s| {
+            s.members[follower].lag == Some(0)
+        })
+        .await?;
+    std::fs::write(&pause, b"")?;
+    let client = Client::new(cluster.addrs());
+    for i in 0..30 {
+        client.put(&format!("lag-{i}"), "x").await?;
+    }
+    cluster
+        .wait_status("lag visible", Duration::from_secs(10), |s| {
+            s.members[follower].lag.is_some_and(|l| l > 5)
+        })
+        .await?;
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v2"))?;
+    assert!(
+        failed
+            .iter()
+            .any(|(c, m, d)| c == "lag" && m == &fname && d.contains("> tolerable_lag 5")),
+        "{failed:?}"
+    );
+    std::fs::remove_file(&pause)?;
+    cluster
+        .wait_status("caught up", Duration::from_secs(20), |s| {
+            s.members[follower].lag == Some(0)
+        })
+        .await?;
+
+    // Mixed releases: one member runs a release that calls itself v1b.
+    let current = std::fs::canonicalize(cluster.members[follower].base_dir.join("current"))?;
+    let manifest = current.join("manifest.toml");
+    let text = std::fs::read_to_string(&manifest)?.replace("\"v1\"", "\"v1b\"");
+    std::fs::write(&manifest, text)?;
+    let pid = cluster.member_pid(follower).expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    cluster
+        .wait_status("member on v1b", Duration::from_secs(20), |s| {
+            s.members[follower]
+                .report
+                .as_ref()
+                .is_some_and(|r| r.release == "v1b" && r.health == Health::Healthy)
+        })
+        .await?;
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v2"))?;
+    assert!(
+        failed
+            .iter()
+            .any(|(c, m, d)| c == "release" && m == &fname && d.contains("mixed releases")),
+        "{failed:?}"
+    );
+
+    // Nothing was ever touched.
+    for (i, entries) in agent_journals(&cluster).await? {
+        assert!(
+            entries.is_empty(),
+            "member {i} got commands from a refused preflight: {entries:?}"
+        );
+    }
+    let (_, history, _) = cluster.baton_json(&["history"])?;
+    assert_eq!(
+        history.as_array().map(|a| a.len()),
+        Some(0),
+        "no rollout was started: {history}"
+    );
+    Ok(())
+}

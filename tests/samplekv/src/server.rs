@@ -1,0 +1,337 @@
+//! The member's gRPC services: `samplekv.v1.Raft` (peer traffic, handed to
+//! openraft) and `samplekv.v1.Kv` (client Put/Get and Status). Owns the
+//! mapping from openraft results to wire replies: a write or linearizable
+//! read that reaches a non-leader answers `ok=false` with a leader hint;
+//! Status is read from openraft's metrics only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_proto::samplekv::kv_server::Kv;
+use baton_proto::samplekv::raft_server::Raft as RaftRpc;
+use baton_proto::samplekv::{
+    GetRequest, GetResponse, LeaderHint, PutRequest, PutResponse, RaftBytes, Role, StatusRequest,
+    StatusResponse,
+};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
+use openraft::storage::Snapshot;
+use openraft::{ReadPolicy, ServerState};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::{Request, Response, Status};
+
+use crate::faults::Faults;
+use crate::network::{SnapshotEnvelope, TARGET_HEADER};
+use crate::state_machine::StateMachine;
+use crate::types::{KvCommand, KvRaft, NodeId, TypeConfig, term_of};
+
+fn decode<T: DeserializeOwned>(what: &str, req: Request<RaftBytes>) -> Result<T, Status> {
+    serde_json::from_slice(&req.into_inner().data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable {what} payload: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<RaftBytes>, Status> {
+    serde_json::to_vec(v)
+        .map(|data| Response::new(RaftBytes { data }))
+        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
+/// `samplekv.v1.Raft`: peer RPCs into openraft.
+#[derive(Debug, Clone)]
+pub struct RaftService {
+    raft: KvRaft,
+    id: NodeId,
+    faults: Faults,
+}
+
+impl RaftService {
+    /// Serves member `id`'s Raft.
+    pub fn new(raft: KvRaft, id: NodeId, faults: Faults) -> Self {
+        RaftService { raft, id, faults }
+    }
+
+    /// Refuses a request that names another member (e.g. a reused port).
+    fn check_target<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(v) = req.metadata().get(TARGET_HEADER) else {
+            return Ok(());
+        };
+        let meant = v.to_str().ok().and_then(|s| s.parse::<NodeId>().ok());
+        if meant == Some(self.id) {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "this is member {}, not {:?}",
+                self.id,
+                v.to_str().unwrap_or("?")
+            )))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        self.check_target(&request)?;
+        self.faults.before_append().await;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode("AppendEntries", request)?;
+        encode(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftBytes>) -> Result<Response<RaftBytes>, Status> {
+        self.check_target(&request)?;
+        let rpc: VoteRequest<TypeConfig> = decode("Vote", request)?;
+        encode(&self.raft.vote(rpc).await)
+    }
+
+    async fn full_snapshot(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        self.check_target(&request)?;
+        let env: SnapshotEnvelope = decode("FullSnapshot", request)?;
+        let snapshot = Snapshot {
+            meta: env.meta,
+            snapshot: env.data,
+        };
+        encode(&self.raft.install_full_snapshot(env.vote, snapshot).await)
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<RaftBytes>,
+    ) -> Result<Response<RaftBytes>, Status> {
+        self.check_target(&request)?;
+        let rpc: TransferLeaderRequest<TypeConfig> = decode("TransferLeader", request)?;
+        encode(&self.raft.handle_transfer_leader(rpc).await)
+    }
+}
+
+/// `samplekv.v1.Kv`: client writes, reads and status.
+#[derive(Debug, Clone)]
+pub struct KvService {
+    raft: KvRaft,
+    sm: StateMachine,
+    id: NodeId,
+    peers: BTreeMap<NodeId, String>,
+    release_version: String,
+    format_version: u32,
+    op_timeout: Duration,
+}
+
+impl KvService {
+    /// Serves member `id`'s KV API; `peers` maps ids to addresses for hints.
+    pub fn new(
+        raft: KvRaft,
+        sm: StateMachine,
+        id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+        release_version: String,
+        format_version: u32,
+        op_timeout: Duration,
+    ) -> Self {
+        KvService {
+            raft,
+            sm,
+            id,
+            peers,
+            release_version,
+            format_version,
+            op_timeout,
+        }
+    }
+
+    /// A hint naming `leader` and its address (from the membership, else
+    /// from `--peers`).
+    fn hint(&self, leader: Option<NodeId>) -> LeaderHint {
+        let Some(id) = leader else {
+            return LeaderHint::default();
+        };
+        let from_membership = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .get_node(&id)
+            .map(|n| n.addr.clone());
+        LeaderHint {
+            leader_id: id,
+            leader_addr: from_membership
+                .or_else(|| self.peers.get(&id).cloned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn role_of(state: ServerState) -> Role {
+    match state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let PutRequest { key, value } = request.into_inner();
+        if key.is_empty() {
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        let write = self.raft.client_write(KvCommand::Put { key, value });
+        let res = tokio::time::timeout(self.op_timeout, write)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "write not committed within {:?}; its outcome is unknown",
+                    self.op_timeout
+                ))
+            })?;
+        let not_leader = |hint| PutResponse {
+            ok: false,
+            not_leader: Some(hint),
+            ..PutResponse::default()
+        };
+        match res {
+            Ok(resp) => Ok(Response::new(PutResponse {
+                ok: true,
+                not_leader: None,
+                revision: resp.log_id.index,
+                term: term_of(&resp.log_id),
+                // The leader that proposed the entry.
+                leader_id: resp.log_id.leader_id.node_id,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Ok(Response::new(not_leader(self.hint(f.leader_id))))
+            }
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                Ok(Response::new(not_leader(self.hint(f.leader_id))))
+            }
+            Err(RaftError::APIError(e)) => Err(Status::failed_precondition(e.to_string())),
+            Err(RaftError::Fatal(f)) => Err(Status::unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let GetRequest { key, linearizable } = request.into_inner();
+        if linearizable {
+            let read = self.raft.ensure_linearizable(ReadPolicy::ReadIndex);
+            let res = tokio::time::timeout(self.op_timeout, read)
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "linearizable read not ready within {:?}",
+                        self.op_timeout
+                    ))
+                })?;
+            match res {
+                Ok(_) => {}
+                Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                    return Ok(Response::new(GetResponse {
+                        found: false,
+                        value: String::new(),
+                        not_leader: Some(self.hint(f.leader_id)),
+                    }));
+                }
+                Err(RaftError::APIError(e)) => return Err(Status::unavailable(e.to_string())),
+                Err(RaftError::Fatal(f)) => {
+                    return Err(Status::unavailable(format!("raft stopped: {f}")));
+                }
+            }
+        }
+        let value = self.sm.get(&key);
+        Ok(Response::new(GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+            not_leader: None,
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        Ok(Response::new(StatusResponse {
+            member_id: self.id,
+            role: role_of(m.state) as i32,
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            committed_revision: m.local_committed.as_ref().map_or(0, |l| l.index),
+            applied_revision: m.last_applied.as_ref().map_or(0, |l| l.index),
+            release_version: self.release_version.clone(),
+            format_version: self.format_version,
+            last_log_index: m.last_log_index.unwrap_or(0),
+        }))
+    }
+}
+
+/// `samplekv.v1.Admin`: what baton's agent asks of a member. A handover to a
+/// named member, answered as soon as openraft accepted the request; the
+/// caller confirms the new leader from Status.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    raft: KvRaft,
+    id: NodeId,
+    peers: BTreeMap<NodeId, String>,
+}
+
+impl AdminService {
+    pub fn new(raft: KvRaft, id: NodeId, peers: BTreeMap<NodeId, String>) -> Self {
+        AdminService { raft, id, peers }
+    }
+}
+
+#[tonic::async_trait]
+impl baton_proto::samplekv::admin_server::Admin for AdminService {
+    async fn transfer_leader(
+        &self,
+        request: Request<baton_proto::samplekv::TransferLeaderRequest>,
+    ) -> Result<Response<baton_proto::samplekv::TransferLeaderResponse>, Status> {
+        use baton_proto::samplekv::TransferLeaderResponse;
+        let baton_proto::samplekv::TransferLeaderRequest { to_member_id } = request.into_inner();
+        let m = self.raft.metrics().borrow_watched().clone();
+        let leader = m.current_leader.unwrap_or(0);
+        let refuse = |detail: String| {
+            Ok(Response::new(TransferLeaderResponse {
+                ok: false,
+                detail,
+                leader_id: leader,
+            }))
+        };
+        if !self.peers.contains_key(&to_member_id) {
+            return refuse(format!("member {to_member_id} is not in this cluster"));
+        }
+        if to_member_id == self.id {
+            return refuse(format!(
+                "member {} cannot hand leadership to itself",
+                self.id
+            ));
+        }
+        if m.state != ServerState::Leader {
+            return refuse(format!(
+                "member {} is not the leader (it is {:?}; the leader is {leader})",
+                self.id, m.state
+            ));
+        }
+        tracing::info!(
+            id = self.id,
+            target = to_member_id,
+            "handing leadership over on request"
+        );
+        if let Err(e) = self.raft.trigger().transfer_leader(to_member_id).await {
+            return refuse(format!("openraft refused the transfer: {e}"));
+        }
+        Ok(Response::new(TransferLeaderResponse {
+            ok: true,
+            detail: format!("transfer to {to_member_id} requested"),
+            leader_id: leader,
+        }))
+    }
+}
