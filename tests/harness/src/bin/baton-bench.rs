@@ -1,0 +1,282 @@
+//! `baton-bench`: the rollout benchmark behind BENCHMARKS.md.
+//!
+//! Runs, side by side and interleaved, `--runs` rounds of four strategies on
+//! fresh 3-member samplekv clusters with a writer at 100 writes/s (2 s
+//! request timeout):
+//! - `baton`: `baton upgrade --to v2`;
+//! - `sigterm`: a naive script that, in id order, SIGTERMs a member, switches
+//!   its release, starts it and waits until it is healthy and caught up;
+//! - `kill9`: the same with kill -9;
+//! - `idle`: no upgrade, the same writer for the same time (the baseline
+//!   write gap).
+//!
+//! The `sigterm` script's per-member times (stop + start + healthy + caught
+//! up) are the floors baton's total is compared against. Prints a table of
+//! medians and maxima and one JSON line with every figure.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use baton_harness::{Cluster, ClusterSpec, MemberMode};
+use nix::sys::signal::Signal;
+use samplekv::client::Client;
+use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize)]
+struct RunResult {
+    strategy: &'static str,
+    max_write_gap_ms: u64,
+    leader_changes: u64,
+    failed_writes: u64,
+    lost_writes: usize,
+    total_ms: u64,
+    /// Per member: stop + start + healthy + caught up (sigterm only).
+    floors_ms: Vec<u64>,
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    if v.is_empty() { 0 } else { v[v.len() / 2] }
+}
+
+struct Load {
+    client: Client,
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<WriterReport>,
+}
+
+fn load(cluster: &Cluster) -> Load {
+    let client = Client::new(cluster.addrs()).with_request_timeout(Duration::from_secs(2));
+    let stop = CancellationToken::new();
+    let cfg = WriterConfig {
+        rate_per_sec: 100,
+        max_writes: 100_000,
+        max_duration: Duration::from_secs(120),
+        key_prefix: "bench-".into(),
+        request_timeout: Duration::from_secs(2),
+        ..WriterConfig::default()
+    };
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+    };
+    Load {
+        client,
+        stop,
+        writer,
+    }
+}
+
+async fn finish(l: Load) -> Result<(WriterReport, usize)> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    l.stop.cancel();
+    let report = l.writer.await?;
+    let lost = verify(&l.client, &report).await.lost.len();
+    Ok((report, lost))
+}
+
+/// Waits until member `i` answers as a follower or leader with lag 0.
+async fn wait_caught_up(cluster: &Cluster, i: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine = cluster.member_status(i).await.ok();
+        let leader = match cluster.leader_index().await {
+            Ok(l) => cluster.member_status(l).await.ok(),
+            Err(_) => None,
+        };
+        if let (Some(m), Some(l)) = (mine, leader)
+            && m.leader_id != 0
+            && m.applied_revision >= l.committed_revision
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "member {i} never caught up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn naive(signal: Signal, name: &'static str) -> Result<RunResult> {
+    let mut cluster = Cluster::start(ClusterSpec::default()).await?;
+    let v2 = cluster.publish("v2", 1, false)?;
+    let l = load(&cluster);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    let mut floors = Vec::new();
+    for i in 0..cluster.members.len() {
+        let m0 = Instant::now();
+        let p = cluster.members[i]
+            .proc
+            .as_mut()
+            .context("external member")?;
+        p.signal(signal);
+        p.wait_exit(Duration::from_secs(30))?;
+        // Switch the release (a copy of the v2 build, as an installer would).
+        let base = cluster.members[i].base_dir.clone();
+        let rel = base.join("releases/v2");
+        std::fs::create_dir_all(&rel)?;
+        for f in ["samplekv", "manifest.toml"] {
+            std::fs::copy(v2.join(f), rel.join(f))?;
+        }
+        let tmp = base.join(".current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink("releases/v2", &tmp)?;
+        std::fs::rename(&tmp, base.join("current"))?;
+        cluster.start_member(i, &[])?;
+        wait_caught_up(&cluster, i).await?;
+        floors.push(u64::try_from(m0.elapsed().as_millis())?);
+    }
+    let total_ms = u64::try_from(t0.elapsed().as_millis())?;
+    let (r, lost) = finish(l).await?;
+    Ok(RunResult {
+        strategy: name,
+        max_write_gap_ms: r.max_write_gap_ms,
+        leader_changes: r.leader_changes,
+        failed_writes: r.failed,
+        lost_writes: lost,
+        total_ms,
+        floors_ms: if name == "sigterm" {
+            floors
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+async fn baton() -> Result<RunResult> {
+    let cluster = Cluster::start(ClusterSpec {
+        policy: "tolerable_lag = 20\n".into(),
+        ..ClusterSpec::supervised(3)
+    })
+    .await?;
+    cluster.publish("v2", 1, false)?;
+    let l = load(&cluster);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t0 = Instant::now();
+    let (code, _out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
+    let total_ms = u64::try_from(t0.elapsed().as_millis())?;
+    let (r, lost) = finish(l).await?;
+    Ok(RunResult {
+        strategy: "baton",
+        max_write_gap_ms: r.max_write_gap_ms,
+        leader_changes: r.leader_changes,
+        failed_writes: r.failed,
+        lost_writes: lost,
+        total_ms,
+        floors_ms: Vec::new(),
+    })
+}
+
+async fn idle(duration: Duration) -> Result<RunResult> {
+    let cluster = Cluster::start(ClusterSpec {
+        mode: MemberMode::Supervise,
+        ..ClusterSpec::default()
+    })
+    .await?;
+    let l = load(&cluster);
+    tokio::time::sleep(Duration::from_secs(1) + duration).await;
+    let (r, lost) = finish(l).await?;
+    Ok(RunResult {
+        strategy: "idle",
+        max_write_gap_ms: r.max_write_gap_ms,
+        leader_changes: r.leader_changes,
+        failed_writes: r.failed,
+        lost_writes: lost,
+        total_ms: u64::try_from(duration.as_millis())?,
+        floors_ms: Vec::new(),
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    baton_harness::init();
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let mut all: Vec<RunResult> = Vec::new();
+    for run in 1..=runs {
+        for strategy in ["baton", "sigterm", "kill9", "idle"] {
+            let r = match strategy {
+                "baton" => baton().await,
+                "sigterm" => naive(Signal::SIGTERM, "sigterm").await,
+                "kill9" => naive(Signal::SIGKILL, "kill9").await,
+                _ => {
+                    let last_baton = all
+                        .iter()
+                        .rev()
+                        .find(|r| r.strategy == "baton")
+                        .map_or(2000, |r| r.total_ms);
+                    idle(Duration::from_millis(last_baton)).await
+                }
+            }
+            .with_context(|| format!("run {run} {strategy}"))?;
+            eprintln!(
+                "run {run} {strategy:<8} gap {:>5} ms  leader changes {}  failed {}  lost {}  total {:>6} ms",
+                r.max_write_gap_ms, r.leader_changes, r.failed_writes, r.lost_writes, r.total_ms
+            );
+            all.push(r);
+        }
+    }
+    println!(
+        "| strategy | median gap ms | max gap ms | median leader changes | max leader changes | median failed writes | lost writes | median total ms | max total ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for s in ["baton", "sigterm", "kill9", "idle"] {
+        let rs: Vec<&RunResult> = all.iter().filter(|r| r.strategy == s).collect();
+        let col = |f: fn(&RunResult) -> u64| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
+        println!(
+            "| {s} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            median(col(|r| r.max_write_gap_ms)),
+            col(|r| r.max_write_gap_ms).into_iter().max().unwrap_or(0),
+            median(col(|r| r.leader_changes)),
+            col(|r| r.leader_changes).into_iter().max().unwrap_or(0),
+            median(col(|r| r.failed_writes)),
+            rs.iter().map(|r| r.lost_writes).sum::<usize>(),
+            median(col(|r| r.total_ms)),
+            col(|r| r.total_ms).into_iter().max().unwrap_or(0),
+        );
+    }
+    let floor = median(
+        all.iter()
+            .filter(|r| r.strategy == "sigterm")
+            .map(|r| r.floors_ms.iter().sum())
+            .collect(),
+    );
+    let baton_total = median(
+        all.iter()
+            .filter(|r| r.strategy == "baton")
+            .map(|r| r.total_ms)
+            .collect(),
+    );
+    let idle_gap = median(
+        all.iter()
+            .filter(|r| r.strategy == "idle")
+            .map(|r| r.max_write_gap_ms)
+            .collect(),
+    );
+    let baton_gap = median(
+        all.iter()
+            .filter(|r| r.strategy == "baton")
+            .map(|r| r.max_write_gap_ms)
+            .collect(),
+    );
+    let overhead_per_member = (baton_total as i64 - floor as i64) / 3;
+    println!(
+        "\nbaton median total {baton_total} ms vs sum of per-member floors {floor} ms: overhead {overhead_per_member} ms per member (target <= 250)"
+    );
+    println!(
+        "baton median largest write gap {baton_gap} ms vs idle {idle_gap} ms: ratio {:.2} (target <= 2.0)",
+        baton_gap as f64 / idle_gap.max(1) as f64
+    );
+    println!(
+        "{}",
+        serde_json::json!({"runs": all, "floor_ms": floor, "baton_total_ms": baton_total, "overhead_per_member_ms": overhead_per_member, "idle_gap_ms": idle_gap, "baton_gap_ms": baton_gap})
+    );
+    Ok(())
+}
