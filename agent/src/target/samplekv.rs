@@ -126,7 +126,7 @@ impl Target for SamplekvTarget {
                 .await
                 .map_err(|status| TargetError::Unreachable {
                     addr: self.addr.clone(),
-                    detail: status.message().to_owned(),
+                    detail: describe(&status),
                 })?;
             self.convert(resp.into_inner())
         })
@@ -144,7 +144,7 @@ impl Target for SamplekvTarget {
                 .await
                 .map_err(|status| TargetError::Unreachable {
                     addr: self.addr.clone(),
-                    detail: status.message().to_owned(),
+                    detail: describe(&status),
                 })?
                 .into_inner();
             let wire::TransferLeaderResponse {
@@ -164,6 +164,23 @@ impl Target for SamplekvTarget {
             }
         })
     }
+}
+
+/// A gRPC failure in words: the code, the message, and the transport cause.
+fn describe(status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut text = format!("{:?}", status.code());
+    if !status.message().is_empty() {
+        text.push_str(": ");
+        text.push_str(status.message());
+    }
+    let mut source = status.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 1000;
 /// Pause before retrying after an error or an unhelpful hint.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
+/// Pause between hops while members point at each other mid-handover: short,
+/// because a handover settles in one election round trip.
+const REDIRECT_PAUSE: Duration = Duration::from_millis(5);
 
 /// A committed put.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,7 +319,7 @@ impl Client {
                             redirects += 1;
                             // Two members pointing at each other mid-election:
                             // slow down after the first hops.
-                            (redirects > 2).then_some(RETRY_PAUSE)
+                            (redirects > 2).then_some(REDIRECT_PAUSE)
                         } else {
                             target = self.next_member(&target, &mut cursor);
                             Some(RETRY_PAUSE)

@@ -344,11 +344,11 @@ pub async fn run(
     outcome
 }
 
-/// Initializes the cluster once: waits until no reachable peer shows a
-/// formed cluster, then the lowest-id pristine reachable member calls
-/// `initialize` with the full membership. openraft documents that calling
-/// `initialize` on several nodes with identical membership is safe; the
-/// lowest-id rule only avoids needless competing first elections.
+/// Initializes the cluster once: the lowest id in `--peers` calls
+/// `initialize` with the full membership unless a reachable peer already
+/// shows a formed cluster. Seen in a benchmark run: when two members both
+/// initialized (each before the other listened), both reported themselves
+/// leader of term 1, so exactly one member is allowed to do it.
 async fn bootstrap(
     raft: KvRaft,
     id: NodeId,
@@ -360,6 +360,7 @@ async fn bootstrap(
         .map(|(pid, addr)| (*pid, BasicNode::new(addr)))
         .collect();
     let give_up_waiting = tokio::time::Instant::now() + Duration::from_secs(10);
+    let designated = peers.keys().next().copied().unwrap_or(id);
     for _ in 0..600 {
         if stop.is_cancelled() {
             return;
@@ -376,18 +377,23 @@ async fn bootstrap(
             }
         }
         let mut formed = false;
-        let mut lowest_pristine = id;
+        let mut designated_reachable = false;
         for (pid, addr) in peers.iter().filter(|(pid, _)| **pid != id) {
             if let Ok(s) = crate::client::status_within(addr, Duration::from_millis(300)).await {
+                if *pid == designated {
+                    designated_reachable = true;
+                }
                 if s.term > 0 || s.leader_id != 0 || s.last_log_index > 0 {
                     formed = true;
-                } else {
-                    lowest_pristine = lowest_pristine.min(*pid);
                 }
             }
         }
-        let fallback = tokio::time::Instant::now() > give_up_waiting;
-        if !formed && (lowest_pristine == id || fallback) {
+        // Only the lowest id in --peers initializes: two members that both
+        // initialize (each seeing the other as not yet started) elect two
+        // leaders with different first logs. Another member takes over only
+        // if the designated one stayed unreachable for the whole wait.
+        let fallback = !designated_reachable && tokio::time::Instant::now() > give_up_waiting;
+        if !formed && (designated == id || fallback) {
             match raft.initialize(nodes.clone()).await {
                 Ok(()) => {
                     tracing::info!(id, members = ?nodes.keys().collect::<Vec<_>>(), "initialized the cluster");

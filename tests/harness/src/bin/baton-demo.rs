@@ -123,47 +123,30 @@ async fn run(args: Args) -> Result<bool> {
         "writer running at 100 writes/s; baton upgrade --to v2:\n"
     );
 
+    // Live progress: in table mode the CLI draws it on this terminal.
     let mut cmd = Command::new(bin("baton"));
-    cmd.args([
-        "--coordinator",
-        &cluster.coordinator_url,
-        "--output",
-        "json",
-        "upgrade",
-        "--to",
-        "v2",
-    ]);
-    // Live progress: let the CLI draw its table while a second CLI follows.
-    let watcher = if args.json {
-        None
+    cmd.args(["--coordinator", &cluster.coordinator_url]);
+    if args.json {
+        cmd.args(["--output", "json"]).stdout(Stdio::null());
     } else {
-        Some(
-            Command::new(bin("baton"))
-                .args(["--coordinator", &cluster.coordinator_url, "watch"])
-                .stdout(Stdio::inherit())
-                .stderr(Stdio::inherit())
-                .spawn(),
-        )
-    };
-    let out = tokio::task::block_in_place(|| cmd.output())?;
-    if let Some(Ok(mut w)) = watcher {
-        let _ = tokio::task::block_in_place(|| w.wait());
+        cmd.stdout(Stdio::inherit());
     }
+    cmd.args(["upgrade", "--to", "v2"]).stderr(Stdio::inherit());
+    let upgraded = tokio::task::block_in_place(|| cmd.status())?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.cancel();
     let report = writer.await?;
     let checked = verify(&client, &report).await;
 
-    let text = String::from_utf8_lossy(&out.stdout);
-    let result: serde_json::Value = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .map(serde_json::from_str)
-        .transpose()?
-        .unwrap_or(serde_json::Value::Null);
+    // The rollout's own summary, from the coordinator's journal.
+    let history = Command::new(bin("baton"))
+        .args(["--coordinator", &cluster.coordinator_url, "--output", "json", "history"])
+        .output()?;
+    let all: serde_json::Value = serde_json::from_slice(&history.stdout).context("baton history --output json")?;
+    let result = serde_json::json!({ "summary": all.as_array().and_then(|a| a.last()).cloned().unwrap_or_default() });
+    let out = upgraded;
     let summary = &result["summary"];
-    let ok = out.status.success() && checked.lost.is_empty();
+    let ok = out.success() && checked.lost.is_empty();
     let line = serde_json::json!({
         "ok": ok,
         "members": args.members,
@@ -203,11 +186,8 @@ async fn run(args: Args) -> Result<bool> {
         );
         println!("  lost acked writes:  {}", checked.lost.len());
         println!("  leader changes:     {}", report.leader_changes);
-        if !out.status.success() {
-            println!(
-                "\nbaton upgrade failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        if !out.success() {
+            println!("\nbaton upgrade failed ({out}); see its output above");
         }
     }
     if args.keep {

@@ -1,0 +1,37 @@
+//! The demo (`bash deploy/demo.sh --json` runs the same binary in release
+//! mode) upgrades its cluster and ends with its summary as one JSON line.
+
+use std::process::Command;
+
+use anyhow::Result;
+use baton_harness::bin;
+
+#[test]
+fn the_demo_upgrades_and_prints_a_json_summary() -> Result<()> {
+    let out = Command::new(bin("baton-demo")).arg("--json").output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout)?;
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout is one JSON line: {stdout}");
+    let s: serde_json::Value = serde_json::from_str(lines[0])?;
+    for key in [
+        "members",
+        "order",
+        "handover_target",
+        "leader_changes",
+        "max_write_gap_ms",
+        "acked_writes",
+        "lost_acked_writes",
+        "total_s",
+    ] {
+        assert!(!s[key].is_null(), "summary has {key}: {s}");
+    }
+    assert_eq!(s["members"], 3);
+    assert_eq!(s["order"].as_array().map(Vec::len), Some(3));
+    assert_eq!(s["leader_changes"], 1);
+    assert_eq!(s["lost_acked_writes"], 0);
+    assert!(s["acked_writes"].as_u64().unwrap_or(0) > 100, "{s}");
+    assert!(stderr.contains("baton upgrade --to v2"), "progress goes to stderr: {stderr}");
+    Ok(())
+}
