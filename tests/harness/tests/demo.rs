@@ -32,6 +32,9 @@ fn the_demo_upgrades_and_prints_a_json_summary() -> Result<()> {
     assert_eq!(s["leader_changes"], 1);
     assert_eq!(s["lost_acked_writes"], 0);
     assert!(s["acked_writes"].as_u64().unwrap_or(0) > 100, "{s}");
-    assert!(stderr.contains("baton upgrade --to v2"), "progress goes to stderr: {stderr}");
+    assert!(
+        stderr.contains("baton upgrade --to v2"),
+        "progress goes to stderr: {stderr}"
+    );
     Ok(())
 }

@@ -128,16 +128,34 @@ async fn clean_upgrade(n: usize) -> Result<()> {
 
     // The dry run: preflight passes, followers first, the leader last, and
     // the handover target as of now.
-    let (code, plan, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["plan", "--to", "v2"]))?;
+    let (code, plan, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["plan", "--to", "v2"]))?;
     assert_eq!(code, 0, "plan: {stderr} {plan:#}");
     assert_eq!(plan["ok"], true);
     let steps = plan["steps"].as_array().cloned().unwrap_or_default();
-    assert_eq!(steps.len(), n + 2, "n upgrades, one handover, one verify: {plan:#}");
+    assert_eq!(
+        steps.len(),
+        n + 2,
+        "n upgrades, one handover, one verify: {plan:#}"
+    );
     assert_eq!(steps[n - 1]["member"], leader_name.as_str());
-    assert!(steps[n - 1]["action"].as_str().unwrap_or_default().starts_with("hand leadership to"));
+    assert!(
+        steps[n - 1]["action"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("hand leadership to")
+    );
     assert_eq!(steps[n]["member"], leader_name.as_str());
-    assert!(steps.iter().all(|s| !s["reason"].as_str().unwrap_or_default().is_empty()));
-    assert!(plan["checks"].as_array().is_some_and(|c| c.iter().all(|c| c["ok"] == true)));
+    assert!(
+        steps
+            .iter()
+            .all(|s| !s["reason"].as_str().unwrap_or_default().is_empty())
+    );
+    assert!(
+        plan["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().all(|c| c["ok"] == true))
+    );
 
     let load = start_load(&cluster);
     tokio::time::sleep(Duration::from_millis(500)).await;

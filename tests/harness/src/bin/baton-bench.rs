@@ -233,12 +233,19 @@ async fn main() -> Result<()> {
             .with_context(|| format!("run {run} {strategy}"))?;
             eprintln!(
                 "run {run} {strategy:<8} gap {:>5} ms  leader changes {}  term changes {}  failed {}  lost {}  total {:>6} ms",
-                r.max_write_gap_ms, r.leader_changes, r.term_changes, r.failed_writes, r.lost_writes, r.total_ms
+                r.max_write_gap_ms,
+                r.leader_changes,
+                r.term_changes,
+                r.failed_writes,
+                r.lost_writes,
+                r.total_ms
             );
             all.push(r);
         }
     }
-    println!("| strategy | median gap ms | max gap ms | median leader changes | max leader changes | max term changes | median failed writes | lost writes | median total ms | max total ms |");
+    println!(
+        "| strategy | median gap ms | max gap ms | median leader changes | max leader changes | max term changes | median failed writes | lost writes | median total ms | max total ms |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in ["baton", "sigterm", "kill9", "idle"] {
         let rs: Vec<&RunResult> = all.iter().filter(|r| r.strategy == s).collect();

@@ -140,9 +140,16 @@ async fn run(args: Args) -> Result<bool> {
 
     // The rollout's own summary, from the coordinator's journal.
     let history = Command::new(bin("baton"))
-        .args(["--coordinator", &cluster.coordinator_url, "--output", "json", "history"])
+        .args([
+            "--coordinator",
+            &cluster.coordinator_url,
+            "--output",
+            "json",
+            "history",
+        ])
         .output()?;
-    let all: serde_json::Value = serde_json::from_slice(&history.stdout).context("baton history --output json")?;
+    let all: serde_json::Value =
+        serde_json::from_slice(&history.stdout).context("baton history --output json")?;
     let result = serde_json::json!({ "summary": all.as_array().and_then(|a| a.last()).cloned().unwrap_or_default() });
     let out = upgraded;
     let summary = &result["summary"];
