@@ -165,6 +165,16 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
+/// A scratch file of its own (removed on drop): two publishes or verifies
+/// of the same release at once must never share one.
+fn scratch_file(dir: &Path, what: &str) -> Result<tempfile::NamedTempFile, StoreError> {
+    tempfile::Builder::new()
+        .prefix(&format!(".baton-{what}-"))
+        .suffix(".tar")
+        .tempfile_in(dir)
+        .map_err(io(dir))
+}
+
 /// Fetches the artifact to a temp file and checks it against the manifest.
 pub async fn verify(
     store: &dyn ArtifactStore,
@@ -173,11 +183,9 @@ pub async fn verify(
     scratch: &Path,
 ) -> Result<ReleaseManifest, StoreError> {
     let manifest = store.manifest(name, version).await?;
-    let tmp = scratch.join(format!(".verify-{name}-{version}.tar"));
-    store.fetch(name, version, &tmp).await?;
-    let actual = sha256_file(&tmp);
-    let _ = fs::remove_file(&tmp);
-    let actual = actual?;
+    let tmp = scratch_file(scratch, "verify")?;
+    store.fetch(name, version, tmp.path()).await?;
+    let actual = sha256_file(tmp.path())?;
     if !actual.eq_ignore_ascii_case(&manifest.sha256) {
         return Err(StoreError::BadChecksum {
             name: name.to_owned(),
@@ -200,7 +208,8 @@ pub async fn publish(
 ) -> Result<ReleaseManifest, StoreError> {
     check_name(name)?;
     check_name(version)?;
-    let tar = scratch.join(format!(".publish-{name}-{version}.tar"));
+    let tmp = scratch_file(scratch, "publish")?;
+    let tar = tmp.path().to_owned();
     pack_dir(dir, &tar)?;
     let sha256 = sha256_file(&tar)?;
     let size = fs::metadata(&tar).map_err(io(&tar))?.len();
@@ -211,9 +220,8 @@ pub async fn publish(
         sha256,
         size,
     };
-    let result = store.put(&manifest, &tar).await;
-    let _ = fs::remove_file(&tar);
-    result.map(|()| manifest)
+    store.put(&manifest, &tar).await?;
+    Ok(manifest)
 }
 
 /// A store in a local (or shared) directory:
@@ -377,6 +385,32 @@ mod tests {
         let err = unpack_verified(&art, &m.sha256, &dest, "kv", "v2").unwrap_err();
         assert!(err.to_string().contains("was not unpacked"), "{err}");
         assert!(!dest.exists(), "nothing was unpacked");
+    }
+
+    #[tokio::test]
+    async fn concurrent_publishes_of_one_version_do_not_share_scratch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let root = tmp.path().to_owned();
+            tasks.push(tokio::spawn(async move {
+                let src = root.join(format!("build-{i}"));
+                fs::create_dir_all(&src).unwrap();
+                fs::write(src.join("body"), format!("release body {i}").repeat(5000)).unwrap();
+                let store = DirStore::new(root.join(format!("store-{i}")));
+                publish(&store, "kv", "v2", 1, &src, &root).await.unwrap();
+                verify(&store, "kv", "v2", &root).await.unwrap();
+                let art = root.join(format!("a-{i}.tar"));
+                store.fetch("kv", "v2", &art).await.unwrap();
+                let m = store.manifest("kv", "v2").await.unwrap();
+                let out = root.join(format!("out-{i}"));
+                unpack_verified(&art, &m.sha256, &out, "kv", "v2").unwrap();
+                fs::read_to_string(out.join("body")).unwrap()
+            }));
+        }
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap(), format!("release body {i}").repeat(5000));
+        }
     }
 
     #[tokio::test]

@@ -115,10 +115,12 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
     }
 
     // 3. Everyone on the same release.
+    // A member that is down reports no release; the health and agent
+    // checks already name it.
     let mut releases: Vec<(&str, &MemberId)> = view
         .members
         .iter()
-        .filter_map(|(m, v)| v.release().map(|r| (r, m)))
+        .filter_map(|(m, v)| v.release().filter(|r| !r.is_empty()).map(|r| (r, m)))
         .collect();
     releases.sort();
     let distinct: std::collections::BTreeSet<&str> = releases.iter().map(|(r, _)| *r).collect();

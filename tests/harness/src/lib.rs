@@ -433,7 +433,37 @@ impl Cluster {
             text.push_str(&format!("{k} = {v:?}\n"));
         }
         fs::write(&path, text)?;
-        self.start_agent(i)
+        self.start_agent(i)?;
+        self.wait_agent_healthz(i, Duration::from_secs(20))
+    }
+
+    /// Waits until agent `i`'s `/healthz` answers 200: the agent runs and
+    /// reaches its member.
+    pub fn wait_agent_healthz(&self, i: usize, within: Duration) -> Result<()> {
+        use std::io::{Read, Write};
+        let addr = self.members[i].probe_addr;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let ok = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
+                    let mut buf = String::new();
+                    s.read_to_string(&mut buf)?;
+                    Ok(buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ok {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "agent {} never reported its member reachable on /healthz",
+                    self.members[i].name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Every event in the coordinator's rollout journal.

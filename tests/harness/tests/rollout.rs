@@ -121,7 +121,9 @@ async fn clean_upgrade(n: usize) -> Result<()> {
             Duration::from_secs(30),
             |s| {
                 s.leader.as_ref().map(|m| m.as_str()) == Some(leader_name.as_str())
-                    && s.members.iter().all(|m| m.lag.is_some_and(|l| l <= 5))
+                    && s.members
+                        .iter()
+                        .all(|m| m.connected && m.lag.is_some_and(|l| l <= 5))
             },
         )
         .await?;
@@ -349,7 +351,9 @@ async fn a_catch_up_that_never_finishes_pauses_at_the_timeout() -> Result<()> {
     }
     cluster
         .wait_status("all back", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| m.lag.is_some_and(|l| l == 0))
+            s.members
+                .iter()
+                .all(|m| m.connected && m.lag.is_some_and(|l| l == 0))
         })
         .await?;
     let load = start_load(&cluster);
@@ -399,7 +403,7 @@ async fn abort_during_a_catch_up_leaves_everyone_running_and_resume_finishes() -
     }
     cluster
         .wait_status("all back", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| m.lag == Some(0))
+            s.members.iter().all(|m| m.connected && m.lag == Some(0))
         })
         .await?;
     let load = start_load(&cluster);
