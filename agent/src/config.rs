@@ -137,12 +137,16 @@ pub enum TargetConfig {
         member_names: BTreeMap<u64, MemberId>,
         timeout: Duration,
     },
+    /// etcd 3.4/3.5 through its JSON gateway; `addr` is the client URL's
+    /// host:port, and the etcd member name must equal the baton member id.
+    Etcd { addr: String, timeout: Duration },
 }
 
 impl TargetConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TargetConfig::Samplekv { .. } => "samplekv",
+            TargetConfig::Etcd { .. } => "etcd",
         }
     }
 }
@@ -278,10 +282,19 @@ impl AgentConfig {
                     timeout,
                 }
             }
+            "etcd" => {
+                if target.addr.is_empty() {
+                    return Err(invalid("target.addr", "empty"));
+                }
+                TargetConfig::Etcd {
+                    addr: target.addr,
+                    timeout,
+                }
+            }
             other => {
                 return Err(invalid(
                     "target.kind",
-                    format!("unknown adapter {other:?}; known: samplekv"),
+                    format!("unknown adapter {other:?}; known: samplekv, etcd"),
                 ));
             }
         };

@@ -61,6 +61,7 @@ fn build_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, TargetError> {
             member_names,
             timeout,
         } => Arc::new(SamplekvTarget::new(addr, member_names.clone(), *timeout)?),
+        TargetConfig::Etcd { addr, timeout } => Arc::new(target::EtcdTarget::new(addr, *timeout)),
     })
 }
 

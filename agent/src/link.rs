@@ -81,6 +81,7 @@ fn build_report(
         resources,
         timestamp_unix_ms: now_unix_ms(),
         term: s.term,
+        cluster_version: s.cluster_version.clone(),
     }
 }
 

@@ -449,6 +449,7 @@ mod tests {
                         resources: Resources::default(),
                         timestamp_unix_ms: 0,
                         term: 1,
+                        cluster_version: String::new(),
                     }),
                     lag: Some(0),
                 },

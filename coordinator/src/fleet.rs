@@ -356,6 +356,7 @@ mod tests {
             resources: Resources::default(),
             timestamp_unix_ms: 0,
             term,
+            cluster_version: String::new(),
         }
     }
 

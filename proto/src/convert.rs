@@ -161,6 +161,7 @@ impl TryFrom<v1::Report> for Report {
             resources,
             timestamp_unix_ms,
             term,
+            cluster_version,
         } = r;
         let member = MemberId::new(member_id).map_err(InvalidReport::MemberId)?;
         let role = role_from_wire(&member, role)?;
@@ -217,6 +218,7 @@ impl TryFrom<v1::Report> for Report {
             resources,
             timestamp_unix_ms,
             term,
+            cluster_version,
         })
     }
 }
@@ -236,6 +238,7 @@ impl From<Report> for v1::Report {
             resources,
             timestamp_unix_ms,
             term,
+            cluster_version,
         } = r;
         let Resources {
             cpu_percent,
@@ -261,6 +264,7 @@ impl From<Report> for v1::Report {
             }),
             timestamp_unix_ms,
             term,
+            cluster_version,
         }
     }
 }
@@ -593,6 +597,7 @@ mod tests {
             resources: None,
             timestamp_unix_ms: 1,
             term: 3,
+            cluster_version: String::new(),
         }
     }
 

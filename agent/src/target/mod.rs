@@ -4,11 +4,13 @@
 //! returns. An adapter only reads (and, in later issues, asks for a handover);
 //! it never starts or stops processes, which is the supervisor's job.
 
+pub mod etcd;
 pub mod samplekv;
 
 use baton_domain::{Health, MemberId, Role};
 use futures::future::BoxFuture;
 
+pub use etcd::EtcdTarget;
 pub use samplekv::SamplekvTarget;
 
 /// What a member says about itself, as read by its adapter.
@@ -23,6 +25,8 @@ pub struct MemberState {
     pub term: u64,
     pub health: Health,
     pub health_detail: String,
+    /// The cluster-wide version, for targets that have one (etcd).
+    pub cluster_version: String,
 }
 
 impl MemberState {
@@ -38,6 +42,7 @@ impl MemberState {
             term: 0,
             health: Health::Down,
             health_detail: detail,
+            cluster_version: String::new(),
         }
     }
 }

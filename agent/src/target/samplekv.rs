@@ -109,6 +109,7 @@ impl SamplekvTarget {
             term,
             health,
             health_detail,
+            cluster_version: String::new(),
         })
     }
 }

@@ -161,6 +161,21 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         }
     }
 
+    // 4b. Version paths of targets that have a cluster version (etcd):
+    // one minor at a time, no skipped minor, never below the cluster version.
+    for (m, v) in &view.members {
+        let Some(r) = v.report.as_ref().filter(|r| !r.cluster_version.is_empty()) else {
+            continue;
+        };
+        if let Some(problem) = version_path(&r.release, input.target_version, &r.cluster_version) {
+            checks.push(Check::fail(
+                "version-path",
+                Some(m),
+                format!("member {m}: {problem}"),
+            ));
+        }
+    }
+
     // 5. Lag.
     for (m, v) in &view.members {
         match v.lag {
@@ -217,6 +232,45 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         }
     }
     checks
+}
+
+/// `major.minor` of a version like `3.4.23` or `v3.5.0`.
+fn major_minor(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.trim_start_matches('v').split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Why going from `current` to `target` is refused, given the cluster-wide
+/// version, or None when the path is allowed. Rules (etcd's own): one minor
+/// release at a time, no skipped minor, no major change, and never below
+/// the cluster version (the data may already be in the newer format).
+pub fn version_path(current: &str, target: &str, cluster: &str) -> Option<String> {
+    let (Some(cur), Some(tgt)) = (major_minor(current), major_minor(target)) else {
+        return Some(format!(
+            "cannot read the version path from {current:?} to {target:?}; refusing rather than guessing"
+        ));
+    };
+    if let Some(cl) = major_minor(cluster)
+        && tgt < cl
+    {
+        return Some(format!(
+            "the cluster version is {}.{} ({cluster}), so {target} would be a downgrade below it: once every member ran {}.{} the cluster may write data {target} cannot read; roll forward instead",
+            cl.0, cl.1, cl.0, cl.1
+        ));
+    }
+    if tgt.0 != cur.0 {
+        return Some(format!(
+            "{current} -> {target} changes the major version; upgrade one minor release at a time"
+        ));
+    }
+    if tgt.1 > cur.1 + 1 {
+        return Some(format!(
+            "{current} -> {target} skips minor release {}.{}; upgrade one minor release at a time",
+            cur.0,
+            cur.1 + 1
+        ));
+    }
+    None
 }
 
 /// The rollout order: followers most-lagging first, then by id; the leader last.

@@ -81,6 +81,7 @@ impl World {
                         resources: Resources::default(),
                         timestamp_unix_ms: now.0,
                         term: u64::from(self.leader_changes) + 1,
+                        cluster_version: String::new(),
                     }),
                     lag: s.running.then_some(lag),
                     lag_samples: s.samples.clone(),

@@ -384,3 +384,36 @@ fn verify_completes_when_all_are_on_target_with_one_leader() {
         ]
     );
 }
+
+#[test]
+fn etcd_version_paths() {
+    use baton_planner::preflight::version_path;
+    assert_eq!(version_path("3.4.23", "3.5.1", "3.4.0"), None);
+    assert_eq!(
+        version_path("3.5.1", "3.4.23", "3.4.0"),
+        None,
+        "rollback before the cluster version moves"
+    );
+    let skip = version_path("3.4.23", "3.6.0", "3.4.0").unwrap();
+    assert_eq!(
+        skip,
+        "3.4.23 -> 3.6.0 skips minor release 3.5; upgrade one minor release at a time"
+    );
+    let below = version_path("3.5.1", "3.4.23", "3.5.0").unwrap();
+    assert!(
+        below.starts_with(
+            "the cluster version is 3.5 (3.5.0), so 3.4.23 would be a downgrade below it"
+        ),
+        "{below}"
+    );
+    assert!(
+        version_path("3.5.1", "4.0.0", "3.5.0")
+            .unwrap()
+            .contains("major")
+    );
+    assert!(
+        version_path("weird", "3.5.1", "3.4.0")
+            .unwrap()
+            .contains("refusing rather than guessing")
+    );
+}

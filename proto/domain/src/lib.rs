@@ -157,18 +157,23 @@ pub struct Report {
     pub timestamp_unix_ms: u64,
     /// Raft term (or epoch); 0 when the target has none.
     pub term: u64,
+    /// The cluster-wide version, for targets that have one (etcd); empty
+    /// otherwise.
+    #[serde(default)]
+    pub cluster_version: String,
 }
 
 impl Report {
     /// The parts whose change makes an agent report at once instead of
     /// waiting for the next heartbeat.
-    pub fn salient(&self) -> (Role, Option<&MemberId>, &str, u32, Health) {
+    pub fn salient(&self) -> (Role, Option<&MemberId>, &str, u32, Health, &str) {
         (
             self.role,
             self.leader.as_ref(),
             &self.release,
             self.format_version,
             self.health,
+            &self.cluster_version,
         )
     }
 }

@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+
+pub mod etcd;
 use baton_domain::FleetStatus;
 use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};
 use nix::sys::signal::{Signal, kill};
@@ -139,7 +141,7 @@ impl Drop for Proc {
 
 /// Kills a process we did not spawn ourselves (an agent-supervised member)
 /// by pid, if it is still alive.
-fn kill_pid(pid: i32) {
+pub(crate) fn kill_pid(pid: i32) {
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
 }
 
@@ -719,7 +721,7 @@ pub fn publish_release(
     Ok(())
 }
 
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
     for e in fs::read_dir(from)? {
         let e = e?;

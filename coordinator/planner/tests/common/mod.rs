@@ -64,6 +64,7 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                             },
                             timestamp_unix_ms: 0,
                             term: 1,
+                            cluster_version: String::new(),
                         }),
                         lag: Some(committed - applied),
                         lag_samples: Vec::new(),

@@ -1,0 +1,292 @@
+//! The etcd adapter (3.4 and 3.5): reads a member through etcd's JSON
+//! gateway on its client URL.
+//!
+//! - Status: `POST /v3/maintenance/status` (member id, leader, raft index,
+//!   raft applied index, term, server version).
+//! - The cluster version: `GET /version` (`etcdcluster`).
+//! - Health: `GET /health`, or Status failing.
+//! - Handover: `POST /v3/maintenance/transfer-leadership` (MoveLeader).
+//!
+//! etcd names members by uint64 ids (decimal strings in JSON); baton names
+//! them by the etcd member *name*, which must equal the baton member id
+//! (`etcd --name n1`). The id-to-name map comes from the member list and is
+//! refreshed whenever an unknown id shows up.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use baton_domain::{Health, MemberId, Role};
+use futures::future::BoxFuture;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{MemberState, Target, TargetError};
+
+/// Reads one etcd member.
+#[derive(Debug)]
+pub struct EtcdTarget {
+    addr: String,
+    timeout: Duration,
+    /// etcd member id (decimal) -> member name.
+    names: Mutex<BTreeMap<String, String>>,
+}
+
+/// A JSON field that etcd encodes as a decimal string (uint64s) or a number.
+fn u64_field(v: &Value, key: &str) -> u64 {
+    match &v[key] {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_u64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn id_field(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+impl EtcdTarget {
+    pub fn new(addr: &str, timeout: Duration) -> Self {
+        EtcdTarget {
+            addr: addr.to_owned(),
+            timeout,
+            names: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn unreachable(&self, detail: impl Into<String>) -> TargetError {
+        TargetError::Unreachable {
+            addr: self.addr.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn bad(&self, detail: impl Into<String>) -> TargetError {
+        TargetError::BadAnswer {
+            addr: self.addr.clone(),
+            kind: "etcd",
+            detail: detail.into(),
+        }
+    }
+
+    /// One HTTP/1.0 request (no chunking, the server closes); returns the
+    /// status code and the JSON body.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), TargetError> {
+        let io = async {
+            let mut stream = tokio::net::TcpStream::connect(&self.addr).await?;
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            let req = format!(
+                "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                self.addr,
+                body.len()
+            );
+            stream.write_all(req.as_bytes()).await?;
+            let mut buf = Vec::new();
+            stream.read_to_end(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        let buf = tokio::time::timeout(self.timeout, io)
+            .await
+            .map_err(|_| {
+                self.unreachable(format!(
+                    "no answer to {method} {path} within {:?}",
+                    self.timeout
+                ))
+            })?
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        let text = String::from_utf8_lossy(&buf);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| self.bad(format!("{method} {path}: no HTTP body")))?;
+        let code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| self.bad(format!("{method} {path}: bad status line")))?;
+        let json = serde_json::from_str(body.trim())
+            .map_err(|e| self.bad(format!("{method} {path}: body is not JSON: {e}")))?;
+        Ok((code, json))
+    }
+
+    async fn refresh_names(&self) -> Result<(), TargetError> {
+        let (code, list) = self
+            .call(
+                "POST",
+                "/v3/cluster/member/list",
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        if code != 200 {
+            return Err(self.bad(format!("member list answered {code}: {list}")));
+        }
+        let mut names = BTreeMap::new();
+        for m in list["members"].as_array().cloned().unwrap_or_default() {
+            let name = m["name"].as_str().unwrap_or_default().to_owned();
+            if !name.is_empty() {
+                names.insert(id_field(&m, "ID"), name);
+            }
+        }
+        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = names;
+        Ok(())
+    }
+
+    async fn name_of(&self, id: &str) -> Result<MemberId, TargetError> {
+        let known = self
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let name = match known {
+            Some(n) => n,
+            None => {
+                self.refresh_names().await?;
+                self.names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        self.bad(format!("etcd member id {id} is not in the member list"))
+                    })?
+            }
+        };
+        MemberId::new(name)
+            .map_err(|e| self.bad(format!("etcd member name is not a baton member id: {e}")))
+    }
+
+    async fn id_of(&self, member: &MemberId) -> Result<String, TargetError> {
+        self.refresh_names().await?;
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, name)| name.as_str() == member.as_str())
+            .map(|(id, _)| id.clone())
+            .ok_or_else(|| {
+                self.bad(format!(
+                    "no etcd member is named {member}; run etcd with --name {member}"
+                ))
+            })
+    }
+
+    async fn read(&self) -> Result<MemberState, TargetError> {
+        let (code, st) = self
+            .call(
+                "POST",
+                "/v3/maintenance/status",
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        if code != 200 {
+            return Err(self.unreachable(format!("status answered {code}: {st}")));
+        }
+        let me = id_field(&st["header"], "member_id");
+        let leader_id = id_field(&st, "leader");
+        let role = match leader_id.as_str() {
+            "" | "0" => Role::Candidate,
+            l if l == me => Role::Leader,
+            _ => Role::Follower,
+        };
+        let leader = match leader_id.as_str() {
+            "" | "0" => None,
+            l => Some(self.name_of(l).await?),
+        };
+        let (_, version) = self.call("GET", "/version", None).await?;
+        let (health, health_detail) = match self.call("GET", "/health", None).await {
+            Ok((200, h)) if h["health"] == "true" => (Health::Healthy, String::new()),
+            Ok((code, h)) => (Health::Degraded, format!("/health answered {code}: {h}")),
+            Err(e) => (Health::Degraded, format!("/health failed: {e}")),
+        };
+        let (health, health_detail) = if leader.is_none() {
+            (Health::Degraded, "member knows no leader".to_owned())
+        } else {
+            (health, health_detail)
+        };
+        let committed = u64_field(&st, "raftIndex");
+        let applied = u64_field(&st, "raftAppliedIndex");
+        Ok(MemberState {
+            role,
+            leader,
+            committed_revision: committed.max(applied),
+            applied_revision: applied,
+            release: st["version"].as_str().unwrap_or_default().to_owned(),
+            // etcd's compatibility is a version path, checked in preflight.
+            format_version: 0,
+            term: u64_field(&st, "raftTerm").max(u64_field(&st["header"], "raft_term")),
+            health,
+            health_detail,
+            cluster_version: version["etcdcluster"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+}
+
+impl Target for EtcdTarget {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
+        Box::pin(self.read())
+    }
+
+    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>> {
+        Box::pin(async move {
+            let target = self.id_of(to).await?;
+            // MoveLeader takes the target's id; the gateway wants it as a
+            // decimal string (a uint64 does not fit a JSON double).
+            let body = serde_json::json!({ "targetID": target });
+            let (code, reply) = self
+                .call("POST", "/v3/maintenance/transfer-leadership", Some(&body))
+                .await?;
+            if code == 200 {
+                Ok(format!(
+                    "moved leadership to {to} (etcd id {target}, hex {:x})",
+                    target.parse::<u64>().unwrap_or(0)
+                ))
+            } else {
+                Err(TargetError::Refused {
+                    addr: self.addr.clone(),
+                    detail: format!(
+                        "MoveLeader to {to} answered {code}: {}",
+                        reply["message"].as_str().unwrap_or(&reply.to_string())
+                    ),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uint64_ids_survive_as_strings() {
+        let v: Value = serde_json::from_str(r#"{"a":"18446744073709551615","b":7}"#).unwrap();
+        assert_eq!(id_field(&v, "a"), "18446744073709551615");
+        assert_eq!(u64_field(&v, "a"), u64::MAX);
+        assert_eq!(u64_field(&v, "b"), 7);
+    }
+
+    #[tokio::test]
+    async fn an_absent_member_is_unreachable() {
+        let t = EtcdTarget::new("127.0.0.1:1", Duration::from_millis(200));
+        assert!(matches!(
+            t.poll().await,
+            Err(TargetError::Unreachable { .. })
+        ));
+    }
+}

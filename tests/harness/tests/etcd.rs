@@ -1,0 +1,128 @@
+//! Real etcd: roll a live 3.4.23 cluster to 3.5.1 under baton, with a writer
+//! through the etcd API at >= 100 writes/s; then check the version rules
+//! against the upgraded cluster.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_harness::etcd::{
+    ETCD_34, EtcdCluster, assert_version, etcd_35, etcd_verify, etcd_writer,
+};
+use tokio_util::sync::CancellationToken;
+
+const POLICY: &str = "tolerable_lag = 200\nhealth_timeout_ms = 30000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n";
+
+async fn full_upgrade(n: usize) -> Result<EtcdCluster> {
+    let e35 = etcd_35()?;
+    assert_version(&e35, "3.5.1")?;
+    assert_version(std::path::Path::new(ETCD_34), "3.4.23")?;
+    let cluster = EtcdCluster::start(n, POLICY).await?;
+    cluster.publish("3.5.1", &e35)?;
+    let before = cluster.status()?;
+    let leader = before.leader.clone().expect("a leader").to_string();
+
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(etcd_writer(
+        cluster.clients(),
+        "w-".into(),
+        120,
+        100_000,
+        stop.clone(),
+    ));
+    cluster
+        .wait_status(
+            "every agent fresh under load",
+            Duration::from_secs(20),
+            |s| s.members.iter().all(|m| m.fresh && m.connected),
+        )
+        .await?;
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = writer.await?;
+    assert_eq!(code, 0, "upgrade: {stderr} {out:#}");
+    let lost = etcd_verify(&cluster.clients(), &report).await?;
+
+    // Every member reports 3.5.1, and the cluster version follows to 3.5.
+    cluster
+        .wait_status(
+            "every member on 3.5.1 and cluster version 3.5",
+            Duration::from_secs(30),
+            |s| {
+                s.members.iter().all(|m| {
+                    m.report.as_ref().is_some_and(|r| {
+                        r.release == "3.5.1" && r.cluster_version.starts_with("3.5")
+                    })
+                })
+            },
+        )
+        .await?;
+    let order: Vec<String> = serde_json::from_value(out["summary"]["order"].clone())?;
+    assert_eq!(
+        order.last(),
+        Some(&leader),
+        "the leader at the start went last"
+    );
+    let rate = report.acked.len() as f64 * 1000.0 / report.duration_ms.max(1) as f64;
+    assert!(rate >= 100.0, "writer ran at {rate:.0}/s");
+    assert_eq!(
+        report.leader_changes(),
+        1,
+        "exactly one leader change (raft terms seen: {:?})",
+        report.terms
+    );
+    assert_eq!(lost, Vec::<String>::new(), "no acked write lost");
+    eprintln!(
+        "{n} etcd members: total {} ms, acked {}, failed {}, max gap {} ms, terms {:?}",
+        out["summary"]["total_ms"],
+        report.acked.len(),
+        report.failed,
+        report.max_write_gap_ms,
+        report.terms
+    );
+    Ok(cluster)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_go_from_3_4_to_3_5_and_version_rules_hold() -> Result<()> {
+    let cluster = full_upgrade(3).await?;
+
+    // The cluster version is 3.5 now: going back to 3.4.23 is refused before
+    // anything is touched, and the message says why.
+    cluster.publish("3.4.23", std::path::Path::new(ETCD_34))?;
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.4.23"]))?;
+    assert_eq!(code, 2, "{stderr} {out:#}");
+    let why: Vec<String> = out["checks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["check"] == "version-path" && c["ok"] == false)
+        .map(|c| c["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(why.len(), 3, "every member refuses: {out:#}");
+    assert!(
+        why[0].contains("the cluster version is 3.5")
+            && why[0].contains("3.4.23 would be a downgrade"),
+        "{why:?}"
+    );
+
+    // A path that skips a minor release (a made-up 3.7.0) is refused too.
+    cluster.publish("3.7.0", &etcd_35()?)?;
+    let (code, out, _) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.7.0"]))?;
+    assert_eq!(code, 2);
+    let text = out["checks"].to_string();
+    assert!(
+        text.contains("3.5.1 -> 3.7.0 skips minor release 3.6"),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_members_go_from_3_4_to_3_5() -> Result<()> {
+    full_upgrade(5).await.map(drop)
+}
