@@ -117,13 +117,15 @@ impl Installer {
             .fetch(&release.name, &release.version, &download)
             .await
             .map_err(store_err)?;
-        let unpacked = unpack_verified(
-            &download,
-            &release.sha256,
-            &unpack,
-            &release.name,
-            &release.version,
+        let (art, sha, dir, name, version) = (
+            download.clone(),
+            release.sha256.clone(),
+            unpack.clone(),
+            release.name.clone(),
+            release.version.clone(),
         );
+        let unpacked =
+            baton_store::blocking(move || unpack_verified(&art, &sha, &dir, &name, &version)).await;
         let _ = fs::remove_file(&download);
         if let Err(e) = unpacked {
             let _ = fs::remove_dir_all(&unpack);

@@ -100,6 +100,19 @@ pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Runs blocking file work (copies, hashing, tar) off the async workers, so
+/// an agent keeps reporting and a coordinator keeps serving meanwhile.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(e),
+        })?
+}
+
 /// Packs the files of `dir` (recursively, following no symlinks) into a tar
 /// at `out`.
 pub fn pack_dir(dir: &Path, out: &Path) -> Result<(), StoreError> {
@@ -185,7 +198,8 @@ pub async fn verify(
     let manifest = store.manifest(name, version).await?;
     let tmp = scratch_file(scratch, "verify")?;
     store.fetch(name, version, tmp.path()).await?;
-    let actual = sha256_file(tmp.path())?;
+    let path = tmp.path().to_owned();
+    let actual = blocking(move || sha256_file(&path)).await?;
     if !actual.eq_ignore_ascii_case(&manifest.sha256) {
         return Err(StoreError::BadChecksum {
             name: name.to_owned(),
@@ -210,9 +224,13 @@ pub async fn publish(
     check_name(version)?;
     let tmp = scratch_file(scratch, "publish")?;
     let tar = tmp.path().to_owned();
-    pack_dir(dir, &tar)?;
-    let sha256 = sha256_file(&tar)?;
-    let size = fs::metadata(&tar).map_err(io(&tar))?.len();
+    let (src, out) = (dir.to_owned(), tar.clone());
+    let (sha256, size) = blocking(move || {
+        pack_dir(&src, &out)?;
+        let size = fs::metadata(&out).map_err(io(&out))?.len();
+        Ok((sha256_file(&out)?, size))
+    })
+    .await?;
     let manifest = ReleaseManifest {
         name: name.to_owned(),
         version: version.to_owned(),
@@ -297,7 +315,11 @@ impl ArtifactStore for DirStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let src = self.dir(name, version)?.join("artifact.tar");
-            match fs::copy(&src, dest) {
+            let (from, to) = (src.clone(), dest.to_owned());
+            let copied = tokio::task::spawn_blocking(move || fs::copy(from, to))
+                .await
+                .map_err(|e| io(&src)(std::io::Error::other(e)))?;
+            match copied {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
                     name: name.to_owned(),
@@ -318,7 +340,8 @@ impl ArtifactStore for DirStore {
             let dir = self.dir(&manifest.name, &manifest.version)?;
             fs::create_dir_all(&dir).map_err(io(&dir))?;
             let tmp = dir.join("artifact.tar.tmp");
-            fs::copy(artifact, &tmp).map_err(io(&tmp))?;
+            let (from, to) = (artifact.to_owned(), tmp.clone());
+            blocking(move || fs::copy(&from, &to).map(drop).map_err(io(&to))).await?;
             fs::rename(&tmp, dir.join("artifact.tar")).map_err(io(&dir))?;
             let text = toml::to_string(manifest).map_err(|e| StoreError::BadManifest {
                 name: manifest.name.clone(),
