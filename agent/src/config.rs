@@ -466,5 +466,8 @@ mod example_tests {
         let c = AgentConfig::load(&path, &BTreeMap::new()).unwrap();
         assert_eq!(c.member.as_str(), "n1");
         assert!(matches!(c.run, RunMode::Supervise(_)));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/etcd-agent.toml");
+        let c = AgentConfig::load(&path, &BTreeMap::new()).unwrap();
+        assert_eq!(c.target.kind(), "etcd");
     }
 }
