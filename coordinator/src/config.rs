@@ -348,7 +348,8 @@ mod example_tests {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/coordinator.toml");
         let c = CoordinatorConfig::load(&path, &BTreeMap::new()).unwrap();
         assert_eq!(c.members.len(), 3);
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/etcd-coordinator.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/etcd-coordinator.toml");
         let c = CoordinatorConfig::load(&path, &BTreeMap::new()).unwrap();
         assert_eq!(c.release_name, "etcd");
     }

@@ -134,24 +134,37 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
     let cluster = EtcdCluster::start(3, POLICY).await?;
     cluster.publish("3.5.1", &e35)?;
     let stop = CancellationToken::new();
-    let writer = tokio::spawn(etcd_writer(cluster.clients(), "a-".into(), 100, 100_000, stop.clone()));
+    let writer = tokio::spawn(etcd_writer(
+        cluster.clients(),
+        "a-".into(),
+        100,
+        100_000,
+        stop.clone(),
+    ));
     cluster
         .wait_status("every agent fresh", Duration::from_secs(20), |s| {
             s.members.iter().all(|m| m.fresh && m.connected)
         })
         .await?;
-    let (code, _, stderr) =
-        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1", "--detach"]))?;
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        cluster.baton_json(&["upgrade", "--to", "3.5.1", "--detach"])
+    })?;
     assert_eq!(code, 0, "{stderr}");
     // Abort once the first follower is done.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let (_, r, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
-        let first = r["state"]["order"][0].as_str().unwrap_or_default().to_owned();
+        let first = r["state"]["order"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         if r["state"]["members"][&first]["stage"]["stage"] == "done" {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "first member never finished: {r:#}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "first member never finished: {r:#}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["abort"]))?;
@@ -159,26 +172,57 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
     let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
     assert_eq!(code, 3, "abort pauses the rollout: {out:#}");
     let state = &out["rollout"]["state"];
-    assert!(state["phase"]["reason"].as_str().unwrap_or_default().contains("aborted"));
-    let leader_at_start = state["original_leader"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        state["phase"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("aborted")
+    );
+    let leader_at_start = state["original_leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
 
     // A healthy, mixed 3.4/3.5 cluster: one leader, everyone serving, the
     // old leader still on 3.4.23.
     let mixed = cluster
         .wait_status("healthy and mixed", Duration::from_secs(30), |s| {
             s.leader.is_some()
-                && s.members.iter().all(|m| m.report.as_ref().is_some_and(|r| r.health == baton_domain::Health::Healthy))
+                && s.members.iter().all(|m| {
+                    m.report
+                        .as_ref()
+                        .is_some_and(|r| r.health == baton_domain::Health::Healthy)
+                })
         })
         .await?;
     let releases: Vec<String> = mixed
         .members
         .iter()
-        .map(|m| m.report.as_ref().map(|r| r.release.clone()).unwrap_or_default())
+        .map(|m| {
+            m.report
+                .as_ref()
+                .map(|r| r.release.clone())
+                .unwrap_or_default()
+        })
         .collect();
-    assert!(releases.iter().any(|r| r == "3.5.1") && releases.iter().any(|r| r == "3.4.23"), "{releases:?}");
-    let old_leader_row = mixed.members.iter().find(|m| m.member.as_str() == leader_at_start).expect("row");
-    assert_eq!(old_leader_row.report.as_ref().map(|r| r.release.as_str()), Some("3.4.23"));
-    assert!(mixed.members.iter().all(|m| m.report.as_ref().is_some_and(|r| r.cluster_version.starts_with("3.4"))));
+    assert!(
+        releases.iter().any(|r| r == "3.5.1") && releases.iter().any(|r| r == "3.4.23"),
+        "{releases:?}"
+    );
+    let old_leader_row = mixed
+        .members
+        .iter()
+        .find(|m| m.member.as_str() == leader_at_start)
+        .expect("row");
+    assert_eq!(
+        old_leader_row.report.as_ref().map(|r| r.release.as_str()),
+        Some("3.4.23")
+    );
+    assert!(mixed.members.iter().all(|m| {
+        m.report
+            .as_ref()
+            .is_some_and(|r| r.cluster_version.starts_with("3.4"))
+    }));
 
     let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
     assert_eq!(code, 0, "{stderr}");
@@ -190,7 +234,9 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
     assert_eq!(lost, Vec::<String>::new());
     cluster
         .wait_status("all on 3.5.1", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
+            s.members
+                .iter()
+                .all(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
         })
         .await?;
     Ok(())
