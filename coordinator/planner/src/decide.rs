@@ -39,8 +39,22 @@ fn wait(reason: impl Into<String>) -> Vec<Step> {
     }]
 }
 
-/// The upgraded follower with the highest applied revision, as of `view`
-/// (ties go to the lowest id). Falls back to any healthy follower when no
+/// How far behind a member is, for picking a handover target: the mean of
+/// its last few lag readings (each taken against the leader's committed
+/// revision when its report arrived). Reports from different members arrive
+/// at different moments, so raw applied revisions compare members at
+/// different times; at 100 writes/s a 100 ms skew is 10 entries, more than
+/// the gap between a fast and a slow follower. With no readings, its lag now.
+fn catch_up_score(v: &crate::view::MemberView) -> u64 {
+    let recent: Vec<u64> = v.lag_samples.iter().rev().take(5).map(|s| s.lag).collect();
+    if recent.is_empty() {
+        return v.lag.unwrap_or(u64::MAX);
+    }
+    recent.iter().sum::<u64>() / recent.len() as u64
+}
+
+/// The most caught-up upgraded follower as of `view`: the lowest recent lag,
+/// then the highest applied revision, then the lowest id. Falls back to any healthy follower when no
 /// follower is upgraded yet (the leader moved mid-rollout).
 pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> Option<MemberId> {
     let candidates = |upgraded_only: bool| {
@@ -56,7 +70,7 @@ pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> 
                             .get(*m)
                             .is_some_and(|p| p.stage == Stage::Done))
             })
-            .max_by_key(|(m, v)| (v.applied(), Reverse((*m).clone())))
+            .min_by_key(|(m, v)| (catch_up_score(v), Reverse(v.applied()), (*m).clone()))
             .map(|(m, _)| m.clone())
     };
     candidates(true).or_else(|| candidates(false))

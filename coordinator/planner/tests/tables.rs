@@ -417,3 +417,20 @@ fn etcd_version_paths() {
             .contains("refusing rather than guessing")
     );
 }
+
+#[test]
+fn the_handover_target_is_judged_by_recent_lag_not_one_skewed_report() {
+    // n2's last report happened to be taken later (higher applied), but its
+    // lag readings say it trails; n3 keeps up.
+    let view = cluster(&[("n1", L, 100), ("n2", F, 98), ("n3", F, 97)]);
+    let view = with_release(with_release(view, "n2", "v2"), "n3", "v2");
+    let view = with_samples(view, "n2", &[(1, 10, 10), (2, 20, 12), (3, 30, 11)]);
+    let view = with_samples(view, "n3", &[(1, 10, 2), (2, 20, 1), (3, 30, 3)]);
+    let r = at_stage(&view, "n1", "n1", Stage::Staged);
+    assert!(
+        decide(&view, &r, &Policy::default(), t(50)).contains(&Step::Issue {
+            member: id("n1"),
+            action: Action::StepDown { to: id("n3") }
+        })
+    );
+}

@@ -113,7 +113,7 @@ async fn clean_upgrade(n: usize) -> Result<()> {
     let followers: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
     let fast = followers[0];
     for &i in &followers[1..] {
-        cluster.restart_supervised_with_env(i, &[("SAMPLEKV_APPEND_DELAY_MS", "40")])?;
+        cluster.restart_supervised_with_env(i, &[("SAMPLEKV_APPEND_DELAY_MS", "60")])?;
     }
     cluster
         .wait_status(
