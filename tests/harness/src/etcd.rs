@@ -404,7 +404,9 @@ impl EtcdWriterReport {
 }
 
 /// Writes `{prefix}{seq}` at `rate` per second until `stop` (bounded by
-/// `max` writes), each put bounded by 2 s, rotating members on failure.
+/// `max` writes), paced by schedule with up to 16 puts in flight, so a slow
+/// answer does not slow the rate. Each put is bounded by 2 s, rotating
+/// members on failure.
 pub async fn etcd_writer(
     clients: Vec<String>,
     prefix: String,
@@ -414,49 +416,74 @@ pub async fn etcd_writer(
 ) -> EtcdWriterReport {
     let start = tokio::time::Instant::now();
     let every = Duration::from_secs(1) / rate.max(1);
-    let mut report = EtcdWriterReport::default();
-    let mut last_ack = start;
-    let mut target = 0usize;
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = tokio::task::JoinSet::new();
     for seq in 0..max {
         if stop.is_cancelled() {
             break;
         }
         tokio::time::sleep_until(start + every * u32::try_from(seq).unwrap_or(u32::MAX)).await;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let clients = clients.clone();
         let key = format!("{prefix}{seq:08}");
-        let body = serde_json::json!({"key": b64(&key), "value": b64("x")});
-        let mut acked = false;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while tokio::time::Instant::now() < deadline {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match etcd_call(&clients[target % clients.len()], "/v3/kv/put", &body, left).await {
-                Ok(reply) => {
-                    let term: u64 = reply["header"]["raft_term"]
-                        .as_str()
-                        .and_then(|t| t.parse().ok())
-                        .unwrap_or(0);
-                    if report.terms.last() != Some(&term) {
-                        report.terms.push(term);
-                    }
-                    acked = true;
-                    break;
+        tasks.spawn(async move {
+            let _permit = permit;
+            let body = serde_json::json!({"key": b64(&key), "value": b64("x")});
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            let mut target = usize::try_from(seq).unwrap_or(0);
+            while tokio::time::Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if let Ok(reply) =
+                    etcd_call(&clients[target % clients.len()], "/v3/kv/put", &body, left).await
+                {
+                    let field = |k: &str| {
+                        reply["header"][k]
+                            .as_str()
+                            .and_then(|t| t.parse::<u64>().ok())
+                            .unwrap_or(0)
+                    };
+                    return (
+                        key,
+                        Some((
+                            tokio::time::Instant::now(),
+                            field("revision"),
+                            field("raft_term"),
+                        )),
+                    );
                 }
-                Err(_) => {
-                    target += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                target += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-        }
-        let now = tokio::time::Instant::now();
-        if acked {
-            report.max_write_gap_ms = report
-                .max_write_gap_ms
-                .max(u64::try_from((now - last_ack).as_millis()).unwrap_or(u64::MAX));
-            last_ack = now;
-            report.acked.push(key);
-        } else {
-            report.failed += 1;
+            (key, None)
+        });
+    }
+    let mut acked = Vec::new();
+    let mut report = EtcdWriterReport::default();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((key, Some(ack))) => acked.push((key, ack)),
+            _ => report.failed += 1,
         }
     }
+    // Terms in log order (by revision); gaps in time order.
+    acked.sort_by_key(|(_, (_, revision, _))| *revision);
+    for (_, (_, _, term)) in &acked {
+        if report.terms.last() != Some(term) {
+            report.terms.push(*term);
+        }
+    }
+    let mut times: Vec<tokio::time::Instant> = acked.iter().map(|(_, (t, _, _))| *t).collect();
+    times.sort();
+    let mut last = start;
+    for t in times {
+        report.max_write_gap_ms = report
+            .max_write_gap_ms
+            .max(u64::try_from((t - last).as_millis()).unwrap_or(u64::MAX));
+        last = t;
+    }
+    report.acked = acked.into_iter().map(|(k, _)| k).collect();
     report.duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     report
 }
