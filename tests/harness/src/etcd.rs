@@ -434,7 +434,11 @@ pub async fn etcd_writer(
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             let mut target = usize::try_from(seq).unwrap_or(0);
             while tokio::time::Instant::now() < deadline {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // One attempt may not use the whole window: a member that is
+                // shutting down can accept a connection and never answer.
+                let left = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .min(Duration::from_millis(500));
                 if let Ok(reply) =
                     etcd_call(&clients[target % clients.len()], "/v3/kv/put", &body, left).await
                 {
