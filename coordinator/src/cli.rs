@@ -188,6 +188,34 @@ impl OperatorConn {
         })
     }
 
+    /// Starts a rollback of the latest rollout.
+    pub async fn rollback(&mut self) -> Result<Started, CliError> {
+        let r = self
+            .client
+            .rollback(v1::RollbackRequest {})
+            .await
+            .map_err(self.refused("Rollback"))?
+            .into_inner();
+        self.started(r)
+    }
+
+    fn started(&self, r: v1::UpgradeResponse) -> Result<Started, CliError> {
+        let v1::UpgradeResponse {
+            started,
+            rollout_id,
+            checks,
+            detail,
+        } = r;
+        Ok(if started {
+            Started::Started { rollout_id }
+        } else {
+            Started::Refused {
+                detail,
+                checks: self.checks(checks)?,
+            }
+        })
+    }
+
     pub async fn upgrade(&mut self, to: &str) -> Result<Started, CliError> {
         let r = self
             .client
@@ -299,6 +327,7 @@ pub fn summary(r: &RolloutState) -> Summary {
             Phase::Paused { reason } => format!("paused: {reason}"),
             Phase::Running => "running".into(),
             Phase::Aborting => "aborting".into(),
+            Phase::Closed { reason } => format!("closed: {reason}"),
         },
         order: r.order.iter().map(|m| m.to_string()).collect(),
         handover_target: r.leader_changes.first().map(|(m, _)| m.to_string()),
@@ -352,6 +381,7 @@ pub fn render_rollout(v: &RolloutView) -> String {
             Phase::Paused { .. } => "PAUSED",
             Phase::Aborting => "aborting",
             Phase::Completed => "completed",
+            Phase::Closed { .. } => "closed",
         },
         v.waiting_for
     );

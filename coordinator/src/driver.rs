@@ -100,6 +100,10 @@ pub enum Op {
         to: String,
         reply: oneshot::Sender<Result<String, ControlError>>,
     },
+    /// Walks the latest rollout back to its previous release.
+    Rollback {
+        reply: oneshot::Sender<Result<String, ControlError>>,
+    },
     Pause {
         reason: String,
         reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
@@ -125,6 +129,7 @@ fn phase_name(p: &Phase) -> String {
         Phase::Paused { reason } => format!("paused ({reason})"),
         Phase::Aborting => "aborting".into(),
         Phase::Completed => "completed".into(),
+        Phase::Closed { reason } => format!("closed ({reason})"),
     }
 }
 
@@ -184,7 +189,7 @@ impl Driver {
     }
 
     fn active(&self) -> Option<&RolloutState> {
-        self.rollouts.last().filter(|r| r.phase != Phase::Completed)
+        self.rollouts.last().filter(|r| !r.phase.is_terminal())
     }
 
     fn snapshot(&self, r: &RolloutState) -> RolloutSnapshot {
@@ -251,6 +256,14 @@ impl Driver {
     }
 
     async fn preflight(&self, to: &str) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
+        self.preflight_with(to, false).await
+    }
+
+    async fn preflight_with(
+        &self,
+        to: &str,
+        allow_mixed: bool,
+    ) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
         let artifact = self.artifact(to).await;
         let (view, now) = self.view();
         // Free disk for the artifact, twice over (download + unpack).
@@ -264,6 +277,7 @@ impl Driver {
                 target_version: to,
                 artifact: &artifact,
                 required_disk: required,
+                allow_mixed,
             },
             &self.cfg.policy,
         );
@@ -283,6 +297,9 @@ impl Driver {
             }
             Op::Upgrade { to, reply } => {
                 let _ = reply.send(self.start(&to).await);
+            }
+            Op::Rollback { reply } => {
+                let _ = reply.send(self.rollback().await);
             }
             Op::Pause { reason, reply } => {
                 let r = self.control("pause", |r| match r.phase {
@@ -370,6 +387,50 @@ impl Driver {
                 }
             })?;
         tracing::info!(rollout = %id, to, "preflight passed; starting rollout");
+        self.record(started)
+            .map_err(|e| ControlError::Journal(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Closes the latest rollout (if it is paused) and starts its reverse.
+    async fn rollback(&mut self) -> Result<String, ControlError> {
+        let from = self
+            .rollouts
+            .last()
+            .cloned()
+            .ok_or(ControlError::NoRollout { verb: "roll back" })?;
+        match &from.phase {
+            Phase::Running | Phase::Aborting => {
+                return Err(ControlError::WrongPhase {
+                    id: from.id.clone(),
+                    phase: phase_name(&from.phase),
+                    hint: "pause or abort it first, then roll back",
+                });
+            }
+            Phase::Closed { .. } => {
+                return Err(ControlError::WrongPhase {
+                    id: from.id.clone(),
+                    phase: phase_name(&from.phase),
+                    hint: "it was already closed; start a new rollout instead",
+                });
+            }
+            Phase::Paused { .. } | Phase::Completed => {}
+        }
+        let (view, now, artifact, checks) = self.preflight_with(&from.previous, true).await;
+        let id = format!("r{}-rollback-to-{}", self.rollouts.len() + 1, from.previous);
+        let started = preflight::start_rollback(&checks, id.clone(), &view, &from, &artifact, now)
+            .map_err(|failed| ControlError::Preflight {
+                to: from.previous.clone(),
+                checks: failed,
+            })?;
+        if !from.phase.is_terminal() {
+            self.record(Event::Closed {
+                reason: format!("rolled back by {id}"),
+                at: now,
+            })
+            .map_err(|e| ControlError::Journal(e.to_string()))?;
+        }
+        tracing::info!(rollout = %id, from = %from.id, "starting rollback");
         self.record(started)
             .map_err(|e| ControlError::Journal(e.to_string()))?;
         Ok(id)

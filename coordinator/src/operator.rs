@@ -108,24 +108,16 @@ impl Operator for OperatorService {
         let UpgradeRequest { to_version } = request.into_inner();
         let to = version(&to_version)?;
         let started = self.ask(|reply| Op::Upgrade { to, reply }).await?;
-        Ok(Response::new(match started {
-            Ok(id) => UpgradeResponse {
-                started: true,
-                rollout_id: id,
-                checks: Vec::new(),
-                detail: String::new(),
-            },
-            Err(ControlError::Preflight { to: _, checks }) => UpgradeResponse {
-                started: false,
-                rollout_id: String::new(),
-                detail: format!(
-                    "preflight refused: {} check(s) failed; nothing was touched",
-                    checks.len()
-                ),
-                checks: checks.into_iter().map(v1::Check::from).collect(),
-            },
-            Err(e) => return Err(control_status(e)),
-        }))
+        upgrade_response(started)
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<v1::RollbackRequest>,
+    ) -> Result<Response<UpgradeResponse>, Status> {
+        let v1::RollbackRequest {} = request.into_inner();
+        let started = self.ask(|reply| Op::Rollback { reply }).await?;
+        upgrade_response(started)
     }
 
     async fn pause(
@@ -176,4 +168,27 @@ impl Operator for OperatorService {
             .collect::<Result<_, _>>()?;
         Ok(Response::new(HistoryResponse { rollouts }))
     }
+}
+
+fn upgrade_response(
+    started: Result<String, ControlError>,
+) -> Result<Response<UpgradeResponse>, Status> {
+    Ok(Response::new(match started {
+        Ok(id) => UpgradeResponse {
+            started: true,
+            rollout_id: id,
+            checks: Vec::new(),
+            detail: String::new(),
+        },
+        Err(ControlError::Preflight { to: _, checks }) => UpgradeResponse {
+            started: false,
+            rollout_id: String::new(),
+            detail: format!(
+                "preflight refused: {} check(s) failed; nothing was touched",
+                checks.len()
+            ),
+            checks: checks.into_iter().map(v1::Check::from).collect(),
+        },
+        Err(e) => return Err(control_status(e)),
+    }))
 }

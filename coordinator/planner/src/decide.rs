@@ -63,12 +63,14 @@ pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> 
             .filter(|(m, _)| *m != from)
             .filter(|(_, v)| v.healthy())
             .filter(|(m, v)| {
+                // Upgraded: on the target, and done in this rollout (or not
+                // part of it, as members a rollback leaves alone).
                 !upgraded_only
                     || (v.release() == Some(rollout.target.version.as_str())
                         && rollout
                             .members
                             .get(*m)
-                            .is_some_and(|p| p.stage == Stage::Done))
+                            .is_none_or(|p| p.stage == Stage::Done))
             })
             .min_by_key(|(m, v)| (catch_up_score(v), Reverse(v.applied()), (*m).clone()))
             .map(|(m, _)| m.clone())
@@ -123,7 +125,7 @@ pub fn stalled_for(
 /// The next steps of `rollout` given `view`, `policy` and `now`.
 pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> Vec<Step> {
     match &rollout.phase {
-        Phase::Completed => return Vec::new(),
+        Phase::Completed | Phase::Closed { .. } => return Vec::new(),
         Phase::Paused { reason } => return wait(format!("paused: {reason}")),
         Phase::Running | Phase::Aborting => {}
     }

@@ -55,6 +55,8 @@ pub struct PreflightInput<'a> {
     pub artifact: &'a ArtifactVerdict,
     /// Bytes each member needs free: artifact plus backup.
     pub required_disk: u64,
+    /// A rollback starts from a mixed cluster by design.
+    pub allow_mixed: bool,
 }
 
 /// Runs every check; the rollout may start only if all are ok.
@@ -124,7 +126,13 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         .collect();
     releases.sort();
     let distinct: std::collections::BTreeSet<&str> = releases.iter().map(|(r, _)| *r).collect();
-    if distinct.len() > 1 {
+    if distinct.len() > 1 && input.allow_mixed {
+        checks.push(Check::pass(
+            "release",
+            None,
+            format!("rolling back from mixed releases {distinct:?}"),
+        ));
+    } else if distinct.len() > 1 {
         for (r, m) in &releases {
             checks.push(Check::fail(
                 "release",
@@ -401,4 +409,64 @@ pub fn planned_steps(
         ),
     });
     (steps, handover)
+}
+
+/// Starts a rollback of `from` (a paused or aborted rollout): a new rollout
+/// to `from`'s previous release that touches only the members now on
+/// `from`'s target, in reverse of `from`'s order, with the current leader
+/// last. The same gates apply; the preflight (with mixed releases allowed)
+/// must have passed.
+pub fn start_rollback(
+    checks: &[Check],
+    id: String,
+    view: &View,
+    from: &crate::rollout::RolloutState,
+    artifact: &ArtifactVerdict,
+    now: crate::UnixMs,
+) -> Result<crate::rollout::Event, Vec<Check>> {
+    let failed: Vec<Check> = checks.iter().filter(|c| !c.ok).cloned().collect();
+    if !failed.is_empty() {
+        return Err(failed);
+    }
+    let refuse = |check: &str, detail: String| Err(vec![Check::fail(check, None, detail)]);
+    let ArtifactVerdict::Verified { release, .. } = artifact else {
+        return refuse(
+            "artifact",
+            format!("release {} is not verified in the store", from.previous),
+        );
+    };
+    let Some(leader) = view.agreed_leader() else {
+        return refuse("leader", "no agreed leader".to_owned());
+    };
+    let on_target = |m: &MemberId| {
+        view.members.get(m).and_then(|v| v.release()) == Some(from.target.version.as_str())
+    };
+    let mut order: Vec<MemberId> = from
+        .order
+        .iter()
+        .rev()
+        .filter(|m| on_target(m))
+        .cloned()
+        .collect();
+    if order.is_empty() {
+        return refuse(
+            "release",
+            format!(
+                "no member runs {}; nothing to roll back",
+                from.target.version
+            ),
+        );
+    }
+    if let Some(pos) = order.iter().position(|m| m == leader) {
+        let l = order.remove(pos);
+        order.push(l);
+    }
+    Ok(crate::rollout::Event::Started {
+        id,
+        target: release.clone(),
+        previous: from.target.version.clone(),
+        order,
+        leader: leader.clone(),
+        at: now,
+    })
 }

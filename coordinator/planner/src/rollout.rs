@@ -160,6 +160,15 @@ pub enum Phase {
     Aborting,
     /// Every member passed every gate and the verify step passed.
     Completed,
+    /// Ended by the operator without finishing (a rollback replaced it).
+    Closed { reason: String },
+}
+
+impl Phase {
+    /// Completed or closed: nothing more will happen to this rollout.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Phase::Completed | Phase::Closed { .. })
+    }
 }
 
 /// A handover in flight.
@@ -251,6 +260,11 @@ pub enum Event {
         at: UnixMs,
     },
     Completed {
+        at: UnixMs,
+    },
+    /// The operator ended a paused rollout without finishing it.
+    Closed {
+        reason: String,
         at: UnixMs,
     },
 }
@@ -488,7 +502,7 @@ impl RolloutState {
                 self.leader_changes.push((to.clone(), *at));
             }
             Event::Paused { reason, at: _ } => {
-                if self.phase != Phase::Completed {
+                if !self.phase.is_terminal() {
                     self.phase = Phase::Paused {
                         reason: reason.clone(),
                     };
@@ -516,6 +530,14 @@ impl RolloutState {
             Event::Completed { at } => {
                 self.phase = Phase::Completed;
                 self.completed_at = Some(*at);
+            }
+            Event::Closed { reason, at } => {
+                if !self.phase.is_terminal() {
+                    self.phase = Phase::Closed {
+                        reason: reason.clone(),
+                    };
+                    self.completed_at = Some(*at);
+                }
             }
         }
         Ok(())

@@ -434,3 +434,39 @@ fn the_handover_target_is_judged_by_recent_lag_not_one_skewed_report() {
         })
     );
 }
+
+#[test]
+fn a_rollback_walks_back_only_the_upgraded_members_in_reverse_with_the_leader_last() {
+    use baton_planner::preflight::{ArtifactVerdict, start_rollback};
+    // n2 and n3 were upgraded (order n2, n3, n1), then the rollout paused;
+    // n3 leads now.
+    let view = cluster(&[("n1", F, 100), ("n2", F, 100), ("n3", L, 100)]);
+    let from = started(&view, "n1");
+    assert_eq!(from.order, ids(&["n2", "n3", "n1"]));
+    let view = with_release(with_release(view, "n2", "v2"), "n3", "v2");
+    let v1 = baton_domain::ReleaseRef {
+        name: "kv".into(),
+        version: "v1".into(),
+        format_version: 1,
+        sha256: "cd".repeat(32),
+    };
+    let artifact = ArtifactVerdict::Verified {
+        release: v1.clone(),
+        size: 1,
+    };
+    let Ok(Event::Started {
+        order,
+        target,
+        previous,
+        ..
+    }) = start_rollback(&[], "r2".into(), &view, &from, &artifact, t(9))
+    else {
+        panic!("rollback refused")
+    };
+    assert_eq!(
+        order,
+        ids(&["n2", "n3"]),
+        "reverse order is n3, n2; the leader n3 goes last"
+    );
+    assert_eq!((target, previous), (v1, "v2".to_owned()));
+}

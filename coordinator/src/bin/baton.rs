@@ -75,6 +75,13 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Walks the latest rollout back to its previous release: members now on
+    /// its target, in reverse order, same gates, leader last. A paused
+    /// rollout is closed first. Exit codes as for upgrade.
+    Rollback {
+        #[arg(long)]
+        detach: bool,
+    },
     /// Follows the active (or named) rollout until it completes or pauses.
     Watch {
         #[arg(long)]
@@ -228,8 +235,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .into())
             }
         }
-        Command::Upgrade { to, detach } => {
-            let id = match conn.upgrade(&to).await? {
+        Command::Upgrade { .. } | Command::Rollback { .. } => {
+            let (started, detach) = match &args.command {
+                Command::Upgrade { to, detach } => (conn.upgrade(to).await?, *detach),
+                Command::Rollback { detach } => (conn.rollback().await?, *detach),
+                _ => unreachable!("matched above"),
+            };
+            let id = match started {
                 Started::Started { rollout_id } => rollout_id,
                 Started::Refused { detail, checks } => {
                     match args.output {
@@ -355,7 +367,7 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
             last_lines = lines;
         }
         match &r.phase {
-            Phase::Completed | Phase::Paused { .. } => {
+            Phase::Completed | Phase::Paused { .. } | Phase::Closed { .. } => {
                 for b in &bars {
                     b.finish();
                 }
@@ -379,6 +391,13 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
                             s.total_ms, s.leader_changes
                         );
                     }
+                }
+                if let Phase::Closed { reason } = &r.phase {
+                    return Err(Exit {
+                        code: EXIT_PAUSED,
+                        message: format!("rollout {} was closed without finishing: {reason}", r.id),
+                    }
+                    .into());
                 }
                 if let Phase::Paused { reason } = &r.phase {
                     return Err(Exit {

@@ -241,3 +241,105 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn before_the_cluster_version_moves_an_upgraded_member_rolls_back_to_3_4() -> Result<()> {
+    let e35 = etcd_35()?;
+    assert_version(&e35, "3.5.1")?;
+    let cluster = EtcdCluster::start(3, POLICY).await?;
+    cluster.publish("3.5.1", &e35)?;
+    let stop = CancellationToken::new();
+    let writer = tokio::spawn(etcd_writer(
+        cluster.clients(),
+        "r-".into(),
+        100,
+        100_000,
+        stop.clone(),
+    ));
+    cluster
+        .wait_status("every agent fresh", Duration::from_secs(20), |s| {
+            s.members.iter().all(|m| m.fresh && m.connected)
+        })
+        .await?;
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        cluster.baton_json(&["upgrade", "--to", "3.5.1", "--detach"])
+    })?;
+    assert_eq!(code, 0, "{stderr}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let (_, r, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
+        let first = r["state"]["order"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if r["state"]["members"][&first]["stage"]["stage"] == "done" {
+            break first;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "first member never finished: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["abort"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, _, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "aborted");
+    let mixed = cluster.status()?;
+    assert!(mixed.members.iter().all(|m| {
+        m.report
+            .as_ref()
+            .is_some_and(|r| r.cluster_version.starts_with("3.4"))
+    }));
+    let upgraded: Vec<String> = mixed
+        .members
+        .iter()
+        .filter(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
+        .map(|m| m.member.to_string())
+        .collect();
+    assert!(upgraded.contains(&first), "{upgraded:?}");
+
+    // Roll back: only the upgraded members move, in reverse order, leader last.
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["rollback"]))?;
+    assert_eq!(code, 0, "rollback: {stderr} {out:#}");
+    let order: Vec<String> = serde_json::from_value(out["summary"]["order"].clone())?;
+    let mut expected = upgraded.clone();
+    expected.sort();
+    let mut got = order.clone();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "the rollback touched exactly the upgraded members"
+    );
+    stop.cancel();
+    let report = writer.await?;
+    let lost = etcd_verify(&cluster.clients(), &report).await?;
+    assert_eq!(lost, Vec::<String>::new());
+    cluster
+        .wait_status("all back on 3.4.23", Duration::from_secs(30), |s| {
+            s.leader.is_some()
+                && s.members.iter().all(|m| {
+                    m.report.as_ref().is_some_and(|r| {
+                        r.release == "3.4.23"
+                            && r.cluster_version.starts_with("3.4")
+                            && r.health == baton_domain::Health::Healthy
+                    })
+                })
+        })
+        .await?;
+    let (_, history, _) = cluster.baton_json(&["history"])?;
+    let outcomes: Vec<String> = history
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{history:#}");
+    assert!(
+        outcomes[0].starts_with("closed: rolled back by r2-rollback-to-3.4.23"),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], "completed");
+    Ok(())
+}
