@@ -233,6 +233,133 @@ impl EtcdTarget {
     }
 }
 
+/// A snapshot written to disk and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFile {
+    pub path: std::path::PathBuf,
+    pub bytes: u64,
+    /// Hex sha256 of the whole file, for the backup's manifest.
+    pub sha256: String,
+}
+
+fn b64_value(c: u8) -> Option<u32> {
+    Some(u32::from(match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => return None,
+    }))
+}
+
+/// Standard base64 (with padding), as etcd's gateway encodes `bytes`.
+fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= b64_value(*c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+impl EtcdTarget {
+    /// Streams `Maintenance.Snapshot` into `dest` and verifies it: etcd
+    /// appends the sha256 of the database to the stream, and a snapshot
+    /// whose tail does not match is deleted, never kept. Written to a temp
+    /// file, fsynced, then renamed.
+    pub async fn snapshot_to(&self, dest: &std::path::Path) -> Result<SnapshotFile, TargetError> {
+        use sha2::{Digest, Sha256};
+        use tokio::io::AsyncBufReadExt;
+        let io_err =
+            |e: std::io::Error| self.unreachable(format!("snapshot to {}: {e}", dest.display()));
+        let mut stream = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(io_err)?;
+        let body = "{}";
+        stream
+            .write_all(
+                format!(
+                    "POST /v3/maintenance/snapshot HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    self.addr,
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .map_err(io_err)?;
+        let mut reader = tokio::io::BufReader::new(stream);
+        let mut line = String::new();
+        // Status line and headers.
+        reader.read_line(&mut line).await.map_err(io_err)?;
+        if !line.contains(" 200 ") {
+            return Err(self.bad(format!("snapshot answered {}", line.trim())));
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.map_err(io_err)? == 0 || line == "\r\n" {
+                break;
+            }
+        }
+        let tmp = dest.with_extension("partial");
+        let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
+        let mut db_hash = Sha256::new();
+        let mut whole = Sha256::new();
+        // The last 32 bytes are the checksum, not data: hold them back.
+        let mut tail: Vec<u8> = Vec::new();
+        let mut bytes = 0u64;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.map_err(io_err)? == 0 {
+                break;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_str(line.trim())
+                .map_err(|e| self.bad(format!("snapshot chunk: {e}")))?;
+            if let Some(err) = v.get("error") {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(self.bad(format!("snapshot failed mid-stream: {err}")));
+            }
+            let blob = v["result"]["blob"].as_str().unwrap_or_default();
+            let chunk = b64_decode(blob).ok_or_else(|| self.bad("snapshot chunk is not base64"))?;
+            file.write_all(&chunk).await.map_err(io_err)?;
+            whole.update(&chunk);
+            bytes += chunk.len() as u64;
+            tail.extend_from_slice(&chunk);
+            if tail.len() > 32 {
+                let keep = tail.split_off(tail.len() - 32);
+                db_hash.update(&tail);
+                tail = keep;
+            }
+        }
+        file.sync_all().await.map_err(io_err)?;
+        drop(file);
+        if tail.len() != 32 || db_hash.finalize().as_slice() != tail.as_slice() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(self.bad(format!(
+                "snapshot of {bytes} bytes failed its sha256 check (etcd's appended checksum does not match); it was deleted"
+            )));
+        }
+        tokio::fs::rename(&tmp, dest).await.map_err(io_err)?;
+        Ok(SnapshotFile {
+            path: dest.to_owned(),
+            bytes,
+            sha256: whole
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+    }
+}
+
 impl Target for EtcdTarget {
     fn kind(&self) -> &'static str {
         "etcd"
@@ -274,11 +401,81 @@ mod tests {
     use super::*;
 
     #[test]
+    fn base64_decodes_with_and_without_padding() {
+        assert_eq!(b64_decode("Zm9v").unwrap(), b"foo");
+        assert_eq!(b64_decode("Zm8=").unwrap(), b"fo");
+        assert_eq!(b64_decode("Zg==").unwrap(), b"f");
+        assert_eq!(b64_decode("").unwrap(), b"");
+        assert!(b64_decode("Z!==").is_none());
+    }
+
+    #[test]
     fn uint64_ids_survive_as_strings() {
         let v: Value = serde_json::from_str(r#"{"a":"18446744073709551615","b":7}"#).unwrap();
         assert_eq!(id_field(&v, "a"), "18446744073709551615");
         assert_eq!(u64_field(&v, "a"), u64::MAX);
         assert_eq!(u64_field(&v, "b"), 7);
+    }
+
+    /// Serves one canned HTTP answer on a loopback port.
+    async fn canned(body: String) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}")
+                        .as_bytes(),
+                )
+                .await;
+        });
+        addr
+    }
+
+    fn chunk(bytes: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in bytes.chunks(3) {
+            let n = (u32::from(c[0]) << 16)
+                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+                | u32::from(*c.get(2).unwrap_or(&0));
+            for i in 0..4 {
+                out.push(if i <= c.len() {
+                    T[((n >> (18 - 6 * i)) & 63) as usize] as char
+                } else {
+                    '='
+                });
+            }
+        }
+        format!("{{\"result\":{{\"blob\":\"{out}\"}}}}\n")
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_kept_only_if_its_checksum_matches() {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let db = b"pretend this is a bolt database".repeat(100);
+        let good: Vec<u8> = [db.clone(), Sha256::digest(&db).to_vec()].concat();
+        let (a, b) = good.split_at(1000);
+        let t = EtcdTarget::new(&canned(chunk(a) + &chunk(b)).await, Duration::from_secs(2));
+        let dest = dir.path().join("snap.db");
+        let snap = t.snapshot_to(&dest).await.unwrap();
+        assert_eq!(snap.bytes, good.len() as u64);
+        assert_eq!(std::fs::read(&dest).unwrap(), good);
+
+        let mut bad = good.clone();
+        bad[10] ^= 1;
+        let t = EtcdTarget::new(&canned(chunk(&bad)).await, Duration::from_secs(2));
+        let dest = dir.path().join("bad.db");
+        let err = t.snapshot_to(&dest).await.unwrap_err().to_string();
+        assert!(err.contains("failed its sha256 check"), "{err}");
+        assert!(
+            !dest.exists() && !dest.with_extension("partial").exists(),
+            "nothing kept"
+        );
     }
 
     #[tokio::test]
