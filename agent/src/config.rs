@@ -105,6 +105,11 @@ struct RawRun {
     #[serde(default)]
     env: BTreeMap<String, String>,
     stop_timeout_ms: Option<u64>,
+    /// exec mode: the operator's own start and stop commands.
+    #[serde(default)]
+    start: Vec<String>,
+    #[serde(default)]
+    stop: Vec<String>,
 }
 
 /// How the agent relates to its member's process.
@@ -116,6 +121,23 @@ pub enum RunMode {
     /// The agent runs the member from a command template and restarts it
     /// after a crash unless it was told to stop.
     Supervise(SuperviseConfig),
+    /// The operator's own commands start and stop the member (a systemd
+    /// unit, a container runtime, a script); the agent runs them and waits.
+    Exec(ExecConfig),
+}
+
+/// Settings for [`RunMode::Exec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecConfig {
+    /// argv templates; `{release_dir}` and `{data_dir}` are substituted.
+    pub start: Vec<String>,
+    pub stop: Vec<String>,
+    /// Holds `releases/<version>/` and `current`, when baton installs
+    /// releases; None when the operator's commands do it all.
+    pub base_dir: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    /// Bound on each command.
+    pub timeout: Duration,
 }
 
 /// Settings for [`RunMode::Supervise`].
@@ -316,10 +338,25 @@ impl AgentConfig {
                         stop_timeout: Duration::from_millis(run.stop_timeout_ms.unwrap_or(10_000)),
                     })
                 }
+                "exec" => {
+                    if run.start.is_empty() || run.stop.is_empty() {
+                        return Err(invalid(
+                            "run.start",
+                            "exec mode needs both start and stop commands",
+                        ));
+                    }
+                    RunMode::Exec(ExecConfig {
+                        start: run.start,
+                        stop: run.stop,
+                        base_dir: run.base_dir,
+                        env: run.env,
+                        timeout: Duration::from_millis(run.stop_timeout_ms.unwrap_or(60_000)),
+                    })
+                }
                 other => {
                     return Err(invalid(
                         "run.mode",
-                        format!("unknown mode {other:?}; known: external, supervise"),
+                        format!("unknown mode {other:?}; known: external, supervise, exec"),
                     ));
                 }
             },
@@ -428,6 +465,10 @@ base_dir = "/tmp/b"
     #[test]
     fn bad_configs_name_the_key() {
         let cases = [
+            (
+                GOOD.replace("mode = \"supervise\"", "mode = \"exec\""),
+                "`run.start`",
+            ),
             (GOOD.replace("\"n1\"", "\"\""), "`member_id`"),
             (GOOD.replace("http://127", "tcp://127"), "`coordinator`"),
             (

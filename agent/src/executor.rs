@@ -56,6 +56,8 @@ pub struct Executor {
     mode: &'static str,
     /// The member as last observed, for the leader interlock on Stop.
     observed: Option<tokio::sync::watch::Receiver<Option<crate::watcher::Observation>>>,
+    /// exec mode: the operator's commands and the member's data dir.
+    exec: Option<(crate::config::ExecConfig, PathBuf)>,
 }
 
 impl Executor {
@@ -104,7 +106,64 @@ impl Executor {
             installer,
             mode,
             observed: None,
+            exec: None,
         })
+    }
+
+    /// exec mode: Stop and Start run the operator's own commands.
+    pub fn with_exec(mut self, exec: Option<(crate::config::ExecConfig, PathBuf)>) -> Self {
+        self.exec = exec;
+        self
+    }
+
+    /// Runs one of the operator's commands, bounded by its timeout.
+    async fn run_exec(
+        &self,
+        which: &str,
+        argv: &[String],
+        cfg: &crate::config::ExecConfig,
+        data_dir: &std::path::Path,
+    ) -> Result<String, String> {
+        let release_dir = cfg
+            .base_dir
+            .as_ref()
+            .and_then(|b| std::fs::canonicalize(b.join("current")).ok())
+            .unwrap_or_default();
+        let argv = crate::supervisor::render_command(argv, &release_dir, data_dir);
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(&cfg.env)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(cfg.timeout, cmd.output())
+            .await
+            .map_err(|_| {
+                format!(
+                    "member {}: {which} command `{}` did not finish within {:?}",
+                    self.member,
+                    argv.join(" "),
+                    cfg.timeout
+                )
+            })?
+            .map_err(|e| {
+                format!(
+                    "member {}: cannot run {which} command `{}`: {e}",
+                    self.member, argv[0]
+                )
+            })?;
+        if out.status.success() {
+            Ok(format!("{which} command `{}` exited 0", argv.join(" ")))
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
+            Err(format!(
+                "member {}: {which} command `{}` failed ({}): {}",
+                self.member,
+                argv.join(" "),
+                out.status,
+                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            ))
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CommandId, JournalEntry>> {
@@ -232,6 +291,9 @@ impl Executor {
                         self.member
                     ));
                 }
+                if let Some((exec, data_dir)) = &self.exec {
+                    return self.run_exec("stop", &exec.stop, exec, data_dir).await;
+                }
                 let timeout = cmd
                     .stop_timeout_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)));
@@ -239,6 +301,9 @@ impl Executor {
                 self.needs_supervisor()?.stop(timeout, bound).await
             }
             Action::Start => {
+                if let Some((exec, data_dir)) = &self.exec {
+                    return self.run_exec("start", &exec.start, exec, data_dir).await;
+                }
                 self.needs_supervisor()?
                     .start(Duration::from_secs(30))
                     .await
@@ -339,6 +404,49 @@ mod tests {
         let err = ex.run(cmd("r-3", Action::Stop)).await.result.unwrap_err();
         assert!(
             err.contains("member n1 is the leader; refusing to stop it"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_mode_runs_the_operators_commands_and_reports_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("running");
+        let exec = crate::config::ExecConfig {
+            start: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo {{data_dir}} > {}", marker.display()),
+            ],
+            stop: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo cannot stop: unit busy >&2; exit 3".into(),
+            ],
+            base_dir: None,
+            env: Default::default(),
+            timeout: Duration::from_secs(5),
+        };
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            dir.path(),
+            Arc::new(FakeTarget::default()),
+            None,
+            None,
+            "exec",
+        )
+        .unwrap()
+        .with_exec(Some((exec, PathBuf::from("/var/lib/kv"))));
+        let started = ex.run(cmd("e-1", Action::Start)).await.result.unwrap();
+        assert!(started.contains("exited 0"), "{started}");
+        assert_eq!(
+            fs::read_to_string(&marker).unwrap().trim(),
+            "/var/lib/kv",
+            "{{data_dir}} was substituted"
+        );
+        let err = ex.run(cmd("e-2", Action::Stop)).await.result.unwrap_err();
+        assert!(
+            err.starts_with("member n1: stop command") && err.contains("cannot stop: unit busy"),
             "{err}"
         );
     }

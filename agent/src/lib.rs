@@ -90,22 +90,30 @@ pub async fn run(
             &tracker,
             shutdown.clone(),
         )),
+        RunMode::External | RunMode::Exec(_) => None,
+    };
+    let base_dir = match &config.run {
+        RunMode::Supervise(sup) => Some(sup.base_dir.clone()),
+        RunMode::Exec(exec) => exec.base_dir.clone(),
         RunMode::External => None,
     };
-    let installer = match (&config.run, &config.store) {
-        (RunMode::Supervise(sup), Some(StoreConfig::Dir { path })) => {
-            Some(installer::Installer::new(
-                config.member.clone(),
-                sup.base_dir.clone(),
-                config.data_dir.clone(),
-                Arc::new(baton_store::DirStore::new(path.clone())),
-            ))
-        }
+    let installer = match (base_dir, &config.store) {
+        (Some(base_dir), Some(StoreConfig::Dir { path })) => Some(installer::Installer::new(
+            config.member.clone(),
+            base_dir,
+            config.data_dir.clone(),
+            Arc::new(baton_store::DirStore::new(path.clone())),
+        )),
         _ => None,
     };
     let mode = match config.run {
         RunMode::Supervise(_) => "supervise",
+        RunMode::Exec(_) => "exec",
         RunMode::External => "external",
+    };
+    let exec = match &config.run {
+        RunMode::Exec(e) => Some((e.clone(), config.data_dir.clone())),
+        _ => None,
     };
     let (obs_tx, obs_rx) = watch::channel(None);
     let executor = Arc::new(
@@ -117,7 +125,8 @@ pub async fn run(
             installer,
             mode,
         )?
-        .with_leader_interlock(obs_rx.clone()),
+        .with_leader_interlock(obs_rx.clone())
+        .with_exec(exec),
     );
 
     tracker.spawn(watcher::run(
