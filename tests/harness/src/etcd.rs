@@ -112,8 +112,15 @@ impl EtcdCluster {
         publish(&self.store_dir, &dir, version, 0)
     }
 
-    /// Starts `n` members on 3.4.23, their agents and a coordinator.
+    /// Starts `n` members on 3.4.23, their agents (supervise mode) and a
+    /// coordinator.
     pub async fn start(n: usize, policy: &str) -> Result<EtcdCluster> {
+        Self::start_with(n, policy, false).await
+    }
+
+    /// As `start`; with `exec`, the agents run in exec mode: shell scripts
+    /// (the operator's own commands) start and stop each member.
+    pub async fn start_with(n: usize, policy: &str, exec: bool) -> Result<EtcdCluster> {
         init();
         assert_version(Path::new(ETCD_34), "3.4.23")?;
         let dir = tempfile::Builder::new().prefix("baton-etcd-").tempdir()?;
@@ -182,17 +189,67 @@ impl EtcdCluster {
                 "--election-timeout".into(),
                 "500".into(),
             ];
+            let run = if exec {
+                // The operator's scripts: start in the background with a
+                // pidfile, stop with SIGTERM and wait (SIGKILL after 20 s).
+                let pidfile = agent_dir.join("member.pid");
+                let log = agent_dir.join("member.log");
+                let flags: Vec<String> = command[1..]
+                    .iter()
+                    .map(|a| a.replace("{data_dir}", &data_dir.to_string_lossy()))
+                    .map(|a| format!("'{a}'"))
+                    .collect();
+                let start_sh = mdir.join("start.sh");
+                fs::write(
+                    &start_sh,
+                    format!(
+                        "#!/bin/sh\nnohup \"$1/etcd\" {} </dev/null >>'{}' 2>&1 &\necho \"$! 0\" > '{}'\n",
+                        flags.join(" "),
+                        log.display(),
+                        pidfile.display()
+                    ),
+                )?;
+                let stop_sh = mdir.join("stop.sh");
+                fs::write(
+                    &stop_sh,
+                    format!(
+                        "#!/bin/sh\npid=$(cut -d' ' -f1 '{p}')\nkill -TERM \"$pid\" 2>/dev/null || exit 0\ni=0\nwhile kill -0 \"$pid\" 2>/dev/null && [ \"$(cut -d' ' -f3 /proc/$pid/stat 2>/dev/null)\" != Z ]; do\n  i=$((i+1)); [ $i -gt 400 ] && kill -KILL \"$pid\"\n  sleep 0.05\ndone\n",
+                        p = pidfile.display()
+                    ),
+                )?;
+                format!(
+                    "[run]\nmode = \"exec\"\nbase_dir = {:?}\nstart = [\"/bin/sh\", {:?}, \"{{release_dir}}\"]\nstop = [\"/bin/sh\", {:?}]\nstop_timeout_ms = 30000\n",
+                    base_dir.to_string_lossy(),
+                    start_sh.to_string_lossy(),
+                    stop_sh.to_string_lossy()
+                )
+            } else {
+                format!(
+                    "[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {command:?}\nstop_timeout_ms = 10000\n",
+                    base_dir.to_string_lossy()
+                )
+            };
+            if exec {
+                let out = Command::new("/bin/sh")
+                    .arg(mdir.join("start.sh"))
+                    .arg(fs::canonicalize(base_dir.join("current"))?)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "start.sh failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             let agent_config = agent_dir.join("agent.toml");
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\n[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {command:?}\nstop_timeout_ms = 10000\n",
+                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\n{run}",
                     cluster.coordinator_url,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
                     free_port(),
                     cluster.store_dir.to_string_lossy(),
-                    base_dir.to_string_lossy(),
                 ),
             )?;
             cluster.members.push(EtcdMember {

@@ -371,3 +371,47 @@ async fn a_snapshot_streams_to_a_file_and_verifies() -> Result<()> {
     assert!(status["revision"].as_u64().unwrap_or(0) > 100, "{status}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_mode_upgrades_with_the_operators_own_start_and_stop_commands() -> Result<()> {
+    let e35 = etcd_35()?;
+    assert_version(&e35, "3.5.1")?;
+    let cluster = EtcdCluster::start_with(3, POLICY, true).await?;
+    cluster.publish("3.5.1", &e35)?;
+    let leader = cluster.status()?.leader.expect("leader").to_string();
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
+    assert_eq!(code, 0, "upgrade in exec mode: {stderr} {out:#}");
+    let order: Vec<String> = serde_json::from_value(out["summary"]["order"].clone())?;
+    assert_eq!(order.last(), Some(&leader));
+    cluster
+        .wait_status("all on 3.5.1", Duration::from_secs(30), |s| {
+            s.members
+                .iter()
+                .all(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
+        })
+        .await?;
+    // The agents ran the operator's scripts, not a supervisor.
+    let state = &out["rollout"]["state"]["commands"];
+    let details: Vec<String> = state
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(|c| c["result"]["Ok"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("start.sh") && d.contains("exited 0")),
+        "{details:?}"
+    );
+    assert!(
+        details
+            .iter()
+            .any(|d| d.contains("stop.sh") && d.contains("exited 0")),
+        "{details:?}"
+    );
+    Ok(())
+}
