@@ -223,7 +223,12 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                 let obs = observations.borrow_and_update().clone();
                 if let Some(obs) = obs {
                     let report = build_report(member, &obs, last_sent.resources);
-                    if report.salient() != last_sent.salient() {
+                    // While the coordinator gates on this member (it asked
+                    // for a faster cadence), a revision change is news too.
+                    let fast = heartbeat < cfg.heartbeat;
+                    let moved = (report.committed_revision, report.applied_revision)
+                        != (last_sent.committed_revision, last_sent.applied_revision);
+                    if report.salient() != last_sent.salient() || (fast && moved) {
                         send(&tx, agent_message::Body::Report(report.clone().into())).await?;
                         stats.send_modify(|s| s.reports_sent += 1);
                         last_sent = report;

@@ -295,7 +295,8 @@ impl Supervisor {
             Running::Adopted(pid)
         });
         let mut first_start = running.is_none();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Duration::from_millis(100);
+        let mut started_at = tokio::time::Instant::now();
         loop {
             let pid = running.as_ref().and_then(Running::pid);
             self.state.send_modify(|s| s.pid = pid);
@@ -307,6 +308,7 @@ impl Supervisor {
                         }
                         first_start = false;
                         running = Some(Running::Child(child));
+                        started_at = tokio::time::Instant::now();
                         continue;
                     }
                     Err(e) => {
@@ -334,14 +336,24 @@ impl Supervisor {
                         () = shutdown.cancelled() => return,
                         Some(d) = desired_rx.recv() => desired = d,
                         how = Self::wait_exit(r) => {
-                            tracing::warn!(member = %self.member, how, "member exited; restarting after {backoff:?}");
+                            // A member that ran a while is restarted at once;
+                            // one that keeps dying early backs off (100 ms,
+                            // doubling to 5 s) so a bad release cannot spin.
+                            let wait = if started_at.elapsed() >= Duration::from_secs(1) {
+                                backoff = Duration::from_millis(100);
+                                Duration::ZERO
+                            } else {
+                                let w = backoff;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                w
+                            };
+                            tracing::warn!(member = %self.member, how, "member exited; restarting after {wait:?}");
                             self.state.send_modify(|s| s.last_exit = Some(how));
                             running = None;
                             tokio::select! {
                                 () = shutdown.cancelled() => return,
-                                () = tokio::time::sleep(backoff) => {}
+                                () = tokio::time::sleep(wait) => {}
                             }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
                     }
                 }
@@ -350,7 +362,7 @@ impl Supervisor {
                         () = shutdown.cancelled() => return,
                         Some(d) = desired_rx.recv() => desired = d,
                     }
-                    backoff = Duration::from_millis(200);
+                    backoff = Duration::from_millis(100);
                 }
             }
         }
