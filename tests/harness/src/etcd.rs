@@ -448,7 +448,7 @@ pub struct EtcdWriterReport {
     pub acked: Vec<String>,
     pub failed: u64,
     pub max_write_gap_ms: u64,
-    /// Distinct raft terms in acked put responses, in order.
+    /// Distinct raft terms in acked put responses, ascending.
     pub terms: Vec<u64>,
     pub duration_ms: u64,
 }
@@ -528,13 +528,13 @@ pub async fn etcd_writer(
             _ => report.failed += 1,
         }
     }
-    // Terms in log order (by revision); gaps in time order.
-    acked.sort_by_key(|(_, (_, revision, _))| *revision);
-    for (_, (_, _, term)) in &acked {
-        if report.terms.last() != Some(term) {
-            report.terms.push(*term);
-        }
-    }
+    // Distinct terms. A put answered through a follower carries that
+    // follower's term, which can trail the leader's for a moment, so the
+    // sequence by revision can read 2, 3, 2, 3 around one election; terms
+    // only grow, so the distinct set counts elections.
+    let terms: std::collections::BTreeSet<u64> =
+        acked.iter().map(|(_, (_, _, term))| *term).collect();
+    report.terms = terms.into_iter().collect();
     let mut times: Vec<tokio::time::Instant> = acked.iter().map(|(_, (t, _, _))| *t).collect();
     times.sort();
     let mut last = start;
