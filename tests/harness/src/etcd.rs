@@ -301,51 +301,20 @@ impl EtcdCluster {
 
     /// `baton --output json <args>`: exit code, last JSON line, stderr.
     pub fn baton_json(&self, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
-        let out = Command::new(bin("baton"))
-            .args(["--coordinator", &self.coordinator_url, "--output", "json"])
-            .args(args)
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{') || l.starts_with('['))
-            .map(serde_json::from_str)
-            .transpose()?
-            .unwrap_or(serde_json::Value::Null);
-        Ok((
-            out.status.code().unwrap_or(-1),
-            json,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        crate::baton_json_at(&self.coordinator_url, args)
     }
 
     pub fn status(&self) -> Result<FleetStatus> {
-        let (code, json, stderr) = self.baton_json(&["status"])?;
-        anyhow::ensure!(code == 0, "baton status failed: {stderr}");
-        Ok(serde_json::from_value(json)?)
+        crate::status_at(&self.coordinator_url)
     }
 
     pub async fn wait_status(
         &self,
         what: &str,
         within: Duration,
-        mut f: impl FnMut(&FleetStatus) -> bool,
+        f: impl FnMut(&FleetStatus) -> bool,
     ) -> Result<FleetStatus> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut last = None;
-        loop {
-            if let Ok(s) = self.status() {
-                if f(&s) {
-                    return Ok(s);
-                }
-                last = Some(s);
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("timed out after {within:?} waiting for: {what}; last status: {last:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        crate::wait_status_at(&self.coordinator_url, what, within, f).await
     }
 
     fn member_pid(&self, i: usize) -> Option<i32> {

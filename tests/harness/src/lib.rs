@@ -384,26 +384,9 @@ impl Cluster {
         Ok(build)
     }
 
-    /// Runs a `baton` subcommand with `--output json`; returns the exit
-    /// code and the last stdout line parsed as JSON (Null if none).
+    /// `baton --output json <args>` against this cluster's coordinator.
     pub fn baton_json(&self, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
-        let out = Command::new(bin("baton"))
-            .args(["--coordinator", &self.coordinator_url, "--output", "json"])
-            .args(args)
-            .output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{') || l.starts_with('['))
-            .map(serde_json::from_str)
-            .transpose()?
-            .unwrap_or(serde_json::Value::Null);
-        Ok((
-            out.status.code().unwrap_or(-1),
-            json,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        baton_json_at(&self.coordinator_url, args)
     }
 
     /// The agent-side command journal of member `i` (`/commands`).
@@ -527,22 +510,7 @@ impl Cluster {
 
     /// `baton --output json status`, run as the operator would.
     pub fn status(&self) -> Result<FleetStatus> {
-        let out = Command::new(bin("baton"))
-            .args([
-                "--coordinator",
-                &self.coordinator_url,
-                "--output",
-                "json",
-                "status",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "baton status failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(serde_json::from_slice(&out.stdout)?)
+        status_at(&self.coordinator_url)
     }
 
     /// Polls `baton status` until `f` holds or `within` passes.
@@ -550,22 +518,9 @@ impl Cluster {
         &self,
         what: &str,
         within: Duration,
-        mut f: impl FnMut(&FleetStatus) -> bool,
+        f: impl FnMut(&FleetStatus) -> bool,
     ) -> Result<FleetStatus> {
-        let deadline = tokio::time::Instant::now() + within;
-        let mut last = None;
-        loop {
-            match self.status() {
-                Ok(s) if f(&s) => return Ok(s),
-                Ok(s) => last = Some(s),
-                Err(_) if tokio::time::Instant::now() < deadline => {}
-                Err(e) => return Err(e),
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("timed out after {within:?} waiting for: {what}; last status: {last:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_status_at(&self.coordinator_url, what, within, f).await
     }
 
     /// Member `i`'s own `Kv.Status`.
@@ -637,6 +592,62 @@ impl Drop for Cluster {
             m.proc.take();
         }
         self.coordinator.take();
+    }
+}
+
+/// Runs a `baton` subcommand with `--output json` against the coordinator
+/// at `url`; returns the exit code, the last stdout line that is JSON (Null
+/// if none) and stderr.
+pub fn baton_json_at(url: &str, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
+    let out = Command::new(bin("baton"))
+        .args(["--coordinator", url, "--output", "json"])
+        .args(args)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{') || l.starts_with('['))
+        .map(serde_json::from_str)
+        .transpose()?
+        .unwrap_or(serde_json::Value::Null);
+    Ok((
+        out.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `baton --output json status` against the coordinator at `url`.
+pub fn status_at(url: &str) -> Result<FleetStatus> {
+    let (code, json, stderr) = baton_json_at(url, &["status"])?;
+    if code != 0 {
+        bail!("baton status failed: {stderr}");
+    }
+    Ok(serde_json::from_value(json)?)
+}
+
+/// Polls `baton status` at `url` until `f` holds or `within` passes; the
+/// error names what was awaited and shows the last status.
+pub async fn wait_status_at(
+    url: &str,
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut(&FleetStatus) -> bool,
+) -> Result<FleetStatus> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut last = None;
+    loop {
+        match status_at(url) {
+            Ok(s) if f(&s) => return Ok(s),
+            Ok(s) => last = Some(s),
+            Err(_) if tokio::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for: {what}; last status: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
