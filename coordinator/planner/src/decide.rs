@@ -412,13 +412,26 @@ fn handover(
         }
     }
     match handover_target(view, rollout, from) {
-        Some(to) => vec![
-            Step::Cadence { fast: true },
-            Step::Issue {
-                member: from.clone(),
-                action: Action::StepDown { to },
-            },
-        ],
+        Some(to) => {
+            let lags = view
+                .members
+                .iter()
+                .filter(|(m, v)| *m != from && v.healthy())
+                .map(|(m, v)| (m.clone(), catch_up_score(v)))
+                .collect();
+            vec![
+                Step::Cadence { fast: true },
+                Step::Record(Event::HandoverPicked {
+                    to: to.clone(),
+                    lags,
+                    at: now,
+                }),
+                Step::Issue {
+                    member: from.clone(),
+                    action: Action::StepDown { to },
+                },
+            ]
+        }
         None => wait(format!(
             "leader {from}: no healthy follower to hand leadership to"
         )),

@@ -249,6 +249,13 @@ pub enum Event {
         to: MemberId,
         at: UnixMs,
     },
+    /// Why a handover target was picked: every candidate's recent lag as the
+    /// planner saw it. Recorded for the operator and tests; changes nothing.
+    HandoverPicked {
+        to: MemberId,
+        lags: Vec<(MemberId, u64)>,
+        at: UnixMs,
+    },
     Paused {
         reason: String,
         at: UnixMs,
@@ -497,6 +504,7 @@ impl RolloutState {
                     reason: reason.clone(),
                 };
             }
+            Event::HandoverPicked { .. } => {}
             Event::HandoverConfirmed { to, at } => {
                 self.handover = None;
                 self.leader_changes.push((to.clone(), *at));

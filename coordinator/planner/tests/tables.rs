@@ -189,6 +189,11 @@ fn the_leader_hands_over_to_the_most_caught_up_upgraded_follower() {
         decide(&view, &r, &Policy::default(), t(50)),
         vec![
             Step::Cadence { fast: true },
+            Step::Record(Event::HandoverPicked {
+                to: id("n3"),
+                lags: vec![(id("n2"), 3), (id("n3"), 1)],
+                at: t(50)
+            }),
             Step::Issue {
                 member: id("n1"),
                 action: Action::StepDown { to: id("n3") }
