@@ -328,18 +328,7 @@ impl EtcdCluster {
             logs.push(m.agent_dir.join("agent.log"));
             logs.push(m.agent_dir.join("member.log"));
         }
-        for l in logs {
-            if let Ok(text) = fs::read_to_string(&l) {
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(20)..];
-                eprintln!(
-                    "----- {} (last {} lines)\n{}",
-                    l.display(),
-                    tail.len(),
-                    tail.join("\n")
-                );
-            }
-        }
+        crate::print_log_tails(&logs, 20);
     }
 }
 

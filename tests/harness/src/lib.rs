@@ -139,6 +139,22 @@ impl Drop for Proc {
     }
 }
 
+/// Prints the last `n` lines of each log that exists (for a failing test).
+pub(crate) fn print_log_tails(logs: &[PathBuf], n: usize) {
+    for l in logs {
+        if let Ok(text) = fs::read_to_string(l) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(n)..];
+            eprintln!(
+                "----- {} (last {} lines)\n{}",
+                l.display(),
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 /// Kills a process we did not spawn ourselves (an agent-supervised member)
 /// by pid, if it is still alive.
 pub(crate) fn kill_pid(pid: i32) {
@@ -556,18 +572,7 @@ impl Cluster {
                     .join("member.log"),
             );
         }
-        for l in logs {
-            if let Ok(text) = fs::read_to_string(&l) {
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(25)..];
-                eprintln!(
-                    "----- {} (last {} lines)\n{}",
-                    l.display(),
-                    tail.len(),
-                    tail.join("\n")
-                );
-            }
-        }
+        print_log_tails(&logs, 25);
     }
 }
 

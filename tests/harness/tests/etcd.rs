@@ -12,6 +12,37 @@ use tokio_util::sync::CancellationToken;
 
 const POLICY: &str = "tolerable_lag = 200\nhealth_timeout_ms = 30000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n";
 
+/// Starts an upgrade to 3.5.1, aborts it once the first member is done, and
+/// waits for the rollout to pause. Returns that member and the final
+/// `baton watch` JSON.
+async fn abort_after_first_member(cluster: &EtcdCluster) -> Result<(String, serde_json::Value)> {
+    let (code, _, stderr) = tokio::task::block_in_place(|| {
+        cluster.baton_json(&["upgrade", "--to", "3.5.1", "--detach"])
+    })?;
+    assert_eq!(code, 0, "{stderr}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let (_, r, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
+        let first = r["state"]["order"][0]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if r["state"]["members"][&first]["stage"]["stage"] == "done" {
+            break first;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "first member never finished: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["abort"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "abort pauses the rollout: {out:#}");
+    Ok((first, out))
+}
+
 async fn full_upgrade(n: usize) -> Result<EtcdCluster> {
     let e35 = etcd_35()?;
     assert_version(&e35, "3.5.1")?;
@@ -146,31 +177,7 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
             s.members.iter().all(|m| m.fresh && m.connected)
         })
         .await?;
-    let (code, _, stderr) = tokio::task::block_in_place(|| {
-        cluster.baton_json(&["upgrade", "--to", "3.5.1", "--detach"])
-    })?;
-    assert_eq!(code, 0, "{stderr}");
-    // Abort once the first follower is done.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, r, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
-        let first = r["state"]["order"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if r["state"]["members"][&first]["stage"]["stage"] == "done" {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "first member never finished: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["abort"]))?;
-    assert_eq!(code, 0, "{stderr}");
-    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
-    assert_eq!(code, 3, "abort pauses the rollout: {out:#}");
+    let (_, out) = abort_after_first_member(&cluster).await?;
     let state = &out["rollout"]["state"];
     assert!(
         state["phase"]["reason"]
@@ -261,30 +268,7 @@ async fn before_the_cluster_version_moves_an_upgraded_member_rolls_back_to_3_4()
             s.members.iter().all(|m| m.fresh && m.connected)
         })
         .await?;
-    let (code, _, stderr) = tokio::task::block_in_place(|| {
-        cluster.baton_json(&["upgrade", "--to", "3.5.1", "--detach"])
-    })?;
-    assert_eq!(code, 0, "{stderr}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let (_, r, _) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
-        let first = r["state"]["order"][0]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if r["state"]["members"][&first]["stage"]["stage"] == "done" {
-            break first;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "first member never finished: {r:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["abort"]))?;
-    assert_eq!(code, 0, "{stderr}");
-    let (code, _, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
-    assert_eq!(code, 3, "aborted");
+    let (first, _) = abort_after_first_member(&cluster).await?;
     let mixed = cluster.status()?;
     assert!(mixed.members.iter().all(|m| {
         m.report
