@@ -7,10 +7,12 @@
 //!   thing that changes it, and its events are the journal.
 //! - [`preflight`]: the checks that must all hold before anything is touched.
 //! - [`decide`]: `decide(&view, &rollout, &policy, now) -> Vec<Step>`.
+//! - [`alerts`]: the sink-neutral [`alerts::Alert`] the on-call receives.
 //!
 //! This crate does no IO, never reads the clock and has no tokio, tonic or
 //! aws dependency: time comes in as [`UnixMs`], the fleet as a [`View`].
 
+pub mod alerts;
 pub mod decide;
 pub mod policy;
 pub mod preflight;
