@@ -73,6 +73,8 @@ struct RawPolicy {
     handover_timeout_ms: Option<u64>,
     soak_ms: Option<u64>,
     on_stall: Option<String>,
+    steady_stall_after_ms: Option<u64>,
+    agent_down_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +272,8 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
         handover_timeout: ms(raw.handover_timeout_ms, d.handover_timeout),
         soak: ms(raw.soak_ms, d.soak),
         on_stall,
+        steady_stall_after: ms(raw.steady_stall_after_ms, d.steady_stall_after),
+        agent_down_after: ms(raw.agent_down_after_ms, d.agent_down_after),
     };
     for (key, v) in [
         ("policy.stop_timeout_ms", p.stop_timeout),
@@ -277,6 +281,8 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
         ("policy.catchup_timeout_ms", p.catchup_timeout),
         ("policy.stall_after_ms", p.stall_after),
         ("policy.handover_timeout_ms", p.handover_timeout),
+        ("policy.steady_stall_after_ms", p.steady_stall_after),
+        ("policy.agent_down_after_ms", p.agent_down_after),
     ] {
         if v.is_zero() {
             return Err(invalid(key, "must be above 0"));

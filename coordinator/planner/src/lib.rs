@@ -8,6 +8,7 @@
 //! - [`preflight`]: the checks that must all hold before anything is touched.
 //! - [`decide`]: `decide(&view, &rollout, &policy, now) -> Vec<Step>`.
 //! - [`alerts`]: the sink-neutral [`alerts::Alert`] the on-call receives.
+//! - [`watchdog`]: which alerts fire (stalls, agents down, paused rollouts).
 //!
 //! This crate does no IO, never reads the clock and has no tokio, tonic or
 //! aws dependency: time comes in as [`UnixMs`], the fleet as a [`View`].
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod preflight;
 pub mod rollout;
 pub mod view;
+pub mod watchdog;
 
 use std::fmt;
 use std::time::Duration;

@@ -31,6 +31,11 @@ pub struct Policy {
     pub handover_timeout: Duration,
     pub soak: Duration,
     pub on_stall: OnStall,
+    /// Outside a rollout, a member whose lag stays above `tolerable_lag`
+    /// this long is stalled (and pages).
+    pub steady_stall_after: Duration,
+    /// An agent unheard-of this long pages (`BatonAgentDown`).
+    pub agent_down_after: Duration,
 }
 
 impl Default for Policy {
@@ -45,6 +50,8 @@ impl Default for Policy {
             handover_timeout: Duration::from_secs(10),
             soak: Duration::ZERO,
             on_stall: OnStall::Pause,
+            steady_stall_after: Duration::from_secs(60),
+            agent_down_after: Duration::from_secs(30),
         }
     }
 }
