@@ -58,6 +58,27 @@ struct RawConfig {
     run: Option<RawRun>,
     tls: Option<RawTls>,
     store: Option<RawStore>,
+    probes: Option<RawProbes>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbes {
+    /// Signed so that a negative value is named by its key, not by serde.
+    tolerable_lag: Option<i64>,
+}
+
+/// The default `[probes] tolerable_lag`: revisions a member may be behind its
+/// own commit index and still count as ready.
+pub const DEFAULT_TOLERABLE_LAG: u64 = 10;
+/// The largest `[probes] tolerable_lag` accepted; more is surely a typo.
+pub const MAX_TOLERABLE_LAG: u64 = 1_000_000_000;
+
+/// Settings for `/readyz` and gRPC health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbesConfig {
+    /// Ready needs `committed - applied <= tolerable_lag`.
+    pub tolerable_lag: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +214,7 @@ pub struct AgentConfig {
     /// TLS to the coordinator; required when `coordinator` is https.
     pub tls: Option<ClientTls>,
     pub store: Option<StoreConfig>,
+    pub probes: ProbesConfig,
 }
 
 /// The environment variables that override config keys, read once at start.
@@ -202,6 +224,7 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("BATON_AGENT_COORDINATOR", "coordinator"),
     ("BATON_AGENT_HEARTBEAT_MS", "heartbeat_ms"),
     ("BATON_AGENT_PROBE_LISTEN", "probe_listen"),
+    ("BATON_AGENT_PROBES_TOLERABLE_LAG", "probes.tolerable_lag"),
 ];
 
 impl AgentConfig {
@@ -235,6 +258,14 @@ impl AgentConfig {
                     raw.heartbeat_ms = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
                 "probe_listen" => raw.probe_listen = Some(value.clone()),
+                "probes.tolerable_lag" => {
+                    let lag: u64 = value.trim().parse().map_err(|e| {
+                        bad(format!("{value:?} is not a whole number of revisions: {e}"))
+                    })?;
+                    raw.probes
+                        .get_or_insert_with(RawProbes::default)
+                        .tolerable_lag = Some(i64::try_from(lag).unwrap_or(i64::MAX));
+                }
                 _ => {}
             }
         }
@@ -396,6 +427,18 @@ impl AgentConfig {
                 }
             },
         };
+        let tolerable_lag = match raw.probes.and_then(|p| p.tolerable_lag) {
+            None => DEFAULT_TOLERABLE_LAG,
+            Some(lag) => u64::try_from(lag)
+                .ok()
+                .filter(|l| *l <= MAX_TOLERABLE_LAG)
+                .ok_or_else(|| {
+                    invalid(
+                        "probes.tolerable_lag",
+                        format!("{lag} is not between 0 and {MAX_TOLERABLE_LAG} revisions"),
+                    )
+                })?,
+        };
         Ok(AgentConfig {
             member,
             cluster,
@@ -409,6 +452,7 @@ impl AgentConfig {
             run,
             tls,
             store,
+            probes: ProbesConfig { tolerable_lag },
         })
     }
 }
@@ -446,6 +490,41 @@ base_dir = "/tmp/b"
         assert_eq!(c.member.as_str(), "n1");
         assert_eq!(c.heartbeat, Duration::from_secs(1));
         assert!(matches!(c.run, RunMode::Supervise(_)));
+        assert_eq!(c.probes.tolerable_lag, DEFAULT_TOLERABLE_LAG);
+    }
+
+    #[test]
+    fn tolerable_lag_comes_from_the_file_or_the_env_and_is_checked() {
+        let text = format!("{GOOD}\n[probes]\ntolerable_lag = 3\n");
+        assert_eq!(load(&text, &[]).unwrap().probes.tolerable_lag, 3);
+        let c = load(&text, &[("BATON_AGENT_PROBES_TOLERABLE_LAG", "0")]).unwrap();
+        assert_eq!(c.probes.tolerable_lag, 0);
+        let c = load(GOOD, &[("BATON_AGENT_PROBES_TOLERABLE_LAG", " 42 ")]).unwrap();
+        assert_eq!(c.probes.tolerable_lag, 42);
+
+        let err = load(GOOD, &[("BATON_AGENT_PROBES_TOLERABLE_LAG", "-1")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("BATON_AGENT_PROBES_TOLERABLE_LAG")
+                && err.contains("`probes.tolerable_lag`"),
+            "{err}"
+        );
+        let err = load(&format!("{GOOD}\n[probes]\ntolerable_lag = -1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tolerable_lag"), "{err}");
+        let err = load(
+            &format!("{GOOD}\n[probes]\ntolerable_lag = 2000000000\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`probes.tolerable_lag`"), "{err}");
+        let err = load(&format!("{GOOD}\n[probes]\nlag = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lag"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   Commands and their Results).
 //! - [`supervisor`]: `supervise` mode, where the agent runs the member process.
 //! - [`resources`]: CPU, memory and free disk next to the member (sysinfo).
-//! - [`probes`]: `/healthz` and `/readyz`.
+//! - [`probes`]: `/healthz`, `/readyz` and gRPC health on the probe port,
+//!   and the client `baton-agent probe` runs.
+//! - [`metrics`]: the Prometheus `/metrics` on the probe port.
 //!
 //! [`run`] wires them together; `main` only parses, sets up tracing and calls
 //! it. Nothing here calls `process::exit`.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod executor;
 pub mod installer;
 pub mod link;
+pub mod metrics;
 pub mod probes;
 pub mod resources;
 pub mod supervisor;
@@ -142,7 +145,7 @@ pub async fn run(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         adapter_kind: target.kind().to_owned(),
     };
-    let (stats_tx, _stats_rx) = watch::channel(link::LinkStats::default());
+    let (stats_tx, stats_rx) = watch::channel(link::LinkStats::default());
     tracker.spawn(link::run(
         link::LinkConfig {
             hello,
@@ -160,11 +163,22 @@ pub async fn run(
     if let Ok(addr) = probe_listener.local_addr() {
         tracing::info!(member = %config.member, probes = %probes::describe(addr), "agent started");
     }
+    let metrics = Arc::new(metrics::AgentMetrics::new(metrics::Sources {
+        member: config.member.clone(),
+        obs: obs_rx.clone(),
+        link: stats_rx,
+        executor: executor.clone(),
+        tolerable_lag: config.probes.tolerable_lag,
+    }));
     let served = probes::serve(
         probe_listener,
-        config.member.clone(),
-        obs_rx,
-        executor,
+        probes::ProbeContext {
+            member: config.member.clone(),
+            obs: obs_rx,
+            executor,
+            tolerable_lag: config.probes.tolerable_lag,
+            metrics,
+        },
         shutdown.clone(),
     )
     .await;

@@ -27,9 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_domain::{Action, AgentCommand, Check, CommandId, CommandOutcome, MemberId};
+use baton_planner::alerts::Alert;
 use baton_planner::decide::Step;
 use baton_planner::preflight::{self, ArtifactVerdict, PlannedStep, PreflightInput};
 use baton_planner::rollout::{Event, Phase, RolloutState};
+use baton_planner::watchdog::Watchdog;
 use baton_planner::{Policy, UnixMs, View, decide};
 use baton_proto::v1::{self, CoordinatorMessage, coordinator_message};
 use baton_store::{ArtifactStore, StoreError};
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agent_link::AgentLinkService;
 use crate::fleet::{FleetView, SessionId};
 use crate::journal::{Journal, JournalError};
+use crate::metrics::{self, Metrics};
 
 /// Fast report cadence during gates and handovers.
 pub const FAST_CADENCE: Duration = Duration::from_millis(100);
@@ -145,8 +148,17 @@ pub struct Driver {
     sent: HashMap<CommandId, SessionId>,
     /// The cadence each connected agent was last asked for.
     cadence: HashMap<MemberId, (SessionId, bool)>,
+    /// Prometheus series fed from here (phase, commands, step durations).
+    metrics: Metrics,
     fast: bool,
+    watchdog: Watchdog,
+    /// Where alert notifications go (the notifier; never blocks).
+    alerts: AlertOut,
 }
+
+/// Takes each alert notification the watchdog emits. It must not block:
+/// the coordinator's implementation queues for the sinks.
+pub type AlertOut = Box<dyn Fn(Alert) + Send + Sync>;
 
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,12 +176,15 @@ impl Driver {
         link: AgentLinkService,
         journal: Box<dyn Journal>,
         rollouts: Vec<RolloutState>,
+        cluster: &str,
+        alerts: AlertOut,
     ) -> Self {
         if let Some(r) = rollouts.last() {
             tracing::info!(rollout = %r.id, phase = %phase_name(&r.phase), "replayed rollout journal");
         }
         Driver {
             cfg,
+            metrics: Metrics::new(fleet.clone()),
             fleet,
             link,
             journal,
@@ -178,7 +193,38 @@ impl Driver {
             sent: HashMap::new(),
             cadence: HashMap::new(),
             fast: false,
+            watchdog: Watchdog::new(cluster),
+            alerts,
         }
+    }
+
+    /// Asks the watchdog which alerts changed, and hands them on.
+    fn watch(&mut self) {
+        let (view, now) = self.view();
+        let latest = self.rollouts.last();
+        for alert in self
+            .watchdog
+            .evaluate(&view, latest, &self.cfg.policy, now)
+        {
+            tracing::warn!(
+                alert = alert.name(),
+                member = alert.member(),
+                status = ?alert.status,
+                summary = %alert.summary(),
+                "alert"
+            );
+            (self.alerts)(alert);
+        }
+    }
+
+    /// Feeds `metrics` (the ones `/metrics` serves) instead of private ones.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        if let Some(r) = self.rollouts.last() {
+            self.metrics
+                .set_rollout_phase(&r.id, metrics::phase_label(&r.phase));
+        }
+        self
     }
 
     fn view(&self) -> (View, UnixMs) {
@@ -219,6 +265,10 @@ impl Driver {
                     tracing::error!(error = %e, ?event, "journaled an event that does not apply");
                 }
             }
+        }
+        if let Some(r) = self.rollouts.last() {
+            self.metrics
+                .set_rollout_phase(&r.id, metrics::phase_label(&r.phase));
         }
         Ok(())
     }
@@ -437,6 +487,7 @@ impl Driver {
     }
 
     fn handle_result(&mut self, member: MemberId, outcome: CommandOutcome) {
+        let _span = tracing::info_span!("member", member = %member).entered();
         let Some(r) = self.active() else { return };
         let Some(rec) = r.commands.get(&outcome.id) else {
             tracing::debug!(id = %outcome.id, "result for a command not in the active rollout");
@@ -445,8 +496,14 @@ impl Driver {
         if rec.result.is_some() || rec.member != member {
             return;
         }
+        let (action, issued_at) = (rec.action.clone(), rec.issued_at);
         let (_, now) = self.view();
         self.sent.remove(&outcome.id);
+        let took = Duration::from_millis(now.0.saturating_sub(issued_at.0));
+        self.metrics.observe_step(&action, took);
+        if outcome.result.is_err() {
+            self.metrics.command_failed(&action);
+        }
         let event = match outcome.result {
             Ok(detail) => Event::CommandSucceeded {
                 id: outcome.id,
@@ -504,6 +561,7 @@ impl Driver {
             let msg = self.command(&id, &action);
             if let Some(session) = self.link.send(&member, msg) {
                 tracing::info!(member = %member, id = %id, action = %action, "sent command");
+                self.metrics.command_sent(&action);
                 self.sent.insert(id, session);
             }
         }
@@ -543,8 +601,18 @@ impl Driver {
         }
     }
 
-    /// One level-triggered evaluation of the active rollout.
+    /// One level-triggered evaluation: the rollout, then the watchdog.
     fn step(&mut self) {
+        let span = self
+            .active()
+            .map(|r| tracing::info_span!("rollout", id = %r.id, to = %r.target.version));
+        let _entered = span.as_ref().map(tracing::Span::enter);
+        self.step_rollout();
+        self.watch();
+    }
+
+    /// One level-triggered evaluation of the active rollout.
+    fn step_rollout(&mut self) {
         let Some(r) = self.active() else {
             self.fast = false;
             self.send_cadence();

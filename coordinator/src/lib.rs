@@ -8,18 +8,23 @@
 //! - [`driver`]: the rollout driver (steps to commands, results to events).
 //! - [`journal`]: the rollout journal, appended before anything is applied.
 //! - [`operator`]: the gRPC service the `baton` CLI calls.
+//! - [`alerts`]: alert sinks (Alertmanager, PagerDuty, webhook) and the
+//!   non-blocking, retrying notifier that feeds them.
+//! - [`metrics`]: Prometheus metrics and the optional `/metrics` endpoint.
 //! - [`error`]: the one mapping from coordinator errors to `tonic::Status`.
 //! - [`cli`]: the `baton` command line (status rendering and its client).
 //!
 //! [`run`] takes an already-bound listener so tests bind `127.0.0.1:0`.
 
 pub mod agent_link;
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod error;
 pub mod fleet;
 pub mod journal;
+pub mod metrics;
 pub mod operator;
 
 use std::sync::{Arc, Mutex};
@@ -46,6 +51,8 @@ pub enum RunError {
     Serve(tonic::transport::Error),
     #[error(transparent)]
     Journal(#[from] journal::JournalError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
@@ -75,6 +82,11 @@ pub async fn run(
         config.members.clone(),
         config.heartbeat,
     )));
+    let metrics = metrics::Metrics::new(fleet.clone());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let (results_tx, results_rx) = tokio::sync::mpsc::channel(256);
     let link = agent_link::AgentLinkService::new(fleet.clone(), results_tx, shutdown.clone());
     let journal = journal::FileJournal::open(&config.state_dir)?;
@@ -94,9 +106,26 @@ pub async fn run(
         link.clone(),
         Box::new(journal),
         rollouts,
+        &config.cluster,
+        Box::new(|_alert| {}),
     );
     let (ops_tx, ops_rx) = tokio::sync::mpsc::channel(16);
-    let driver_task = tokio::spawn(driver.run(ops_rx, results_rx, shutdown.clone()));
+    let metrics_task = metrics_listener.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "serving /metrics");
+        }
+        let serve = metrics::serve(metrics.clone(), listener, shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        })
+    });
+    let driver_task = tokio::spawn(driver.with_metrics(metrics).run(
+        ops_rx,
+        results_rx,
+        shutdown.clone(),
+    ));
     let operator = operator::OperatorService { fleet, ops: ops_tx };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
@@ -108,7 +137,12 @@ pub async fn run(
         tracing::info!(cluster = %config.cluster, %addr, members = config.members.len(), "coordinator serving");
     }
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // gRPC health: "" (SERVING from the start) and each service, while it runs.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentLinkServer<agent_link::AgentLinkService>>().await;
+    health.set_serving::<OperatorServer<operator::OperatorService>>().await;
     let served = server
+        .add_service(health_service)
         .add_service(AgentLinkServer::new(link))
         .add_service(OperatorServer::new(operator))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
@@ -116,5 +150,9 @@ pub async fn run(
         .map_err(RunError::Serve);
     shutdown.cancel();
     let _ = driver_task.await;
+    if let Some(task) = metrics_task {
+        // Bounded: a scraper holding a connection open cannot stall shutdown.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     served
 }

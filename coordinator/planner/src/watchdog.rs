@@ -183,14 +183,18 @@ impl Watchdog {
     }
 
     fn fire(&mut self, alert: Alert, out: &mut Vec<Alert>) {
-        let key = alert.key();
-        if !self.firing.contains_key(&key) {
-            self.firing.insert(key, alert.clone());
+        if let std::collections::btree_map::Entry::Vacant(slot) = self.firing.entry(alert.key()) {
+            slot.insert(alert.clone());
             out.push(alert);
         }
     }
 
-    fn resolve(&mut self, key: &str, now: UnixMs, update: impl FnOnce(Alert) -> Alert) -> Option<Alert> {
+    fn resolve(
+        &mut self,
+        key: &str,
+        now: UnixMs,
+        update: impl FnOnce(Alert) -> Alert,
+    ) -> Option<Alert> {
         let a = self.firing.remove(key)?;
         Some(update(a.resolved(now)))
     }
@@ -205,9 +209,10 @@ impl Watchdog {
 
     fn agents(&mut self, view: &View, policy: &Policy, now: UnixMs, out: &mut Vec<Alert>) {
         for key in self.keys_named(AGENT_DOWN) {
-            let still_down = self.firing.get(&key).is_some_and(|a| {
-                self.unheard_since.keys().any(|m| m.as_str() == a.member())
-            });
+            let still_down = self
+                .firing
+                .get(&key)
+                .is_some_and(|a| self.unheard_since.keys().any(|m| m.as_str() == a.member()));
             if !still_down && let Some(a) = self.resolve(&key, now, |a| a) {
                 out.push(a);
             }
@@ -292,7 +297,10 @@ impl Watchdog {
                         (
                             true,
                             Some(r.id.as_str()),
-                            format!("lag has not shrunk for stall_after {}", secs(policy.stall_after)),
+                            format!(
+                                "lag has not shrunk for stall_after {}",
+                                secs(policy.stall_after)
+                            ),
                         )
                     } else if over && waited > policy.catchup_timeout {
                         (

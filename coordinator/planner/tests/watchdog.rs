@@ -38,11 +38,21 @@ fn brief(alerts: &[Alert]) -> Vec<(AlertStatus, String, String, String)> {
 }
 
 fn firing(name: &str, member: &str, rollout: &str) -> (AlertStatus, String, String, String) {
-    (AlertStatus::Firing, name.into(), member.into(), rollout.into())
+    (
+        AlertStatus::Firing,
+        name.into(),
+        member.into(),
+        rollout.into(),
+    )
 }
 
 fn resolved(name: &str, member: &str, rollout: &str) -> (AlertStatus, String, String, String) {
-    (AlertStatus::Resolved, name.into(), member.into(), rollout.into())
+    (
+        AlertStatus::Resolved,
+        name.into(),
+        member.into(),
+        rollout.into(),
+    )
 }
 
 /// Samples one second apart from `from_s`, lag given per sample.
@@ -72,13 +82,20 @@ fn a_catch_up_stall_fires_once_with_labels_and_annotations_then_resolves() {
     assert_eq!(a.annotations["stalled_for"], "30.0s");
     assert_eq!(a.annotations["trend"], "+5.0/s (falling behind)");
     assert!(a.annotations["runbook"].contains("baton resume"));
-    assert!(a.annotations["summary"].contains("during rollout r1"), "{a:?}");
+    assert!(
+        a.annotations["summary"].contains("during rollout r1"),
+        "{a:?}"
+    );
     assert_eq!(a.starts_at, t(5_000));
     // Once per stall: later evaluations add nothing.
     assert!(w.evaluate(&stalled, Some(&r), &p, t(36_000)).is_empty());
     assert!(w.evaluate(&stalled, Some(&r), &p, t(90_000)).is_empty());
     // Shrinking again is not enough; the lag must be within bounds.
-    let shrinking = with_samples(with_lag(view.clone(), "n2", 40), "n2", &samples(88, &[245, 100, 40]));
+    let shrinking = with_samples(
+        with_lag(view.clone(), "n2", 40),
+        "n2",
+        &samples(88, &[245, 100, 40]),
+    );
     assert!(w.evaluate(&shrinking, Some(&r), &p, t(91_000)).is_empty());
     let caught_up = with_lag(shrinking, "n2", 3);
     let out = w.evaluate(&caught_up, Some(&r), &p, t(92_000));
@@ -96,12 +113,19 @@ fn catchup_timeout_is_a_stall_even_while_the_lag_shrinks() {
         catchup_timeout: Duration::from_secs(5),
         ..policy()
     };
-    let view = with_samples(with_lag(view, "n2", 50), "n2", &samples(0, &[90, 80, 70, 60, 55, 50]));
+    let view = with_samples(
+        with_lag(view, "n2", 50),
+        "n2",
+        &samples(0, &[90, 80, 70, 60, 55, 50]),
+    );
     let mut w = Watchdog::new("c1");
     assert!(w.evaluate(&view, Some(&r), &p, t(5_000)).is_empty());
     let out = w.evaluate(&view, Some(&r), &p, t(5_001));
     assert_eq!(brief(&out), vec![firing(CATCH_UP_STALLED, "n2", "r1")]);
-    assert!(out[0].annotations["summary"].contains("catchup_timeout"), "{out:?}");
+    assert!(
+        out[0].annotations["summary"].contains("catchup_timeout"),
+        "{out:?}"
+    );
 }
 
 #[test]

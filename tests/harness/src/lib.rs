@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
+pub mod alertmanager;
 pub mod etcd;
 use baton_domain::FleetStatus;
 use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};
@@ -76,6 +77,13 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port on 127.0.0.1 in {LOW}..{}", LOW + SPAN)
+}
+
+/// Wall-clock Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A process this harness started; killed by pid (SIGKILL) on drop.
@@ -182,6 +190,9 @@ pub struct ClusterSpec {
     pub policy: String,
     /// Per member index: extra environment for the member process.
     pub member_env: BTreeMap<usize, Vec<(String, String)>>,
+    /// Serve the coordinator's `/metrics` on a free loopback port
+    /// (`metrics_listen`); see [`Cluster::metrics_addr`].
+    pub metrics: bool,
 }
 
 impl Default for ClusterSpec {
@@ -194,6 +205,7 @@ impl Default for ClusterSpec {
             format_version: 1,
             policy: String::new(),
             member_env: BTreeMap::new(),
+            metrics: false,
         }
     }
 }
@@ -236,6 +248,8 @@ pub struct Cluster {
     pub coordinator: Option<Proc>,
     pub coordinator_url: String,
     pub coordinator_config: PathBuf,
+    /// Where the coordinator serves `/metrics`, when `spec.metrics` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// Keep last: removed after every process is dead.
     pub dir: tempfile::TempDir,
 }
@@ -260,10 +274,18 @@ impl Cluster {
         let store_dir = dir.path().join("store");
         fs::create_dir_all(&store_dir)?;
         let coordinator_config = dir.path().join("coordinator.toml");
+        let metrics_addr: Option<SocketAddr> = if spec.metrics {
+            Some(format!("127.0.0.1:{}", free_port()).parse()?)
+        } else {
+            None
+        };
+        let metrics_line = metrics_addr
+            .map(|a| format!("metrics_listen = \"{a}\"\n"))
+            .unwrap_or_default();
         fs::write(
             &coordinator_config,
             format!(
-                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{}\n",
+                "{metrics_line}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{}\n",
                 spec.heartbeat_ms,
                 names,
                 dir.path().join("coordinator-state").to_string_lossy(),
@@ -345,6 +367,7 @@ impl Cluster {
             coordinator: None,
             coordinator_url,
             coordinator_config,
+            metrics_addr,
             dir,
         };
         cluster.start_coordinator()?;
@@ -465,6 +488,31 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `GET /metrics` from the coordinator: the body, after checking the
+    /// status is 200. Needs `spec.metrics`.
+    pub fn scrape_metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let Some(addr) = self.metrics_addr else {
+            bail!("this cluster was started without ClusterSpec::metrics");
+        };
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .with_context(|| format!("connect to the coordinator's /metrics on {addr}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let Some((head, body)) = response.split_once("\r\n\r\n") else {
+            bail!("GET {addr}/metrics: no HTTP header end in {response:?}");
+        };
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("GET {addr}/metrics answered {head:?}");
+        }
+        Ok(body.to_owned())
     }
 
     /// Every event in the coordinator's rollout journal.

@@ -173,6 +173,9 @@ async fn one(strategy: &'static str) -> Result<Run> {
             let (code, _, stderr) =
                 tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
             anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
+            if std::env::args().any(|a| a == "--timeline") {
+                print_timeline(&cluster.dir.path().join("coordinator-state/journal.jsonl"))?;
+            }
         }
         _ => {
             let signal = if strategy == "sigterm" {
@@ -218,6 +221,48 @@ async fn one(strategy: &'static str) -> Result<Run> {
         lost_writes: lost,
         total_ms,
     })
+}
+
+/// Prints each journaled event of the run as milliseconds since the
+/// previous one (`--timeline`): where baton's time goes.
+fn print_timeline(journal: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(journal)?;
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let mut commands = std::collections::BTreeMap::new();
+    let mut prev = None;
+    for e in &events {
+        let at = e["at"].as_u64().unwrap_or(0);
+        let kind = e["event"].as_str().unwrap_or("?");
+        let what = match kind {
+            "command_issued" => {
+                let action = e["action"]["action"]
+                    .as_str()
+                    .or_else(|| e["action"].as_str())
+                    .unwrap_or("?")
+                    .to_owned();
+                let label = format!("{} {action}", e["member"].as_str().unwrap_or("?"));
+                commands.insert(e["id"].as_str().unwrap_or("").to_owned(), label.clone());
+                label
+            }
+            "command_succeeded" | "command_failed" => commands
+                .get(e["id"].as_str().unwrap_or(""))
+                .cloned()
+                .unwrap_or_default(),
+            _ => format!(
+                "{} {}",
+                e["member"].as_str().or_else(|| e["to"].as_str()).unwrap_or(""),
+                e["gate"].as_str().unwrap_or("")
+            ),
+        };
+        let delta = prev.map_or(0, |p| at.saturating_sub(p));
+        eprintln!("  +{delta:>4} ms  {kind:<18} {what}");
+        prev = Some(at);
+    }
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

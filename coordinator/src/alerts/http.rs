@@ -1,0 +1,243 @@
+//! The one HTTP client every alert sink posts through: hyper-util's pooled
+//! client over hyper-rustls (the `ring` provider, webpki roots), for `http`
+//! and `https` URLs, one JSON POST at a time with a whole-request timeout.
+//!
+//! This module owns URL checking ([`parse_url`]) and the transport outcome
+//! ([`HttpError`]). It does not decide what a status code means for an
+//! alert: each sink does that with [`crate::alerts::SinkError`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+/// How long one request (connect, send, read the answer) may take.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most of an answer's body we read (error bodies end up in logs).
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// How much of an answer's body an error message quotes.
+const QUOTED_ANSWER_CHARS: usize = 300;
+
+/// Why a POST did not produce an answer, or a URL is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url:?} is not a usable URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot set up TLS (ring provider): {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot encode the request body as JSON: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot build the request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("the request failed: {0}")]
+    Transport(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot read the answer: {0}")]
+    ReadAnswer(String),
+}
+
+/// Parses and checks a sink URL: `http` or `https`, with a host, without
+/// credentials (they would end up in logs; use a routing key instead).
+pub fn parse_url(url: &str) -> Result<Uri, HttpError> {
+    let bad = |reason: &str| HttpError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| {
+        bad(&format!("{e}; expected e.g. http://127.0.0.1:9093"))
+    })?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        Some(other) => return Err(bad(&format!("scheme {other:?}; use http or https"))),
+        None => return Err(bad("no scheme; start it with http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(bad("no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(bad("credentials in the URL are not supported"));
+    }
+    if authority.host().is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
+}
+
+/// The answer to a POST: its status and (the start of) its body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body, cut short enough to quote in an error message.
+    pub fn quoted_body(&self) -> String {
+        let trimmed = self.body.trim();
+        match trimmed.char_indices().nth(QUOTED_ANSWER_CHARS) {
+            Some((cut, _)) => format!("{}…", &trimmed[..cut]),
+            None => trimmed.to_owned(),
+        }
+    }
+}
+
+/// A pooled JSON-over-HTTP(S) client. Cheap to clone; clones share the pool.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client trusting the webpki (Mozilla) roots, as real PagerDuty needs.
+    pub fn new(timeout: Duration) -> Result<Self, HttpError> {
+        let roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        Self::with_roots(roots, timeout)
+    }
+
+    /// A client trusting only `roots` (a private CA, or a test's).
+    pub fn with_roots(roots: RootCertStore, timeout: Duration) -> Result<Self, HttpError> {
+        let tls = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_connect_timeout(Some(timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(HttpClient { client, timeout })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// POSTs `body` as JSON to `url` and returns the answer, whatever its
+    /// status. Connecting, sending and reading share one timeout.
+    pub async fn post_json(
+        &self,
+        url: &Uri,
+        body: &impl serde::Serialize,
+    ) -> Result<Answer, HttpError> {
+        let json = serde_json::to_vec(body)?;
+        let request = Request::post(url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("baton-coordinator/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(json)))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    HttpError::Connect(chain(&e))
+                } else {
+                    HttpError::Transport(chain(&e))
+                }
+            })?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| HttpError::ReadAnswer(e.to_string()))?
+                .to_bytes();
+            Ok(Answer {
+                status,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| HttpError::Timeout(self.timeout))?
+    }
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp
+/// connect error: Connection refused").
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    // Bounded: error chains are short, but never trust a cycle.
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_must_be_http_or_https_with_a_host_and_no_credentials() {
+        assert!(parse_url("http://127.0.0.1:9093").is_ok());
+        assert!(parse_url("https://events.pagerduty.com/v2/enqueue").is_ok());
+        for (url, why) in [
+            ("ftp://host/x", "scheme"),
+            ("127.0.0.1:9093", "scheme"),
+            ("/api/v2/alerts", "scheme"),
+            ("http://user:pw@host/", "credentials"),
+            ("not a url", "expected"),
+        ] {
+            let err = parse_url(url).unwrap_err().to_string();
+            assert!(err.contains(why), "{url}: {err} should mention {why}");
+        }
+    }
+
+    #[test]
+    fn quoted_bodies_are_trimmed_and_cut() {
+        let long = Answer {
+            status: StatusCode::BAD_REQUEST,
+            body: format!("  {}  ", "é".repeat(1000)),
+        };
+        let quoted = long.quoted_body();
+        assert_eq!(quoted.chars().count(), QUOTED_ANSWER_CHARS + 1);
+        assert!(quoted.ends_with('…'));
+        let short = Answer {
+            status: StatusCode::OK,
+            body: " ok\n".to_owned(),
+        };
+        assert_eq!(short.quoted_body(), "ok");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let client = HttpClient::new(Duration::from_secs(2)).unwrap();
+        let url = parse_url(&format!("http://127.0.0.1:{port}/x")).unwrap();
+        let err = client.post_json(&url, &serde_json::json!({})).await;
+        assert!(matches!(err, Err(HttpError::Connect(_))), "{err:?}");
+    }
+}

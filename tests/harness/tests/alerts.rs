@@ -1,0 +1,444 @@
+//! End-to-end alerting: real samplekv members, agents and coordinator, a
+//! real Alertmanager 0.25 (Debian's, started here on 127.0.0.1 with
+//! `--cluster.listen-address=`), and receivers that are listeners in this
+//! test: Alertmanager's webhook receiver, a PagerDuty Events v2 endpoint and
+//! a generic webhook.
+//!
+//! A follower's catch-up is stalled by pausing its apply
+//! (`SAMPLEKV_PAUSE_APPLY_FILE`) while a writer keeps the leader busy.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use baton_harness::alertmanager::{Alertmanager, Received, Receiver, am_notifications};
+use baton_harness::{Cluster, ClusterSpec, init};
+use samplekv::client::Client;
+use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const STALL_AFTER_MS: u64 = 2000;
+const HEARTBEAT_MS: u64 = 300;
+
+struct Load {
+    client: Client,
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<WriterReport>,
+}
+
+fn start_load(cluster: &Cluster) -> Load {
+    let client = Client::new(cluster.addrs());
+    let stop = CancellationToken::new();
+    let cfg = WriterConfig {
+        rate_per_sec: 100,
+        max_writes: 20_000,
+        max_duration: Duration::from_secs(120),
+        key_prefix: "alert-".into(),
+        ..WriterConfig::default()
+    };
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+    };
+    Load {
+        client,
+        stop,
+        writer,
+    }
+}
+
+impl Load {
+    /// Stops the writer; returns how many writes were acked and which of
+    /// them are missing on a linearizable read.
+    async fn finish(self) -> Result<(u64, Vec<String>)> {
+        self.stop.cancel();
+        let report = self.writer.await?;
+        let checked = verify(&self.client, &report).await;
+        anyhow::ensure!(
+            checked.checked == report.acked,
+            "every acked write was checked: {} of {} ({} unreadable)",
+            checked.checked,
+            report.acked,
+            checked.unreadable.len()
+        );
+        Ok((report.acked, checked.lost))
+    }
+}
+
+/// A supervised 3-member cluster whose followers apply only while their
+/// pause file is absent, with `alerting` appended to the coordinator config.
+async fn cluster_with_pause_files(
+    policy: &str,
+    alerting: &str,
+) -> Result<(Cluster, Vec<(usize, PathBuf)>)> {
+    let spec = ClusterSpec {
+        heartbeat_ms: HEARTBEAT_MS,
+        policy: format!("{policy}\n{alerting}"),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    let leader = cluster.leader_index().await?;
+    let pause_files: Vec<(usize, PathBuf)> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
+        .collect();
+    for (i, f) in &pause_files {
+        let f = f.to_string_lossy().into_owned();
+        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
+    }
+    cluster
+        .wait_status("all back and caught up", Duration::from_secs(30), |s| {
+            s.members.iter().all(|m| m.connected && m.lag == Some(0))
+        })
+        .await?;
+    Ok((cluster, pause_files))
+}
+
+fn pause(files: &[(usize, PathBuf)]) -> Result<()> {
+    for (_, f) in files {
+        std::fs::write(f, b"")?;
+    }
+    Ok(())
+}
+
+fn unpause(files: &[(usize, PathBuf)]) {
+    for (_, f) in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Removes the pause files even when the test fails.
+struct Unpause(Vec<(usize, PathBuf)>);
+
+impl Drop for Unpause {
+    fn drop(&mut self) {
+        unpause(&self.0);
+    }
+}
+
+fn policy() -> String {
+    format!(
+        "tolerable_lag = 5\nstall_after_ms = {STALL_AFTER_MS}\ncatchup_timeout_ms = 120000\nhealth_timeout_ms = 20000\nsteady_stall_after_ms = 600000\n"
+    )
+}
+
+/// When the first member in the rollout's order started catching up (the
+/// journal's GatePassed healthy event), in Unix ms.
+fn catch_up_started(cluster: &Cluster, member: &str) -> Result<u64> {
+    cluster
+        .journal()?
+        .iter()
+        .find(|e| e["event"] == "gate_passed" && e["member"] == member && e["gate"] == "healthy")
+        .and_then(|e| e["at"].as_u64())
+        .context("no healthy gate for the stalled member in the journal")
+}
+
+fn pagerduty_events(got: &[Received]) -> Vec<Value> {
+    got.iter().map(|r| r.body.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() -> Result<()> {
+    init();
+    let am_hook = Receiver::start().await?;
+    let pd = Receiver::start().await?;
+    let hook = Receiver::start().await?;
+    let am_dir = tempfile::tempdir()?;
+    let am = Alertmanager::start(am_dir.path(), &am_hook.url("/hook")).await?;
+    let alerting = format!(
+        "[alerting]\nrefresh_interval_ms = 1000\n\
+         [[alerting.sink]]\nkind = \"alertmanager\"\nurl = \"{}\"\n\
+         [[alerting.sink]]\nkind = \"pagerduty\"\nurl = \"{}\"\nrouting_key = \"R0UTINGKEY\"\n\
+         [[alerting.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        am.url(),
+        pd.url("/v2/enqueue"),
+        hook.url("/baton")
+    );
+    let (cluster, files) = cluster_with_pause_files(&policy(), &alerting).await?;
+    let _unpause = Unpause(files.clone());
+    cluster.publish("v2", 1, false)?;
+    let load = start_load(&cluster);
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    pause(&files)?;
+
+    // The rollout pauses on the stall.
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "the rollout pauses: {out:#}");
+    let state = &out["rollout"]["state"];
+    let rollout = state["id"].as_str().context("rollout id")?.to_owned();
+    let first = state["order"][0].as_str().context("order")?.to_owned();
+    let reason = state["phase"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("member {first} catch-up stalled")),
+        "paused for the stall: {reason}"
+    );
+
+    // Alertmanager: one firing BatonCatchUpStalled with the right labels and
+    // annotations, within stall_after + 2 report intervals of the stall.
+    let got = am_hook
+        .wait_for(
+            "a firing BatonCatchUpStalled",
+            Duration::from_secs(20),
+            |g| {
+                am_notifications(g, "BatonCatchUpStalled")
+                    .iter()
+                    .any(|(s, _)| s == "firing")
+            },
+        )
+        .await?;
+    let since = catch_up_started(&cluster, &first)?;
+    let arrived = got
+        .iter()
+        .find(|r| {
+            am_notifications(std::slice::from_ref(r), "BatonCatchUpStalled")
+                .iter()
+                .any(|(s, _)| s == "firing")
+        })
+        .map(|r| r.at_unix_ms)
+        .context("arrival")?;
+    let budget = STALL_AFTER_MS + 2 * HEARTBEAT_MS;
+    assert!(
+        arrived.saturating_sub(since) <= budget,
+        "alert {} ms after the catch-up began; budget {budget} ms",
+        arrived.saturating_sub(since)
+    );
+    let (_, alert) = am_notifications(&got, "BatonCatchUpStalled")
+        .into_iter()
+        .find(|(s, _)| s == "firing")
+        .context("firing")?;
+    assert_eq!(alert["labels"]["cluster"], "e2e");
+    assert_eq!(alert["labels"]["member"], first.as_str());
+    assert_eq!(alert["labels"]["rollout"], rollout.as_str());
+    for key in ["lag", "trend", "stalled_for", "runbook", "summary"] {
+        assert!(
+            alert["annotations"][key]
+                .as_str()
+                .is_some_and(|v| !v.is_empty()),
+            "annotation {key} in {alert:#}"
+        );
+    }
+    let lag: u64 = alert["annotations"]["lag"]
+        .as_str()
+        .unwrap_or("0")
+        .parse()?;
+    assert!(
+        lag > 5,
+        "the lag annotation is above tolerable_lag: {alert:#}"
+    );
+
+    // Un-pause: the member catches up and a resolution arrives.
+    unpause(&files);
+    let got = am_hook
+        .wait_for(
+            "a resolved BatonCatchUpStalled",
+            Duration::from_secs(30),
+            |g| {
+                am_notifications(g, "BatonCatchUpStalled")
+                    .iter()
+                    .any(|(s, _)| s == "resolved")
+            },
+        )
+        .await?;
+    let firing = am_notifications(&got, "BatonCatchUpStalled")
+        .iter()
+        .filter(|(s, _)| s == "firing")
+        .count();
+    assert_eq!(firing, 1, "exactly one firing notification: {got:#?}");
+
+    // PagerDuty: a trigger then a resolve with one dedup_key, Events v2 shape.
+    let pd_got = pd
+        .wait_for("trigger and resolve", Duration::from_secs(20), |g| {
+            let ev = pagerduty_events(g);
+            ev.iter().any(|e| {
+                e["event_action"] == "resolve"
+                    && e["dedup_key"]
+                        .as_str()
+                        .is_some_and(|k| k.starts_with("BatonCatchUpStalled/"))
+            })
+        })
+        .await?;
+    let stalls: Vec<Value> = pagerduty_events(&pd_got)
+        .into_iter()
+        .filter(|e| {
+            e["dedup_key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("BatonCatchUpStalled/"))
+        })
+        .collect();
+    let triggers: Vec<&Value> = stalls
+        .iter()
+        .filter(|e| e["event_action"] == "trigger")
+        .collect();
+    let resolves: Vec<&Value> = stalls
+        .iter()
+        .filter(|e| e["event_action"] == "resolve")
+        .collect();
+    assert_eq!(triggers.len(), 1, "{stalls:#?}");
+    assert_eq!(resolves.len(), 1, "{stalls:#?}");
+    let t = triggers[0];
+    assert_eq!(t["dedup_key"], resolves[0]["dedup_key"]);
+    assert_eq!(t["routing_key"], "R0UTINGKEY");
+    assert_eq!(resolves[0]["routing_key"], "R0UTINGKEY");
+    assert_eq!(t["payload"]["source"], first.as_str());
+    for key in ["summary", "severity", "timestamp"] {
+        assert!(t["payload"][key].is_string(), "payload.{key}: {t:#}");
+    }
+    assert!(t["payload"]["custom_details"].is_object(), "{t:#}");
+    assert!(
+        pd_got.iter().all(|r| r.path == "/v2/enqueue"),
+        "posted to the configured URL"
+    );
+
+    // Generic webhook: firing then resolved for the same alert.
+    let hook_got = hook
+        .wait_for("firing and resolved", Duration::from_secs(20), |g| {
+            g.iter().any(|r| {
+                r.body["status"] == "resolved"
+                    && r.body["alert"]["labels"]["alertname"] == "BatonCatchUpStalled"
+            })
+        })
+        .await?;
+    let statuses: Vec<&str> = hook_got
+        .iter()
+        .filter(|r| r.body["alert"]["labels"]["alertname"] == "BatonCatchUpStalled")
+        .filter_map(|r| r.body["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["firing", "resolved"]);
+
+    // resume finishes the rollout.
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
+    assert_eq!(code, 0, "resume: {out:#} {stderr}");
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 0, "completed: {out:#}");
+    let (acked, lost) = load.finish().await?;
+    assert!(acked > 0);
+    assert_eq!(lost, Vec::<String>::new());
+    // The pause itself paged, and resolved once resumed.
+    let got = am_hook
+        .wait_for(
+            "BatonRolloutPaused resolved",
+            Duration::from_secs(20),
+            |g| {
+                am_notifications(g, "BatonRolloutPaused")
+                    .iter()
+                    .any(|(s, _)| s == "resolved")
+            },
+        )
+        .await?;
+    assert_eq!(
+        am_notifications(&got, "BatonCatchUpStalled")
+            .iter()
+            .filter(|(s, _)| s == "firing")
+            .count(),
+        1,
+        "still exactly one stall notification after the rollout finished"
+    );
+    drop(am);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_while_alertmanager_is_down_still_pauses_and_pages_once_it_is_back() -> Result<()> {
+    init();
+    let am_hook = Receiver::start().await?;
+    let am_dir = tempfile::tempdir()?;
+    let mut am = Alertmanager::start(am_dir.path(), &am_hook.url("/hook")).await?;
+    let alerting = format!(
+        "[alerting]\nrefresh_interval_ms = 1000\nmax_backoff_ms = 500\n[[alerting.sink]]\nkind = \"alertmanager\"\nurl = \"{}\"\n",
+        am.url()
+    );
+    let (cluster, files) = cluster_with_pause_files(&policy(), &alerting).await?;
+    let _unpause = Unpause(files.clone());
+    cluster.publish("v2", 1, false)?;
+    am.stop();
+    let load = start_load(&cluster);
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    pause(&files)?;
+    // The sink is down; the rollout still pauses on the stall.
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "paused although the sink is down: {out:#}");
+    let first = out["rollout"]["state"]["order"][0]
+        .as_str()
+        .context("order")?
+        .to_owned();
+    assert!(am_hook.received().is_empty());
+    // Alertmanager comes back: the queued alert arrives.
+    am.restart().await?;
+    let got = am_hook
+        .wait_for(
+            "the stall alert after Alertmanager is back",
+            Duration::from_secs(20),
+            |g| {
+                am_notifications(g, "BatonCatchUpStalled")
+                    .iter()
+                    .any(|(s, a)| s == "firing" && a["labels"]["member"] == first.as_str())
+            },
+        )
+        .await?;
+    assert_eq!(
+        am_notifications(&got, "BatonCatchUpStalled").len(),
+        1,
+        "{got:#?}"
+    );
+    unpause(&files);
+    let (acked, lost) = load.finish().await?;
+    assert!(acked > 0);
+    assert_eq!(lost, Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_lagging_outside_any_rollout_pages_and_resolves() -> Result<()> {
+    init();
+    let am_hook = Receiver::start().await?;
+    let am_dir = tempfile::tempdir()?;
+    let am = Alertmanager::start(am_dir.path(), &am_hook.url("/hook")).await?;
+    let alerting = format!(
+        "[alerting]\nrefresh_interval_ms = 1000\n[[alerting.sink]]\nkind = \"alertmanager\"\nurl = \"{}\"\n",
+        am.url()
+    );
+    let policy = "tolerable_lag = 5\nsteady_stall_after_ms = 1500\n";
+    let (cluster, files) = cluster_with_pause_files(policy, &alerting).await?;
+    let _unpause = Unpause(files.clone());
+    // Only one follower stalls.
+    let stalled = &files[..1];
+    let name = cluster.members[stalled[0].0].name.clone();
+    let load = start_load(&cluster);
+    pause(stalled)?;
+    let got = am_hook
+        .wait_for("a steady-state stall", Duration::from_secs(20), |g| {
+            am_notifications(g, "BatonCatchUpStalled")
+                .iter()
+                .any(|(s, _)| s == "firing")
+        })
+        .await?;
+    let firing: Vec<(String, Value)> = am_notifications(&got, "BatonCatchUpStalled");
+    assert_eq!(firing.len(), 1, "{firing:#?}");
+    let alert = &firing[0].1;
+    assert_eq!(alert["labels"]["member"], name.as_str());
+    assert_eq!(alert["labels"]["rollout"], "none");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("outside a rollout")),
+        "{alert:#}"
+    );
+    unpause(stalled);
+    am_hook
+        .wait_for("its resolution", Duration::from_secs(20), |g| {
+            am_notifications(g, "BatonCatchUpStalled")
+                .iter()
+                .any(|(s, _)| s == "resolved")
+        })
+        .await?;
+    let (acked, lost) = load.finish().await?;
+    assert!(acked > 0);
+    assert_eq!(lost, Vec::<String>::new());
+    drop(am);
+    Ok(())
+}
