@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_domain::{Action, AgentCommand, Check, CommandId, CommandOutcome, MemberId};
-use baton_planner::alerts::Alert;
+use baton_planner::alerts::{AGENT_DOWN, Alert, AlertStatus, CATCH_UP_STALLED, ROLLOUT_PAUSED};
 use baton_planner::decide::Step;
 use baton_planner::preflight::{self, ArtifactVerdict, PlannedStep, PreflightInput};
 use baton_planner::rollout::{Event, Phase, RolloutState};
@@ -202,10 +202,21 @@ impl Driver {
     fn watch(&mut self) {
         let (view, now) = self.view();
         let latest = self.rollouts.last();
-        for alert in self
-            .watchdog
-            .evaluate(&view, latest, &self.cfg.policy, now)
-        {
+        let changed = self.watchdog.evaluate(&view, latest, &self.cfg.policy, now);
+        if changed.is_empty() {
+            return;
+        }
+        for name in [CATCH_UP_STALLED, AGENT_DOWN, ROLLOUT_PAUSED] {
+            let n = self.watchdog.firing().filter(|a| a.name() == name).count();
+            self.metrics.set_alerts_firing(name, n as u64);
+        }
+        for alert in changed {
+            if alert.status == AlertStatus::Firing
+                && alert.name() == CATCH_UP_STALLED
+                && let Some(m) = view.members.keys().find(|m| m.as_str() == alert.member())
+            {
+                self.metrics.stall(m);
+            }
             tracing::warn!(
                 alert = alert.name(),
                 member = alert.member(),

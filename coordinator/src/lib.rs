@@ -53,6 +53,8 @@ pub enum RunError {
     Journal(#[from] journal::JournalError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error("alerting: {0}")]
+    Alerts(#[from] alerts::SinkError),
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
@@ -91,6 +93,16 @@ pub async fn run(
     let link = agent_link::AgentLinkService::new(fleet.clone(), results_tx, shutdown.clone());
     let journal = journal::FileJournal::open(&config.state_dir)?;
     let rollouts = journal.rollouts()?;
+    // Alerts: one queue per sink, retried in the background; the driver's
+    // callback only enqueues.
+    let tracker = tokio_util::task::TaskTracker::new();
+    let sinks = alerts::build_sinks(&config.alerting)?;
+    if !sinks.is_empty() {
+        let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+        tracing::info!(sinks = ?names, "alert sinks configured");
+    }
+    let notifier = alerts::Notifier::new(sinks, alerts::notifier_settings(&config.alerting))
+        .spawn(&tracker, shutdown.clone());
     let driver = driver::Driver::new(
         driver::DriverConfig {
             policy: config.policy.clone(),
@@ -107,7 +119,7 @@ pub async fn run(
         Box::new(journal),
         rollouts,
         &config.cluster,
-        Box::new(|_alert| {}),
+        Box::new(move |alert| notifier.notify(alert)),
     );
     let (ops_tx, ops_rx) = tokio::sync::mpsc::channel(16);
     let metrics_task = metrics_listener.map(|listener| {
@@ -139,8 +151,12 @@ pub async fn run(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // gRPC health: "" (SERVING from the start) and each service, while it runs.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AgentLinkServer<agent_link::AgentLinkService>>().await;
-    health.set_serving::<OperatorServer<operator::OperatorService>>().await;
+    health
+        .set_serving::<AgentLinkServer<agent_link::AgentLinkService>>()
+        .await;
+    health
+        .set_serving::<OperatorServer<operator::OperatorService>>()
+        .await;
     let served = server
         .add_service(health_service)
         .add_service(AgentLinkServer::new(link))
@@ -150,6 +166,9 @@ pub async fn run(
         .map_err(RunError::Serve);
     shutdown.cancel();
     let _ = driver_task.await;
+    tracker.close();
+    // Bounded: a sink mid-request must not stall shutdown.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
     if let Some(task) = metrics_task {
         // Bounded: a scraper holding a connection open cannot stall shutdown.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;

@@ -7,12 +7,12 @@
 //! A follower's catch-up is stalled by pausing its apply
 //! (`SAMPLEKV_PAUSE_APPLY_FILE`) while a writer keeps the leader busy.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton_harness::alertmanager::{Alertmanager, Received, Receiver, am_notifications};
-use baton_harness::{Cluster, ClusterSpec, init};
+use baton_harness::stall::{self, PauseFile, Unpause, catch_up_started, pause, unpause};
+use baton_harness::{Cluster, init};
 use samplekv::client::Client;
 use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
 use serde_json::Value;
@@ -66,72 +66,17 @@ impl Load {
     }
 }
 
-/// A supervised 3-member cluster whose followers apply only while their
-/// pause file is absent, with `alerting` appended to the coordinator config.
 async fn cluster_with_pause_files(
     policy: &str,
     alerting: &str,
-) -> Result<(Cluster, Vec<(usize, PathBuf)>)> {
-    let spec = ClusterSpec {
-        heartbeat_ms: HEARTBEAT_MS,
-        policy: format!("{policy}\n{alerting}"),
-        ..ClusterSpec::supervised(3)
-    };
-    let mut cluster = Cluster::start(spec).await?;
-    let leader = cluster.leader_index().await?;
-    let pause_files: Vec<(usize, PathBuf)> = (0..3)
-        .filter(|i| *i != leader)
-        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
-        .collect();
-    for (i, f) in &pause_files {
-        let f = f.to_string_lossy().into_owned();
-        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
-    }
-    cluster
-        .wait_status("all back and caught up", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| m.connected && m.lag == Some(0))
-        })
-        .await?;
-    Ok((cluster, pause_files))
-}
-
-fn pause(files: &[(usize, PathBuf)]) -> Result<()> {
-    for (_, f) in files {
-        std::fs::write(f, b"")?;
-    }
-    Ok(())
-}
-
-fn unpause(files: &[(usize, PathBuf)]) {
-    for (_, f) in files {
-        let _ = std::fs::remove_file(f);
-    }
-}
-
-/// Removes the pause files even when the test fails.
-struct Unpause(Vec<(usize, PathBuf)>);
-
-impl Drop for Unpause {
-    fn drop(&mut self) {
-        unpause(&self.0);
-    }
+) -> Result<(Cluster, Vec<PauseFile>)> {
+    stall::cluster_with_pause_files(3, HEARTBEAT_MS, &format!("{policy}\n{alerting}")).await
 }
 
 fn policy() -> String {
     format!(
         "tolerable_lag = 5\nstall_after_ms = {STALL_AFTER_MS}\ncatchup_timeout_ms = 120000\nhealth_timeout_ms = 20000\nsteady_stall_after_ms = 600000\n"
     )
-}
-
-/// When the first member in the rollout's order started catching up (the
-/// journal's GatePassed healthy event), in Unix ms.
-fn catch_up_started(cluster: &Cluster, member: &str) -> Result<u64> {
-    cluster
-        .journal()?
-        .iter()
-        .find(|e| e["event"] == "gate_passed" && e["member"] == member && e["gate"] == "healthy")
-        .and_then(|e| e["at"].as_u64())
-        .context("no healthy gate for the stalled member in the journal")
 }
 
 fn pagerduty_events(got: &[Received]) -> Vec<Value> {
@@ -200,6 +145,10 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
         .map(|r| r.at_unix_ms)
         .context("arrival")?;
     let budget = STALL_AFTER_MS + 2 * HEARTBEAT_MS;
+    eprintln!(
+        "stall alert reached the Alertmanager webhook {} ms after {first} began catching up (budget {budget} ms)",
+        arrived.saturating_sub(since)
+    );
     assert!(
         arrived.saturating_sub(since) <= budget,
         "alert {} ms after the catch-up began; budget {budget} ms",

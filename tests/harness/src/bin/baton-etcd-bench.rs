@@ -254,7 +254,10 @@ fn print_timeline(journal: &std::path::Path) -> Result<()> {
                 .unwrap_or_default(),
             _ => format!(
                 "{} {}",
-                e["member"].as_str().or_else(|| e["to"].as_str()).unwrap_or(""),
+                e["member"]
+                    .as_str()
+                    .or_else(|| e["to"].as_str())
+                    .unwrap_or(""),
                 e["gate"].as_str().unwrap_or("")
             ),
         };

@@ -1,0 +1,81 @@
+//! Stalling a follower on purpose: a supervised cluster whose followers
+//! apply only while their pause file is absent (`SAMPLEKV_PAUSE_APPLY_FILE`),
+//! and the journal lookups that time a stall. Used by the alerting tests
+//! and `baton-alert-bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::{Cluster, ClusterSpec};
+
+/// A follower's index and its pause file.
+pub type PauseFile = (usize, PathBuf);
+
+/// A supervised cluster of `members` whose followers each have a pause file,
+/// with `coordinator_extra` (policy lines, then any other tables) appended
+/// to the coordinator config. Returns once every member is back and caught up.
+pub async fn cluster_with_pause_files(
+    members: usize,
+    heartbeat_ms: u64,
+    coordinator_extra: &str,
+) -> Result<(Cluster, Vec<PauseFile>)> {
+    let spec = ClusterSpec {
+        heartbeat_ms,
+        policy: coordinator_extra.to_owned(),
+        ..ClusterSpec::supervised(members)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    let leader = cluster.leader_index().await?;
+    let files: Vec<PauseFile> = (0..members)
+        .filter(|i| *i != leader)
+        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
+        .collect();
+    for (i, f) in &files {
+        let f = f.to_string_lossy().into_owned();
+        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
+    }
+    cluster
+        .wait_status("all back and caught up", Duration::from_secs(30), |s| {
+            s.members.iter().all(|m| m.connected && m.lag == Some(0))
+        })
+        .await?;
+    Ok((cluster, files))
+}
+
+/// Pauses apply on each of `files`' members.
+pub fn pause(files: &[PauseFile]) -> Result<()> {
+    for (_, f) in files {
+        std::fs::write(f, b"").with_context(|| format!("write {}", f.display()))?;
+    }
+    Ok(())
+}
+
+/// Lets each of `files`' members apply again.
+pub fn unpause(files: &[PauseFile]) {
+    for (_, f) in files {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+/// Removes the pause files on drop, even when a test fails.
+#[derive(Debug)]
+pub struct Unpause(pub Vec<PauseFile>);
+
+impl Drop for Unpause {
+    fn drop(&mut self) {
+        unpause(&self.0);
+    }
+}
+
+/// When `member` started catching up (the journal's healthy gate), in Unix
+/// ms: with its apply paused, that is when its stall began.
+pub fn catch_up_started(cluster: &Cluster, member: &str) -> Result<u64> {
+    cluster
+        .journal()?
+        .iter()
+        .find(|e| e["event"] == "gate_passed" && e["member"] == member && e["gate"] == "healthy")
+        .and_then(|e| e["at"].as_u64())
+        .context("no healthy gate for the stalled member in the journal")
+}
