@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, short = 'c', env = "BATON_AGENT_CONFIG")]
     config: Option<PathBuf>,
     /// Log format: text or json.
-    #[arg(long, default_value = "text")]
+    #[arg(long, env = "BATON_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
     #[command(subcommand)]
     command: Option<Command>,

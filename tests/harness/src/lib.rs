@@ -194,6 +194,8 @@ pub struct ClusterSpec {
     /// Serve the coordinator's `/metrics` on a free loopback port
     /// (`metrics_listen`); see [`Cluster::metrics_addr`].
     pub metrics: bool,
+    /// Run the coordinator and agents with `--log-format json`.
+    pub json_logs: bool,
 }
 
 impl Default for ClusterSpec {
@@ -207,6 +209,7 @@ impl Default for ClusterSpec {
             policy: String::new(),
             member_env: BTreeMap::new(),
             metrics: false,
+            json_logs: false,
         }
     }
 }
@@ -412,7 +415,11 @@ impl Cluster {
         let mut cmd = Command::new(bin("baton-coordinator"));
         cmd.arg("--config")
             .arg(&self.coordinator_config)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env(
+                "BATON_LOG_FORMAT",
+                if self.spec.json_logs { "json" } else { "text" },
+            );
         self.coordinator = Some(Proc::spawn("coordinator", &mut cmd, &log)?);
         Ok(())
     }
@@ -557,7 +564,11 @@ impl Cluster {
         let mut cmd = Command::new(bin("baton-agent"));
         cmd.arg("--config")
             .arg(&m.agent_config)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .env(
+                "BATON_LOG_FORMAT",
+                if self.spec.json_logs { "json" } else { "text" },
+            );
         let log = m.agent_dir.join("agent.log");
         m.agent = Some(Proc::spawn(&format!("agent-{}", m.name), &mut cmd, &log)?);
         Ok(())

@@ -373,6 +373,7 @@ fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f
 async fn a_rollout_feeds_the_rollout_metrics() -> Result<()> {
     let cluster = Cluster::start(ClusterSpec {
         metrics: true,
+        json_logs: true,
         policy:
             "health_timeout_ms = 20000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n"
                 .into(),
@@ -479,6 +480,30 @@ async fn a_rollout_feeds_the_rollout_metrics() -> Result<()> {
         .unwrap_or(-1.0);
         assert!(sum >= 0.0, "{action}: step durations sum to {sum}");
     }
+
+    // `--log-format json`: every coordinator log line is a JSON object, and
+    // the driver's lines carry the rollout's span.
+    let log = std::fs::read_to_string(cluster.dir.path().join("coordinator.log"))?;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect::<Result<_>>()?;
+    let sent: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "sent command")
+        .collect();
+    assert!(!sent.is_empty(), "the driver logged its commands");
+    assert!(
+        sent.iter().all(|l| l["spans"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|s| s["name"] == "rollout" && s["id"] == "r1-v2"))),
+        "every command line is inside the rollout span: {sent:#?}"
+    );
+    assert!(
+        sent.iter().all(|l| l["fields"]["member"].is_string()),
+        "and names its member"
+    );
     Ok(())
 }
 
