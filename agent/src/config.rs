@@ -590,4 +590,34 @@ mod example_tests {
         let c = AgentConfig::load(&path, &BTreeMap::new()).unwrap();
         assert_eq!(c.target.kind(), "etcd");
     }
+
+    /// The agent.toml inside the Kubernetes ConfigMap, with the env the pod
+    /// spec sets, must be a valid config too.
+    #[test]
+    fn the_kubernetes_configmap_config_is_valid() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/agent-sidecar.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        let (_, block) = yaml.split_once("agent.toml: |\n").unwrap();
+        let toml: String = block
+            .lines()
+            .take_while(|l| l.starts_with("    ") || l.is_empty())
+            .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+            .collect();
+        let env = BTreeMap::from([
+            ("BATON_AGENT_MEMBER_ID".to_owned(), "orders-kv-0".to_owned()),
+            (
+                "BATON_AGENT_PROBE_LISTEN".to_owned(),
+                "0.0.0.0:7480".to_owned(),
+            ),
+        ]);
+        // The secret's files, where the pod mounts them.
+        let tls = tempfile::tempdir().unwrap();
+        for f in ["ca.crt", "tls.crt", "tls.key"] {
+            std::fs::write(tls.path().join(f), "-----BEGIN X-----\n-----END X-----\n").unwrap();
+        }
+        let toml = toml.replace("/etc/baton/tls", &tls.path().to_string_lossy());
+        let c = AgentConfig::from_toml(&toml, &path, &env).unwrap();
+        assert_eq!(c.member.as_str(), "orders-kv-0");
+    }
 }
