@@ -336,6 +336,8 @@ struct FleetCollector {
 struct MemberSample {
     labels: MemberLabels,
     lag: Option<u64>,
+    /// Lag change per second over the watchdog's trend window.
+    trend: Option<f64>,
     applied: Option<u64>,
     role: Option<String>,
     release: Option<String>,
@@ -358,7 +360,9 @@ impl Collector for FleetCollector {
         // Copy what is needed and release the lock before writing.
         let samples: Vec<MemberSample> = {
             let view = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-            let status = view.status(Instant::now());
+            let now = Instant::now();
+            let status = view.status(now);
+            let (planner, at) = view.planner_view(now);
             status
                 .members
                 .into_iter()
@@ -368,6 +372,7 @@ impl Collector for FleetCollector {
                         member: row.member.to_string(),
                     },
                     lag: row.lag,
+                    trend: baton_planner::watchdog::lag_trend(&planner, &row.member, at),
                     applied: row.report.as_ref().map(|r| r.applied_revision),
                     role: row.report.as_ref().map(|r| r.role.to_string()),
                     release: row
@@ -391,6 +396,17 @@ impl Collector for FleetCollector {
         for s in &samples {
             if let Some(lag) = s.lag {
                 m.encode_family(&s.labels)?.encode_gauge(&lag)?;
+            }
+        }
+        let mut m = gauge_descriptor(
+            &mut encoder,
+            "baton_member_lag_trend",
+            "Change of the member's lag per second over the last 10 s (least squares); positive means falling behind; absent with fewer than two readings",
+            None,
+        )?;
+        for s in &samples {
+            if let Some(trend) = s.trend {
+                m.encode_family(&s.labels)?.encode_gauge(&trend)?;
             }
         }
         let mut m = gauge_descriptor(

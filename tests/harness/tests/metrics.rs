@@ -293,6 +293,13 @@ async fn metrics_match_baton_status() -> Result<()> {
     for row in &status.members {
         let lag = find(&samples, "baton_member_lag", row.member.as_str());
         assert_eq!(lag.len(), 1, "one lag series for {}: {lag:?}", row.member);
+        // Caught up and steady: the lag trend is known and near flat.
+        let trend = find(&samples, "baton_member_lag_trend", row.member.as_str());
+        assert!(
+            trend.len() == 1 && trend[0].value.is_finite() && trend[0].value.abs() < 100.0,
+            "one finite lag trend for {}: {trend:?}",
+            row.member
+        );
         assert_eq!(
             lag[0].labels.get("cluster").map(String::as_str),
             Some("e2e"),
