@@ -132,9 +132,10 @@ pub async fn run(
         .with_exec(exec),
     );
 
+    let (poll, poll_rx) = link::PollControl::new(config.poll);
     tracker.spawn(watcher::run(
         target.clone(),
-        config.poll,
+        poll_rx,
         obs_tx,
         shutdown.clone(),
     ));
@@ -152,6 +153,7 @@ pub async fn run(
             coordinator: config.coordinator.clone(),
             heartbeat: config.heartbeat,
             tls: config.tls.clone(),
+            poll,
         },
         obs_rx.clone(),
         resources::ResourceReader::new(&config.data_dir),

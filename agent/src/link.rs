@@ -44,6 +44,55 @@ pub struct LinkConfig {
     pub coordinator: String,
     pub heartbeat: Duration,
     pub tls: Option<baton_proto::tls::ClientTls>,
+    /// The watcher's polling interval, shortened while the coordinator
+    /// gates on this member.
+    pub poll: PollControl,
+}
+
+/// The member watcher's polling interval. While the coordinator asks for a
+/// faster report cadence (it is gating on this member: healthy on the new
+/// release, caught up), the member is read ten times per report interval,
+/// so a gate sees the change within milliseconds rather than a poll later.
+#[derive(Debug, Clone)]
+pub struct PollControl {
+    normal: Duration,
+    tx: Arc<watch::Sender<Duration>>,
+}
+
+/// The fastest the member is ever polled.
+pub const FASTEST_POLL: Duration = Duration::from_millis(10);
+
+impl PollControl {
+    /// A control at `normal`, and the receiver the watcher follows.
+    pub fn new(normal: Duration) -> (PollControl, watch::Receiver<Duration>) {
+        let (tx, rx) = watch::channel(normal);
+        (
+            PollControl {
+                normal,
+                tx: Arc::new(tx),
+            },
+            rx,
+        )
+    }
+
+    /// The interval for a report cadence of `every` when the configured
+    /// heartbeat is `heartbeat`.
+    pub fn interval_for(&self, every: Duration, heartbeat: Duration) -> Duration {
+        if every < heartbeat {
+            (every / 10).max(FASTEST_POLL).min(self.normal)
+        } else {
+            self.normal
+        }
+    }
+
+    fn set(&self, every: Duration, heartbeat: Duration) {
+        let want = self.interval_for(every, heartbeat);
+        self.tx.send_if_modified(|cur| {
+            let changed = *cur != want;
+            *cur = want;
+            changed
+        });
+    }
 }
 
 /// Counters the tests and probes read.
@@ -113,6 +162,8 @@ pub async fn run(
             r = session(&cfg, &mut io) => r,
         };
         stats.send_modify(|s| s.connected = false);
+        // No coordinator, no gate: back to the configured polling.
+        cfg.poll.set(cfg.heartbeat, cfg.heartbeat);
         if let Err(e) = outcome {
             tracing::warn!(member = %cfg.hello.member, error = %e, retry_in = ?backoff, "coordinator session ended");
             stats.send_modify(|s| s.last_error = Some(e.to_string()));
@@ -258,6 +309,7 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                         let wanted = Duration::from_millis(u64::from(report_interval_ms));
                         heartbeat = wanted.clamp(Duration::from_millis(50), cfg.heartbeat.max(Duration::from_millis(50)));
                         next_beat = next_beat.min(tokio::time::Instant::now() + heartbeat);
+                        cfg.poll.set(heartbeat, cfg.heartbeat);
                         tracing::debug!(member = %member, ?heartbeat, "report cadence changed");
                     }
                     Some(coordinator_message::Body::Command(cmd)) => {
@@ -278,5 +330,28 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod poll_tests {
+    use super::*;
+
+    #[test]
+    fn fast_cadence_polls_ten_times_per_report() {
+        let ms = Duration::from_millis;
+        let (p, rx) = PollControl::new(ms(50));
+        // Normal cadence: the configured poll.
+        assert_eq!(p.interval_for(ms(300), ms(300)), ms(50));
+        // Gated at 100 ms reports: every 10 ms, never faster than 10 ms,
+        // never slower than configured.
+        assert_eq!(p.interval_for(ms(100), ms(300)), ms(10));
+        assert_eq!(p.interval_for(ms(50), ms(300)), FASTEST_POLL);
+        assert_eq!(p.interval_for(ms(290), ms(2000)), ms(29));
+        assert_eq!(p.interval_for(ms(1000), ms(2000)), ms(50));
+        p.set(ms(100), ms(300));
+        assert_eq!(*rx.borrow(), ms(10));
+        p.set(ms(300), ms(300));
+        assert_eq!(*rx.borrow(), ms(50));
     }
 }

@@ -22,18 +22,34 @@ pub struct Observation {
     pub at: Instant,
 }
 
-/// Polls `target` every `every` until `shutdown`.
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Polls `target` at the interval `every` holds (it may change at any time;
+/// a change polls at once) until `shutdown`.
 pub async fn run(
     target: Arc<dyn Target>,
-    every: Duration,
+    mut every: watch::Receiver<Duration>,
     tx: watch::Sender<Option<Observation>>,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(*every.borrow_and_update());
+    let mut live = true;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
+            changed = every.changed(), if live => {
+                match changed {
+                    // The first tick of a new interval fires at once.
+                    Ok(()) => tick = ticker(*every.borrow_and_update()),
+                    // Nobody can change it any more: keep the current one.
+                    Err(_) => live = false,
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         let obs = match target.poll().await {
@@ -55,5 +71,37 @@ pub async fn run(
             *cur = Some(obs);
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::target::fake::FakeTarget;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_poll_interval_follows_its_control() {
+        let target = Arc::new(FakeTarget::default());
+        let (every_tx, every_rx) = watch::channel(Duration::from_millis(100));
+        let (tx, _rx) = watch::channel(None);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(target.clone(), every_rx, tx, stop.clone()));
+        // 1 s at 100 ms: the first tick at once, then every 100 ms.
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+        let slow = target.polls.load(Ordering::SeqCst);
+        assert_eq!(slow, 11);
+        // 100 ms at 10 ms.
+        every_tx.send(Duration::from_millis(10)).unwrap();
+        tokio::time::sleep(Duration::from_millis(105)).await;
+        assert_eq!(target.polls.load(Ordering::SeqCst) - slow, 11);
+        // The control is gone: the last interval stays.
+        drop(every_tx);
+        let before = target.polls.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(target.polls.load(Ordering::SeqCst) - before, 10);
+        stop.cancel();
+        task.await.unwrap();
     }
 }

@@ -4,7 +4,11 @@
 //! - Status: `POST /v3/maintenance/status` (member id, leader, raft index,
 //!   raft applied index, term, server version).
 //! - The cluster version: `GET /version` (`etcdcluster`).
-//! - Health: `GET /health`, or Status failing.
+//! - Health: `GET /health`, or Status failing. etcd answers `/health` with a
+//!   read through raft, which stalls for up to a second around a leader
+//!   change; so the health check waits at most [`HEALTH_WAIT`], and a slow
+//!   answer keeps the previous verdict for up to [`HEALTH_GRACE`]. A leader
+//!   change is then reported as soon as Status shows it, not a second later.
 //! - Handover: `POST /v3/maintenance/transfer-leadership` (MoveLeader).
 //!
 //! etcd names members by uint64 ids (decimal strings in JSON); baton names
@@ -20,8 +24,14 @@ use baton_domain::{Health, MemberId, Role};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
 
 use super::{MemberState, Target, TargetError};
+
+/// How long one poll waits for `/health`.
+pub const HEALTH_WAIT: Duration = Duration::from_millis(100);
+/// How long a verdict stands in for a `/health` that is slow to answer.
+pub const HEALTH_GRACE: Duration = Duration::from_secs(3);
 
 /// Reads one etcd member.
 #[derive(Debug)]
@@ -30,6 +40,8 @@ pub struct EtcdTarget {
     timeout: Duration,
     /// etcd member id (decimal) -> member name.
     names: Mutex<BTreeMap<String, String>>,
+    /// The last `/health` verdict that arrived in time, and when.
+    last_health: Mutex<Option<(Instant, Health, String)>>,
 }
 
 /// A JSON field that etcd encodes as a decimal string (uint64s) or a number.
@@ -55,6 +67,7 @@ impl EtcdTarget {
             addr: addr.to_owned(),
             timeout,
             names: Mutex::new(BTreeMap::new()),
+            last_health: Mutex::new(None),
         }
     }
 
@@ -179,6 +192,40 @@ impl EtcdTarget {
             })
     }
 
+    /// `/health`, waiting at most [`HEALTH_WAIT`]; a slower answer keeps a
+    /// verdict younger than [`HEALTH_GRACE`].
+    async fn health(&self) -> (Health, String) {
+        let asked = Instant::now();
+        let verdict = match tokio::time::timeout(HEALTH_WAIT, self.call("GET", "/health", None))
+            .await
+        {
+            Ok(Ok((200, h))) if h["health"] == "true" => (Health::Healthy, String::new()),
+            Ok(Ok((code, h))) => (Health::Degraded, format!("/health answered {code}: {h}")),
+            Ok(Err(e)) => (Health::Degraded, format!("/health failed: {e}")),
+            Err(_) => {
+                let last = self
+                    .last_health
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                return match last {
+                    Some((at, health, detail)) if asked.duration_since(at) <= HEALTH_GRACE => {
+                        (health, detail)
+                    }
+                    _ => (
+                        Health::Degraded,
+                        format!(
+                            "/health did not answer within {HEALTH_WAIT:?} (none answered in the last {HEALTH_GRACE:?})"
+                        ),
+                    ),
+                };
+            }
+        };
+        *self.last_health.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((asked, verdict.0, verdict.1.clone()));
+        verdict
+    }
+
     async fn read(&self) -> Result<MemberState, TargetError> {
         let (code, st) = self
             .call(
@@ -201,12 +248,9 @@ impl EtcdTarget {
             "" | "0" => None,
             l => Some(self.name_of(l).await?),
         };
-        let (_, version) = self.call("GET", "/version", None).await?;
-        let (health, health_detail) = match self.call("GET", "/health", None).await {
-            Ok((200, h)) if h["health"] == "true" => (Health::Healthy, String::new()),
-            Ok((code, h)) => (Health::Degraded, format!("/health answered {code}: {h}")),
-            Err(e) => (Health::Degraded, format!("/health failed: {e}")),
-        };
+        let (version, (health, health_detail)) =
+            tokio::join!(self.call("GET", "/version", None), self.health());
+        let (_, version) = version?;
         let (health, health_detail) = if leader.is_none() {
             (Health::Degraded, "member knows no leader".to_owned())
         } else {

@@ -164,6 +164,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
         .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
+    let wall0 = baton_harness::unix_ms();
     match strategy {
         "aware" => {
             let v35 = cluster.build_release("3.5.1", &e35)?;
@@ -174,7 +175,11 @@ async fn one(strategy: &'static str) -> Result<Run> {
                 tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
             anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
             if std::env::args().any(|a| a == "--timeline") {
-                print_timeline(&cluster.dir.path().join("coordinator-state/journal.jsonl"))?;
+                print_timeline(
+                    &cluster.dir.path().join("coordinator-state/journal.jsonl"),
+                    wall0,
+                    baton_harness::unix_ms(),
+                )?;
             }
         }
         _ => {
@@ -225,7 +230,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
 
 /// Prints each journaled event of the run as milliseconds since the
 /// previous one (`--timeline`): where baton's time goes.
-fn print_timeline(journal: &std::path::Path) -> Result<()> {
+fn print_timeline(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<()> {
     let text = std::fs::read_to_string(journal)?;
     let events: Vec<serde_json::Value> = text
         .lines()
@@ -233,7 +238,8 @@ fn print_timeline(journal: &std::path::Path) -> Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
     let mut commands = std::collections::BTreeMap::new();
-    let mut prev = None;
+    let mut prev = Some(wall0);
+    eprintln!("  +   0 ms  (baton upgrade invoked)");
     for e in &events {
         let at = e["at"].as_u64().unwrap_or(0);
         let kind = e["event"].as_str().unwrap_or("?");
@@ -265,6 +271,10 @@ fn print_timeline(journal: &std::path::Path) -> Result<()> {
         eprintln!("  +{delta:>4} ms  {kind:<18} {what}");
         prev = Some(at);
     }
+    eprintln!(
+        "  +{:>4} ms  (baton upgrade returned)",
+        wall1.saturating_sub(prev.unwrap_or(wall1))
+    );
     Ok(())
 }
 
@@ -278,8 +288,14 @@ async fn main() -> Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
     let mut all = Vec::new();
+    // `--only S`: one strategy (for investigating it; the figures in
+    // BENCHMARKS.md always come from all four, interleaved).
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     for run in 1..=runs {
         for s in ["baton", "aware", "sigterm", "kill9"] {
+            if only.as_deref().is_some_and(|o| o != s) {
+                continue;
+            }
             let r = one(s).await.with_context(|| format!("run {run} {s}"))?;
             eprintln!(
                 "run {run} {s:<8} gap {:>5} ms  leader changes {}  failed {}  lost {}  total {:>6} ms",
