@@ -148,7 +148,16 @@ pub async fn run(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(cluster = %config.cluster, %addr, members = config.members.len(), "coordinator serving");
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: without it a small gRPC
+    // reply can sit behind Nagle and the peer's delayed ACK for ~40 ms.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     // gRPC health: "" (SERVING from the start) and each service, while it runs.
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -267,7 +267,16 @@ pub async fn run(
         manifest.format_version,
         OP_TIMEOUT,
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: without it a small gRPC
+    // reply can sit behind Nagle and the peer's delayed ACK for ~40 ms.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            conn.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        },
+    );
     let server = tonic::transport::Server::builder()
         .add_service(
             RaftServer::new(raft_svc)
