@@ -62,6 +62,8 @@ struct Entry {
     seq: u64,
     /// (seq, wall time, lag) per report, oldest first.
     lag_samples: std::collections::VecDeque<LagSample>,
+    /// When a reading last showed a lower lag than the previous one.
+    lag_shrank_at: Option<UnixMs>,
 }
 
 /// The coordinator's picture of the cluster.
@@ -184,10 +186,14 @@ impl FleetView {
         let Some(committed) = leader_committed else {
             return;
         };
+        let lag = committed.saturating_sub(r.applied_revision);
+        if e.lag_samples.back().is_some_and(|prev| lag < prev.lag) {
+            e.lag_shrank_at = Some(wall);
+        }
         e.lag_samples.push_back(LagSample {
             seq: e.seq,
             at: wall,
-            lag: committed.saturating_sub(r.applied_revision),
+            lag,
         });
         while e.lag_samples.len() > LAG_SAMPLES {
             e.lag_samples.pop_front();
@@ -207,11 +213,8 @@ impl FleetView {
             .members
             .into_iter()
             .map(|row| {
-                let samples = self.members[&row.member]
-                    .lag_samples
-                    .iter()
-                    .copied()
-                    .collect();
+                let entry = &self.members[&row.member];
+                let samples = entry.lag_samples.iter().copied().collect();
                 (
                     row.member,
                     MemberView {
@@ -220,6 +223,7 @@ impl FleetView {
                         report: row.report,
                         lag: row.lag,
                         lag_samples: samples,
+                        lag_shrank_at: entry.lag_shrank_at,
                     },
                 )
             })
@@ -468,6 +472,57 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, 1_000, 40), (2, 1_250, 5)]
         );
+    }
+
+    #[test]
+    fn the_last_shrink_outlives_the_sample_window() {
+        let t0 = Instant::now();
+        let mut v = FleetView::with_epoch(
+            "demo".into(),
+            vec![id("n1"), id("n2")],
+            Duration::from_secs(1),
+            (t0, UnixMs(1_000)),
+        );
+        let l = v
+            .open_session(&hello("n1"), report("n1", Role::Leader, 100, 100, 1), t0)
+            .unwrap();
+        let s = v
+            .open_session(&hello("n2"), report("n2", Role::Follower, 100, 50, 1), t0)
+            .unwrap();
+        // The lag shrinks once (50 -> 40 at +10 ms), then grows for longer
+        // than the window holds: one reading every 10 ms.
+        let at = |i: u64| t0 + Duration::from_millis(10 * i);
+        v.record(
+            &id("n2"),
+            s,
+            report("n2", Role::Follower, 100, 60, 1),
+            at(1),
+        )
+        .unwrap();
+        for i in 2..(LAG_SAMPLES as u64 + 100) {
+            v.record(
+                &id("n1"),
+                l,
+                report("n1", Role::Leader, 100 + i, 100 + i, 1),
+                at(i),
+            )
+            .unwrap();
+            v.record(
+                &id("n2"),
+                s,
+                report("n2", Role::Follower, 100 + i, 60, 1),
+                at(i),
+            )
+            .unwrap();
+        }
+        let (view, _) = v.planner_view(at(LAG_SAMPLES as u64 + 100));
+        let n2 = &view.members[&id("n2")];
+        assert_eq!(n2.lag_samples.len(), LAG_SAMPLES);
+        assert!(
+            n2.lag_samples[0].at > UnixMs(1_010),
+            "the shrink left the window"
+        );
+        assert_eq!(n2.lag_shrank_at, Some(UnixMs(1_010)));
     }
 
     #[test]

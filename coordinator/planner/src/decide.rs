@@ -98,7 +98,8 @@ fn caught_up(view: &View, member: &MemberId, since: UnixMs, tolerable: u64) -> b
 }
 
 /// How long the member's lag has gone without shrinking, if it is above
-/// `tolerable` now. Only samples since `since` count.
+/// `tolerable` now: since the later of `since` and the last reading that
+/// showed a lower lag than the one before it.
 pub fn stalled_for(
     view: &View,
     member: &MemberId,
@@ -107,19 +108,12 @@ pub fn stalled_for(
     now: UnixMs,
 ) -> Option<std::time::Duration> {
     let v = view.members.get(member)?;
-    let samples: Vec<_> = v.lag_samples.iter().filter(|s| s.at >= since).collect();
-    let last = samples.last()?;
+    let last = v.lag_samples.last().filter(|s| s.at >= since)?;
     if last.lag <= tolerable {
         return None;
     }
-    // The last time the lag went down (or the first sample).
-    let mut shrank_at = samples.first()?.at;
-    for w in samples.windows(2) {
-        if w[1].lag < w[0].lag {
-            shrank_at = w[1].at;
-        }
-    }
-    Some(now.since(shrank_at))
+    let from = v.lag_shrank_at.map_or(since, |at| at.max(since));
+    Some(now.since(from))
 }
 
 /// The next steps of `rollout` given `view`, `policy` and `now`.

@@ -25,8 +25,28 @@ pub struct MemberView {
     pub report: Option<Report>,
     /// Lag now, against the leader's committed revision; None if unknown.
     pub lag: Option<u64>,
-    /// Recent lag readings, oldest first.
+    /// Recent lag readings, oldest first. A bounded window: at a fast
+    /// report cadence it may span only seconds.
     pub lag_samples: Vec<LagSample>,
+    /// When a reading last showed a lower lag than the one before it, kept
+    /// however far back that was (stall detection must not depend on how
+    /// many readings the window holds).
+    #[serde(default)]
+    pub lag_shrank_at: Option<UnixMs>,
+}
+
+/// The time of the last reading in `samples` whose lag is below its
+/// predecessor's: what a view builder keeps as [`MemberView::lag_shrank_at`].
+pub fn last_shrink<'a>(samples: impl IntoIterator<Item = &'a LagSample>) -> Option<UnixMs> {
+    let mut prev: Option<u64> = None;
+    let mut at = None;
+    for s in samples {
+        if prev.is_some_and(|p| s.lag < p) {
+            at = Some(s.at);
+        }
+        prev = Some(s.lag);
+    }
+    at
 }
 
 impl MemberView {

@@ -85,6 +85,7 @@ impl World {
                     }),
                     lag: s.running.then_some(lag),
                     lag_samples: s.samples.clone(),
+                    lag_shrank_at: baton_planner::view::last_shrink(&s.samples),
                 },
             );
         }

@@ -181,6 +181,27 @@ fn a_lag_that_stops_shrinking_is_a_stall() {
 }
 
 #[test]
+fn a_stall_is_seen_however_little_the_sample_window_holds() {
+    // Reports every 10 ms fill the window in seconds; the lag has grown
+    // since the catch-up began at t=0 and never shrank.
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
+    let p = Policy {
+        stall_after: Duration::from_secs(30),
+        catchup_timeout: Duration::from_secs(300),
+        ..Policy::default()
+    };
+    let samples: Vec<(u64, u64, u64)> = (0..256).map(|i| (i, 32_440 + i * 10, 3_000 + i)).collect();
+    let view = with_samples(with_lag(view, "n2", 3_255), "n2", &samples);
+    assert_eq!(view.members[&id("n2")].lag_shrank_at, None);
+    let steps = decide(&view, &r, &p, t(35_000));
+    assert!(
+        matches!(&steps[0], Step::Record(Event::Paused { reason, .. }) if reason.contains("stalled")),
+        "stalled since the catch-up began, not since the oldest reading kept: {steps:?}"
+    );
+}
+
+#[test]
 fn the_leader_hands_over_to_the_most_caught_up_upgraded_follower() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 97), ("n3", F, 99)]);
     let view = with_release(with_release(view, "n2", "v2"), "n3", "v2");

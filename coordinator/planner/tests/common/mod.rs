@@ -68,6 +68,7 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                         }),
                         lag: Some(committed - applied),
                         lag_samples: Vec::new(),
+                        lag_shrank_at: None,
                     },
                 )
             })
@@ -110,6 +111,7 @@ pub fn with_samples(view: View, m: &str, samples: &[(u64, u64, u64)]) -> View {
                 lag: *lag,
             })
             .collect();
+        v.lag_shrank_at = baton_planner::view::last_shrink(&v.lag_samples);
     })
 }
 

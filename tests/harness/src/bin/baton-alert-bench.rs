@@ -67,6 +67,34 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     anyhow::ensure!(code == 0, "upgrade refused: {stderr}");
     pause(&files)?;
+    if std::env::args().any(|a| a == "--verbose") {
+        for _ in 0..(stall_after_ms / 250 + 40) {
+            if let Ok(st) = tokio::task::block_in_place(|| cluster.status()) {
+                let rows: Vec<String> = st
+                    .members
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{} {:?} lag {:?} applied {:?}",
+                            m.member,
+                            m.report.as_ref().map(|r| r.role),
+                            m.lag,
+                            m.report.as_ref().map(|r| r.applied_revision)
+                        )
+                    })
+                    .collect();
+                eprintln!(
+                    "  {} status: {}",
+                    baton_harness::unix_ms(),
+                    rows.join(" | ")
+                );
+            }
+            if !am_hook.received().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
     let within = Duration::from_millis(stall_after_ms) + Duration::from_secs(60);
     let got = am_hook
         .wait_for("the stall at Alertmanager's receiver", within, |g| {
@@ -98,6 +126,19 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
         })
         .context("member label")?;
     let began = catch_up_started(&cluster, &member)?;
+    if std::env::args().any(|a| a == "--verbose") {
+        for r in &got {
+            eprintln!(
+                "  alertmanager at +{} ms: {}",
+                r.at_unix_ms.saturating_sub(began),
+                r.body
+            );
+        }
+        for e in cluster.journal()? {
+            let at = e["at"].as_u64().unwrap_or(0);
+            eprintln!("  journal {:+} ms: {e}", at as i64 - began as i64);
+        }
+    }
     stop.cancel();
     let _ = writer.await;
     Ok((am_at.saturating_sub(began), hook_at.saturating_sub(began)))
