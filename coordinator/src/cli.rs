@@ -39,6 +39,9 @@ pub enum CliError {
 pub struct RolloutView {
     pub state: RolloutState,
     pub waiting_for: String,
+    /// The coordinator's change counter as of this view (for long polls).
+    #[serde(skip)]
+    pub version: u64,
 }
 
 /// The answer to `baton upgrade` before progress starts.
@@ -144,12 +147,17 @@ impl OperatorConn {
             found,
             state_json,
             waiting_for,
+            version,
         } = r;
         if !found {
             return Ok(None);
         }
         let state = serde_json::from_str(&state_json).map_err(|e| self.bad(e.to_string()))?;
-        Ok(Some(RolloutView { state, waiting_for }))
+        Ok(Some(RolloutView {
+            state,
+            waiting_for,
+            version,
+        }))
     }
 
     pub async fn plan(&mut self, to: &str) -> Result<Plan, CliError> {
@@ -242,10 +250,23 @@ impl OperatorConn {
     }
 
     pub async fn rollout(&mut self, id: Option<&str>) -> Result<RolloutView, CliError> {
+        self.rollout_after(id, 0, Duration::ZERO).await
+    }
+
+    /// The rollout once it has changed since `version` (a `RolloutView`'s),
+    /// or after `wait` (at most 10 s) if it has not.
+    pub async fn rollout_after(
+        &mut self,
+        id: Option<&str>,
+        version: u64,
+        wait: Duration,
+    ) -> Result<RolloutView, CliError> {
         let r = self
             .client
             .rollout(v1::RolloutRequest {
                 rollout_id: id.unwrap_or_default().to_owned(),
+                after_version: version,
+                wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
             })
             .await
             .map_err(self.refused("Rollout"))?

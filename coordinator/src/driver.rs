@@ -154,6 +154,9 @@ pub struct Driver {
     watchdog: Watchdog,
     /// Where alert notifications go (the notifier; never blocks).
     alerts: AlertOut,
+    /// Moves on every journaled event and every change of `waiting_for`;
+    /// the operator API's long poll waits on it.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Takes each alert notification the watchdog emits. It must not block:
@@ -195,6 +198,7 @@ impl Driver {
             fast: false,
             watchdog: Watchdog::new(cluster),
             alerts,
+            changes: tokio::sync::watch::channel(1).0,
         }
     }
 
@@ -261,9 +265,19 @@ impl Driver {
         }
     }
 
+    /// The change counter the operator API long-polls on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|v| *v = v.wrapping_add(1).max(1));
+    }
+
     /// Journals and applies one event to the active rollout.
     fn record(&mut self, event: Event) -> Result<(), JournalError> {
         self.journal.append(&event)?;
+        self.bump();
         match &event {
             Event::Started { .. } => match RolloutState::start(&event) {
                 Ok(r) => self.rollouts.push(r),
@@ -618,7 +632,11 @@ impl Driver {
             .active()
             .map(|r| tracing::info_span!("rollout", id = %r.id, to = %r.target.version));
         let _entered = span.as_ref().map(tracing::Span::enter);
+        let waiting_for = self.waiting_for.clone();
         self.step_rollout();
+        if self.waiting_for != waiting_for {
+            self.bump();
+        }
         self.watch();
     }
 

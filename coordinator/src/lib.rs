@@ -133,12 +133,17 @@ pub async fn run(
             }
         })
     });
+    let driver_changes = driver.changes();
     let driver_task = tokio::spawn(driver.with_metrics(metrics).run(
         ops_rx,
         results_rx,
         shutdown.clone(),
     ));
-    let operator = operator::OperatorService { fleet, ops: ops_tx };
+    let operator = operator::OperatorService {
+        fleet,
+        ops: ops_tx,
+        changes: driver_changes,
+    };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));

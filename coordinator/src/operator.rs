@@ -20,7 +20,12 @@ use crate::fleet::FleetView;
 pub struct OperatorService {
     pub fleet: Arc<Mutex<FleetView>>,
     pub ops: mpsc::Sender<Op>,
+    /// The driver's change counter (see `RolloutReply.version`).
+    pub changes: tokio::sync::watch::Receiver<u64>,
 }
+
+/// The longest a `Rollout` long poll waits.
+pub const MAX_ROLLOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl OperatorService {
     async fn ask<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, Status> {
@@ -40,6 +45,7 @@ fn reply(s: Option<RolloutSnapshot>) -> Result<RolloutReply, Status> {
             found: false,
             state_json: String::new(),
             waiting_for: String::new(),
+            version: 0,
         });
     };
     let json = serde_json::to_string(&s.state)
@@ -48,6 +54,7 @@ fn reply(s: Option<RolloutSnapshot>) -> Result<RolloutReply, Status> {
         found: true,
         state_json: json,
         waiting_for: s.waiting_for,
+        version: 0,
     })
 }
 
@@ -151,10 +158,26 @@ impl Operator for OperatorService {
         &self,
         request: Request<RolloutRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let RolloutRequest { rollout_id } = request.into_inner();
+        let RolloutRequest {
+            rollout_id,
+            after_version,
+            wait_ms,
+        } = request.into_inner();
         let id = (!rollout_id.is_empty()).then_some(rollout_id);
+        let mut changes = self.changes.clone();
+        if after_version != 0 && *changes.borrow_and_update() == after_version {
+            let wait = std::time::Duration::from_millis(u64::from(wait_ms)).min(MAX_ROLLOUT_WAIT);
+            // A timeout or a stopped driver both just answer with what is.
+            let _ = tokio::time::timeout(wait, changes.changed()).await;
+        }
+        // Read the counter before the state: a change in between shows as
+        // a newer state under the older number, and the next poll returns
+        // at once.
+        let version = *changes.borrow();
         let r = self.ask(|reply| Op::Get { id, reply }).await?;
-        Ok(Response::new(reply(r)?))
+        let mut out = reply(r)?;
+        out.version = version;
+        Ok(Response::new(out))
     }
 
     async fn history(
@@ -191,4 +214,93 @@ fn upgrade_response(
         },
         Err(e) => return Err(control_status(e)),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::FleetView;
+    use baton_proto::v1::operator_server::Operator;
+
+    /// An operator service whose driver answers every `Get` with "none".
+    fn service() -> (OperatorService, tokio::sync::watch::Sender<u64>) {
+        let (changes_tx, changes) = tokio::sync::watch::channel(1u64);
+        let (ops, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(op) = rx.recv().await {
+                if let Op::Get { reply, .. } = op {
+                    let _ = reply.send(None);
+                }
+            }
+        });
+        let fleet = Arc::new(Mutex::new(FleetView::new(
+            "c".into(),
+            Vec::new(),
+            std::time::Duration::from_secs(1),
+        )));
+        (
+            OperatorService {
+                fleet,
+                ops,
+                changes,
+            },
+            changes_tx,
+        )
+    }
+
+    fn ask(after: u64, wait_ms: u32) -> Request<RolloutRequest> {
+        Request::new(RolloutRequest {
+            rollout_id: String::new(),
+            after_version: after,
+            wait_ms,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_returns_on_the_next_change_not_at_its_deadline() {
+        let (svc, changes) = service();
+        let svc = Arc::new(svc);
+        let t0 = tokio::time::Instant::now();
+        let poll = {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.rollout(ask(1, 5_000)).await })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!poll.is_finished(), "nothing changed: it waits");
+        changes.send(2).unwrap();
+        let reply = poll.await.unwrap().unwrap().into_inner();
+        assert_eq!(reply.version, 2);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_without_change_ends_at_its_bounded_deadline() {
+        let (svc, _changes) = service();
+        let t0 = tokio::time::Instant::now();
+        let reply = svc.rollout(ask(1, 60_000)).await.unwrap().into_inner();
+        assert_eq!(reply.version, 1);
+        assert!(!reply.found);
+        assert_eq!(t0.elapsed(), MAX_ROLLOUT_WAIT, "capped at 10 s");
+        // A stale version (or none) answers at once.
+        let t1 = tokio::time::Instant::now();
+        assert_eq!(
+            svc.rollout(ask(7, 5_000))
+                .await
+                .unwrap()
+                .into_inner()
+                .version,
+            1
+        );
+        assert_eq!(
+            svc.rollout(ask(0, 5_000))
+                .await
+                .unwrap()
+                .into_inner()
+                .version,
+            1
+        );
+        assert_eq!(t1.elapsed(), std::time::Duration::ZERO);
+    }
 }

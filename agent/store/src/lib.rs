@@ -178,6 +178,25 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
+/// Puts a copy of `from` at `to`, replacing it. On the same filesystem that
+/// is a hard link: stored artifacts are never changed in place (`put`
+/// renames a new file over the old), so sharing the inode is safe, and tens
+/// of MB are not copied again. Elsewhere it copies.
+fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    let name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = to.with_file_name(format!(".{name}.link"));
+    let _ = fs::remove_file(&tmp);
+    let linked = fs::hard_link(from, &tmp).and_then(|()| fs::rename(&tmp, to));
+    if linked.is_ok() {
+        return Ok(());
+    }
+    let _ = fs::remove_file(&tmp);
+    fs::copy(from, to).map(drop)
+}
+
 /// A scratch file of its own (removed on drop): two publishes or verifies
 /// of the same release at once must never share one.
 fn scratch_file(dir: &Path, what: &str) -> Result<tempfile::NamedTempFile, StoreError> {
@@ -316,11 +335,11 @@ impl ArtifactStore for DirStore {
         Box::pin(async move {
             let src = self.dir(name, version)?.join("artifact.tar");
             let (from, to) = (src.clone(), dest.to_owned());
-            let copied = tokio::task::spawn_blocking(move || fs::copy(from, to))
+            let copied = tokio::task::spawn_blocking(move || link_or_copy(&from, &to))
                 .await
                 .map_err(|e| io(&src)(std::io::Error::other(e)))?;
             match copied {
-                Ok(_) => Ok(()),
+                Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::Missing {
                     name: name.to_owned(),
                     version: version.to_owned(),
@@ -367,6 +386,34 @@ mod tests {
         fs::write(d.join("bin/tool"), body).unwrap();
         fs::write(d.join("manifest.toml"), "version = \"v2\"\n").unwrap();
         d
+    }
+
+    #[tokio::test]
+    async fn a_fetch_shares_the_stored_file_and_a_later_put_does_not_change_it() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path().join("store"));
+        let src = release_dir(tmp.path(), "first");
+        publish(&store, "kv", "v2", 1, &src, tmp.path())
+            .await
+            .unwrap();
+        let dest = tmp.path().join("download.tar");
+        fs::write(&dest, b"an old download").unwrap();
+        store.fetch("kv", "v2", &dest).await.unwrap();
+        let stored = tmp.path().join("store/kv/v2/artifact.tar");
+        assert_eq!(
+            fs::metadata(&dest).unwrap().ino(),
+            fs::metadata(&stored).unwrap().ino(),
+            "same filesystem: linked, not copied"
+        );
+        let before = fs::read(&dest).unwrap();
+        // Re-publishing replaces the stored file; the download keeps its bytes.
+        let src = release_dir(tmp.path(), "second, longer body");
+        publish(&store, "kv", "v2", 1, &src, tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), before);
+        assert_ne!(fs::read(&stored).unwrap(), before);
     }
 
     #[tokio::test]

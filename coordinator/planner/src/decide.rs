@@ -79,7 +79,9 @@ pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> 
 }
 
 /// Whether the member's catch-up gate holds: lag ≤ tolerable on its two
-/// latest reports, which are consecutive and both taken since `since`.
+/// latest reports, which are consecutive and both taken since `since` (when
+/// it was started on the target release; so the report that passed the
+/// health gate can be the first of the two).
 fn caught_up(view: &View, member: &MemberId, since: UnixMs, tolerable: u64) -> bool {
     let Some(v) = view.members.get(member) else {
         return false;
@@ -192,7 +194,9 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
                 },
             ]
         }
-        Stage::CatchingUp { since } => catch_up(view, rollout, policy, now, &member, *since),
+        Stage::CatchingUp { since, started } => {
+            catch_up(view, rollout, policy, now, &member, *since, *started)
+        }
         Stage::Soaking { since } => {
             if now.since(*since) >= policy.soak {
                 vec![Step::Record(Event::GatePassed {
@@ -288,8 +292,15 @@ fn catch_up(
     now: UnixMs,
     member: &MemberId,
     since: UnixMs,
+    started: UnixMs,
 ) -> Vec<Step> {
-    if caught_up(view, member, since, policy.tolerable_lag) {
+    // A state written before `started` existed reads 0: fall back to `since`.
+    let from = if started == UnixMs(0) {
+        since
+    } else {
+        started.min(since)
+    };
+    if caught_up(view, member, from, policy.tolerable_lag) {
         return vec![
             Step::Cadence { fast: false },
             Step::Record(Event::GatePassed {

@@ -31,7 +31,13 @@ pub enum Stage {
     /// Started on the target; waiting until healthy on the target version.
     Started { at: UnixMs },
     /// Healthy on the target; waiting for lag ≤ tolerable on two consecutive reports.
-    CatchingUp { since: UnixMs },
+    CatchingUp {
+        since: UnixMs,
+        /// When it was started on the target: its reports from then on
+        /// count for the gate (the one that passed the health gate too).
+        #[serde(default)]
+        started: UnixMs,
+    },
     /// Caught up; soaking before the next member.
     Soaking { since: UnixMs },
     /// Passed every gate.
@@ -483,7 +489,10 @@ impl RolloutState {
             Event::GatePassed { member, gate, at } => {
                 let progress = self.member_mut(member)?;
                 progress.stage = match (gate, &progress.stage) {
-                    (Gate::Healthy, Stage::Started { .. }) => Stage::CatchingUp { since: *at },
+                    (Gate::Healthy, Stage::Started { at: started }) => Stage::CatchingUp {
+                        since: *at,
+                        started: *started,
+                    },
                     (Gate::CaughtUp, Stage::CatchingUp { .. }) => Stage::Soaking { since: *at },
                     (Gate::Soaked, Stage::Soaking { .. }) => Stage::Done,
                     (_, other) => other.clone(),

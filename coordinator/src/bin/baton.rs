@@ -314,8 +314,10 @@ fn show(v: RolloutView, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often `follow` asks the coordinator.
-const FOLLOW_POLL: Duration = Duration::from_millis(50);
+/// How long one long poll of `follow` waits for a change.
+const FOLLOW_WAIT: Duration = Duration::from_secs(2);
+/// How often `follow` asks a coordinator that does not long-poll.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// Follows a rollout with live progress until it completes or pauses.
 async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Result<()> {
@@ -325,9 +327,17 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
     let mut last_lines: Vec<String> = Vec::new();
     let style = indicatif::ProgressStyle::with_template("{spinner} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let mut version = 0;
     loop {
-        let v = conn.rollout(Some(id)).await?;
-        let status = conn.status().await.ok();
+        // Long poll: returns as soon as the rollout changes (or after
+        // FOLLOW_WAIT with no change, to refresh the member rows).
+        let v = conn.rollout_after(Some(id), version, FOLLOW_WAIT).await?;
+        version = v.version;
+        let status = if output == Output::Table {
+            conn.status().await.ok()
+        } else {
+            None
+        };
         let r = &v.state;
         let mut lines = vec![format!(
             "rollout {} -> {}: {}",
@@ -416,9 +426,11 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
             }
             Phase::Running | Phase::Aborting => {}
         }
-        // Two cheap loopback calls per poll; 50 ms keeps the end of a
-        // rollout from waiting on the CLI.
-        tokio::time::sleep(FOLLOW_POLL).await;
+        // A coordinator without long polls answers at once with version 0:
+        // then poll at a fixed pace.
+        if version == 0 {
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
     }
 }
 
