@@ -36,6 +36,9 @@ pub struct AgentLinkService {
     pub fleet: Arc<Mutex<FleetView>>,
     sessions: Arc<Mutex<HashMap<MemberId, (SessionId, Outbound)>>>,
     results: mpsc::Sender<(MemberId, CommandOutcome)>,
+    /// Woken on every accepted report, so the driver re-evaluates its gates
+    /// at once instead of at its next tick.
+    pub reports: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 }
 
@@ -50,6 +53,7 @@ impl AgentLinkService {
             fleet,
             sessions: Arc::default(),
             results,
+            reports: Arc::new(tokio::sync::Notify::new()),
             shutdown,
         }
     }
@@ -142,6 +146,7 @@ impl AgentLinkService {
                     if let Err(e) = result {
                         break Err(e);
                     }
+                    self.reports.notify_one();
                 }
                 Some(agent_message::Body::Result(r)) => match CommandOutcome::try_from(r) {
                     Ok(outcome) => {

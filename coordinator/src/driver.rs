@@ -712,6 +712,7 @@ impl Driver {
         mut results: mpsc::Receiver<(MemberId, CommandOutcome)>,
         shutdown: CancellationToken,
     ) {
+        let reports = self.link.reports.clone();
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -719,6 +720,7 @@ impl Driver {
                 () = shutdown.cancelled() => return,
                 Some(op) = ops.recv() => self.handle_op(op).await,
                 Some((member, outcome)) = results.recv() => self.handle_result(member, outcome),
+                () = reports.notified() => {}
                 _ = tick.tick() => {}
             }
             self.step();

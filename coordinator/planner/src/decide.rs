@@ -80,8 +80,10 @@ pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> 
 
 /// Whether the member's catch-up gate holds: lag ≤ tolerable on its two
 /// latest reports, which are consecutive and both taken since `since` (when
-/// it was started on the target release; so the report that passed the
-/// health gate can be the first of the two).
+/// it passed the health gate). The report that passed the health gate does
+/// not count: a member seen keeping up only at the instant it came back is
+/// not yet known to carry a quorum (counting it let samplekv stop the next
+/// follower while the first was still settling, an 80 ms write pause).
 fn caught_up(view: &View, member: &MemberId, since: UnixMs, tolerable: u64) -> bool {
     let Some(v) = view.members.get(member) else {
         return false;
@@ -194,9 +196,7 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
                 },
             ]
         }
-        Stage::CatchingUp { since, started } => {
-            catch_up(view, rollout, policy, now, &member, *since, *started)
-        }
+        Stage::CatchingUp { since } => catch_up(view, rollout, policy, now, &member, *since),
         Stage::Soaking { since } => {
             if now.since(*since) >= policy.soak {
                 vec![Step::Record(Event::GatePassed {
@@ -292,15 +292,8 @@ fn catch_up(
     now: UnixMs,
     member: &MemberId,
     since: UnixMs,
-    started: UnixMs,
 ) -> Vec<Step> {
-    // A state written before `started` existed reads 0: fall back to `since`.
-    let from = if started == UnixMs(0) {
-        since
-    } else {
-        started.min(since)
-    };
-    if caught_up(view, member, from, policy.tolerable_lag) {
+    if caught_up(view, member, since, policy.tolerable_lag) {
         return vec![
             Step::Cadence { fast: false },
             Step::Record(Event::GatePassed {

@@ -31,13 +31,7 @@ pub enum Stage {
     /// Started on the target; waiting until healthy on the target version.
     Started { at: UnixMs },
     /// Healthy on the target; waiting for lag ≤ tolerable on two consecutive reports.
-    CatchingUp {
-        since: UnixMs,
-        /// When it was started on the target: its reports from then on
-        /// count for the gate (the one that passed the health gate too).
-        #[serde(default)]
-        started: UnixMs,
-    },
+    CatchingUp { since: UnixMs },
     /// Caught up; soaking before the next member.
     Soaking { since: UnixMs },
     /// Passed every gate.
@@ -489,10 +483,7 @@ impl RolloutState {
             Event::GatePassed { member, gate, at } => {
                 let progress = self.member_mut(member)?;
                 progress.stage = match (gate, &progress.stage) {
-                    (Gate::Healthy, Stage::Started { at: started }) => Stage::CatchingUp {
-                        since: *at,
-                        started: *started,
-                    },
+                    (Gate::Healthy, Stage::Started { .. }) => Stage::CatchingUp { since: *at },
                     (Gate::CaughtUp, Stage::CatchingUp { .. }) => Stage::Soaking { since: *at },
                     (Gate::Soaked, Stage::Soaking { .. }) => Stage::Done,
                     (_, other) => other.clone(),

@@ -105,7 +105,7 @@ fn catching_up(rollout: Option<&RolloutState>) -> Option<(&RolloutState, &Member
     }
     let m = r.current()?;
     match r.members.get(m)?.stage {
-        Stage::CatchingUp { since, .. } => Some((r, m, since)),
+        Stage::CatchingUp { since } => Some((r, m, since)),
         _ => None,
     }
 }

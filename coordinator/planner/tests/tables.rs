@@ -88,15 +88,7 @@ fn the_forward_path_of_one_follower() {
 #[test]
 fn the_catch_up_gate_needs_two_consecutive_reports() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let mut r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(10),
-            started: t(10),
-        },
-    );
+    let mut r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(10) });
     let p = Policy {
         tolerable_lag: 5,
         ..Policy::default()
@@ -141,15 +133,7 @@ fn the_catch_up_gate_needs_two_consecutive_reports() {
 #[test]
 fn a_catch_up_that_never_finishes_pauses_naming_member_and_lag() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
     let p = Policy {
         catchup_timeout: Duration::from_secs(5),
         stall_after: Duration::from_secs(60),
@@ -174,15 +158,7 @@ fn a_catch_up_that_never_finishes_pauses_naming_member_and_lag() {
 #[test]
 fn a_lag_that_stops_shrinking_is_a_stall() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
     let p = Policy {
         stall_after: Duration::from_secs(30),
         ..Policy::default()
@@ -205,24 +181,16 @@ fn a_lag_that_stops_shrinking_is_a_stall() {
 }
 
 #[test]
-fn the_report_that_passed_the_health_gate_counts_for_catch_up_but_not_one_from_before_the_start() {
+fn the_report_that_passed_the_health_gate_does_not_count_for_catch_up() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    // Started on the target at t=3, healthy at t=10.
-    let r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(10),
-            started: t(3),
-        },
-    );
+    // Healthy at t=10; the report that showed it came at t=9.
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(10) });
     let p = Policy {
         tolerable_lag: 5,
         ..Policy::default()
     };
     let passed = |samples: &[(u64, u64, u64)]| {
-        decide(&with_samples(view.clone(), "n2", samples), &r, &p, t(12))
+        decide(&with_samples(view.clone(), "n2", samples), &r, &p, t(30))
             .iter()
             .any(|s| {
                 matches!(
@@ -235,12 +203,12 @@ fn the_report_that_passed_the_health_gate_counts_for_catch_up_but_not_one_from_b
             })
     };
     assert!(
-        passed(&[(7, 9, 3), (8, 12, 2)]),
-        "the health-gate report is the first of two"
+        !passed(&[(7, 9, 3), (8, 12, 2)]),
+        "one report since the gate"
     );
     assert!(
-        !passed(&[(7, 2, 3), (8, 12, 2)]),
-        "a report from before the start (the old release) never counts"
+        passed(&[(7, 9, 3), (8, 12, 2), (9, 20, 1)]),
+        "two since the gate"
     );
 }
 
@@ -249,15 +217,7 @@ fn a_stall_is_seen_however_little_the_sample_window_holds() {
     // Reports every 10 ms fill the window in seconds; the lag has grown
     // since the catch-up began at t=0 and never shrank.
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
     let p = Policy {
         stall_after: Duration::from_secs(30),
         catchup_timeout: Duration::from_secs(300),
@@ -452,15 +412,7 @@ fn abort_stops_between_steps_and_never_leaves_a_member_stopped() {
         }],
         "a stopped member is brought back up first"
     );
-    let mut catching = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let mut catching = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
     catching.apply(&Event::AbortRequested { at: t(1) }).unwrap();
     let steps = decide(&view, &catching, &Policy::default(), t(2));
     assert!(

@@ -66,15 +66,7 @@ fn samples(from_s: u64, lags: &[u64]) -> Vec<(u64, u64, u64)> {
 #[test]
 fn a_catch_up_stall_fires_once_with_labels_and_annotations_then_resolves() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
     let p = policy();
     let mut w = Watchdog::new("c1");
     // Lag shrank last at t=5 s, then grew: stalled from 5 s.
@@ -116,15 +108,7 @@ fn a_catch_up_stall_fires_once_with_labels_and_annotations_then_resolves() {
 #[test]
 fn catchup_timeout_is_a_stall_even_while_the_lag_shrinks() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let r = at_stage(
-        &view,
-        "n1",
-        "n2",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
     let p = Policy {
         catchup_timeout: Duration::from_secs(5),
         ..policy()
@@ -170,15 +154,7 @@ fn a_steady_state_lag_above_threshold_fires_after_steady_stall_after() {
 #[test]
 fn a_completed_rollout_leaves_the_steady_state_rule() {
     let view = cluster(&[("n1", L, 500), ("n2", F, 500), ("n3", F, 100)]);
-    let mut r = at_stage(
-        &view,
-        "n1",
-        "n3",
-        Stage::CatchingUp {
-            since: t(0),
-            started: t(0),
-        },
-    );
+    let mut r = at_stage(&view, "n1", "n3", Stage::CatchingUp { since: t(0) });
     r.phase = Phase::Completed;
     let mut w = Watchdog::new("c1");
     w.evaluate(&view, Some(&r), &policy(), t(0));

@@ -891,3 +891,57 @@ impl LoneCoordinator {
             .await?)
     }
 }
+
+/// Prints each event of a coordinator journal as milliseconds since the
+/// previous one, from `wall0` (when `baton upgrade` was invoked) to `wall1`
+/// (when it returned): where a rollout's time goes. The benches' `--timeline`.
+pub fn print_timeline(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<()> {
+    let text = std::fs::read_to_string(journal)?;
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let mut commands = std::collections::BTreeMap::new();
+    let mut prev = Some(wall0);
+    eprintln!("  +   0 ms  (baton upgrade invoked)");
+    for e in &events {
+        let at = e["at"].as_u64().unwrap_or(0);
+        let kind = e["event"].as_str().unwrap_or("?");
+        let what = match kind {
+            "command_issued" => {
+                let action = e["action"]["action"]
+                    .as_str()
+                    .or_else(|| e["action"].as_str())
+                    .unwrap_or("?")
+                    .to_owned();
+                let label = format!("{} {action}", e["member"].as_str().unwrap_or("?"));
+                commands.insert(e["id"].as_str().unwrap_or("").to_owned(), label.clone());
+                label
+            }
+            "command_succeeded" | "command_failed" => commands
+                .get(e["id"].as_str().unwrap_or(""))
+                .cloned()
+                .unwrap_or_default(),
+            _ => format!(
+                "{} {}",
+                e["member"]
+                    .as_str()
+                    .or_else(|| e["to"].as_str())
+                    .unwrap_or(""),
+                e["gate"].as_str().unwrap_or("")
+            ),
+        };
+        let delta = prev.map_or(0, |p| at.saturating_sub(p));
+        eprintln!(
+            "  +{delta:>4} ms  @{:>5}  {kind:<18} {what}",
+            at.saturating_sub(wall0)
+        );
+        prev = Some(at);
+    }
+    eprintln!(
+        "  +{:>4} ms  (baton upgrade returned)",
+        wall1.saturating_sub(prev.unwrap_or(wall1))
+    );
+    Ok(())
+}

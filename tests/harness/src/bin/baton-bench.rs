@@ -156,23 +156,53 @@ async fn naive(signal: Signal, name: &'static str) -> Result<RunResult> {
 
 async fn baton() -> Result<RunResult> {
     let cluster = Cluster::start(ClusterSpec {
-        policy: "tolerable_lag = 20\n".into(),
+        // The default policy (tolerable_lag 10). A looser 20 let the next
+        // follower stop while the previous one was still ~200 ms behind
+        // the leader at 100 writes/s, which paused commits for ~80 ms.
         ..ClusterSpec::supervised(3)
     })
     .await?;
     cluster.publish("v2", 1, false)?;
+    let load_started = baton_harness::unix_ms();
     let l = load(&cluster);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t0 = Instant::now();
+    let wall0 = baton_harness::unix_ms();
     let (code, out, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
     anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
+    if std::env::args().any(|a| a == "--timeline") {
+        baton_harness::print_timeline(
+            &cluster.dir.path().join("coordinator-state/journal.jsonl"),
+            wall0,
+            baton_harness::unix_ms(),
+        )?;
+    }
     let steps: Vec<u64> = out["summary"]["step_ms"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s[1].as_u64()).collect())
         .unwrap_or_default();
     let total_ms = u64::try_from(t0.elapsed().as_millis())?;
     let (r, lost) = finish(l).await?;
+    if std::env::args().any(|a| a == "--timeline") {
+        // Where the largest gap was: the acks on either side of it.
+        let mut acks: Vec<_> = r.acked_writes.iter().collect();
+        acks.sort_by_key(|w| w.acked_at_ms);
+        if let Some(w) = acks
+            .windows(2)
+            .max_by_key(|w| w[1].acked_at_ms.saturating_sub(w[0].acked_at_ms))
+        {
+            eprintln!(
+                "  largest gap {} ms from @{} (ms after `baton upgrade` began): last ack before it by leader {} (term {}), first after by leader {} (term {})",
+                w[1].acked_at_ms - w[0].acked_at_ms,
+                (load_started + w[0].acked_at_ms) as i64 - wall0 as i64,
+                w[0].leader_id,
+                w[0].term,
+                w[1].leader_id,
+                w[1].term
+            );
+        }
+    }
     Ok(RunResult {
         strategy: "baton",
         max_write_gap_ms: r.max_write_gap_ms,
@@ -215,8 +245,13 @@ async fn main() -> Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(5);
     let mut all: Vec<RunResult> = Vec::new();
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     for run in 1..=runs {
         for strategy in ["baton", "sigterm", "kill9", "idle"] {
+            // `--only S`: one strategy, for investigating it.
+            if only.as_deref().is_some_and(|o| o != strategy) {
+                continue;
+            }
             let r = match strategy {
                 "baton" => baton().await,
                 "sigterm" => naive(Signal::SIGTERM, "sigterm").await,

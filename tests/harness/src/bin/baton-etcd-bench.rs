@@ -175,7 +175,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
                 tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
             anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
             if std::env::args().any(|a| a == "--timeline") {
-                print_timeline(
+                baton_harness::print_timeline(
                     &cluster.dir.path().join("coordinator-state/journal.jsonl"),
                     wall0,
                     baton_harness::unix_ms(),
@@ -226,56 +226,6 @@ async fn one(strategy: &'static str) -> Result<Run> {
         lost_writes: lost,
         total_ms,
     })
-}
-
-/// Prints each journaled event of the run as milliseconds since the
-/// previous one (`--timeline`): where baton's time goes.
-fn print_timeline(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<()> {
-    let text = std::fs::read_to_string(journal)?;
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
-    let mut commands = std::collections::BTreeMap::new();
-    let mut prev = Some(wall0);
-    eprintln!("  +   0 ms  (baton upgrade invoked)");
-    for e in &events {
-        let at = e["at"].as_u64().unwrap_or(0);
-        let kind = e["event"].as_str().unwrap_or("?");
-        let what = match kind {
-            "command_issued" => {
-                let action = e["action"]["action"]
-                    .as_str()
-                    .or_else(|| e["action"].as_str())
-                    .unwrap_or("?")
-                    .to_owned();
-                let label = format!("{} {action}", e["member"].as_str().unwrap_or("?"));
-                commands.insert(e["id"].as_str().unwrap_or("").to_owned(), label.clone());
-                label
-            }
-            "command_succeeded" | "command_failed" => commands
-                .get(e["id"].as_str().unwrap_or(""))
-                .cloned()
-                .unwrap_or_default(),
-            _ => format!(
-                "{} {}",
-                e["member"]
-                    .as_str()
-                    .or_else(|| e["to"].as_str())
-                    .unwrap_or(""),
-                e["gate"].as_str().unwrap_or("")
-            ),
-        };
-        let delta = prev.map_or(0, |p| at.saturating_sub(p));
-        eprintln!("  +{delta:>4} ms  {kind:<18} {what}");
-        prev = Some(at);
-    }
-    eprintln!(
-        "  +{:>4} ms  (baton upgrade returned)",
-        wall1.saturating_sub(prev.unwrap_or(wall1))
-    );
-    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
