@@ -304,6 +304,46 @@ async fn serve_one(
     Ok(())
 }
 
+impl Receiver {
+    /// Waits (bounded) for an Alertmanager notification of alert `name`
+    /// with `status` (`firing` or `resolved`); returns all received so far.
+    pub async fn wait_for_am(
+        &self,
+        name: &str,
+        status: &str,
+        within: Duration,
+    ) -> Result<Vec<Received>> {
+        self.wait_for(&format!("a {status} {name}"), within, |g| {
+            am_count(g, name, status) > 0
+        })
+        .await
+    }
+}
+
+/// How many alerts named `name` with `status` the notifications in `got`
+/// carry.
+pub fn am_count(got: &[Received], name: &str, status: &str) -> usize {
+    am_notifications(got, name)
+        .iter()
+        .filter(|(s, _)| s == status)
+        .count()
+}
+
+/// The first notification in `got` carrying alert `name` with `status`,
+/// and that alert.
+pub fn am_first<'a>(
+    got: &'a [Received],
+    name: &str,
+    status: &str,
+) -> Option<(&'a Received, Value)> {
+    got.iter().find_map(|r| {
+        am_notifications(std::slice::from_ref(r), name)
+            .into_iter()
+            .find(|(s, _)| s == status)
+            .map(|(_, a)| (r, a))
+    })
+}
+
 /// The Alertmanager webhook notifications in `got` for alert `name`, as
 /// (status, alert) pairs, one per alert in each notification.
 pub fn am_notifications(got: &[Received], name: &str) -> Vec<(String, Value)> {

@@ -7,8 +7,59 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use samplekv::client::Client;
+use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
+use tokio_util::sync::CancellationToken;
 
 use crate::{Cluster, ClusterSpec};
+
+/// A writer at 100 writes/s (bounded: 20,000 writes or 2 minutes) through
+/// the samplekv client, so a stalled follower's lag grows.
+#[derive(Debug)]
+pub struct Load {
+    client: Client,
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<WriterReport>,
+}
+
+impl Load {
+    pub fn start(cluster: &Cluster, key_prefix: &str) -> Load {
+        let client = Client::new(cluster.addrs());
+        let stop = CancellationToken::new();
+        let cfg = WriterConfig {
+            rate_per_sec: 100,
+            max_writes: 20_000,
+            max_duration: Duration::from_secs(120),
+            key_prefix: key_prefix.to_owned(),
+            ..WriterConfig::default()
+        };
+        let writer = {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+        };
+        Load {
+            client,
+            stop,
+            writer,
+        }
+    }
+
+    /// Stops the writer; returns how many writes were acked and which of
+    /// them are missing on a linearizable read.
+    pub async fn finish(self) -> Result<(u64, Vec<String>)> {
+        self.stop.cancel();
+        let report = self.writer.await?;
+        let checked = verify(&self.client, &report).await;
+        anyhow::ensure!(
+            checked.checked == report.acked,
+            "every acked write was checked: {} of {} ({} unreadable)",
+            checked.checked,
+            report.acked,
+            checked.unreadable.len()
+        );
+        Ok((report.acked, checked.lost))
+    }
+}
 
 /// A follower's index and its pause file.
 pub type PauseFile = (usize, PathBuf);

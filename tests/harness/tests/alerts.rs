@@ -10,61 +10,15 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use baton_harness::alertmanager::{Alertmanager, Received, Receiver, am_notifications};
-use baton_harness::stall::{self, PauseFile, Unpause, catch_up_started, pause, unpause};
+use baton_harness::alertmanager::{
+    Alertmanager, Received, Receiver, am_count, am_first, am_notifications,
+};
+use baton_harness::stall::{self, Load, PauseFile, Unpause, catch_up_started, pause, unpause};
 use baton_harness::{Cluster, init};
-use samplekv::client::Client;
-use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
 const STALL_AFTER_MS: u64 = 2000;
 const HEARTBEAT_MS: u64 = 300;
-
-struct Load {
-    client: Client,
-    stop: CancellationToken,
-    writer: tokio::task::JoinHandle<WriterReport>,
-}
-
-fn start_load(cluster: &Cluster) -> Load {
-    let client = Client::new(cluster.addrs());
-    let stop = CancellationToken::new();
-    let cfg = WriterConfig {
-        rate_per_sec: 100,
-        max_writes: 20_000,
-        max_duration: Duration::from_secs(120),
-        key_prefix: "alert-".into(),
-        ..WriterConfig::default()
-    };
-    let writer = {
-        let (client, stop) = (client.clone(), stop.clone());
-        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
-    };
-    Load {
-        client,
-        stop,
-        writer,
-    }
-}
-
-impl Load {
-    /// Stops the writer; returns how many writes were acked and which of
-    /// them are missing on a linearizable read.
-    async fn finish(self) -> Result<(u64, Vec<String>)> {
-        self.stop.cancel();
-        let report = self.writer.await?;
-        let checked = verify(&self.client, &report).await;
-        anyhow::ensure!(
-            checked.checked == report.acked,
-            "every acked write was checked: {} of {} ({} unreadable)",
-            checked.checked,
-            report.acked,
-            checked.unreadable.len()
-        );
-        Ok((report.acked, checked.lost))
-    }
-}
 
 async fn cluster_with_pause_files(
     policy: &str,
@@ -103,7 +57,7 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     let (cluster, files) = cluster_with_pause_files(&policy(), &alerting).await?;
     let _unpause = Unpause(files.clone());
     cluster.publish("v2", 1, false)?;
-    let load = start_load(&cluster);
+    let load = Load::start(&cluster, "alert-");
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
@@ -124,26 +78,12 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     // Alertmanager: one firing BatonCatchUpStalled with the right labels and
     // annotations, within stall_after + 2 report intervals of the stall.
     let got = am_hook
-        .wait_for(
-            "a firing BatonCatchUpStalled",
-            Duration::from_secs(20),
-            |g| {
-                am_notifications(g, "BatonCatchUpStalled")
-                    .iter()
-                    .any(|(s, _)| s == "firing")
-            },
-        )
+        .wait_for_am("BatonCatchUpStalled", "firing", Duration::from_secs(20))
         .await?;
     let since = catch_up_started(&cluster, &first)?;
-    let arrived = got
-        .iter()
-        .find(|r| {
-            am_notifications(std::slice::from_ref(r), "BatonCatchUpStalled")
-                .iter()
-                .any(|(s, _)| s == "firing")
-        })
-        .map(|r| r.at_unix_ms)
-        .context("arrival")?;
+    let (first_firing, alert) =
+        am_first(&got, "BatonCatchUpStalled", "firing").context("a firing notification")?;
+    let arrived = first_firing.at_unix_ms;
     let budget = STALL_AFTER_MS + 2 * HEARTBEAT_MS;
     eprintln!(
         "stall alert reached the Alertmanager webhook {} ms after {first} began catching up (budget {budget} ms)",
@@ -154,10 +94,6 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
         "alert {} ms after the catch-up began; budget {budget} ms",
         arrived.saturating_sub(since)
     );
-    let (_, alert) = am_notifications(&got, "BatonCatchUpStalled")
-        .into_iter()
-        .find(|(s, _)| s == "firing")
-        .context("firing")?;
     assert_eq!(alert["labels"]["cluster"], "e2e");
     assert_eq!(alert["labels"]["member"], first.as_str());
     assert_eq!(alert["labels"]["rollout"], rollout.as_str());
@@ -181,20 +117,9 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     // Un-pause: the member catches up and a resolution arrives.
     unpause(&files);
     let got = am_hook
-        .wait_for(
-            "a resolved BatonCatchUpStalled",
-            Duration::from_secs(30),
-            |g| {
-                am_notifications(g, "BatonCatchUpStalled")
-                    .iter()
-                    .any(|(s, _)| s == "resolved")
-            },
-        )
+        .wait_for_am("BatonCatchUpStalled", "resolved", Duration::from_secs(30))
         .await?;
-    let firing = am_notifications(&got, "BatonCatchUpStalled")
-        .iter()
-        .filter(|(s, _)| s == "firing")
-        .count();
+    let firing = am_count(&got, "BatonCatchUpStalled", "firing");
     assert_eq!(firing, 1, "exactly one firing notification: {got:#?}");
 
     // PagerDuty: a trigger then a resolve with one dedup_key, Events v2 shape.
@@ -267,21 +192,10 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     assert_eq!(lost, Vec::<String>::new());
     // The pause itself paged, and resolved once resumed.
     let got = am_hook
-        .wait_for(
-            "BatonRolloutPaused resolved",
-            Duration::from_secs(20),
-            |g| {
-                am_notifications(g, "BatonRolloutPaused")
-                    .iter()
-                    .any(|(s, _)| s == "resolved")
-            },
-        )
+        .wait_for_am("BatonRolloutPaused", "resolved", Duration::from_secs(20))
         .await?;
     assert_eq!(
-        am_notifications(&got, "BatonCatchUpStalled")
-            .iter()
-            .filter(|(s, _)| s == "firing")
-            .count(),
+        am_count(&got, "BatonCatchUpStalled", "firing"),
         1,
         "still exactly one stall notification after the rollout finished"
     );
@@ -303,7 +217,7 @@ async fn a_stall_while_alertmanager_is_down_still_pauses_and_pages_once_it_is_ba
     let _unpause = Unpause(files.clone());
     cluster.publish("v2", 1, false)?;
     am.stop();
-    let load = start_load(&cluster);
+    let load = Load::start(&cluster, "alert-");
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
@@ -357,14 +271,10 @@ async fn a_follower_lagging_outside_any_rollout_pages_and_resolves() -> Result<(
     // Only one follower stalls.
     let stalled = &files[..1];
     let name = cluster.members[stalled[0].0].name.clone();
-    let load = start_load(&cluster);
+    let load = Load::start(&cluster, "alert-");
     pause(stalled)?;
     let got = am_hook
-        .wait_for("a steady-state stall", Duration::from_secs(20), |g| {
-            am_notifications(g, "BatonCatchUpStalled")
-                .iter()
-                .any(|(s, _)| s == "firing")
-        })
+        .wait_for_am("BatonCatchUpStalled", "firing", Duration::from_secs(20))
         .await?;
     let firing: Vec<(String, Value)> = am_notifications(&got, "BatonCatchUpStalled");
     assert_eq!(firing.len(), 1, "{firing:#?}");
@@ -379,11 +289,7 @@ async fn a_follower_lagging_outside_any_rollout_pages_and_resolves() -> Result<(
     );
     unpause(stalled);
     am_hook
-        .wait_for("its resolution", Duration::from_secs(20), |g| {
-            am_notifications(g, "BatonCatchUpStalled")
-                .iter()
-                .any(|(s, _)| s == "resolved")
-        })
+        .wait_for_am("BatonCatchUpStalled", "resolved", Duration::from_secs(20))
         .await?;
     let (acked, lost) = load.finish().await?;
     assert!(acked > 0);

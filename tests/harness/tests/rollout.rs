@@ -107,7 +107,6 @@ async fn clean_upgrade(n: usize) -> Result<()> {
     let mut cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
     let leader = cluster.leader_index().await?;
-    let leader_name = cluster.members[leader].name.clone();
     // Slow every follower's appends but one: that one is the most caught up
     // at handover time, whatever the tie-break would say.
     let followers: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
@@ -115,18 +114,25 @@ async fn clean_upgrade(n: usize) -> Result<()> {
     for &i in &followers[1..] {
         cluster.restart_supervised_with_env(i, &[("SAMPLEKV_APPEND_DELAY_MS", "60")])?;
     }
-    cluster
+    let status = cluster
         .wait_status(
             "every member back, one leader, caught up",
             Duration::from_secs(30),
             |s| {
-                s.leader.as_ref().map(|m| m.as_str()) == Some(leader_name.as_str())
+                s.leader.is_some()
                     && s.members
                         .iter()
                         .all(|m| m.connected && m.lag.is_some_and(|l| l <= 5))
             },
         )
         .await?;
+    // Usually the same leader; on a loaded machine an election during the
+    // restarts can move it. The rollout starts from whoever leads now.
+    let leader_name = status
+        .leader
+        .as_ref()
+        .map(|m| m.as_str().to_owned())
+        .expect("one leader");
 
     // The dry run: preflight passes, followers first, the leader last, and
     // the handover target as of now.

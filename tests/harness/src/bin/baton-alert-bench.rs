@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use baton_harness::alertmanager::{Alertmanager, Receiver, am_notifications};
-use baton_harness::stall::{Unpause, catch_up_started, cluster_with_pause_files, pause};
+use baton_harness::alertmanager::{Alertmanager, Receiver, am_first};
+use baton_harness::stall::{Load, Unpause, catch_up_started, cluster_with_pause_files, pause};
 
 const HEARTBEAT_MS: u64 = 300;
 
@@ -48,19 +48,7 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
     let _unpause = Unpause(files.clone());
     cluster.publish("v2", 1, false)?;
     // Some writes, so a stalled follower's lag grows.
-    let client = samplekv::client::Client::new(cluster.addrs());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let writer = {
-        let (client, stop) = (client.clone(), stop.clone());
-        let cfg = samplekv::writer::WriterConfig {
-            rate_per_sec: 100,
-            max_writes: 20_000,
-            max_duration: Duration::from_secs(120),
-            key_prefix: "bench-".into(),
-            ..samplekv::writer::WriterConfig::default()
-        };
-        tokio::spawn(async move { samplekv::writer::run_writer(&client, cfg, stop).await })
-    };
+    let load = Load::start(&cluster, "bench-");
     // Pause right after the rollout starts (preflight refuses lagging
     // followers), well before the first follower is back on v2.
     let (code, _, stderr) =
@@ -97,15 +85,10 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
     }
     let within = Duration::from_millis(stall_after_ms) + Duration::from_secs(60);
     let got = am_hook
-        .wait_for("the stall at Alertmanager's receiver", within, |g| {
-            !am_notifications(g, "BatonCatchUpStalled").is_empty()
-        })
+        .wait_for_am("BatonCatchUpStalled", "firing", within)
         .await?;
-    let am_at = got
-        .iter()
-        .find(|r| !am_notifications(std::slice::from_ref(r), "BatonCatchUpStalled").is_empty())
-        .map(|r| r.at_unix_ms)
-        .context("arrival")?;
+    let (first, alert) = am_first(&got, "BatonCatchUpStalled", "firing").context("arrival")?;
+    let am_at = first.at_unix_ms;
     let direct = hook
         .wait_for("the stall at the webhook", within, |g| {
             g.iter()
@@ -117,14 +100,10 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
         .find(|r| r.body["alert"]["labels"]["alertname"] == "BatonCatchUpStalled")
         .map(|r| r.at_unix_ms)
         .context("arrival")?;
-    let member = got
-        .iter()
-        .find_map(|r| {
-            am_notifications(std::slice::from_ref(r), "BatonCatchUpStalled")
-                .first()
-                .and_then(|(_, a)| a["labels"]["member"].as_str().map(str::to_owned))
-        })
-        .context("member label")?;
+    let member = alert["labels"]["member"]
+        .as_str()
+        .context("member label")?
+        .to_owned();
     let began = catch_up_started(&cluster, &member)?;
     if std::env::args().any(|a| a == "--verbose") {
         for r in &got {
@@ -139,8 +118,8 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
             eprintln!("  journal {:+} ms: {e}", at as i64 - began as i64);
         }
     }
-    stop.cancel();
-    let _ = writer.await;
+    let (_, lost) = load.finish().await?;
+    anyhow::ensure!(lost.is_empty(), "acked writes lost: {lost:?}");
     Ok((am_at.saturating_sub(began), hook_at.saturating_sub(began)))
 }
 
