@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_link::AgentLinkService;
+use crate::alert_state::AlertState;
 use crate::fleet::{FleetView, SessionId};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{self, Metrics};
@@ -157,6 +158,8 @@ pub struct Driver {
     /// Moves on every journaled event and every change of `waiting_for`;
     /// the operator API's long poll waits on it.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Where the firing set is kept across restarts, if anywhere.
+    alert_state: Option<AlertState>,
 }
 
 /// Takes each alert notification the watchdog emits. It must not block:
@@ -199,6 +202,7 @@ impl Driver {
             watchdog: Watchdog::new(cluster),
             alerts,
             changes: tokio::sync::watch::channel(1).0,
+            alert_state: None,
         }
     }
 
@@ -213,6 +217,11 @@ impl Driver {
         for name in [CATCH_UP_STALLED, AGENT_DOWN, ROLLOUT_PAUSED] {
             let n = self.watchdog.firing().filter(|a| a.name() == name).count();
             self.metrics.set_alerts_firing(name, n as u64);
+        }
+        if let Some(state) = &self.alert_state
+            && let Err(e) = state.store(self.watchdog.firing())
+        {
+            tracing::error!(error = %e, "cannot keep the firing alerts; a restart would not resolve them");
         }
         for alert in changed {
             if alert.status == AlertStatus::Firing
@@ -263,6 +272,19 @@ impl Driver {
                 String::new()
             },
         }
+    }
+
+    /// Keeps the firing alerts in `state`, starting from `restored` (what
+    /// was firing when the coordinator last stopped): those are not raised
+    /// again while their condition holds, and are resolved when it clears.
+    /// (The caller gives them back to the notifier too.)
+    pub fn with_alert_state(mut self, state: AlertState, restored: Vec<Alert>) -> Self {
+        if !restored.is_empty() {
+            tracing::info!(firing = restored.len(), "restored firing alerts");
+        }
+        self.watchdog.restore(restored);
+        self.alert_state = Some(state);
+        self
     }
 
     /// The change counter the operator API long-polls on.

@@ -4,6 +4,7 @@
 //! A tour of the crate:
 //! - [`config`]: the validated coordinator configuration.
 //! - [`fleet`]: the FleetView, the latest report per member; pure, clock as input.
+//! - [`alert_state`]: the firing alerts on disk, so a restart still resolves them.
 //! - [`agent_link`]: the gRPC service agents stream reports into.
 //! - [`driver`]: the rollout driver (steps to commands, results to events).
 //! - [`journal`]: the rollout journal, appended before anything is applied.
@@ -17,6 +18,7 @@
 //! [`run`] takes an already-bound listener so tests bind `127.0.0.1:0`.
 
 pub mod agent_link;
+pub mod alert_state;
 pub mod alerts;
 pub mod cli;
 pub mod config;
@@ -55,6 +57,8 @@ pub enum RunError {
     Metrics(#[from] metrics::MetricsError),
     #[error("alerting: {0}")]
     Alerts(#[from] alerts::SinkError),
+    #[error(transparent)]
+    AlertState(#[from] alert_state::AlertStateError),
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
@@ -119,7 +123,10 @@ pub async fn run(
         Box::new(journal),
         rollouts,
         &config.cluster,
-        Box::new(move |alert| notifier.notify(alert)),
+        Box::new({
+            let notifier = notifier.clone();
+            move |alert| notifier.notify(alert)
+        }),
     );
     let (ops_tx, ops_rx) = tokio::sync::mpsc::channel(16);
     let metrics_task = metrics_listener.map(|listener| {
@@ -133,6 +140,12 @@ pub async fn run(
             }
         })
     });
+    let alert_state = alert_state::AlertState::new(&config.state_dir);
+    let restored = alert_state.load()?;
+    for a in &restored {
+        notifier.restore(a.clone());
+    }
+    let driver = driver.with_alert_state(alert_state, restored);
     let driver_changes = driver.changes();
     let driver_task = tokio::spawn(driver.with_metrics(metrics).run(
         ops_rx,

@@ -118,6 +118,14 @@ impl Watchdog {
         }
     }
 
+    /// Takes back alerts that were firing before a restart: they are not
+    /// sent again as new, and are resolved when their condition clears.
+    pub fn restore(&mut self, firing: impl IntoIterator<Item = Alert>) {
+        for a in firing {
+            self.firing.insert(a.key(), a);
+        }
+    }
+
     /// The alerts firing now.
     pub fn firing(&self) -> impl Iterator<Item = &Alert> {
         self.firing.values()

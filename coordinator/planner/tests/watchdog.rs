@@ -235,3 +235,24 @@ fn the_trend_is_the_least_squares_slope_of_recent_samples() {
     assert_eq!(describe_trend(Some(0.0)), "0.0/s (flat)");
     assert_eq!(describe_trend(None), "unknown (too few reports)");
 }
+
+#[test]
+fn a_restored_alert_is_not_raised_again_and_resolves_when_its_condition_clears() {
+    let view = cluster(&[("n1", L, 500), ("n2", F, 500), ("n3", F, 100)]);
+    let p = policy();
+    // Firing before the coordinator restarted.
+    let before = Alert::firing(CATCH_UP_STALLED, "c1", Some("n3"), None, t(1_000));
+    let mut w = Watchdog::new("c1");
+    w.restore([before.clone()]);
+    // The condition still holds (and would fire anew after 60 s): nothing.
+    assert!(w.evaluate(&view, None, &p, t(0)).is_empty());
+    assert!(w.evaluate(&view, None, &p, t(120_000)).is_empty());
+    assert_eq!(
+        w.firing().cloned().collect::<Vec<_>>(),
+        vec![before.clone()]
+    );
+    // Caught up: the restored alert resolves, under the same key.
+    let out = w.evaluate(&with_lag(view, "n3", 0), None, &p, t(121_000));
+    assert_eq!(brief(&out), vec![resolved(CATCH_UP_STALLED, "n3", "none")]);
+    assert_eq!(out[0].key(), before.key());
+}

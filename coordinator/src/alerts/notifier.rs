@@ -172,6 +172,28 @@ impl Shared {
         }
     }
 
+    /// Takes back a firing alert from before a restart: active again (so
+    /// refreshes and its resolution follow), and re-posted only to sinks
+    /// that need refreshing; others already have it.
+    fn restore(&self, alert: &Alert, overflowed: &mut Vec<(usize, Entry)>) {
+        let entry = Entry {
+            key: alert.key(),
+            alert: alert.clone(),
+            queued_at: Instant::now(),
+        };
+        let capacity = self.capacity();
+        let mut state = self.lock();
+        state.active.insert(entry.key.clone(), alert.clone());
+        for (index, queue) in state.queues.iter_mut().enumerate() {
+            if self.sinks[index].sink.needs_refresh()
+                && !queue.holds(&entry.key)
+                && let Some(old) = queue.push(entry.clone(), capacity)
+            {
+                overflowed.push((index, old));
+            }
+        }
+    }
+
     /// Re-queues every active firing alert for sinks that need refreshing,
     /// unless that sink already holds a notification for it.
     fn refresh(&self, overflowed: &mut Vec<(usize, Entry)>) -> usize {
@@ -283,6 +305,16 @@ impl NotifierHandle {
         );
         let mut overflowed = Vec::new();
         self.shared.enqueue(&alert, &mut overflowed);
+        self.shared.log_overflow(overflowed);
+        self.shared.wake_all();
+    }
+
+    /// Takes back `alert`, firing before a restart (see
+    /// `alert_state`): sinks that need refreshing get it again, others are
+    /// not told twice; its resolution will reach every sink.
+    pub fn restore(&self, alert: Alert) {
+        let mut overflowed = Vec::new();
+        self.shared.restore(&alert, &mut overflowed);
         self.shared.log_overflow(overflowed);
         self.shared.wake_all();
     }

@@ -297,3 +297,62 @@ async fn a_follower_lagging_outside_any_rollout_pages_and_resolves() -> Result<(
     drop(am);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_restarted_mid_stall_still_resolves_its_alert_once() -> Result<()> {
+    init();
+    let hook = Receiver::start().await?;
+    let alerting = format!(
+        "[alerting]\n[[alerting.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        hook.url("/baton")
+    );
+    let policy = "tolerable_lag = 5\nsteady_stall_after_ms = 1500\n";
+    let (mut cluster, files) = cluster_with_pause_files(policy, &alerting).await?;
+    let _unpause = Unpause(files.clone());
+    let stalled = &files[..1];
+    let load = Load::start(&cluster, "restart-");
+    pause(stalled)?;
+    let is = |r: &Received, status: &str| {
+        r.body["status"] == status
+            && r.body["alert"]["labels"]["alertname"] == "BatonCatchUpStalled"
+    };
+    let got = hook
+        .wait_for("the stall", Duration::from_secs(20), |g| {
+            g.iter().any(|r| is(r, "firing"))
+        })
+        .await?;
+    let key = got
+        .iter()
+        .find(|r| is(r, "firing"))
+        .and_then(|r| r.body["alert"]["key"].as_str().map(str::to_owned))
+        .context("the webhook body names the alert's key")?;
+    let state = cluster.dir.path().join("coordinator-state/alerts.json");
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&state)?)?;
+    assert_eq!(kept.as_array().map(Vec::len), Some(1), "{kept:#}");
+
+    // The coordinator dies while the alert fires; the member recovers
+    // while it is down; a new coordinator must still send the resolution.
+    drop(cluster.coordinator.take());
+    unpause(stalled);
+    cluster.start_coordinator()?;
+    let got = hook
+        .wait_for(
+            "the resolution after the restart",
+            Duration::from_secs(30),
+            |g| g.iter().any(|r| is(r, "resolved")),
+        )
+        .await?;
+    let resolved = got.iter().find(|r| is(r, "resolved")).context("resolved")?;
+    assert_eq!(resolved.body["alert"]["key"], key.as_str());
+    assert_eq!(
+        got.iter().filter(|r| is(r, "firing")).count(),
+        1,
+        "the restarted coordinator did not raise it again: {got:#?}"
+    );
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&state)?)?;
+    assert_eq!(kept, serde_json::json!([]));
+    let (acked, lost) = load.finish().await?;
+    assert!(acked > 0);
+    assert_eq!(lost, Vec::<String>::new());
+    Ok(())
+}

@@ -404,3 +404,32 @@ async fn a_resolution_forgets_the_active_alert() {
     assert!(running.handle.active().is_empty());
     assert!(running.handle.stats().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_alert_is_reposted_only_where_refreshed_and_its_resolution_goes_everywhere() {
+    let am = Arc::new(FakeSink::new("am", true));
+    let pd = Arc::new(FakeSink::new("pd", false));
+    let settings = NotifierSettings {
+        refresh_interval: Duration::from_secs(60),
+        ..fast()
+    };
+    let running = start(vec![am.clone(), pd.clone()], settings);
+    let f = stalled("n1");
+    running.handle.restore(f.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(am.calls(), vec![f.clone()], "Alertmanager is told again");
+    assert!(
+        pd.calls().is_empty(),
+        "PagerDuty already has it: not told twice"
+    );
+    assert_eq!(running.handle.active(), vec![f.clone()]);
+    // Refreshed like any firing alert, then resolved everywhere.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(am.calls().len(), 2);
+    let r = f.resolved(UnixMs(1_700_000_100_000));
+    running.handle.notify(r.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(am.calls().last(), Some(&r));
+    assert_eq!(pd.calls(), vec![r]);
+    assert!(running.handle.active().is_empty());
+}
