@@ -38,6 +38,28 @@ pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 /// PagerDuty cuts `payload.summary` at this many characters.
 const MAX_SUMMARY_CHARS: usize = 1024;
 
+/// PagerDuty's limit on `dedup_key`.
+pub const MAX_DEDUP_KEY_BYTES: usize = 255;
+
+/// `key` as PagerDuty's `dedup_key`: itself when it fits, else a prefix
+/// and a hash of the whole key, so the same alert always maps to the same
+/// key and two long keys sharing a prefix still differ.
+pub fn dedup_key(key: &str) -> String {
+    if key.len() <= MAX_DEDUP_KEY_BYTES {
+        return key.to_owned();
+    }
+    // FNV-1a, 64 bits: stable across builds and platforms.
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let suffix = format!("#{hash:016x}");
+    let mut cut = MAX_DEDUP_KEY_BYTES - suffix.len();
+    while !key.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &key[..cut])
+}
+
 /// An Events API v2 integration key. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(transparent)]
@@ -140,7 +162,7 @@ impl PagerDutySink {
 
     fn event<'a>(&'a self, alert: &'a Alert) -> Event<'a> {
         let routing_key = self.routing_key.expose();
-        let dedup_key = alert.key();
+        let dedup_key = dedup_key(&alert.key());
         if alert.status == AlertStatus::Resolved {
             return Event {
                 routing_key,
@@ -228,6 +250,21 @@ mod tests {
         .annotate("summary", "n2 is not catching up")
         .annotate("lag", "40")
         .annotate("runbook", "see docs")
+    }
+
+    #[test]
+    fn a_long_key_becomes_a_stable_dedup_key_within_the_limit() {
+        assert_eq!(
+            dedup_key("BatonAgentDown/c/n1/none"),
+            "BatonAgentDown/c/n1/none"
+        );
+        let long = format!("BatonCatchUpStalled/{}/n2/none", "é".repeat(200));
+        let other = format!("BatonCatchUpStalled/{}/n3/none", "é".repeat(200));
+        let (a, b) = (dedup_key(&long), dedup_key(&other));
+        assert!(a.len() <= MAX_DEDUP_KEY_BYTES && b.len() <= MAX_DEDUP_KEY_BYTES);
+        assert_eq!(a, dedup_key(&long), "stable");
+        assert_ne!(a, b, "same prefix, different alerts");
+        assert!(a.starts_with("BatonCatchUpStalled/é"));
     }
 
     #[tokio::test]
