@@ -314,6 +314,9 @@ fn show(v: RolloutView, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often `follow` writes a moving lag to a non-terminal.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
 /// How long one long poll of `follow` waits for a change.
 const FOLLOW_WAIT: Duration = Duration::from_secs(2);
 /// How often `follow` asks a coordinator that does not long-poll.
@@ -325,6 +328,8 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
     let multi = indicatif::MultiProgress::new();
     let mut bars: Vec<indicatif::ProgressBar> = Vec::new();
     let mut last_lines: Vec<String> = Vec::new();
+    let mut last_stages: Vec<String> = Vec::new();
+    let mut last_print = tokio::time::Instant::now();
     let style = indicatif::ProgressStyle::with_template("{spinner} {msg}")
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
     let mut version = 0;
@@ -372,12 +377,24 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
                 b.set_message(l.clone());
             }
         } else if output == Output::Table && lines != last_lines {
-            for (i, l) in lines.iter().enumerate() {
-                if last_lines.get(i) != Some(l) {
-                    println!("{l}");
+            // Not a terminal (a log): every stage change at once, but a lag
+            // that merely moved at most once a second.
+            let stages: Vec<&str> = r
+                .order
+                .iter()
+                .map(|m| r.members.get(m).map_or("?", |p| p.stage.name()))
+                .collect();
+            let finished = !matches!(r.phase, Phase::Running | Phase::Aborting);
+            if finished || stages != last_stages || last_print.elapsed() >= LOG_EVERY {
+                for (i, l) in lines.iter().enumerate() {
+                    if last_lines.get(i) != Some(l) {
+                        println!("{l}");
+                    }
                 }
+                last_lines = lines;
+                last_stages = stages.into_iter().map(str::to_owned).collect();
+                last_print = tokio::time::Instant::now();
             }
-            last_lines = lines;
         }
         match &r.phase {
             Phase::Completed | Phase::Paused { .. } | Phase::Closed { .. } => {
