@@ -111,23 +111,52 @@ async fn clean_upgrade(n: usize) -> Result<()> {
     // at handover time, whatever the tie-break would say.
     let followers: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
     let fast = followers[0];
+    // (40 ms stays well inside openraft's AppendEntries budget, the 100 ms
+    // heartbeat; 60 ms let a loaded machine time heartbeats out and start
+    // elections during this setup.)
     for &i in &followers[1..] {
-        cluster.restart_supervised_with_env(i, &[("SAMPLEKV_APPEND_DELAY_MS", "60")])?;
+        cluster.restart_supervised_with_env(i, &[("SAMPLEKV_APPEND_DELAY_MS", "40")])?;
     }
-    let status = cluster
+    // Settled: every member back and caught up, every report naming the one
+    // leader, and still the same leader a second later. Usually the leader
+    // from before the restarts; on a loaded machine an election can move
+    // it, and the rollout starts from whoever leads now.
+    let settled = |s: &baton_domain::FleetStatus| {
+        s.leader.is_some()
+            && s.members.iter().all(|m| {
+                m.connected
+                    && m.fresh
+                    && m.lag.is_some_and(|l| l <= 5)
+                    && m.report.as_ref().is_some_and(|r| r.leader == s.leader)
+            })
+            && s.members
+                .iter()
+                .filter(|m| {
+                    m.report
+                        .as_ref()
+                        .is_some_and(|r| r.role == baton_domain::Role::Leader)
+                })
+                .count()
+                == 1
+    };
+    let mut status = cluster
         .wait_status(
             "every member back, one leader, caught up",
             Duration::from_secs(30),
-            |s| {
-                s.leader.is_some()
-                    && s.members
-                        .iter()
-                        .all(|m| m.connected && m.lag.is_some_and(|l| l <= 5))
-            },
+            settled,
         )
         .await?;
-    // Usually the same leader; on a loaded machine an election during the
-    // restarts can move it. The rollout starts from whoever leads now.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let again = cluster
+            .wait_status("the cluster settled", Duration::from_secs(30), settled)
+            .await?;
+        let same = again.leader == status.leader;
+        status = again;
+        if same {
+            break;
+        }
+    }
     let leader_name = status
         .leader
         .as_ref()
