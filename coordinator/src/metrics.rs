@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use baton_domain::{Action, Health, MemberId};
 use baton_planner::rollout::Phase;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -346,13 +346,25 @@ struct MemberSample {
     connected: bool,
 }
 
-fn gauge_descriptor<'a>(
-    encoder: &'a mut DescriptorEncoder,
-    name: &'a str,
-    help: &str,
-    unit: Option<&'a Unit>,
-) -> Result<prometheus_client::encoding::MetricEncoder<'a>, std::fmt::Error> {
-    encoder.encode_descriptor(name, help, unit, MetricType::Gauge)
+/// Writes one gauge family: a series for each member `series` gives one
+/// (its labels and value), none for the others.
+fn gauge_family<L, V>(
+    encoder: &mut DescriptorEncoder,
+    (name, help, unit): (&str, &str, Option<&Unit>),
+    samples: &[MemberSample],
+    series: impl Fn(&MemberSample) -> Option<(L, V)>,
+) -> Result<(), std::fmt::Error>
+where
+    L: EncodeLabelSet,
+    V: EncodeGaugeValue,
+{
+    let mut m = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for s in samples {
+        if let Some((labels, value)) = series(s) {
+            m.encode_family(&labels)?.encode_gauge(&value)?;
+        }
+    }
+    Ok(())
 }
 
 impl Collector for FleetCollector {
@@ -387,106 +399,106 @@ impl Collector for FleetCollector {
                 .collect()
         };
 
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_lag",
-            "Leader's committed revision minus the member's applied revision; absent when unknown (no fresh leader, member stale or down)",
-            None,
+        let e = &mut encoder;
+        let own = |s: &MemberSample| s.labels.clone();
+        gauge_family(
+            e,
+            (
+                "baton_member_lag",
+                "Leader's committed revision minus the member's applied revision; absent when unknown (no fresh leader, member stale or down)",
+                None,
+            ),
+            &samples,
+            |s| s.lag.map(|v| (own(s), v)),
         )?;
-        for s in &samples {
-            if let Some(lag) = s.lag {
-                m.encode_family(&s.labels)?.encode_gauge(&lag)?;
-            }
-        }
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_lag_trend",
-            "Change of the member's lag per second over the last 10 s (least squares); positive means falling behind; absent with fewer than two readings",
-            None,
+        gauge_family(
+            e,
+            (
+                "baton_member_lag_trend",
+                "Change of the member's lag per second over the last 10 s (least squares); positive means falling behind; absent with fewer than two readings",
+                None,
+            ),
+            &samples,
+            |s| s.trend.map(|v| (own(s), v)),
         )?;
-        for s in &samples {
-            if let Some(trend) = s.trend {
-                m.encode_family(&s.labels)?.encode_gauge(&trend)?;
-            }
-        }
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_applied_revision",
-            "The revision the member has applied, as of its latest report",
-            None,
+        gauge_family(
+            e,
+            (
+                "baton_member_applied_revision",
+                "The revision the member has applied, as of its latest report",
+                None,
+            ),
+            &samples,
+            |s| s.applied.map(|v| (own(s), v)),
         )?;
-        for s in &samples {
-            if let Some(applied) = s.applied {
-                m.encode_family(&s.labels)?.encode_gauge(&applied)?;
-            }
-        }
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_role",
-            "1 for the role the member reports (leader, follower, candidate, learner, unknown)",
-            None,
+        gauge_family(
+            e,
+            (
+                "baton_member_role",
+                "1 for the role the member reports (leader, follower, candidate, learner, unknown)",
+                None,
+            ),
+            &samples,
+            |s| {
+                s.role.as_ref().map(|role| {
+                    let labels = RoleLabels {
+                        cluster: s.labels.cluster.clone(),
+                        member: s.labels.member.clone(),
+                        role: role.clone(),
+                    };
+                    (labels, 1i64)
+                })
+            },
         )?;
-        for s in &samples {
-            if let Some(role) = &s.role {
-                let labels = RoleLabels {
-                    cluster: s.labels.cluster.clone(),
-                    member: s.labels.member.clone(),
-                    role: role.clone(),
-                };
-                m.encode_family(&labels)?.encode_gauge(&1i64)?;
-            }
-        }
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_release_info",
-            "1 for the release the member reports running",
-            None,
+        gauge_family(
+            e,
+            (
+                "baton_member_release_info",
+                "1 for the release the member reports running",
+                None,
+            ),
+            &samples,
+            |s| {
+                s.release.as_ref().map(|release| {
+                    let labels = ReleaseLabels {
+                        cluster: s.labels.cluster.clone(),
+                        member: s.labels.member.clone(),
+                        release: release.clone(),
+                    };
+                    (labels, 1i64)
+                })
+            },
         )?;
-        for s in &samples {
-            if let Some(release) = &s.release {
-                let labels = ReleaseLabels {
-                    cluster: s.labels.cluster.clone(),
-                    member: s.labels.member.clone(),
-                    release: release.clone(),
-                };
-                m.encode_family(&labels)?.encode_gauge(&1i64)?;
-            }
-        }
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_healthy",
-            "1 when the member reports healthy, 0 when degraded or down",
-            None,
+        gauge_family(
+            e,
+            (
+                "baton_member_healthy",
+                "1 when the member reports healthy, 0 when degraded or down",
+                None,
+            ),
+            &samples,
+            |s| s.healthy.map(|v| (own(s), i64::from(v))),
         )?;
-        for s in &samples {
-            if let Some(healthy) = s.healthy {
-                m.encode_family(&s.labels)?
-                    .encode_gauge(&i64::from(healthy))?;
-            }
-        }
-        let unit = Unit::Seconds;
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_last_seen",
-            "Seconds since the member's agent last sent a valid report; absent when never seen",
-            Some(&unit),
+        gauge_family(
+            e,
+            (
+                "baton_member_last_seen",
+                "Seconds since the member's agent last sent a valid report; absent when never seen",
+                Some(&Unit::Seconds),
+            ),
+            &samples,
+            |s| s.last_seen.map(|age| (own(s), age.as_secs_f64())),
         )?;
-        for s in &samples {
-            if let Some(age) = s.last_seen {
-                m.encode_family(&s.labels)?
-                    .encode_gauge(&age.as_secs_f64())?;
-            }
-        }
-        let mut m = gauge_descriptor(
-            &mut encoder,
-            "baton_member_agent_connected",
-            "1 while the member's agent has its report stream open, else 0",
-            None,
+        gauge_family(
+            e,
+            (
+                "baton_member_agent_connected",
+                "1 while the member's agent has its report stream open, else 0",
+                None,
+            ),
+            &samples,
+            |s| Some((own(s), i64::from(s.connected))),
         )?;
-        for s in &samples {
-            m.encode_family(&s.labels)?
-                .encode_gauge(&i64::from(s.connected))?;
-        }
         Ok(())
     }
 }
