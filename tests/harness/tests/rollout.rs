@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use baton_domain::Health;
+use baton_harness::stall::{self, Unpause};
 use baton_harness::{Cluster, ClusterSpec};
 use samplekv::client::Client;
 use samplekv::writer::{WriterConfig, WriterReport, run_writer, verify};
@@ -382,38 +383,22 @@ async fn a_release_that_fails_to_start_is_rolled_back_and_pauses() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_up_that_never_finishes_pauses_at_the_timeout() -> Result<()> {
-    let spec = ClusterSpec {
-        policy: "tolerable_lag = 5\ncatchup_timeout_ms = 3000\nstall_after_ms = 60000\nhealth_timeout_ms = 20000\n".into(),
-        ..ClusterSpec::supervised(3)
-    };
-    let mut cluster = Cluster::start(spec).await?;
-    cluster.publish("v2", 1, false)?;
-    let leader = cluster.leader_index().await?;
     // Every follower applies only while its pause file is absent.
-    let pause_files: BTreeMap<usize, std::path::PathBuf> = (0..3)
-        .filter(|i| *i != leader)
-        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
-        .collect();
-    for (i, f) in &pause_files {
-        let f = f.to_string_lossy().into_owned();
-        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
-    }
-    cluster
-        .wait_status("all back", Duration::from_secs(30), |s| {
-            s.members
-                .iter()
-                .all(|m| m.connected && m.lag.is_some_and(|l| l == 0))
-        })
-        .await?;
+    let (cluster, pause_files) = stall::cluster_with_pause_files(
+        3,
+        300,
+        "tolerable_lag = 5\ncatchup_timeout_ms = 3000\nstall_after_ms = 60000\nhealth_timeout_ms = 20000\n",
+    )
+    .await?;
+    let _unpause = Unpause(pause_files.clone());
+    cluster.publish("v2", 1, false)?;
     let load = start_load(&cluster);
     let (started, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(started, 0, "{stderr}");
     // Pause apply on both followers once the rollout has started: whichever
     // goes first comes back on v2 and cannot catch up.
-    for f in pause_files.values() {
-        std::fs::write(f, b"")?;
-    }
+    stall::pause(&pause_files)?;
     let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
     let (report, lost, _) = load.finish().await?;
     assert_eq!(code, 3, "paused: {out:#}");
@@ -425,9 +410,7 @@ async fn a_catch_up_that_never_finishes_pauses_at_the_timeout() -> Result<()> {
             && reason.contains("catchup_timeout 3s"),
         "the reason names the member and its lag: {reason}"
     );
-    for f in pause_files.values() {
-        let _ = std::fs::remove_file(f);
-    }
+    stall::unpause(&pause_files);
     assert_eq!(lost, Vec::<String>::new());
     assert!(report.acked > 0);
     Ok(())
@@ -435,33 +418,19 @@ async fn a_catch_up_that_never_finishes_pauses_at_the_timeout() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_during_a_catch_up_leaves_everyone_running_and_resume_finishes() -> Result<()> {
-    let spec = ClusterSpec {
-        policy: "tolerable_lag = 5\ncatchup_timeout_ms = 60000\nstall_after_ms = 60000\n".into(),
-        ..ClusterSpec::supervised(3)
-    };
-    let mut cluster = Cluster::start(spec).await?;
+    let (cluster, pause_files) = stall::cluster_with_pause_files(
+        3,
+        300,
+        "tolerable_lag = 5\ncatchup_timeout_ms = 60000\nstall_after_ms = 60000\n",
+    )
+    .await?;
+    let _unpause = Unpause(pause_files.clone());
     cluster.publish("v2", 1, false)?;
-    let leader = cluster.leader_index().await?;
-    let pause_files: BTreeMap<usize, std::path::PathBuf> = (0..3)
-        .filter(|i| *i != leader)
-        .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
-        .collect();
-    for (i, f) in &pause_files {
-        let f = f.to_string_lossy().into_owned();
-        cluster.restart_supervised_with_env(*i, &[("SAMPLEKV_PAUSE_APPLY_FILE", f.as_str())])?;
-    }
-    cluster
-        .wait_status("all back", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| m.connected && m.lag == Some(0))
-        })
-        .await?;
     let load = start_load(&cluster);
     let (started, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(started, 0, "{stderr}");
-    for f in pause_files.values() {
-        std::fs::write(f, b"")?;
-    }
+    stall::pause(&pause_files)?;
     // Wait for the first member to be in its catch-up, then abort.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -491,9 +460,7 @@ async fn abort_during_a_catch_up_leaves_everyone_running_and_resume_finishes() -
     for i in 0..3 {
         cluster.member_status(i).await?;
     }
-    for f in pause_files.values() {
-        std::fs::remove_file(f)?;
-    }
+    stall::unpause(&pause_files);
     let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
     assert_eq!(code, 0, "{stderr}");
     let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
