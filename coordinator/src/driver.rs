@@ -207,10 +207,9 @@ impl Driver {
     }
 
     /// Asks the watchdog which alerts changed, and hands them on.
-    fn watch(&mut self) {
-        let (view, now) = self.view();
+    fn watch(&mut self, view: &View, now: UnixMs) {
         let latest = self.rollouts.last();
-        let changed = self.watchdog.evaluate(&view, latest, &self.cfg.policy, now);
+        let changed = self.watchdog.evaluate(view, latest, &self.cfg.policy, now);
         if changed.is_empty() {
             return;
         }
@@ -654,16 +653,21 @@ impl Driver {
             .active()
             .map(|r| tracing::info_span!("rollout", id = %r.id, to = %r.target.version));
         let _entered = span.as_ref().map(tracing::Span::enter);
+        // The watchdog sees exactly what the planner is about to see: a stall
+        // the planner acts on in this step (pausing, or rolling the member
+        // back, which ends its catch-up) pages in this step too.
+        let (view, now) = self.view();
+        self.watch(&view, now);
         let waiting_for = self.waiting_for.clone();
-        self.step_rollout();
+        self.step_rollout(Some((view, now)));
         if self.waiting_for != waiting_for {
             self.bump();
         }
-        self.watch();
     }
 
-    /// One level-triggered evaluation of the active rollout.
-    fn step_rollout(&mut self) {
+    /// One level-triggered evaluation of the active rollout, starting from
+    /// `first` (the view the watchdog just saw) when given.
+    fn step_rollout(&mut self, mut first: Option<(View, UnixMs)>) {
         let Some(r) = self.active() else {
             self.fast = false;
             self.send_cadence();
@@ -679,7 +683,7 @@ impl Driver {
         // (a recorded event may unlock the next step at once).
         for _ in 0..16 {
             let Some(r) = self.active() else { break };
-            let (view, now) = self.view();
+            let (view, now) = first.take().unwrap_or_else(|| self.view());
             let steps = decide(&view, r, &self.cfg.policy, now);
             let mut progressed = false;
             for step in steps {

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use baton_domain::Health;
 use baton_harness::alertmanager::{
     Alertmanager, Received, Receiver, am_count, am_first, am_notifications,
 };
@@ -351,6 +352,68 @@ async fn a_coordinator_restarted_mid_stall_still_resolves_its_alert_once() -> Re
     );
     let kept: Value = serde_json::from_str(&std::fs::read_to_string(&state)?)?;
     assert_eq!(kept, serde_json::json!([]));
+    let (acked, lost) = load.finish().await?;
+    assert!(acked > 0);
+    assert_eq!(lost, Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_stall_rollback_puts_the_member_back_pauses_and_pages() -> Result<()> {
+    init();
+    let hook = Receiver::start().await?;
+    let alerting = format!(
+        "[alerting]\n[[alerting.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        hook.url("/baton")
+    );
+    let policy = format!("{}on_stall = \"rollback\"\n", policy());
+    let (cluster, files) = cluster_with_pause_files(&policy, &alerting).await?;
+    let _unpause = Unpause(files.clone());
+    cluster.publish("v2", 1, false)?;
+    let load = Load::start(&cluster, "rollback-");
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    pause(&files)?;
+    let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "the rollout pauses after the rollback: {out:#}");
+    let state = &out["rollout"]["state"];
+    let first = state["order"][0].as_str().context("order")?.to_owned();
+    assert_eq!(state["members"][&first]["stage"]["stage"], "reverted");
+    let reason = state["phase"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("member {first} catch-up stalled"))
+            && reason.contains("rolling it back to v1"),
+        "{reason}"
+    );
+    // The member runs the previous release again; nobody else was touched.
+    let status = cluster
+        .wait_status("everyone on v1", Duration::from_secs(20), |s| {
+            s.members.iter().all(|m| {
+                m.report
+                    .as_ref()
+                    .is_some_and(|r| r.release == "v1" && r.health == Health::Healthy)
+            })
+        })
+        .await?;
+    assert!(status.leader.is_some());
+    // The stall paged, and resolves once the member applies again.
+    hook.wait_for("the stall alert", Duration::from_secs(10), |g| {
+        g.iter().any(|r| {
+            r.body["status"] == "firing"
+                && r.body["alert"]["labels"]["alertname"] == "BatonCatchUpStalled"
+                && r.body["alert"]["labels"]["member"] == first.as_str()
+        })
+    })
+    .await?;
+    unpause(&files);
+    hook.wait_for("its resolution", Duration::from_secs(20), |g| {
+        g.iter().any(|r| {
+            r.body["status"] == "resolved"
+                && r.body["alert"]["labels"]["alertname"] == "BatonCatchUpStalled"
+        })
+    })
+    .await?;
     let (acked, lost) = load.finish().await?;
     assert!(acked > 0);
     assert_eq!(lost, Vec::<String>::new());
