@@ -233,20 +233,7 @@ impl OperatorConn {
             .await
             .map_err(self.refused("Upgrade"))?
             .into_inner();
-        let v1::UpgradeResponse {
-            started,
-            rollout_id,
-            checks,
-            detail,
-        } = r;
-        Ok(if started {
-            Started::Started { rollout_id }
-        } else {
-            Started::Refused {
-                detail,
-                checks: self.checks(checks)?,
-            }
-        })
+        self.started(r)
     }
 
     pub async fn rollout(&mut self, id: Option<&str>) -> Result<RolloutView, CliError> {

@@ -32,17 +32,6 @@ use crate::{Policy, UnixMs, View};
 /// How far back the lag trend looks.
 pub const TREND_WINDOW: Duration = Duration::from_secs(10);
 
-/// The watchdog's reading of one member, for alerts, status and metrics.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LagReading {
-    pub lag: Option<u64>,
-    /// Change of lag per second over [`TREND_WINDOW`] (least squares);
-    /// positive means falling further behind.
-    pub trend_per_s: Option<f64>,
-    /// How long the current stall (or above-threshold spell) has lasted.
-    pub stalled_for: Option<Duration>,
-}
-
 /// Edge-detecting alert state. One per coordinator.
 #[derive(Clone, Debug, Default)]
 pub struct Watchdog {
@@ -131,26 +120,22 @@ impl Watchdog {
         self.firing.values()
     }
 
-    /// What the watchdog reads for `member` now.
-    pub fn reading(
+    /// How long `member`'s stall (or above-threshold spell) has lasted:
+    /// for the member under catch-up, since its lag last shrank; for any
+    /// other, since its lag went above `tolerable_lag`.
+    fn stalled_for(
         &self,
         view: &View,
         rollout: Option<&RolloutState>,
         policy: &Policy,
         member: &MemberId,
         now: UnixMs,
-    ) -> LagReading {
-        let lag = view.members.get(member).and_then(|v| v.lag);
-        let stalled = match catching_up(rollout) {
+    ) -> Option<Duration> {
+        match catching_up(rollout) {
             Some((_, m, since)) if m == member => {
                 stalled_for(view, member, since, policy.tolerable_lag, now)
             }
             _ => self.above_since.get(member).map(|s| now.since(*s)),
-        };
-        LagReading {
-            lag,
-            trend_per_s: lag_trend(view, member, now),
-            stalled_for: stalled,
         }
     }
 
@@ -295,51 +280,50 @@ impl Watchdog {
             if stalled_members.iter().any(|s| s == m.as_str()) {
                 continue;
             }
-            let reading = self.reading(view, rollout, policy, m, now);
-            let lag = reading.lag;
-            let (stalled, rollout_id, rule) = match under_catch_up {
+            let lag = view.members.get(m).and_then(|v| v.lag);
+            let stalled = self.stalled_for(view, rollout, policy, m, now);
+            // The rule that holds, if any (its words only once it does).
+            let found = match under_catch_up {
                 Some((r, cm, since)) if cm == m => {
-                    let waited = now.since(since);
                     let over = lag.is_some_and(|l| l > policy.tolerable_lag);
-                    if reading.stalled_for.is_some_and(|s| s >= policy.stall_after) {
-                        (
-                            true,
+                    if stalled.is_some_and(|s| s >= policy.stall_after) {
+                        Some((
                             Some(r.id.as_str()),
                             format!(
                                 "lag has not shrunk for stall_after {}",
                                 secs(policy.stall_after)
                             ),
-                        )
-                    } else if over && waited > policy.catchup_timeout {
-                        (
-                            true,
+                        ))
+                    } else if over && now.since(since) > policy.catchup_timeout {
+                        Some((
                             Some(r.id.as_str()),
                             format!(
                                 "lag still above tolerable_lag {} after catchup_timeout {}",
                                 policy.tolerable_lag,
                                 secs(policy.catchup_timeout)
                             ),
-                        )
+                        ))
                     } else {
-                        (false, None, String::new())
+                        None
                     }
                 }
-                _ => (
-                    reading
-                        .stalled_for
-                        .is_some_and(|s| s >= policy.steady_stall_after),
-                    None,
-                    format!(
-                        "lag above tolerable_lag {} for steady_stall_after {}",
-                        policy.tolerable_lag,
-                        secs(policy.steady_stall_after)
-                    ),
-                ),
+                _ => stalled
+                    .is_some_and(|s| s >= policy.steady_stall_after)
+                    .then(|| {
+                        (
+                            None,
+                            format!(
+                                "lag above tolerable_lag {} for steady_stall_after {}",
+                                policy.tolerable_lag,
+                                secs(policy.steady_stall_after)
+                            ),
+                        )
+                    }),
             };
-            if !stalled {
+            let Some((rollout_id, rule)) = found else {
                 continue;
-            }
-            let stalled_for = reading.stalled_for.unwrap_or_default();
+            };
+            let stalled_for = stalled.unwrap_or_default();
             let lag_text = lag.map_or("unknown".to_owned(), |l| l.to_string());
             let during = rollout_id.map_or("outside a rollout".to_owned(), |id| {
                 format!("during rollout {id}")
@@ -359,7 +343,7 @@ impl Watchdog {
                 ),
             )
             .annotate("lag", lag_text)
-            .annotate("trend", describe_trend(reading.trend_per_s))
+            .annotate("trend", describe_trend(lag_trend(view, m, now)))
             .annotate("stalled_for", secs(stalled_for))
             .annotate(
                 "runbook",

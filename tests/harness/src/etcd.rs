@@ -422,6 +422,42 @@ impl EtcdWriterReport {
 /// `max` writes), paced by schedule with up to 16 puts in flight, so a slow
 /// answer does not slow the rate. Each put is bounded by 2 s, rotating
 /// members on failure.
+/// A writer through etcd's API ([`etcd_writer`]) and its stop switch.
+#[derive(Debug)]
+pub struct EtcdLoad {
+    stop: CancellationToken,
+    writer: tokio::task::JoinHandle<EtcdWriterReport>,
+}
+
+impl EtcdLoad {
+    /// Starts `rate` writes/s (keys `prefix…`, at most 100,000) and waits
+    /// until every agent is fresh under that load.
+    pub async fn start(cluster: &EtcdCluster, prefix: &str, rate: u32) -> Result<EtcdLoad> {
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(etcd_writer(
+            cluster.clients(),
+            prefix.to_owned(),
+            rate,
+            100_000,
+            stop.clone(),
+        ));
+        cluster
+            .wait_status(
+                "every agent fresh under load",
+                Duration::from_secs(20),
+                |s| s.members.iter().all(|m| m.fresh && m.connected),
+            )
+            .await?;
+        Ok(EtcdLoad { stop, writer })
+    }
+
+    /// Stops the writer and returns what it saw.
+    pub async fn finish(self) -> Result<EtcdWriterReport> {
+        self.stop.cancel();
+        Ok(self.writer.await?)
+    }
+}
+
 pub async fn etcd_writer(
     clients: Vec<String>,
     prefix: String,

@@ -95,6 +95,16 @@ pub async fn cluster_with_pause_files(
     Ok((cluster, files))
 }
 
+/// Starts `baton upgrade --to v2` detached, then pauses apply on every
+/// follower (after the start: preflight refuses lagging followers), so the
+/// first follower back on v2 cannot catch up. Needs a multi-thread runtime.
+pub fn start_stalled_rollout(cluster: &Cluster, files: &[PauseFile]) -> Result<()> {
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    anyhow::ensure!(code == 0, "baton upgrade was refused: {stderr}");
+    pause(files)
+}
+
 /// Pauses apply on each of `files`' members.
 pub fn pause(files: &[PauseFile]) -> Result<()> {
     for (_, f) in files {

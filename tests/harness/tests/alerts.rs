@@ -14,7 +14,9 @@ use baton_domain::Health;
 use baton_harness::alertmanager::{
     Alertmanager, Received, Receiver, am_count, am_first, am_notifications,
 };
-use baton_harness::stall::{self, Load, PauseFile, Unpause, catch_up_started, pause, unpause};
+use baton_harness::stall::{
+    self, Load, PauseFile, Unpause, catch_up_started, pause, start_stalled_rollout, unpause,
+};
 use baton_harness::{Cluster, init};
 use serde_json::Value;
 
@@ -31,6 +33,14 @@ async fn cluster_with_pause_files(
 fn policy() -> String {
     format!(
         "tolerable_lag = 5\nstall_after_ms = {STALL_AFTER_MS}\ncatchup_timeout_ms = 120000\nhealth_timeout_ms = 20000\nsteady_stall_after_ms = 600000\n"
+    )
+}
+
+/// An `[alerting]` table with one webhook sink, to `hook`.
+fn webhook_only(hook: &Receiver) -> String {
+    format!(
+        "[alerting]\n[[alerting.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
+        hook.url("/baton")
     )
 }
 
@@ -59,10 +69,7 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     let _unpause = Unpause(files.clone());
     cluster.publish("v2", 1, false)?;
     let load = Load::start(&cluster, "alert-");
-    let (code, _, stderr) =
-        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
-    assert_eq!(code, 0, "{stderr}");
-    pause(&files)?;
+    start_stalled_rollout(&cluster, &files)?;
 
     // The rollout pauses on the stall.
     let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
@@ -219,10 +226,7 @@ async fn a_stall_while_alertmanager_is_down_still_pauses_and_pages_once_it_is_ba
     cluster.publish("v2", 1, false)?;
     am.stop();
     let load = Load::start(&cluster, "alert-");
-    let (code, _, stderr) =
-        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
-    assert_eq!(code, 0, "{stderr}");
-    pause(&files)?;
+    start_stalled_rollout(&cluster, &files)?;
     // The sink is down; the rollout still pauses on the stall.
     let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
     assert_eq!(code, 3, "paused although the sink is down: {out:#}");
@@ -303,10 +307,7 @@ async fn a_follower_lagging_outside_any_rollout_pages_and_resolves() -> Result<(
 async fn a_coordinator_restarted_mid_stall_still_resolves_its_alert_once() -> Result<()> {
     init();
     let hook = Receiver::start().await?;
-    let alerting = format!(
-        "[alerting]\n[[alerting.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
-        hook.url("/baton")
-    );
+    let alerting = webhook_only(&hook);
     let policy = "tolerable_lag = 5\nsteady_stall_after_ms = 1500\n";
     let (mut cluster, files) = cluster_with_pause_files(policy, &alerting).await?;
     let _unpause = Unpause(files.clone());
@@ -362,19 +363,13 @@ async fn a_coordinator_restarted_mid_stall_still_resolves_its_alert_once() -> Re
 async fn on_stall_rollback_puts_the_member_back_pauses_and_pages() -> Result<()> {
     init();
     let hook = Receiver::start().await?;
-    let alerting = format!(
-        "[alerting]\n[[alerting.sink]]\nkind = \"webhook\"\nurl = \"{}\"\n",
-        hook.url("/baton")
-    );
+    let alerting = webhook_only(&hook);
     let policy = format!("{}on_stall = \"rollback\"\n", policy());
     let (cluster, files) = cluster_with_pause_files(&policy, &alerting).await?;
     let _unpause = Unpause(files.clone());
     cluster.publish("v2", 1, false)?;
     let load = Load::start(&cluster, "rollback-");
-    let (code, _, stderr) =
-        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
-    assert_eq!(code, 0, "{stderr}");
-    pause(&files)?;
+    start_stalled_rollout(&cluster, &files)?;
     let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
     assert_eq!(code, 3, "the rollout pauses after the rollback: {out:#}");
     let state = &out["rollout"]["state"];

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use baton_harness::etcd::{
-    ETCD_34, EtcdCluster, assert_version, etcd_35, etcd_verify, etcd_writer,
+    ETCD_34, EtcdCluster, EtcdLoad, assert_version, etcd_35, etcd_verify, etcd_writer,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -52,26 +52,11 @@ async fn full_upgrade(n: usize) -> Result<EtcdCluster> {
     let before = cluster.status()?;
     let leader = before.leader.clone().expect("a leader").to_string();
 
-    let stop = CancellationToken::new();
-    let writer = tokio::spawn(etcd_writer(
-        cluster.clients(),
-        "w-".into(),
-        120,
-        100_000,
-        stop.clone(),
-    ));
-    cluster
-        .wait_status(
-            "every agent fresh under load",
-            Duration::from_secs(20),
-            |s| s.members.iter().all(|m| m.fresh && m.connected),
-        )
-        .await?;
+    let load = EtcdLoad::start(&cluster, "w-", 120).await?;
     let (code, out, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = writer.await?;
+    let report = load.finish().await?;
     assert_eq!(code, 0, "upgrade: {stderr} {out:#}");
     let lost = etcd_verify(&cluster.clients(), &report).await?;
 
@@ -164,19 +149,7 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
     assert_version(&e35, "3.5.1")?;
     let cluster = EtcdCluster::start(3, POLICY).await?;
     cluster.publish("3.5.1", &e35)?;
-    let stop = CancellationToken::new();
-    let writer = tokio::spawn(etcd_writer(
-        cluster.clients(),
-        "a-".into(),
-        100,
-        100_000,
-        stop.clone(),
-    ));
-    cluster
-        .wait_status("every agent fresh", Duration::from_secs(20), |s| {
-            s.members.iter().all(|m| m.fresh && m.connected)
-        })
-        .await?;
+    let load = EtcdLoad::start(&cluster, "a-", 100).await?;
     let (_, out) = abort_after_first_member(&cluster).await?;
     let state = &out["rollout"]["state"];
     assert!(
@@ -235,8 +208,7 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
     assert_eq!(code, 0, "{stderr}");
     let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
     assert_eq!(code, 0, "resume finishes: {stderr} {out:#}");
-    stop.cancel();
-    let report = writer.await?;
+    let report = load.finish().await?;
     let lost = etcd_verify(&cluster.clients(), &report).await?;
     assert_eq!(lost, Vec::<String>::new());
     cluster
@@ -255,19 +227,7 @@ async fn before_the_cluster_version_moves_an_upgraded_member_rolls_back_to_3_4()
     assert_version(&e35, "3.5.1")?;
     let cluster = EtcdCluster::start(3, POLICY).await?;
     cluster.publish("3.5.1", &e35)?;
-    let stop = CancellationToken::new();
-    let writer = tokio::spawn(etcd_writer(
-        cluster.clients(),
-        "r-".into(),
-        100,
-        100_000,
-        stop.clone(),
-    ));
-    cluster
-        .wait_status("every agent fresh", Duration::from_secs(20), |s| {
-            s.members.iter().all(|m| m.fresh && m.connected)
-        })
-        .await?;
+    let load = EtcdLoad::start(&cluster, "r-", 100).await?;
     let (first, _) = abort_after_first_member(&cluster).await?;
     let mixed = cluster.status()?;
     assert!(mixed.members.iter().all(|m| {
@@ -295,8 +255,7 @@ async fn before_the_cluster_version_moves_an_upgraded_member_rolls_back_to_3_4()
         got, expected,
         "the rollback touched exactly the upgraded members"
     );
-    stop.cancel();
-    let report = writer.await?;
+    let report = load.finish().await?;
     let lost = etcd_verify(&cluster.clients(), &report).await?;
     assert_eq!(lost, Vec::<String>::new());
     cluster

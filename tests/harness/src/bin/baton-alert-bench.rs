@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton_harness::alertmanager::{Alertmanager, Receiver, am_first};
-use baton_harness::stall::{Load, Unpause, catch_up_started, cluster_with_pause_files, pause};
+use baton_harness::stall::{
+    Load, Unpause, catch_up_started, cluster_with_pause_files, start_stalled_rollout,
+};
 
 const HEARTBEAT_MS: u64 = 300;
 
@@ -49,12 +51,7 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
     cluster.publish("v2", 1, false)?;
     // Some writes, so a stalled follower's lag grows.
     let load = Load::start(&cluster, "bench-");
-    // Pause right after the rollout starts (preflight refuses lagging
-    // followers), well before the first follower is back on v2.
-    let (code, _, stderr) =
-        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
-    anyhow::ensure!(code == 0, "upgrade refused: {stderr}");
-    pause(&files)?;
+    start_stalled_rollout(&cluster, &files)?;
     if std::env::args().any(|a| a == "--verbose") {
         for _ in 0..(stall_after_ms / 250 + 40) {
             if let Ok(st) = tokio::task::block_in_place(|| cluster.status()) {

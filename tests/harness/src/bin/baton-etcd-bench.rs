@@ -18,14 +18,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use baton_harness::etcd::{
-    EtcdCluster, assert_version, etcd_35, etcd_call, etcd_verify, etcd_writer,
-};
+use baton_harness::etcd::{EtcdCluster, EtcdLoad, assert_version, etcd_35, etcd_call, etcd_verify};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Serialize)]
 struct Run {
@@ -149,19 +146,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
     let e35 = etcd_35()?;
     let cluster = EtcdCluster::start(3, "tolerable_lag = 1000\n").await?;
     cluster.publish("3.5.1", &e35)?;
-    let stop = CancellationToken::new();
-    let writer = tokio::spawn(etcd_writer(
-        cluster.clients(),
-        "b-".into(),
-        100,
-        100_000,
-        stop.clone(),
-    ));
-    cluster
-        .wait_status("agents fresh", Duration::from_secs(20), |s| {
-            s.members.iter().all(|m| m.fresh && m.connected)
-        })
-        .await?;
+    let load = EtcdLoad::start(&cluster, "b-", 100).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let wall0 = baton_harness::unix_ms();
@@ -190,19 +175,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
             };
             let v35 = cluster.build_release("3.5.1", &e35)?;
             for (i, m) in cluster.members.iter().enumerate() {
-                let rel = m.base_dir.join("releases/3.5.1");
-                std::fs::create_dir_all(&rel)?;
-                std::fs::copy(v35.join("etcd"), rel.join("etcd"))?;
-                let tmp = m.base_dir.join(".current.tmp");
-                let _ = std::fs::remove_file(&tmp);
-                std::os::unix::fs::symlink("releases/3.5.1", &tmp)?;
-                std::fs::rename(&tmp, m.base_dir.join("current"))?;
-                let pid: i32 = std::fs::read_to_string(m.agent_dir.join("member.pid"))?
-                    .split_whitespace()
-                    .next()
-                    .context("pidfile")?
-                    .parse()?;
-                kill(Pid::from_raw(pid), signal)?;
+                switch_and_signal(m, &v35, signal)?;
                 cluster
                     .wait_status("member back on 3.5.1", Duration::from_secs(60), |s| {
                         s.members[i].report.as_ref().is_some_and(|r| {
@@ -215,8 +188,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
     }
     let total_ms = u64::try_from(t0.elapsed().as_millis())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.cancel();
-    let report = writer.await?;
+    let report = load.finish().await?;
     let lost = etcd_verify(&cluster.clients(), &report).await?.len();
     Ok(Run {
         strategy,
