@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_domain::MemberId;
-use baton_proto::tls::ClientTls;
+use baton_net::tls::ClientTls;
 use serde::Deserialize;
 
 /// A config problem, always naming the key and what is wrong with it.

@@ -16,9 +16,9 @@ use std::time::Duration;
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId};
 use serde::{Deserialize, Serialize};
 
+use crate::adapter::Target;
 use crate::installer::Installer;
-use crate::supervisor::SupervisorHandle;
-use crate::target::Target;
+use crate::runner::supervise::SupervisorHandle;
 
 /// One line of the command journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +129,7 @@ impl Executor {
             .as_ref()
             .and_then(|b| std::fs::canonicalize(b.join("current")).ok())
             .unwrap_or_default();
-        let argv = crate::supervisor::render_command(argv, &release_dir, data_dir);
+        let argv = crate::runner::supervise::render_command(argv, &release_dir, data_dir);
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .envs(&cfg.env)
@@ -316,7 +316,7 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::target::fake::FakeTarget;
+    use crate::adapter::fake::FakeTarget;
 
     fn cmd(id: &str, action: Action) -> AgentCommand {
         AgentCommand {
@@ -380,7 +380,7 @@ mod tests {
     async fn stop_is_refused_while_the_member_leads() {
         use baton_domain::{Health, Role};
 
-        use crate::target::MemberState;
+        use crate::adapter::MemberState;
         use crate::watcher::Observation;
         let dir = tempfile::tempdir().unwrap();
         let mut state = MemberState::unreachable(String::new());

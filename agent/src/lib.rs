@@ -2,11 +2,11 @@
 //!
 //! A tour of the crate:
 //! - [`config`]: the validated agent configuration (TOML + env overrides).
-//! - [`target`]: the adapter trait and the samplekv adapter, which read a member.
+//! - [`adapter`]: the adapter trait and the samplekv adapter, which read a member.
 //! - [`watcher`]: polls the member and publishes the latest observation.
 //! - [`link`]: the outbound gRPC stream to the coordinator (Hello, Reports,
 //!   Commands and their Results).
-//! - [`supervisor`]: `supervise` mode, where the agent runs the member process.
+//! - [`runner`]: running the member; [`runner::supervise`] is `supervise` mode, where the agent runs the member process.
 //! - [`resources`]: CPU, memory and free disk next to the member (sysinfo).
 //! - [`probes`]: `/healthz`, `/readyz` and gRPC health on the probe port,
 //!   and the client `baton-agent probe` runs.
@@ -15,6 +15,7 @@
 //! [`run`] wires them together; `main` only parses, sets up tracing and calls
 //! it. Nothing here calls `process::exit`.
 
+pub mod adapter;
 pub mod config;
 pub mod executor;
 pub mod installer;
@@ -22,8 +23,7 @@ pub mod link;
 pub mod metrics;
 pub mod probes;
 pub mod resources;
-pub mod supervisor;
-pub mod target;
+pub mod runner;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -34,8 +34,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::adapter::{SamplekvTarget, Target, TargetError};
 use crate::config::{AgentConfig, RunMode, StoreConfig, TargetConfig};
-use crate::target::{SamplekvTarget, Target, TargetError};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ fn build_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, TargetError> {
             member_names,
             timeout,
         } => Arc::new(SamplekvTarget::new(addr, member_names.clone(), *timeout)?),
-        TargetConfig::Etcd { addr, timeout } => Arc::new(target::EtcdTarget::new(addr, *timeout)),
+        TargetConfig::Etcd { addr, timeout } => Arc::new(adapter::EtcdTarget::new(addr, *timeout)),
     })
 }
 
@@ -85,7 +85,7 @@ pub async fn run(
     let tracker = TaskTracker::new();
 
     let supervisor = match &config.run {
-        RunMode::Supervise(sup) => Some(supervisor::spawn(
+        RunMode::Supervise(sup) => Some(runner::supervise::spawn(
             config.member.clone(),
             sup.clone(),
             config.data_dir.clone(),

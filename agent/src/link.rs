@@ -43,7 +43,7 @@ pub struct LinkConfig {
     pub hello: Hello,
     pub coordinator: String,
     pub heartbeat: Duration,
-    pub tls: Option<baton_proto::tls::ClientTls>,
+    pub tls: Option<baton_net::tls::ClientTls>,
     /// The watcher's polling interval, shortened while the coordinator
     /// gates on this member.
     pub poll: PollControl,

@@ -269,8 +269,8 @@ mod tests {
     use baton_domain::{AgentCommand, CommandId};
 
     use super::*;
-    use crate::target::MemberState;
-    use crate::target::fake::FakeTarget;
+    use crate::adapter::MemberState;
+    use crate::adapter::fake::FakeTarget;
 
     fn observation(applied: u64, committed: u64) -> Observation {
         let mut state = MemberState::unreachable(String::new());

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::target::{MemberState, Target};
+use crate::adapter::{MemberState, Target};
 
 /// The member's state as of one poll.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,7 +79,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::target::fake::FakeTarget;
+    use crate::adapter::fake::FakeTarget;
 
     #[tokio::test(start_paused = true)]
     async fn the_poll_interval_follows_its_control() {

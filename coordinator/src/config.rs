@@ -13,8 +13,8 @@ use baton_planner::policy::OnStall;
 use hyper::Uri;
 use serde::Deserialize;
 
-use crate::alerts::http::parse_url;
 use crate::alerts::pagerduty::{self, RoutingKey, Severity};
+use baton_net::http::parse_url;
 
 /// A config problem, naming the key.
 #[derive(Debug, thiserror::Error)]

@@ -13,14 +13,12 @@
 //!   non-blocking, retrying notifier that feeds them.
 //! - [`metrics`]: Prometheus metrics and the optional `/metrics` endpoint.
 //! - [`error`]: the one mapping from coordinator errors to `tonic::Status`.
-//! - [`cli`]: the `baton` command line (status rendering and its client).
 //!
 //! [`run`] takes an already-bound listener so tests bind `127.0.0.1:0`.
 
 pub mod agent_link;
 pub mod alert_state;
 pub mod alerts;
-pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod error;
@@ -34,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use baton_proto::v1::{agent_link_server::AgentLinkServer, operator_server::OperatorServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::config::{CoordinatorConfig, TlsConfig};
 use crate::fleet::FleetView;
@@ -61,20 +59,13 @@ pub enum RunError {
     AlertState(#[from] alert_state::AlertStateError),
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, RunError> {
-    std::fs::read(path).map_err(|source| RunError::TlsFile {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, RunError> {
-    let mut cfg =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-    if let Some(ca) = &tls.client_ca {
-        cfg = cfg.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(cfg)
+    baton_net::server_tls::server_tls(&tls.cert, &tls.key, tls.client_ca.as_deref()).map_err(|e| {
+        RunError::TlsFile {
+            path: e.path,
+            source: e.source,
+        }
+    })
 }
 
 /// Serves agents and operators on `listener` until `shutdown`.

@@ -8,7 +8,6 @@
 //! types after that. This crate must not hold behaviour beyond conversion.
 
 pub mod convert;
-pub mod tls;
 
 /// `baton.v1`: agent link and operator API.
 pub mod v1 {

@@ -20,8 +20,8 @@ use futures::future::BoxFuture;
 use hyper::Uri;
 use serde::Serialize;
 
-use super::http::{HttpClient, parse_url};
 use super::{Alert, AlertSink, AlertStatus, SinkError, post, rfc3339};
+use baton_net::http::{HttpClient, parse_url};
 
 /// Where Alertmanager v2 takes alerts, below its base URL.
 const ALERTS_PATH: &str = "/api/v2/alerts";

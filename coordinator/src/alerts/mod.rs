@@ -14,7 +14,6 @@
 //! fires: that is the planner's ([`baton_planner::alerts`]).
 
 pub mod alertmanager;
-pub mod http;
 pub mod notifier;
 pub mod pagerduty;
 pub mod webhook;
@@ -32,11 +31,11 @@ use futures::future::BoxFuture;
 use hyper::Uri;
 
 pub use self::alertmanager::AlertmanagerSink;
-use self::http::{HttpClient, HttpError};
 pub use self::notifier::{Notifier, NotifierHandle, NotifierSettings, SinkStats};
 pub use self::pagerduty::PagerDutySink;
 pub use self::webhook::WebhookSink;
 use crate::config::{AlertingConfig, SinkConfig, SinkKind};
+use baton_net::http::{self, HttpClient, HttpError};
 
 /// One place alerts go. Implementations turn an [`Alert`] into one request
 /// and report how it went; queueing and retrying are the notifier's job.

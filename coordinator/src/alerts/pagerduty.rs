@@ -28,8 +28,8 @@ use futures::future::BoxFuture;
 use hyper::Uri;
 use serde::Serialize;
 
-use super::http::HttpClient;
 use super::{Alert, AlertSink, AlertStatus, SinkError, post, rfc3339};
+use baton_net::http::HttpClient;
 use baton_planner::alerts::NONE_LABEL;
 
 /// PagerDuty's Events API v2 endpoint.
@@ -226,8 +226,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::alerts::http::parse_url;
     use crate::alerts::testing::{RecordingServer, TlsServer};
+    use baton_net::http::parse_url;
 
     fn sink(url: &str, client: HttpClient) -> PagerDutySink {
         PagerDutySink::new(

@@ -31,8 +31,8 @@ use futures::future::BoxFuture;
 use hyper::Uri;
 use serde::Serialize;
 
-use super::http::HttpClient;
 use super::{Alert, AlertSink, AlertStatus, SinkError, post, rfc3339};
+use baton_net::http::HttpClient;
 
 /// The version of the body shape above.
 pub const FORMAT_VERSION: &str = "1";
@@ -100,8 +100,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::alerts::http::parse_url;
     use crate::alerts::testing::RecordingServer;
+    use baton_net::http::parse_url;
 
     #[tokio::test]
     async fn posts_the_documented_shape() {

@@ -294,7 +294,7 @@ async fn a_snapshot_streams_to_a_file_and_verifies() -> Result<()> {
     let report = etcd_writer(cluster.clients(), "s-".into(), 200, 100, stop).await;
     assert_eq!(report.acked.len(), 100);
     let target =
-        baton_agent::target::EtcdTarget::new(&cluster.clients()[1], Duration::from_secs(10));
+        baton_agent::adapter::EtcdTarget::new(&cluster.clients()[1], Duration::from_secs(10));
     let dest = cluster.dir.path().join("backup.db");
     let snap = target.snapshot_to(&dest).await?;
     assert!(snap.bytes > 0 && dest.exists());

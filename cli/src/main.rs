@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use std::io::IsTerminal;
 
-use baton_coordinator::cli::{
+use baton_cli::{
     OperatorConn, RolloutView, Started, render_checks, render_rollout, render_status, summary,
 };
+use baton_net::tls::ClientTls;
 use baton_planner::rollout::Phase;
-use baton_proto::tls::ClientTls;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]

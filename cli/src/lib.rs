@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use baton_domain::{Check, FleetStatus};
+use baton_net::tls::ClientTls;
 use baton_planner::rollout::{Phase, RolloutState};
-use baton_proto::tls::ClientTls;
 use baton_proto::v1::{self, StatusRequest, operator_client::OperatorClient};
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};

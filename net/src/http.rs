@@ -4,7 +4,7 @@
 //!
 //! This module owns URL checking ([`parse_url`]) and the transport outcome
 //! ([`HttpError`]). It does not decide what a status code means for an
-//! alert: each sink does that with [`crate::alerts::SinkError`].
+//! alert: each caller (the coordinator's alert sinks) does that.
 
 use std::time::Duration;
 

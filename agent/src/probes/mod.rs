@@ -29,9 +29,9 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::adapter::MemberState;
 use crate::executor::Executor;
 use crate::metrics::AgentMetrics;
-use crate::target::MemberState;
 use crate::watcher::Observation;
 
 /// The gRPC health service name that stands for this agent's member.
@@ -576,8 +576,8 @@ mod tests {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
         use super::client::{Probe, check};
+        use crate::adapter::fake::FakeTarget;
         use crate::metrics::{AgentMetrics, Sources};
-        use crate::target::fake::FakeTarget;
 
         let dir = tempfile::tempdir().unwrap();
         let m = member();
