@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_domain::MemberId;
 use baton_net::tls::ClientTls;
 use serde::Deserialize;
+
+use crate::adapter::{self, AdapterConfig, SectionError};
 
 /// A config problem, always naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +57,8 @@ struct RawConfig {
     data_dir: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     probe_listen: Option<String>,
-    target: Option<RawTarget>,
+    /// Parsed by the adapter its `kind` names (see [`crate::adapter::REGISTRY`]).
+    target: Option<toml::Table>,
     run: Option<RawRun>,
     tls: Option<RawTls>,
     store: Option<RawStore>,
@@ -102,17 +106,6 @@ struct RawTls {
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     domain: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    kind: String,
-    addr: String,
-    /// samplekv: numeric member id -> baton member id. Defaults to `n{id}`.
-    #[serde(default)]
-    member_names: BTreeMap<String, String>,
-    timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,28 +165,6 @@ pub struct SuperviseConfig {
     pub stop_timeout: Duration,
 }
 
-/// Which adapter watches the member.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetConfig {
-    Samplekv {
-        addr: String,
-        member_names: BTreeMap<u64, MemberId>,
-        timeout: Duration,
-    },
-    /// etcd 3.4/3.5 through its JSON gateway; `addr` is the client URL's
-    /// host:port, and the etcd member name must equal the baton member id.
-    Etcd { addr: String, timeout: Duration },
-}
-
-impl TargetConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            TargetConfig::Samplekv { .. } => "samplekv",
-            TargetConfig::Etcd { .. } => "etcd",
-        }
-    }
-}
-
 /// A validated agent configuration.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -209,7 +180,8 @@ pub struct AgentConfig {
     /// Where the agent keeps its own state (pidfile, member log).
     pub state_dir: PathBuf,
     pub probe_listen: SocketAddr,
-    pub target: TargetConfig,
+    /// The `[target]` section: which adapter watches the member, and its settings.
+    pub target: Arc<dyn AdapterConfig>,
     pub run: RunMode,
     /// TLS to the coordinator; required when `coordinator` is https.
     pub tls: Option<ClientTls>,
@@ -269,10 +241,10 @@ impl AgentConfig {
                 _ => {}
             }
         }
-        Self::validate(raw)
+        Self::validate(raw, path)
     }
 
-    fn validate(raw: RawConfig) -> Result<Self, ConfigError> {
+    fn validate(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
         let member = MemberId::new(
             raw.member_id
                 .ok_or_else(|| invalid("member_id", "missing"))?,
@@ -314,43 +286,13 @@ impl AgentConfig {
         let target = raw
             .target
             .ok_or_else(|| invalid("target", "missing [target] table"))?;
-        let timeout = Duration::from_millis(target.timeout_ms.unwrap_or(1000));
-        let target = match target.kind.as_str() {
-            "samplekv" => {
-                let mut member_names = BTreeMap::new();
-                for (k, v) in target.member_names {
-                    let id: u64 = k.parse().map_err(|_| {
-                        invalid("target.member_names", format!("key {k:?} is not a u64"))
-                    })?;
-                    let name = MemberId::new(v)
-                        .map_err(|e| invalid("target.member_names", e.to_string()))?;
-                    member_names.insert(id, name);
-                }
-                if target.addr.is_empty() {
-                    return Err(invalid("target.addr", "empty"));
-                }
-                TargetConfig::Samplekv {
-                    addr: target.addr,
-                    member_names,
-                    timeout,
-                }
-            }
-            "etcd" => {
-                if target.addr.is_empty() {
-                    return Err(invalid("target.addr", "empty"));
-                }
-                TargetConfig::Etcd {
-                    addr: target.addr,
-                    timeout,
-                }
-            }
-            other => {
-                return Err(invalid(
-                    "target.kind",
-                    format!("unknown adapter {other:?}; known: samplekv, etcd"),
-                ));
-            }
-        };
+        let target = adapter::parse_section(target).map_err(|e| match e {
+            SectionError::Invalid { key, reason } => ConfigError::Invalid { key, reason },
+            SectionError::Shape { message } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+        })?;
         let run = match raw.run {
             None => RunMode::External,
             Some(run) => match run.mode.as_str() {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId};
 use serde::{Deserialize, Serialize};
 
-use crate::adapter::Target;
+use crate::adapter::Adapter;
 use crate::installer::Installer;
 use crate::runner::supervise::SupervisorHandle;
 
@@ -50,7 +50,7 @@ pub struct Executor {
     entries: Mutex<HashMap<CommandId, JournalEntry>>,
     /// One command at a time.
     running: tokio::sync::Mutex<()>,
-    target: Arc<dyn Target>,
+    target: Arc<dyn Adapter>,
     supervisor: Option<SupervisorHandle>,
     installer: Option<Installer>,
     mode: &'static str,
@@ -75,7 +75,7 @@ impl Executor {
     pub fn open(
         member: MemberId,
         state_dir: &std::path::Path,
-        target: Arc<dyn Target>,
+        target: Arc<dyn Adapter>,
         supervisor: Option<SupervisorHandle>,
         installer: Option<Installer>,
         mode: &'static str,
@@ -316,7 +316,7 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::fake::FakeTarget;
+    use crate::adapter::fake::FakeAdapter;
 
     fn cmd(id: &str, action: Action) -> AgentCommand {
         AgentCommand {
@@ -329,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn each_id_runs_at_most_once_even_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let target = Arc::new(FakeTarget::default());
+        let target = Arc::new(FakeAdapter::default());
         let m = MemberId::new("n1").unwrap();
         let to = MemberId::new("n2").unwrap();
         let ex = Executor::open(
@@ -365,7 +365,7 @@ mod tests {
         let ex = Executor::open(
             MemberId::new("n1").unwrap(),
             dir.path(),
-            Arc::new(FakeTarget::default()),
+            Arc::new(FakeAdapter::default()),
             None,
             None,
             "external",
@@ -394,7 +394,7 @@ mod tests {
         let ex = Executor::open(
             MemberId::new("n1").unwrap(),
             dir.path(),
-            Arc::new(FakeTarget::default()),
+            Arc::new(FakeAdapter::default()),
             None,
             None,
             "supervise",
@@ -430,7 +430,7 @@ mod tests {
         let ex = Executor::open(
             MemberId::new("n1").unwrap(),
             dir.path(),
-            Arc::new(FakeTarget::default()),
+            Arc::new(FakeAdapter::default()),
             None,
             None,
             "exec",
@@ -458,7 +458,7 @@ mod tests {
         let err = Executor::open(
             MemberId::new("n1").unwrap(),
             dir.path(),
-            Arc::new(FakeTarget::default()),
+            Arc::new(FakeAdapter::default()),
             None,
             None,
             "external",

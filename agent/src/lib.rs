@@ -34,8 +34,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::adapter::{SamplekvTarget, Target, TargetError};
-use crate::config::{AgentConfig, RunMode, StoreConfig, TargetConfig};
+use crate::adapter::AdapterError;
+use crate::config::{AgentConfig, RunMode, StoreConfig};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,7 @@ pub enum AgentError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Adapter(#[from] AdapterError),
     #[error(transparent)]
     Journal(#[from] executor::JournalError),
     #[error("member {member}: probe server failed: {source}")]
@@ -55,17 +55,6 @@ pub enum AgentError {
         member: baton_domain::MemberId,
         source: std::io::Error,
     },
-}
-
-fn build_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, TargetError> {
-    Ok(match cfg {
-        TargetConfig::Samplekv {
-            addr,
-            member_names,
-            timeout,
-        } => Arc::new(SamplekvTarget::new(addr, member_names.clone(), *timeout)?),
-        TargetConfig::Etcd { addr, timeout } => Arc::new(adapter::EtcdTarget::new(addr, *timeout)),
-    })
 }
 
 /// Runs the agent until `shutdown`: probes on `probe_listener` (already
@@ -81,7 +70,7 @@ pub async fn run(
         path: config.state_dir.clone(),
         source,
     })?;
-    let target = build_target(&config.target)?;
+    let adapter = config.target.build()?;
     let tracker = TaskTracker::new();
 
     let supervisor = match &config.run {
@@ -123,7 +112,7 @@ pub async fn run(
         executor::Executor::open(
             config.member.clone(),
             &config.state_dir,
-            target.clone(),
+            adapter.clone(),
             supervisor,
             installer,
             mode,
@@ -134,7 +123,7 @@ pub async fn run(
 
     let (poll, poll_rx) = link::PollControl::new(config.poll);
     tracker.spawn(watcher::run(
-        target.clone(),
+        adapter.clone(),
         poll_rx,
         obs_tx,
         shutdown.clone(),
@@ -144,7 +133,7 @@ pub async fn run(
         member: config.member.clone(),
         cluster: config.cluster.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        adapter_kind: target.kind().to_owned(),
+        adapter_kind: adapter.kind().to_owned(),
     };
     let (stats_tx, stats_rx) = watch::channel(link::LinkStats::default());
     tracker.spawn(link::run(

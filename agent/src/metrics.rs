@@ -270,7 +270,7 @@ mod tests {
 
     use super::*;
     use crate::adapter::MemberState;
-    use crate::adapter::fake::FakeTarget;
+    use crate::adapter::fake::FakeAdapter;
 
     fn observation(applied: u64, committed: u64) -> Observation {
         let mut state = MemberState::unreachable(String::new());
@@ -295,7 +295,7 @@ mod tests {
     #[tokio::test]
     async fn a_scrape_reads_the_member_the_link_and_the_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let target = Arc::new(FakeTarget::default());
+        let target = Arc::new(FakeAdapter::default());
         let member = MemberId::new("n3").unwrap();
         let executor = Arc::new(
             Executor::open(member.clone(), dir.path(), target, None, None, "external").unwrap(),

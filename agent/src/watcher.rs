@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::{MemberState, Target};
+use crate::adapter::{Adapter, MemberState};
 
 /// The member's state as of one poll.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,7 +31,7 @@ fn ticker(every: Duration) -> tokio::time::Interval {
 /// Polls `target` at the interval `every` holds (it may change at any time;
 /// a change polls at once) until `shutdown`.
 pub async fn run(
-    target: Arc<dyn Target>,
+    target: Arc<dyn Adapter>,
     mut every: watch::Receiver<Duration>,
     tx: watch::Sender<Option<Observation>>,
     shutdown: CancellationToken,
@@ -79,11 +79,11 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::adapter::fake::FakeTarget;
+    use crate::adapter::fake::FakeAdapter;
 
     #[tokio::test(start_paused = true)]
     async fn the_poll_interval_follows_its_control() {
-        let target = Arc::new(FakeTarget::default());
+        let target = Arc::new(FakeAdapter::default());
         let (every_tx, every_rx) = watch::channel(Duration::from_millis(100));
         let (tx, _rx) = watch::channel(None);
         let stop = CancellationToken::new();

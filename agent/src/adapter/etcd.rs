@@ -26,7 +26,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::{MemberState, Target, TargetError};
+use super::{Adapter, AdapterError as TargetError, MemberState};
 
 /// How long one poll waits for `/health`.
 pub const HEALTH_WAIT: Duration = Duration::from_millis(100);
@@ -404,7 +404,7 @@ impl EtcdTarget {
     }
 }
 
-impl Target for EtcdTarget {
+impl Adapter for EtcdTarget {
     fn kind(&self) -> &'static str {
         "etcd"
     }
@@ -437,6 +437,58 @@ impl Target for EtcdTarget {
                 })
             }
         })
+    }
+}
+
+// The etcd `[target]` section and its registry row.
+
+/// The etcd row of [`super::REGISTRY`].
+pub const REGISTRATION: super::Registration = super::Registration {
+    kind: "etcd",
+    parse: parse_config,
+};
+
+/// `[target]` as written, for `kind = "etcd"` (`kind` already taken out).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    addr: String,
+    timeout_ms: Option<u64>,
+}
+
+/// A validated etcd `[target]` section: etcd 3.4/3.5 through its JSON
+/// gateway; `addr` is the client URL's host:port, and the etcd member name
+/// must equal the baton member id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    pub addr: String,
+    /// Bound on each call to the member.
+    pub timeout: Duration,
+}
+
+fn parse_config(
+    table: toml::Table,
+) -> Result<std::sync::Arc<dyn super::AdapterConfig>, super::SectionError> {
+    let raw: RawConfig = super::decode(table)?;
+    if raw.addr.is_empty() {
+        return Err(super::SectionError::invalid("target.addr", "empty"));
+    }
+    Ok(std::sync::Arc::new(EtcdConfig {
+        addr: raw.addr,
+        timeout: super::timeout(raw.timeout_ms),
+    }))
+}
+
+impl super::AdapterConfig for EtcdConfig {
+    fn kind(&self) -> &'static str {
+        REGISTRATION.kind
+    }
+
+    fn build(&self) -> Result<std::sync::Arc<dyn Adapter>, TargetError> {
+        Ok(std::sync::Arc::new(EtcdTarget::new(
+            &self.addr,
+            self.timeout,
+        )))
     }
 }
 

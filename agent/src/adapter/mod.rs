@@ -1,17 +1,112 @@
-//! Target adapters: how the agent reads one member of one kind of cluster.
+//! Adapters: how the agent reads and steers one member of one kind of
+//! cluster.
 //!
-//! This module owns the [`Target`] trait and the [`MemberState`] an adapter
-//! returns. An adapter only reads (and, in later issues, asks for a handover);
-//! it never starts or stops processes, which is the supervisor's job.
+//! This module owns the [`Adapter`] trait, the [`MemberState`] an adapter
+//! returns, and the registry ([`REGISTRY`]) that maps a `[target] kind` to
+//! the adapter that parses its own `[target]` table. Each adapter file owns
+//! its config struct and its validation; adding an adapter is one new file
+//! (with its `REGISTRATION`), its `mod` line and one registry row here.
+//!
+//! An adapter reads the member, asks it for a handover, and (where it can)
+//! backs it up; it never starts or stops processes, which is the
+//! [`crate::runner`]'s job.
 
 pub mod etcd;
+#[cfg(test)]
+pub mod fake;
 pub mod samplekv;
 
-use baton_domain::{Health, MemberId, Role};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_domain::{Check, Health, MemberId, Role};
 use futures::future::BoxFuture;
 
 pub use etcd::EtcdTarget;
-pub use samplekv::SamplekvTarget;
+pub use samplekv::SamplekvAdapter;
+
+/// Every adapter this agent knows, in the order `target.kind` errors list
+/// them. One row per adapter.
+pub const REGISTRY: &[Registration] = &[samplekv::REGISTRATION, etcd::REGISTRATION];
+
+/// One adapter in the [`REGISTRY`]: its `kind` and how it reads its own
+/// `[target]` table.
+#[derive(Clone, Copy, Debug)]
+pub struct Registration {
+    /// The `[target] kind` that selects this adapter (and its Hello name).
+    pub kind: &'static str,
+    /// Parses and validates the `[target]` table, `kind` already taken out.
+    pub parse: fn(toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionError>,
+}
+
+/// A validated `[target]` section: which adapter, and how to build it.
+pub trait AdapterConfig: Send + Sync + std::fmt::Debug {
+    /// The adapter's name (`samplekv`, `etcd`).
+    fn kind(&self) -> &'static str;
+    /// Builds the adapter. Connections are made lazily, so this fails only
+    /// on settings that cannot work at all.
+    fn build(&self) -> Result<Arc<dyn Adapter>, AdapterError>;
+}
+
+/// Why a `[target]` table is not valid. The config module turns it into
+/// its own error, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SectionError {
+    /// A key has a value the adapter cannot use.
+    #[error("config key `{key}` is invalid: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    /// The table does not have the adapter's shape (unknown or missing key,
+    /// wrong type); the message is the TOML decoder's.
+    #[error("{message}")]
+    Shape { message: String },
+}
+
+impl SectionError {
+    pub fn invalid(key: &'static str, reason: impl Into<String>) -> Self {
+        SectionError::Invalid {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Decodes an adapter's `[target]` table into its raw struct.
+pub fn decode<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, SectionError> {
+    table
+        .try_into()
+        .map_err(|e: toml::de::Error| SectionError::Shape {
+            message: e.message().to_owned(),
+        })
+}
+
+/// `target.timeout_ms`, the bound on each call to the member (default 1 s).
+pub fn timeout(timeout_ms: Option<u64>) -> Duration {
+    Duration::from_millis(timeout_ms.unwrap_or(1000))
+}
+
+/// Validates `[target]`: its `kind` picks the adapter in [`REGISTRY`],
+/// which parses the rest.
+pub fn parse_section(mut table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionError> {
+    let kind = match table.remove("kind") {
+        Some(toml::Value::String(kind)) => kind,
+        Some(other) => {
+            return Err(SectionError::invalid(
+                "target.kind",
+                format!("{other} is not a string"),
+            ));
+        }
+        None => return Err(SectionError::invalid("target.kind", "missing")),
+    };
+    let Some(adapter) = REGISTRY.iter().find(|a| a.kind == kind) else {
+        let known: Vec<&str> = REGISTRY.iter().map(|a| a.kind).collect();
+        return Err(SectionError::invalid(
+            "target.kind",
+            format!("unknown adapter {kind:?}; known: {}", known.join(", ")),
+        ));
+    };
+    (adapter.parse)(table)
+}
 
 /// What a member says about itself, as read by its adapter.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,9 +142,9 @@ impl MemberState {
     }
 }
 
-/// Why an adapter could not read its member.
+/// Why an adapter could not read, steer or back up its member.
 #[derive(Debug, thiserror::Error)]
-pub enum TargetError {
+pub enum AdapterError {
     #[error("member at {addr} is unreachable: {detail}")]
     Unreachable { addr: String, detail: String },
     #[error("member at {addr} refused: {detail}")]
@@ -60,58 +155,103 @@ pub enum TargetError {
         kind: &'static str,
         detail: String,
     },
+    #[error(
+        "the {adapter} adapter cannot back up its member yet; take a backup with the database's own tools"
+    )]
+    BackupUnsupported { adapter: &'static str },
+}
+
+/// A backup an adapter wrote, verified and complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backup {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Hex sha256 of the file.
+    pub sha256: String,
 }
 
 /// One kind of cluster member, seen from its agent.
-pub trait Target: Send + Sync + std::fmt::Debug {
+pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// The adapter's name, sent in the Hello (e.g. `samplekv`).
     fn kind(&self) -> &'static str;
     /// Reads the member's current state.
-    fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>>;
+    fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>>;
     /// Asks the member (the leader) to hand leadership to `to`. Returns once
     /// the request is accepted; the coordinator confirms the new leader from
     /// reports.
-    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>>;
+    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, AdapterError>>;
+    /// Writes a consistent backup of the member's data to `dest` (a file that
+    /// does not exist yet), verified, and returns what was written.
+    ///
+    /// The default says this adapter cannot back up yet
+    /// ([`AdapterError::BackupUnsupported`]); no adapter overrides it so far,
+    /// and nothing calls it until rollouts take backups.
+    fn backup<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<Backup, AdapterError>> {
+        let _ = dest;
+        let adapter = self.kind();
+        Box::pin(async move { Err(AdapterError::BackupUnsupported { adapter }) })
+    }
+    /// Checks only this kind of member needs before a rollout touches it,
+    /// judged from its latest state (the generic ones are the planner's).
+    ///
+    /// The default has none, and so far no adapter adds any; the coordinator
+    /// does not ask for them yet.
+    fn preflight_checks(&self, member: &MemberId, state: &MemberState) -> Vec<Check> {
+        let _ = (member, state);
+        Vec::new()
+    }
 }
 
 #[cfg(test)]
-pub mod fake {
-    //! A scripted target for unit tests; records how often it was polled.
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
+mod tests {
     use super::*;
 
-    #[derive(Debug, Default)]
-    pub struct FakeTarget {
-        pub state: Mutex<Option<MemberState>>,
-        pub polls: AtomicUsize,
-        pub step_downs: Mutex<Vec<MemberId>>,
+    fn table(text: &str) -> toml::Table {
+        toml::from_str(text).unwrap()
     }
 
-    impl FakeTarget {
-        pub fn set(&self, s: Option<MemberState>) {
-            *self.state.lock().unwrap() = s;
+    #[tokio::test]
+    async fn the_kind_picks_the_adapter_that_parses_the_rest() {
+        let c = parse_section(table("kind = \"samplekv\"\naddr = \"127.0.0.1:1\"")).unwrap();
+        assert_eq!(c.kind(), "samplekv");
+        assert_eq!(c.build().unwrap().kind(), "samplekv");
+        let c = parse_section(table("kind = \"etcd\"\naddr = \"127.0.0.1:1\"")).unwrap();
+        assert_eq!(c.kind(), "etcd");
+        assert_eq!(c.build().unwrap().kind(), "etcd");
+        // Each registered adapter answers to its own kind.
+        for r in REGISTRY {
+            let c = (r.parse)(table("addr = \"h:1\"")).unwrap();
+            assert_eq!(c.kind(), r.kind);
         }
     }
 
-    impl Target for FakeTarget {
-        fn kind(&self) -> &'static str {
-            "fake"
-        }
-        fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
-            self.polls.fetch_add(1, Ordering::SeqCst);
-            let s = self.state.lock().unwrap().clone();
-            Box::pin(async move {
-                s.ok_or_else(|| TargetError::Unreachable {
-                    addr: "fake".into(),
-                    detail: "scripted down".into(),
-                })
-            })
-        }
-        fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>> {
-            self.step_downs.lock().unwrap().push(to.clone());
-            Box::pin(async move { Ok(format!("asked to hand over to {to}")) })
-        }
+    #[test]
+    fn a_bad_kind_or_shape_names_the_key() {
+        let err = parse_section(table("kind = \"nosuch\"\naddr = \"h:1\"")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config key `target.kind` is invalid: unknown adapter \"nosuch\"; known: samplekv, etcd"
+        );
+        let err = parse_section(table("addr = \"h:1\"")).unwrap_err();
+        assert!(err.to_string().contains("`target.kind`"), "{err}");
+        let err = parse_section(table("kind = 3")).unwrap_err();
+        assert!(err.to_string().contains("`target.kind`"), "{err}");
+        let err = parse_section(table("kind = \"etcd\"\naddr = \"h:1\"\nbogus = 1")).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_adapter_without_backups_says_so() {
+        let fake = fake::FakeAdapter::default();
+        let err = fake.backup(Path::new("/nonexistent/b")).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the fake adapter cannot back up its member yet; take a backup with the database's own tools"
+        );
+        let state = MemberState::unreachable(String::new());
+        assert!(
+            fake.preflight_checks(&MemberId::new("n1").unwrap(), &state)
+                .is_empty()
+        );
     }
 }

@@ -2,48 +2,114 @@
 //!
 //! samplekv names members by number; baton names them by [`MemberId`]. The
 //! adapter maps one to the other with the configured `member_names`, falling
-//! back to `n{id}`. It owns nothing but that read and that mapping.
+//! back to `n{id}`. It owns that read, that mapping, and its `[target]`
+//! config section ([`SamplekvConfig`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_domain::{Health, MemberId, Role};
 use baton_proto::samplekv::{self as wire, admin_client::AdminClient, kv_client::KvClient};
 use futures::future::BoxFuture;
+use serde::Deserialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{MemberState, Target, TargetError};
+use super::{Adapter, AdapterConfig, AdapterError, MemberState, Registration, SectionError};
+
+/// The samplekv row of [`super::REGISTRY`].
+pub const REGISTRATION: Registration = Registration {
+    kind: "samplekv",
+    parse: parse_config,
+};
+
+/// `[target]` as written, for `kind = "samplekv"` (the registry takes `kind`
+/// out before this adapter sees the table).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    addr: String,
+    /// Numeric member id -> baton member id. Defaults to `n{id}`.
+    #[serde(default)]
+    member_names: BTreeMap<String, String>,
+    timeout_ms: Option<u64>,
+}
+
+/// A validated samplekv `[target]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SamplekvConfig {
+    /// The member's gRPC `host:port`.
+    pub addr: String,
+    pub member_names: BTreeMap<u64, MemberId>,
+    /// Bound on each call to the member.
+    pub timeout: Duration,
+}
+
+fn parse_config(table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionError> {
+    let raw: RawConfig = super::decode(table)?;
+    let mut member_names = BTreeMap::new();
+    for (k, v) in raw.member_names {
+        let id: u64 = k.parse().map_err(|_| {
+            SectionError::invalid("target.member_names", format!("key {k:?} is not a u64"))
+        })?;
+        let name = MemberId::new(v)
+            .map_err(|e| SectionError::invalid("target.member_names", e.to_string()))?;
+        member_names.insert(id, name);
+    }
+    if raw.addr.is_empty() {
+        return Err(SectionError::invalid("target.addr", "empty"));
+    }
+    Ok(Arc::new(SamplekvConfig {
+        addr: raw.addr,
+        member_names,
+        timeout: super::timeout(raw.timeout_ms),
+    }))
+}
+
+impl AdapterConfig for SamplekvConfig {
+    fn kind(&self) -> &'static str {
+        REGISTRATION.kind
+    }
+
+    fn build(&self) -> Result<Arc<dyn Adapter>, AdapterError> {
+        Ok(Arc::new(SamplekvAdapter::new(
+            &self.addr,
+            self.member_names.clone(),
+            self.timeout,
+        )?))
+    }
+}
 
 /// Reads one samplekv member.
 #[derive(Debug, Clone)]
-pub struct SamplekvTarget {
+pub struct SamplekvAdapter {
     addr: String,
     channel: Channel,
     member_names: BTreeMap<u64, MemberId>,
 }
 
-impl SamplekvTarget {
+impl SamplekvAdapter {
     /// `addr` is `host:port`. The channel connects lazily and reconnects.
     pub fn new(
         addr: &str,
         member_names: BTreeMap<u64, MemberId>,
         timeout: Duration,
-    ) -> Result<Self, TargetError> {
+    ) -> Result<Self, AdapterError> {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| TargetError::Unreachable {
+            .map_err(|e| AdapterError::Unreachable {
                 addr: addr.to_owned(),
                 detail: format!("bad address: {e}"),
             })?
             .connect_timeout(timeout)
             .timeout(timeout);
-        Ok(SamplekvTarget {
+        Ok(SamplekvAdapter {
             addr: addr.to_owned(),
             channel: endpoint.connect_lazy(),
             member_names,
         })
     }
 
-    fn name_of(&self, id: u64) -> Result<MemberId, TargetError> {
+    fn name_of(&self, id: u64) -> Result<MemberId, AdapterError> {
         if let Some(name) = self.member_names.get(&id) {
             return Ok(name.clone());
         }
@@ -59,15 +125,15 @@ impl SamplekvTarget {
             .or_else(|| member.as_str().strip_prefix('n')?.parse().ok())
     }
 
-    fn bad(&self, detail: String) -> TargetError {
-        TargetError::BadAnswer {
+    fn bad(&self, detail: String) -> AdapterError {
+        AdapterError::BadAnswer {
             addr: self.addr.clone(),
             kind: "samplekv",
             detail,
         }
     }
 
-    fn convert(&self, s: wire::StatusResponse) -> Result<MemberState, TargetError> {
+    fn convert(&self, s: wire::StatusResponse) -> Result<MemberState, AdapterError> {
         let wire::StatusResponse {
             member_id: _,
             role,
@@ -114,18 +180,18 @@ impl SamplekvTarget {
     }
 }
 
-impl Target for SamplekvTarget {
+impl Adapter for SamplekvAdapter {
     fn kind(&self) -> &'static str {
         "samplekv"
     }
 
-    fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
+    fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>> {
         Box::pin(async move {
             let mut client = KvClient::new(self.channel.clone());
             let resp = client
                 .status(wire::StatusRequest {})
                 .await
-                .map_err(|status| TargetError::Unreachable {
+                .map_err(|status| AdapterError::Unreachable {
                     addr: self.addr.clone(),
                     detail: describe(&status),
                 })?;
@@ -133,7 +199,7 @@ impl Target for SamplekvTarget {
         })
     }
 
-    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>> {
+    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, AdapterError>> {
         Box::pin(async move {
             let id = self.id_of(to).ok_or_else(|| {
                 self.bad(format!(
@@ -143,7 +209,7 @@ impl Target for SamplekvTarget {
             let resp = AdminClient::new(self.channel.clone())
                 .transfer_leader(wire::TransferLeaderRequest { to_member_id: id })
                 .await
-                .map_err(|status| TargetError::Unreachable {
+                .map_err(|status| AdapterError::Unreachable {
                     addr: self.addr.clone(),
                     detail: describe(&status),
                 })?
@@ -158,7 +224,7 @@ impl Target for SamplekvTarget {
                     "asked to hand leadership to {to} (samplekv id {id}); leader now {leader_id}: {detail}"
                 ))
             } else {
-                Err(TargetError::Refused {
+                Err(AdapterError::Refused {
                     addr: self.addr.clone(),
                     detail,
                 })
@@ -188,9 +254,9 @@ fn describe(status: &tonic::Status) -> String {
 mod tests {
     use super::*;
 
-    fn target() -> SamplekvTarget {
+    fn target() -> SamplekvAdapter {
         let names = BTreeMap::from([(2, MemberId::new("beta").unwrap())]);
-        SamplekvTarget::new("127.0.0.1:1", names, Duration::from_millis(100)).unwrap()
+        SamplekvAdapter::new("127.0.0.1:1", names, Duration::from_millis(100)).unwrap()
     }
 
     fn status(role: wire::Role, leader: u64) -> wire::StatusResponse {
@@ -230,6 +296,6 @@ mod tests {
     #[tokio::test]
     async fn an_absent_member_is_unreachable() {
         let err = target().poll().await.unwrap_err();
-        assert!(matches!(err, TargetError::Unreachable { .. }), "{err}");
+        assert!(matches!(err, AdapterError::Unreachable { .. }), "{err}");
     }
 }

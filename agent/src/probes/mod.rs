@@ -576,7 +576,7 @@ mod tests {
         use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
         use super::client::{Probe, check};
-        use crate::adapter::fake::FakeTarget;
+        use crate::adapter::fake::FakeAdapter;
         use crate::metrics::{AgentMetrics, Sources};
 
         let dir = tempfile::tempdir().unwrap();
@@ -585,7 +585,7 @@ mod tests {
             Executor::open(
                 m.clone(),
                 dir.path(),
-                Arc::new(FakeTarget::default()),
+                Arc::new(FakeAdapter::default()),
                 None,
                 None,
                 "external",

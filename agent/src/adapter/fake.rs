@@ -1,0 +1,45 @@
+//! A scripted adapter for unit tests; records how often it was polled and
+//! whom it was asked to hand over to.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use baton_domain::MemberId;
+use futures::future::BoxFuture;
+
+use super::{Adapter, AdapterError, MemberState};
+
+#[derive(Debug, Default)]
+pub struct FakeAdapter {
+    /// The state the next poll returns; None polls as unreachable.
+    pub state: Mutex<Option<MemberState>>,
+    pub polls: AtomicUsize,
+    /// Every `step_down` target, in order.
+    pub step_downs: Mutex<Vec<MemberId>>,
+}
+
+impl FakeAdapter {
+    pub fn set(&self, s: Option<MemberState>) {
+        *self.state.lock().unwrap() = s;
+    }
+}
+
+impl Adapter for FakeAdapter {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        let s = self.state.lock().unwrap().clone();
+        Box::pin(async move {
+            s.ok_or_else(|| AdapterError::Unreachable {
+                addr: "fake".into(),
+                detail: "scripted down".into(),
+            })
+        })
+    }
+    fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, AdapterError>> {
+        self.step_downs.lock().unwrap().push(to.clone());
+        Box::pin(async move { Ok(format!("asked to hand over to {to}")) })
+    }
+}
