@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
 use crate::installer::Installer;
-use crate::runner::supervise::SupervisorHandle;
+use crate::runner::MemberProcess;
+use crate::watcher::Observation;
 
 /// One line of the command journal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,17 +48,17 @@ pub struct JournalError {
 pub struct Executor {
     member: MemberId,
     path: PathBuf,
+    /// The journal in memory, by id; shared by `run` and the readers
+    /// (`/commands`, metrics, the link's stored-result check).
     entries: Mutex<HashMap<CommandId, JournalEntry>>,
-    /// One command at a time.
+    /// Held while a command runs: one command at a time.
     running: tokio::sync::Mutex<()>,
-    target: Arc<dyn Adapter>,
-    supervisor: Option<SupervisorHandle>,
+    adapter: Arc<dyn Adapter>,
+    /// Starts and stops the member, in the configured run mode.
+    process: Box<dyn MemberProcess>,
     installer: Option<Installer>,
-    mode: &'static str,
-    /// The member as last observed, for the leader interlock on Stop.
-    observed: Option<tokio::sync::watch::Receiver<Option<crate::watcher::Observation>>>,
-    /// exec mode: the operator's commands and the member's data dir.
-    exec: Option<(crate::config::ExecConfig, PathBuf)>,
+    /// The watcher's latest observation, for the leader interlock on Stop.
+    observed: Option<tokio::sync::watch::Receiver<Option<Observation>>>,
 }
 
 impl Executor {
@@ -66,7 +67,7 @@ impl Executor {
     /// second lock on that door.
     pub fn with_leader_interlock(
         mut self,
-        observed: tokio::sync::watch::Receiver<Option<crate::watcher::Observation>>,
+        observed: tokio::sync::watch::Receiver<Option<Observation>>,
     ) -> Self {
         self.observed = Some(observed);
         self
@@ -75,10 +76,9 @@ impl Executor {
     pub fn open(
         member: MemberId,
         state_dir: &std::path::Path,
-        target: Arc<dyn Adapter>,
-        supervisor: Option<SupervisorHandle>,
+        adapter: Arc<dyn Adapter>,
+        process: Box<dyn MemberProcess>,
         installer: Option<Installer>,
-        mode: &'static str,
     ) -> Result<Self, JournalError> {
         let path = state_dir.join("commands.jsonl");
         let mut entries = HashMap::new();
@@ -101,69 +101,11 @@ impl Executor {
             path,
             entries: Mutex::new(entries),
             running: tokio::sync::Mutex::new(()),
-            target,
-            supervisor,
+            adapter,
+            process,
             installer,
-            mode,
             observed: None,
-            exec: None,
         })
-    }
-
-    /// exec mode: Stop and Start run the operator's own commands.
-    pub fn with_exec(mut self, exec: Option<(crate::config::ExecConfig, PathBuf)>) -> Self {
-        self.exec = exec;
-        self
-    }
-
-    /// Runs one of the operator's commands, bounded by its timeout.
-    async fn run_exec(
-        &self,
-        which: &str,
-        argv: &[String],
-        cfg: &crate::config::ExecConfig,
-        data_dir: &std::path::Path,
-    ) -> Result<String, String> {
-        let release_dir = cfg
-            .base_dir
-            .as_ref()
-            .and_then(|b| std::fs::canonicalize(b.join("current")).ok())
-            .unwrap_or_default();
-        let argv = crate::runner::supervise::render_command(argv, &release_dir, data_dir);
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .envs(&cfg.env)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(cfg.timeout, cmd.output())
-            .await
-            .map_err(|_| {
-                format!(
-                    "member {}: {which} command `{}` did not finish within {:?}",
-                    self.member,
-                    argv.join(" "),
-                    cfg.timeout
-                )
-            })?
-            .map_err(|e| {
-                format!(
-                    "member {}: cannot run {which} command `{}`: {e}",
-                    self.member, argv[0]
-                )
-            })?;
-        if out.status.success() {
-            Ok(format!("{which} command `{}` exited 0", argv.join(" ")))
-        } else {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-            Err(format!(
-                "member {}: {which} command `{}` failed ({}): {}",
-                self.member,
-                argv.join(" "),
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-            ))
-        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CommandId, JournalEntry>> {
@@ -250,15 +192,6 @@ impl Executor {
         CommandOutcome { id: cmd.id, result }
     }
 
-    fn needs_supervisor(&self) -> Result<&SupervisorHandle, String> {
-        self.supervisor.as_ref().ok_or_else(|| {
-            format!(
-                "member {} runs in {} mode, so this agent cannot stop or start it; use run.mode = \"supervise\"",
-                self.member, self.mode
-            )
-        })
-    }
-
     fn needs_installer(&self) -> Result<&Installer, String> {
         self.installer.as_ref().ok_or_else(|| {
             format!(
@@ -291,24 +224,13 @@ impl Executor {
                         self.member
                     ));
                 }
-                if let Some((exec, data_dir)) = &self.exec {
-                    return self.run_exec("stop", &exec.stop, exec, data_dir).await;
-                }
                 let timeout = cmd
                     .stop_timeout_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)));
-                let bound = timeout.unwrap_or(Duration::from_secs(60)) + Duration::from_secs(10);
-                self.needs_supervisor()?.stop(timeout, bound).await
+                self.process.stop(timeout).await
             }
-            Action::Start => {
-                if let Some((exec, data_dir)) = &self.exec {
-                    return self.run_exec("start", &exec.start, exec, data_dir).await;
-                }
-                self.needs_supervisor()?
-                    .start(Duration::from_secs(30))
-                    .await
-            }
-            Action::StepDown { to } => self.target.step_down(to).await.map_err(|e| e.to_string()),
+            Action::Start => self.process.start().await,
+            Action::StepDown { to } => self.adapter.step_down(to).await.map_err(|e| e.to_string()),
         }
     }
 }
@@ -317,6 +239,14 @@ impl Executor {
 mod tests {
     use super::*;
     use crate::adapter::fake::FakeAdapter;
+    use crate::runner::External;
+    use crate::runner::exec::Exec;
+
+    fn external() -> Box<dyn MemberProcess> {
+        Box::new(External {
+            member: MemberId::new("n1").unwrap(),
+        })
+    }
 
     fn cmd(id: &str, action: Action) -> AgentCommand {
         AgentCommand {
@@ -332,15 +262,7 @@ mod tests {
         let target = Arc::new(FakeAdapter::default());
         let m = MemberId::new("n1").unwrap();
         let to = MemberId::new("n2").unwrap();
-        let ex = Executor::open(
-            m.clone(),
-            dir.path(),
-            target.clone(),
-            None,
-            None,
-            "external",
-        )
-        .unwrap();
+        let ex = Executor::open(m.clone(), dir.path(), target.clone(), external(), None).unwrap();
         let first = ex
             .run(cmd("r-1", Action::StepDown { to: to.clone() }))
             .await;
@@ -353,7 +275,7 @@ mod tests {
         assert_eq!(target.step_downs.lock().unwrap().len(), 1);
 
         // A new executor over the same journal (an agent restart) remembers.
-        let ex = Executor::open(m, dir.path(), target.clone(), None, None, "external").unwrap();
+        let ex = Executor::open(m, dir.path(), target.clone(), external(), None).unwrap();
         assert_eq!(ex.run(cmd("r-1", Action::StepDown { to })).await, first);
         assert_eq!(target.step_downs.lock().unwrap().len(), 1);
         assert_eq!(ex.entries()[0].runs, 1);
@@ -366,9 +288,8 @@ mod tests {
             MemberId::new("n1").unwrap(),
             dir.path(),
             Arc::new(FakeAdapter::default()),
+            external(),
             None,
-            None,
-            "external",
         )
         .unwrap();
         let out = ex.run(cmd("r-2", Action::Stop)).await;
@@ -395,9 +316,8 @@ mod tests {
             MemberId::new("n1").unwrap(),
             dir.path(),
             Arc::new(FakeAdapter::default()),
+            external(),
             None,
-            None,
-            "supervise",
         )
         .unwrap()
         .with_leader_interlock(rx);
@@ -431,12 +351,14 @@ mod tests {
             MemberId::new("n1").unwrap(),
             dir.path(),
             Arc::new(FakeAdapter::default()),
+            Box::new(Exec::new(
+                MemberId::new("n1").unwrap(),
+                exec,
+                PathBuf::from("/var/lib/kv"),
+            )),
             None,
-            None,
-            "exec",
         )
-        .unwrap()
-        .with_exec(Some((exec, PathBuf::from("/var/lib/kv"))));
+        .unwrap();
         let started = ex.run(cmd("e-1", Action::Start)).await.result.unwrap();
         assert!(started.contains("exited 0"), "{started}");
         assert_eq!(
@@ -459,9 +381,8 @@ mod tests {
             MemberId::new("n1").unwrap(),
             dir.path(),
             Arc::new(FakeAdapter::default()),
+            external(),
             None,
-            None,
-            "external",
         )
         .unwrap_err();
         assert!(err.to_string().contains("line 1"), "{err}");

@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::adapter::AdapterError;
-use crate::config::{AgentConfig, RunMode, StoreConfig};
+use crate::config::{AgentConfig, StoreConfig};
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,38 +73,21 @@ pub async fn run(
     let adapter = config.target.build()?;
     let tracker = TaskTracker::new();
 
-    let supervisor = match &config.run {
-        RunMode::Supervise(sup) => Some(runner::supervise::spawn(
-            config.member.clone(),
-            sup.clone(),
-            config.data_dir.clone(),
-            config.state_dir.clone(),
-            &tracker,
-            shutdown.clone(),
-        )),
-        RunMode::External | RunMode::Exec(_) => None,
-    };
-    let base_dir = match &config.run {
-        RunMode::Supervise(sup) => Some(sup.base_dir.clone()),
-        RunMode::Exec(exec) => exec.base_dir.clone(),
-        RunMode::External => None,
-    };
-    let installer = match (base_dir, &config.store) {
+    let process = runner::build(
+        &config.member,
+        &config.run,
+        &config.data_dir,
+        &config.state_dir,
+        &tracker,
+        shutdown.clone(),
+    );
+    let installer = match (process.base_dir(), &config.store) {
         (Some(base_dir), Some(StoreConfig::Dir { path })) => Some(installer::Installer::new(
             config.member.clone(),
-            base_dir,
+            base_dir.to_owned(),
             config.data_dir.clone(),
             Arc::new(baton_store::DirStore::new(path.clone())),
         )),
-        _ => None,
-    };
-    let mode = match config.run {
-        RunMode::Supervise(_) => "supervise",
-        RunMode::Exec(_) => "exec",
-        RunMode::External => "external",
-    };
-    let exec = match &config.run {
-        RunMode::Exec(e) => Some((e.clone(), config.data_dir.clone())),
         _ => None,
     };
     let (obs_tx, obs_rx) = watch::channel(None);
@@ -113,12 +96,10 @@ pub async fn run(
             config.member.clone(),
             &config.state_dir,
             adapter.clone(),
-            supervisor,
+            process,
             installer,
-            mode,
         )?
-        .with_leader_interlock(obs_rx.clone())
-        .with_exec(exec),
+        .with_leader_interlock(obs_rx.clone()),
     );
 
     let (poll, poll_rx) = link::PollControl::new(config.poll);

@@ -298,7 +298,16 @@ mod tests {
         let target = Arc::new(FakeAdapter::default());
         let member = MemberId::new("n3").unwrap();
         let executor = Arc::new(
-            Executor::open(member.clone(), dir.path(), target, None, None, "external").unwrap(),
+            Executor::open(
+                member.clone(),
+                dir.path(),
+                target,
+                Box::new(crate::runner::External {
+                    member: member.clone(),
+                }),
+                None,
+            )
+            .unwrap(),
         );
         let step = |id: &str| AgentCommand {
             id: CommandId(id.into()),

@@ -586,9 +586,8 @@ mod tests {
                 m.clone(),
                 dir.path(),
                 Arc::new(FakeAdapter::default()),
+                Box::new(crate::runner::External { member: m.clone() }),
                 None,
-                None,
-                "external",
             )
             .unwrap(),
         );

@@ -15,11 +15,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use baton_domain::MemberId;
+use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::{MemberProcess, ProcessStatus};
 use crate::config::SuperviseConfig;
 
 /// Why the supervisor could not run the member.
@@ -73,8 +75,46 @@ pub struct ProcState {
 /// Handle to a running supervisor task.
 #[derive(Debug, Clone)]
 pub struct SupervisorHandle {
+    /// The supervisor task's latest [`ProcState`]; stop and start wait on it.
     pub state: watch::Receiver<ProcState>,
+    /// Tells the supervisor task what the member should be doing.
     desired: mpsc::Sender<Desired>,
+    /// `run.base_dir`, where releases are installed.
+    base_dir: PathBuf,
+}
+
+/// How long a start waits for the member's process to exist.
+const START_BOUND: Duration = Duration::from_secs(30);
+/// The SIGKILL grace a stop assumes when the coordinator gives none, for
+/// bounding the wait (the supervisor itself uses `stop_timeout`).
+const STOP_GRACE_BOUND: Duration = Duration::from_secs(60);
+/// How much longer than the grace a stop waits for the process to be gone.
+const STOP_SLACK: Duration = Duration::from_secs(10);
+
+impl MemberProcess for SupervisorHandle {
+    fn mode(&self) -> &'static str {
+        "supervise"
+    }
+
+    fn start(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(SupervisorHandle::start(self, START_BOUND))
+    }
+
+    fn stop(&self, timeout: Option<Duration>) -> BoxFuture<'_, Result<String, String>> {
+        let bound = timeout.unwrap_or(STOP_GRACE_BOUND) + STOP_SLACK;
+        Box::pin(SupervisorHandle::stop(self, timeout, bound))
+    }
+
+    fn status(&self) -> ProcessStatus {
+        match self.state.borrow().pid {
+            Some(pid) => ProcessStatus::Running { pid },
+            None => ProcessStatus::Stopped,
+        }
+    }
+
+    fn base_dir(&self) -> Option<&Path> {
+        Some(&self.base_dir)
+    }
 }
 
 impl SupervisorHandle {
@@ -150,6 +190,7 @@ struct Supervisor {
     cfg: SuperviseConfig,
     data_dir: PathBuf,
     state_dir: PathBuf,
+    /// Publishes the process's state to every [`SupervisorHandle`].
     state: watch::Sender<ProcState>,
 }
 
@@ -380,6 +421,7 @@ pub fn spawn(
 ) -> SupervisorHandle {
     let (state_tx, state_rx) = watch::channel(ProcState::default());
     let (desired_tx, desired_rx) = mpsc::channel(8);
+    let base_dir = cfg.base_dir.clone();
     let sup = Supervisor {
         member,
         cfg,
@@ -391,6 +433,7 @@ pub fn spawn(
     SupervisorHandle {
         state: state_rx,
         desired: desired_tx,
+        base_dir,
     }
 }
 
@@ -460,6 +503,12 @@ mod tests {
         kill(Pid::from_raw(first as i32), Signal::SIGKILL).unwrap();
         let second = wait_for(&mut h.state, |s| s.pid.is_some_and(|p| p != first)).await;
         assert_eq!(second.restarts, 1);
+        assert_eq!(
+            MemberProcess::status(&h),
+            ProcessStatus::Running {
+                pid: second.pid.unwrap()
+            }
+        );
         let how = h.stop(None, Duration::from_secs(5)).await.unwrap();
         assert!(how.contains("SIGTERM"), "{how}");
         let pid = second.pid.unwrap();
@@ -467,6 +516,7 @@ mod tests {
             proc_start_time(pid).is_none(),
             "stopped member must be gone"
         );
+        assert_eq!(MemberProcess::status(&h), ProcessStatus::Stopped);
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
