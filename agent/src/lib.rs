@@ -16,6 +16,7 @@
 //! it. Nothing here calls `process::exit`.
 
 pub mod adapter;
+pub mod cmd;
 pub mod config;
 pub mod executor;
 pub mod installer;

@@ -160,7 +160,7 @@ impl Collector for Sources {
         let one = |v: i64| vec![([("member", m)], v)];
         let state = obs.as_ref().map(|o| &o.state);
 
-        let lag = state.map(crate::probes::lag);
+        let lag = state.map(crate::probes::readiness::lag);
         gauges(
             &mut encoder,
             "member_lag",
@@ -222,7 +222,9 @@ impl Collector for Sources {
             "1 while the member answers and serves (knows a leader), 0 otherwise.",
             &one(flag(state.is_some_and(|s| s.health == Health::Healthy))),
         )?;
-        let ready = crate::probes::readyz(&self.member, obs.as_ref(), self.tolerable_lag).is_ok();
+        let ready =
+            crate::probes::readiness::readyz(&self.member, obs.as_ref(), self.tolerable_lag)
+                .is_ok();
         gauges(
             &mut encoder,
             "member_ready",

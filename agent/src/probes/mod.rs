@@ -9,9 +9,10 @@
 //! - `/metrics` (see [`crate::metrics`]) and `/commands` (the journal).
 //!
 //! Each non-200 body is one line naming the member, the reason and the
-//! numbers. The verdicts are pure functions of the latest observation; this
-//! module only reads what the watcher published and changes nothing. The
-//! [`client`] half is what `baton-agent probe` runs.
+//! numbers. The verdicts are pure functions of the latest observation and
+//! live in [`readiness`]; this module serves them, only reads what the
+//! watcher published and changes nothing. [`client`] is what
+//! `baton-agent probe` runs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use baton_domain::{Health, MemberId};
+use baton_domain::MemberId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -29,110 +30,17 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::adapter::MemberState;
+pub mod client;
+pub mod readiness;
+
+pub use readiness::{ProbeError, healthz, lag, readyz};
+
 use crate::executor::Executor;
 use crate::metrics::AgentMetrics;
 use crate::watcher::Observation;
 
 /// The gRPC health service name that stands for this agent's member.
 pub const GRPC_SERVICE: &str = "baton.agent";
-
-/// Why a probe does not pass, as one line naming the member and the numbers.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ProbeError {
-    #[error(
-        "member {member}: not read yet: the agent has not polled it since it started; wait one poll_ms"
-    )]
-    NotReadYet { member: MemberId },
-    #[error(
-        "member {member}: unreachable: {detail}; check that the member runs and listens at the agent's target.addr"
-    )]
-    Unreachable { member: MemberId, detail: String },
-    #[error("member {member}: not ready: {health}: {detail}")]
-    Unhealthy {
-        member: MemberId,
-        health: Health,
-        detail: String,
-    },
-    #[error(
-        "member {member}: not ready: lag {lag} > tolerable_lag {tolerable_lag} (applied {applied}, committed {committed})"
-    )]
-    Lagging {
-        member: MemberId,
-        lag: u64,
-        tolerable_lag: u64,
-        applied: u64,
-        committed: u64,
-    },
-}
-
-/// The member's own lag: what it has committed but not yet applied.
-///
-/// A samplekv (openraft) follower learns the leader's commit index with each
-/// AppendEntries, so a follower whose apply stalls shows a growing
-/// `committed - applied` (checked end to end in `tests/harness/tests/probes.rs`).
-/// A member cut off from its leader learns nothing new and shows no lag
-/// here; the coordinator, which compares against the leader's commit index,
-/// still sees it.
-pub fn lag(state: &MemberState) -> u64 {
-    state
-        .committed_revision
-        .saturating_sub(state.applied_revision)
-}
-
-/// `/healthz`: the agent runs and reaches its member.
-pub fn healthz(member: &MemberId, obs: Option<&Observation>) -> Result<String, ProbeError> {
-    match obs {
-        None => Err(ProbeError::NotReadYet {
-            member: member.clone(),
-        }),
-        Some(o) if !o.reachable => Err(ProbeError::Unreachable {
-            member: member.clone(),
-            detail: o.state.health_detail.clone(),
-        }),
-        Some(o) => Ok(format!(
-            "member {member}: agent running, member reachable ({})",
-            o.state.health
-        )),
-    }
-}
-
-/// `/readyz`: the member serves and is at most `tolerable_lag` behind its own
-/// commit index, as of the last observation.
-pub fn readyz(
-    member: &MemberId,
-    obs: Option<&Observation>,
-    tolerable_lag: u64,
-) -> Result<String, ProbeError> {
-    healthz(member, obs)?;
-    let Some(o) = obs else {
-        return Err(ProbeError::NotReadYet {
-            member: member.clone(),
-        });
-    };
-    let s = &o.state;
-    if s.health != Health::Healthy {
-        return Err(ProbeError::Unhealthy {
-            member: member.clone(),
-            health: s.health,
-            detail: s.health_detail.clone(),
-        });
-    }
-    let lag = lag(s);
-    if lag > tolerable_lag {
-        return Err(ProbeError::Lagging {
-            member: member.clone(),
-            lag,
-            tolerable_lag,
-            applied: s.applied_revision,
-            committed: s.committed_revision,
-        });
-    }
-    Ok(format!(
-        "member {member}: ready: serving as {}, lag {lag} <= tolerable_lag {tolerable_lag} (applied {}, committed {})",
-        s.role, s.applied_revision, s.committed_revision
-    ))
-}
 
 /// gRPC health's word for a readiness verdict.
 pub fn serving_status<T, E>(verdict: &Result<T, E>) -> ServingStatus {
@@ -249,192 +157,12 @@ pub fn describe(addr: SocketAddr) -> String {
     format!("http://{addr}/healthz")
 }
 
-pub mod client {
-    //! The client side of the probes: one GET, bounded in time, turned into
-    //! a pass/fail and the one-line reason. `baton-agent probe` is this plus
-    //! an exit code.
-
-    use std::collections::BTreeMap;
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-    use std::path::{Path, PathBuf};
-    use std::time::Duration;
-
-    use http_body_util::{BodyExt, Empty, Limited};
-    use hyper::body::Bytes;
-    use hyper_util::rt::TokioIo;
-
-    use crate::config::{AgentConfig, ConfigError};
-
-    /// The most of a probe's body that is read.
-    const MAX_BODY: usize = 64 * 1024;
-
-    /// Which probe to ask.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum Probe {
-        /// `/healthz`: the agent runs and reaches its member.
-        Health,
-        /// `/readyz`: the member serves and is caught up.
-        Ready,
-    }
-
-    impl Probe {
-        pub fn path(self) -> &'static str {
-            match self {
-                Probe::Health => "/healthz",
-                Probe::Ready => "/readyz",
-            }
-        }
-    }
-
-    /// Why a probe could not be asked, or got no answer.
-    #[derive(Debug, thiserror::Error)]
-    pub enum ClientError {
-        #[error("bad config {path}: {source}")]
-        BadConfig { path: PathBuf, source: ConfigError },
-        #[error(
-            "config {path}: probe_listen {addr} has port 0, so the agent's probe port is chosen at start; pass --url http://127.0.0.1:PORT"
-        )]
-        NoFixedPort { path: PathBuf, addr: SocketAddr },
-        #[error("bad probe URL {url:?}: {reason}; expected http://HOST:PORT")]
-        BadUrl { url: String, reason: String },
-        #[error("give --config FILE (or BATON_AGENT_CONFIG) or --url http://127.0.0.1:PORT")]
-        NoTarget,
-        #[error("agent not answering at {addr}: {detail}")]
-        NotAnswering { addr: String, detail: String },
-    }
-
-    impl ClientError {
-        /// True when the fault is in the probe's own arguments or config
-        /// (exit 64), not in the agent's answer (exit 1).
-        pub fn is_usage(&self) -> bool {
-            !matches!(self, ClientError::NotAnswering { .. })
-        }
-    }
-
-    /// What the agent answered.
-    #[derive(Clone, Debug, PartialEq, Eq)]
-    pub struct Answer {
-        /// The HTTP status was 200.
-        pub pass: bool,
-        /// The first line of the body (or the status when there is none).
-        pub line: String,
-    }
-
-    /// Where a local client reaches a listener bound to `listen`: a wildcard
-    /// address becomes the loopback of its family.
-    pub fn local_addr(listen: SocketAddr) -> SocketAddr {
-        let ip = match listen.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, listen.port())
-    }
-
-    /// The agent's probe base URL: `--url` as given, else from the config
-    /// (`--config` or `BATON_AGENT_CONFIG`), loaded and validated as the
-    /// agent itself would (with the same `env` overrides).
-    pub fn base_url(
-        url: Option<&str>,
-        config: Option<&Path>,
-        env: &BTreeMap<String, String>,
-    ) -> Result<String, ClientError> {
-        if let Some(url) = url {
-            parse_base(url)?;
-            return Ok(url.trim_end_matches('/').to_owned());
-        }
-        let path = config.ok_or(ClientError::NoTarget)?;
-        let cfg = AgentConfig::load(path, env).map_err(|source| ClientError::BadConfig {
-            path: path.to_owned(),
-            source,
-        })?;
-        if cfg.probe_listen.port() == 0 {
-            return Err(ClientError::NoFixedPort {
-                path: path.to_owned(),
-                addr: cfg.probe_listen,
-            });
-        }
-        Ok(format!("http://{}", local_addr(cfg.probe_listen)))
-    }
-
-    /// Checks `url` is `http://HOST:PORT` (a trailing `/` allowed); returns
-    /// the authority to dial.
-    fn parse_base(url: &str) -> Result<String, ClientError> {
-        let bad = |reason: &str| ClientError::BadUrl {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let uri: hyper::Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("the probe port speaks plain http"));
-        }
-        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-        if authority.port_u16().is_none() {
-            return Err(bad("no port"));
-        }
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(bad(
-                "give the base URL only; the probe adds /healthz or /readyz",
-            ));
-        }
-        Ok(authority.as_str().to_owned())
-    }
-
-    /// GETs `probe` from the agent at `base`, all within `timeout`.
-    pub async fn check(base: &str, probe: Probe, timeout: Duration) -> Result<Answer, ClientError> {
-        let authority = parse_base(base)?;
-        let not_answering = |detail: String| ClientError::NotAnswering {
-            addr: authority.clone(),
-            detail,
-        };
-        let asked = async {
-            let stream = tokio::net::TcpStream::connect(authority.as_str())
-                .await
-                .map_err(|e| format!("cannot connect: {e}"))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-            let driver = tokio::spawn(conn);
-            let request = hyper::Request::get(probe.path())
-                .header(hyper::header::HOST, authority.as_str())
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("cannot build the request: {e}"))?;
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| format!("GET {} failed: {e}", probe.path()))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer to GET {}: {e}", probe.path()))?
-                .to_bytes();
-            driver.abort();
-            Ok::<_, String>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(timeout, asked)
-            .await
-            .map_err(|_| not_answering(format!("no answer within {timeout:?}")))?
-            .map_err(not_answering)?;
-        let text = String::from_utf8_lossy(&body);
-        let line = text
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("{} answered HTTP {status}", probe.path()));
-        Ok(Answer {
-            pass: status == hyper::StatusCode::OK,
-            line,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use baton_domain::Role;
+    use baton_domain::{Health, Role};
 
     use super::*;
+    use crate::adapter::MemberState;
 
     fn member() -> MemberId {
         MemberId::new("n2").unwrap()
@@ -554,16 +282,6 @@ mod tests {
         let (code, body) = answer(healthz(&m, Some(&unreachable())));
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.starts_with("member n2: unreachable: ") && body.ends_with('\n'));
-    }
-
-    #[test]
-    fn lag_never_underflows() {
-        let mut s = MemberState::unreachable(String::new());
-        s.applied_revision = 7;
-        s.committed_revision = 5;
-        assert_eq!(lag(&s), 0);
-        s.committed_revision = 9;
-        assert_eq!(lag(&s), 2);
     }
 
     /// One listener answers HTTP/1 probes and h2c gRPC health, and gRPC
@@ -713,7 +431,7 @@ mod tests {
         use std::collections::BTreeMap;
         use std::path::Path;
 
-        use super::super::client::*;
+        use crate::probes::client::*;
 
         const CONFIG: &str = r#"
 member_id = "n1"
