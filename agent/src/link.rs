@@ -116,21 +116,13 @@ fn build_report(
     obs: &Observation,
     resources: baton_domain::Resources,
 ) -> Report {
-    let s = &obs.state;
+    let mut state = obs.state.clone();
+    state.applied_revision = state.applied_revision.min(state.committed_revision);
     Report {
         member: member.clone(),
-        role: s.role,
-        leader: s.leader.clone(),
-        committed_revision: s.committed_revision,
-        applied_revision: s.applied_revision.min(s.committed_revision),
-        release: s.release.clone(),
-        format_version: s.format_version,
-        health: s.health,
-        health_detail: s.health_detail.clone(),
+        state,
         resources,
         timestamp_unix_ms: now_unix_ms(),
-        term: s.term,
-        cluster_version: s.cluster_version.clone(),
     }
 }
 
@@ -277,8 +269,8 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                     // While the coordinator gates on this member (it asked
                     // for a faster cadence), a revision change is news too.
                     let fast = heartbeat < cfg.heartbeat;
-                    let moved = (report.committed_revision, report.applied_revision)
-                        != (last_sent.committed_revision, last_sent.applied_revision);
+                    let revisions = |r: &Report| (r.state.committed_revision, r.state.applied_revision);
+                    let moved = revisions(&report) != revisions(&last_sent);
                     if report.salient() != last_sent.salient() || (fast && moved) {
                         send(&tx, agent_message::Body::Report(report.clone().into())).await?;
                         stats.send_modify(|s| s.reports_sent += 1);

@@ -427,14 +427,14 @@ pub fn render_status(s: &FleetStatus) -> String {
     for row in &s.members {
         let (role, release, revision, health) = match &row.report {
             Some(r) => (
-                r.role.to_string(),
-                if r.release.is_empty() {
+                r.state.role.to_string(),
+                if r.state.release.is_empty() {
                     "-".to_owned()
                 } else {
-                    r.release.clone()
+                    r.state.release.clone()
                 },
-                r.applied_revision.to_string(),
-                r.health.to_string(),
+                r.state.applied_revision.to_string(),
+                r.state.health.to_string(),
             ),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
@@ -456,7 +456,7 @@ pub fn render_status(s: &FleetStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::{Health, MemberId, MemberRow, Report, Resources, Role};
+    use baton_domain::{MemberId, MemberRow, Role, fixtures};
 
     use super::*;
 
@@ -474,21 +474,7 @@ mod tests {
                     connected: true,
                     fresh: true,
                     last_seen_ms_ago: Some(300),
-                    report: Some(Report {
-                        member: n1.clone(),
-                        role: Role::Leader,
-                        leader: Some(n1),
-                        committed_revision: 12,
-                        applied_revision: 12,
-                        release: "v1".into(),
-                        format_version: 1,
-                        health: Health::Healthy,
-                        health_detail: String::new(),
-                        resources: Resources::default(),
-                        timestamp_unix_ms: 0,
-                        term: 1,
-                        cluster_version: String::new(),
-                    }),
+                    report: Some(fixtures::report("n1", Role::Leader, Some("n1"), 12, 12)),
                     lag: Some(0),
                 },
                 MemberRow {

@@ -356,8 +356,8 @@ async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow::Re
             let (role, release, lag) =
                 match row.and_then(|row| row.report.as_ref().map(|rep| (rep, row.lag))) {
                     Some((rep, lag)) => (
-                        rep.role.to_string(),
-                        rep.release.clone(),
+                        rep.state.role.to_string(),
+                        rep.state.release.clone(),
                         lag.map_or("-".into(), |l| l.to_string()),
                     ),
                     None => ("-".into(), "-".into(), "-".into()),

@@ -173,20 +173,20 @@ impl FleetView {
 
     /// Records the member's lag as of its newest report.
     fn sample(&mut self, member: &MemberId, now: Instant) {
-        let leader_committed = self.leader(now).map(|(_, r)| r.committed_revision);
+        let leader_committed = self.leader(now).map(|(_, r)| r.state.committed_revision);
         let wall = self.wall(now);
         let Some(e) = self.members.get_mut(member) else {
             return;
         };
         e.seq += 1;
         let Some(r) = e.report.as_ref() else { return };
-        if r.health == Health::Down {
+        if r.state.health == Health::Down {
             return;
         }
         let Some(committed) = leader_committed else {
             return;
         };
-        let lag = committed.saturating_sub(r.applied_revision);
+        let lag = committed.saturating_sub(r.state.applied_revision);
         if e.lag_samples.back().is_some_and(|prev| lag < prev.lag) {
             e.lag_shrank_at = Some(wall);
         }
@@ -284,14 +284,14 @@ impl FleetView {
             .iter()
             .filter(|(m, _)| self.is_fresh(m, now))
             .filter_map(|(m, e)| e.report.as_ref().map(|r| (m, r)))
-            .filter(|(_, r)| r.role == Role::Leader)
-            .max_by_key(|(_, r)| r.term)
+            .filter(|(_, r)| r.state.role == Role::Leader)
+            .max_by_key(|(_, r)| r.state.term)
     }
 
     /// The view as `baton status` shows it.
     pub fn status(&self, now: Instant) -> FleetStatus {
         let leader = self.leader(now);
-        let leader_committed = leader.map(|(_, r)| r.committed_revision);
+        let leader_committed = leader.map(|(_, r)| r.state.committed_revision);
         let members = self
             .order
             .iter()
@@ -299,8 +299,10 @@ impl FleetView {
                 let e = &self.members[m];
                 // A member that is down has no meaningful revision.
                 let lag = match (&e.report, leader_committed) {
-                    (Some(r), Some(c)) if self.is_fresh(m, now) && r.health != Health::Down => {
-                        Some(c.saturating_sub(r.applied_revision))
+                    (Some(r), Some(c))
+                        if self.is_fresh(m, now) && r.state.health != Health::Down =>
+                    {
+                        Some(c.saturating_sub(r.state.applied_revision))
                     }
                     _ => None,
                 };
@@ -329,7 +331,7 @@ impl FleetView {
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::Resources;
+    use baton_domain::fixtures;
 
     use super::*;
 
@@ -347,21 +349,9 @@ mod tests {
     }
 
     fn report(m: &str, role: Role, committed: u64, applied: u64, term: u64) -> Report {
-        Report {
-            member: id(m),
-            role,
-            leader: Some(id("n1")),
-            committed_revision: committed,
-            applied_revision: applied,
-            release: "v1".into(),
-            format_version: 1,
-            health: Health::Healthy,
-            health_detail: String::new(),
-            resources: Resources::default(),
-            timestamp_unix_ms: 0,
-            term,
-            cluster_version: String::new(),
-        }
+        let mut r = fixtures::report(m, role, Some("n1"), committed, applied);
+        r.state.term = term;
+        r
     }
 
     fn view() -> FleetView {
@@ -386,7 +376,7 @@ mod tests {
         assert_eq!(lags, vec![Some(0), Some(10), None]);
         assert!(!s.members[2].ever_seen);
         let mut down = report("n3", Role::Unknown, 0, 0, 0);
-        down.health = Health::Down;
+        down.state.health = Health::Down;
         v.open_session(&hello("n3"), down, t0).unwrap();
         assert_eq!(
             v.status(t0).members[2].lag,

@@ -385,14 +385,17 @@ impl Collector for FleetCollector {
                     },
                     lag: row.lag,
                     trend: baton_planner::watchdog::lag_trend(&planner, &row.member, at),
-                    applied: row.report.as_ref().map(|r| r.applied_revision),
-                    role: row.report.as_ref().map(|r| r.role.to_string()),
+                    applied: row.report.as_ref().map(|r| r.state.applied_revision),
+                    role: row.report.as_ref().map(|r| r.state.role.to_string()),
                     release: row
                         .report
                         .as_ref()
-                        .map(|r| r.release.clone())
+                        .map(|r| r.state.release.clone())
                         .filter(|r| !r.is_empty()),
-                    healthy: row.report.as_ref().map(|r| r.health == Health::Healthy),
+                    healthy: row
+                        .report
+                        .as_ref()
+                        .map(|r| r.state.health == Health::Healthy),
                     last_seen: row.last_seen_ms_ago.map(Duration::from_millis),
                     connected: row.connected,
                 })
@@ -537,7 +540,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::{Hello, ReleaseRef, Report, Resources, Role};
+    use baton_domain::{Hello, ReleaseRef, Report, Role, fixtures};
 
     use super::*;
 
@@ -546,21 +549,7 @@ mod tests {
     }
 
     fn report(m: &str, role: Role, committed: u64, applied: u64) -> Report {
-        Report {
-            member: id(m),
-            role,
-            leader: Some(id("n1")),
-            committed_revision: committed,
-            applied_revision: applied,
-            release: "v1".into(),
-            format_version: 1,
-            health: Health::Healthy,
-            health_detail: String::new(),
-            resources: Resources::default(),
-            timestamp_unix_ms: 0,
-            term: 1,
-            cluster_version: String::new(),
-        }
+        fixtures::report(m, role, Some("n1"), committed, applied)
     }
 
     fn hello(m: &str) -> Hello {
@@ -694,8 +683,8 @@ mod tests {
             v.open_session(&hello("n1"), report("n1", Role::Leader, 100, 100), t0)
                 .unwrap();
             let mut down = report("n2", Role::Unknown, 0, 0);
-            down.health = Health::Down;
-            down.release = String::new();
+            down.state.health = Health::Down;
+            down.state.release = String::new();
             v.open_session(&hello("n2"), down, t0).unwrap();
         }
         let text = metrics.encode().unwrap();
@@ -889,7 +878,7 @@ mod promtool_tests {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    use baton_domain::{Hello, Report, Resources, Role};
+    use baton_domain::{Hello, Role, fixtures};
 
     use super::*;
 
@@ -918,21 +907,7 @@ mod promtool_tests {
                     agent_version: "t".into(),
                     adapter_kind: "fake".into(),
                 },
-                Report {
-                    member: n1.clone(),
-                    role: Role::Leader,
-                    leader: Some(n1.clone()),
-                    committed_revision: 5,
-                    applied_revision: 5,
-                    release: "v1".into(),
-                    format_version: 1,
-                    health: Health::Healthy,
-                    health_detail: String::new(),
-                    resources: Resources::default(),
-                    timestamp_unix_ms: 0,
-                    term: 1,
-                    cluster_version: String::new(),
-                },
+                fixtures::report("n1", Role::Leader, Some("n1"), 5, 5),
                 Instant::now(),
             )
             .unwrap();

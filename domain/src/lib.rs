@@ -1,4 +1,4 @@
-//! baton's domain vocabulary: members, roles, health, reports.
+//! baton's domain vocabulary: members, roles, health, member states, reports.
 //!
 //! These are the types every other crate speaks after the wire edge. This crate
 //! owns their invariants (a [`MemberId`] is never empty, a [`Report`] always
@@ -137,10 +137,9 @@ pub struct Resources {
     pub data_disk_free_bytes: u64,
 }
 
-/// What an agent says about its member at one moment.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub member: MemberId,
+/// What a member says about itself, as read by its agent's adapter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
     pub role: Role,
     /// The leader this member believes in, if any.
     pub leader: Option<MemberId>,
@@ -149,31 +148,62 @@ pub struct Report {
     /// The release the member runs (e.g. `v2`); empty when unknown (member down).
     pub release: String,
     pub format_version: u32,
+    /// Raft term (or epoch); 0 when the target has none.
+    pub term: u64,
     pub health: Health,
     /// Why the member is not healthy; empty when it is.
     pub health_detail: String,
-    pub resources: Resources,
-    /// The agent's wall clock when it read the member, unix milliseconds.
-    pub timestamp_unix_ms: u64,
-    /// Raft term (or epoch); 0 when the target has none.
-    pub term: u64,
     /// The cluster-wide version, for targets that have one (etcd); empty
     /// otherwise.
     #[serde(default)]
     pub cluster_version: String,
 }
 
+impl MemberState {
+    /// The state to report when the member cannot be read at all.
+    pub fn unreachable(detail: String) -> Self {
+        MemberState {
+            role: Role::Unknown,
+            leader: None,
+            committed_revision: 0,
+            applied_revision: 0,
+            release: String::new(),
+            format_version: 0,
+            term: 0,
+            health: Health::Down,
+            health_detail: detail,
+            cluster_version: String::new(),
+        }
+    }
+}
+
+/// What an agent says about its member at one moment: the member's own
+/// [`MemberState`] plus what the agent adds (resources, when it read).
+///
+/// Serialized flat (the state's fields beside `member`), as before the
+/// state was its own type, so stored journals still read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub member: MemberId,
+    #[serde(flatten)]
+    pub state: MemberState,
+    pub resources: Resources,
+    /// The agent's wall clock when it read the member, unix milliseconds.
+    pub timestamp_unix_ms: u64,
+}
+
 impl Report {
     /// The parts whose change makes an agent report at once instead of
     /// waiting for the next heartbeat.
     pub fn salient(&self) -> (Role, Option<&MemberId>, &str, u32, Health, &str) {
+        let s = &self.state;
         (
-            self.role,
-            self.leader.as_ref(),
-            &self.release,
-            self.format_version,
-            self.health,
-            &self.cluster_version,
+            s.role,
+            s.leader.as_ref(),
+            &s.release,
+            s.format_version,
+            s.health,
+            &s.cluster_version,
         )
     }
 }
@@ -185,6 +215,50 @@ pub struct Hello {
     pub cluster: String,
     pub agent_version: String,
     pub adapter_kind: String,
+}
+
+/// Report fixtures for tests in every crate (feature `test-util`).
+#[cfg(any(test, feature = "test-util"))]
+pub mod fixtures {
+    use super::{Health, MemberId, MemberState, Report, Resources, Role};
+
+    /// A member id from a test literal.
+    ///
+    /// # Panics
+    /// On an id [`MemberId::new`] refuses: a fixture bug, not a test result.
+    pub fn id(s: &str) -> MemberId {
+        MemberId::new(s).expect("a fixture's member id is valid")
+    }
+
+    /// A healthy member on release `v1` (format 1, term 1, no cluster
+    /// version, zero resources, timestamp 0) in `role`, believing in
+    /// `leader`, at the given revisions. Tests change the fields they are
+    /// about.
+    pub fn report(
+        member: &str,
+        role: Role,
+        leader: Option<&str>,
+        committed: u64,
+        applied: u64,
+    ) -> Report {
+        Report {
+            member: id(member),
+            state: MemberState {
+                role,
+                leader: leader.map(id),
+                committed_revision: committed,
+                applied_revision: applied,
+                release: "v1".into(),
+                format_version: 1,
+                term: 1,
+                health: Health::Healthy,
+                health_detail: String::new(),
+                cluster_version: String::new(),
+            },
+            resources: Resources::default(),
+            timestamp_unix_ms: 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +288,25 @@ mod tests {
         assert!(ok.is_ok());
         let bad: Result<MemberId, _> = serde_json::from_str("\"\"");
         assert!(bad.is_err());
+    }
+
+    /// A report serializes flat, as it did before [`MemberState`] was its
+    /// own type, so stored snapshots written then still read.
+    #[test]
+    fn a_report_serializes_flat_and_reads_old_flat_json() {
+        let r = fixtures::report("n2", Role::Follower, Some("n1"), 10, 9);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["member"], "n2");
+        assert_eq!(v["role"], "follower");
+        assert_eq!(v["leader"], "n1");
+        assert_eq!(v["applied_revision"], 9);
+        assert!(v.get("state").is_none(), "{v}");
+        let old = r#"{"member":"n2","role":"follower","leader":"n1","committed_revision":10,
+            "applied_revision":9,"release":"v1","format_version":1,"health":"healthy",
+            "health_detail":"","resources":{"cpu_percent":0.0,"memory_used_bytes":0,
+            "memory_total_bytes":0,"data_disk_free_bytes":0},"timestamp_unix_ms":0,"term":1}"#;
+        let back: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(back, r);
     }
 }
 

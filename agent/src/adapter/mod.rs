@@ -1,8 +1,8 @@
 //! Adapters: how the agent reads and steers one member of one kind of
 //! cluster.
 //!
-//! This module owns the [`Adapter`] trait, the [`MemberState`] an adapter
-//! returns, and the registry ([`REGISTRY`]) that maps a `[target] kind` to
+//! This module owns the [`Adapter`] trait (whose `poll` returns the domain's
+//! [`MemberState`]) and the registry ([`REGISTRY`]) that maps a `[target] kind` to
 //! the adapter that parses its own `[target]` table. Each adapter file owns
 //! its config struct and its validation; adding an adapter is one new file
 //! (with its `REGISTRATION`), its `mod` line and one registry row here.
@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_domain::{Check, Health, MemberId, Role};
+pub use baton_domain::MemberState;
+use baton_domain::{Check, MemberId};
 use futures::future::BoxFuture;
 
 pub use etcd::EtcdTarget;
@@ -106,40 +107,6 @@ pub fn parse_section(mut table: toml::Table) -> Result<Arc<dyn AdapterConfig>, S
         ));
     };
     (adapter.parse)(table)
-}
-
-/// What a member says about itself, as read by its adapter.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MemberState {
-    pub role: Role,
-    pub leader: Option<MemberId>,
-    pub committed_revision: u64,
-    pub applied_revision: u64,
-    pub release: String,
-    pub format_version: u32,
-    pub term: u64,
-    pub health: Health,
-    pub health_detail: String,
-    /// The cluster-wide version, for targets that have one (etcd).
-    pub cluster_version: String,
-}
-
-impl MemberState {
-    /// The state to report when the member cannot be read at all.
-    pub fn unreachable(detail: String) -> Self {
-        MemberState {
-            role: Role::Unknown,
-            leader: None,
-            committed_revision: 0,
-            applied_revision: 0,
-            release: String::new(),
-            format_version: 0,
-            term: 0,
-            health: Health::Down,
-            health_detail: detail,
-            cluster_version: String::new(),
-        }
-    }
 }
 
 /// Why an adapter could not read, steer or back up its member.

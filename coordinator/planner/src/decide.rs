@@ -167,12 +167,12 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
             }
             if now.since(*at) > policy.health_timeout {
                 let detail = match v.and_then(|v| v.report.as_ref()) {
-                    Some(r) if r.health_detail.is_empty() => {
-                        format!("{} on release {:?}", r.health, r.release)
+                    Some(r) if r.state.health_detail.is_empty() => {
+                        format!("{} on release {:?}", r.state.health, r.state.release)
                     }
                     Some(r) => format!(
                         "{} on release {:?}: {}",
-                        r.health, r.release, r.health_detail
+                        r.state.health, r.state.release, r.state.health_detail
                     ),
                     None => "never reported".to_owned(),
                 };
@@ -232,11 +232,11 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
             let forward = matches!(stage, Stage::Pending | Stage::Staged | Stage::Stopped);
             if forward
                 && let Some(r) = view.members.get(&member).and_then(|v| v.report.as_ref())
-                && r.format_version > rollout.target.format_version
+                && r.state.format_version > rollout.target.format_version
             {
                 let reason = format!(
                     "member {member} has data format {} but {} reads only format {}; refusing to move it to {}",
-                    r.format_version,
+                    r.state.format_version,
                     rollout.target.version,
                     rollout.target.format_version,
                     rollout.target.version

@@ -106,7 +106,7 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
             let detail = v
                 .report
                 .as_ref()
-                .map(|r| r.health_detail.clone())
+                .map(|r| r.state.health_detail.clone())
                 .unwrap_or_default();
             checks.push(Check::fail(
                 "health",
@@ -156,13 +156,13 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
     if let ArtifactVerdict::Verified { release, .. } = input.artifact {
         for (m, v) in &view.members {
             let Some(r) = v.report.as_ref() else { continue };
-            if release.format_version < r.format_version {
+            if release.format_version < r.state.format_version {
                 checks.push(Check::fail(
                     "format",
                     Some(m),
                     format!(
                         "member {m} has data format {} but {} reads only format {}: a downgrade across formats would not start; roll forward instead",
-                        r.format_version, release.version, release.format_version
+                        r.state.format_version, release.version, release.format_version
                     ),
                 ));
             }
@@ -172,10 +172,18 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
     // 4b. Version paths of targets that have a cluster version (etcd):
     // one minor at a time, no skipped minor, never below the cluster version.
     for (m, v) in &view.members {
-        let Some(r) = v.report.as_ref().filter(|r| !r.cluster_version.is_empty()) else {
+        let Some(r) = v
+            .report
+            .as_ref()
+            .filter(|r| !r.state.cluster_version.is_empty())
+        else {
             continue;
         };
-        if let Some(problem) = version_path(&r.release, input.target_version, &r.cluster_version) {
+        if let Some(problem) = version_path(
+            &r.state.release,
+            input.target_version,
+            &r.state.cluster_version,
+        ) {
             checks.push(Check::fail(
                 "version-path",
                 Some(m),

@@ -56,19 +56,22 @@ impl MemberView {
             && self
                 .report
                 .as_ref()
-                .is_some_and(|r| r.health == Health::Healthy)
+                .is_some_and(|r| r.state.health == Health::Healthy)
     }
 
     pub fn role(&self) -> Option<Role> {
-        self.report.as_ref().filter(|_| self.fresh).map(|r| r.role)
+        self.report
+            .as_ref()
+            .filter(|_| self.fresh)
+            .map(|r| r.state.role)
     }
 
     pub fn release(&self) -> Option<&str> {
-        self.report.as_ref().map(|r| r.release.as_str())
+        self.report.as_ref().map(|r| r.state.release.as_str())
     }
 
     pub fn applied(&self) -> u64 {
-        self.report.as_ref().map_or(0, |r| r.applied_revision)
+        self.report.as_ref().map_or(0, |r| r.state.applied_revision)
     }
 
     /// Counts as down for `max_unavailable`.
@@ -92,7 +95,7 @@ impl View {
             .members
             .values()
             .filter(|m| m.healthy())
-            .all(|m| m.report.as_ref().and_then(|r| r.leader.as_ref()) == Some(leader));
+            .all(|m| m.report.as_ref().and_then(|r| r.state.leader.as_ref()) == Some(leader));
         let leaders = self
             .members
             .values()
@@ -108,6 +111,6 @@ impl View {
                 .members
                 .get(member)
                 .and_then(|m| m.report.as_ref())
-                .is_some_and(|r| r.role == Role::Leader)
+                .is_some_and(|r| r.state.role == Role::Leader)
     }
 }

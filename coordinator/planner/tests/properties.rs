@@ -13,7 +13,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use baton_domain::{Health, MemberId, Report, Resources, Role};
+use baton_domain::{Health, MemberId, MemberState, Report, Resources, Role};
 use baton_planner::decide::Step;
 use baton_planner::preflight::{ArtifactVerdict, PreflightInput, order, preflight};
 use baton_planner::rollout::{Action, Event, Phase, RolloutState, Stage};
@@ -60,28 +60,30 @@ impl World {
                     connected: true,
                     report: Some(Report {
                         member: m.clone(),
-                        role: if !s.running {
-                            Role::Unknown
-                        } else if is_leader {
-                            Role::Leader
-                        } else {
-                            Role::Follower
+                        state: MemberState {
+                            role: if !s.running {
+                                Role::Unknown
+                            } else if is_leader {
+                                Role::Leader
+                            } else {
+                                Role::Follower
+                            },
+                            leader: if s.running { self.leader.clone() } else { None },
+                            committed_revision: self.committed.max(s.applied),
+                            applied_revision: s.applied,
+                            release: s.release.clone(),
+                            format_version: s.format,
+                            term: u64::from(self.leader_changes) + 1,
+                            health: if s.running {
+                                Health::Healthy
+                            } else {
+                                Health::Down
+                            },
+                            health_detail: String::new(),
+                            cluster_version: String::new(),
                         },
-                        leader: if s.running { self.leader.clone() } else { None },
-                        committed_revision: self.committed.max(s.applied),
-                        applied_revision: s.applied,
-                        release: s.release.clone(),
-                        format_version: s.format,
-                        health: if s.running {
-                            Health::Healthy
-                        } else {
-                            Health::Down
-                        },
-                        health_detail: String::new(),
                         resources: Resources::default(),
                         timestamp_unix_ms: now.0,
-                        term: u64::from(self.leader_changes) + 1,
-                        cluster_version: String::new(),
                     }),
                     lag: s.running.then_some(lag),
                     lag_samples: s.samples.clone(),

@@ -7,7 +7,7 @@
 
 use baton_domain::{
     Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, InvalidMemberId, MemberId,
-    ReleaseRef, Report, Resources, Role,
+    MemberState, ReleaseRef, Report, Resources, Role,
 };
 
 use crate::v1;
@@ -208,18 +208,20 @@ impl TryFrom<v1::Report> for Report {
         };
         Ok(Report {
             member,
-            role,
-            leader,
-            committed_revision,
-            applied_revision,
-            release: release_version,
-            format_version,
-            health,
-            health_detail,
+            state: MemberState {
+                role,
+                leader,
+                committed_revision,
+                applied_revision,
+                release: release_version,
+                format_version,
+                term,
+                health,
+                health_detail,
+                cluster_version,
+            },
             resources,
             timestamp_unix_ms,
-            term,
-            cluster_version,
         })
     }
 }
@@ -228,18 +230,21 @@ impl From<Report> for v1::Report {
     fn from(r: Report) -> Self {
         let Report {
             member,
-            role,
-            leader,
-            committed_revision,
-            applied_revision,
-            release,
-            format_version,
-            health,
-            health_detail,
+            state:
+                MemberState {
+                    role,
+                    leader,
+                    committed_revision,
+                    applied_revision,
+                    release,
+                    format_version,
+                    term,
+                    health,
+                    health_detail,
+                    cluster_version,
+                },
             resources,
             timestamp_unix_ms,
-            term,
-            cluster_version,
         } = r;
         let Resources {
             cpu_percent,
@@ -450,8 +455,8 @@ mod tests {
     #[test]
     fn a_good_report_round_trips() {
         let domain = Report::try_from(good()).unwrap();
-        assert_eq!(domain.role, Role::Follower);
-        assert_eq!(domain.leader.as_ref().map(|m| m.as_str()), Some("n2"));
+        assert_eq!(domain.state.role, Role::Follower);
+        assert_eq!(domain.state.leader.as_ref().map(|m| m.as_str()), Some("n2"));
         let back = v1::Report::from(domain.clone());
         assert_eq!(Report::try_from(back).unwrap(), domain);
     }

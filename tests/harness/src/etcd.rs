@@ -285,9 +285,9 @@ impl EtcdCluster {
                     s.leader.is_some()
                         && s.members.iter().all(|m| {
                             m.fresh
-                                && m.report
-                                    .as_ref()
-                                    .is_some_and(|r| r.health == baton_domain::Health::Healthy)
+                                && m.report.as_ref().is_some_and(|r| {
+                                    r.state.health == baton_domain::Health::Healthy
+                                })
                         })
                 },
             )

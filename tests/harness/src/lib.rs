@@ -390,7 +390,10 @@ impl Cluster {
                 |s| {
                     s.leader.is_some()
                         && s.members.iter().all(|m| {
-                            m.fresh && m.report.as_ref().is_some_and(|r| r.leader == s.leader)
+                            m.fresh
+                                && m.report
+                                    .as_ref()
+                                    .is_some_and(|r| r.state.leader == s.leader)
                         })
                 },
             )

@@ -66,7 +66,7 @@ async fn a_killed_agent_goes_stale_and_comes_back() -> Result<()> {
                 && m.last_seen_ms_ago.is_some_and(|a| a < 3 * hb)
                 && m.report
                     .as_ref()
-                    .is_some_and(|r| r.health == Health::Healthy)
+                    .is_some_and(|r| r.state.health == Health::Healthy)
         })
         .await?;
     assert_eq!(
@@ -107,7 +107,7 @@ async fn a_crashed_supervised_member_is_restarted() -> Result<()> {
                     && s.members[f]
                         .report
                         .as_ref()
-                        .is_some_and(|r| r.health == Health::Healthy)
+                        .is_some_and(|r| r.state.health == Health::Healthy)
             },
         )
         .await?;

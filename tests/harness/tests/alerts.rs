@@ -387,7 +387,7 @@ async fn on_stall_rollback_puts_the_member_back_pauses_and_pages() -> Result<()>
             s.members.iter().all(|m| {
                 m.report
                     .as_ref()
-                    .is_some_and(|r| r.release == "v1" && r.health == Health::Healthy)
+                    .is_some_and(|r| r.state.release == "v1" && r.state.health == Health::Healthy)
             })
         })
         .await?;

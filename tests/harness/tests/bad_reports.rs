@@ -171,7 +171,7 @@ async fn malformed_reports_are_refused_and_change_nothing() -> Result<()> {
     .await?
     .expect("n2 session opens");
     let good = status(&c).await?.members[1].report.clone();
-    assert_eq!(good.as_ref().map(|r| r.applied_revision), Some(45));
+    assert_eq!(good.as_ref().map(|r| r.state.applied_revision), Some(45));
     tx.send(report("n3", v1::Role::Follower as i32, 49)).await?;
     let ended = tokio::time::timeout(Duration::from_secs(5), rx.message())
         .await?

@@ -68,7 +68,7 @@ async fn full_upgrade(n: usize) -> Result<EtcdCluster> {
             |s| {
                 s.members.iter().all(|m| {
                     m.report.as_ref().is_some_and(|r| {
-                        r.release == "3.5.1" && r.cluster_version.starts_with("3.5")
+                        r.state.release == "3.5.1" && r.state.cluster_version.starts_with("3.5")
                     })
                 })
             },
@@ -171,7 +171,7 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
                 && s.members.iter().all(|m| {
                     m.report
                         .as_ref()
-                        .is_some_and(|r| r.health == baton_domain::Health::Healthy)
+                        .is_some_and(|r| r.state.health == baton_domain::Health::Healthy)
                 })
         })
         .await?;
@@ -181,7 +181,7 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
         .map(|m| {
             m.report
                 .as_ref()
-                .map(|r| r.release.clone())
+                .map(|r| r.state.release.clone())
                 .unwrap_or_default()
         })
         .collect();
@@ -195,13 +195,16 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
         .find(|m| m.member.as_str() == leader_at_start)
         .expect("row");
     assert_eq!(
-        old_leader_row.report.as_ref().map(|r| r.release.as_str()),
+        old_leader_row
+            .report
+            .as_ref()
+            .map(|r| r.state.release.as_str()),
         Some("3.4.23")
     );
     assert!(mixed.members.iter().all(|m| {
         m.report
             .as_ref()
-            .is_some_and(|r| r.cluster_version.starts_with("3.4"))
+            .is_some_and(|r| r.state.cluster_version.starts_with("3.4"))
     }));
 
     let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
@@ -213,9 +216,11 @@ async fn abort_half_way_leaves_a_healthy_mixed_cluster_and_resume_finishes() -> 
     assert_eq!(lost, Vec::<String>::new());
     cluster
         .wait_status("all on 3.5.1", Duration::from_secs(30), |s| {
-            s.members
-                .iter()
-                .all(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
+            s.members.iter().all(|m| {
+                m.report
+                    .as_ref()
+                    .is_some_and(|r| r.state.release == "3.5.1")
+            })
         })
         .await?;
     Ok(())
@@ -233,12 +238,16 @@ async fn before_the_cluster_version_moves_an_upgraded_member_rolls_back_to_3_4()
     assert!(mixed.members.iter().all(|m| {
         m.report
             .as_ref()
-            .is_some_and(|r| r.cluster_version.starts_with("3.4"))
+            .is_some_and(|r| r.state.cluster_version.starts_with("3.4"))
     }));
     let upgraded: Vec<String> = mixed
         .members
         .iter()
-        .filter(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
+        .filter(|m| {
+            m.report
+                .as_ref()
+                .is_some_and(|r| r.state.release == "3.5.1")
+        })
         .map(|m| m.member.to_string())
         .collect();
     assert!(upgraded.contains(&first), "{upgraded:?}");
@@ -263,9 +272,9 @@ async fn before_the_cluster_version_moves_an_upgraded_member_rolls_back_to_3_4()
             s.leader.is_some()
                 && s.members.iter().all(|m| {
                     m.report.as_ref().is_some_and(|r| {
-                        r.release == "3.4.23"
-                            && r.cluster_version.starts_with("3.4")
-                            && r.health == baton_domain::Health::Healthy
+                        r.state.release == "3.4.23"
+                            && r.state.cluster_version.starts_with("3.4")
+                            && r.state.health == baton_domain::Health::Healthy
                     })
                 })
         })
@@ -329,9 +338,11 @@ async fn exec_mode_upgrades_with_the_operators_own_start_and_stop_commands() -> 
     assert_eq!(order.last(), Some(&leader));
     cluster
         .wait_status("all on 3.5.1", Duration::from_secs(30), |s| {
-            s.members
-                .iter()
-                .all(|m| m.report.as_ref().is_some_and(|r| r.release == "3.5.1"))
+            s.members.iter().all(|m| {
+                m.report
+                    .as_ref()
+                    .is_some_and(|r| r.state.release == "3.5.1")
+            })
         })
         .await?;
     // The agents ran the operator's scripts, not a supervisor.

@@ -27,7 +27,7 @@ async fn a_restarted_follower_shows_lag_then_catches_up() -> Result<()> {
                 s.members[f]
                     .report
                     .as_ref()
-                    .is_some_and(|r| r.health == Health::Down)
+                    .is_some_and(|r| r.state.health == Health::Down)
             },
         )
         .await?;
@@ -48,7 +48,7 @@ async fn a_restarted_follower_shows_lag_then_catches_up() -> Result<()> {
                 let row = &s.members[f];
                 row.report
                     .as_ref()
-                    .is_some_and(|r| r.health == Health::Healthy)
+                    .is_some_and(|r| r.state.health == Health::Healthy)
                     && row.lag.is_some_and(|l| l > 0)
             },
         )
@@ -67,10 +67,10 @@ async fn a_restarted_follower_shows_lag_then_catches_up() -> Result<()> {
         "{name} applied everything: {own:?}"
     );
     let row = caught_up.members[f].report.as_ref().expect("reported");
-    assert_eq!(row.health, Health::Healthy);
+    assert_eq!(row.state.health, Health::Healthy);
     eprintln!(
         "{name}: lag {lag_seen:?} after restart, then 0 at revision {}",
-        row.applied_revision
+        row.state.applied_revision
     );
     Ok(())
 }

@@ -206,7 +206,7 @@ fn disagreement(samples: &[Sample], status: &FleetStatus) -> Option<String> {
         let want_applied: Vec<f64> = row
             .report
             .iter()
-            .map(|r| r.applied_revision as f64)
+            .map(|r| r.state.applied_revision as f64)
             .collect();
         if applied != want_applied {
             diffs.push(format!(
@@ -218,7 +218,11 @@ fn disagreement(samples: &[Sample], status: &FleetStatus) -> Option<String> {
             .filter(|s| s.value == 1.0)
             .filter_map(|s| s.labels.get("role").map(String::as_str))
             .collect();
-        let want_role: Vec<String> = row.report.iter().map(|r| r.role.to_string()).collect();
+        let want_role: Vec<String> = row
+            .report
+            .iter()
+            .map(|r| r.state.role.to_string())
+            .collect();
         if roles != want_role.iter().map(String::as_str).collect::<Vec<_>>() {
             diffs.push(format!(
                 "{m}: baton_member_role {roles:?}, status {want_role:?}"
@@ -273,7 +277,7 @@ async fn metrics_match_baton_status() -> Result<()> {
             m.lag == Some(0)
                 && m.report
                     .as_ref()
-                    .is_some_and(|r| r.applied_revision >= written)
+                    .is_some_and(|r| r.state.applied_revision >= written)
         });
         let diff = disagreement(&samples, &status);
         if caught_up && diff.is_none() {

@@ -128,14 +128,16 @@ async fn clean_upgrade(n: usize) -> Result<()> {
                 m.connected
                     && m.fresh
                     && m.lag.is_some_and(|l| l <= 5)
-                    && m.report.as_ref().is_some_and(|r| r.leader == s.leader)
+                    && m.report
+                        .as_ref()
+                        .is_some_and(|r| r.state.leader == s.leader)
             })
             && s.members
                 .iter()
                 .filter(|m| {
                     m.report
                         .as_ref()
-                        .is_some_and(|r| r.role == baton_domain::Role::Leader)
+                        .is_some_and(|r| r.state.role == baton_domain::Role::Leader)
                 })
                 .count()
                 == 1
@@ -209,9 +211,9 @@ async fn clean_upgrade(n: usize) -> Result<()> {
         .wait_status("all on v2", Duration::from_secs(10), |s| {
             s.leader.is_some()
                 && s.members.iter().all(|m| {
-                    m.report
-                        .as_ref()
-                        .is_some_and(|r| r.release == "v2" && r.health == Health::Healthy)
+                    m.report.as_ref().is_some_and(|r| {
+                        r.state.release == "v2" && r.state.health == Health::Healthy
+                    })
                 })
         })
         .await?;
@@ -364,9 +366,9 @@ async fn a_release_that_fails_to_start_is_rolled_back_and_pauses() -> Result<()>
             s.leader.as_ref().map(|m| m.as_str()) == Some(leader_name.as_str())
                 && s.members.iter().all(|m| {
                     m.lag.is_some()
-                        && m.report
-                            .as_ref()
-                            .is_some_and(|r| r.release == "v1" && r.health == Health::Healthy)
+                        && m.report.as_ref().is_some_and(|r| {
+                            r.state.release == "v1" && r.state.health == Health::Healthy
+                        })
                 })
         })
         .await?;
@@ -690,7 +692,7 @@ async fn preflight_refuses_naming_the_member_and_the_check() -> Result<()> {
             s.members[follower]
                 .report
                 .as_ref()
-                .is_some_and(|r| r.release == "v1b" && r.health == Health::Healthy)
+                .is_some_and(|r| r.state.release == "v1b" && r.state.health == Health::Healthy)
         })
         .await?;
     let failed = tokio::task::block_in_place(|| refused(&cluster, "v2"))?;

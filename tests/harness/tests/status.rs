@@ -27,8 +27,8 @@ async fn status_matches_the_members_own_view() -> Result<()> {
         }
         let converged = status.members.iter().zip(&own).all(|(row, o)| {
             row.report.as_ref().is_some_and(|r| {
-                r.applied_revision == o.applied_revision
-                    && r.committed_revision == o.committed_revision
+                r.state.applied_revision == o.applied_revision
+                    && r.state.committed_revision == o.committed_revision
             })
         });
         if converged && status.members.iter().all(|m| m.lag == Some(0)) {
@@ -81,7 +81,11 @@ fn check(status: &FleetStatus) -> Result<()> {
     let leaders: Vec<_> = status
         .members
         .iter()
-        .filter(|m| m.report.as_ref().is_some_and(|r| r.role == Role::Leader))
+        .filter(|m| {
+            m.report
+                .as_ref()
+                .is_some_and(|r| r.state.role == Role::Leader)
+        })
         .collect();
     assert_eq!(leaders.len(), 1, "exactly one leader row: {status:#?}");
     let leader = &leaders[0].member;
@@ -89,7 +93,7 @@ fn check(status: &FleetStatus) -> Result<()> {
     for row in &status.members {
         let r = row.report.as_ref().expect("every member reported");
         assert_eq!(
-            r.leader.as_ref(),
+            r.state.leader.as_ref(),
             Some(leader),
             "row {} agrees on the leader",
             row.member

@@ -1,7 +1,7 @@
 //! Builders for planner tests: views and rollouts in a line each.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use baton_domain::{Health, MemberId, Report, Resources, Role};
+use baton_domain::{Health, MemberId, Role, fixtures};
 use baton_planner::preflight::order;
 use baton_planner::rollout::{Action, CommandId, Event, RolloutState, Stage};
 use baton_planner::{LagSample, MemberView, ReleaseRef, UnixMs, View};
@@ -48,23 +48,16 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                     MemberView {
                         fresh: true,
                         connected: true,
-                        report: Some(Report {
-                            member: id(m),
-                            role: *role,
-                            leader: leader.clone(),
-                            committed_revision: committed,
-                            applied_revision: *applied,
-                            release: "v1".into(),
-                            format_version: 1,
-                            health: Health::Healthy,
-                            health_detail: String::new(),
-                            resources: Resources {
-                                data_disk_free_bytes: 1 << 40,
-                                ..Resources::default()
-                            },
-                            timestamp_unix_ms: 0,
-                            term: 1,
-                            cluster_version: String::new(),
+                        report: Some({
+                            let mut r = fixtures::report(
+                                m,
+                                *role,
+                                leader.as_ref().map(MemberId::as_str),
+                                committed,
+                                *applied,
+                            );
+                            r.resources.data_disk_free_bytes = 1 << 40;
+                            r
                         }),
                         lag: Some(committed - applied),
                         lag_samples: Vec::new(),
@@ -83,7 +76,7 @@ fn edit(mut view: View, m: &str, f: impl FnOnce(&mut MemberView)) -> View {
 
 pub fn with_release(view: View, m: &str, release: &str) -> View {
     edit(view, m, |v| {
-        v.report.as_mut().unwrap().release = release.into()
+        v.report.as_mut().unwrap().state.release = release.into()
     })
 }
 
@@ -94,9 +87,9 @@ pub fn with_lag(view: View, m: &str, lag: u64) -> View {
 pub fn with_down(view: View, m: &str) -> View {
     edit(view, m, |v| {
         let r = v.report.as_mut().unwrap();
-        r.health = Health::Down;
-        r.role = Role::Unknown;
-        r.health_detail = "connection refused".into();
+        r.state.health = Health::Down;
+        r.state.role = Role::Unknown;
+        r.state.health_detail = "connection refused".into();
         v.lag = None;
     })
 }
@@ -120,8 +113,8 @@ pub fn led_by(mut view: View, m: &str) -> View {
     view.leader = Some(id(m));
     for (name, v) in view.members.iter_mut() {
         let r = v.report.as_mut().unwrap();
-        r.leader = Some(id(m));
-        r.role = if name.as_str() == m {
+        r.state.leader = Some(id(m));
+        r.state.role = if name.as_str() == m {
             Role::Leader
         } else {
             Role::Follower

@@ -62,9 +62,9 @@ async fn one(stall_after_ms: u64) -> Result<(u64, u64)> {
                         format!(
                             "{} {:?} lag {:?} applied {:?}",
                             m.member,
-                            m.report.as_ref().map(|r| r.role),
+                            m.report.as_ref().map(|r| r.state.role),
                             m.lag,
-                            m.report.as_ref().map(|r| r.applied_revision)
+                            m.report.as_ref().map(|r| r.state.applied_revision)
                         )
                     })
                     .collect();

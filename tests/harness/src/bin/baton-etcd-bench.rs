@@ -179,7 +179,8 @@ async fn one(strategy: &'static str) -> Result<Run> {
                 cluster
                     .wait_status("member back on 3.5.1", Duration::from_secs(60), |s| {
                         s.members[i].report.as_ref().is_some_and(|r| {
-                            r.release == "3.5.1" && r.health == baton_domain::Health::Healthy
+                            r.state.release == "3.5.1"
+                                && r.state.health == baton_domain::Health::Healthy
                         })
                     })
                     .await?;
