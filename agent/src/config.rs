@@ -1,9 +1,11 @@
 //! The agent's configuration: parsed once from TOML, overridden from the
 //! environment, validated into [`AgentConfig`].
 //!
-//! This module owns every rule about what a valid agent config is. A bad one
-//! is an [`ConfigError`] that names the key; `main` turns it into exit 64.
-//! Nothing else in the agent reads the environment or the config file.
+//! This module owns the rules for every section but `[target]`, which the
+//! adapter its `kind` names parses and validates (see
+//! [`crate::adapter::REGISTRY`]). A bad config is a [`ConfigError`] that
+//! names the key; the command line turns it into exit 64. Nothing else in
+//! the agent reads the environment or the config file.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

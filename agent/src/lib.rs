@@ -1,19 +1,48 @@
 //! baton-agent: one per cluster member.
 //!
+//! ```text
+//!  member process          agent                                              coordinator
+//!   ▲  ▲ poll, step_down   adapter ◀── watcher (poll_ms; faster while gated)
+//!   │  └──────────────────   │ MemberState
+//!   │                        ▼
+//!   │                 watch<Observation> ──▶ probes (/healthz /readyz gRPC health /metrics)
+//!   │                        │
+//!   │                        ▼
+//!   │                      link ── Hello, Report on change or heartbeat ────────▶│
+//!   │                        │◀─ SetCadence (fast during a gate or handover) ────│
+//!   │                        │◀─ Command{id, action} ────────────────────────────│
+//!   │                        ▼
+//!   │                    executor: journal id (commands.jsonl) ─▶ stored? answer it
+//!   │                        │ Stage, Switch ─▶ installer (store ─▶ releases/, current)
+//!   └── start, stop ──── runner (supervise | exec | external); StepDown ─▶ adapter
+//!                            │ result journaled, then ── Result{id} ─────────────▶│
+//! ```
+//!
 //! A tour of the crate:
-//! - [`config`]: the validated agent configuration (TOML + env overrides).
-//! - [`adapter`]: the adapter trait and the samplekv adapter, which read a member.
+//! - [`config`]: the validated agent configuration (TOML + env overrides);
+//!   the `[target]` section is parsed by the adapter its `kind` names.
+//! - [`adapter`]: the [`adapter::Adapter`] trait and its registry;
+//!   [`adapter::samplekv`] and [`adapter::etcd`] read and steer a member.
 //! - [`watcher`]: polls the member and publishes the latest observation.
 //! - [`link`]: the outbound gRPC stream to the coordinator (Hello, Reports,
 //!   Commands and their Results).
-//! - [`runner`]: running the member; [`runner::supervise`] is `supervise` mode, where the agent runs the member process.
+//! - [`executor`]: runs the coordinator's commands, each id at most once,
+//!   behind its fsynced command journal and the leader interlock on Stop.
+//! - [`installer`]: stages a release from the store (verified) and switches
+//!   the `current` link.
+//! - [`runner`]: starts and stops the member process: [`runner::supervise`]
+//!   (the agent runs it), [`runner::exec`] (the operator's commands), or
+//!   [`runner::External`] (something else runs it).
 //! - [`resources`]: CPU, memory and free disk next to the member (sysinfo).
-//! - [`probes`]: `/healthz`, `/readyz` and gRPC health on the probe port,
-//!   and the client `baton-agent probe` runs.
+//! - [`probes`]: `/healthz`, `/readyz` and gRPC health on the probe port;
+//!   the pure verdicts in [`probes::readiness`], and [`probes::client`],
+//!   which `baton-agent probe` runs.
 //! - [`metrics`]: the Prometheus `/metrics` on the probe port.
+//! - [`cmd`]: the command line: arguments, exit codes, the `probe`
+//!   subcommand.
 //!
-//! [`run`] wires them together; `main` only parses, sets up tracing and calls
-//! it. Nothing here calls `process::exit`.
+//! [`run`] wires them together; `main` only parses and calls [`cmd::run`].
+//! Nothing here calls `process::exit`.
 
 pub mod adapter;
 pub mod cmd;

@@ -56,6 +56,7 @@ pub struct LinkConfig {
 #[derive(Debug, Clone)]
 pub struct PollControl {
     normal: Duration,
+    /// The interval the watcher polls at; shared by every clone of the control.
     tx: Arc<watch::Sender<Duration>>,
 }
 
@@ -173,11 +174,15 @@ pub async fn run(
 
 /// What a session borrows from the link for its lifetime.
 struct SessionIo<'a> {
+    /// The watcher's latest observation; a salient change is reported at once.
     observations: &'a mut watch::Receiver<Option<Observation>>,
     resources: &'a mut ResourceReader,
+    /// Publishes the link's counters to the metrics.
     stats: &'a watch::Sender<LinkStats>,
     executor: &'a Arc<Executor>,
+    /// Where command tasks send their outcomes; outlives sessions.
     results_tx: &'a mpsc::Sender<CommandOutcome>,
+    /// Outcomes waiting to be sent on the current (or next) session.
     results_rx: &'a mut mpsc::Receiver<CommandOutcome>,
 }
 

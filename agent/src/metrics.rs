@@ -62,7 +62,9 @@ pub struct AgentMetrics {
 #[derive(Debug)]
 pub struct Sources {
     pub member: MemberId,
+    /// The watcher's latest observation, read on each scrape.
     pub obs: watch::Receiver<Option<Observation>>,
+    /// The coordinator link's counters, read on each scrape.
     pub link: watch::Receiver<LinkStats>,
     pub executor: Arc<Executor>,
     pub tolerable_lag: u64,

@@ -13,6 +13,7 @@ use super::{Adapter, AdapterError, MemberState};
 pub struct FakeAdapter {
     /// The state the next poll returns; None polls as unreachable.
     pub state: Mutex<Option<MemberState>>,
+    /// How many times `poll` was called.
     pub polls: AtomicUsize,
     /// Every `step_down` target, in order.
     pub step_downs: Mutex<Vec<MemberId>>,

@@ -61,6 +61,7 @@ fn answer(r: Result<String, ProbeError>) -> (StatusCode, String) {
 #[derive(Clone, Debug)]
 pub struct ProbeContext {
     pub member: MemberId,
+    /// The watcher's latest observation, which every verdict is judged on.
     pub obs: watch::Receiver<Option<Observation>>,
     pub executor: Arc<Executor>,
     pub tolerable_lag: u64,
