@@ -1,0 +1,213 @@
+//! Tables and summaries: how the CLI shows a fleet status, preflight
+//! checks, a rollout, and what a finished rollout took. Pure functions of
+//! domain values; no IO.
+
+use std::fmt::Write as _;
+
+use baton_domain::{Check, FleetStatus, Phase, Rollout};
+use serde::Serialize;
+
+use crate::conn::RolloutView;
+
+/// What a finished rollout took, for the end-of-run summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rollout: String,
+    pub target: String,
+    pub outcome: String,
+    pub order: Vec<String>,
+    pub handover_target: Option<String>,
+    pub leader_changes: usize,
+    /// Per member: from its stop to its last gate, in ms.
+    pub step_ms: Vec<(String, u64)>,
+    pub total_ms: u64,
+}
+
+pub fn summary(r: &Rollout) -> Summary {
+    let end = r.completed_at.unwrap_or_else(|| {
+        r.members
+            .values()
+            .filter_map(|p| p.finished_at)
+            .max()
+            .unwrap_or(r.started_at)
+    });
+    Summary {
+        rollout: r.id.clone(),
+        target: r.target.version.clone(),
+        outcome: match r.phase.reason() {
+            Some(reason) => format!("{}: {reason}", r.phase.kind()),
+            None => r.phase.kind().to_owned(),
+        },
+        order: r.order.iter().map(|m| m.to_string()).collect(),
+        handover_target: r.leader_changes.first().map(|(m, _)| m.to_string()),
+        leader_changes: r.leader_changes.len(),
+        step_ms: r
+            .order
+            .iter()
+            .filter_map(|m| {
+                let p = r.members.get(m)?;
+                let d = p.finished_at?.since(p.started_at?);
+                Some((
+                    m.to_string(),
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                ))
+            })
+            .collect(),
+        total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// One line per check, failures first.
+pub fn render_checks(checks: &[Check]) -> String {
+    let mut out = String::new();
+    let mut sorted: Vec<&Check> = checks.iter().collect();
+    sorted.sort_by_key(|c| c.ok);
+    for c in sorted {
+        let member = c.member.as_ref().map_or("-".to_owned(), |m| m.to_string());
+        let _ = writeln!(
+            out,
+            "{} {:<9} {:<8} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.check,
+            member,
+            c.detail
+        );
+    }
+    out
+}
+
+/// One line per member: stage, and the rollout's phase and wait reason.
+pub fn render_rollout(v: &RolloutView) -> String {
+    let r = &v.state;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rollout {} -> {}  {}  {}",
+        r.id,
+        r.target.version,
+        match r.phase {
+            Phase::Paused { .. } => "PAUSED",
+            _ => r.phase.kind(),
+        },
+        v.waiting_for
+    );
+    for m in &r.order {
+        if let Some(p) = r.members.get(m) {
+            let lead = if *m == r.original_leader {
+                " (leader at start)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {:<8} {:<12}{}", m, p.stage.name(), lead);
+        }
+    }
+    out
+}
+
+fn age(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".to_owned(),
+        Some(ms) if ms < 10_000 => format!("{:.1}s ago", ms as f64 / 1000.0),
+        Some(ms) => format!("{}s ago", ms / 1000),
+    }
+}
+
+/// One row per member: member, role, release, revision, lag, health, last seen.
+pub fn render_status(s: &FleetStatus) -> String {
+    let mut out = String::new();
+    let leader = s.leader.as_ref().map_or("none", |l| l.as_str());
+    let _ = writeln!(out, "cluster {}  leader {}", s.cluster, leader);
+    let _ = writeln!(
+        out,
+        "{:<10} {:<10} {:<9} {:>10} {:>8} {:<10} LAST SEEN",
+        "MEMBER", "ROLE", "RELEASE", "REVISION", "LAG", "HEALTH"
+    );
+    for row in &s.members {
+        let (role, release, revision, health) = match &row.report {
+            Some(r) => (
+                r.role.to_string(),
+                if r.release.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.release.clone()
+                },
+                r.applied_revision.to_string(),
+                r.health.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let lag = row.lag.map_or("-".to_owned(), |l| l.to_string());
+        let mut seen = age(row.last_seen_ms_ago);
+        if !row.connected {
+            seen.push_str(" (agent not connected)");
+        } else if !row.fresh {
+            seen.push_str(" (stale)");
+        }
+        let _ = writeln!(
+            out,
+            "{:<10} {:<10} {:<9} {:>10} {:>8} {:<10} {}",
+            row.member, role, release, revision, lag, health, seen
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_domain::{Health, MemberId, MemberRow, Report, Resources, Role};
+
+    use super::*;
+
+    #[test]
+    fn renders_one_row_per_member() {
+        let n1 = MemberId::new("n1").unwrap();
+        let s = FleetStatus {
+            cluster: "demo".into(),
+            leader: Some(n1.clone()),
+            heartbeat_ms: 1000,
+            members: vec![
+                MemberRow {
+                    member: n1.clone(),
+                    ever_seen: true,
+                    connected: true,
+                    fresh: true,
+                    last_seen_ms_ago: Some(300),
+                    report: Some(Report {
+                        member: n1.clone(),
+                        role: Role::Leader,
+                        leader: Some(n1),
+                        committed_revision: 12,
+                        applied_revision: 12,
+                        release: "v1".into(),
+                        format_version: 1,
+                        health: Health::Healthy,
+                        health_detail: String::new(),
+                        resources: Resources::default(),
+                        timestamp_unix_ms: 0,
+                        term: 1,
+                        cluster_version: String::new(),
+                    }),
+                    lag: Some(0),
+                },
+                MemberRow {
+                    member: MemberId::new("n2").unwrap(),
+                    ever_seen: false,
+                    connected: false,
+                    fresh: false,
+                    last_seen_ms_ago: None,
+                    report: None,
+                    lag: None,
+                },
+            ],
+        };
+        let text = render_status(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[2].starts_with("n1")
+                && lines[2].contains("leader")
+                && lines[2].contains("0.3s ago")
+        );
+        assert!(lines[3].contains("never (agent not connected)"), "{text}");
+    }
+}
