@@ -154,9 +154,97 @@ pub fn render_status(s: &FleetStatus) -> String {
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::{Health, MemberId, MemberRow, Report, Resources, Role};
+    use std::collections::BTreeMap;
+
+    use baton_domain::{
+        Health, MemberId, MemberProgress, MemberRow, ReleaseRef, Report, Resources, Role, Stage,
+        UnixMs,
+    };
 
     use super::*;
+
+    fn rollout(phase: Phase) -> Rollout {
+        let (n1, n2) = (MemberId::new("n1").unwrap(), MemberId::new("n2").unwrap());
+        let progress = |stage, started: Option<u64>, finished: Option<u64>| MemberProgress {
+            stage,
+            inflight: None,
+            started_at: started.map(UnixMs),
+            finished_at: finished.map(UnixMs),
+        };
+        Rollout {
+            id: "r1-v2".into(),
+            target: ReleaseRef {
+                name: "samplekv".into(),
+                version: "v2".into(),
+                format_version: 1,
+                sha256: String::new(),
+            },
+            previous: "v1".into(),
+            order: vec![n2.clone(), n1.clone()],
+            original_leader: n1.clone(),
+            phase,
+            members: BTreeMap::from([
+                (n1.clone(), progress(Stage::Pending, None, None)),
+                (
+                    n2.clone(),
+                    progress(Stage::CatchingUp { since: UnixMs(3) }, Some(2), None),
+                ),
+            ]),
+            commands: BTreeMap::new(),
+            handover: None,
+            leader_changes: vec![(n2, UnixMs(8))],
+            started_at: UnixMs(1),
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_rollout_shows_its_phase_and_stages() {
+        let paused = Phase::Paused {
+            reason: "operator request".into(),
+        };
+        let view = |phase| RolloutView {
+            state: rollout(phase),
+            waiting_for: "n2 to catch up".into(),
+            version: 0,
+        };
+        assert_eq!(
+            render_rollout(&view(paused.clone())),
+            "rollout r1-v2 -> v2  PAUSED  n2 to catch up\n  \
+             n2       catching-up \n  \
+             n1       pending      (leader at start)\n"
+        );
+        assert!(
+            render_rollout(&view(Phase::Aborting)).starts_with("rollout r1-v2 -> v2  aborting  ")
+        );
+        let outcomes = [
+            Phase::Running,
+            paused,
+            Phase::Aborting,
+            Phase::Completed,
+            Phase::Closed {
+                reason: "rolled back".into(),
+            },
+        ]
+        .map(|p| summary(&rollout(p)).outcome);
+        assert_eq!(
+            outcomes,
+            [
+                "running",
+                "paused: operator request",
+                "aborting",
+                "completed",
+                "closed: rolled back"
+            ]
+        );
+        let s = summary(&rollout(Phase::Running));
+        assert_eq!(s.order, ["n2", "n1"]);
+        assert_eq!(s.handover_target.as_deref(), Some("n2"));
+        assert_eq!(
+            s.total_ms, 1,
+            "until the last member finished, or the start"
+        );
+    }
 
     #[test]
     fn renders_one_row_per_member() {
