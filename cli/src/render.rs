@@ -185,10 +185,7 @@ mod tests {
             phase,
             members: BTreeMap::from([
                 (n1.clone(), progress(Stage::Pending, None, None)),
-                (
-                    n2.clone(),
-                    progress(Stage::CatchingUp { since: UnixMs(3) }, Some(2), None),
-                ),
+                (n2.clone(), progress(Stage::Done, Some(2), Some(6))),
             ]),
             commands: BTreeMap::new(),
             handover: None,
@@ -211,7 +208,7 @@ mod tests {
         assert_eq!(
             render_rollout(&view(paused.clone())),
             "rollout r1-v2 -> v2  PAUSED  n2 to catch up\n  \
-             n2       catching-up \n  \
+             n2       done        \n  \
              n1       pending      (leader at start)\n"
         );
         assert!(
@@ -241,8 +238,9 @@ mod tests {
         assert_eq!(s.order, ["n2", "n1"]);
         assert_eq!(s.handover_target.as_deref(), Some("n2"));
         assert_eq!(
-            s.total_ms, 1,
-            "until the last member finished, or the start"
+            (s.total_ms, s.step_ms),
+            (5, vec![("n2".to_owned(), 4)]),
+            "until the last member finished; each from its start to its finish"
         );
     }
 
