@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_domain::{Action, Health, MemberId, Role};
+use baton_domain::{Health, MemberId, Role};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -91,17 +91,6 @@ impl AgentMetrics {
     }
 }
 
-/// A label value for an action, without its arguments.
-fn action_label(action: &Action) -> &'static str {
-    match action {
-        Action::Stage { .. } => "stage",
-        Action::Stop => "stop",
-        Action::Switch { .. } => "switch",
-        Action::Start => "start",
-        Action::StepDown { .. } => "step_down",
-    }
-}
-
 /// Finished commands in the journal, by action and result. A command
 /// still running (or cut off by an agent crash) is not counted yet.
 fn command_counts(entries: &[JournalEntry]) -> BTreeMap<(&'static str, &'static str), u64> {
@@ -112,7 +101,7 @@ fn command_counts(entries: &[JournalEntry]) -> BTreeMap<(&'static str, &'static 
             Some(Err(_)) => "failed",
             None => continue,
         };
-        *counts.entry((action_label(&e.action), result)).or_insert(0) += 1;
+        *counts.entry((e.action.kind(), result)).or_insert(0) += 1;
     }
     counts
 }
@@ -270,7 +259,7 @@ impl Collector for Sources {
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::{AgentCommand, CommandId};
+    use baton_domain::{Action, AgentCommand, CommandId};
 
     use super::*;
     use crate::adapter::MemberState;

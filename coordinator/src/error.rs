@@ -1,4 +1,7 @@
-//! The one place where coordinator errors become `tonic::Status`.
+//! The one place where coordinator errors become `tonic::Status`: the agent
+//! link's [`LinkError`] and the driver's answer to an operator request,
+//! [`ControlError`] (defined here so that this module imports no runtime
+//! module; the driver re-exports it).
 
 use baton_proto::{InvalidHello, InvalidReport};
 use tonic::{Code, Status};
@@ -45,6 +48,39 @@ impl From<LinkError> for Status {
             LinkError::Refused(Refusal::Superseded { .. }) => Code::Aborted,
             LinkError::Silent { .. } => Code::DeadlineExceeded,
             LinkError::Transport(_) => Code::Unavailable,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// Why a control request was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("no rollout to {verb}; start one with `baton upgrade --to VERSION`")]
+    NoRollout { verb: &'static str },
+    #[error("rollout {id} is {phase}; {hint}")]
+    WrongPhase {
+        id: String,
+        phase: String,
+        hint: &'static str,
+    },
+    #[error("preflight refused the rollout to {to}: {} check(s) failed", checks.len())]
+    Preflight {
+        to: String,
+        checks: Vec<baton_domain::Check>,
+    },
+    #[error("{0}")]
+    Journal(String),
+}
+
+impl From<ControlError> for Status {
+    fn from(e: ControlError) -> Self {
+        let code = match &e {
+            ControlError::NoRollout { .. } => Code::NotFound,
+            ControlError::WrongPhase { .. } | ControlError::Preflight { .. } => {
+                Code::FailedPrecondition
+            }
+            ControlError::Journal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
     }

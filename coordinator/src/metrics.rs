@@ -21,7 +21,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_domain::{Action, Health, MemberId};
-use baton_planner::rollout::Phase;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -67,28 +66,6 @@ pub enum MetricsError {
     },
     #[error("cannot encode the metrics registry: {0}")]
     Encode(std::fmt::Error),
-}
-
-/// The `action` label: the kind of command, never its arguments.
-pub fn action_label(action: &Action) -> &'static str {
-    match action {
-        Action::Stage { .. } => "stage",
-        Action::Stop => "stop",
-        Action::Switch { .. } => "switch",
-        Action::Start => "start",
-        Action::StepDown { .. } => "step_down",
-    }
-}
-
-/// The `phase` label: the kind of phase, without a pause or close reason.
-pub fn phase_label(phase: &Phase) -> &'static str {
-    match phase {
-        Phase::Running => "running",
-        Phase::Paused { .. } => "paused",
-        Phase::Aborting => "aborting",
-        Phase::Completed => "completed",
-        Phase::Closed { .. } => "closed",
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -244,7 +221,7 @@ impl Metrics {
         }
     }
 
-    /// Marks `phase` (see [`phase_label`]) as the current phase of
+    /// Marks `phase` (a [`baton_domain::Phase::kind`]) as the current phase of
     /// `rollout`, the latest rollout; the previous series is removed.
     pub fn set_rollout_phase(&self, rollout: &str, phase: &str) {
         let labels = RolloutLabels {
@@ -271,7 +248,7 @@ impl Metrics {
         self.inner
             .step_duration
             .get_or_create(&ActionLabels {
-                action: action_label(action).to_owned(),
+                action: action.kind().to_owned(),
             })
             .observe(took.as_secs_f64());
     }
@@ -281,7 +258,7 @@ impl Metrics {
         self.inner
             .commands_sent
             .get_or_create(&ActionLabels {
-                action: action_label(action).to_owned(),
+                action: action.kind().to_owned(),
             })
             .inc();
     }
@@ -291,7 +268,7 @@ impl Metrics {
         self.inner
             .commands_failed
             .get_or_create(&ActionLabels {
-                action: action_label(action).to_owned(),
+                action: action.kind().to_owned(),
             })
             .inc();
     }
@@ -540,7 +517,7 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use baton_domain::{Hello, ReleaseRef, Report, Role, fixtures};
+    use baton_domain::{Hello, Phase, ReleaseRef, Report, Role, fixtures};
 
     use super::*;
 
@@ -713,12 +690,13 @@ mod tests {
             !text.contains("baton_rollout_phase{"),
             "no rollout yet\n{text}"
         );
-        metrics.set_rollout_phase("r1-v2", phase_label(&Phase::Running));
+        metrics.set_rollout_phase("r1-v2", Phase::Running.kind());
         metrics.set_rollout_phase(
             "r1-v2",
-            phase_label(&Phase::Paused {
+            Phase::Paused {
                 reason: "n2 stalled at lag 40".into(),
-            }),
+            }
+            .kind(),
         );
         let text = metrics.encode().unwrap();
         let phases: Vec<String> = samples(&text)
@@ -729,7 +707,7 @@ mod tests {
             phases,
             vec!["baton_rollout_phase{cluster=\"demo\",rollout=\"r1-v2\",phase=\"paused\"} 1"]
         );
-        metrics.set_rollout_phase("r2-rollback-to-v1", phase_label(&Phase::Running));
+        metrics.set_rollout_phase("r2-rollback-to-v1", Phase::Running.kind());
         let text = metrics.encode().unwrap();
         assert!(!text.contains("rollout=\"r1-v2\""), "{text}");
         assert!(text.contains(
@@ -810,20 +788,19 @@ mod tests {
 
     #[test]
     fn labels_are_kinds_not_free_text() {
+        assert_eq!(Action::StepDown { to: id("n3") }.kind(), "step_down");
         assert_eq!(
-            action_label(&Action::StepDown { to: id("n3") }),
-            "step_down"
-        );
-        assert_eq!(
-            action_label(&Action::Switch {
+            Action::Switch {
                 version: "v2".into()
-            }),
+            }
+            .kind(),
             "switch"
         );
         assert_eq!(
-            phase_label(&Phase::Closed {
+            Phase::Closed {
                 reason: "rolled back by r2".into()
-            }),
+            }
+            .kind(),
             "closed"
         );
     }

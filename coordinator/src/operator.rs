@@ -1,6 +1,7 @@
 //! The `Operator` gRPC service: what the `baton` CLI calls. Status reads the
 //! FleetView; everything about rollouts is a request to the driver task.
-//! Converts domain to wire on the way out and nothing else.
+//! Converts domain to wire on the way out (with `baton_proto::convert`) and
+//! nothing else; errors become `Status` in [`crate::error`].
 
 use std::sync::{Arc, Mutex};
 
@@ -13,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use crate::driver::{ControlError, Op, RolloutSnapshot};
+use crate::driver::{Op, RolloutSnapshot};
+use crate::error::ControlError;
 use crate::fleet::FleetView;
 
 #[derive(Debug, Clone)]
@@ -39,32 +41,20 @@ impl OperatorService {
     }
 }
 
-fn reply(s: Option<RolloutSnapshot>) -> Result<RolloutReply, Status> {
-    let Some(s) = s else {
-        return Ok(RolloutReply {
+fn reply(s: Option<RolloutSnapshot>) -> RolloutReply {
+    match s {
+        None => RolloutReply {
             found: false,
-            state_json: String::new(),
             waiting_for: String::new(),
             version: 0,
-        });
-    };
-    let json = serde_json::to_string(&s.state)
-        .map_err(|e| Status::internal(format!("cannot encode rollout: {e}")))?;
-    Ok(RolloutReply {
-        found: true,
-        state_json: json,
-        waiting_for: s.waiting_for,
-        version: 0,
-    })
-}
-
-fn control_status(e: ControlError) -> Status {
-    match e {
-        ControlError::NoRollout { .. } => Status::not_found(e.to_string()),
-        ControlError::WrongPhase { .. } | ControlError::Preflight { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
-        ControlError::Journal(_) => Status::internal(e.to_string()),
+            rollout: None,
+        },
+        Some(RolloutSnapshot { state, waiting_for }) => RolloutReply {
+            found: true,
+            waiting_for,
+            version: 0,
+            rollout: Some(v1::Rollout::from(state.view())),
+        },
     }
 }
 
@@ -133,7 +123,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<RolloutReply>, Status> {
         let ControlRequest { reason } = request.into_inner();
         let r = self.ask(|reply| Op::Pause { reason, reply }).await?;
-        Ok(Response::new(reply(Some(r.map_err(control_status)?))?))
+        Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
     async fn resume(
@@ -142,7 +132,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<RolloutReply>, Status> {
         let ControlRequest { reason: _ } = request.into_inner();
         let r = self.ask(|reply| Op::Resume { reply }).await?;
-        Ok(Response::new(reply(Some(r.map_err(control_status)?))?))
+        Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
     async fn abort(
@@ -151,7 +141,7 @@ impl Operator for OperatorService {
     ) -> Result<Response<RolloutReply>, Status> {
         let ControlRequest { reason: _ } = request.into_inner();
         let r = self.ask(|reply| Op::Abort { reply }).await?;
-        Ok(Response::new(reply(Some(r.map_err(control_status)?))?))
+        Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
     async fn rollout(
@@ -175,7 +165,7 @@ impl Operator for OperatorService {
         // at once.
         let version = *changes.borrow();
         let r = self.ask(|reply| Op::Get { id, reply }).await?;
-        let mut out = reply(r)?;
+        let mut out = reply(r);
         out.version = version;
         Ok(Response::new(out))
     }
@@ -185,10 +175,7 @@ impl Operator for OperatorService {
         _request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
         let all = self.ask(|reply| Op::History { reply }).await?;
-        let rollouts = all
-            .into_iter()
-            .map(|s| reply(Some(s)))
-            .collect::<Result<_, _>>()?;
+        let rollouts = all.into_iter().map(|s| reply(Some(s))).collect();
         Ok(Response::new(HistoryResponse { rollouts }))
     }
 }
@@ -212,7 +199,7 @@ fn upgrade_response(
             ),
             checks: checks.into_iter().map(v1::Check::from).collect(),
         },
-        Err(e) => return Err(control_status(e)),
+        Err(e) => return Err(e.into()),
     }))
 }
 

@@ -1,13 +1,20 @@
-//! baton's domain vocabulary: members, roles, health, member states, reports.
+//! baton's domain vocabulary: members, roles, health, member states, reports,
+//! commands, and the rollout read model ([`rollout`]).
 //!
 //! These are the types every other crate speaks after the wire edge. This crate
 //! owns their invariants (a [`MemberId`] is never empty, a [`Report`] always
 //! names its member) and does no IO; it must not depend on tonic, tokio or any
 //! generated code. Conversions from the wire live in `baton-proto`.
 
+pub mod rollout;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use rollout::{
+    CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep, Rollout, Stage, UnixMs,
+};
 
 /// The name of one cluster member, as the operator configured it (e.g. `n1`).
 ///
@@ -283,6 +290,29 @@ mod tests {
     }
 
     #[test]
+    fn action_kinds_name_the_command_without_its_arguments() {
+        let release = ReleaseRef {
+            name: "samplekv".into(),
+            version: "v2".into(),
+            format_version: 2,
+            sha256: String::new(),
+        };
+        let kinds = [
+            Action::Stage { release },
+            Action::Stop,
+            Action::Switch {
+                version: "v2".into(),
+            },
+            Action::Start,
+            Action::StepDown {
+                to: MemberId::new("n3").unwrap(),
+            },
+        ]
+        .map(|a| a.kind());
+        assert_eq!(kinds, ["stage", "stop", "switch", "start", "step_down"]);
+    }
+
+    #[test]
     fn member_ids_deserialize_through_validation() {
         let ok: Result<MemberId, _> = serde_json::from_str("\"n1\"");
         assert!(ok.is_ok());
@@ -375,6 +405,20 @@ pub enum Action {
     Start,
     /// Hand leadership to `to`.
     StepDown { to: MemberId },
+}
+
+impl Action {
+    /// The kind of command without its arguments: `stage`, `stop`,
+    /// `switch`, `start` or `step_down` (metric labels).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Stage { .. } => "stage",
+            Action::Stop => "stop",
+            Action::Switch { .. } => "switch",
+            Action::Start => "start",
+            Action::StepDown { .. } => "step_down",
+        }
+    }
 }
 
 impl fmt::Display for Action {

@@ -21,4 +21,4 @@ pub mod samplekv {
     tonic::include_proto!("samplekv.v1");
 }
 
-pub use convert::{InvalidCommand, InvalidHello, InvalidReport, InvalidStatus};
+pub use convert::{InvalidCommand, InvalidHello, InvalidReport, InvalidRollout, InvalidStatus};

@@ -21,39 +21,10 @@ pub mod rollout;
 pub mod view;
 pub mod watchdog;
 
-use std::fmt;
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-
+/// Wall-clock milliseconds since the Unix epoch (defined in `baton-domain`).
+pub use baton_domain::UnixMs;
+pub use baton_domain::{ReleaseRef, Rollout};
 pub use decide::{Step, decide};
 pub use policy::Policy;
 pub use rollout::{Action, CommandId, Event, MemberProgress, Phase, RolloutState, Stage};
 pub use view::{LagSample, MemberView, View};
-
-/// Wall-clock milliseconds since the Unix epoch, supplied by the caller.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub struct UnixMs(pub u64);
-
-impl UnixMs {
-    pub fn plus(self, d: Duration) -> UnixMs {
-        UnixMs(
-            self.0
-                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        )
-    }
-
-    pub fn since(self, earlier: UnixMs) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
-    }
-}
-
-impl fmt::Display for UnixMs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.0)
-    }
-}
-
-pub use baton_domain::ReleaseRef;

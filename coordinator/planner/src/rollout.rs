@@ -4,204 +4,20 @@
 //! rollout: the coordinator appends each [`Event`] to its journal first and
 //! applies it second, so replaying the journal rebuilds the same state after
 //! a crash. Per-member progress is one [`Stage`] enum whose transitions are
-//! methods.
+//! methods. The data types a rollout is made of (and the [`Rollout`] read
+//! model the operator sees) live in `baton_domain::rollout` and are
+//! re-exported here.
 
 use std::collections::BTreeMap;
 
 use baton_domain::MemberId;
+pub use baton_domain::rollout::{
+    CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep, Rollout, Stage,
+};
 pub use baton_domain::{Action, CommandId};
 use serde::{Deserialize, Serialize};
 
 use crate::{ReleaseRef, UnixMs};
-
-/// Where one member is in the rollout. Forward path:
-/// `Pending → Staged → Stopped → Switched → Started → CatchingUp → Soaking → Done`.
-/// Failure path: `… → Reverting(Stopped|Switched) → Reverted`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "stage")]
-pub enum Stage {
-    /// Untouched; still on the previous release.
-    Pending,
-    /// The target release is unpacked on the node; the member still serves.
-    Staged,
-    /// The member is stopped (gracefully) on the previous release.
-    Stopped,
-    /// `current` points at the target release; the member is still stopped.
-    Switched,
-    /// Started on the target; waiting until healthy on the target version.
-    Started { at: UnixMs },
-    /// Healthy on the target; waiting for lag ≤ tolerable on two consecutive reports.
-    CatchingUp { since: UnixMs },
-    /// Caught up; soaking before the next member.
-    Soaking { since: UnixMs },
-    /// Passed every gate.
-    Done,
-    /// Going back to the previous release after a failure on the target.
-    Reverting { step: RevertStep, reason: String },
-    /// Back on the previous release; the rollout is paused.
-    Reverted { reason: String },
-}
-
-/// Steps of going back to the previous release.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevertStep {
-    /// Stop whatever runs (it may be crash-looping).
-    Stop,
-    /// Point `current` back at the previous release.
-    Switch,
-    /// Start on the previous release.
-    Start,
-}
-
-impl Stage {
-    /// The agent action this stage needs next, if any.
-    pub fn action(&self, target: &ReleaseRef, previous: &str) -> Option<Action> {
-        match self {
-            Stage::Pending => Some(Action::Stage {
-                release: target.clone(),
-            }),
-            Stage::Staged => Some(Action::Stop),
-            Stage::Stopped => Some(Action::Switch {
-                version: target.version.clone(),
-            }),
-            Stage::Switched => Some(Action::Start),
-            Stage::Reverting { step, .. } => Some(match step {
-                RevertStep::Stop => Action::Stop,
-                RevertStep::Switch => Action::Switch {
-                    version: previous.to_owned(),
-                },
-                RevertStep::Start => Action::Start,
-            }),
-            Stage::Started { .. }
-            | Stage::CatchingUp { .. }
-            | Stage::Soaking { .. }
-            | Stage::Done
-            | Stage::Reverted { .. } => None,
-        }
-    }
-
-    /// The stage after this stage's action succeeded at `at`.
-    pub fn on_success(&self, at: UnixMs) -> Stage {
-        match self {
-            Stage::Pending => Stage::Staged,
-            Stage::Staged => Stage::Stopped,
-            Stage::Stopped => Stage::Switched,
-            Stage::Switched => Stage::Started { at },
-            Stage::Reverting { step, reason } => match step {
-                RevertStep::Stop => Stage::Reverting {
-                    step: RevertStep::Switch,
-                    reason: reason.clone(),
-                },
-                RevertStep::Switch => Stage::Reverting {
-                    step: RevertStep::Start,
-                    reason: reason.clone(),
-                },
-                RevertStep::Start => Stage::Reverted {
-                    reason: reason.clone(),
-                },
-            },
-            other => other.clone(),
-        }
-    }
-
-    /// Whether the member is, or may be, down in this stage.
-    pub fn is_disruptive(&self) -> bool {
-        matches!(
-            self,
-            Stage::Stopped | Stage::Switched | Stage::Started { .. } | Stage::Reverting { .. }
-        )
-    }
-
-    /// Whether the member has been touched and not yet finished.
-    pub fn in_progress(&self) -> bool {
-        !matches!(self, Stage::Pending | Stage::Done | Stage::Reverted { .. })
-    }
-
-    /// A short name for progress lines.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Stage::Pending => "pending",
-            Stage::Staged => "staged",
-            Stage::Stopped => "stopped",
-            Stage::Switched => "switched",
-            Stage::Started { .. } => "starting",
-            Stage::CatchingUp { .. } => "catching-up",
-            Stage::Soaking { .. } => "soaking",
-            Stage::Done => "done",
-            Stage::Reverting { .. } => "reverting",
-            Stage::Reverted { .. } => "reverted",
-        }
-    }
-}
-
-/// Which gate a member passed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Gate {
-    /// Healthy and reporting the target version.
-    Healthy,
-    /// Lag ≤ tolerable on two consecutive reports.
-    CaughtUp,
-    /// The soak time passed.
-    Soaked,
-}
-
-/// The rollout as a whole.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "phase")]
-pub enum Phase {
-    /// Working through members in order.
-    Running,
-    /// Stopped by a failed gate, a stall or the operator; `resume` continues.
-    Paused { reason: String },
-    /// The operator asked to abort: finish the current step, then pause
-    /// without touching the next member.
-    Aborting,
-    /// Every member passed every gate and the verify step passed.
-    Completed,
-    /// Ended by the operator without finishing (a rollback replaced it).
-    Closed { reason: String },
-}
-
-impl Phase {
-    /// Completed or closed: nothing more will happen to this rollout.
-    pub fn is_terminal(&self) -> bool {
-        matches!(self, Phase::Completed | Phase::Closed { .. })
-    }
-}
-
-/// A handover in flight.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handover {
-    pub from: MemberId,
-    pub to: MemberId,
-    pub attempts: u32,
-    pub requested_at: UnixMs,
-    /// Set when the last step-down command failed.
-    pub last_error: Option<String>,
-}
-
-/// A command the journal knows about.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandRecord {
-    pub member: MemberId,
-    pub action: Action,
-    pub issued_at: UnixMs,
-    /// None while in flight; Some(Ok(detail)) or Some(Err(detail)).
-    pub result: Option<Result<String, String>>,
-}
-
-/// One member's progress.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberProgress {
-    pub stage: Stage,
-    /// The command in flight for this member, if any.
-    pub inflight: Option<CommandId>,
-    /// When this member's first disruptive step began, for the summary.
-    pub started_at: Option<UnixMs>,
-    pub finished_at: Option<UnixMs>,
-}
 
 /// Everything that can happen to a rollout. Appended to the journal before
 /// it is applied.
@@ -551,6 +367,11 @@ impl RolloutState {
         Ok(())
     }
 
+    /// The rollout as the operator sees it (the operator API's read model).
+    pub fn view(&self) -> Rollout {
+        Rollout::from(self)
+    }
+
     /// The member being worked on: the first in order that is not done.
     pub fn current(&self) -> Option<&MemberId> {
         self.order
@@ -564,5 +385,39 @@ impl RolloutState {
             .values()
             .filter(|p| p.stage.is_disruptive())
             .count()
+    }
+}
+
+impl From<&RolloutState> for Rollout {
+    fn from(s: &RolloutState) -> Self {
+        let RolloutState {
+            id,
+            target,
+            previous,
+            order,
+            original_leader,
+            phase,
+            members,
+            commands,
+            next_command: _, // bookkeeping for command ids, not for operators
+            handover,
+            leader_changes,
+            started_at,
+            completed_at,
+        } = s;
+        Rollout {
+            id: id.clone(),
+            target: target.clone(),
+            previous: previous.clone(),
+            order: order.clone(),
+            original_leader: original_leader.clone(),
+            phase: phase.clone(),
+            members: members.clone(),
+            commands: commands.clone(),
+            handover: handover.clone(),
+            leader_changes: leader_changes.clone(),
+            started_at: *started_at,
+            completed_at: *completed_at,
+        }
     }
 }

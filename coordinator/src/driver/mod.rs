@@ -41,9 +41,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_link::AgentLinkService;
 use crate::alert_state::AlertState;
+pub use crate::error::ControlError;
 use crate::fleet::{FleetView, SessionId};
 use crate::journal::{Journal, JournalError};
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 
 /// Fast report cadence during gates and handovers.
 pub const FAST_CADENCE: Duration = Duration::from_millis(100);
@@ -74,23 +75,6 @@ pub struct PlanOutcome {
 pub struct RolloutSnapshot {
     pub state: RolloutState,
     pub waiting_for: String,
-}
-
-/// Why a control request was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ControlError {
-    #[error("no rollout to {verb}; start one with `baton upgrade --to VERSION`")]
-    NoRollout { verb: &'static str },
-    #[error("rollout {id} is {phase}; {hint}")]
-    WrongPhase {
-        id: String,
-        phase: String,
-        hint: &'static str,
-    },
-    #[error("preflight refused the rollout to {to}: {} check(s) failed", checks.len())]
-    Preflight { to: String, checks: Vec<Check> },
-    #[error("{0}")]
-    Journal(String),
 }
 
 /// Requests from the operator API to the driver task.
@@ -125,16 +109,6 @@ pub enum Op {
     History {
         reply: oneshot::Sender<Vec<RolloutSnapshot>>,
     },
-}
-
-fn phase_name(p: &Phase) -> String {
-    match p {
-        Phase::Running => "running".into(),
-        Phase::Paused { reason } => format!("paused ({reason})"),
-        Phase::Aborting => "aborting".into(),
-        Phase::Completed => "completed".into(),
-        Phase::Closed { reason } => format!("closed ({reason})"),
-    }
 }
 
 /// The driver task's state.
@@ -186,7 +160,7 @@ impl Driver {
         alerts: AlertOut,
     ) -> Self {
         if let Some(r) = rollouts.last() {
-            tracing::info!(rollout = %r.id, phase = %phase_name(&r.phase), "replayed rollout journal");
+            tracing::info!(rollout = %r.id, phase = %r.phase, "replayed rollout journal");
         }
         Driver {
             cfg,
@@ -244,8 +218,7 @@ impl Driver {
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
         if let Some(r) = self.rollouts.last() {
-            self.metrics
-                .set_rollout_phase(&r.id, metrics::phase_label(&r.phase));
+            self.metrics.set_rollout_phase(&r.id, r.phase.kind());
         }
         self
     }
@@ -313,8 +286,7 @@ impl Driver {
             }
         }
         if let Some(r) = self.rollouts.last() {
-            self.metrics
-                .set_rollout_phase(&r.id, metrics::phase_label(&r.phase));
+            self.metrics.set_rollout_phase(&r.id, r.phase.kind());
         }
         Ok(())
     }
@@ -445,7 +417,7 @@ impl Driver {
         let r = self.active().ok_or(ControlError::NoRollout { verb })?;
         let mut e = event(r).map_err(|hint| ControlError::WrongPhase {
             id: r.id.clone(),
-            phase: phase_name(&r.phase),
+            phase: r.phase.to_string(),
             hint,
         })?;
         let (_, now) = self.view();
@@ -469,7 +441,7 @@ impl Driver {
         if let Some(r) = self.active() {
             return Err(ControlError::WrongPhase {
                 id: r.id.clone(),
-                phase: phase_name(&r.phase),
+                phase: r.phase.to_string(),
                 hint: "finish it first: `baton resume`, or wait for it to complete",
             });
         }
@@ -499,14 +471,14 @@ impl Driver {
             Phase::Running | Phase::Aborting => {
                 return Err(ControlError::WrongPhase {
                     id: from.id.clone(),
-                    phase: phase_name(&from.phase),
+                    phase: from.phase.to_string(),
                     hint: "pause or abort it first, then roll back",
                 });
             }
             Phase::Closed { .. } => {
                 return Err(ControlError::WrongPhase {
                     id: from.id.clone(),
-                    phase: phase_name(&from.phase),
+                    phase: from.phase.to_string(),
                     hint: "it was already closed; start a new rollout instead",
                 });
             }
@@ -674,7 +646,7 @@ impl Driver {
             return;
         };
         if !matches!(r.phase, Phase::Running | Phase::Aborting) {
-            self.waiting_for = phase_name(&r.phase);
+            self.waiting_for = r.phase.to_string();
             self.fast = false;
             self.send_cadence();
             return;

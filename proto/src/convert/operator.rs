@@ -1,12 +1,22 @@
-//! Conversions for the operator API (`operator.proto`): fleet status and
-//! preflight checks between `baton.v1` wire types and domain types.
+//! Conversions for the operator API (`operator.proto`): fleet status,
+//! preflight checks and the rollout read model ([`Rollout`] with its phase,
+//! member stages, commands and handover) between `baton.v1` wire types and
+//! domain types.
 //!
 //! Inbound conversions validate and name what is wrong in a typed error;
-//! outbound conversions (`From` domain → wire) are total.
+//! outbound conversions (`From` domain → wire) are total. Every message is
+//! destructured field by field, so a new proto field breaks the build here
+//! until someone handles it.
 
-use baton_domain::{Check, FleetStatus, InvalidMemberId, MemberId, MemberRow, Report};
+use std::collections::BTreeMap;
 
-use crate::convert::agent_link::InvalidReport;
+use baton_domain::{
+    AgentCommand, Check, CommandId, CommandRecord, FleetStatus, Handover, InvalidMemberId,
+    MemberId, MemberProgress, MemberRow, Phase, ReleaseRef, Report, RevertStep, Rollout, Stage,
+    UnixMs,
+};
+
+use crate::convert::agent_link::{InvalidCommand, InvalidReport};
 use crate::v1;
 
 /// Why a `StatusResponse` from the coordinator could not be understood.
@@ -124,7 +134,6 @@ impl From<MemberRow> for v1::MemberStatus {
     }
 }
 
-/// Why a `Command` or `CommandResult` from the wire was refused.
 impl TryFrom<v1::Check> for Check {
     type Error = InvalidMemberId;
 
@@ -162,5 +171,638 @@ impl From<Check> for v1::Check {
             ok,
             detail,
         }
+    }
+}
+
+/// Why a `Rollout` from the coordinator could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRollout {
+    #[error("rollout has an empty id")]
+    EmptyId,
+    #[error("rollout {rollout} names a bad member id in {field}: {source}")]
+    MemberId {
+        rollout: String,
+        field: &'static str,
+        source: InvalidMemberId,
+    },
+    #[error("rollout {rollout} has no target release")]
+    MissingTarget { rollout: String },
+    #[error("rollout {rollout} has no phase, or one this CLI does not know; upgrade the CLI")]
+    MissingPhase { rollout: String },
+    #[error(
+        "rollout {rollout}: member {member} has no stage, or one this CLI does not know; upgrade the CLI"
+    )]
+    MissingStage { rollout: String, member: MemberId },
+    #[error("rollout {rollout}: member {member} is reverting with unknown step value {value}")]
+    UnknownRevertStep {
+        rollout: String,
+        member: MemberId,
+        value: i32,
+    },
+    #[error("rollout {rollout}: member {member} is listed twice")]
+    DuplicateMember { rollout: String, member: MemberId },
+    #[error("rollout {rollout}: a command record carries no command")]
+    MissingCommand { rollout: String },
+    #[error("rollout {rollout}: {source}")]
+    Command {
+        rollout: String,
+        source: InvalidCommand,
+    },
+    #[error("rollout {rollout}: command {id} is listed twice")]
+    DuplicateCommand { rollout: String, id: CommandId },
+}
+
+impl TryFrom<v1::Rollout> for Rollout {
+    type Error = InvalidRollout;
+
+    fn try_from(r: v1::Rollout) -> Result<Self, Self::Error> {
+        let v1::Rollout {
+            id,
+            target,
+            previous_version,
+            order,
+            original_leader_id,
+            phase,
+            members,
+            commands,
+            handover,
+            leader_changes,
+            started_at_unix_ms,
+            completed_at_unix_ms,
+        } = r;
+        if id.is_empty() {
+            return Err(InvalidRollout::EmptyId);
+        }
+        let member = |field: &'static str, m: String| {
+            MemberId::new(m).map_err(|source| InvalidRollout::MemberId {
+                rollout: id.clone(),
+                field,
+                source,
+            })
+        };
+        let v1::Release {
+            name,
+            version,
+            format_version,
+            sha256,
+        } = target.ok_or_else(|| InvalidRollout::MissingTarget {
+            rollout: id.clone(),
+        })?;
+        let phase = phase_from_wire(phase).ok_or_else(|| InvalidRollout::MissingPhase {
+            rollout: id.clone(),
+        })?;
+        let order = order
+            .into_iter()
+            .map(|m| member("order", m))
+            .collect::<Result<_, _>>()?;
+        let original_leader = member("original_leader_id", original_leader_id)?;
+        let mut progress = BTreeMap::new();
+        for p in members {
+            let v1::MemberProgress {
+                member_id,
+                stage,
+                inflight_command_id,
+                started_at_unix_ms,
+                finished_at_unix_ms,
+            } = p;
+            let m = member("members", member_id)?;
+            let stage = stage_from_wire(&id, &m, stage)?;
+            let value = MemberProgress {
+                stage,
+                inflight: (!inflight_command_id.is_empty())
+                    .then_some(CommandId(inflight_command_id)),
+                started_at: started_at_unix_ms.map(UnixMs),
+                finished_at: finished_at_unix_ms.map(UnixMs),
+            };
+            if progress.insert(m.clone(), value).is_some() {
+                return Err(InvalidRollout::DuplicateMember {
+                    rollout: id.clone(),
+                    member: m,
+                });
+            }
+        }
+        let mut records = BTreeMap::new();
+        for c in commands {
+            let v1::CommandRecord {
+                command,
+                member_id,
+                issued_at_unix_ms,
+                result,
+            } = c;
+            let command = command.ok_or_else(|| InvalidRollout::MissingCommand {
+                rollout: id.clone(),
+            })?;
+            let AgentCommand {
+                id: command_id,
+                action,
+                stop_timeout_ms: _, // a record keeps the action, not the agent's timeout
+            } = AgentCommand::try_from(command).map_err(|source| InvalidRollout::Command {
+                rollout: id.clone(),
+                source,
+            })?;
+            let record = CommandRecord {
+                member: member("commands", member_id)?,
+                action,
+                issued_at: UnixMs(issued_at_unix_ms),
+                result: result.map(|r| match r {
+                    v1::command_record::Result::Ok(detail) => Ok(detail),
+                    v1::command_record::Result::Failed(detail) => Err(detail),
+                }),
+            };
+            if records.insert(command_id.clone(), record).is_some() {
+                return Err(InvalidRollout::DuplicateCommand {
+                    rollout: id.clone(),
+                    id: command_id,
+                });
+            }
+        }
+        let handover = match handover {
+            None => None,
+            Some(v1::Handover {
+                from_member_id,
+                to_member_id,
+                attempts,
+                requested_at_unix_ms,
+                last_error,
+            }) => Some(Handover {
+                from: member("handover", from_member_id)?,
+                to: member("handover", to_member_id)?,
+                attempts,
+                requested_at: UnixMs(requested_at_unix_ms),
+                last_error,
+            }),
+        };
+        let leader_changes = leader_changes
+            .into_iter()
+            .map(
+                |v1::LeaderChange {
+                     member_id,
+                     at_unix_ms,
+                 }| {
+                    Ok((member("leader_changes", member_id)?, UnixMs(at_unix_ms)))
+                },
+            )
+            .collect::<Result<_, InvalidRollout>>()?;
+        Ok(Rollout {
+            target: ReleaseRef {
+                name,
+                version,
+                format_version,
+                sha256,
+            },
+            previous: previous_version,
+            order,
+            original_leader,
+            phase,
+            members: progress,
+            commands: records,
+            handover,
+            leader_changes,
+            started_at: UnixMs(started_at_unix_ms),
+            completed_at: completed_at_unix_ms.map(UnixMs),
+            id,
+        })
+    }
+}
+
+/// None when the phase is missing or one this build does not know.
+fn phase_from_wire(p: Option<v1::RolloutPhase>) -> Option<Phase> {
+    use v1::rollout_phase::{self as wire, Phase as P};
+    let v1::RolloutPhase { phase } = p?;
+    Some(match phase? {
+        P::Running(wire::Running {}) => Phase::Running,
+        P::Paused(wire::Paused { reason }) => Phase::Paused { reason },
+        P::Aborting(wire::Aborting {}) => Phase::Aborting,
+        P::Completed(wire::Completed {}) => Phase::Completed,
+        P::Closed(wire::Closed { reason }) => Phase::Closed { reason },
+    })
+}
+
+fn stage_from_wire(
+    rollout: &str,
+    member: &MemberId,
+    s: Option<v1::MemberStage>,
+) -> Result<Stage, InvalidRollout> {
+    use v1::member_stage::{self as wire, Stage as S};
+    let missing = || InvalidRollout::MissingStage {
+        rollout: rollout.to_owned(),
+        member: member.clone(),
+    };
+    let v1::MemberStage { stage } = s.ok_or_else(missing)?;
+    Ok(match stage.ok_or_else(missing)? {
+        S::Pending(wire::Pending {}) => Stage::Pending,
+        S::Staged(wire::Staged {}) => Stage::Staged,
+        S::Stopped(wire::Stopped {}) => Stage::Stopped,
+        S::Switched(wire::Switched {}) => Stage::Switched,
+        S::Started(wire::Started { at_unix_ms }) => Stage::Started {
+            at: UnixMs(at_unix_ms),
+        },
+        S::CatchingUp(wire::CatchingUp { since_unix_ms }) => Stage::CatchingUp {
+            since: UnixMs(since_unix_ms),
+        },
+        S::Soaking(wire::Soaking { since_unix_ms }) => Stage::Soaking {
+            since: UnixMs(since_unix_ms),
+        },
+        S::Done(wire::Done {}) => Stage::Done,
+        S::Reverting(wire::Reverting { step, reason }) => Stage::Reverting {
+            step: match v1::RevertStep::try_from(step) {
+                Ok(v1::RevertStep::Stop) => RevertStep::Stop,
+                Ok(v1::RevertStep::Switch) => RevertStep::Switch,
+                Ok(v1::RevertStep::Start) => RevertStep::Start,
+                Ok(v1::RevertStep::Unspecified) | Err(_) => {
+                    return Err(InvalidRollout::UnknownRevertStep {
+                        rollout: rollout.to_owned(),
+                        member: member.clone(),
+                        value: step,
+                    });
+                }
+            },
+            reason,
+        },
+        S::Reverted(wire::Reverted { reason }) => Stage::Reverted { reason },
+    })
+}
+
+impl From<Rollout> for v1::Rollout {
+    fn from(r: Rollout) -> Self {
+        let Rollout {
+            id,
+            target,
+            previous,
+            order,
+            original_leader,
+            phase,
+            members,
+            commands,
+            handover,
+            leader_changes,
+            started_at,
+            completed_at,
+        } = r;
+        let ReleaseRef {
+            name,
+            version,
+            format_version,
+            sha256,
+        } = target;
+        v1::Rollout {
+            id,
+            target: Some(v1::Release {
+                name,
+                version,
+                format_version,
+                sha256,
+            }),
+            previous_version: previous,
+            order: order.into_iter().map(String::from).collect(),
+            original_leader_id: original_leader.into(),
+            phase: Some(v1::RolloutPhase::from(phase)),
+            members: members
+                .into_iter()
+                .map(|(member, p)| {
+                    let MemberProgress {
+                        stage,
+                        inflight,
+                        started_at,
+                        finished_at,
+                    } = p;
+                    v1::MemberProgress {
+                        member_id: member.into(),
+                        stage: Some(v1::MemberStage::from(stage)),
+                        inflight_command_id: inflight.map(|c| c.0).unwrap_or_default(),
+                        started_at_unix_ms: started_at.map(|t| t.0),
+                        finished_at_unix_ms: finished_at.map(|t| t.0),
+                    }
+                })
+                .collect(),
+            commands: commands
+                .into_iter()
+                .map(|(id, c)| {
+                    let CommandRecord {
+                        member,
+                        action,
+                        issued_at,
+                        result,
+                    } = c;
+                    v1::CommandRecord {
+                        command: Some(v1::Command::from(AgentCommand {
+                            id,
+                            action,
+                            stop_timeout_ms: None,
+                        })),
+                        member_id: member.into(),
+                        issued_at_unix_ms: issued_at.0,
+                        result: result.map(|r| match r {
+                            Ok(detail) => v1::command_record::Result::Ok(detail),
+                            Err(detail) => v1::command_record::Result::Failed(detail),
+                        }),
+                    }
+                })
+                .collect(),
+            handover: handover.map(|h| {
+                let Handover {
+                    from,
+                    to,
+                    attempts,
+                    requested_at,
+                    last_error,
+                } = h;
+                v1::Handover {
+                    from_member_id: from.into(),
+                    to_member_id: to.into(),
+                    attempts,
+                    requested_at_unix_ms: requested_at.0,
+                    last_error,
+                }
+            }),
+            leader_changes: leader_changes
+                .into_iter()
+                .map(|(member, at)| v1::LeaderChange {
+                    member_id: member.into(),
+                    at_unix_ms: at.0,
+                })
+                .collect(),
+            started_at_unix_ms: started_at.0,
+            completed_at_unix_ms: completed_at.map(|t| t.0),
+        }
+    }
+}
+
+impl From<Phase> for v1::RolloutPhase {
+    fn from(p: Phase) -> Self {
+        use v1::rollout_phase::{self as wire, Phase as P};
+        let phase = match p {
+            Phase::Running => P::Running(wire::Running {}),
+            Phase::Paused { reason } => P::Paused(wire::Paused { reason }),
+            Phase::Aborting => P::Aborting(wire::Aborting {}),
+            Phase::Completed => P::Completed(wire::Completed {}),
+            Phase::Closed { reason } => P::Closed(wire::Closed { reason }),
+        };
+        v1::RolloutPhase { phase: Some(phase) }
+    }
+}
+
+impl From<Stage> for v1::MemberStage {
+    fn from(s: Stage) -> Self {
+        use v1::member_stage::{self as wire, Stage as S};
+        let stage = match s {
+            Stage::Pending => S::Pending(wire::Pending {}),
+            Stage::Staged => S::Staged(wire::Staged {}),
+            Stage::Stopped => S::Stopped(wire::Stopped {}),
+            Stage::Switched => S::Switched(wire::Switched {}),
+            Stage::Started { at } => S::Started(wire::Started { at_unix_ms: at.0 }),
+            Stage::CatchingUp { since } => S::CatchingUp(wire::CatchingUp {
+                since_unix_ms: since.0,
+            }),
+            Stage::Soaking { since } => S::Soaking(wire::Soaking {
+                since_unix_ms: since.0,
+            }),
+            Stage::Done => S::Done(wire::Done {}),
+            Stage::Reverting { step, reason } => S::Reverting(wire::Reverting {
+                step: match step {
+                    RevertStep::Stop => v1::RevertStep::Stop,
+                    RevertStep::Switch => v1::RevertStep::Switch,
+                    RevertStep::Start => v1::RevertStep::Start,
+                } as i32,
+                reason,
+            }),
+            Stage::Reverted { reason } => S::Reverted(wire::Reverted { reason }),
+        };
+        v1::MemberStage { stage: Some(stage) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_domain::Action;
+
+    use super::*;
+
+    fn id(s: &str) -> MemberId {
+        MemberId::new(s).unwrap()
+    }
+
+    /// A rollout that uses every stage, every kind of result and a handover.
+    fn rollout() -> Rollout {
+        let stages = [
+            Stage::Pending,
+            Stage::Staged,
+            Stage::Stopped,
+            Stage::Switched,
+            Stage::Started { at: UnixMs(5) },
+            Stage::CatchingUp { since: UnixMs(6) },
+            Stage::Soaking { since: UnixMs(7) },
+            Stage::Done,
+            Stage::Reverting {
+                step: RevertStep::Switch,
+                reason: "start failed".into(),
+            },
+            Stage::Reverted {
+                reason: "start failed".into(),
+            },
+        ];
+        let order: Vec<MemberId> = (1..=stages.len()).map(|i| id(&format!("n{i}"))).collect();
+        let members = order
+            .iter()
+            .zip(stages)
+            .enumerate()
+            .map(|(i, (m, stage))| {
+                (
+                    m.clone(),
+                    MemberProgress {
+                        stage,
+                        inflight: (i == 2).then(|| CommandId("r1-v2-3".into())),
+                        started_at: (i > 1).then_some(UnixMs(3)),
+                        finished_at: (i == 7).then_some(UnixMs(9)),
+                    },
+                )
+            })
+            .collect();
+        let target = ReleaseRef {
+            name: "samplekv".into(),
+            version: "v2".into(),
+            format_version: 2,
+            sha256: "ab".repeat(32),
+        };
+        let record = |member: &str, action, result| CommandRecord {
+            member: id(member),
+            action,
+            issued_at: UnixMs(4),
+            result,
+        };
+        Rollout {
+            id: "r1-v2".into(),
+            previous: "v1".into(),
+            original_leader: order[0].clone(),
+            phase: Phase::Paused {
+                reason: "member n9: start failed".into(),
+            },
+            members,
+            commands: BTreeMap::from([
+                (
+                    CommandId("r1-v2-1".into()),
+                    record(
+                        "n2",
+                        Action::Stage {
+                            release: target.clone(),
+                        },
+                        Some(Ok("staged".into())),
+                    ),
+                ),
+                (
+                    CommandId("r1-v2-2".into()),
+                    record("n9", Action::Start, Some(Err("exited 1".into()))),
+                ),
+                (
+                    CommandId("r1-v2-3".into()),
+                    record("n1", Action::StepDown { to: id("n3") }, None),
+                ),
+            ]),
+            handover: Some(Handover {
+                from: id("n1"),
+                to: id("n3"),
+                attempts: 2,
+                requested_at: UnixMs(8),
+                last_error: Some("not a leader".into()),
+            }),
+            leader_changes: vec![(id("n3"), UnixMs(10))],
+            started_at: UnixMs(1),
+            completed_at: Some(UnixMs(11)),
+            target,
+            order,
+        }
+    }
+
+    #[test]
+    fn a_rollout_round_trips_through_the_wire() {
+        let r = rollout();
+        assert_eq!(Rollout::try_from(v1::Rollout::from(r.clone())), Ok(r));
+        for phase in [
+            Phase::Running,
+            Phase::Aborting,
+            Phase::Completed,
+            Phase::Closed {
+                reason: "rolled back".into(),
+            },
+        ] {
+            let r = Rollout {
+                phase,
+                handover: None,
+                completed_at: None,
+                ..rollout()
+            };
+            assert_eq!(Rollout::try_from(v1::Rollout::from(r.clone())), Ok(r));
+        }
+    }
+
+    #[test]
+    fn bad_rollouts_name_what_is_wrong() {
+        let good = || v1::Rollout::from(rollout());
+        let err = |w: v1::Rollout| Rollout::try_from(w).unwrap_err();
+
+        assert_eq!(
+            err(v1::Rollout {
+                id: String::new(),
+                ..good()
+            }),
+            InvalidRollout::EmptyId
+        );
+        assert_eq!(
+            err(v1::Rollout {
+                target: None,
+                ..good()
+            }),
+            InvalidRollout::MissingTarget {
+                rollout: "r1-v2".into()
+            }
+        );
+        assert_eq!(
+            err(v1::Rollout {
+                phase: Some(v1::RolloutPhase { phase: None }),
+                ..good()
+            }),
+            InvalidRollout::MissingPhase {
+                rollout: "r1-v2".into()
+            }
+        );
+        assert!(matches!(
+            err(v1::Rollout {
+                order: vec!["n 1".into()],
+                ..good()
+            }),
+            InvalidRollout::MemberId { field: "order", .. }
+        ));
+
+        let mut w = good();
+        w.members[0].stage = None;
+        assert_eq!(
+            err(w),
+            InvalidRollout::MissingStage {
+                rollout: "r1-v2".into(),
+                member: id("n1")
+            }
+        );
+
+        let mut w = good();
+        let reverting = w
+            .members
+            .iter_mut()
+            .find(|m| m.member_id == "n9")
+            .and_then(|m| m.stage.as_mut())
+            .and_then(|s| s.stage.as_mut());
+        if let Some(v1::member_stage::Stage::Reverting(r)) = reverting {
+            r.step = 42;
+        }
+        assert_eq!(
+            err(w),
+            InvalidRollout::UnknownRevertStep {
+                rollout: "r1-v2".into(),
+                member: id("n9"),
+                value: 42
+            }
+        );
+
+        let mut w = good();
+        let again = w.members[0].clone();
+        w.members.push(again);
+        assert_eq!(
+            err(w),
+            InvalidRollout::DuplicateMember {
+                rollout: "r1-v2".into(),
+                member: id("n1")
+            }
+        );
+
+        let mut w = good();
+        w.commands[0].command = None;
+        assert_eq!(
+            err(w),
+            InvalidRollout::MissingCommand {
+                rollout: "r1-v2".into()
+            }
+        );
+
+        let mut w = good();
+        if let Some(c) = w.commands[0].command.as_mut() {
+            c.step = None;
+        }
+        assert!(matches!(
+            err(w),
+            InvalidRollout::Command {
+                source: InvalidCommand::NoStep { .. },
+                ..
+            }
+        ));
+
+        let mut w = good();
+        let again = w.commands[0].clone();
+        w.commands.push(again);
+        assert_eq!(
+            err(w),
+            InvalidRollout::DuplicateCommand {
+                rollout: "r1-v2".into(),
+                id: CommandId("r1-v2-1".into())
+            }
+        );
     }
 }

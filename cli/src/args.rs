@@ -1,0 +1,119 @@
+//! The command line's shape: global flags, subcommands and their flags
+//! (clap). Parsing only; [`crate::run`] acts on it.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "baton",
+    version,
+    about = "Rolling upgrades of leader/follower clusters"
+)]
+pub struct Args {
+    /// The coordinator's operator API.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_COORDINATOR",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    pub coordinator: String,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// CA certificate that signs the coordinator's (for https://).
+    #[arg(long, global = true, env = "BATON_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Operator client certificate (mTLS), with --key.
+    #[arg(long, global = true, env = "BATON_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Operator client key, with --cert.
+    #[arg(long, global = true, env = "BATON_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One row per member: role, release, revision, lag, health, last seen.
+    Status {
+        /// Refresh until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Refresh interval for --watch, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+    },
+    /// Dry run: preflight verdicts, then the ordered steps with their reasons.
+    Plan {
+        #[arg(long)]
+        to: String,
+    },
+    /// Runs a rolling upgrade with live progress. Exit 0 on success; 2 if
+    /// preflight refused (nothing touched); 3 if the rollout paused.
+    Upgrade {
+        #[arg(long)]
+        to: String,
+        /// Start it and return at once, without following progress.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Walks the latest rollout back to its previous release: members now on
+    /// its target, in reverse order, same gates, leader last. A paused
+    /// rollout is closed first. Exit codes as for upgrade.
+    Rollback {
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Follows the active (or named) rollout until it completes or pauses.
+    Watch {
+        #[arg(long)]
+        rollout: Option<String>,
+    },
+    /// Shows the active (or named) rollout once.
+    Rollout {
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Pauses the running rollout after the step in flight.
+    Pause {
+        #[arg(long, default_value = "operator request")]
+        reason: String,
+    },
+    /// Resumes a paused rollout (a rolled-back member is retried).
+    Resume,
+    /// Stops after the current step; never leaves a member stopped.
+    Abort,
+    /// Every rollout this coordinator has journaled.
+    History,
+    /// Releases in the artifact store.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReleaseCmd {
+    /// Packs a directory and puts it in the store with its sha256.
+    Publish {
+        /// The artifact store directory.
+        #[arg(long, env = "BATON_STORE")]
+        store: std::path::PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// The data format the release writes (and the newest it reads).
+        #[arg(long)]
+        format_version: u32,
+        /// The directory to pack (a release's files).
+        #[arg(long)]
+        from: std::path::PathBuf,
+    },
+}

@@ -1,0 +1,90 @@
+//! The rollout commands: `upgrade` and `rollback` (start, then follow unless
+//! detached), `watch`, `rollout`, `pause`, `resume`, `abort` (show the
+//! rollout once) and `history`. Exit 2 when preflight refused a start.
+
+use crate::follow::follow;
+use crate::{
+    EXIT_REFUSED, Exit, OperatorConn, Output, RolloutView, Started, render_checks, render_rollout,
+    summary,
+};
+
+/// After `upgrade` or `rollback` answered: print a refusal (exit 2), or
+/// follow the new rollout (or, detached, say how to follow it).
+pub async fn started(
+    conn: &mut OperatorConn,
+    started: Started,
+    detach: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let id = match started {
+        Started::Started { rollout_id } => rollout_id,
+        Started::Refused { detail, checks } => {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"started": false, "detail": detail, "checks": checks})
+                ),
+                Output::Table => print!("{}", render_checks(&checks)),
+            }
+            return Err(Exit {
+                code: EXIT_REFUSED,
+                message: format!("{detail}; fix the failed checks above and run it again"),
+            }
+            .into());
+        }
+    };
+    if detach {
+        match output {
+            Output::Json => {
+                println!("{}", serde_json::json!({"started": true, "rollout": id}))
+            }
+            Output::Table => println!("started rollout {id}; follow it with `baton watch`"),
+        }
+        return Ok(());
+    }
+    follow(conn, &id, output).await
+}
+
+/// Follows the active (or named) rollout until it completes or pauses.
+pub async fn watch(
+    conn: &mut OperatorConn,
+    rollout: Option<&str>,
+    output: Output,
+) -> anyhow::Result<()> {
+    let id = conn.rollout(rollout).await?.state.id;
+    follow(conn, &id, output).await
+}
+
+/// Prints a rollout once.
+pub fn show(v: RolloutView, output: Output) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(&v)?),
+        Output::Table => print!("{}", render_rollout(&v)),
+    }
+    Ok(())
+}
+
+/// One line (or one JSON summary) per journaled rollout.
+pub async fn history(conn: &mut OperatorConn, output: Output) -> anyhow::Result<()> {
+    let all = conn.history().await?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string(&all.iter().map(|v| summary(&v.state)).collect::<Vec<_>>())?
+        ),
+        Output::Table => {
+            for v in &all {
+                let s = summary(&v.state);
+                println!(
+                    "{:<16} -> {:<8} {:>8}ms  order {}  {}",
+                    s.rollout,
+                    s.target,
+                    s.total_ms,
+                    s.order.join(","),
+                    s.outcome
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,484 @@
+//! The connection to the coordinator's operator API: [`OperatorConn`] makes
+//! the calls, converts each answer into domain types at once (with
+//! `baton_proto::convert`) and names what failed in a [`CliError`]. It
+//! prints nothing.
+
+use std::time::Duration;
+
+use baton_domain::{Check, FleetStatus, Rollout};
+use baton_net::tls::ClientTls;
+use baton_proto::InvalidRollout;
+use baton_proto::v1::{self, StatusRequest, operator_client::OperatorClient};
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+/// Why a CLI command failed. Each names the coordinator and what to try.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("coordinator address {addr:?} is invalid: {detail}")]
+    BadAddress { addr: String, detail: String },
+    #[error(
+        "cannot reach the coordinator at {addr}: {detail}; is baton-coordinator running there? (set --coordinator or BATON_COORDINATOR)"
+    )]
+    Unreachable { addr: String, detail: String },
+    #[error("coordinator at {addr} refused {call}: {detail}")]
+    Refused {
+        addr: String,
+        call: &'static str,
+        detail: String,
+    },
+    #[error(
+        "coordinator at {addr} sent a status this CLI cannot read: {detail}; are the CLI and coordinator the same version?"
+    )]
+    BadAnswer { addr: String, detail: String },
+    #[error("no such rollout on the coordinator at {addr}")]
+    NoRollout { addr: String },
+}
+
+/// A rollout as the CLI shows it. Its JSON form (`--output json`) is
+/// `{"state": <the rollout>, "waiting_for": "..."}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutView {
+    pub state: Rollout,
+    pub waiting_for: String,
+    /// The coordinator's change counter as of this view (for long polls).
+    #[serde(skip)]
+    pub version: u64,
+}
+
+/// Why a `RolloutReply` could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidReply {
+    #[error("a rollout reply says found but carries no rollout")]
+    MissingRollout,
+    #[error(transparent)]
+    Rollout(#[from] InvalidRollout),
+}
+
+impl RolloutView {
+    /// The view a reply carries; None when the reply says there is no such
+    /// rollout. Fields this CLI does not know are skipped by the decoder.
+    pub fn from_reply(r: v1::RolloutReply) -> Result<Option<RolloutView>, InvalidReply> {
+        let v1::RolloutReply {
+            found,
+            waiting_for,
+            version,
+            rollout,
+        } = r;
+        if !found {
+            return Ok(None);
+        }
+        let state = Rollout::try_from(rollout.ok_or(InvalidReply::MissingRollout)?)?;
+        Ok(Some(RolloutView {
+            state,
+            waiting_for,
+            version,
+        }))
+    }
+}
+
+/// The answer to `baton upgrade` before progress starts.
+#[derive(Debug, Clone, Serialize)]
+pub enum Started {
+    Started { rollout_id: String },
+    Refused { detail: String, checks: Vec<Check> },
+}
+
+/// A dry run, as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+    pub steps: Vec<PlanLine>,
+    pub handover_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanLine {
+    pub member: Option<String>,
+    pub action: String,
+    pub reason: String,
+}
+
+/// A connection to the operator API.
+#[derive(Debug, Clone)]
+pub struct OperatorConn {
+    addr: String,
+    client: OperatorClient<Channel>,
+}
+
+impl OperatorConn {
+    pub async fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<Self, CliError> {
+        let bad = |detail: String| CliError::BadAddress {
+            addr: addr.to_owned(),
+            detail,
+        };
+        let mut endpoint = Endpoint::from_shared(addr.to_owned())
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            endpoint = tls
+                .apply(endpoint)
+                .map_err(|e| bad(format!("TLS setup: {e}")))?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Unreachable {
+                addr: addr.to_owned(),
+                detail: e.to_string(),
+            })?;
+        Ok(OperatorConn {
+            addr: addr.to_owned(),
+            client: OperatorClient::new(channel),
+        })
+    }
+
+    pub async fn status(&mut self) -> Result<FleetStatus, CliError> {
+        let resp = self
+            .client
+            .status(StatusRequest {})
+            .await
+            .map_err(|s| CliError::Refused {
+                addr: self.addr.clone(),
+                call: "Status",
+                detail: s.message().to_owned(),
+            })?;
+        FleetStatus::try_from(resp.into_inner()).map_err(|e| CliError::BadAnswer {
+            addr: self.addr.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+impl OperatorConn {
+    fn refused(&self, call: &'static str) -> impl Fn(tonic::Status) -> CliError + '_ {
+        move |s| CliError::Refused {
+            addr: self.addr.clone(),
+            call,
+            detail: s.message().to_owned(),
+        }
+    }
+
+    fn bad(&self, detail: String) -> CliError {
+        CliError::BadAnswer {
+            addr: self.addr.clone(),
+            detail,
+        }
+    }
+
+    fn checks(&self, checks: Vec<v1::Check>) -> Result<Vec<Check>, CliError> {
+        checks
+            .into_iter()
+            .map(|c| Check::try_from(c).map_err(|e| self.bad(e.to_string())))
+            .collect()
+    }
+
+    fn view(&self, r: v1::RolloutReply) -> Result<Option<RolloutView>, CliError> {
+        RolloutView::from_reply(r).map_err(|e| self.bad(e.to_string()))
+    }
+
+    pub async fn plan(&mut self, to: &str) -> Result<Plan, CliError> {
+        let r = self
+            .client
+            .plan(v1::PlanRequest {
+                to_version: to.to_owned(),
+            })
+            .await
+            .map_err(self.refused("Plan"))?
+            .into_inner();
+        let v1::PlanResponse {
+            ok,
+            checks,
+            steps,
+            handover_target,
+        } = r;
+        Ok(Plan {
+            ok,
+            checks: self.checks(checks)?,
+            steps: steps
+                .into_iter()
+                .map(
+                    |v1::PlannedStep {
+                         member_id,
+                         action,
+                         reason,
+                     }| PlanLine {
+                        member: (!member_id.is_empty()).then_some(member_id),
+                        action,
+                        reason,
+                    },
+                )
+                .collect(),
+            handover_target: (!handover_target.is_empty()).then_some(handover_target),
+        })
+    }
+
+    /// Starts a rollback of the latest rollout.
+    pub async fn rollback(&mut self) -> Result<Started, CliError> {
+        let r = self
+            .client
+            .rollback(v1::RollbackRequest {})
+            .await
+            .map_err(self.refused("Rollback"))?
+            .into_inner();
+        self.started(r)
+    }
+
+    fn started(&self, r: v1::UpgradeResponse) -> Result<Started, CliError> {
+        let v1::UpgradeResponse {
+            started,
+            rollout_id,
+            checks,
+            detail,
+        } = r;
+        Ok(if started {
+            Started::Started { rollout_id }
+        } else {
+            Started::Refused {
+                detail,
+                checks: self.checks(checks)?,
+            }
+        })
+    }
+
+    pub async fn upgrade(&mut self, to: &str) -> Result<Started, CliError> {
+        let r = self
+            .client
+            .upgrade(v1::UpgradeRequest {
+                to_version: to.to_owned(),
+            })
+            .await
+            .map_err(self.refused("Upgrade"))?
+            .into_inner();
+        self.started(r)
+    }
+
+    pub async fn rollout(&mut self, id: Option<&str>) -> Result<RolloutView, CliError> {
+        self.rollout_after(id, 0, Duration::ZERO).await
+    }
+
+    /// The rollout once it has changed since `version` (a `RolloutView`'s),
+    /// or after `wait` (at most 10 s) if it has not.
+    pub async fn rollout_after(
+        &mut self,
+        id: Option<&str>,
+        version: u64,
+        wait: Duration,
+    ) -> Result<RolloutView, CliError> {
+        let r = self
+            .client
+            .rollout(v1::RolloutRequest {
+                rollout_id: id.unwrap_or_default().to_owned(),
+                after_version: version,
+                wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            })
+            .await
+            .map_err(self.refused("Rollout"))?
+            .into_inner();
+        self.view(r)?.ok_or_else(|| CliError::NoRollout {
+            addr: self.addr.clone(),
+        })
+    }
+
+    pub async fn control(&mut self, verb: &str, reason: &str) -> Result<RolloutView, CliError> {
+        let req = v1::ControlRequest {
+            reason: reason.to_owned(),
+        };
+        let r = match verb {
+            "pause" => self
+                .client
+                .pause(req)
+                .await
+                .map_err(self.refused("Pause"))?,
+            "resume" => self
+                .client
+                .resume(req)
+                .await
+                .map_err(self.refused("Resume"))?,
+            _ => self
+                .client
+                .abort(req)
+                .await
+                .map_err(self.refused("Abort"))?,
+        };
+        self.view(r.into_inner())?
+            .ok_or_else(|| CliError::NoRollout {
+                addr: self.addr.clone(),
+            })
+    }
+
+    pub async fn history(&mut self) -> Result<Vec<RolloutView>, CliError> {
+        let r = self
+            .client
+            .history(v1::HistoryRequest {})
+            .await
+            .map_err(self.refused("History"))?
+            .into_inner();
+        let mut out = Vec::new();
+        for reply in r.rollouts {
+            out.extend(self.view(reply)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use baton_domain::{
+        Action, CommandId, CommandRecord, MemberId, MemberProgress, Phase, ReleaseRef, Stage,
+        UnixMs,
+    };
+    use prost::Message;
+
+    use super::*;
+
+    fn rollout() -> Rollout {
+        let (n1, n2) = (MemberId::new("n1").unwrap(), MemberId::new("n2").unwrap());
+        let progress = |stage| MemberProgress {
+            stage,
+            inflight: None,
+            started_at: None,
+            finished_at: None,
+        };
+        Rollout {
+            id: "r1-v2".into(),
+            target: ReleaseRef {
+                name: "samplekv".into(),
+                version: "v2".into(),
+                format_version: 2,
+                sha256: "cd".repeat(32),
+            },
+            previous: "v1".into(),
+            order: vec![n2.clone(), n1.clone()],
+            original_leader: n1.clone(),
+            phase: Phase::Paused {
+                reason: "member n2: start failed".into(),
+            },
+            members: BTreeMap::from([
+                (n1, progress(Stage::Pending)),
+                (
+                    n2.clone(),
+                    progress(Stage::Reverted {
+                        reason: "start failed".into(),
+                    }),
+                ),
+            ]),
+            commands: BTreeMap::from([(
+                CommandId("r1-v2-1".into()),
+                CommandRecord {
+                    member: n2,
+                    action: Action::Start,
+                    issued_at: UnixMs(5),
+                    result: Some(Err("exited 1".into())),
+                },
+            )]),
+            handover: None,
+            leader_changes: Vec::new(),
+            started_at: UnixMs(1),
+            completed_at: None,
+        }
+    }
+
+    /// Fields a newer coordinator might add, with numbers this build does not know.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct FromTheFuture {
+        #[prost(string, tag = "1000")]
+        note: String,
+        #[prost(uint64, tag = "1001")]
+        count: u64,
+    }
+
+    /// A `RolloutReply` whose `rollout` (field 5) is given as raw bytes, so
+    /// that it can carry fields `v1::Rollout` does not declare.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ReplyWithRawRollout {
+        #[prost(bool, tag = "1")]
+        found: bool,
+        #[prost(string, tag = "3")]
+        waiting_for: String,
+        #[prost(uint64, tag = "4")]
+        version: u64,
+        #[prost(bytes = "vec", tag = "5")]
+        rollout: Vec<u8>,
+        #[prost(string, tag = "1000")]
+        note: String,
+    }
+
+    #[test]
+    fn a_reply_with_fields_this_cli_does_not_know_still_decodes() {
+        let future = FromTheFuture {
+            note: "a field from a newer coordinator".into(),
+            count: 7,
+        };
+        // Concatenated messages merge: a Rollout plus two unknown fields.
+        let mut rollout_bytes = v1::Rollout::from(rollout()).encode_to_vec();
+        rollout_bytes.extend(future.encode_to_vec());
+        assert_eq!(
+            FromTheFuture::decode(&rollout_bytes[..]).unwrap(),
+            future,
+            "the bytes really carry the unknown fields"
+        );
+        let bytes = ReplyWithRawRollout {
+            found: true,
+            waiting_for: "n2 to be healthy on v2".into(),
+            version: 42,
+            rollout: rollout_bytes,
+            note: "another unknown field".into(),
+        }
+        .encode_to_vec();
+
+        let reply = v1::RolloutReply::decode(&bytes[..]).expect("unknown fields are skipped");
+        let view = RolloutView::from_reply(reply).unwrap().expect("found");
+        assert_eq!(view.state, rollout());
+        assert_eq!(view.waiting_for, "n2 to be healthy on v2");
+        assert_eq!(view.version, 42);
+    }
+
+    #[test]
+    fn a_reply_without_its_rollout_is_named() {
+        let reply = |found, rollout| v1::RolloutReply {
+            found,
+            waiting_for: String::new(),
+            version: 1,
+            rollout,
+        };
+        assert!(matches!(
+            RolloutView::from_reply(reply(false, None)),
+            Ok(None)
+        ));
+        assert_eq!(
+            RolloutView::from_reply(reply(true, None)).unwrap_err(),
+            InvalidReply::MissingRollout
+        );
+        let mut bad = v1::Rollout::from(rollout());
+        bad.phase = None;
+        assert_eq!(
+            RolloutView::from_reply(reply(true, Some(bad))).unwrap_err(),
+            InvalidReply::Rollout(InvalidRollout::MissingPhase {
+                rollout: "r1-v2".into()
+            })
+        );
+    }
+
+    /// `--output json` of `baton rollout`: the rollout under `state`, then
+    /// `waiting_for`; the change counter is not shown.
+    #[test]
+    fn the_view_json_keeps_its_shape() {
+        let view = RolloutView {
+            state: rollout(),
+            waiting_for: "operator".into(),
+            version: 9,
+        };
+        let json = serde_json::to_value(&view).unwrap();
+        let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["state", "waiting_for"]);
+        assert_eq!(json["state"], serde_json::to_value(rollout()).unwrap());
+        assert_eq!(json["state"]["phase"]["reason"], "member n2: start failed");
+        assert_eq!(json["state"]["members"]["n2"]["stage"]["stage"], "reverted");
+        assert_eq!(json["state"]["order"][0], "n2");
+    }
+}

@@ -1,0 +1,284 @@
+//! Tables and summaries: how the CLI shows a fleet status, preflight
+//! checks, a rollout, and what a finished rollout took. Pure functions of
+//! domain values; no IO.
+
+use std::fmt::Write as _;
+
+use baton_domain::{Check, FleetStatus, Phase, Rollout};
+use serde::Serialize;
+
+use crate::conn::RolloutView;
+
+/// What a finished rollout took, for the end-of-run summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rollout: String,
+    pub target: String,
+    pub outcome: String,
+    pub order: Vec<String>,
+    pub handover_target: Option<String>,
+    pub leader_changes: usize,
+    /// Per member: from its stop to its last gate, in ms.
+    pub step_ms: Vec<(String, u64)>,
+    pub total_ms: u64,
+}
+
+pub fn summary(r: &Rollout) -> Summary {
+    let end = r.completed_at.unwrap_or_else(|| {
+        r.members
+            .values()
+            .filter_map(|p| p.finished_at)
+            .max()
+            .unwrap_or(r.started_at)
+    });
+    Summary {
+        rollout: r.id.clone(),
+        target: r.target.version.clone(),
+        outcome: match r.phase.reason() {
+            Some(reason) => format!("{}: {reason}", r.phase.kind()),
+            None => r.phase.kind().to_owned(),
+        },
+        order: r.order.iter().map(|m| m.to_string()).collect(),
+        handover_target: r.leader_changes.first().map(|(m, _)| m.to_string()),
+        leader_changes: r.leader_changes.len(),
+        step_ms: r
+            .order
+            .iter()
+            .filter_map(|m| {
+                let p = r.members.get(m)?;
+                let d = p.finished_at?.since(p.started_at?);
+                Some((
+                    m.to_string(),
+                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                ))
+            })
+            .collect(),
+        total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// One line per check, failures first.
+pub fn render_checks(checks: &[Check]) -> String {
+    let mut out = String::new();
+    let mut sorted: Vec<&Check> = checks.iter().collect();
+    sorted.sort_by_key(|c| c.ok);
+    for c in sorted {
+        let member = c.member.as_ref().map_or("-".to_owned(), |m| m.to_string());
+        let _ = writeln!(
+            out,
+            "{} {:<9} {:<8} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.check,
+            member,
+            c.detail
+        );
+    }
+    out
+}
+
+/// One line per member: stage, and the rollout's phase and wait reason.
+pub fn render_rollout(v: &RolloutView) -> String {
+    let r = &v.state;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rollout {} -> {}  {}  {}",
+        r.id,
+        r.target.version,
+        match r.phase {
+            Phase::Paused { .. } => "PAUSED",
+            _ => r.phase.kind(),
+        },
+        v.waiting_for
+    );
+    for m in &r.order {
+        if let Some(p) = r.members.get(m) {
+            let lead = if *m == r.original_leader {
+                " (leader at start)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {:<8} {:<12}{}", m, p.stage.name(), lead);
+        }
+    }
+    out
+}
+
+fn age(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".to_owned(),
+        Some(ms) if ms < 10_000 => format!("{:.1}s ago", ms as f64 / 1000.0),
+        Some(ms) => format!("{}s ago", ms / 1000),
+    }
+}
+
+/// One row per member: member, role, release, revision, lag, health, last seen.
+pub fn render_status(s: &FleetStatus) -> String {
+    let mut out = String::new();
+    let leader = s.leader.as_ref().map_or("none", |l| l.as_str());
+    let _ = writeln!(out, "cluster {}  leader {}", s.cluster, leader);
+    let _ = writeln!(
+        out,
+        "{:<10} {:<10} {:<9} {:>10} {:>8} {:<10} LAST SEEN",
+        "MEMBER", "ROLE", "RELEASE", "REVISION", "LAG", "HEALTH"
+    );
+    for row in &s.members {
+        let (role, release, revision, health) = match &row.report {
+            Some(r) => (
+                r.state.role.to_string(),
+                if r.state.release.is_empty() {
+                    "-".to_owned()
+                } else {
+                    r.state.release.clone()
+                },
+                r.state.applied_revision.to_string(),
+                r.state.health.to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let lag = row.lag.map_or("-".to_owned(), |l| l.to_string());
+        let mut seen = age(row.last_seen_ms_ago);
+        if !row.connected {
+            seen.push_str(" (agent not connected)");
+        } else if !row.fresh {
+            seen.push_str(" (stale)");
+        }
+        let _ = writeln!(
+            out,
+            "{:<10} {:<10} {:<9} {:>10} {:>8} {:<10} {}",
+            row.member, role, release, revision, lag, health, seen
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use baton_domain::{
+        MemberId, MemberProgress, MemberRow, ReleaseRef, Role, Stage, UnixMs, fixtures,
+    };
+
+    use super::*;
+
+    fn rollout(phase: Phase) -> Rollout {
+        let (n1, n2) = (MemberId::new("n1").unwrap(), MemberId::new("n2").unwrap());
+        let progress = |stage, started: Option<u64>, finished: Option<u64>| MemberProgress {
+            stage,
+            inflight: None,
+            started_at: started.map(UnixMs),
+            finished_at: finished.map(UnixMs),
+        };
+        Rollout {
+            id: "r1-v2".into(),
+            target: ReleaseRef {
+                name: "samplekv".into(),
+                version: "v2".into(),
+                format_version: 1,
+                sha256: String::new(),
+            },
+            previous: "v1".into(),
+            order: vec![n2.clone(), n1.clone()],
+            original_leader: n1.clone(),
+            phase,
+            members: BTreeMap::from([
+                (n1.clone(), progress(Stage::Pending, None, None)),
+                (n2.clone(), progress(Stage::Done, Some(2), Some(6))),
+            ]),
+            commands: BTreeMap::new(),
+            handover: None,
+            leader_changes: vec![(n2, UnixMs(8))],
+            started_at: UnixMs(1),
+            completed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_rollout_shows_its_phase_and_stages() {
+        let paused = Phase::Paused {
+            reason: "operator request".into(),
+        };
+        let view = |phase| RolloutView {
+            state: rollout(phase),
+            waiting_for: "n2 to catch up".into(),
+            version: 0,
+        };
+        assert_eq!(
+            render_rollout(&view(paused.clone())),
+            "rollout r1-v2 -> v2  PAUSED  n2 to catch up\n  \
+             n2       done        \n  \
+             n1       pending      (leader at start)\n"
+        );
+        assert!(
+            render_rollout(&view(Phase::Aborting)).starts_with("rollout r1-v2 -> v2  aborting  ")
+        );
+        let outcomes = [
+            Phase::Running,
+            paused,
+            Phase::Aborting,
+            Phase::Completed,
+            Phase::Closed {
+                reason: "rolled back".into(),
+            },
+        ]
+        .map(|p| summary(&rollout(p)).outcome);
+        assert_eq!(
+            outcomes,
+            [
+                "running",
+                "paused: operator request",
+                "aborting",
+                "completed",
+                "closed: rolled back"
+            ]
+        );
+        let s = summary(&rollout(Phase::Running));
+        assert_eq!(s.order, ["n2", "n1"]);
+        assert_eq!(s.handover_target.as_deref(), Some("n2"));
+        assert_eq!(
+            (s.total_ms, s.step_ms),
+            (5, vec![("n2".to_owned(), 4)]),
+            "until the last member finished; each from its start to its finish"
+        );
+    }
+
+    #[test]
+    fn renders_one_row_per_member() {
+        let n1 = MemberId::new("n1").unwrap();
+        let s = FleetStatus {
+            cluster: "demo".into(),
+            leader: Some(n1.clone()),
+            heartbeat_ms: 1000,
+            members: vec![
+                MemberRow {
+                    member: n1.clone(),
+                    ever_seen: true,
+                    connected: true,
+                    fresh: true,
+                    last_seen_ms_ago: Some(300),
+                    report: Some(fixtures::report("n1", Role::Leader, Some("n1"), 12, 12)),
+                    lag: Some(0),
+                },
+                MemberRow {
+                    member: MemberId::new("n2").unwrap(),
+                    ever_seen: false,
+                    connected: false,
+                    fresh: false,
+                    last_seen_ms_ago: None,
+                    report: None,
+                    lag: None,
+                },
+            ],
+        };
+        let text = render_status(&s);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[2].starts_with("n1")
+                && lines[2].contains("leader")
+                && lines[2].contains("0.3s ago")
+        );
+        assert!(lines[3].contains("never (agent not connected)"), "{text}");
+    }
+}
