@@ -14,6 +14,8 @@ use baton_domain::MemberId;
 use baton_net::tls::ClientTls;
 use serde::Deserialize;
 
+use crate::adapter::etcd::{EtcdConfig, RawEtcdTls};
+
 /// A config problem, always naming the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -113,6 +115,8 @@ struct RawTarget {
     #[serde(default)]
     member_names: BTreeMap<String, String>,
     timeout_ms: Option<u64>,
+    /// etcd: `[target.tls]`, see [`RawEtcdTls`].
+    tls: Option<RawEtcdTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,16 +184,16 @@ pub enum TargetConfig {
         member_names: BTreeMap<u64, MemberId>,
         timeout: Duration,
     },
-    /// etcd 3.4/3.5 through its JSON gateway; `addr` is the client URL's
-    /// host:port, and the etcd member name must equal the baton member id.
-    Etcd { addr: String, timeout: Duration },
+    /// etcd 3.4/3.5 through its gRPC API, optionally over TLS; the etcd
+    /// member name must equal the baton member id.
+    Etcd(EtcdConfig),
 }
 
 impl TargetConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             TargetConfig::Samplekv { .. } => "samplekv",
-            TargetConfig::Etcd { .. } => "etcd",
+            TargetConfig::Etcd(_) => "etcd",
         }
     }
 }
@@ -329,21 +333,22 @@ impl AgentConfig {
                 if target.addr.is_empty() {
                     return Err(invalid("target.addr", "empty"));
                 }
+                if target.tls.is_some() {
+                    return Err(invalid(
+                        "target.tls",
+                        "the samplekv adapter does not speak TLS; remove [target.tls]",
+                    ));
+                }
                 TargetConfig::Samplekv {
                     addr: target.addr,
                     member_names,
                     timeout,
                 }
             }
-            "etcd" => {
-                if target.addr.is_empty() {
-                    return Err(invalid("target.addr", "empty"));
-                }
-                TargetConfig::Etcd {
-                    addr: target.addr,
-                    timeout,
-                }
-            }
+            "etcd" => TargetConfig::Etcd(
+                EtcdConfig::from_raw(target.addr, timeout, target.tls)
+                    .map_err(|e| invalid(e.key, e.reason))?,
+            ),
             other => {
                 return Err(invalid(
                     "target.kind",

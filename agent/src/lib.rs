@@ -57,14 +57,17 @@ pub enum AgentError {
     },
 }
 
-fn build_target(cfg: &TargetConfig) -> Result<Arc<dyn Target>, TargetError> {
+fn build_target(
+    member: &baton_domain::MemberId,
+    cfg: &TargetConfig,
+) -> Result<Arc<dyn Target>, TargetError> {
     Ok(match cfg {
         TargetConfig::Samplekv {
             addr,
             member_names,
             timeout,
         } => Arc::new(SamplekvTarget::new(addr, member_names.clone(), *timeout)?),
-        TargetConfig::Etcd { addr, timeout } => Arc::new(adapter::EtcdTarget::new(addr, *timeout)),
+        TargetConfig::Etcd(etcd) => Arc::new(adapter::EtcdTarget::from_config(member, etcd)),
     })
 }
 
@@ -81,7 +84,7 @@ pub async fn run(
         path: config.state_dir.clone(),
         source,
     })?;
-    let target = build_target(&config.target)?;
+    let target = build_target(&config.member, &config.target)?;
     let tracker = TaskTracker::new();
 
     let supervisor = match &config.run {

@@ -1,10 +1,16 @@
-//! Client-side TLS for every baton gRPC link (rustls through tonic).
+//! Client-side TLS for every baton client (rustls on ring): the gRPC links
+//! (agent to coordinator, CLI to coordinator, the etcd adapter to etcd)
+//! through tonic, and the HTTP client in [`crate::http`].
 //!
-//! Owns reading the PEM files once and applying them to an `Endpoint`; the
-//! agent's link and the `baton` CLI both use it, so both speak the same TLS.
+//! Owns reading the PEM files once, checking that they hold what they
+//! should ([`ClientTls::rustls_config`]), and applying them to a tonic
+//! `Endpoint`; every client uses it, so all speak the same TLS.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 /// A TLS file could not be read.
@@ -14,6 +20,21 @@ pub struct TlsFileError {
     pub what: &'static str,
     pub path: PathBuf,
     pub source: std::io::Error,
+}
+
+/// PEM material that does not hold what it should, or that rustls refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("the CA file holds no usable PEM certificate: {0}")]
+    BadCa(String),
+    #[error("the certificate file holds no usable PEM certificate: {0}")]
+    BadCert(String),
+    #[error("the key file holds no usable PEM private key: {0}")]
+    BadKey(String),
+    #[error("{0:?} is not a valid server name to verify the certificate against")]
+    BadDomain(String),
+    #[error("rustls refuses this TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
 }
 
 /// PEM material for a client: the CA that signs the server, and optionally
@@ -53,8 +74,9 @@ impl ClientTls {
         })
     }
 
-    /// Applies this TLS config to `endpoint`.
-    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+    /// This TLS config as tonic's, for an `Endpoint` (or a client built on
+    /// tonic, such as etcd-client).
+    pub fn tonic_config(&self) -> ClientTlsConfig {
         let mut cfg = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
         if let Some((cert, key)) = &self.identity {
             cfg = cfg.identity(Identity::from_pem(cert, key));
@@ -62,6 +84,58 @@ impl ClientTls {
         if let Some(d) = &self.domain {
             cfg = cfg.domain_name(d.clone());
         }
-        endpoint.tls_config(cfg)
+        cfg
+    }
+
+    /// Applies this TLS config to `endpoint`.
+    pub fn apply(&self, endpoint: Endpoint) -> Result<Endpoint, tonic::transport::Error> {
+        endpoint.tls_config(self.tonic_config())
+    }
+
+    /// The server name to verify the certificate against instead of the
+    /// URL's host, when `domain` is set.
+    pub fn server_name(&self) -> Result<Option<ServerName<'static>>, TlsConfigError> {
+        self.domain
+            .as_ref()
+            .map(|d| ServerName::try_from(d.clone()).map_err(|_| TlsConfigError::BadDomain(d.clone())))
+            .transpose()
+    }
+
+    /// This TLS config as a rustls client config on the ring provider. Also
+    /// the check that the PEM files hold a CA certificate, and a certificate
+    /// and key that belong together: tonic only finds out at connect time.
+    pub fn rustls_config(&self) -> Result<rustls::ClientConfig, TlsConfigError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut found = 0;
+        for cert in CertificateDer::pem_slice_iter(&self.ca_pem) {
+            let cert = cert.map_err(|e| TlsConfigError::BadCa(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| TlsConfigError::BadCa(e.to_string()))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(TlsConfigError::BadCa("no CERTIFICATE section".to_owned()));
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        self.server_name()?;
+        Ok(match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| TlsConfigError::BadCert(e.to_string()))?;
+                if chain.is_empty() {
+                    return Err(TlsConfigError::BadCert("no CERTIFICATE section".to_owned()));
+                }
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| TlsConfigError::BadKey(e.to_string()))?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+        })
     }
 }
