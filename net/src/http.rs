@@ -39,8 +39,6 @@ pub enum HttpError {
     BadUrl { url: String, reason: String },
     #[error("cannot set up TLS (ring provider): {0}")]
     Tls(#[from] rustls::Error),
-    #[error("cannot set up TLS from the PEM files: {0}")]
-    TlsFiles(#[from] TlsConfigError),
     #[error("cannot encode the request body as JSON: {0}")]
     Encode(#[from] serde_json::Error),
     #[error("cannot build the request: {0}")]
@@ -133,7 +131,7 @@ impl HttpClient {
 
     /// A client trusting `tls`'s CA, presenting its client certificate (if
     /// any) and verifying the server against its `domain` (if set).
-    pub fn with_tls(tls: &ClientTls, timeout: Duration) -> Result<Self, HttpError> {
+    pub fn with_tls(tls: &ClientTls, timeout: Duration) -> Result<Self, TlsConfigError> {
         let server_name = tls.server_name()?;
         Ok(Self::build(tls.rustls_config()?, server_name, timeout))
     }

@@ -305,9 +305,10 @@ impl EtcdTarget {
                         endpoint = tls
                             .apply(endpoint)
                             .map_err(|e| self.unreachable(format!("TLS setup: {}", chain(&e))))?;
-                        HttpClient::with_tls(tls, self.timeout)
+                        HttpClient::with_tls(tls, self.timeout).map_err(|e| e.to_string())
                     }
-                    None => HttpClient::with_roots(rustls::RootCertStore::empty(), self.timeout),
+                    None => HttpClient::with_roots(rustls::RootCertStore::empty(), self.timeout)
+                        .map_err(|e| e.to_string()),
                 }
                 .map_err(|e| self.unreachable(format!("HTTP client setup: {e}")))?
                 .with_user_agent(concat!("baton-agent/", env!("CARGO_PKG_VERSION")));
