@@ -152,9 +152,9 @@ impl HttpClient {
         tcp.set_connect_timeout(Some(timeout));
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
         let builder = match server_name {
-            Some(name) => builder.https_or_http().with_server_name_resolver(
-                hyper_rustls::FixedServerNameResolver::new(name),
-            ),
+            Some(name) => builder
+                .https_or_http()
+                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
             None => builder.https_or_http(),
         };
         let connector = builder.enable_http1().wrap_connector(tcp);

@@ -3,11 +3,13 @@
 //! through tonic, and the HTTP client in [`crate::http`].
 //!
 //! Owns reading the PEM files once, checking that they hold what they
-//! should ([`ClientTls::rustls_config`]), and applying them to a tonic
-//! `Endpoint`; every client uses it, so all speak the same TLS.
+//! should ([`ClientTls::rustls_config`]), applying them to a tonic
+//! `Endpoint`, and probing a handshake to say why a connection failed
+//! ([`ClientTls::probe`]); every client uses it, so all speak the same TLS.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -35,6 +37,32 @@ pub enum TlsConfigError {
     BadDomain(String),
     #[error("rustls refuses this TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+}
+
+/// Why one TLS connection to a server did not hold ([`ClientTls::probe`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("{addr:?} is not host:port")]
+    BadAddr { addr: String },
+    #[error(transparent)]
+    Config(#[from] TlsConfigError),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{addr} rejected the TLS connection right after the handshake: {source}")]
+    Rejected {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{addr} closed the TLS connection right after the handshake")]
+    Closed { addr: String },
 }
 
 /// PEM material for a client: the CA that signs the server, and optionally
@@ -97,8 +125,63 @@ impl ClientTls {
     pub fn server_name(&self) -> Result<Option<ServerName<'static>>, TlsConfigError> {
         self.domain
             .as_ref()
-            .map(|d| ServerName::try_from(d.clone()).map_err(|_| TlsConfigError::BadDomain(d.clone())))
+            .map(|d| {
+                ServerName::try_from(d.clone()).map_err(|_| TlsConfigError::BadDomain(d.clone()))
+            })
             .transpose()
+    }
+
+    /// Opens one TLS connection to `addr` (`host:port`), completes the
+    /// handshake, and waits up to `wait` for the server to reject it (in TLS
+    /// 1.3 a server that wants a client certificate says so only after the
+    /// client's side of the handshake is done). Ok when the connection
+    /// holds. For saying why a connection failed: tonic and hyper send at
+    /// once, and the server's reset can overtake its alert.
+    pub async fn probe(&self, addr: &str, wait: Duration) -> Result<(), HandshakeError> {
+        use tokio::io::AsyncReadExt;
+        let bad = || HandshakeError::BadAddr {
+            addr: addr.to_owned(),
+        };
+        let (host, _port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = match self.server_name()? {
+            Some(name) => name,
+            None => ServerName::try_from(host.to_owned()).map_err(|_| bad())?,
+        };
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(self.rustls_config()?));
+        let attempt =
+            async {
+                let tcp = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| HandshakeError::Connect {
+                        addr: addr.to_owned(),
+                        source,
+                    })?;
+                let mut tls = connector.connect(name, tcp).await.map_err(|source| {
+                    HandshakeError::Handshake {
+                        addr: addr.to_owned(),
+                        source,
+                    }
+                })?;
+                let mut byte = [0u8; 1];
+                match tls.read(&mut byte).await {
+                    Ok(0) => Err(HandshakeError::Closed {
+                        addr: addr.to_owned(),
+                    }),
+                    // The server talks: the handshake holds.
+                    Ok(_) => Ok(()),
+                    Err(source) => Err(HandshakeError::Rejected {
+                        addr: addr.to_owned(),
+                        source,
+                    }),
+                }
+            };
+        match tokio::time::timeout(wait, attempt).await {
+            Ok(result) => result,
+            // Still open after `wait`: the handshake holds (or the server
+            // is too slow to say; not a TLS verdict either way).
+            Err(_) => Ok(()),
+        }
     }
 
     /// This TLS config as a rustls client config on the ring provider. Also

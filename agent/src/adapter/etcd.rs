@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use baton_domain::{Health, MemberId, Role};
 use baton_net::http::HttpClient;
-use baton_net::tls::{ClientTls, TlsConfigError};
+use baton_net::tls::{ClientTls, HandshakeError, TlsConfigError};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
@@ -48,6 +48,10 @@ use super::{MemberState, Target, TargetError};
 pub const HEALTH_WAIT: Duration = Duration::from_millis(100);
 /// How long a verdict stands in for a health read that is slow to answer.
 pub const HEALTH_GRACE: Duration = Duration::from_secs(3);
+
+/// The longest a probing handshake waits to learn why a TLS connection
+/// failed.
+const PROBE_WAIT: Duration = Duration::from_millis(500);
 
 /// The key the health read asks for (as etcd's own `/health` does); it
 /// need not exist.
@@ -130,10 +134,16 @@ fn load_tls(raw: RawEtcdTls) -> Result<ClientTls, EtcdConfigError> {
         )),
         (None, None) => None,
         (Some(_), None) => {
-            return Err(invalid("target.tls.key", "`cert` is set, so `key` must be too"));
+            return Err(invalid(
+                "target.tls.key",
+                "`cert` is set, so `key` must be too",
+            ));
         }
         (None, Some(_)) => {
-            return Err(invalid("target.tls.cert", "`key` is set, so `cert` must be too"));
+            return Err(invalid(
+                "target.tls.cert",
+                "`key` is set, so `cert` must be too",
+            ));
         }
     };
     let tls = ClientTls {
@@ -207,9 +217,16 @@ fn chain(error: &dyn std::error::Error) -> String {
 /// Whether a transport failure reads like a TLS problem.
 fn looks_like_tls(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    ["certificate", "alert", "tls", "handshake", "invalid peer", "unknownissuer"]
-        .iter()
-        .any(|w| t.contains(w))
+    [
+        "certificate",
+        "alert",
+        "tls",
+        "handshake",
+        "invalid peer",
+        "unknownissuer",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
 }
 
 impl EtcdTarget {
@@ -220,7 +237,11 @@ impl EtcdTarget {
 
     /// The adapter for baton member `member`, as configured.
     pub fn from_config(member: &MemberId, config: &EtcdConfig) -> Self {
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Self::build(
             format!("etcd member {member} at {scheme}://{}", config.addr),
             &config.addr,
@@ -256,39 +277,76 @@ impl EtcdTarget {
         }
     }
 
-    /// What went wrong with `call`, with a hint when it is TLS.
-    fn describe(&self, call: &str, e: &etcd_client::Error) -> String {
-        let text = match e {
+    /// What went wrong with `call`. When TLS is on and the transport
+    /// failed, one probing handshake says whether TLS is why (the alert of
+    /// an etcd that wants a client certificate can be lost in the reset
+    /// that follows it), and the message says what to set.
+    async fn describe(&self, call: &str, e: &etcd_client::Error) -> String {
+        let (text, transport) = match e {
             etcd_client::Error::GRpcStatus(s) => {
                 let mut t = format!("{:?}: {}", s.code(), s.message());
-                if let Some(src) = std::error::Error::source(s) {
+                let source = std::error::Error::source(s);
+                if let Some(src) = source {
                     let more = chain(src);
                     if !t.contains(&more) {
                         t.push_str(": ");
                         t.push_str(&more);
                     }
                 }
-                t
+                (t, source.is_some())
             }
-            other => chain(other),
+            other => (chain(other), true),
         };
-        let hint = match (&self.tls, looks_like_tls(&text)) {
-            (Some(tls), true) if tls.identity.is_none() => {
-                "; the TLS handshake failed: if etcd runs with --client-cert-auth, set [target.tls] cert and key to a client certificate signed by its --trusted-ca-file"
-            }
-            (Some(_), true) => {
-                "; the TLS handshake failed: check that [target.tls] ca signs etcd's --cert-file and that cert/key are signed by etcd's --trusted-ca-file"
-            }
-            (None, true) => "; etcd seems to want TLS: set [target.tls]",
-            _ => "",
+        let Some(tls) = &self.tls else {
+            let hint = if looks_like_tls(&text) {
+                "; etcd seems to want TLS: set [target.tls]"
+            } else {
+                ""
+            };
+            return format!("{call} failed: {text}{hint}");
         };
-        format!("{call} failed: {text}{hint}")
+        let verdict = if transport {
+            match tls.probe(&self.addr, PROBE_WAIT.min(self.timeout)).await {
+                Err(
+                    e @ (HandshakeError::Handshake { .. }
+                    | HandshakeError::Rejected { .. }
+                    | HandshakeError::Config(_)),
+                ) => Some(e.to_string()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if verdict.is_none() && !looks_like_tls(&text) {
+            return format!("{call} failed: {text}");
+        }
+        let hint = if tls.identity.is_none() {
+            "if etcd runs with --client-cert-auth, set [target.tls] cert and key to a client certificate signed by its --trusted-ca-file"
+        } else {
+            "check that [target.tls] ca signs etcd's --cert-file, and that cert and key are signed by etcd's --trusted-ca-file"
+        };
+        match verdict {
+            Some(why) => format!("{call} failed: TLS handshake failed: {why} ({text}); {hint}"),
+            None => format!("{call} failed: TLS handshake failed: {text}; {hint}"),
+        }
     }
 
     /// The transport failed, or etcd refused: both mean the member cannot
     /// be read right now.
-    fn failed(&self, call: &str, e: &etcd_client::Error) -> TargetError {
-        self.unreachable(self.describe(call, e))
+    async fn failed(&self, call: &str, e: &etcd_client::Error) -> TargetError {
+        self.unreachable(self.describe(call, e).await)
+    }
+
+    /// `result` of `call`, its error described by [`Self::failed`].
+    async fn check<T>(
+        &self,
+        call: &str,
+        result: Result<T, etcd_client::Error>,
+    ) -> Result<T, TargetError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(call, &e).await),
+        }
     }
 
     async fn clients(&self) -> Result<&Clients, TargetError> {
@@ -313,9 +371,12 @@ impl EtcdTarget {
                 .map_err(|e| self.unreachable(format!("HTTP client setup: {e}")))?
                 .with_user_agent(concat!("baton-agent/", env!("CARGO_PKG_VERSION")));
                 let channel = etcd_client::Channel::Tonic(endpoint.connect_lazy());
-                let grpc = etcd_client::Client::from_channel(channel, None)
-                    .await
-                    .map_err(|e| self.failed("connect", &e))?;
+                let grpc = self
+                    .check(
+                        "connect",
+                        etcd_client::Client::from_channel(channel, None).await,
+                    )
+                    .await?;
                 let version_url = baton_net::http::parse_url(&format!("{url}/version"))
                     .map_err(|e| self.bad(e.to_string()))?;
                 Ok(Clients {
@@ -332,12 +393,8 @@ impl EtcdTarget {
     }
 
     async fn refresh_names(&self) -> Result<(), TargetError> {
-        let list = self
-            .grpc()
-            .await?
-            .member_list()
-            .await
-            .map_err(|e| self.failed("MemberList", &e))?;
+        let list = self.grpc().await?.member_list().await;
+        let list = self.check("MemberList", list).await?;
         let names = list
             .members()
             .iter()
@@ -391,12 +448,12 @@ impl EtcdTarget {
         let asked = Instant::now();
         let read = async {
             let mut kv = self.grpc().await?;
-            kv.get(
-                HEALTH_KEY,
-                Some(etcd_client::GetOptions::new().with_keys_only().with_limit(1)),
-            )
-            .await
-            .map_err(|e| self.failed("the health read (linearizable Range)", &e))
+            let options = etcd_client::GetOptions::new()
+                .with_keys_only()
+                .with_limit(1);
+            let got = kv.get(HEALTH_KEY, Some(options)).await;
+            self.check("the health read (linearizable Range)", got)
+                .await
         };
         let verdict = match tokio::time::timeout(HEALTH_WAIT, read).await {
             Ok(Ok(_)) => (Health::Healthy, String::new()),
@@ -447,12 +504,8 @@ impl EtcdTarget {
     }
 
     async fn read(&self) -> Result<MemberState, TargetError> {
-        let st = self
-            .grpc()
-            .await?
-            .status()
-            .await
-            .map_err(|e| self.failed("Status", &e))?;
+        let st = self.grpc().await?.status().await;
+        let st = self.check("Status", st).await?;
         let me = st.header().map(|h| h.member_id()).unwrap_or_default();
         let role = match st.leader() {
             0 => Role::Candidate,
@@ -513,19 +566,14 @@ impl EtcdTarget {
     /// file, fsynced, then renamed. Each message must come within the
     /// adapter's timeout.
     pub async fn snapshot_to(&self, dest: &Path) -> Result<SnapshotFile, TargetError> {
-        let stream = self
-            .grpc()
-            .await?
-            .snapshot()
-            .await
-            .map_err(|e| self.failed("Snapshot", &e))?;
+        let stream = self.grpc().await?.snapshot().await;
+        let stream = self.check("Snapshot", stream).await?;
         let chunks = futures::stream::unfold(stream, |mut stream| async move {
             let next = match tokio::time::timeout(self.timeout, stream.message()).await {
-                Err(_) => Err(self.unreachable(format!(
-                    "Snapshot: no message within {:?}",
-                    self.timeout
-                ))),
-                Ok(Err(e)) => Err(self.failed("Snapshot (mid-stream)", &e)),
+                Err(_) => {
+                    Err(self.unreachable(format!("Snapshot: no message within {:?}", self.timeout)))
+                }
+                Ok(Err(e)) => Err(self.failed("Snapshot (mid-stream)", &e).await),
                 Ok(Ok(None)) => return None,
                 Ok(Ok(Some(msg))) => Ok(msg.blob().to_vec()),
             };
@@ -629,7 +677,7 @@ impl Target for EtcdTarget {
                         ),
                     })
                 }
-                Err(e) => Err(self.failed(&format!("MoveLeader to {to}"), &e)),
+                Err(e) => Err(self.failed(&format!("MoveLeader to {to}"), &e).await),
             }
         })
     }
@@ -740,8 +788,12 @@ mod tests {
         let err = cfg(Some(raw(&junk, Some(&missing), Some(&junk)))).unwrap_err();
         assert_eq!(err.key, "target.tls.cert", "{err}");
 
-        let err = EtcdConfig::from_raw("https://127.0.0.1:2379".into(), Duration::from_secs(1), None)
-            .unwrap_err();
+        let err = EtcdConfig::from_raw(
+            "https://127.0.0.1:2379".into(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.key, "target.addr");
         let ok = cfg(None).unwrap();
         assert_eq!(ok.tls, None);
