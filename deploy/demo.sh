@@ -2,7 +2,8 @@
 # The baton demo: builds everything (release mode), starts a 3-member samplekv
 # cluster with agents and a coordinator in a temp dir, runs a writer at 100
 # writes/s, upgrades the cluster v1 -> v2 with live progress, prints a
-# summary and cleans up. Needs only the Rust toolchain.
+# summary and cleans up. Needs the Rust toolchain and protoc (Debian's
+# `protobuf-compiler`: the etcd adapter's client compiles etcd's protos).
 #
 #   bash deploy/demo.sh            live progress and a summary
 #   bash deploy/demo.sh --json     the summary as one JSON line on stdout
@@ -11,6 +12,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+if [ -z "${PROTOC:-}" ] && ! command -v protoc >/dev/null 2>&1; then
+  echo "protoc is missing: apt-get install protobuf-compiler (or set PROTOC)" >&2
+  exit 1
+fi
 echo "building baton and samplekv (release)..." >&2
 cargo build --release --quiet --workspace --bins
 export BATON_BIN_DIR="$CARGO_TARGET_DIR/release"
