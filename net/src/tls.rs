@@ -222,3 +222,146 @@ impl ClientTls {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+    /// PEM (cert, key) pairs: a CA, a server for 127.0.0.1, a client.
+    struct Pki {
+        ca: Vec<u8>,
+        server: (Vec<u8>, Vec<u8>),
+        client: (Vec<u8>, Vec<u8>),
+    }
+
+    fn new_pki() -> Pki {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem().into_bytes();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |san: &str| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(vec![san.to_owned()])
+                .unwrap()
+                .signed_by(&key, &issuer)
+                .unwrap();
+            (cert.pem().into_bytes(), key.serialize_pem().into_bytes())
+        };
+        Pki {
+            ca: ca_pem,
+            server: leaf("127.0.0.1"),
+            client: leaf("client"),
+        }
+    }
+
+    /// A TLS server on loopback that requires a client certificate signed
+    /// by the CA, and writes one byte to every client it accepts.
+    async fn mtls_server(pki: &Pki) -> String {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&pki.ca).unwrap())
+            .unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(&pki.server.0).unwrap()],
+                PrivateKeyDer::from_pem_slice(&pki.server.1).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let _ = tls.write_all(b"!").await;
+                        let _ = tls.flush().await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_probe_says_when_the_server_wants_a_client_certificate() {
+        let pki = new_pki();
+        let addr = mtls_server(&pki).await;
+        let wait = Duration::from_secs(5);
+        let without = ClientTls {
+            ca_pem: pki.ca.clone(),
+            identity: None,
+            domain: None,
+        };
+        let err = without.probe(&addr, wait).await.unwrap_err();
+        assert!(
+            matches!(err, HandshakeError::Rejected { .. }) && err.to_string().contains("alert"),
+            "{err}"
+        );
+        let with = ClientTls {
+            identity: Some(pki.client.clone()),
+            ..without.clone()
+        };
+        with.probe(&addr, wait).await.unwrap();
+        // A CA that did not sign the server: refused by this side.
+        let other = new_pki();
+        let stranger = ClientTls {
+            ca_pem: other.ca,
+            identity: Some(other.client),
+            domain: None,
+        };
+        let err = stranger.probe(&addr, wait).await.unwrap_err();
+        assert!(matches!(err, HandshakeError::Handshake { .. }), "{err}");
+    }
+
+    #[test]
+    fn pem_files_must_hold_what_they_should() {
+        let pki = new_pki();
+        let tls = |ca: &[u8], identity: Option<(&[u8], &[u8])>| ClientTls {
+            ca_pem: ca.to_vec(),
+            identity: identity.map(|(c, k)| (c.to_vec(), k.to_vec())),
+            domain: None,
+        };
+        assert!(tls(&pki.ca, None).rustls_config().is_ok());
+        assert!(
+            tls(&pki.ca, Some((&pki.client.0, &pki.client.1)))
+                .rustls_config()
+                .is_ok()
+        );
+        assert!(matches!(
+            tls(b"junk", None).rustls_config(),
+            Err(TlsConfigError::BadCa(_))
+        ));
+        assert!(matches!(
+            tls(&pki.ca, Some((&pki.client.1, &pki.client.1))).rustls_config(),
+            Err(TlsConfigError::BadCert(_))
+        ));
+        assert!(matches!(
+            tls(&pki.ca, Some((&pki.client.0, &pki.client.0))).rustls_config(),
+            Err(TlsConfigError::BadKey(_))
+        ));
+        let bad_domain = ClientTls {
+            domain: Some("not a name!".to_owned()),
+            ..tls(&pki.ca, None)
+        };
+        assert!(matches!(
+            bad_domain.rustls_config(),
+            Err(TlsConfigError::BadDomain(_))
+        ));
+    }
+}
