@@ -472,6 +472,31 @@ base_dir = "/tmp/b"
     }
 
     #[test]
+    fn etcd_tls_files_are_read_at_load_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let etcd = GOOD.replace(
+            "kind = \"samplekv\"\naddr = \"127.0.0.1:7101\"\n",
+            &format!(
+                "kind = \"etcd\"\naddr = \"127.0.0.1:2379\"\n[target.tls]\nca = {:?}\n",
+                dir.path().join("ca.crt")
+            ),
+        );
+        let err = load(&etcd, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("`target.tls.ca`") && err.contains("ca.crt"),
+            "{err}"
+        );
+        let err = load(&etcd.replace("kind = \"etcd\"", "kind = \"samplekv\""), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`target.tls`"), "{err}");
+        let plain = GOOD.replace("kind = \"samplekv\"", "kind = \"etcd\"");
+        let c = load(&plain, &[]).unwrap();
+        assert_eq!(c.target.kind(), "etcd");
+        assert!(format!("{:?}", c.target).contains("tls: None"), "{c:?}");
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let c = load(
             GOOD,

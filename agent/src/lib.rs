@@ -100,7 +100,7 @@ pub async fn run(
         path: config.state_dir.clone(),
         source,
     })?;
-    let adapter = config.target.build()?;
+    let adapter = config.target.build(&config.member)?;
     let tracker = TaskTracker::new();
 
     let process = runner::build(

@@ -1,10 +1,13 @@
-//! The one HTTP client every alert sink posts through: hyper-util's pooled
-//! client over hyper-rustls (the `ring` provider, webpki roots), for `http`
-//! and `https` URLs, one JSON POST at a time with a whole-request timeout.
+//! The one HTTP client: hyper-util's pooled client over hyper-rustls (the
+//! `ring` provider; webpki roots, or a private CA and a client certificate
+//! from [`ClientTls`]), for `http` and `https` URLs, one request at a time
+//! with a whole-request timeout. The coordinator's alert sinks POST JSON
+//! through it; the etcd adapter GETs etcd's `/version` (the cluster version
+//! has no gRPC call).
 //!
 //! This module owns URL checking ([`parse_url`]) and the transport outcome
-//! ([`HttpError`]). It does not decide what a status code means for an
-//! alert: each caller (the coordinator's alert sinks) does that.
+//! ([`HttpError`]). It does not decide what a status code means: each
+//! caller does that.
 
 use std::time::Duration;
 
@@ -17,6 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
+
+use crate::tls::{ClientTls, TlsConfigError};
 
 /// How long one request (connect, send, read the answer) may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,11 +98,15 @@ impl Answer {
     }
 }
 
+/// The `User-Agent` of a client built without [`HttpClient::with_user_agent`].
+const DEFAULT_USER_AGENT: &str = concat!("baton-coordinator/", env!("CARGO_PKG_VERSION"));
+
 /// A pooled JSON-over-HTTP(S) client. Cheap to clone; clones share the pool.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
+    user_agent: &'static str,
 }
 
 impl HttpClient {
@@ -117,19 +126,47 @@ impl HttpClient {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+        Ok(Self::build(tls, None, timeout))
+    }
+
+    /// A client trusting `tls`'s CA, presenting its client certificate (if
+    /// any) and verifying the server against its `domain` (if set).
+    pub fn with_tls(tls: &ClientTls, timeout: Duration) -> Result<Self, TlsConfigError> {
+        let server_name = tls.server_name()?;
+        Ok(Self::build(tls.rustls_config()?, server_name, timeout))
+    }
+
+    /// The same client, sending `user_agent` (e.g. `baton-agent/0.1.0`).
+    pub fn with_user_agent(mut self, user_agent: &'static str) -> Self {
+        self.user_agent = user_agent;
+        self
+    }
+
+    fn build(
+        tls: rustls::ClientConfig,
+        server_name: Option<rustls::pki_types::ServerName<'static>>,
+        timeout: Duration,
+    ) -> Self {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let builder = match server_name {
+            Some(name) => builder
+                .https_or_http()
+                .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+            None => builder.https_or_http(),
+        };
+        let connector = builder.enable_http1().wrap_connector(tcp);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        Ok(HttpClient { client, timeout })
+        HttpClient {
+            client,
+            timeout,
+            user_agent: DEFAULT_USER_AGENT,
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -146,11 +183,21 @@ impl HttpClient {
         let json = serde_json::to_vec(body)?;
         let request = Request::post(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .header(
-                USER_AGENT,
-                concat!("baton-coordinator/", env!("CARGO_PKG_VERSION")),
-            )
+            .header(USER_AGENT, self.user_agent)
             .body(Full::new(Bytes::from(json)))?;
+        self.send(request).await
+    }
+
+    /// GETs `url` and returns the answer, whatever its status, under the
+    /// same one timeout.
+    pub async fn get(&self, url: &Uri) -> Result<Answer, HttpError> {
+        let request = Request::get(url.clone())
+            .header(USER_AGENT, self.user_agent)
+            .body(Full::new(Bytes::new()))?;
+        self.send(request).await
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, HttpError> {
         let exchange = async {
             let response = self.client.request(request).await.map_err(|e| {
                 if e.is_connect() {

@@ -1,10 +1,12 @@
 //! baton-net: the network plumbing every baton process shares.
 //!
 //! - [`tls`]: client TLS for the gRPC links (agent to coordinator, CLI to
-//!   coordinator), PEM files read once.
+//!   coordinator, the etcd adapter to etcd) and the HTTP client, PEM files
+//!   read and checked once; a probing handshake that says why TLS failed.
 //! - [`server_tls`]: server TLS for the coordinator's gRPC port, with client
 //!   certificates required when a client CA is configured.
-//! - [`http`]: the one HTTP(S) client (hyper-rustls on ring, webpki roots).
+//! - [`http`]: the one HTTP(S) client (hyper-rustls on ring; webpki roots,
+//!   or a private CA and a client certificate).
 //!
 //! It sits above `baton-domain` and below the agent and coordinator; it holds
 //! no baton decisions, only transport.

@@ -1,71 +1,262 @@
-//! The etcd adapter (3.4 and 3.5): reads a member through etcd's JSON
-//! gateway on its client URL.
+//! The etcd adapter (3.4 and 3.5): reads a member through etcd's gRPC API
+//! (the `etcd-client` crate, on tonic and rustls) on its client URL, with
+//! TLS and client certificates when `[target.tls]` is set.
 //!
-//! - Status: `POST /v3/maintenance/status` (member id, leader, raft index,
-//!   raft applied index, term, server version).
-//! - The cluster version: `GET /version` (`etcdcluster`).
-//! - Health: `GET /health`, or Status failing. etcd answers `/health` with a
-//!   read through raft, which stalls for up to a second around a leader
-//!   change; so the health check waits at most [`HEALTH_WAIT`], and a slow
-//!   answer keeps the previous verdict for up to [`HEALTH_GRACE`]. A leader
-//!   change is then reported as soon as Status shows it, not a second later.
-//! - Handover: `POST /v3/maintenance/transfer-leadership` (MoveLeader).
+//! This module owns the adapter's config section ([`EtcdConfig`], parsed
+//! from [`RawEtcdTls`]), the reads and the handover, and streaming a
+//! snapshot to a verified file.
 //!
-//! etcd names members by uint64 ids (decimal strings in JSON); baton names
-//! them by the etcd member *name*, which must equal the baton member id
-//! (`etcd --name n1`). The id-to-name map comes from the member list and is
-//! refreshed whenever an unknown id shows up.
+//! - Status: `Maintenance.Status` (member id, leader, raft index, raft
+//!   applied index, term, server version, alarms).
+//! - The cluster version: `GET /version` (`etcdcluster`) through the shared
+//!   HTTP client ([`baton_net::http`]); etcd has no gRPC call for it (3.4
+//!   has none at all; 3.5's `Downgrade` answers it only as a side effect).
+//! - Health: what etcd's own `/health` checks, without HTTP: no alarm in
+//!   Status, a known leader, and a linearizable read (`KV.Range` of one key)
+//!   answering. That read goes through raft and stalls for up to a second
+//!   around a leader change; so the check waits at most [`HEALTH_WAIT`],
+//!   and a slow answer keeps the previous verdict for up to
+//!   [`HEALTH_GRACE`]. A leader change is then reported as soon as Status
+//!   shows it, not a second later.
+//! - Handover: `Maintenance.MoveLeader`.
+//! - Snapshot: `Maintenance.Snapshot`, checked against the sha256 etcd
+//!   appends ([`EtcdTarget::snapshot_to`]).
+//!
+//! etcd names members by uint64 ids; baton names them by the etcd member
+//! *name*, which must equal the baton member id (`etcd --name n1`). The
+//! id-to-name map comes from `Cluster.MemberList` and is refreshed whenever
+//! an unknown id shows up.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use baton_domain::{Health, MemberId, Role};
+use baton_net::http::HttpClient;
+use baton_net::tls::{ClientTls, HandshakeError, TlsConfigError};
 use futures::future::BoxFuture;
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::{Adapter, AdapterError as TargetError, MemberState};
 
-/// How long one poll waits for `/health`.
+/// How long one poll waits for the health read.
 pub const HEALTH_WAIT: Duration = Duration::from_millis(100);
-/// How long a verdict stands in for a `/health` that is slow to answer.
+/// How long a verdict stands in for a health read that is slow to answer.
 pub const HEALTH_GRACE: Duration = Duration::from_secs(3);
+
+/// The longest a probing handshake waits to learn why a TLS connection
+/// failed.
+const PROBE_WAIT: Duration = Duration::from_millis(500);
+
+/// The key the health read asks for (as etcd's own `/health` does); it
+/// need not exist.
+const HEALTH_KEY: &[u8] = b"health";
+
+/// `[target.tls]` as written: the CA that signs etcd's `--cert-file`, and
+/// the agent's client certificate and key for an etcd run with
+/// `--client-cert-auth`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    /// The name to verify etcd's certificate against, when it differs from
+    /// the host in `addr`.
+    domain: Option<String>,
+}
+
+/// An invalid etcd config key, named as the operator wrote it.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}` is invalid: {reason}")]
+pub struct EtcdConfigError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> EtcdConfigError {
+    EtcdConfigError {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The etcd adapter's validated settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// The client URL's `host:port` (no scheme: `https` when `tls` is set).
+    pub addr: String,
+    /// Bound on one request.
+    pub timeout: Duration,
+    /// TLS to etcd, read and checked at load.
+    pub tls: Option<ClientTls>,
+}
+
+impl EtcdConfig {
+    /// Validates `[target]` for `kind = "etcd"`: the PEM files are read and
+    /// checked now, so a missing or wrong one fails at start, naming its key.
+    pub fn from_raw(
+        addr: String,
+        timeout: Duration,
+        tls: Option<RawEtcdTls>,
+    ) -> Result<Self, EtcdConfigError> {
+        if addr.is_empty() {
+            return Err(invalid("target.addr", "empty"));
+        }
+        if addr.contains("://") {
+            return Err(invalid(
+                "target.addr",
+                format!(
+                    "{addr:?} must be host:port without a scheme; https is used when [target.tls] is set"
+                ),
+            ));
+        }
+        let tls = tls.map(load_tls).transpose()?;
+        Ok(EtcdConfig { addr, timeout, tls })
+    }
+}
+
+fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, EtcdConfigError> {
+    std::fs::read(path).map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn load_tls(raw: RawEtcdTls) -> Result<ClientTls, EtcdConfigError> {
+    let ca_pem = read_pem("target.tls.ca", &raw.ca)?;
+    let identity = match (&raw.cert, &raw.key) {
+        (Some(cert), Some(key)) => Some((
+            read_pem("target.tls.cert", cert)?,
+            read_pem("target.tls.key", key)?,
+        )),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "target.tls.key",
+                "`cert` is set, so `key` must be too",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "target.tls.cert",
+                "`key` is set, so `cert` must be too",
+            ));
+        }
+    };
+    let tls = ClientTls {
+        ca_pem,
+        identity,
+        domain: raw.domain,
+    };
+    tls.rustls_config().map_err(|e| {
+        let key = match e {
+            TlsConfigError::BadCa(_) => "target.tls.ca",
+            TlsConfigError::BadCert(_) => "target.tls.cert",
+            TlsConfigError::BadKey(_) => "target.tls.key",
+            TlsConfigError::BadDomain(_) => "target.tls.domain",
+            TlsConfigError::Rustls(_) => "target.tls",
+        };
+        invalid(key, e.to_string())
+    })?;
+    Ok(tls)
+}
+
+/// The connections to one member, made on first use (a tonic channel needs
+/// the runtime).
+#[derive(Clone)]
+struct Clients {
+    grpc: etcd_client::Client,
+    http: HttpClient,
+    version_url: hyper::Uri,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("version_url", &self.version_url)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Reads one etcd member.
 #[derive(Debug)]
 pub struct EtcdTarget {
+    /// Who this is, for messages: `etcd member n1 at https://…`.
+    label: String,
     addr: String,
     timeout: Duration,
-    /// etcd member id (decimal) -> member name.
-    names: Mutex<BTreeMap<String, String>>,
-    /// The last `/health` verdict that arrived in time, and when.
+    tls: Option<ClientTls>,
+    /// The gRPC and HTTP clients, built once on first use.
+    clients: OnceCell<Clients>,
+    /// etcd member id -> member name, refreshed on an unknown id.
+    names: Mutex<BTreeMap<u64, String>>,
+    /// The last health verdict that arrived in time, and when.
     last_health: Mutex<Option<(Instant, Health, String)>>,
 }
 
-/// A JSON field that etcd encodes as a decimal string (uint64s) or a number.
-fn u64_field(v: &Value, key: &str) -> u64 {
-    match &v[key] {
-        Value::String(s) => s.parse().unwrap_or(0),
-        Value::Number(n) => n.as_u64().unwrap_or(0),
-        _ => 0,
+/// An error and its causes on one line, without repeats.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    // Bounded: error chains are short, but never trust a cycle.
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
     }
+    text
 }
 
-fn id_field(v: &Value, key: &str) -> String {
-    match &v[key] {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => String::new(),
-    }
+/// Whether a transport failure reads like a TLS problem.
+fn looks_like_tls(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "certificate",
+        "alert",
+        "tls",
+        "handshake",
+        "invalid peer",
+        "unknownissuer",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
 }
 
 impl EtcdTarget {
+    /// A plain-HTTP(2) etcd at `addr` (`host:port`).
     pub fn new(addr: &str, timeout: Duration) -> Self {
+        Self::build(format!("etcd at http://{addr}"), addr, timeout, None)
+    }
+
+    /// The adapter for baton member `member`, as configured.
+    pub fn from_config(member: &MemberId, config: &EtcdConfig) -> Self {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Self::build(
+            format!("etcd member {member} at {scheme}://{}", config.addr),
+            &config.addr,
+            config.timeout,
+            config.tls.clone(),
+        )
+    }
+
+    fn build(label: String, addr: &str, timeout: Duration, tls: Option<ClientTls>) -> Self {
         EtcdTarget {
+            label,
             addr: addr.to_owned(),
             timeout,
+            tls,
+            clients: OnceCell::new(),
             names: Mutex::new(BTreeMap::new()),
             last_health: Mutex::new(None),
         }
@@ -74,7 +265,7 @@ impl EtcdTarget {
     fn unreachable(&self, detail: impl Into<String>) -> TargetError {
         TargetError::Unreachable {
             addr: self.addr.clone(),
-            detail: detail.into(),
+            detail: format!("{}: {}", self.label, detail.into()),
         }
     }
 
@@ -82,109 +273,168 @@ impl EtcdTarget {
         TargetError::BadAnswer {
             addr: self.addr.clone(),
             kind: "etcd",
-            detail: detail.into(),
+            detail: format!("{}: {}", self.label, detail.into()),
         }
     }
 
-    /// One HTTP/1.0 request (no chunking, the server closes); returns the
-    /// status code and the JSON body.
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value), TargetError> {
-        let io = async {
-            let mut stream = tokio::net::TcpStream::connect(&self.addr).await?;
-            let body = body.map(|b| b.to_string()).unwrap_or_default();
-            let req = format!(
-                "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                self.addr,
-                body.len()
-            );
-            stream.write_all(req.as_bytes()).await?;
-            let mut buf = Vec::new();
-            stream.read_to_end(&mut buf).await?;
-            Ok::<_, std::io::Error>(buf)
+    /// What went wrong with `call`. When TLS is on and the transport
+    /// failed, one probing handshake says whether TLS is why (the alert of
+    /// an etcd that wants a client certificate can be lost in the reset
+    /// that follows it), and the message says what to set.
+    async fn describe(&self, call: &str, e: &etcd_client::Error) -> String {
+        let (text, transport) = match e {
+            etcd_client::Error::GRpcStatus(s) => {
+                let mut t = format!("{:?}: {}", s.code(), s.message());
+                let source = std::error::Error::source(s);
+                if let Some(src) = source {
+                    let more = chain(src);
+                    if !t.contains(&more) {
+                        t.push_str(": ");
+                        t.push_str(&more);
+                    }
+                }
+                (t, source.is_some())
+            }
+            other => (chain(other), true),
         };
-        let buf = tokio::time::timeout(self.timeout, io)
+        let Some(tls) = &self.tls else {
+            let hint = if looks_like_tls(&text) {
+                "; etcd seems to want TLS: set [target.tls]"
+            } else {
+                ""
+            };
+            return format!("{call} failed: {text}{hint}");
+        };
+        let verdict = if transport {
+            match tls.probe(&self.addr, PROBE_WAIT.min(self.timeout)).await {
+                Err(
+                    e @ (HandshakeError::Handshake { .. }
+                    | HandshakeError::Rejected { .. }
+                    | HandshakeError::Config(_)),
+                ) => Some(e.to_string()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if verdict.is_none() && !looks_like_tls(&text) {
+            return format!("{call} failed: {text}");
+        }
+        let hint = if tls.identity.is_none() {
+            "if etcd runs with --client-cert-auth, set [target.tls] cert and key to a client certificate signed by its --trusted-ca-file"
+        } else {
+            "check that [target.tls] ca signs etcd's --cert-file, and that cert and key are signed by etcd's --trusted-ca-file"
+        };
+        match verdict {
+            Some(why) => format!("{call} failed: TLS handshake failed: {why} ({text}); {hint}"),
+            None => format!("{call} failed: TLS handshake failed: {text}; {hint}"),
+        }
+    }
+
+    /// The transport failed, or etcd refused: both mean the member cannot
+    /// be read right now.
+    async fn failed(&self, call: &str, e: &etcd_client::Error) -> TargetError {
+        self.unreachable(self.describe(call, e).await)
+    }
+
+    /// `result` of `call`, its error described by [`Self::failed`].
+    async fn check<T>(
+        &self,
+        call: &str,
+        result: Result<T, etcd_client::Error>,
+    ) -> Result<T, TargetError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(call, &e).await),
+        }
+    }
+
+    async fn clients(&self) -> Result<&Clients, TargetError> {
+        self.clients
+            .get_or_try_init(|| async {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let url = format!("{scheme}://{}", self.addr);
+                let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+                    .map_err(|e| self.bad(format!("{url:?} is not a usable URL: {e}")))?
+                    .connect_timeout(self.timeout)
+                    .timeout(self.timeout);
+                let http = match &self.tls {
+                    Some(tls) => {
+                        endpoint = tls
+                            .apply(endpoint)
+                            .map_err(|e| self.unreachable(format!("TLS setup: {}", chain(&e))))?;
+                        HttpClient::with_tls(tls, self.timeout).map_err(|e| e.to_string())
+                    }
+                    None => HttpClient::with_roots(rustls::RootCertStore::empty(), self.timeout)
+                        .map_err(|e| e.to_string()),
+                }
+                .map_err(|e| self.unreachable(format!("HTTP client setup: {e}")))?
+                .with_user_agent(concat!("baton-agent/", env!("CARGO_PKG_VERSION")));
+                let channel = etcd_client::Channel::Tonic(endpoint.connect_lazy());
+                let grpc = self
+                    .check(
+                        "connect",
+                        etcd_client::Client::from_channel(channel, None).await,
+                    )
+                    .await?;
+                let version_url = baton_net::http::parse_url(&format!("{url}/version"))
+                    .map_err(|e| self.bad(e.to_string()))?;
+                Ok(Clients {
+                    grpc,
+                    http,
+                    version_url,
+                })
+            })
             .await
-            .map_err(|_| {
-                self.unreachable(format!(
-                    "no answer to {method} {path} within {:?}",
-                    self.timeout
-                ))
-            })?
-            .map_err(|e| self.unreachable(e.to_string()))?;
-        let text = String::from_utf8_lossy(&buf);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| self.bad(format!("{method} {path}: no HTTP body")))?;
-        let code: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| self.bad(format!("{method} {path}: bad status line")))?;
-        let json = serde_json::from_str(body.trim())
-            .map_err(|e| self.bad(format!("{method} {path}: body is not JSON: {e}")))?;
-        Ok((code, json))
+    }
+
+    async fn grpc(&self) -> Result<etcd_client::Client, TargetError> {
+        Ok(self.clients().await?.grpc.clone())
     }
 
     async fn refresh_names(&self) -> Result<(), TargetError> {
-        let (code, list) = self
-            .call(
-                "POST",
-                "/v3/cluster/member/list",
-                Some(&serde_json::json!({})),
-            )
-            .await?;
-        if code != 200 {
-            return Err(self.bad(format!("member list answered {code}: {list}")));
-        }
-        let mut names = BTreeMap::new();
-        for m in list["members"].as_array().cloned().unwrap_or_default() {
-            let name = m["name"].as_str().unwrap_or_default().to_owned();
-            if !name.is_empty() {
-                names.insert(id_field(&m, "ID"), name);
-            }
-        }
+        let list = self.grpc().await?.member_list().await;
+        let list = self.check("MemberList", list).await?;
+        let names = list
+            .members()
+            .iter()
+            .filter(|m| !m.name().is_empty())
+            .map(|m| (m.id(), m.name().to_owned()))
+            .collect();
         *self.names.lock().unwrap_or_else(|p| p.into_inner()) = names;
         Ok(())
     }
 
-    async fn name_of(&self, id: &str) -> Result<MemberId, TargetError> {
-        let known = self
-            .names
+    fn known_name(&self, id: u64) -> Option<String> {
+        self.names
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned();
-        let name = match known {
+            .get(&id)
+            .cloned()
+    }
+
+    async fn name_of(&self, id: u64) -> Result<MemberId, TargetError> {
+        let name = match self.known_name(id) {
             Some(n) => n,
             None => {
                 self.refresh_names().await?;
-                self.names
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| {
-                        self.bad(format!("etcd member id {id} is not in the member list"))
-                    })?
+                self.known_name(id).ok_or_else(|| {
+                    self.bad(format!("etcd member id {id:x} is not in the member list"))
+                })?
             }
         };
         MemberId::new(name)
             .map_err(|e| self.bad(format!("etcd member name is not a baton member id: {e}")))
     }
 
-    async fn id_of(&self, member: &MemberId) -> Result<String, TargetError> {
+    async fn id_of(&self, member: &MemberId) -> Result<u64, TargetError> {
         self.refresh_names().await?;
         self.names
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .find(|(_, name)| name.as_str() == member.as_str())
-            .map(|(id, _)| id.clone())
+            .map(|(id, _)| *id)
             .ok_or_else(|| {
                 self.bad(format!(
                     "no etcd member is named {member}; run etcd with --name {member}"
@@ -192,16 +442,22 @@ impl EtcdTarget {
             })
     }
 
-    /// `/health`, waiting at most [`HEALTH_WAIT`]; a slower answer keeps a
-    /// verdict younger than [`HEALTH_GRACE`].
+    /// A linearizable read, waiting at most [`HEALTH_WAIT`]; a slower
+    /// answer keeps a verdict younger than [`HEALTH_GRACE`].
     async fn health(&self) -> (Health, String) {
         let asked = Instant::now();
-        let verdict = match tokio::time::timeout(HEALTH_WAIT, self.call("GET", "/health", None))
-            .await
-        {
-            Ok(Ok((200, h))) if h["health"] == "true" => (Health::Healthy, String::new()),
-            Ok(Ok((code, h))) => (Health::Degraded, format!("/health answered {code}: {h}")),
-            Ok(Err(e)) => (Health::Degraded, format!("/health failed: {e}")),
+        let read = async {
+            let mut kv = self.grpc().await?;
+            let options = etcd_client::GetOptions::new()
+                .with_keys_only()
+                .with_limit(1);
+            let got = kv.get(HEALTH_KEY, Some(options)).await;
+            self.check("the health read (linearizable Range)", got)
+                .await
+        };
+        let verdict = match tokio::time::timeout(HEALTH_WAIT, read).await {
+            Ok(Ok(_)) => (Health::Healthy, String::new()),
+            Ok(Err(e)) => (Health::Degraded, e.to_string()),
             Err(_) => {
                 let last = self
                     .last_health
@@ -215,7 +471,8 @@ impl EtcdTarget {
                     _ => (
                         Health::Degraded,
                         format!(
-                            "/health did not answer within {HEALTH_WAIT:?} (none answered in the last {HEALTH_GRACE:?})"
+                            "{}: the health read did not answer within {HEALTH_WAIT:?} (none answered in the last {HEALTH_GRACE:?})",
+                            self.label
                         ),
                     ),
                 };
@@ -226,53 +483,69 @@ impl EtcdTarget {
         verdict
     }
 
-    async fn read(&self) -> Result<MemberState, TargetError> {
-        let (code, st) = self
-            .call(
-                "POST",
-                "/v3/maintenance/status",
-                Some(&serde_json::json!({})),
-            )
-            .await?;
-        if code != 200 {
-            return Err(self.unreachable(format!("status answered {code}: {st}")));
+    /// `GET /version`: the cluster version (`etcdcluster`).
+    async fn cluster_version(&self) -> Result<String, TargetError> {
+        let clients = self.clients().await?;
+        let answer = clients
+            .http
+            .get(&clients.version_url)
+            .await
+            .map_err(|e| self.unreachable(format!("GET /version: {e}")))?;
+        if !answer.status.is_success() {
+            return Err(self.unreachable(format!(
+                "GET /version answered {}: {}",
+                answer.status,
+                answer.quoted_body()
+            )));
         }
-        let me = id_field(&st["header"], "member_id");
-        let leader_id = id_field(&st, "leader");
-        let role = match leader_id.as_str() {
-            "" | "0" => Role::Candidate,
+        let v: serde_json::Value = serde_json::from_str(&answer.body)
+            .map_err(|e| self.bad(format!("GET /version: the body is not JSON: {e}")))?;
+        Ok(v["etcdcluster"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn read(&self) -> Result<MemberState, TargetError> {
+        let st = self.grpc().await?.status().await;
+        let st = self.check("Status", st).await?;
+        let me = st.header().map(|h| h.member_id()).unwrap_or_default();
+        let role = match st.leader() {
+            0 => Role::Candidate,
             l if l == me => Role::Leader,
             _ => Role::Follower,
         };
-        let leader = match leader_id.as_str() {
-            "" | "0" => None,
+        let leader = match st.leader() {
+            0 => None,
             l => Some(self.name_of(l).await?),
         };
         let (version, (health, health_detail)) =
-            tokio::join!(self.call("GET", "/version", None), self.health());
-        let (_, version) = version?;
+            tokio::join!(self.cluster_version(), self.health());
+        let cluster_version = version?;
         let (health, health_detail) = if leader.is_none() {
             (Health::Degraded, "member knows no leader".to_owned())
+        } else if !st.errors().is_empty() {
+            // etcd's /health fails on any alarm (NOSPACE, CORRUPT).
+            (
+                Health::Degraded,
+                format!("{}: etcd reports {}", self.label, st.errors().join("; ")),
+            )
         } else {
             (health, health_detail)
         };
-        let committed = u64_field(&st, "raftIndex");
-        let applied = u64_field(&st, "raftAppliedIndex");
+        let committed = st.raft_index();
+        let applied = st.raft_applied_index();
         Ok(MemberState {
             role,
             leader,
             committed_revision: committed.max(applied),
             applied_revision: applied,
-            release: st["version"].as_str().unwrap_or_default().to_owned(),
+            release: st.version().to_owned(),
             // etcd's compatibility is a version path, checked in preflight.
             format_version: 0,
-            term: u64_field(&st, "raftTerm").max(u64_field(&st["header"], "raft_term")),
+            term: st
+                .raft_term()
+                .max(st.header().map(|h| h.raft_term()).unwrap_or_default()),
             health,
             health_detail,
-            cluster_version: version["etcdcluster"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            cluster_version,
         })
     }
 }
@@ -286,93 +559,63 @@ pub struct SnapshotFile {
     pub sha256: String,
 }
 
-fn b64_value(c: u8) -> Option<u32> {
-    Some(u32::from(match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => return None,
-    }))
-}
-
-/// Standard base64 (with padding), as etcd's gateway encodes `bytes`.
-fn b64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= b64_value(*c)? << (18 - 6 * i);
-        }
-        let bytes = n.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
-}
-
 impl EtcdTarget {
     /// Streams `Maintenance.Snapshot` into `dest` and verifies it: etcd
     /// appends the sha256 of the database to the stream, and a snapshot
     /// whose tail does not match is deleted, never kept. Written to a temp
-    /// file, fsynced, then renamed.
-    pub async fn snapshot_to(&self, dest: &std::path::Path) -> Result<SnapshotFile, TargetError> {
+    /// file, fsynced, then renamed. Each message must come within the
+    /// adapter's timeout.
+    pub async fn snapshot_to(&self, dest: &Path) -> Result<SnapshotFile, TargetError> {
+        let stream = self.grpc().await?.snapshot().await;
+        let stream = self.check("Snapshot", stream).await?;
+        let chunks = futures::stream::unfold(stream, |mut stream| async move {
+            let next = match tokio::time::timeout(self.timeout, stream.message()).await {
+                Err(_) => {
+                    Err(self.unreachable(format!("Snapshot: no message within {:?}", self.timeout)))
+                }
+                Ok(Err(e)) => Err(self.failed("Snapshot (mid-stream)", &e).await),
+                Ok(Ok(None)) => return None,
+                Ok(Ok(Some(msg))) => Ok(msg.blob().to_vec()),
+            };
+            Some((next, stream))
+        });
+        self.save_snapshot(chunks, dest).await
+    }
+
+    /// Writes the chunks of a snapshot stream to `dest` (through a temp
+    /// file) and keeps it only if its last 32 bytes are the sha256 of the
+    /// rest. Any failure deletes the temp file.
+    async fn save_snapshot(
+        &self,
+        chunks: impl Stream<Item = Result<Vec<u8>, TargetError>>,
+        dest: &Path,
+    ) -> Result<SnapshotFile, TargetError> {
+        let tmp = dest.with_extension("partial");
+        let result = self.write_snapshot(chunks, dest, &tmp).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn write_snapshot(
+        &self,
+        chunks: impl Stream<Item = Result<Vec<u8>, TargetError>>,
+        dest: &Path,
+        tmp: &Path,
+    ) -> Result<SnapshotFile, TargetError> {
         use sha2::{Digest, Sha256};
-        use tokio::io::AsyncBufReadExt;
         let io_err =
             |e: std::io::Error| self.unreachable(format!("snapshot to {}: {e}", dest.display()));
-        let mut stream = tokio::net::TcpStream::connect(&self.addr)
-            .await
-            .map_err(io_err)?;
-        let body = "{}";
-        stream
-            .write_all(
-                format!(
-                    "POST /v3/maintenance/snapshot HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    self.addr,
-                    body.len()
-                )
-                .as_bytes(),
-            )
-            .await
-            .map_err(io_err)?;
-        let mut reader = tokio::io::BufReader::new(stream);
-        let mut line = String::new();
-        // Status line and headers.
-        reader.read_line(&mut line).await.map_err(io_err)?;
-        if !line.contains(" 200 ") {
-            return Err(self.bad(format!("snapshot answered {}", line.trim())));
-        }
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await.map_err(io_err)? == 0 || line == "\r\n" {
-                break;
-            }
-        }
-        let tmp = dest.with_extension("partial");
-        let mut file = tokio::fs::File::create(&tmp).await.map_err(io_err)?;
+        let mut file = tokio::fs::File::create(tmp).await.map_err(io_err)?;
         let mut db_hash = Sha256::new();
         let mut whole = Sha256::new();
         // The last 32 bytes are the checksum, not data: hold them back.
         let mut tail: Vec<u8> = Vec::new();
         let mut bytes = 0u64;
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await.map_err(io_err)? == 0 {
-                break;
-            }
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line.trim())
-                .map_err(|e| self.bad(format!("snapshot chunk: {e}")))?;
-            if let Some(err) = v.get("error") {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(self.bad(format!("snapshot failed mid-stream: {err}")));
-            }
-            let blob = v["result"]["blob"].as_str().unwrap_or_default();
-            let chunk = b64_decode(blob).ok_or_else(|| self.bad("snapshot chunk is not base64"))?;
+        let mut chunks = std::pin::pin!(chunks);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
             file.write_all(&chunk).await.map_err(io_err)?;
             whole.update(&chunk);
             bytes += chunk.len() as u64;
@@ -386,12 +629,11 @@ impl EtcdTarget {
         file.sync_all().await.map_err(io_err)?;
         drop(file);
         if tail.len() != 32 || db_hash.finalize().as_slice() != tail.as_slice() {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(self.bad(format!(
                 "snapshot of {bytes} bytes failed its sha256 check (etcd's appended checksum does not match); it was deleted"
             )));
         }
-        tokio::fs::rename(&tmp, dest).await.map_err(io_err)?;
+        tokio::fs::rename(tmp, dest).await.map_err(io_err)?;
         Ok(SnapshotFile {
             path: dest.to_owned(),
             bytes,
@@ -416,25 +658,26 @@ impl Adapter for EtcdTarget {
     fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, TargetError>> {
         Box::pin(async move {
             let target = self.id_of(to).await?;
-            // MoveLeader takes the target's id; the gateway wants it as a
-            // decimal string (a uint64 does not fit a JSON double).
-            let body = serde_json::json!({ "targetID": target });
-            let (code, reply) = self
-                .call("POST", "/v3/maintenance/transfer-leadership", Some(&body))
-                .await?;
-            if code == 200 {
-                Ok(format!(
-                    "moved leadership to {to} (etcd id {target}, hex {:x})",
-                    target.parse::<u64>().unwrap_or(0)
-                ))
-            } else {
-                Err(TargetError::Refused {
-                    addr: self.addr.clone(),
-                    detail: format!(
-                        "MoveLeader to {to} answered {code}: {}",
-                        reply["message"].as_str().unwrap_or(&reply.to_string())
-                    ),
-                })
+            match self.grpc().await?.move_leader(target).await {
+                Ok(_) => Ok(format!(
+                    "moved leadership to {to} (etcd id {target}, hex {target:x})"
+                )),
+                Err(etcd_client::Error::GRpcStatus(s))
+                    if std::error::Error::source(&s).is_none() =>
+                {
+                    // etcd answered, and said no (not the leader, target
+                    // not started, …).
+                    Err(TargetError::Refused {
+                        addr: self.addr.clone(),
+                        detail: format!(
+                            "{}: MoveLeader to {to} answered {:?}: {}",
+                            self.label,
+                            s.code(),
+                            s.message()
+                        ),
+                    })
+                }
+                Err(e) => Err(self.failed(&format!("MoveLeader to {to}"), &e).await),
             }
         })
     }
@@ -454,29 +697,24 @@ pub const REGISTRATION: super::Registration = super::Registration {
 struct RawConfig {
     addr: String,
     timeout_ms: Option<u64>,
-}
-
-/// A validated etcd `[target]` section: etcd 3.4/3.5 through its JSON
-/// gateway; `addr` is the client URL's host:port, and the etcd member name
-/// must equal the baton member id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdConfig {
-    pub addr: String,
-    /// Bound on each call to the member.
-    pub timeout: Duration,
+    /// `[target.tls]`, see [`RawEtcdTls`].
+    tls: Option<RawEtcdTls>,
 }
 
 fn parse_config(
     table: toml::Table,
 ) -> Result<std::sync::Arc<dyn super::AdapterConfig>, super::SectionError> {
-    let raw: RawConfig = super::decode(table)?;
-    if raw.addr.is_empty() {
-        return Err(super::SectionError::invalid("target.addr", "empty"));
+    Ok(std::sync::Arc::new(EtcdConfig::from_table(table)?))
+}
+
+impl EtcdConfig {
+    /// Validates the `[target]` table of an etcd agent (`kind` already
+    /// taken out).
+    pub fn from_table(table: toml::Table) -> Result<Self, super::SectionError> {
+        let raw: RawConfig = super::decode(table)?;
+        EtcdConfig::from_raw(raw.addr, super::timeout(raw.timeout_ms), raw.tls)
+            .map_err(|e| super::SectionError::invalid(e.key, e.reason))
     }
-    Ok(std::sync::Arc::new(EtcdConfig {
-        addr: raw.addr,
-        timeout: super::timeout(raw.timeout_ms),
-    }))
 }
 
 impl super::AdapterConfig for EtcdConfig {
@@ -484,11 +722,8 @@ impl super::AdapterConfig for EtcdConfig {
         REGISTRATION.kind
     }
 
-    fn build(&self) -> Result<std::sync::Arc<dyn Adapter>, TargetError> {
-        Ok(std::sync::Arc::new(EtcdTarget::new(
-            &self.addr,
-            self.timeout,
-        )))
+    fn build(&self, member: &MemberId) -> Result<std::sync::Arc<dyn Adapter>, TargetError> {
+        Ok(std::sync::Arc::new(EtcdTarget::from_config(member, self)))
     }
 }
 
@@ -496,57 +731,13 @@ impl super::AdapterConfig for EtcdConfig {
 mod tests {
     use super::*;
 
-    #[test]
-    fn base64_decodes_with_and_without_padding() {
-        assert_eq!(b64_decode("Zm9v").unwrap(), b"foo");
-        assert_eq!(b64_decode("Zm8=").unwrap(), b"fo");
-        assert_eq!(b64_decode("Zg==").unwrap(), b"f");
-        assert_eq!(b64_decode("").unwrap(), b"");
-        assert!(b64_decode("Z!==").is_none());
-    }
-
-    #[test]
-    fn uint64_ids_survive_as_strings() {
-        let v: Value = serde_json::from_str(r#"{"a":"18446744073709551615","b":7}"#).unwrap();
-        assert_eq!(id_field(&v, "a"), "18446744073709551615");
-        assert_eq!(u64_field(&v, "a"), u64::MAX);
-        assert_eq!(u64_field(&v, "b"), 7);
-    }
-
-    /// Serves one canned HTTP answer on a loopback port.
-    async fn canned(body: String) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let _ = s
-                .write_all(
-                    format!("HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{body}")
-                        .as_bytes(),
-                )
-                .await;
-        });
-        addr
-    }
-
-    fn chunk(bytes: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for c in bytes.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                out.push(if i <= c.len() {
-                    T[((n >> (18 - 6 * i)) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        format!("{{\"result\":{{\"blob\":\"{out}\"}}}}\n")
+    fn chunks(parts: &[&[u8]]) -> impl Stream<Item = Result<Vec<u8>, TargetError>> {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(p.to_vec()))
+                .collect::<Vec<Result<Vec<u8>, TargetError>>>(),
+        )
     }
 
     #[tokio::test]
@@ -555,23 +746,58 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = b"pretend this is a bolt database".repeat(100);
         let good: Vec<u8> = [db.clone(), Sha256::digest(&db).to_vec()].concat();
-        let (a, b) = good.split_at(1000);
-        let t = EtcdTarget::new(&canned(chunk(a) + &chunk(b)).await, Duration::from_secs(2));
+        // The checksum straddles the two messages, as it may on the wire.
+        let (a, b) = good.split_at(good.len() - 10);
+        let t = EtcdTarget::new("127.0.0.1:1", Duration::from_secs(2));
         let dest = dir.path().join("snap.db");
-        let snap = t.snapshot_to(&dest).await.unwrap();
+        let snap = t.save_snapshot(chunks(&[a, b]), &dest).await.unwrap();
         assert_eq!(snap.bytes, good.len() as u64);
         assert_eq!(std::fs::read(&dest).unwrap(), good);
+        assert_eq!(
+            snap.sha256,
+            Sha256::digest(&good)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
 
         let mut bad = good.clone();
         bad[10] ^= 1;
-        let t = EtcdTarget::new(&canned(chunk(&bad)).await, Duration::from_secs(2));
         let dest = dir.path().join("bad.db");
-        let err = t.snapshot_to(&dest).await.unwrap_err().to_string();
+        let err = t
+            .save_snapshot(chunks(&[&bad]), &dest)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("failed its sha256 check"), "{err}");
         assert!(
             !dest.exists() && !dest.with_extension("partial").exists(),
             "nothing kept"
         );
+
+        // Shorter than a checksum: refused too.
+        let dest = dir.path().join("short.db");
+        let err = t
+            .save_snapshot(chunks(&[b"tiny"]), &dest)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("failed its sha256 check"), "{err}");
+        assert!(!dest.exists() && !dest.with_extension("partial").exists());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_fails_half_way_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EtcdTarget::new("127.0.0.1:1", Duration::from_secs(2));
+        let dest = dir.path().join("snap.db");
+        let stream = futures::stream::iter(vec![
+            Ok(vec![1u8; 100]),
+            Err(t.unreachable("Snapshot (mid-stream) failed: connection reset")),
+        ]);
+        let err = t.save_snapshot(stream, &dest).await.unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        assert!(!dest.exists() && !dest.with_extension("partial").exists());
     }
 
     #[tokio::test]
@@ -581,5 +807,46 @@ mod tests {
             t.poll().await,
             Err(TargetError::Unreachable { .. })
         ));
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let raw = |ca: &Path, cert: Option<&Path>, key: Option<&Path>| RawEtcdTls {
+            ca: ca.to_owned(),
+            cert: cert.map(Path::to_owned),
+            key: key.map(Path::to_owned),
+            domain: None,
+        };
+        let cfg = |tls| EtcdConfig::from_raw("127.0.0.1:2379".into(), Duration::from_secs(1), tls);
+        let err = cfg(Some(raw(&missing, None, None))).unwrap_err();
+        assert_eq!(err.key, "target.tls.ca");
+        assert!(err.reason.contains("nope.pem"), "{err}");
+        let err = cfg(Some(raw(&junk, None, None))).unwrap_err();
+        assert_eq!(err.key, "target.tls.ca", "{err}");
+        let err = cfg(Some(raw(&junk, Some(&junk), None))).unwrap_err();
+        assert_eq!(err.key, "target.tls.key", "{err}");
+        let err = cfg(Some(raw(&junk, Some(&missing), Some(&junk)))).unwrap_err();
+        assert_eq!(err.key, "target.tls.cert", "{err}");
+
+        let err = EtcdConfig::from_raw(
+            "https://127.0.0.1:2379".into(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "target.addr");
+        let ok = cfg(None).unwrap();
+        assert_eq!(ok.tls, None);
+    }
+
+    #[test]
+    fn tls_problems_get_a_hint() {
+        assert!(looks_like_tls("received fatal alert: CertificateRequired"));
+        assert!(looks_like_tls("invalid peer certificate: UnknownIssuer"));
+        assert!(!looks_like_tls("tcp connect error: Connection refused"));
     }
 }

@@ -47,7 +47,7 @@ pub trait AdapterConfig: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Builds the adapter. Connections are made lazily, so this fails only
     /// on settings that cannot work at all.
-    fn build(&self) -> Result<Arc<dyn Adapter>, AdapterError>;
+    fn build(&self, member: &MemberId) -> Result<Arc<dyn Adapter>, AdapterError>;
 }
 
 /// Why a `[target]` table is not valid. The config module turns it into
@@ -181,10 +181,16 @@ mod tests {
     async fn the_kind_picks_the_adapter_that_parses_the_rest() {
         let c = parse_section(table("kind = \"samplekv\"\naddr = \"127.0.0.1:1\"")).unwrap();
         assert_eq!(c.kind(), "samplekv");
-        assert_eq!(c.build().unwrap().kind(), "samplekv");
+        assert_eq!(
+            c.build(&MemberId::new("n1").unwrap()).unwrap().kind(),
+            "samplekv"
+        );
         let c = parse_section(table("kind = \"etcd\"\naddr = \"127.0.0.1:1\"")).unwrap();
         assert_eq!(c.kind(), "etcd");
-        assert_eq!(c.build().unwrap().kind(), "etcd");
+        assert_eq!(
+            c.build(&MemberId::new("n1").unwrap()).unwrap().kind(),
+            "etcd"
+        );
         // Each registered adapter answers to its own kind.
         for r in REGISTRY {
             let c = (r.parse)(table("addr = \"h:1\"")).unwrap();

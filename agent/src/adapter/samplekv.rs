@@ -33,6 +33,8 @@ struct RawConfig {
     #[serde(default)]
     member_names: BTreeMap<String, String>,
     timeout_ms: Option<u64>,
+    /// Accepted only to refuse it by name: samplekv speaks no TLS.
+    tls: Option<toml::Value>,
 }
 
 /// A validated samplekv `[target]` section.
@@ -59,6 +61,12 @@ fn parse_config(table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionErr
     if raw.addr.is_empty() {
         return Err(SectionError::invalid("target.addr", "empty"));
     }
+    if raw.tls.is_some() {
+        return Err(SectionError::invalid(
+            "target.tls",
+            "the samplekv adapter does not speak TLS; remove [target.tls]",
+        ));
+    }
     Ok(Arc::new(SamplekvConfig {
         addr: raw.addr,
         member_names,
@@ -71,7 +79,7 @@ impl AdapterConfig for SamplekvConfig {
         REGISTRATION.kind
     }
 
-    fn build(&self) -> Result<Arc<dyn Adapter>, AdapterError> {
+    fn build(&self, _member: &baton_domain::MemberId) -> Result<Arc<dyn Adapter>, AdapterError> {
         Ok(Arc::new(SamplekvAdapter::new(
             &self.addr,
             self.member_names.clone(),

@@ -4,6 +4,10 @@
 //! `/usr/bin/etcd` on PATH). Each member runs under a supervising baton
 //! agent; both releases are published to the artifact store.
 //!
+//! A cluster can also serve its clients over TLS only, requiring client
+//! certificates ([`EtcdTls`]); the agents then read etcd through
+//! `[target.tls]`.
+//!
 //! Also a writer that talks to etcd's JSON gateway at a set rate, records
 //! every acknowledged put with the raft term in its response header, and
 //! reads every acked key back linearizably.
@@ -54,6 +58,28 @@ pub fn assert_version(bin: &Path, version: &str) -> Result<()> {
         bin.display()
     );
     Ok(())
+}
+
+/// PEM files for an etcd that serves its clients over TLS and requires
+/// client certificates (`--client-cert-auth`): one CA signs etcd's server
+/// certificate (valid for 127.0.0.1) and the agents' client certificate.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// How to start an [`EtcdCluster`].
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// Agents in exec mode: shell scripts (the operator's own commands)
+    /// start and stop each member. Otherwise the agents supervise.
+    pub exec: bool,
+    /// Client URLs on https with client certificates required.
+    pub tls: Option<EtcdTls>,
 }
 
 /// One etcd member and its agent.
@@ -121,6 +147,20 @@ impl EtcdCluster {
     /// As `start`; with `exec`, the agents run in exec mode: shell scripts
     /// (the operator's own commands) start and stop each member.
     pub async fn start_with(n: usize, policy: &str, exec: bool) -> Result<EtcdCluster> {
+        Self::start_opts(
+            n,
+            policy,
+            EtcdOptions {
+                exec,
+                ..EtcdOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// As `start`, with `options`.
+    pub async fn start_opts(n: usize, policy: &str, options: EtcdOptions) -> Result<EtcdCluster> {
+        let EtcdOptions { exec, tls } = options;
         init();
         assert_version(Path::new(ETCD_34), "3.4.23")?;
         let dir = tempfile::Builder::new().prefix("baton-etcd-").tempdir()?;
@@ -163,16 +203,17 @@ impl EtcdCluster {
             let data_dir = mdir.join("data");
             let agent_dir = mdir.join("agent");
             fs::create_dir_all(&agent_dir)?;
-            let command = vec![
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut command = vec![
                 "{release_dir}/etcd".to_owned(),
                 "--name".into(),
                 name.clone(),
                 "--data-dir".into(),
                 "{data_dir}".into(),
                 "--listen-client-urls".into(),
-                format!("http://127.0.0.1:{client}"),
+                format!("{scheme}://127.0.0.1:{client}"),
                 "--advertise-client-urls".into(),
-                format!("http://127.0.0.1:{client}"),
+                format!("{scheme}://127.0.0.1:{client}"),
                 "--listen-peer-urls".into(),
                 format!("http://127.0.0.1:{peer}"),
                 "--initial-advertise-peer-urls".into(),
@@ -189,6 +230,25 @@ impl EtcdCluster {
                 "--election-timeout".into(),
                 "500".into(),
             ];
+            let mut target_tls = String::new();
+            if let Some(t) = &tls {
+                let path = |p: &Path| p.to_string_lossy().into_owned();
+                command.extend([
+                    "--client-cert-auth".to_owned(),
+                    "--trusted-ca-file".into(),
+                    path(&t.ca),
+                    "--cert-file".into(),
+                    path(&t.server_cert),
+                    "--key-file".into(),
+                    path(&t.server_key),
+                ]);
+                target_tls = format!(
+                    "[target.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                    path(&t.ca),
+                    path(&t.client_cert),
+                    path(&t.client_key)
+                );
+            }
             let run = if exec {
                 // The operator's scripts: start in the background with a
                 // pidfile, stop with SIGTERM and wait (SIGKILL after 20 s).
@@ -244,7 +304,7 @@ impl EtcdCluster {
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\n{run}",
+                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\n{target_tls}{run}",
                     cluster.coordinator_url,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),

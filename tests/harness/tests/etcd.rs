@@ -1,12 +1,15 @@
 //! Real etcd: roll a live 3.4.23 cluster to 3.5.1 under baton, with a writer
 //! through the etcd API at >= 100 writes/s; then check the version rules
-//! against the upgraded cluster.
+//! against the upgraded cluster. One cluster serves its clients only over
+//! TLS with client certificates required, and the agents read and upgrade
+//! it through `[target.tls]`.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use baton_harness::etcd::{
-    ETCD_34, EtcdCluster, EtcdLoad, assert_version, etcd_35, etcd_verify, etcd_writer,
+    ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, EtcdTls, assert_version, etcd_35, etcd_verify,
+    etcd_writer,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -367,5 +370,223 @@ async fn exec_mode_upgrades_with_the_operators_own_start_and_stop_commands() -> 
             .any(|d| d.contains("stop.sh") && d.contains("exited 0")),
         "{details:?}"
     );
+    Ok(())
+}
+
+/// A CA, etcd's server certificate (for 127.0.0.1) and the agents' client
+/// certificate, written as PEM files under `dir`.
+fn etcd_pki(dir: &std::path::Path) -> Result<EtcdTls> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let path = |f: &str| dir.join(f);
+    std::fs::write(path("ca.crt"), ca_cert.pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    for (name, sans) in [
+        (
+            "server",
+            vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+        ),
+        ("agent", vec!["baton-agent".to_owned()]),
+    ] {
+        let key = KeyPair::generate()?;
+        let cert = CertificateParams::new(sans)?.signed_by(&key, &issuer)?;
+        std::fs::write(path(&format!("{name}.crt")), cert.pem())?;
+        std::fs::write(path(&format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(EtcdTls {
+        ca: path("ca.crt"),
+        server_cert: path("server.crt"),
+        server_key: path("server.key"),
+        client_cert: path("agent.crt"),
+        client_key: path("agent.key"),
+    })
+}
+
+/// A client of the test's own, over TLS with the agents' certificate.
+async fn tls_client(cluster: &EtcdCluster, tls: &EtcdTls) -> Result<etcd_client::Client> {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let endpoints: Vec<String> = cluster
+        .clients()
+        .iter()
+        .map(|c| format!("https://{c}"))
+        .collect();
+    let options = ConnectOptions::new()
+        .with_timeout(Duration::from_secs(2))
+        .with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(&tls.ca)?))
+                .identity(Identity::from_pem(
+                    std::fs::read(&tls.client_cert)?,
+                    std::fs::read(&tls.client_key)?,
+                )),
+        );
+    Ok(etcd_client::Client::connect(endpoints, Some(options)).await?)
+}
+
+/// The etcd adapter as member `i`'s agent would build it from its config
+/// file, after `edit` (e.g. dropping the client certificate).
+fn adapter_from_agent_config(
+    cluster: &EtcdCluster,
+    i: usize,
+    edit: impl Fn(&str) -> String,
+) -> Result<baton_agent::adapter::EtcdTarget> {
+    use baton_agent::adapter::etcd::EtcdConfig;
+    use baton_agent::config::AgentConfig;
+    let path = &cluster.members[i].agent_config;
+    let text = edit(&std::fs::read_to_string(path)?);
+    let config = AgentConfig::from_toml(&text, path, &Default::default())?;
+    let mut target = toml::from_str::<toml::Table>(&text)?
+        .remove("target")
+        .and_then(|t| t.as_table().cloned())
+        .ok_or_else(|| anyhow::anyhow!("member {i}'s agent config has no [target]"))?;
+    anyhow::ensure!(
+        target
+            .remove("kind")
+            .and_then(|k| k.as_str().map(str::to_owned))
+            .as_deref()
+            == Some("etcd"),
+        "member {i}'s agent is not configured for etcd"
+    );
+    let etcd = EtcdConfig::from_table(target)?;
+    anyhow::ensure!(etcd.tls.is_some(), "[target.tls] is set");
+    Ok(baton_agent::adapter::EtcdTarget::from_config(
+        &config.member,
+        &etcd,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_that_requires_client_certificates_is_read_and_upgraded_over_tls() -> Result<()> {
+    use baton_agent::adapter::Adapter;
+    use baton_domain::Role;
+    let e35 = etcd_35()?;
+    assert_version(&e35, "3.5.1")?;
+    assert_version(std::path::Path::new(ETCD_34), "3.4.23")?;
+    let pki = tempfile::tempdir()?;
+    let tls = etcd_pki(pki.path())?;
+    // `start` waits until every agent reports its member healthy with one
+    // leader: each read Status, MemberList and /version through TLS.
+    let cluster = EtcdCluster::start_opts(
+        3,
+        POLICY,
+        EtcdOptions {
+            tls: Some(tls.clone()),
+            ..EtcdOptions::default()
+        },
+    )
+    .await?;
+    let before = cluster.status()?;
+    let leader = before.leader.clone().expect("a leader").to_string();
+    let roles: Vec<Role> = before
+        .members
+        .iter()
+        .filter_map(|m| m.report.as_ref().map(|r| r.state.role))
+        .collect();
+    assert_eq!(
+        (
+            roles.iter().filter(|r| **r == Role::Leader).count(),
+            roles.iter().filter(|r| **r == Role::Follower).count()
+        ),
+        (1, 2),
+        "one leader, two followers: {roles:?}"
+    );
+    for m in &before.members {
+        let r = m.report.as_ref().expect("a report");
+        assert!(r.state.applied_revision > 0, "{}: {r:?}", m.member);
+        assert!(
+            m.lag.is_some_and(|lag| lag <= 200),
+            "{}: lag {:?}",
+            m.member,
+            m.lag
+        );
+        assert_eq!(r.state.release, "3.4.23");
+        assert!(r.state.cluster_version.starts_with("3.4"), "{r:?}");
+    }
+
+    // etcd really insists: plaintext gets nowhere, and neither does TLS
+    // without the client certificate; the adapter says which member and why.
+    let plain =
+        baton_agent::adapter::EtcdTarget::new(&cluster.clients()[0], Duration::from_secs(2));
+    assert!(plain.poll().await.is_err(), "etcd answered plaintext");
+    let no_cert = adapter_from_agent_config(&cluster, 0, |t| {
+        t.lines()
+            .filter(|l| !l.starts_with("cert = ") && !l.starts_with("key = "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    })?;
+    let err = no_cert
+        .poll()
+        .await
+        .expect_err("read without a client cert")
+        .to_string();
+    eprintln!("without a client certificate: {err}");
+    assert!(
+        err.contains("etcd member n1 at https://127.0.0.1:")
+            && err.contains("TLS handshake failed")
+            && err.contains("fatal alert")
+            && err.contains("--client-cert-auth")
+            && err.contains("[target.tls] cert and key"),
+        "{err}"
+    );
+
+    // Writes through TLS, then a real rollout to 3.5.1 (handovers by
+    // MoveLeader over TLS), and every write still there.
+    let mut client = tls_client(&cluster, &tls).await?;
+    for i in 0..50 {
+        client.put(format!("t-{i:03}"), "x", None).await?;
+    }
+    cluster.publish("3.5.1", &e35)?;
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
+    assert_eq!(code, 0, "upgrade over TLS: {stderr} {out:#}");
+    let order: Vec<String> = serde_json::from_value(out["summary"]["order"].clone())?;
+    assert_eq!(order.last(), Some(&leader), "the leader went last");
+    let after = cluster
+        .wait_status(
+            "every member on 3.5.1 and cluster version 3.5, over TLS",
+            Duration::from_secs(30),
+            |s| {
+                s.leader.is_some()
+                    && s.members.iter().all(|m| {
+                        m.report.as_ref().is_some_and(|r| {
+                            r.state.release == "3.5.1"
+                                && r.state.cluster_version.starts_with("3.5")
+                                && r.state.health == baton_domain::Health::Healthy
+                        })
+                    })
+            },
+        )
+        .await?;
+    assert_ne!(
+        after.leader.as_ref().map(ToString::to_string),
+        Some(leader.clone()),
+        "leadership was handed over"
+    );
+    let got = client
+        .get("t-", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    assert_eq!(got.kvs().len(), 50, "no write lost in the rollout");
+
+    // A snapshot over TLS, verified, that etcd's own tool reads.
+    let adapter = adapter_from_agent_config(&cluster, 1, str::to_owned)?;
+    let dest = cluster.dir.path().join("tls-backup.db");
+    let snap = adapter.snapshot_to(&dest).await?;
+    assert_eq!(baton_store::sha256_file(&dest)?, snap.sha256);
+    let out = std::process::Command::new("/usr/bin/etcdctl")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&dest)
+        .env("ETCDCTL_API", "3")
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(status["revision"].as_u64().unwrap_or(0) > 50, "{status}");
     Ok(())
 }
