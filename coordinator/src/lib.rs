@@ -134,7 +134,13 @@ pub async fn run(
     });
     // What was firing when the coordinator last stopped: the driver's
     // watchdog took it from the journal; the notifier resolves it later.
-    let restored: Vec<_> = journal.subscribe().borrow().firing.values().cloned().collect();
+    let restored: Vec<_> = journal
+        .subscribe()
+        .borrow()
+        .firing
+        .values()
+        .cloned()
+        .collect();
     for a in restored {
         notifier.restore(a);
     }

@@ -53,8 +53,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use self::ops::{ControlError, Op, PlanOutcome, RolloutSnapshot};
 use self::ops::phase_name;
+pub use self::ops::{ControlError, Op, PlanOutcome, RolloutSnapshot};
 use crate::agent_link::AgentLink;
 use crate::fleet::{FleetView, SessionId};
 use crate::journal::{AlertEntry, Applied, Journal, JournalError};
@@ -131,7 +131,10 @@ impl Driver {
         let mut applied = journal.subscribe();
         let (rollouts, firing) = {
             let a = applied.borrow_and_update();
-            (a.rollouts.clone(), a.firing.values().cloned().collect::<Vec<_>>())
+            (
+                a.rollouts.clone(),
+                a.firing.values().cloned().collect::<Vec<_>>(),
+            )
         };
         if let Some(r) = rollouts.last() {
             tracing::info!(rollout = %r.id, phase = %phase_name(&r.phase), "replayed rollout journal");

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_domain::{
-    Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, MemberId, Outbound,
-    ReleaseRef, Report, Resources, Role,
+    Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, MemberId, Outbound, ReleaseRef,
+    Report, Resources, Role,
 };
 use baton_planner::alerts::{Alert, AlertStatus, CATCH_UP_STALLED};
 use baton_planner::rollout::{Event, Phase, RolloutState, Stage};
@@ -175,7 +175,11 @@ fn hello(m: &MemberId) -> Hello {
     }
 }
 
-fn driver(rig_parts: (&Arc<Mutex<FleetView>>, &Arc<FakeLink>, &Arc<MemoryJournal>), policy: &Policy, alerts: &Arc<Mutex<Vec<Alert>>>) -> Driver {
+fn driver(
+    rig_parts: (&Arc<Mutex<FleetView>>, &Arc<FakeLink>, &Arc<MemoryJournal>),
+    policy: &Policy,
+    alerts: &Arc<Mutex<Vec<Alert>>>,
+) -> Driver {
     let (fleet, link, journal) = rig_parts;
     let sink = alerts.clone();
     Driver::new(
@@ -259,7 +263,13 @@ impl Rig {
     }
 
     fn rollout(&self) -> Arc<RolloutState> {
-        self.journal.subscribe().borrow().rollouts.last().unwrap().clone()
+        self.journal
+            .subscribe()
+            .borrow()
+            .rollouts
+            .last()
+            .unwrap()
+            .clone()
     }
 
     /// The commands sent since the last call, dropping cadence messages.
@@ -384,7 +394,9 @@ async fn a_clean_rollout_upgrades_followers_then_hands_over_then_the_old_leader(
             (id("n1"), Outbound::Cadence { every }),
         ]
     );
-    rig.sim.run(&id("n2"), &Action::Stage { release: target() }).unwrap();
+    rig.sim
+        .run(&id("n2"), &Action::Stage { release: target() })
+        .unwrap();
     rig.driver
         .handle_result(
             id("n2"),
@@ -394,9 +406,7 @@ async fn a_clean_rollout_upgrades_followers_then_hands_over_then_the_old_leader(
             },
         )
         .await;
-    let sent = rig
-        .run(400, |r| r.phase == Phase::Completed)
-        .await;
+    let sent = rig.run(400, |r| r.phase == Phase::Completed).await;
     let mut want = upgrade("n2")[1..].to_vec();
     want.extend(upgrade("n3"));
     want.push((id("n1"), Action::Stage { release: target() }));
@@ -436,7 +446,11 @@ async fn a_failed_start_reverts_the_member_and_pauses() {
         r.members[&id("n2")].stage
     );
     assert!(paused_reason(&r).contains("start failed"), "{:?}", r.phase);
-    assert_eq!(r.members[&id("n3")].stage, Stage::Pending, "nobody else touched");
+    assert_eq!(
+        r.members[&id("n3")].stage,
+        Stage::Pending,
+        "nobody else touched"
+    );
     assert_eq!(rig.sim.release[&id("n2")], "v1");
     // Paused: nothing more is sent.
     assert_eq!(rig.idle(20).await, vec![]);
@@ -461,7 +475,10 @@ async fn a_stalled_catch_up_pauses_and_pages_through_the_journal() {
         "{:?}",
         r.phase
     );
-    assert!(matches!(r.members[&id("n2")].stage, Stage::CatchingUp { .. }));
+    assert!(matches!(
+        r.members[&id("n2")].stage,
+        Stage::CatchingUp { .. }
+    ));
     // The page is an alert, journaled before it was handed to the sinks.
     let fired: Vec<Alert> = rig
         .journal
@@ -483,7 +500,10 @@ async fn a_stalled_catch_up_pauses_and_pages_through_the_journal() {
         && a.member() == "n2"
         && a.status == AlertStatus::Firing));
     let firing = rig.journal.subscribe().borrow().firing.clone();
-    assert!(firing.values().any(|a| a.name() == CATCH_UP_STALLED), "{firing:?}");
+    assert!(
+        firing.values().any(|a| a.name() == CATCH_UP_STALLED),
+        "{firing:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -617,7 +637,11 @@ async fn a_restarted_coordinator_resends_the_in_flight_id_and_issues_no_new_one(
     );
     assert_eq!(rig.issued(), 1);
     // A new driver on the same journal (the old one is gone).
-    rig.driver = driver((&rig.fleet, &rig.link, &rig.journal), &rig.policy, &rig.alerts);
+    rig.driver = driver(
+        (&rig.fleet, &rig.link, &rig.journal),
+        &rig.policy,
+        &rig.alerts,
+    );
     rig.feed();
     rig.driver.step().await;
     assert_eq!(rig.commands(), first, "the same command, with the same id");

@@ -30,10 +30,7 @@ pub enum ImportError {
     )]
     Corrupt { path: PathBuf, detail: String },
     #[error("cannot import the firing-alert state {path} into the journal: {source}")]
-    Journal {
-        path: PathBuf,
-        source: JournalError,
-    },
+    Journal { path: PathBuf, source: JournalError },
     #[error("imported {path} but cannot rename it aside to {to}: {source}; rename it by hand")]
     Rename {
         path: PathBuf,
@@ -80,7 +77,12 @@ pub async fn import_alerts_json(
     let alerts = load(&path)?;
     let mut imported = 0;
     for alert in alerts {
-        if journal.subscribe().borrow().firing.contains_key(&alert.key()) {
+        if journal
+            .subscribe()
+            .borrow()
+            .firing
+            .contains_key(&alert.key())
+        {
             continue;
         }
         journal
