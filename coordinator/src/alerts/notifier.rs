@@ -312,7 +312,7 @@ impl NotifierHandle {
     }
 
     /// Takes back `alert`, firing before a restart (see
-    /// `alert_state`): sinks that need refreshing get it again, others are
+    /// the journal's firing set): sinks that need refreshing get it again, others are
     /// not told twice; its resolution will reach every sink.
     pub fn restore(&self, alert: Alert) {
         let mut overflowed = Vec::new();

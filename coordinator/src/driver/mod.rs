@@ -81,7 +81,9 @@ pub struct Driver {
     cfg: DriverConfig,
     /// The fleet view the agent link feeds; read for every decision.
     fleet: Arc<Mutex<FleetView>>,
+    /// Where commands and cadence requests go (the gRPC service, or a fake).
     link: Arc<dyn AgentLink>,
+    /// Where every event and alert is proposed (the file journal, or memory).
     journal: Arc<dyn Journal>,
     /// What the journal applied; the driver reads its rollouts from here.
     applied: watch::Receiver<Applied>,
