@@ -1,6 +1,9 @@
-//! The `AgentLink` gRPC service: where agents' streams arrive.
+//! The agent link: the [`AgentLink`] seam the driver sends through, and its
+//! tonic implementation, the gRPC service where agents' streams arrive.
 //!
-//! Owns the session protocol: the first message must be a Hello, the second a
+//! The driver hands [`Outbound`] domain values to [`AgentLink::send`]; only
+//! this module turns them into wire messages ([`to_wire`]). The service owns
+//! the session protocol: the first message must be a Hello, the second a
 //! Report; only then is a session opened in the [`FleetView`]. Each later
 //! Report is validated at the edge (`TryFrom`) and then by the view. A bad
 //! message ends the stream with a status naming what was wrong, and leaves the
@@ -11,9 +14,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_domain::{CommandOutcome, Hello, MemberId, Report};
+use baton_domain::{CommandOutcome, Hello, MemberId, Outbound, Report};
 use baton_proto::v1::{
-    AgentMessage, CoordinatorMessage, agent_link_server::AgentLink, agent_message,
+    self, AgentMessage, CoordinatorMessage, agent_link_server::AgentLink as AgentLinkRpc,
+    agent_message, coordinator_message,
 };
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -28,17 +32,47 @@ use crate::fleet::{FleetView, SessionId};
 /// How long a new stream may take to send its Hello and first Report.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Outbound = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+type SessionTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// How the driver reaches agents. Implemented over gRPC streams by
+/// [`AgentLinkService`], and by a recording fake in the driver's tests.
+pub trait AgentLink: Send + Sync {
+    /// Sends `msg` to `member`'s agent on its current session; returns that
+    /// session, or None when the agent is not connected (nothing was sent).
+    fn send(&self, member: &MemberId, msg: Outbound) -> Option<SessionId>;
+    /// The member's current session, if its agent is connected.
+    fn session(&self, member: &MemberId) -> Option<SessionId>;
+    /// Woken whenever a report is accepted, so the driver re-evaluates its
+    /// gates at once instead of at its next tick.
+    fn reports(&self) -> Arc<tokio::sync::Notify>;
+}
+
+/// `msg` as the wire message that carries it.
+pub fn to_wire(msg: Outbound) -> CoordinatorMessage {
+    let body = match msg {
+        Outbound::Command(c) => coordinator_message::Body::Command(c.into()),
+        Outbound::Cadence { every } => coordinator_message::Body::SetCadence(v1::SetCadence {
+            report_interval_ms: u32::try_from(every.as_millis()).unwrap_or(u32::MAX),
+        }),
+    };
+    CoordinatorMessage { body: Some(body) }
+}
 
 /// Shared state of the agent-facing service.
 #[derive(Debug, Clone)]
 pub struct AgentLinkService {
+    /// The fleet view that accepted reports go into (shared with the driver
+    /// and the operator API).
     pub fleet: Arc<Mutex<FleetView>>,
-    sessions: Arc<Mutex<HashMap<MemberId, (SessionId, Outbound)>>>,
+    /// Each connected member's session and the sender of its outbound
+    /// stream; a newer session replaces the entry.
+    sessions: Arc<Mutex<HashMap<MemberId, (SessionId, SessionTx)>>>,
+    /// Where command results go (the driver's inbox).
     results: mpsc::Sender<(MemberId, CommandOutcome)>,
     /// Woken on every accepted report, so the driver re-evaluates its gates
     /// at once instead of at its next tick.
     pub reports: Arc<tokio::sync::Notify>,
+    /// Cancelled when the coordinator stops; ends every session.
     shutdown: CancellationToken,
 }
 
@@ -58,17 +92,25 @@ impl AgentLinkService {
         }
     }
 
-    /// Sends a message to `member`'s agent on its current session; returns
-    /// that session, or None when the agent is not connected.
-    pub fn send(&self, member: &MemberId, msg: CoordinatorMessage) -> Option<SessionId> {
-        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let (session, tx) = sessions.get(member)?;
-        tx.try_send(Ok(msg)).ok().map(|()| *session)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, FleetView> {
         // A panic while holding the lock leaves plain data; keep serving.
         self.fleet.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl AgentLink for AgentLinkService {
+    fn send(&self, member: &MemberId, msg: Outbound) -> Option<SessionId> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let (session, tx) = sessions.get(member)?;
+        tx.try_send(Ok(to_wire(msg))).ok().map(|()| *session)
+    }
+
+    fn session(&self, member: &MemberId) -> Option<SessionId> {
+        self.lock().session(member)
+    }
+
+    fn reports(&self) -> Arc<tokio::sync::Notify> {
+        self.reports.clone()
     }
 }
 
@@ -122,7 +164,7 @@ impl AgentLinkService {
         hello: Hello,
         session: SessionId,
         mut inbound: Streaming<AgentMessage>,
-        out: Outbound,
+        out: SessionTx,
     ) {
         let member = hello.member.clone();
         let ended = loop {
@@ -177,7 +219,7 @@ impl AgentLinkService {
 }
 
 #[tonic::async_trait]
-impl AgentLink for AgentLinkService {
+impl AgentLinkRpc for AgentLinkService {
     type ConnectStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
 
     async fn connect(

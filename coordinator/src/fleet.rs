@@ -3,8 +3,11 @@
 //! This module owns what the coordinator believes about the cluster and the
 //! rules for changing it: only a configured member may report, a report must
 //! name the member its stream said Hello for, and a session that was replaced
-//! by a newer one can no longer write. It does no IO and never reads the
-//! clock: every call that needs the time takes `now`.
+//! by a newer one can no longer write. It does no IO. It reads the clock
+//! in one place only: [`FleetView::new`] anchors the wall time once (a
+//! monotonic instant and the unix time it corresponds to; tests pin both
+//! with [`FleetView::with_epoch`]). Every other call that needs the time
+//! takes `now`, and wall times are derived from the anchor.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

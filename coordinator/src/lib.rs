@@ -1,13 +1,15 @@
-//! baton-coordinator: the fleet view, the operator API and (in later issues)
-//! the rollout driver.
+//! baton-coordinator: the fleet view, the rollout driver, the journal, the
+//! operator API, alerts and metrics.
 //!
 //! A tour of the crate:
-//! - [`config`]: the validated coordinator configuration.
+//! - [`config`]: the validated coordinator configuration, built from the
+//!   subsystems' own sections (e.g. [`alerts::config`]).
 //! - [`fleet`]: the FleetView, the latest report per member; pure, clock as input.
-//! - [`alert_state`]: the firing alerts on disk, so a restart still resolves them.
-//! - [`agent_link`]: the gRPC service agents stream reports into.
+//! - [`agent_link`]: the [`agent_link::AgentLink`] seam and the gRPC service
+//!   agents stream reports into.
 //! - [`driver`]: the rollout driver (steps to commands, results to events).
-//! - [`journal`]: the rollout journal, appended before anything is applied.
+//! - [`journal`]: the journal seam (rollout events and firing alerts,
+//!   applied by the journal) and its file and in-memory implementations.
 //! - [`operator`]: the gRPC service the `baton` CLI calls.
 //! - [`alerts`]: alert sinks (Alertmanager, PagerDuty, webhook) and the
 //!   non-blocking, retrying notifier that feeds them.
@@ -17,7 +19,6 @@
 //! [`run`] takes an already-bound listener so tests bind `127.0.0.1:0`.
 
 pub mod agent_link;
-pub mod alert_state;
 pub mod alerts;
 pub mod config;
 pub mod driver;
@@ -56,7 +57,7 @@ pub enum RunError {
     #[error("alerting: {0}")]
     Alerts(#[from] alerts::SinkError),
     #[error(transparent)]
-    AlertState(#[from] alert_state::AlertStateError),
+    AlertImport(#[from] journal::import::ImportError),
 }
 
 fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, RunError> {
@@ -86,8 +87,9 @@ pub async fn run(
     };
     let (results_tx, results_rx) = tokio::sync::mpsc::channel(256);
     let link = agent_link::AgentLinkService::new(fleet.clone(), results_tx, shutdown.clone());
-    let journal = journal::FileJournal::open(&config.state_dir)?;
-    let rollouts = journal.rollouts()?;
+    let journal: Arc<dyn journal::Journal> =
+        Arc::new(journal::FileJournal::open(&config.state_dir)?);
+    journal::import::import_alerts_json(&config.state_dir, journal.as_ref()).await?;
     // Alerts: one queue per sink, retried in the background; the driver's
     // callback only enqueues.
     let tracker = tokio_util::task::TaskTracker::new();
@@ -110,9 +112,8 @@ pub async fn run(
             tick: std::time::Duration::from_millis(50),
         },
         fleet.clone(),
-        link.clone(),
-        Box::new(journal),
-        rollouts,
+        Arc::new(link.clone()),
+        journal.clone(),
         &config.cluster,
         Box::new({
             let notifier = notifier.clone();
@@ -131,12 +132,18 @@ pub async fn run(
             }
         })
     });
-    let alert_state = alert_state::AlertState::new(&config.state_dir);
-    let restored = alert_state.load()?;
-    for a in &restored {
-        notifier.restore(a.clone());
+    // What was firing when the coordinator last stopped: the driver's
+    // watchdog took it from the journal; the notifier resolves it later.
+    let restored: Vec<_> = journal
+        .subscribe()
+        .borrow()
+        .firing
+        .values()
+        .cloned()
+        .collect();
+    for a in restored {
+        notifier.restore(a);
     }
-    let driver = driver.with_alert_state(alert_state, restored);
     let driver_changes = driver.changes();
     let driver_task = tokio::spawn(driver.with_metrics(metrics).run(
         ops_rx,

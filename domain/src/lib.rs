@@ -442,6 +442,16 @@ pub struct AgentCommand {
     pub stop_timeout_ms: Option<u32>,
 }
 
+/// What the coordinator sends an agent, as domain data: the driver emits
+/// these and the agent link turns them into wire messages at the edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// Run (or, for a known id, answer again) this command.
+    Command(AgentCommand),
+    /// Report at this interval from now on.
+    Cadence { every: std::time::Duration },
+}
+
 /// An agent's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandOutcome {

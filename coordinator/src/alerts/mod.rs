@@ -5,7 +5,10 @@
 //!   [`SinkError`] saying whether a failure is worth retrying.
 //! - [`alertmanager`], [`pagerduty`], [`webhook`]: the three sinks, each
 //!   owning its wire shape and nothing else.
-//! - [`http`]: the one HTTP(S) client they share (rustls with `ring`).
+//! - [`config`]: the `[alerting]` section, parsed and validated here and
+//!   embedded in the root config.
+//! - the one HTTP(S) client they share is `baton_net::http` (rustls with
+//!   `ring`).
 //! - [`notifier`]: the spawned tasks that queue, retry, refresh and count;
 //!   [`NotifierHandle::notify`] is synchronous and never waits on a sink.
 //! - [`build_sinks`]: from the validated `[alerting]` config to sinks.
@@ -14,6 +17,7 @@
 //! fires: that is the planner's ([`baton_planner::alerts`]).
 
 pub mod alertmanager;
+pub mod config;
 pub mod notifier;
 pub mod pagerduty;
 pub mod webhook;
@@ -31,10 +35,10 @@ use futures::future::BoxFuture;
 use hyper::Uri;
 
 pub use self::alertmanager::AlertmanagerSink;
+use self::config::{AlertingConfig, SinkConfig, SinkKind};
 pub use self::notifier::{Notifier, NotifierHandle, NotifierSettings, SinkStats};
 pub use self::pagerduty::PagerDutySink;
 pub use self::webhook::WebhookSink;
-use crate::config::{AlertingConfig, SinkConfig, SinkKind};
 use baton_net::http::{self, HttpClient, HttpError};
 
 /// One place alerts go. Implementations turn an [`Alert`] into one request

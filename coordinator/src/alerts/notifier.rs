@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::config::{AlertingConfig, INITIAL_BACKOFF};
 use super::{Alert, AlertSink, AlertStatus, SinkError};
 
 /// How the notifier queues, retries and refreshes.
@@ -53,11 +54,12 @@ pub struct NotifierSettings {
 
 impl Default for NotifierSettings {
     fn default() -> Self {
+        let d = AlertingConfig::default();
         NotifierSettings {
-            refresh_interval: Duration::from_secs(60),
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-            give_up_after: Duration::from_secs(3600),
+            refresh_interval: d.refresh_interval,
+            initial_backoff: INITIAL_BACKOFF,
+            max_backoff: d.max_backoff,
+            give_up_after: d.give_up_after,
             queue_capacity: 1024,
         }
     }
@@ -310,7 +312,7 @@ impl NotifierHandle {
     }
 
     /// Takes back `alert`, firing before a restart (see
-    /// `alert_state`): sinks that need refreshing get it again, others are
+    /// the journal's firing set): sinks that need refreshing get it again, others are
     /// not told twice; its resolution will reach every sink.
     pub fn restore(&self, alert: Alert) {
         let mut overflowed = Vec::new();

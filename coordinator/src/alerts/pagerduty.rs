@@ -21,7 +21,6 @@
 //! owns the event shape and keeps the routing key out of logs.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -32,8 +31,7 @@ use super::{Alert, AlertSink, AlertStatus, SinkError, post, rfc3339};
 use baton_net::http::HttpClient;
 use baton_planner::alerts::NONE_LABEL;
 
-/// PagerDuty's Events API v2 endpoint.
-pub const DEFAULT_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+pub use super::config::{DEFAULT_URL, RoutingKey, Severity};
 
 /// PagerDuty cuts `payload.summary` at this many characters.
 const MAX_SUMMARY_CHARS: usize = 1024;
@@ -58,56 +56,6 @@ pub fn dedup_key(key: &str) -> String {
         cut -= 1;
     }
     format!("{}{suffix}", &key[..cut])
-}
-
-/// An Events API v2 integration key. Its `Debug` never shows the key.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct RoutingKey(String);
-
-impl RoutingKey {
-    pub fn new(key: impl Into<String>) -> Self {
-        RoutingKey(key.into())
-    }
-
-    pub fn is_blank(&self) -> bool {
-        self.0.trim().is_empty()
-    }
-
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for RoutingKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RoutingKey(<redacted>)")
-    }
-}
-
-/// The severities Events API v2 accepts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    #[default]
-    Critical,
-    Error,
-    Warning,
-    Info,
-}
-
-impl Severity {
-    pub const NAMES: &'static str = "critical, error, warning or info";
-
-    pub fn parse(text: &str) -> Option<Severity> {
-        match text {
-            "critical" => Some(Severity::Critical),
-            "error" => Some(Severity::Error),
-            "warning" => Some(Severity::Warning),
-            "info" => Some(Severity::Info),
-            _ => None,
-        }
-    }
 }
 
 /// Sends alerts to one PagerDuty service (one routing key).

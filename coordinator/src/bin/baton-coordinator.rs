@@ -29,52 +29,59 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    init_tracing(&args.log_format);
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        eprintln!("baton-coordinator: cannot start the tokio runtime");
+        return ExitCode::FAILURE;
+    };
+    rt.block_on(serve(config))
+}
+
+fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if args.log_format == "json" {
+    if format == "json" {
         fmt.json().init();
     } else {
         fmt.init();
     }
-    let Ok(rt) = tokio::runtime::Runtime::new() else {
-        eprintln!("baton-coordinator: cannot start the tokio runtime");
-        return ExitCode::FAILURE;
-    };
-    rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!(
-                    "baton-coordinator: cannot bind `listen` {}: {e}",
-                    config.listen
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        let shutdown = CancellationToken::new();
-        let on_signal = shutdown.clone();
-        tokio::spawn(async move {
-            if let Ok(mut term) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            } else {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-            on_signal.cancel();
-        });
-        match baton_coordinator::run(config, listener, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("baton-coordinator: {e}");
-                ExitCode::FAILURE
-            }
+}
+
+/// Binds `listen`, then runs until SIGTERM or Ctrl-C.
+async fn serve(config: CoordinatorConfig) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "baton-coordinator: cannot bind `listen` {}: {e}",
+                config.listen
+            );
+            return ExitCode::FAILURE;
         }
-    })
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match baton_coordinator::run(config, listener, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("baton-coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
 }

@@ -15,35 +15,49 @@
 //!     │◀─────────────────│ verify ─▶ journal Completed
 //! ```
 //!
-//! Level-triggered: each tick rebuilds the view and asks `decide` again. An
-//! event is appended to the journal before it is applied, and a command's id
-//! is journaled before the command is sent, so a restarted coordinator
-//! replays the journal and resends in-flight ids, which agents answer from
-//! their own journal without running anything twice.
+//! Level-triggered: each tick rebuilds the view and asks `decide` again.
+//! Every event (and every alert the watchdog raises or clears) is proposed
+//! to the [`Journal`], which applies it; the driver keeps no state of its
+//! own beyond what the journal applied. A command's id is journaled before
+//! the command is sent, so a restarted coordinator replays the journal and
+//! resends in-flight ids, which agents answer from their own journal without
+//! running anything twice.
+//!
+//! The driver reaches agents only through the [`AgentLink`] trait, with
+//! domain [`Outbound`] values; it builds no wire types. Time comes in two
+//! ways only: `tokio::time::Instant::now()` and the wall time the
+//! [`FleetView`] derives from it (its epoch), so paused-time tests are
+//! deterministic.
+//!
+//! - `ops.rs`: operator requests ([`Op`]) and their answers.
+//! - `tests.rs`: in-process tests with a recording fake link and the
+//!   in-memory journal, under paused time.
+
+mod ops;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_domain::{Action, AgentCommand, Check, CommandId, CommandOutcome, MemberId};
+use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
 use baton_planner::alerts::{AGENT_DOWN, Alert, AlertStatus, CATCH_UP_STALLED, ROLLOUT_PAUSED};
 use baton_planner::decide::Step;
-use baton_planner::preflight::{self, ArtifactVerdict, PlannedStep, PreflightInput};
 use baton_planner::rollout::{Event, Phase, RolloutState};
 use baton_planner::watchdog::Watchdog;
 use baton_planner::{Policy, UnixMs, View, decide};
-use baton_proto::v1::{self, CoordinatorMessage, coordinator_message};
-use baton_store::{ArtifactStore, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use baton_store::ArtifactStore;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::agent_link::AgentLinkService;
-use crate::alert_state::AlertState;
-pub use crate::error::ControlError;
+pub use self::ops::{ControlError, Op, PlanOutcome, RolloutSnapshot};
+
+use crate::agent_link::AgentLink;
 use crate::fleet::{FleetView, SessionId};
-use crate::journal::{Journal, JournalError};
+use crate::journal::{AlertEntry, Applied, Journal, JournalError};
 use crate::metrics::Metrics;
 
 /// Fast report cadence during gates and handovers.
@@ -62,62 +76,19 @@ pub struct DriverConfig {
     pub tick: Duration,
 }
 
-/// A dry run's answer.
-#[derive(Debug, Clone)]
-pub struct PlanOutcome {
-    pub checks: Vec<Check>,
-    pub steps: Vec<PlannedStep>,
-    pub handover: Option<MemberId>,
-}
-
-/// A rollout and what it waits for.
-#[derive(Debug, Clone)]
-pub struct RolloutSnapshot {
-    pub state: RolloutState,
-    pub waiting_for: String,
-}
-
-/// Requests from the operator API to the driver task.
-#[derive(Debug)]
-pub enum Op {
-    Plan {
-        to: String,
-        reply: oneshot::Sender<PlanOutcome>,
-    },
-    Upgrade {
-        to: String,
-        reply: oneshot::Sender<Result<String, ControlError>>,
-    },
-    /// Walks the latest rollout back to its previous release.
-    Rollback {
-        reply: oneshot::Sender<Result<String, ControlError>>,
-    },
-    Pause {
-        reason: String,
-        reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
-    },
-    Resume {
-        reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
-    },
-    Abort {
-        reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
-    },
-    Get {
-        id: Option<String>,
-        reply: oneshot::Sender<Option<RolloutSnapshot>>,
-    },
-    History {
-        reply: oneshot::Sender<Vec<RolloutSnapshot>>,
-    },
-}
-
 /// The driver task's state.
 pub struct Driver {
     cfg: DriverConfig,
+    /// The fleet view the agent link feeds; read for every decision.
     fleet: Arc<Mutex<FleetView>>,
-    link: AgentLinkService,
-    journal: Box<dyn Journal>,
-    rollouts: Vec<RolloutState>,
+    /// Where commands and cadence requests go (the gRPC service, or a fake).
+    link: Arc<dyn AgentLink>,
+    /// Where every event and alert is proposed (the file journal, or memory).
+    journal: Arc<dyn Journal>,
+    /// What the journal applied; the driver reads its rollouts from here.
+    applied: watch::Receiver<Applied>,
+    /// The rollouts as of the last read of `applied`, oldest first.
+    rollouts: Vec<Arc<RolloutState>>,
     waiting_for: String,
     /// Which session each in-flight command was last sent on.
     sent: HashMap<CommandId, SessionId>,
@@ -131,9 +102,7 @@ pub struct Driver {
     alerts: AlertOut,
     /// Moves on every journaled event and every change of `waiting_for`;
     /// the operator API's long poll waits on it.
-    changes: tokio::sync::watch::Sender<u64>,
-    /// Where the firing set is kept across restarts, if anywhere.
-    alert_state: Option<AlertState>,
+    changes: watch::Sender<u64>,
 }
 
 /// Takes each alert notification the watchdog emits. It must not block:
@@ -150,39 +119,55 @@ impl std::fmt::Debug for Driver {
 }
 
 impl Driver {
+    /// A driver that carries on from what `journal` has applied: its
+    /// rollouts, and the alerts that were firing (those are not raised again
+    /// while their condition holds, and are resolved when it clears).
     pub fn new(
         cfg: DriverConfig,
         fleet: Arc<Mutex<FleetView>>,
-        link: AgentLinkService,
-        journal: Box<dyn Journal>,
-        rollouts: Vec<RolloutState>,
+        link: Arc<dyn AgentLink>,
+        journal: Arc<dyn Journal>,
         cluster: &str,
         alerts: AlertOut,
     ) -> Self {
+        let mut applied = journal.subscribe();
+        let (rollouts, firing) = {
+            let a = applied.borrow_and_update();
+            (
+                a.rollouts.clone(),
+                a.firing.values().cloned().collect::<Vec<_>>(),
+            )
+        };
         if let Some(r) = rollouts.last() {
             tracing::info!(rollout = %r.id, phase = %r.phase, "replayed rollout journal");
         }
+        if !firing.is_empty() {
+            tracing::info!(firing = firing.len(), "restored firing alerts");
+        }
+        let mut watchdog = Watchdog::new(cluster);
+        watchdog.restore(firing);
         Driver {
             cfg,
             metrics: Metrics::new(fleet.clone()),
             fleet,
             link,
             journal,
+            applied,
             rollouts,
             waiting_for: String::new(),
             sent: HashMap::new(),
             cadence: HashMap::new(),
             fast: false,
-            watchdog: Watchdog::new(cluster),
+            watchdog,
             alerts,
-            changes: tokio::sync::watch::channel(1).0,
-            alert_state: None,
+            changes: watch::channel(1).0,
         }
     }
 
-    /// Asks the watchdog which alerts changed, and hands them on.
-    fn watch(&mut self, view: &View, now: UnixMs) {
-        let latest = self.rollouts.last();
+    /// Asks the watchdog which alerts changed, journals them, and hands
+    /// them on.
+    async fn watch(&mut self, view: &View, now: UnixMs) {
+        let latest = self.rollouts.last().map(Arc::as_ref);
         let changed = self.watchdog.evaluate(view, latest, &self.cfg.policy, now);
         if changed.is_empty() {
             return;
@@ -191,12 +176,18 @@ impl Driver {
             let n = self.watchdog.firing().filter(|a| a.name() == name).count();
             self.metrics.set_alerts_firing(name, n as u64);
         }
-        if let Some(state) = &self.alert_state
-            && let Err(e) = state.store(self.watchdog.firing())
-        {
-            tracing::error!(error = %e, "cannot keep the firing alerts; a restart would not resolve them");
-        }
         for alert in changed {
+            let entry = match alert.status {
+                AlertStatus::Firing => AlertEntry::Fired {
+                    alert: alert.clone(),
+                },
+                AlertStatus::Resolved => AlertEntry::Resolved {
+                    alert: alert.clone(),
+                },
+            };
+            if let Err(e) = self.journal.propose(entry.into()).await {
+                tracing::error!(error = %e, "cannot journal the alert; a restart would not resolve it");
+            }
             if alert.status == AlertStatus::Firing
                 && alert.name() == CATCH_UP_STALLED
                 && let Some(m) = view.members.keys().find(|m| m.as_str() == alert.member())
@@ -231,36 +222,14 @@ impl Driver {
     }
 
     fn active(&self) -> Option<&RolloutState> {
-        self.rollouts.last().filter(|r| !r.phase.is_terminal())
-    }
-
-    fn snapshot(&self, r: &RolloutState) -> RolloutSnapshot {
-        let is_active = self.active().is_some_and(|a| a.id == r.id);
-        RolloutSnapshot {
-            state: r.clone(),
-            waiting_for: if is_active {
-                self.waiting_for.clone()
-            } else {
-                String::new()
-            },
-        }
-    }
-
-    /// Keeps the firing alerts in `state`, starting from `restored` (what
-    /// was firing when the coordinator last stopped): those are not raised
-    /// again while their condition holds, and are resolved when it clears.
-    /// (The caller gives them back to the notifier too.)
-    pub fn with_alert_state(mut self, state: AlertState, restored: Vec<Alert>) -> Self {
-        if !restored.is_empty() {
-            tracing::info!(firing = restored.len(), "restored firing alerts");
-        }
-        self.watchdog.restore(restored);
-        self.alert_state = Some(state);
-        self
+        self.rollouts
+            .last()
+            .map(Arc::as_ref)
+            .filter(|r| !r.phase.is_terminal())
     }
 
     /// The change counter the operator API long-polls on.
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
     }
 
@@ -268,247 +237,29 @@ impl Driver {
         self.changes.send_modify(|v| *v = v.wrapping_add(1).max(1));
     }
 
-    /// Journals and applies one event to the active rollout.
-    fn record(&mut self, event: Event) -> Result<(), JournalError> {
-        self.journal.append(&event)?;
-        self.bump();
-        match &event {
-            Event::Started { .. } => match RolloutState::start(&event) {
-                Ok(r) => self.rollouts.push(r),
-                Err(e) => tracing::error!(error = %e, "journaled a bad start event"),
-            },
-            _ => {
-                if let Some(r) = self.rollouts.last_mut()
-                    && let Err(e) = r.apply(&event)
-                {
-                    tracing::error!(error = %e, ?event, "journaled an event that does not apply");
-                }
-            }
+    /// Reads the rollouts back from what the journal applied.
+    fn refresh(&mut self) {
+        if self.applied.has_changed().unwrap_or(false) {
+            self.rollouts = self.applied.borrow_and_update().rollouts.clone();
         }
+    }
+
+    /// Proposes one event to the journal and reads back what it applied.
+    /// A refused event changes nothing.
+    async fn record(&mut self, event: Event) -> Result<(), JournalError> {
+        self.journal.propose(event.into()).await?;
+        self.refresh();
+        self.bump();
         if let Some(r) = self.rollouts.last() {
             self.metrics.set_rollout_phase(&r.id, r.phase.kind());
         }
         Ok(())
     }
 
-    async fn artifact(&self, version: &str) -> ArtifactVerdict {
-        let Some(store) = &self.cfg.store else {
-            return ArtifactVerdict::Missing {
-                detail: "the coordinator has no [store] configured".into(),
-            };
-        };
-        match baton_store::verify(
-            store.as_ref(),
-            &self.cfg.release_name,
-            version,
-            &self.cfg.scratch,
-        )
-        .await
-        {
-            Ok(m) => ArtifactVerdict::Verified {
-                release: baton_domain::ReleaseRef {
-                    name: m.name,
-                    version: m.version,
-                    format_version: m.format_version,
-                    sha256: m.sha256,
-                },
-                size: m.size,
-            },
-            Err(e @ StoreError::BadChecksum { .. }) => ArtifactVerdict::BadChecksum {
-                detail: e.to_string(),
-            },
-            Err(e) => ArtifactVerdict::Missing {
-                detail: e.to_string(),
-            },
-        }
-    }
-
-    async fn preflight(&self, to: &str) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
-        self.preflight_with(to, false).await
-    }
-
-    async fn preflight_with(
-        &self,
-        to: &str,
-        allow_mixed: bool,
-    ) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
-        let artifact = self.artifact(to).await;
-        let (view, now) = self.view();
-        // Free disk for the artifact, twice over (download + unpack).
-        let required = match &artifact {
-            ArtifactVerdict::Verified { size, .. } => size.saturating_mul(2),
-            _ => 0,
-        };
-        let checks = preflight::preflight(
-            &PreflightInput {
-                view: &view,
-                target_version: to,
-                artifact: &artifact,
-                required_disk: required,
-                allow_mixed,
-            },
-            &self.cfg.policy,
-        );
-        (view, now, artifact, checks)
-    }
-
-    async fn handle_op(&mut self, op: Op) {
-        match op {
-            Op::Plan { to, reply } => {
-                let (view, _, _, checks) = self.preflight(&to).await;
-                let (steps, handover) = preflight::planned_steps(&view, &to, &self.cfg.policy);
-                let _ = reply.send(PlanOutcome {
-                    checks,
-                    steps,
-                    handover,
-                });
-            }
-            Op::Upgrade { to, reply } => {
-                let _ = reply.send(self.start(&to).await);
-            }
-            Op::Rollback { reply } => {
-                let _ = reply.send(self.rollback().await);
-            }
-            Op::Pause { reason, reply } => {
-                let r = self.control("pause", |r| match r.phase {
-                    Phase::Running | Phase::Aborting => Ok(Event::Paused {
-                        reason: format!("paused by the operator: {reason}"),
-                        at: UnixMs(0),
-                    }),
-                    _ => Err("only a running rollout can be paused"),
-                });
-                let _ = reply.send(r);
-            }
-            Op::Resume { reply } => {
-                let r = self.control("resume", |r| match r.phase {
-                    Phase::Paused { .. } => Ok(Event::Resumed { at: UnixMs(0) }),
-                    _ => Err("only a paused rollout can be resumed"),
-                });
-                let _ = reply.send(r);
-            }
-            Op::Abort { reply } => {
-                let r = self.control("abort", |r| match r.phase {
-                    Phase::Running => Ok(Event::AbortRequested { at: UnixMs(0) }),
-                    _ => Err(
-                        "only a running rollout can be aborted; a paused one is already stopped",
-                    ),
-                });
-                let _ = reply.send(r);
-            }
-            Op::Get { id, reply } => {
-                let found = match id {
-                    Some(id) => self.rollouts.iter().find(|r| r.id == id),
-                    None => self.rollouts.last(),
-                };
-                let _ = reply.send(found.map(|r| self.snapshot(r)));
-            }
-            Op::History { reply } => {
-                let _ = reply.send(self.rollouts.iter().map(|r| self.snapshot(r)).collect());
-            }
-        }
-    }
-
-    /// Journals an operator control event on the active rollout.
-    fn control(
-        &mut self,
-        verb: &'static str,
-        event: impl FnOnce(&RolloutState) -> Result<Event, &'static str>,
-    ) -> Result<RolloutSnapshot, ControlError> {
-        let r = self.active().ok_or(ControlError::NoRollout { verb })?;
-        let mut e = event(r).map_err(|hint| ControlError::WrongPhase {
-            id: r.id.clone(),
-            phase: r.phase.to_string(),
-            hint,
-        })?;
-        let (_, now) = self.view();
-        match &mut e {
-            Event::Paused { at, .. } | Event::Resumed { at } | Event::AbortRequested { at } => {
-                *at = now
-            }
-            _ => {}
-        }
-        tracing::info!(verb, event = ?e, "operator control");
-        self.record(e)
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
-        let r = self
-            .rollouts
-            .last()
-            .ok_or(ControlError::NoRollout { verb })?;
-        Ok(self.snapshot(r))
-    }
-
-    async fn start(&mut self, to: &str) -> Result<String, ControlError> {
-        if let Some(r) = self.active() {
-            return Err(ControlError::WrongPhase {
-                id: r.id.clone(),
-                phase: r.phase.to_string(),
-                hint: "finish it first: `baton resume`, or wait for it to complete",
-            });
-        }
-        let (view, now, artifact, checks) = self.preflight(to).await;
-        let id = format!("r{}-{}", self.rollouts.len() + 1, to);
-        let started =
-            preflight::start(&checks, id.clone(), &view, to, &artifact, now).map_err(|failed| {
-                ControlError::Preflight {
-                    to: to.to_owned(),
-                    checks: failed,
-                }
-            })?;
-        tracing::info!(rollout = %id, to, "preflight passed; starting rollout");
-        self.record(started)
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
-        Ok(id)
-    }
-
-    /// Closes the latest rollout (if it is paused) and starts its reverse.
-    async fn rollback(&mut self) -> Result<String, ControlError> {
-        let from = self
-            .rollouts
-            .last()
-            .cloned()
-            .ok_or(ControlError::NoRollout { verb: "roll back" })?;
-        match &from.phase {
-            Phase::Running | Phase::Aborting => {
-                return Err(ControlError::WrongPhase {
-                    id: from.id.clone(),
-                    phase: from.phase.to_string(),
-                    hint: "pause or abort it first, then roll back",
-                });
-            }
-            Phase::Closed { .. } => {
-                return Err(ControlError::WrongPhase {
-                    id: from.id.clone(),
-                    phase: from.phase.to_string(),
-                    hint: "it was already closed; start a new rollout instead",
-                });
-            }
-            Phase::Paused { .. } | Phase::Completed => {}
-        }
-        let (view, now, artifact, checks) = self.preflight_with(&from.previous, true).await;
-        let id = format!("r{}-rollback-to-{}", self.rollouts.len() + 1, from.previous);
-        let started = preflight::start_rollback(&checks, id.clone(), &view, &from, &artifact, now)
-            .map_err(|failed| ControlError::Preflight {
-                to: from.previous.clone(),
-                checks: failed,
-            })?;
-        if !from.phase.is_terminal() {
-            self.record(Event::Closed {
-                reason: format!("rolled back by {id}"),
-                at: now,
-            })
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
-        }
-        tracing::info!(rollout = %id, from = %from.id, "starting rollback");
-        self.record(started)
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
-        Ok(id)
-    }
-
-    fn handle_result(&mut self, member: MemberId, outcome: CommandOutcome) {
-        let _span = tracing::info_span!("member", member = %member).entered();
+    async fn handle_result(&mut self, member: MemberId, outcome: CommandOutcome) {
         let Some(r) = self.active() else { return };
         let Some(rec) = r.commands.get(&outcome.id) else {
-            tracing::debug!(id = %outcome.id, "result for a command not in the active rollout");
+            tracing::debug!(member = %member, id = %outcome.id, "result for a command not in the active rollout");
             return;
         };
         if rec.result.is_some() || rec.member != member {
@@ -534,23 +285,17 @@ impl Driver {
                 at: now,
             },
         };
-        if let Err(e) = self.record(event) {
-            tracing::error!(error = %e, "cannot journal a command result; it will be asked for again");
+        if let Err(e) = self.record(event).await {
+            tracing::error!(member = %member, error = %e, "cannot journal a command result; it will be asked for again");
         }
     }
 
-    fn command(&self, id: &CommandId, action: &Action) -> CoordinatorMessage {
-        let stop_timeout_ms = u32::try_from(self.cfg.policy.stop_timeout.as_millis()).ok();
-        CoordinatorMessage {
-            body: Some(coordinator_message::Body::Command(
-                AgentCommand {
-                    id: id.clone(),
-                    action: action.clone(),
-                    stop_timeout_ms,
-                }
-                .into(),
-            )),
-        }
+    fn command(&self, id: &CommandId, action: &Action) -> Outbound {
+        Outbound::Command(AgentCommand {
+            id: id.clone(),
+            action: action.clone(),
+            stop_timeout_ms: u32::try_from(self.cfg.policy.stop_timeout.as_millis()).ok(),
+        })
     }
 
     /// Sends every in-flight command that has not reached the agent's
@@ -568,11 +313,7 @@ impl Driver {
             })
             .collect();
         for (id, member, action) in inflight {
-            let current = self
-                .fleet
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .session(&member);
+            let current = self.link.session(&member);
             if current.is_some() && self.sent.get(&id) == current.as_ref() {
                 continue;
             }
@@ -598,40 +339,39 @@ impl Driver {
             .map(|r| r.order.clone())
             .unwrap_or_default();
         for m in members {
-            let session = self
-                .fleet
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .session(&m);
-            let Some(session) = session else { continue };
+            let Some(session) = self.link.session(&m) else {
+                continue;
+            };
             if self.cadence.get(&m) == Some(&(session, self.fast)) {
                 continue;
             }
             let every = if self.fast { FAST_CADENCE } else { heartbeat };
-            let msg = CoordinatorMessage {
-                body: Some(coordinator_message::Body::SetCadence(v1::SetCadence {
-                    report_interval_ms: u32::try_from(every.as_millis()).unwrap_or(u32::MAX),
-                })),
-            };
-            if self.link.send(&m, msg).is_some() {
+            if self.link.send(&m, Outbound::Cadence { every }).is_some() {
                 self.cadence.insert(m, (session, self.fast));
             }
         }
     }
 
     /// One level-triggered evaluation: the rollout, then the watchdog.
-    fn step(&mut self) {
+    async fn step(&mut self) {
+        self.refresh();
         let span = self
             .active()
             .map(|r| tracing::info_span!("rollout", id = %r.id, to = %r.target.version));
-        let _entered = span.as_ref().map(tracing::Span::enter);
+        let span = span.unwrap_or_else(tracing::Span::none);
         // The watchdog sees exactly what the planner is about to see: a stall
         // the planner acts on in this step (pausing, or rolling the member
         // back, which ends its catch-up) pages in this step too.
         let (view, now) = self.view();
-        self.watch(&view, now);
         let waiting_for = self.waiting_for.clone();
-        self.step_rollout(Some((view, now)));
+        tracing::Instrument::instrument(
+            async {
+                self.watch(&view, now).await;
+                self.step_rollout(Some((view, now))).await;
+            },
+            span,
+        )
+        .await;
         if self.waiting_for != waiting_for {
             self.bump();
         }
@@ -639,7 +379,7 @@ impl Driver {
 
     /// One level-triggered evaluation of the active rollout, starting from
     /// `first` (the view the watchdog just saw) when given.
-    fn step_rollout(&mut self, mut first: Option<(View, UnixMs)>) {
+    async fn step_rollout(&mut self, mut first: Option<(View, UnixMs)>) {
         let Some(r) = self.active() else {
             self.fast = false;
             self.send_cadence();
@@ -664,7 +404,7 @@ impl Driver {
                         if let Event::Paused { reason, .. } = &e {
                             tracing::warn!(reason, "rollout paused");
                         }
-                        if let Err(err) = self.record(e) {
+                        if let Err(err) = self.record(e).await {
                             tracing::error!(error = %err, "cannot journal; changing nothing");
                             return;
                         }
@@ -679,7 +419,7 @@ impl Driver {
                             action,
                             at: now,
                         };
-                        if let Err(err) = self.record(issued) {
+                        if let Err(err) = self.record(issued).await {
                             tracing::error!(error = %err, "cannot journal a command; not sending it");
                             return;
                         }
@@ -710,18 +450,18 @@ impl Driver {
         mut results: mpsc::Receiver<(MemberId, CommandOutcome)>,
         shutdown: CancellationToken,
     ) {
-        let reports = self.link.reports.clone();
+        let reports = self.link.reports();
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 Some(op) = ops.recv() => self.handle_op(op).await,
-                Some((member, outcome)) = results.recv() => self.handle_result(member, outcome),
+                Some((member, outcome)) = results.recv() => self.handle_result(member, outcome).await,
                 () = reports.notified() => {}
                 _ = tick.tick() => {}
             }
-            self.step();
+            self.step().await;
         }
     }
 }

@@ -1,17 +1,36 @@
-//! The rollout journal: every [`Event`] of every rollout, appended and
-//! fsynced before it is applied.
+//! The journal seam: every rollout [`Event`] and every alert that fired or
+//! resolved, proposed in order and applied by the journal itself.
 //!
-//! This module owns the on-disk log (`<state_dir>/journal.jsonl`, one JSON
-//! event per line). Replaying it rebuilds every rollout exactly, so a
-//! restarted coordinator carries on from the last recorded event. The
-//! [`Journal`] trait is the seam where the openraft-replicated log goes later.
+//! This module owns the entry type ([`Entry`]), the applied state
+//! ([`Applied`]: every rollout, oldest first, and the firing alerts) with its
+//! one pure transition ([`Applied::apply`]), and the [`Journal`] trait that
+//! the driver proposes through. The trait is shaped for a replicated log
+//! (openraft): a proposal is async and may be refused; the state is what the
+//! journal applied, published on a `watch` channel, never a copy the caller
+//! keeps. An entry is applied to a clone of the state first, so an entry that
+//! does not apply is never recorded and changes nothing.
+//!
+//! Implementations: [`file::FileJournal`] (the embedded default, a JSON-lines
+//! file), [`memory::MemoryJournal`] (in memory, for tests), and
+//! [`import`] (the one-time import of a pre-journal `alerts.json`).
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+pub mod file;
+pub mod import;
+pub mod memory;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use baton_planner::alerts::{Alert, AlertStatus};
 use baton_planner::rollout::{ApplyError, Event, RolloutState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
+pub use self::file::FileJournal;
+pub use self::memory::MemoryJournal;
+
+/// Why a proposal was refused or the journal could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error(
@@ -30,117 +49,185 @@ pub enum JournalError {
         detail: String,
     },
     #[error("the rollout journal {path} does not replay: {source}")]
-    Replay { path: PathBuf, source: ApplyError },
+    Replay { path: PathBuf, source: EntryError },
+    #[error("refused to journal {entry}: {source}; nothing was recorded")]
+    DoesNotApply { entry: String, source: EntryError },
 }
 
-/// Where rollout events are recorded.
-pub trait Journal: Send + Sync + std::fmt::Debug {
-    /// Appends one event durably.
-    fn append(&mut self, event: &Event) -> Result<(), JournalError>;
-    /// Every event recorded so far, in order.
-    fn events(&self) -> &[Event];
+/// Why an entry does not apply to the journal's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Rollout(#[from] ApplyError),
+    #[error("alert {key} is already firing")]
+    AlreadyFiring { key: String },
+    #[error("alert {key} is not firing, so it cannot resolve")]
+    NotFiring { key: String },
+    #[error("alert {key} is recorded as {recorded:?} but its status is {status:?}")]
+    WrongStatus {
+        key: String,
+        recorded: &'static str,
+        status: AlertStatus,
+    },
 }
 
-/// The embedded default: a JSON-lines file on local disk.
-#[derive(Debug)]
-pub struct FileJournal {
-    path: PathBuf,
-    file: fs::File,
-    events: Vec<Event>,
+/// An alert the watchdog raised or cleared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "alert_event")]
+pub enum AlertEntry {
+    /// The alert fires (its status is `Firing`).
+    Fired { alert: Alert },
+    /// The alert's condition cleared (its status is `Resolved`).
+    Resolved { alert: Alert },
 }
 
-impl FileJournal {
-    pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
-        let path = state_dir.join("journal.jsonl");
-        let write = |source| JournalError::Write {
-            path: path.clone(),
-            source,
-        };
-        fs::create_dir_all(state_dir).map_err(write)?;
-        let mut events = Vec::new();
-        if let Ok(text) = fs::read_to_string(&path) {
-            let lines: Vec<&str> = text.lines().collect();
-            for (i, line) in lines.iter().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
+/// One journal entry. On disk a rollout event keeps its own shape
+/// (`{"event": …}`), so journals written before alerts were journaled
+/// still load; an alert entry is `{"alert_event": "fired"|"resolved", …}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Rollout(Event),
+    Alert(AlertEntry),
+}
+
+impl From<Event> for Entry {
+    fn from(e: Event) -> Self {
+        Entry::Rollout(e)
+    }
+}
+
+impl From<AlertEntry> for Entry {
+    fn from(e: AlertEntry) -> Self {
+        Entry::Alert(e)
+    }
+}
+
+impl Entry {
+    /// Parses one journal line. The `alert_event` key tells the kinds
+    /// apart, so a bad rollout event's error names its own problem.
+    pub fn from_json(line: &str) -> Result<Entry, serde_json::Error> {
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        if value.get("alert_event").is_some() {
+            serde_json::from_value(value).map(Entry::Alert)
+        } else {
+            serde_json::from_value(value).map(Entry::Rollout)
+        }
+    }
+
+    /// A short description for errors and logs.
+    fn describe(&self) -> String {
+        match self {
+            Entry::Rollout(e) => format!("{e:?}"),
+            Entry::Alert(AlertEntry::Fired { alert }) => format!("alert {} fired", alert.key()),
+            Entry::Alert(AlertEntry::Resolved { alert }) => {
+                format!("alert {} resolved", alert.key())
+            }
+        }
+    }
+}
+
+/// What the journal has applied: the rollouts and the firing alerts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Every rollout, oldest first; the last one may be active. Shared, so
+    /// a clone (one per proposal, one per reader) copies only pointers.
+    pub rollouts: Vec<Arc<RolloutState>>,
+    /// The alerts firing now, by [`Alert::key`].
+    pub firing: BTreeMap<String, Alert>,
+    /// Entries applied so far (the next entry's index is this).
+    pub applied: u64,
+}
+
+impl Applied {
+    /// Applies one entry, or changes nothing and says why not.
+    pub fn apply(&mut self, entry: &Entry) -> Result<(), EntryError> {
+        match entry {
+            Entry::Rollout(e @ Event::Started { .. }) => {
+                self.rollouts.push(Arc::new(RolloutState::start(e)?));
+            }
+            Entry::Rollout(e) => {
+                let last = self
+                    .rollouts
+                    .last_mut()
+                    .ok_or_else(|| ApplyError::NotStarted(format!("{e:?}")))?;
+                // Copy-on-write: a failed apply leaves the shared original.
+                let mut next = RolloutState::clone(last);
+                next.apply(e)?;
+                *last = Arc::new(next);
+            }
+            Entry::Alert(AlertEntry::Fired { alert }) => {
+                let key = alert.key();
+                if alert.status != AlertStatus::Firing {
+                    return Err(EntryError::WrongStatus {
+                        key,
+                        recorded: "fired",
+                        status: alert.status,
+                    });
                 }
-                match serde_json::from_str::<Event>(line) {
-                    Ok(e) => events.push(e),
-                    // A torn last line (crash mid-write) was never applied.
-                    Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                        tracing::warn!(path = %path.display(), "ignoring a torn last journal line");
-                    }
-                    Err(e) => {
-                        return Err(JournalError::Corrupt {
-                            path,
-                            line: i + 1,
-                            detail: e.to_string(),
-                        });
-                    }
+                if self.firing.contains_key(&key) {
+                    return Err(EntryError::AlreadyFiring { key });
+                }
+                self.firing.insert(key, alert.clone());
+            }
+            Entry::Alert(AlertEntry::Resolved { alert }) => {
+                let key = alert.key();
+                if alert.status != AlertStatus::Resolved {
+                    return Err(EntryError::WrongStatus {
+                        key,
+                        recorded: "resolved",
+                        status: alert.status,
+                    });
+                }
+                if self.firing.remove(&key).is_none() {
+                    return Err(EntryError::NotFiring { key });
                 }
             }
         }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(write)?;
-        let journal = FileJournal { path, file, events };
-        journal.rollouts()?;
-        Ok(journal)
-    }
-
-    /// Every rollout in the journal, oldest first.
-    pub fn rollouts(&self) -> Result<Vec<RolloutState>, JournalError> {
-        replay_all(&self.events).map_err(|source| JournalError::Replay {
-            path: self.path.clone(),
-            source,
-        })
-    }
-}
-
-/// Splits a journal into rollouts at each `Started` and replays each.
-pub fn replay_all(events: &[Event]) -> Result<Vec<RolloutState>, ApplyError> {
-    let mut out: Vec<RolloutState> = Vec::new();
-    for e in events {
-        match e {
-            Event::Started { .. } => out.push(RolloutState::start(e)?),
-            other => match out.last_mut() {
-                Some(r) => r.apply(other)?,
-                None => return Err(ApplyError::NotStarted(format!("{other:?}"))),
-            },
-        }
-    }
-    Ok(out)
-}
-
-impl Journal for FileJournal {
-    fn append(&mut self, event: &Event) -> Result<(), JournalError> {
-        let write = |source| JournalError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let mut line = serde_json::to_vec(event).map_err(|e| write(std::io::Error::other(e)))?;
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(write)?;
-        self.file.sync_data().map_err(write)?;
-        self.events.push(event.clone());
+        self.applied += 1;
         Ok(())
     }
 
-    fn events(&self) -> &[Event] {
-        &self.events
+    /// `self` with `entry` applied, leaving `self` as it was; refused
+    /// entries come back as [`JournalError::DoesNotApply`].
+    pub fn applying(&self, entry: &Entry) -> Result<Applied, JournalError> {
+        let mut next = self.clone();
+        next.apply(entry)
+            .map_err(|source| JournalError::DoesNotApply {
+                entry: entry.describe(),
+                source,
+            })?;
+        Ok(next)
+    }
+
+    /// Replays `entries` from nothing.
+    pub fn replay<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Result<Applied, EntryError> {
+        let mut state = Applied::default();
+        for e in entries {
+            state.apply(e)?;
+        }
+        Ok(state)
     }
 }
 
+/// Where rollout events and alerts are recorded. The driver proposes; the
+/// journal applies and publishes what it applied.
+#[tonic::async_trait]
+pub trait Journal: Send + Sync + std::fmt::Debug {
+    /// Records `entry` durably and applies it; returns its index. An entry
+    /// that does not apply is refused and nothing changes.
+    async fn propose(&self, entry: Entry) -> Result<u64, JournalError>;
+    /// The applied state, updated after every accepted proposal.
+    fn subscribe(&self) -> watch::Receiver<Applied>;
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use baton_domain::{MemberId, ReleaseRef};
     use baton_planner::UnixMs;
+    use baton_planner::rollout::Event;
 
-    use super::*;
-
-    fn started(id: &str) -> Event {
+    pub fn started(id: &str) -> Event {
         Event::Started {
             id: id.into(),
             target: ReleaseRef {
@@ -155,45 +242,70 @@ mod tests {
             at: UnixMs(1),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use baton_planner::UnixMs;
+    use baton_planner::alerts::CATCH_UP_STALLED;
+
+    use super::fixtures::started;
+    use super::*;
 
     #[test]
-    fn events_survive_a_reopen_and_replay_per_rollout() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut j = FileJournal::open(dir.path()).unwrap();
-        j.append(&started("r1")).unwrap();
-        j.append(&Event::Paused {
+    fn a_refused_entry_changes_nothing() {
+        let state = Applied::default();
+        let paused = Entry::from(Event::Paused {
             reason: "x".into(),
             at: UnixMs(2),
-        })
-        .unwrap();
-        j.append(&started("r2")).unwrap();
-        drop(j);
-        let j = FileJournal::open(dir.path()).unwrap();
-        let rollouts = j.rollouts().unwrap();
-        assert_eq!(rollouts.len(), 2);
-        assert!(matches!(
-            rollouts[0].phase,
-            baton_planner::Phase::Paused { .. }
-        ));
-        assert_eq!(rollouts[1].id, "r2");
+        });
+        let err = state.applying(&paused).unwrap_err().to_string();
+        assert!(err.contains("nothing was recorded"), "{err}");
+        assert_eq!(state, Applied::default());
+        let state = state.applying(&started("r1").into()).unwrap();
+        let before = state.clone();
+        let bogus = Entry::from(Event::CommandSucceeded {
+            id: baton_domain::CommandId("r1-c9".into()),
+            detail: String::new(),
+            at: UnixMs(3),
+        });
+        assert!(state.applying(&bogus).is_err());
+        assert_eq!(state, before);
     }
 
     #[test]
-    fn a_torn_last_line_is_ignored_but_corruption_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let line = serde_json::to_string(&started("r1")).unwrap();
-        fs::write(
-            dir.path().join("journal.jsonl"),
-            format!("{line}\n{{\"event\":\"pau"),
-        )
-        .unwrap();
-        assert_eq!(FileJournal::open(dir.path()).unwrap().events().len(), 1);
-        fs::write(
-            dir.path().join("journal.jsonl"),
-            format!("garbage\n{line}\n"),
-        )
-        .unwrap();
-        let err = FileJournal::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("line 1"), "{err}");
+    fn alerts_fire_once_and_resolve_once() {
+        let a = Alert::firing(CATCH_UP_STALLED, "c", Some("n2"), Some("r1"), UnixMs(5));
+        let fired = Entry::from(AlertEntry::Fired { alert: a.clone() });
+        let resolved = Entry::from(AlertEntry::Resolved {
+            alert: a.resolved(UnixMs(9)),
+        });
+        let s = Applied::default().applying(&fired).unwrap();
+        assert_eq!(s.firing.values().collect::<Vec<_>>(), vec![&a]);
+        assert!(s.applying(&fired).is_err(), "fires once");
+        let s = s.applying(&resolved).unwrap();
+        assert!(s.firing.is_empty());
+        assert!(s.applying(&resolved).is_err(), "resolves once");
+        let wrong = Entry::from(AlertEntry::Fired {
+            alert: a.resolved(UnixMs(9)),
+        });
+        assert!(Applied::default().applying(&wrong).is_err());
+    }
+
+    #[test]
+    fn entries_parse_by_kind_and_old_events_keep_their_shape() {
+        let e = started("r1");
+        let line = serde_json::to_string(&Entry::from(e.clone())).unwrap();
+        assert_eq!(line, serde_json::to_string(&e).unwrap());
+        assert_eq!(Entry::from_json(&line).unwrap(), Entry::Rollout(e));
+        let a = Alert::firing(CATCH_UP_STALLED, "c", None, None, UnixMs(5));
+        let entry = Entry::from(AlertEntry::Fired { alert: a });
+        let line = serde_json::to_string(&entry).unwrap();
+        assert!(line.starts_with("{\"alert_event\":\"fired\""), "{line}");
+        assert_eq!(Entry::from_json(&line).unwrap(), entry);
+        let err = Entry::from_json("{\"event\":\"paused\"}")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reason"), "{err}");
     }
 }

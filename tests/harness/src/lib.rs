@@ -526,13 +526,45 @@ impl Cluster {
         Ok(body.to_owned())
     }
 
-    /// Every event in the coordinator's rollout journal.
-    pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
+    /// Every entry in the coordinator's journal: rollout events and the
+    /// alerts that fired or resolved.
+    fn journal_entries(&self) -> Result<Vec<serde_json::Value>> {
         let text = fs::read_to_string(self.dir.path().join("coordinator-state/journal.jsonl"))?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| Ok(serde_json::from_str(l)?))
             .collect()
+    }
+
+    /// Every rollout event in the coordinator's journal (alert entries,
+    /// `{"alert_event": …}`, are left out).
+    pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(self
+            .journal_entries()?
+            .into_iter()
+            .filter(|e| e.get("alert_event").is_none())
+            .collect())
+    }
+
+    /// The alerts firing as the coordinator's journal records them: each
+    /// `fired` entry adds its alert, each `resolved` one removes it (by
+    /// alert name and the cluster, member and rollout labels).
+    pub fn firing_alerts(&self) -> Result<Vec<serde_json::Value>> {
+        let key = |a: &serde_json::Value| {
+            ["alertname", "cluster", "member", "rollout"]
+                .map(|l| a["labels"][l].as_str().unwrap_or_default().to_owned())
+        };
+        let mut firing: Vec<serde_json::Value> = Vec::new();
+        for e in self.journal_entries()? {
+            let alert = &e["alert"];
+            match e.get("alert_event").and_then(|k| k.as_str()) {
+                Some("fired") => firing.push(alert.clone()),
+                Some("resolved") => firing.retain(|a| key(a) != key(alert)),
+                Some(other) => bail!("unknown journal alert entry {other:?}: {e}"),
+                None => {}
+            }
+        }
+        Ok(firing)
     }
 
     /// Starts member `i` (0-based) in external mode with extra env vars.

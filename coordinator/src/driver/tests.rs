@@ -1,0 +1,681 @@
+//! In-process driver tests: the real [`Driver`] against a recording fake
+//! [`AgentLink`], the in-memory journal and a [`FleetView`] fed with
+//! simulated reports, under paused time. What the driver sends is asserted
+//! as plain data.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_domain::{
+    Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, MemberId, MemberState,
+    Outbound, ReleaseRef, Report, Resources, Role,
+};
+use baton_planner::alerts::{Alert, AlertStatus, CATCH_UP_STALLED};
+use baton_planner::rollout::{Event, Phase, RolloutState, Stage};
+use baton_planner::{Policy, UnixMs};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::{Driver, DriverConfig, Op};
+use crate::agent_link::AgentLink;
+use crate::fleet::{FleetView, SessionId};
+use crate::journal::{AlertEntry, Entry, Journal, MemoryJournal};
+
+const EPOCH: UnixMs = UnixMs(1_700_000_000_000);
+const STEP: Duration = Duration::from_millis(100);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+fn id(s: &str) -> MemberId {
+    MemberId::new(s).unwrap()
+}
+
+fn target() -> ReleaseRef {
+    ReleaseRef {
+        name: "kv".into(),
+        version: "v2".into(),
+        format_version: 1,
+        sha256: "0".repeat(64),
+    }
+}
+
+/// Records every message the driver sends; sessions come from the fleet.
+struct FakeLink {
+    fleet: Arc<Mutex<FleetView>>,
+    /// What was sent, in order, until the test takes it.
+    sent: Mutex<Vec<(MemberId, Outbound)>>,
+    /// Never notified: the tests step the driver themselves.
+    reports: Arc<Notify>,
+}
+
+impl FakeLink {
+    fn take(&self) -> Vec<(MemberId, Outbound)> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
+impl AgentLink for FakeLink {
+    fn send(&self, member: &MemberId, msg: Outbound) -> Option<SessionId> {
+        let session = self.session(member)?;
+        self.sent.lock().unwrap().push((member.clone(), msg));
+        Some(session)
+    }
+
+    fn session(&self, member: &MemberId) -> Option<SessionId> {
+        self.fleet.lock().unwrap().session(member)
+    }
+
+    fn reports(&self) -> Arc<Notify> {
+        self.reports.clone()
+    }
+}
+
+/// The simulated members: what each runs, who leads, how they misbehave.
+#[derive(Default)]
+struct Sim {
+    release: BTreeMap<MemberId, String>,
+    up: BTreeMap<MemberId, bool>,
+    leader: Option<MemberId>,
+    term: u64,
+    committed: u64,
+    /// Start on the target release fails for this member.
+    fail_start: Option<MemberId>,
+    /// This member, once on the target, stays 50 entries behind.
+    stuck_on_target: Option<MemberId>,
+    /// How many step-downs are answered Ok but do not take effect.
+    ignore_step_downs: usize,
+}
+
+impl Sim {
+    fn three() -> Sim {
+        let mut sim = Sim {
+            leader: Some(id("n1")),
+            term: 1,
+            committed: 100,
+            ..Sim::default()
+        };
+        for m in ["n1", "n2", "n3"] {
+            sim.release.insert(id(m), "v1".into());
+            sim.up.insert(id(m), true);
+        }
+        sim
+    }
+
+    fn report(&self, m: &MemberId) -> Report {
+        let up = self.up[m];
+        let release = &self.release[m];
+        let leads = self.leader.as_ref() == Some(m);
+        let applied = match &self.stuck_on_target {
+            Some(s) if s == m && release == "v2" => self.committed - 50,
+            _ => self.committed,
+        };
+        Report {
+            member: m.clone(),
+            state: MemberState {
+                role: if leads { Role::Leader } else { Role::Follower },
+                leader: if up { self.leader.clone() } else { None },
+                committed_revision: self.committed,
+                applied_revision: applied,
+                release: if up { release.clone() } else { String::new() },
+                format_version: 1,
+                health: if up { Health::Healthy } else { Health::Down },
+                health_detail: String::new(),
+                term: self.term,
+                cluster_version: String::new(),
+            },
+            resources: Resources::default(),
+            timestamp_unix_ms: 0,
+        }
+    }
+
+    /// What the member's agent does with `action`.
+    fn run(&mut self, m: &MemberId, action: &Action) -> Result<String, String> {
+        match action {
+            Action::Stage { .. } => {}
+            Action::Stop => {
+                self.up.insert(m.clone(), false);
+            }
+            Action::Switch { version } => {
+                self.release.insert(m.clone(), version.clone());
+            }
+            Action::Start => {
+                if self.fail_start.as_ref() == Some(m) && self.release[m] == "v2" {
+                    return Err("the member exited at start".into());
+                }
+                self.up.insert(m.clone(), true);
+            }
+            Action::StepDown { to } => {
+                if self.ignore_step_downs > 0 {
+                    self.ignore_step_downs -= 1;
+                } else {
+                    self.leader = Some(to.clone());
+                    self.term += 1;
+                }
+            }
+        }
+        Ok("ok".into())
+    }
+}
+
+struct Rig {
+    driver: Driver,
+    fleet: Arc<Mutex<FleetView>>,
+    link: Arc<FakeLink>,
+    journal: Arc<MemoryJournal>,
+    policy: Policy,
+    sim: Sim,
+    /// Every notification the driver handed to the alert sinks.
+    alerts: Arc<Mutex<Vec<Alert>>>,
+}
+
+fn hello(m: &MemberId) -> Hello {
+    Hello {
+        member: m.clone(),
+        cluster: "demo".into(),
+        agent_version: "test".into(),
+        adapter_kind: "fake".into(),
+    }
+}
+
+fn driver(
+    rig_parts: (&Arc<Mutex<FleetView>>, &Arc<FakeLink>, &Arc<MemoryJournal>),
+    policy: &Policy,
+    alerts: &Arc<Mutex<Vec<Alert>>>,
+) -> Driver {
+    let (fleet, link, journal) = rig_parts;
+    let sink = alerts.clone();
+    Driver::new(
+        DriverConfig {
+            policy: policy.clone(),
+            release_name: "kv".into(),
+            store: None,
+            scratch: std::env::temp_dir(),
+            tick: Duration::from_millis(50),
+        },
+        fleet.clone(),
+        link.clone(),
+        journal.clone(),
+        "demo",
+        Box::new(move |a| sink.lock().unwrap().push(a)),
+    )
+}
+
+impl Rig {
+    /// Three connected members on v1 (n1 leads) and a started rollout to
+    /// v2 in the journal, order n2, n3, then the leader n1.
+    async fn new(sim: Sim, policy: Policy) -> Rig {
+        let members = vec![id("n1"), id("n2"), id("n3")];
+        let fleet = Arc::new(Mutex::new(FleetView::with_epoch(
+            "demo".into(),
+            members.clone(),
+            HEARTBEAT,
+            (Instant::now(), EPOCH),
+        )));
+        for m in &members {
+            fleet
+                .lock()
+                .unwrap()
+                .open_session(&hello(m), sim.report(m), Instant::now())
+                .unwrap();
+        }
+        let link = Arc::new(FakeLink {
+            fleet: fleet.clone(),
+            sent: Mutex::default(),
+            reports: Arc::new(Notify::new()),
+        });
+        let journal = Arc::new(MemoryJournal::new());
+        journal
+            .propose(
+                Event::Started {
+                    id: "r1".into(),
+                    target: target(),
+                    previous: "v1".into(),
+                    order: vec![id("n2"), id("n3"), id("n1")],
+                    leader: id("n1"),
+                    at: EPOCH,
+                }
+                .into(),
+            )
+            .await
+            .unwrap();
+        let alerts = Arc::default();
+        let driver = driver((&fleet, &link, &journal), &policy, &alerts);
+        Rig {
+            driver,
+            fleet,
+            link,
+            journal,
+            policy,
+            sim,
+            alerts,
+        }
+    }
+
+    /// Every connected member reports once, and the leader commits more.
+    fn feed(&mut self) {
+        self.sim.committed += 10;
+        let mut fleet = self.fleet.lock().unwrap();
+        for m in ["n1", "n2", "n3"].map(id) {
+            if let Some(session) = fleet.session(&m) {
+                fleet
+                    .record(&m, session, self.sim.report(&m), Instant::now())
+                    .unwrap();
+            }
+        }
+    }
+
+    fn rollout(&self) -> Arc<RolloutState> {
+        self.journal
+            .subscribe()
+            .borrow()
+            .rollouts
+            .last()
+            .unwrap()
+            .clone()
+    }
+
+    /// The commands sent since the last call, dropping cadence messages.
+    fn commands(&self) -> Vec<(MemberId, AgentCommand)> {
+        self.link
+            .take()
+            .into_iter()
+            .filter_map(|(m, o)| match o {
+                Outbound::Command(c) => Some((m, c)),
+                Outbound::Cadence { .. } => None,
+            })
+            .collect()
+    }
+
+    fn cmd(&self, n: u64, action: Action) -> AgentCommand {
+        AgentCommand {
+            id: CommandId(format!("r1-{n}")),
+            action,
+            stop_timeout_ms: Some(self.policy.stop_timeout.as_millis() as u32),
+        }
+    }
+
+    async fn op<T>(&mut self, make: impl FnOnce(oneshot::Sender<T>) -> Op) -> T {
+        let (tx, rx) = oneshot::channel();
+        self.driver.handle_op(make(tx)).await;
+        rx.await.unwrap()
+    }
+
+    /// Steps the driver, has the simulated agents run whatever it sent and
+    /// answer, and moves time on by 100 ms; until `done` holds or `limit`
+    /// rounds passed. Returns the commands sent, in order.
+    async fn run(
+        &mut self,
+        limit: usize,
+        done: impl Fn(&RolloutState) -> bool,
+    ) -> Vec<(MemberId, Action)> {
+        let mut sent = Vec::new();
+        for _ in 0..limit {
+            self.feed();
+            self.driver.step().await;
+            for (m, c) in self.commands() {
+                sent.push((m.clone(), c.action.clone()));
+                let result = self.sim.run(&m, &c.action);
+                self.driver
+                    .handle_result(m, CommandOutcome { id: c.id, result })
+                    .await;
+            }
+            if done(&self.rollout()) {
+                return sent;
+            }
+            tokio::time::advance(STEP).await;
+        }
+        panic!(
+            "not done after {limit} rounds: {:?}; sent {sent:?}",
+            self.rollout().phase
+        );
+    }
+
+    /// Steps `rounds` times, feeding reports and moving time on; returns
+    /// the commands sent (unanswered).
+    async fn idle(&mut self, rounds: usize) -> Vec<(MemberId, AgentCommand)> {
+        let mut sent = Vec::new();
+        for _ in 0..rounds {
+            self.feed();
+            self.driver.step().await;
+            sent.extend(self.commands());
+            tokio::time::advance(STEP).await;
+        }
+        sent
+    }
+
+    fn issued(&self) -> usize {
+        self.journal
+            .entries()
+            .iter()
+            .filter(|e| matches!(e, Entry::Rollout(Event::CommandIssued { .. })))
+            .count()
+    }
+}
+
+fn upgrade(m: &str) -> Vec<(MemberId, Action)> {
+    [
+        Action::Stage { release: target() },
+        Action::Stop,
+        Action::Switch {
+            version: "v2".into(),
+        },
+        Action::Start,
+    ]
+    .into_iter()
+    .map(|a| (id(m), a))
+    .collect()
+}
+
+fn is_paused(r: &RolloutState) -> bool {
+    matches!(r.phase, Phase::Paused { .. })
+}
+
+fn paused_reason(r: &RolloutState) -> String {
+    match &r.phase {
+        Phase::Paused { reason } => reason.clone(),
+        other => panic!("not paused: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clean_rollout_upgrades_followers_then_hands_over_then_the_old_leader() {
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    // The first step: n2's first command, then every agent's cadence.
+    rig.feed();
+    rig.driver.step().await;
+    let every = HEARTBEAT;
+    assert_eq!(
+        rig.link.take(),
+        vec![
+            (
+                id("n2"),
+                Outbound::Command(rig.cmd(1, Action::Stage { release: target() }))
+            ),
+            (id("n2"), Outbound::Cadence { every }),
+            (id("n3"), Outbound::Cadence { every }),
+            (id("n1"), Outbound::Cadence { every }),
+        ]
+    );
+    rig.sim
+        .run(&id("n2"), &Action::Stage { release: target() })
+        .unwrap();
+    rig.driver
+        .handle_result(
+            id("n2"),
+            CommandOutcome {
+                id: CommandId("r1-1".into()),
+                result: Ok("ok".into()),
+            },
+        )
+        .await;
+    let sent = rig.run(400, |r| r.phase == Phase::Completed).await;
+    let mut want = upgrade("n2")[1..].to_vec();
+    want.extend(upgrade("n3"));
+    want.push((id("n1"), Action::Stage { release: target() }));
+    want.push((id("n1"), Action::StepDown { to: id("n2") }));
+    want.extend(upgrade("n1")[1..].to_vec());
+    assert_eq!(sent, want);
+    let r = rig.rollout();
+    assert_eq!(r.leader_changes.len(), 1, "one handover");
+    assert_eq!(r.leader_changes[0].0, id("n2"));
+    assert!(r.members.values().all(|p| p.stage == Stage::Done));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_start_reverts_the_member_and_pauses() {
+    let sim = Sim {
+        fail_start: Some(id("n2")),
+        ..Sim::three()
+    };
+    let mut rig = Rig::new(sim, Policy::default()).await;
+    let sent = rig.run(100, is_paused).await;
+    let mut want = upgrade("n2");
+    want.extend([
+        (id("n2"), Action::Stop),
+        (
+            id("n2"),
+            Action::Switch {
+                version: "v1".into(),
+            },
+        ),
+        (id("n2"), Action::Start),
+    ]);
+    assert_eq!(sent, want);
+    let r = rig.rollout();
+    assert!(
+        matches!(r.members[&id("n2")].stage, Stage::Reverted { .. }),
+        "{:?}",
+        r.members[&id("n2")].stage
+    );
+    assert!(paused_reason(&r).contains("start failed"), "{:?}", r.phase);
+    assert_eq!(
+        r.members[&id("n3")].stage,
+        Stage::Pending,
+        "nobody else touched"
+    );
+    assert_eq!(rig.sim.release[&id("n2")], "v1");
+    // Paused: nothing more is sent.
+    assert_eq!(rig.idle(20).await, vec![]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_catch_up_pauses_and_pages_through_the_journal() {
+    let sim = Sim {
+        stuck_on_target: Some(id("n2")),
+        ..Sim::three()
+    };
+    let policy = Policy {
+        stall_after: Duration::from_secs(2),
+        ..Policy::default()
+    };
+    let mut rig = Rig::new(sim, policy).await;
+    let sent = rig.run(100, is_paused).await;
+    assert_eq!(sent, upgrade("n2"));
+    let r = rig.rollout();
+    assert!(
+        paused_reason(&r).contains("member n2 catch-up stalled"),
+        "{:?}",
+        r.phase
+    );
+    assert!(matches!(
+        r.members[&id("n2")].stage,
+        Stage::CatchingUp { .. }
+    ));
+    // The page is an alert, journaled before it was handed to the sinks.
+    let fired: Vec<Alert> = rig
+        .journal
+        .entries()
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Alert(AlertEntry::Fired { alert }) => Some(alert),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        fired
+            .iter()
+            .any(|a| a.name() == CATCH_UP_STALLED && a.member() == "n2"),
+        "{fired:?}"
+    );
+    let notified = rig.alerts.lock().unwrap().clone();
+    assert!(notified.iter().any(|a| a.name() == CATCH_UP_STALLED
+        && a.member() == "n2"
+        && a.status == AlertStatus::Firing));
+    let firing = rig.journal.subscribe().borrow().firing.clone();
+    assert!(
+        firing.values().any(|a| a.name() == CATCH_UP_STALLED),
+        "{firing:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_down_that_does_not_take_effect_is_retried_once() {
+    let sim = Sim {
+        ignore_step_downs: 1,
+        ..Sim::three()
+    };
+    let policy = Policy {
+        handover_timeout: Duration::from_secs(1),
+        ..Policy::default()
+    };
+    let mut rig = Rig::new(sim, policy).await;
+    let sent = rig.run(400, |r| r.phase == Phase::Completed).await;
+    let leader: Vec<Action> = sent
+        .into_iter()
+        .filter(|(m, _)| *m == id("n1"))
+        .map(|(_, a)| a)
+        .collect();
+    let step_down = Action::StepDown { to: id("n2") };
+    assert_eq!(
+        leader,
+        vec![
+            Action::Stage { release: target() },
+            step_down.clone(),
+            step_down,
+            Action::Stop,
+            Action::Switch {
+                version: "v2".into()
+            },
+            Action::Start,
+        ]
+    );
+    assert_eq!(rig.rollout().leader_changes.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_stops_before_the_next_command_and_resume_goes_on() {
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    rig.feed();
+    rig.driver.step().await;
+    let stage = rig.cmd(1, Action::Stage { release: target() });
+    assert_eq!(rig.commands(), vec![(id("n2"), stage.clone())]);
+    let snap = rig
+        .op(|reply| Op::Pause {
+            reason: "lunch".into(),
+            reply,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        snap.state.phase,
+        Phase::Paused {
+            reason: "paused by the operator: lunch".into()
+        }
+    );
+    // The in-flight command still lands; nothing new is sent.
+    rig.driver
+        .handle_result(
+            id("n2"),
+            CommandOutcome {
+                id: stage.id,
+                result: Ok("ok".into()),
+            },
+        )
+        .await;
+    assert_eq!(rig.idle(5).await, vec![]);
+    assert_eq!(rig.rollout().members[&id("n2")].stage, Stage::Staged);
+    rig.op(|reply| Op::Resume { reply }).await.unwrap();
+    rig.feed();
+    rig.driver.step().await;
+    assert_eq!(rig.commands(), vec![(id("n2"), rig.cmd(2, Action::Stop))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn abort_stops_after_the_current_step_and_never_leaves_a_member_down() {
+    // Aborted while n2 stages: it stops there, n2 still serving.
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    rig.feed();
+    rig.driver.step().await;
+    assert_eq!(rig.commands().len(), 1);
+    let snap = rig.op(|reply| Op::Abort { reply }).await.unwrap();
+    assert_eq!(snap.state.phase, Phase::Aborting);
+    rig.driver
+        .handle_result(
+            id("n2"),
+            CommandOutcome {
+                id: CommandId("r1-1".into()),
+                result: Ok("ok".into()),
+            },
+        )
+        .await;
+    let sent = rig.run(10, is_paused).await;
+    assert_eq!(sent, vec![]);
+    assert!(paused_reason(&rig.rollout()).contains("aborted by the operator; member n2 is staged"));
+
+    // Aborted while n2 is down: it is brought back first, then it stops.
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    rig.run(20, |r| r.members[&id("n2")].stage == Stage::Staged)
+        .await;
+    rig.feed();
+    rig.driver.step().await;
+    let stop = rig.commands();
+    assert_eq!(stop, vec![(id("n2"), rig.cmd(2, Action::Stop))]);
+    rig.op(|reply| Op::Abort { reply }).await.unwrap();
+    rig.sim.run(&id("n2"), &Action::Stop).unwrap();
+    rig.driver
+        .handle_result(
+            id("n2"),
+            CommandOutcome {
+                id: stop[0].1.id.clone(),
+                result: Ok("ok".into()),
+            },
+        )
+        .await;
+    let sent = rig.run(50, is_paused).await;
+    assert_eq!(sent, upgrade("n2")[2..].to_vec());
+    assert!(rig.sim.up[&id("n2")], "n2 serves again");
+    assert!(paused_reason(&rig.rollout()).contains("aborted by the operator"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_coordinator_resends_the_in_flight_id_and_issues_no_new_one() {
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    rig.feed();
+    rig.driver.step().await;
+    let first = rig.commands();
+    assert_eq!(
+        first,
+        vec![(id("n2"), rig.cmd(1, Action::Stage { release: target() }))]
+    );
+    assert_eq!(rig.issued(), 1);
+    // A new driver on the same journal (the old one is gone).
+    rig.driver = driver(
+        (&rig.fleet, &rig.link, &rig.journal),
+        &rig.policy,
+        &rig.alerts,
+    );
+    rig.feed();
+    rig.driver.step().await;
+    assert_eq!(rig.commands(), first, "the same command, with the same id");
+    assert_eq!(rig.issued(), 1, "no new id journaled");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnected_agent_gets_its_in_flight_command_again_with_the_same_id() {
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    rig.feed();
+    rig.driver.step().await;
+    let first = rig.commands();
+    assert_eq!(first.len(), 1);
+    // Same session: not sent twice.
+    rig.feed();
+    rig.driver.step().await;
+    assert_eq!(rig.link.take(), vec![]);
+    // The agent reconnects: a new session gets the command and the cadence.
+    let n2 = id("n2");
+    let report = rig.sim.report(&n2);
+    rig.fleet
+        .lock()
+        .unwrap()
+        .open_session(&hello(&n2), report, Instant::now())
+        .unwrap();
+    rig.driver.step().await;
+    assert_eq!(
+        rig.link.take(),
+        vec![
+            (n2.clone(), Outbound::Command(first[0].1.clone())),
+            (n2, Outbound::Cadence { every: HEARTBEAT }),
+        ]
+    );
+    assert_eq!(rig.issued(), 1);
+}

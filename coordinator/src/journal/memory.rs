@@ -1,0 +1,49 @@
+//! An in-memory journal for tests: the same apply-first rule as the file
+//! journal, no disk. Shared (`Arc`) between two drivers, it stands in for a
+//! journal that outlives a coordinator restart.
+
+use std::sync::Mutex;
+
+use tokio::sync::watch;
+
+use super::{Applied, Entry, Journal, JournalError};
+
+/// Entries in a `Vec`, applied as they are proposed.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    /// Every accepted entry, in order; held across apply-and-publish so
+    /// proposals are applied one at a time.
+    entries: Mutex<Vec<Entry>>,
+    /// Publishes the applied state to every subscriber.
+    applied: watch::Sender<Applied>,
+}
+
+impl MemoryJournal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every accepted entry so far, in order.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[tonic::async_trait]
+impl Journal for MemoryJournal {
+    async fn propose(&self, entry: Entry) -> Result<u64, JournalError> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let next = self.applied.borrow().applying(&entry)?;
+        entries.push(entry);
+        let index = next.applied - 1;
+        self.applied.send_replace(next);
+        Ok(index)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.applied.subscribe()
+    }
+}
