@@ -145,6 +145,7 @@ pub async fn run(
         cluster: config.cluster.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         adapter_kind: target.kind().to_owned(),
+        version_rule: Some(target.version_rule()),
     };
     let (stats_tx, stats_rx) = watch::channel(link::LinkStats::default());
     tracker.spawn(link::run(

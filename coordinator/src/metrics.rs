@@ -569,6 +569,7 @@ mod tests {
             cluster: "demo".into(),
             agent_version: "t".into(),
             adapter_kind: "fake".into(),
+            version_rule: None,
         }
     }
 
@@ -917,6 +918,7 @@ mod promtool_tests {
                     cluster: "demo".into(),
                     agent_version: "t".into(),
                     adapter_kind: "fake".into(),
+                    version_rule: None,
                 },
                 Report {
                     member: n1.clone(),

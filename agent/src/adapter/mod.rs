@@ -7,7 +7,7 @@
 pub mod etcd;
 pub mod samplekv;
 
-use baton_domain::{Health, MemberId, Role};
+use baton_domain::{Health, MemberId, Role, VersionRule};
 use futures::future::BoxFuture;
 
 pub use etcd::EtcdTarget;
@@ -66,6 +66,9 @@ pub enum TargetError {
 pub trait Target: Send + Sync + std::fmt::Debug {
     /// The adapter's name, sent in the Hello (e.g. `samplekv`).
     fn kind(&self) -> &'static str;
+    /// Which releases its members may move between, sent in the Hello for
+    /// the coordinator's preflight to evaluate.
+    fn version_rule(&self) -> VersionRule;
     /// Reads the member's current state.
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>>;
     /// Asks the member (the leader) to hand leadership to `to`. Returns once
@@ -98,6 +101,9 @@ pub mod fake {
     impl Target for FakeTarget {
         fn kind(&self) -> &'static str {
             "fake"
+        }
+        fn version_rule(&self) -> VersionRule {
+            VersionRule::FormatOnly
         }
         fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
             self.polls.fetch_add(1, Ordering::SeqCst);

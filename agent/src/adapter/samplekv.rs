@@ -119,6 +119,11 @@ impl Target for SamplekvTarget {
         "samplekv"
     }
 
+    /// samplekv reads any release whose data format it knows.
+    fn version_rule(&self) -> baton_domain::VersionRule {
+        baton_domain::VersionRule::FormatOnly
+    }
+
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
         Box::pin(async move {
             let mut client = KvClient::new(self.channel.clone());
