@@ -1,6 +1,8 @@
 //! Table tests of operator control: each request in each phase, the
 //! rollback and start rules, and rollout ids.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use baton_planner::control;

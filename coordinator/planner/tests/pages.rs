@@ -3,6 +3,8 @@
 //! driver does (the watchdog sees the view, then `decide` acts, commands
 //! succeed at once, repeat), and must end with the watchdog paging.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,11 +1,21 @@
 //! Table tests of version rules as data: each rule, each path.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use baton_planner::preflight::{ArtifactVerdict, PreflightInput, preflight};
 use baton_planner::version::{ETCD, Refusal, VersionRule, check, rule_for};
 use baton_planner::{Policy, ReleaseRef, View};
 use common::*;
+
+type Row = (
+    VersionRule,
+    &'static str,
+    &'static str,
+    &'static str,
+    Result<(), Refusal>,
+);
 
 #[test]
 fn each_rule_on_each_path() {
@@ -14,7 +24,7 @@ fn each_rule_on_each_path() {
         not_below_cluster_version: false,
     };
     let fmt = VersionRule::FormatOnly;
-    let table: Vec<(VersionRule, &str, &str, &str, Result<(), Refusal>)> = vec![
+    let table: Vec<Row> = vec![
         (fmt, "3.4.23", "3.7.0", "3.4.0", Ok(())),
         (fmt, "weird", "v9", "", Ok(())),
         (ETCD, "3.4.23", "3.5.1", "3.4.0", Ok(())),
