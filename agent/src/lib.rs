@@ -145,6 +145,7 @@ pub async fn run(
         cluster: config.cluster.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         adapter_kind: adapter.kind().to_owned(),
+        version_rule: Some(adapter.version_rule()),
     };
     let (stats_tx, stats_rx) = watch::channel(link::LinkStats::default());
     tracker.spawn(link::run(

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_domain::{FleetStatus, Health, Hello, MemberId, MemberRow, Report, Role};
+use baton_domain::{FleetStatus, Health, Hello, MemberId, MemberRow, Report, Role, VersionRule};
 use baton_planner::{LagSample, MemberView, UnixMs, View};
 use tokio::time::Instant;
 
@@ -67,6 +67,8 @@ struct Entry {
     lag_samples: std::collections::VecDeque<LagSample>,
     /// When a reading last showed a lower lag than the previous one.
     lag_shrank_at: Option<UnixMs>,
+    /// The version rule the agent's Hello stated (None from an older agent).
+    version_rule: Option<VersionRule>,
 }
 
 /// The coordinator's picture of the cluster.
@@ -168,6 +170,7 @@ impl FleetView {
                 cluster: self.cluster.clone(),
             })?;
         entry.session = Some(id);
+        entry.version_rule = hello.version_rule;
         entry.report = Some(first);
         entry.last_seen = Some(now);
         self.sample(&hello.member, now);
@@ -227,6 +230,7 @@ impl FleetView {
                         lag: row.lag,
                         lag_samples: samples,
                         lag_shrank_at: entry.lag_shrank_at,
+                        version_rule: entry.version_rule,
                     },
                 )
             })
@@ -348,6 +352,7 @@ mod tests {
             cluster: "demo".into(),
             agent_version: "t".into(),
             adapter_kind: "fake".into(),
+            version_rule: None,
         }
     }
 

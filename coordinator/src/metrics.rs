@@ -535,6 +535,7 @@ mod tests {
             cluster: "demo".into(),
             agent_version: "t".into(),
             adapter_kind: "fake".into(),
+            version_rule: None,
         }
     }
 
@@ -883,6 +884,7 @@ mod promtool_tests {
                     cluster: "demo".into(),
                     agent_version: "t".into(),
                     adapter_kind: "fake".into(),
+                    version_rule: None,
                 },
                 fixtures::report("n1", Role::Leader, Some("n1"), 5, 5),
                 Instant::now(),

@@ -222,6 +222,29 @@ pub struct Hello {
     pub cluster: String,
     pub agent_version: String,
     pub adapter_kind: String,
+    /// The adapter's version rule; None from an agent older than the field
+    /// (the coordinator then infers it from the member's reports).
+    pub version_rule: Option<VersionRule>,
+}
+
+/// Which releases a member may move between, as its adapter states it; the
+/// planner evaluates it as data. On top of any rule, no member is ever moved
+/// onto a release that reads only an older data format than the member has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "rule")]
+pub enum VersionRule {
+    /// Only the data format limits the path (samplekv).
+    FormatOnly,
+    /// Releases are `major.minor[.patch]` (an optional `v` prefix) and move
+    /// one minor release at a time, never skipping one (etcd). A release
+    /// name that does not parse is refused rather than guessed at.
+    SemverOneMinor {
+        /// Refuse a change of the major version.
+        no_major_change: bool,
+        /// Refuse a target below the cluster-wide version the member
+        /// reports: the cluster may already write data it cannot read.
+        not_below_cluster_version: bool,
+    },
 }
 
 /// Report fixtures for tests in every crate (feature `test-util`).

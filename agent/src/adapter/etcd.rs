@@ -651,6 +651,15 @@ impl Adapter for EtcdTarget {
         "etcd"
     }
 
+    /// etcd's own upgrade rule: one minor release at a time, no major
+    /// change, never below the cluster version.
+    fn version_rule(&self) -> baton_domain::VersionRule {
+        baton_domain::VersionRule::SemverOneMinor {
+            no_major_change: true,
+            not_below_cluster_version: true,
+        }
+    }
+
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, TargetError>> {
         Box::pin(self.read())
     }

@@ -29,6 +29,9 @@ impl Adapter for FakeAdapter {
     fn kind(&self) -> &'static str {
         "fake"
     }
+    fn version_rule(&self) -> baton_domain::VersionRule {
+        baton_domain::VersionRule::FormatOnly
+    }
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>> {
         self.polls.fetch_add(1, Ordering::SeqCst);
         let s = self.state.lock().unwrap().clone();

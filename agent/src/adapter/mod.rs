@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use baton_domain::MemberState;
-use baton_domain::{Check, MemberId};
+use baton_domain::{Check, MemberId, VersionRule};
 use futures::future::BoxFuture;
 
 pub use etcd::EtcdTarget;
@@ -141,6 +141,9 @@ pub struct Backup {
 pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// The adapter's name, sent in the Hello (e.g. `samplekv`).
     fn kind(&self) -> &'static str;
+    /// Which releases its members may move between, sent in the Hello for
+    /// the coordinator's preflight to evaluate.
+    fn version_rule(&self) -> VersionRule;
     /// Reads the member's current state.
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>>;
     /// Asks the member (the leader) to hand leadership to `to`. Returns once

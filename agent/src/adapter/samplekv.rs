@@ -193,6 +193,11 @@ impl Adapter for SamplekvAdapter {
         "samplekv"
     }
 
+    /// samplekv reads any release whose data format it knows.
+    fn version_rule(&self) -> baton_domain::VersionRule {
+        baton_domain::VersionRule::FormatOnly
+    }
+
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>> {
         Box::pin(async move {
             let mut client = KvClient::new(self.channel.clone());

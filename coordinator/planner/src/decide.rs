@@ -5,6 +5,10 @@
 //! changes the rollout is an [`Event`] to journal (`Step::Record`) or an
 //! action to journal and send (`Step::Issue`). `decide` does no IO and reads
 //! no clock.
+//!
+//! `decide` never pages: the [`crate::watchdog`] is the one decider of what
+//! the on-call hears. Every situation that needs a human either pauses the
+//! rollout (`BatonRolloutPaused`) or is a stall (`BatonCatchUpStalled`).
 
 use std::cmp::Reverse;
 
@@ -12,7 +16,7 @@ use baton_domain::MemberId;
 
 use crate::policy::OnStall;
 use crate::rollout::{Action, Event, Gate, Phase, RolloutState, Stage};
-use crate::view::View;
+use crate::view::{MemberView, View};
 use crate::{Policy, UnixMs};
 
 /// One thing the driver should do.
@@ -22,11 +26,6 @@ pub enum Step {
     Record(Event),
     /// Journal a `CommandIssued` with the next id, then send it to the agent.
     Issue { member: MemberId, action: Action },
-    /// Page the on-call: a rollout needs a human.
-    Page {
-        member: Option<MemberId>,
-        reason: String,
-    },
     /// Ask the agents to report fast (during a gate or handover) or normally.
     Cadence { fast: bool },
     /// Nothing to do until the view changes.
@@ -45,7 +44,7 @@ fn wait(reason: impl Into<String>) -> Vec<Step> {
 /// at different moments, so raw applied revisions compare members at
 /// different times; at 100 writes/s a 100 ms skew is 10 entries, more than
 /// the gap between a fast and a slow follower. With no readings, its lag now.
-fn catch_up_score(v: &crate::view::MemberView) -> u64 {
+fn catch_up_score(v: &MemberView) -> u64 {
     let recent: Vec<u64> = v.lag_samples.iter().rev().take(5).map(|s| s.lag).collect();
     if recent.is_empty() {
         return v.lag.unwrap_or(u64::MAX);
@@ -53,29 +52,38 @@ fn catch_up_score(v: &crate::view::MemberView) -> u64 {
     recent.iter().sum::<u64>() / recent.len() as u64
 }
 
-/// The most caught-up upgraded follower as of `view`: the lowest recent lag,
-/// then the highest applied revision, then the lowest id. Falls back to any healthy follower when no
-/// follower is upgraded yet (the leader moved mid-rollout).
+/// The most caught-up of the healthy members other than `from` for which
+/// `eligible` holds: the lowest recent lag ([`catch_up_score`]), then the
+/// highest applied revision, then the lowest id. The one rule a handover
+/// target is picked by, in a rollout and in a dry run's preview.
+pub fn most_caught_up(
+    view: &View,
+    from: &MemberId,
+    eligible: impl Fn(&MemberId, &MemberView) -> bool,
+) -> Option<MemberId> {
+    view.members
+        .iter()
+        .filter(|(m, _)| *m != from)
+        .filter(|(_, v)| v.healthy())
+        .filter(|(m, v)| eligible(m, v))
+        .min_by_key(|(m, v)| (catch_up_score(v), Reverse(v.applied()), (*m).clone()))
+        .map(|(m, _)| m.clone())
+}
+
+/// The most caught-up upgraded follower as of `view` (see
+/// [`most_caught_up`]). Falls back to any healthy follower when no follower
+/// is upgraded yet (the leader moved mid-rollout).
 pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> Option<MemberId> {
-    let candidates = |upgraded_only: bool| {
-        view.members
-            .iter()
-            .filter(|(m, _)| *m != from)
-            .filter(|(_, v)| v.healthy())
-            .filter(|(m, v)| {
-                // Upgraded: on the target, and done in this rollout (or not
-                // part of it, as members a rollback leaves alone).
-                !upgraded_only
-                    || (v.release() == Some(rollout.target.version.as_str())
-                        && rollout
-                            .members
-                            .get(*m)
-                            .is_none_or(|p| p.stage == Stage::Done))
-            })
-            .min_by_key(|(m, v)| (catch_up_score(v), Reverse(v.applied()), (*m).clone()))
-            .map(|(m, _)| m.clone())
+    // Upgraded: on the target, and done in this rollout (or not part of
+    // it, as members a rollback leaves alone).
+    let upgraded = |m: &MemberId, v: &MemberView| {
+        v.release() == Some(rollout.target.version.as_str())
+            && rollout
+                .members
+                .get(m)
+                .is_none_or(|p| p.stage == Stage::Done)
     };
-    candidates(true).or_else(|| candidates(false))
+    most_caught_up(view, from, upgraded).or_else(|| most_caught_up(view, from, |_, _| true))
 }
 
 /// Whether the member's catch-up gate holds: lag ≤ tolerable on its two
@@ -208,16 +216,10 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
                 wait(format!("member {member}: soaking"))
             }
         }
-        Stage::Reverted { reason } => vec![
-            Step::Record(Event::Paused {
-                reason: reason.clone(),
-                at: now,
-            }),
-            Step::Page {
-                member: Some(member.clone()),
-                reason: reason.clone(),
-            },
-        ],
+        Stage::Reverted { reason } => vec![Step::Record(Event::Paused {
+            reason: reason.clone(),
+            at: now,
+        })],
         Stage::Done => Vec::new(),
         stage @ (Stage::Pending
         | Stage::Staged
@@ -246,22 +248,13 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
                     Event::GateFailed {
                         member: member.clone(),
                         gate: Gate::Healthy,
-                        reason: reason.clone(),
+                        reason,
                         at: now,
                     }
                 } else {
-                    Event::Paused {
-                        reason: reason.clone(),
-                        at: now,
-                    }
+                    Event::Paused { reason, at: now }
                 };
-                return vec![
-                    Step::Record(record),
-                    Step::Page {
-                        member: Some(member),
-                        reason,
-                    },
-                ];
+                return vec![Step::Record(record)];
             }
             if action == Action::Stop {
                 let handing_over = rollout.handover.as_ref().is_some_and(|h| h.from == member);
@@ -311,16 +304,7 @@ fn catch_up(
             "member {member} did not catch up: lag {lag_text} > {} after {waited:?} (catchup_timeout {:?})",
             policy.tolerable_lag, policy.catchup_timeout
         );
-        return vec![
-            Step::Record(Event::Paused {
-                reason: reason.clone(),
-                at: now,
-            }),
-            Step::Page {
-                member: Some(member.clone()),
-                reason,
-            },
-        ];
+        return vec![Step::Record(Event::Paused { reason, at: now })];
     }
     if let Some(stalled) = stalled_for(view, member, since, policy.tolerable_lag, now)
         && stalled >= policy.stall_after
@@ -329,22 +313,17 @@ fn catch_up(
             "member {member} catch-up stalled: lag {lag_text} has not shrunk for {stalled:?} (stall_after {:?})",
             policy.stall_after
         );
-        let page = Step::Page {
-            member: Some(member.clone()),
-            reason: reason.clone(),
-        };
+        // The watchdog pages for the stall (BatonCatchUpStalled), from the
+        // same view at the same instant.
         return match policy.on_stall {
-            OnStall::Pause => vec![Step::Record(Event::Paused { reason, at: now }), page],
-            OnStall::Wait => vec![page, Step::Cadence { fast: true }],
-            OnStall::Rollback => vec![
-                Step::Record(Event::GateFailed {
-                    member: member.clone(),
-                    gate: Gate::CaughtUp,
-                    reason: format!("{reason}; rolling it back to {}", rollout.previous),
-                    at: now,
-                }),
-                page,
-            ],
+            OnStall::Pause => vec![Step::Record(Event::Paused { reason, at: now })],
+            OnStall::Wait => vec![Step::Cadence { fast: true }],
+            OnStall::Rollback => vec![Step::Record(Event::GateFailed {
+                member: member.clone(),
+                gate: Gate::CaughtUp,
+                reason: format!("{reason}; rolling it back to {}", rollout.previous),
+                at: now,
+            })],
         };
     }
     vec![
@@ -397,16 +376,7 @@ fn handover(
                 "handover from leader {from} to {} failed after {} attempts: {why}; {from} was not stopped and still leads",
                 h.to, h.attempts
             );
-            return vec![
-                Step::Record(Event::Paused {
-                    reason: reason.clone(),
-                    at: now,
-                }),
-                Step::Page {
-                    member: Some(from.clone()),
-                    reason,
-                },
-            ];
+            return vec![Step::Record(Event::Paused { reason, at: now })];
         }
     }
     match handover_target(view, rollout, from) {
@@ -465,16 +435,7 @@ fn verify(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> 
         .unwrap_or(rollout.started_at);
     if now.since(last_done) > policy.catchup_timeout {
         let reason = format!("verify failed: {}", problems.join(", "));
-        return vec![
-            Step::Record(Event::Paused {
-                reason: reason.clone(),
-                at: now,
-            }),
-            Step::Page {
-                member: None,
-                reason,
-            },
-        ];
+        return vec![Step::Record(Event::Paused { reason, at: now })];
     }
     wait(format!("verify: {}", problems.join(", ")))
 }

@@ -8,7 +8,10 @@ pub use baton_domain::Check;
 use baton_domain::{MemberId, Role};
 
 use crate::view::View;
-use crate::{Policy, ReleaseRef};
+use crate::{Policy, ReleaseRef, version};
+
+/// etcd's version-path rule, kept here for callers that knew it here.
+pub use crate::version::version_path;
 
 /// Constructors for [`Check`] verdicts.
 trait Verdict {
@@ -57,6 +60,19 @@ pub struct PreflightInput<'a> {
     pub required_disk: u64,
     /// A rollback starts from a mixed cluster by design.
     pub allow_mixed: bool,
+}
+
+/// Free disk each member needs per byte of artifact: the packed artifact is
+/// downloaded and then unpacked beside it, so both copies are on disk at once.
+pub const DISK_PER_ARTIFACT_BYTE: u64 = 2;
+
+/// The free disk each member needs for `artifact` ([`DISK_PER_ARTIFACT_BYTE`]
+/// per byte of it); nothing when it is not verified (that check fails anyway).
+pub fn required_disk(artifact: &ArtifactVerdict) -> u64 {
+    match artifact {
+        ArtifactVerdict::Verified { size, .. } => size.saturating_mul(DISK_PER_ARTIFACT_BYTE),
+        ArtifactVerdict::Missing { .. } | ArtifactVerdict::BadChecksum { .. } => 0,
+    }
 }
 
 /// Runs every check; the rollout may start only if all are ok.
@@ -169,17 +185,17 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         }
     }
 
-    // 4b. Version paths of targets that have a cluster version (etcd):
-    // one minor at a time, no skipped minor, never below the cluster version.
+    // 4b. The version path, by each member's adapter's rule (etcd: one
+    // minor at a time, no skipped minor, never below the cluster version).
+    // A member that reports no release is down; the health and agent
+    // checks already name it.
     for (m, v) in &view.members {
-        let Some(r) = v
-            .report
-            .as_ref()
-            .filter(|r| !r.state.cluster_version.is_empty())
-        else {
+        let Some(r) = v.report.as_ref().filter(|r| !r.state.release.is_empty()) else {
             continue;
         };
-        if let Some(problem) = version_path(
+        let rule = version::rule_for(v.version_rule, r);
+        if let Err(problem) = version::check(
+            &rule,
             &r.state.release,
             input.target_version,
             &r.state.cluster_version,
@@ -248,45 +264,6 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         }
     }
     checks
-}
-
-/// `major.minor` of a version like `3.4.23` or `v3.5.0`.
-fn major_minor(v: &str) -> Option<(u64, u64)> {
-    let mut it = v.trim_start_matches('v').split('.');
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-/// Why going from `current` to `target` is refused, given the cluster-wide
-/// version, or None when the path is allowed. Rules (etcd's own): one minor
-/// release at a time, no skipped minor, no major change, and never below
-/// the cluster version (the data may already be in the newer format).
-pub fn version_path(current: &str, target: &str, cluster: &str) -> Option<String> {
-    let (Some(cur), Some(tgt)) = (major_minor(current), major_minor(target)) else {
-        return Some(format!(
-            "cannot read the version path from {current:?} to {target:?}; refusing rather than guessing"
-        ));
-    };
-    if let Some(cl) = major_minor(cluster)
-        && tgt < cl
-    {
-        return Some(format!(
-            "the cluster version is {}.{} ({cluster}), so {target} would be a downgrade below it: once every member ran {}.{} the cluster may write data {target} cannot read; roll forward instead",
-            cl.0, cl.1, cl.0, cl.1
-        ));
-    }
-    if tgt.0 != cur.0 {
-        return Some(format!(
-            "{current} -> {target} changes the major version; upgrade one minor release at a time"
-        ));
-    }
-    if tgt.1 > cur.1 + 1 {
-        return Some(format!(
-            "{current} -> {target} skips minor release {}.{}; upgrade one minor release at a time",
-            cur.0,
-            cur.1 + 1
-        ));
-    }
-    None
 }
 
 /// The rollout order: followers most-lagging first, then by id; the leader last.
@@ -384,17 +361,10 @@ pub fn planned_steps(
             ),
         });
     }
-    // As of now; the real pick happens at handover time among upgraded followers.
-    let handover = followers
-        .iter()
-        .filter_map(|m| {
-            view.members
-                .get(m)
-                .filter(|v| v.healthy())
-                .map(|v| (m, v.applied()))
-        })
-        .max_by_key(|(m, applied)| (*applied, std::cmp::Reverse((*m).clone())))
-        .map(|(m, _)| m.clone());
+    // As of now, by the rule the real pick uses at handover time
+    // (`decide::handover_target`): before the rollout no follower is on the
+    // target yet, so it would pick among all healthy followers, as here.
+    let handover = crate::decide::most_caught_up(view, &leader, |_, _| true);
     steps.push(PlannedStep {
         member: Some(leader.clone()),
         action: format!(

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_domain::{Health, MemberId, Report, Role};
+use baton_domain::{Health, MemberId, Report, Role, VersionRule};
 use serde::{Deserialize, Serialize};
 
 use crate::UnixMs;
@@ -33,6 +33,10 @@ pub struct MemberView {
     /// many readings the window holds).
     #[serde(default)]
     pub lag_shrank_at: Option<UnixMs>,
+    /// The version rule the member's agent stated in its Hello; None from
+    /// an agent too old to state one ([`crate::version::rule_for`] infers it).
+    #[serde(default)]
+    pub version_rule: Option<VersionRule>,
 }
 
 /// The time of the last reading in `samples` whose lag is below its

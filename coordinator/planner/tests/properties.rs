@@ -88,6 +88,7 @@ impl World {
                     lag: s.running.then_some(lag),
                     lag_samples: s.samples.clone(),
                     lag_shrank_at: baton_planner::view::last_shrink(&s.samples),
+                    version_rule: None,
                 },
             );
         }
@@ -341,7 +342,7 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
                     r.apply(&result).expect("apply result");
                     journal.push(result);
                 }
-                Step::Page { .. } | Step::Cadence { .. } | Step::Wait { .. } => {}
+                Step::Cadence { .. } | Step::Wait { .. } => {}
             }
         }
     }

@@ -152,7 +152,14 @@ fn a_catch_up_that_never_finishes_pauses_naming_member_and_lag() {
         reason,
         "member n2 did not catch up: lag 70 > 10 after 6s (catchup_timeout 5s)"
     );
-    assert!(steps.iter().any(|s| matches!(s, Step::Page { .. })));
+    // It pages: the watchdog, seeing the same view, raises the stall.
+    let fired = baton_planner::watchdog::Watchdog::new("c1").evaluate(&view, Some(&r), &p, t(6000));
+    assert!(
+        fired
+            .iter()
+            .any(|a| a.name() == baton_planner::alerts::CATCH_UP_STALLED && a.member() == "n2"),
+        "{fired:?}"
+    );
 }
 
 #[test]
@@ -527,4 +534,43 @@ fn a_rollback_walks_back_only_the_upgraded_members_in_reverse_with_the_leader_la
         "reverse order is n3, n2; the leader n3 goes last"
     );
     assert_eq!((target, previous), (v1, "v2".to_owned()));
+}
+
+#[test]
+fn the_dry_run_previews_the_handover_the_real_pick_would_make() {
+    use baton_planner::decide::handover_target;
+    use baton_planner::preflight::planned_steps;
+    // The two old rules disagree: n2 shows the highest applied revision (its
+    // report happened to be taken later), n3 the lowest recent lag.
+    let view = cluster(&[("n1", L, 100), ("n2", F, 98), ("n3", F, 97)]);
+    let view = with_samples(view, "n2", &[(1, 10, 10), (2, 20, 12), (3, 30, 11)]);
+    let view = with_samples(view, "n3", &[(1, 10, 2), (2, 20, 1), (3, 30, 3)]);
+    let (steps, preview) = planned_steps(&view, "v2", &Policy::default());
+    let real = handover_target(&view, &started(&view, "n1"), &id("n1"));
+    assert_eq!(preview, real);
+    assert_eq!(preview, Some(id("n3")), "recent lag, not applied revision");
+    assert!(
+        steps.iter().any(|s| s.action == "hand leadership to n3"),
+        "{steps:?}"
+    );
+}
+
+#[test]
+fn a_member_needs_free_disk_for_twice_the_artifact() {
+    use baton_planner::preflight::{ArtifactVerdict, DISK_PER_ARTIFACT_BYTE, required_disk};
+    assert_eq!(DISK_PER_ARTIFACT_BYTE, 2);
+    let verified = ArtifactVerdict::Verified {
+        release: target(),
+        size: 300,
+    };
+    assert_eq!(required_disk(&verified), 600);
+    let missing = ArtifactVerdict::Missing {
+        detail: "not there".into(),
+    };
+    assert_eq!(required_disk(&missing), 0);
+    let huge = ArtifactVerdict::Verified {
+        release: target(),
+        size: u64::MAX,
+    };
+    assert_eq!(required_disk(&huge), u64::MAX);
 }

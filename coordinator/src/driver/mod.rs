@@ -424,9 +424,6 @@ impl Driver {
                             return;
                         }
                     }
-                    Step::Page { member, reason } => {
-                        tracing::error!(member = ?member.map(String::from), reason, "PAGE: the rollout needs a human");
-                    }
                     Step::Cadence { fast } => self.fast = fast,
                     Step::Wait { reason } => self.waiting_for = reason,
                 }

@@ -9,10 +9,12 @@
 
 use baton_domain::{Check, MemberId};
 use baton_planner::preflight::{self, ArtifactVerdict, PlannedStep, PreflightInput};
-use baton_planner::rollout::{Event, Phase, RolloutState};
+use baton_planner::rollout::{Event, RolloutState};
 use baton_planner::{UnixMs, View};
 use baton_store::StoreError;
 use tokio::sync::oneshot;
+
+use baton_planner::control::{self, Control};
 
 use super::Driver;
 pub use crate::error::ControlError;
@@ -122,11 +124,7 @@ impl Driver {
     ) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
         let artifact = self.artifact(to).await;
         let (view, now) = self.view();
-        // Free disk for the artifact, twice over (download + unpack).
-        let required = match &artifact {
-            ArtifactVerdict::Verified { size, .. } => size.saturating_mul(2),
-            _ => 0,
-        };
+        let required = preflight::required_disk(&artifact);
         let checks = preflight::preflight(
             &PreflightInput {
                 view: &view,
@@ -158,36 +156,13 @@ impl Driver {
                 let _ = reply.send(self.rollback().await);
             }
             Op::Pause { reason, reply } => {
-                let r = self
-                    .control("pause", |r| match r.phase {
-                        Phase::Running | Phase::Aborting => Ok(Event::Paused {
-                            reason: format!("paused by the operator: {reason}"),
-                            at: UnixMs(0),
-                        }),
-                        _ => Err("only a running rollout can be paused"),
-                    })
-                    .await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.control(Control::Pause { reason }).await);
             }
             Op::Resume { reply } => {
-                let r = self
-                    .control("resume", |r| match r.phase {
-                        Phase::Paused { .. } => Ok(Event::Resumed { at: UnixMs(0) }),
-                        _ => Err("only a paused rollout can be resumed"),
-                    })
-                    .await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.control(Control::Resume).await);
             }
             Op::Abort { reply } => {
-                let r = self
-                    .control("abort", |r| match r.phase {
-                        Phase::Running => Ok(Event::AbortRequested { at: UnixMs(0) }),
-                        _ => Err(
-                            "only a running rollout can be aborted; a paused one is already stopped",
-                        ),
-                    })
-                    .await;
-                let _ = reply.send(r);
+                let _ = reply.send(self.control(Control::Abort).await);
             }
             Op::Get { id, reply } => {
                 let found = match id {
@@ -203,24 +178,11 @@ impl Driver {
     }
 
     /// Journals an operator control event on the active rollout.
-    async fn control(
-        &mut self,
-        verb: &'static str,
-        event: impl FnOnce(&RolloutState) -> Result<Event, &'static str>,
-    ) -> Result<RolloutSnapshot, ControlError> {
+    async fn control(&mut self, request: Control) -> Result<RolloutSnapshot, ControlError> {
+        let verb = request.verb();
         let r = self.active().ok_or(ControlError::NoRollout { verb })?;
-        let mut e = event(r).map_err(|hint| ControlError::WrongPhase {
-            id: r.id.clone(),
-            phase: r.phase.to_string(),
-            hint,
-        })?;
         let (_, now) = self.view();
-        match &mut e {
-            Event::Paused { at, .. } | Event::Resumed { at } | Event::AbortRequested { at } => {
-                *at = now
-            }
-            _ => {}
-        }
+        let e = control::control(r, request, now).map_err(ControlError::from)?;
         tracing::info!(verb, event = ?e, "operator control");
         self.record(e)
             .await
@@ -233,15 +195,9 @@ impl Driver {
     }
 
     async fn start(&mut self, to: &str) -> Result<String, ControlError> {
-        if let Some(r) = self.active() {
-            return Err(ControlError::WrongPhase {
-                id: r.id.clone(),
-                phase: r.phase.to_string(),
-                hint: "finish it first: `baton resume`, or wait for it to complete",
-            });
-        }
+        control::may_start(self.active())?;
         let (view, now, artifact, checks) = self.preflight(to).await;
-        let id = format!("r{}-{}", self.rollouts.len() + 1, to);
+        let id = control::rollout_id(self.rollouts.len() + 1, to);
         let started =
             preflight::start(&checks, id.clone(), &view, to, &artifact, now).map_err(|failed| {
                 ControlError::Preflight {
@@ -263,25 +219,9 @@ impl Driver {
             .last()
             .cloned()
             .ok_or(ControlError::NoRollout { verb: "roll back" })?;
-        match &from.phase {
-            Phase::Running | Phase::Aborting => {
-                return Err(ControlError::WrongPhase {
-                    id: from.id.clone(),
-                    phase: from.phase.to_string(),
-                    hint: "pause or abort it first, then roll back",
-                });
-            }
-            Phase::Closed { .. } => {
-                return Err(ControlError::WrongPhase {
-                    id: from.id.clone(),
-                    phase: from.phase.to_string(),
-                    hint: "it was already closed; start a new rollout instead",
-                });
-            }
-            Phase::Paused { .. } | Phase::Completed => {}
-        }
+        control::may_roll_back(&from)?;
         let (view, now, artifact, checks) = self.preflight_with(&from.previous, true).await;
-        let id = format!("r{}-rollback-to-{}", self.rollouts.len() + 1, from.previous);
+        let id = control::rollback_id(self.rollouts.len() + 1, &from.previous);
         let started = preflight::start_rollback(&checks, id.clone(), &view, &from, &artifact, now)
             .map_err(|failed| ControlError::Preflight {
                 to: from.previous.clone(),
@@ -300,5 +240,15 @@ impl Driver {
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
         Ok(id)
+    }
+}
+
+impl From<control::Refused> for ControlError {
+    fn from(r: control::Refused) -> Self {
+        ControlError::WrongPhase {
+            id: r.id,
+            phase: r.phase.to_string(),
+            hint: r.hint,
+        }
     }
 }

@@ -174,6 +174,7 @@ fn hello(m: &MemberId) -> Hello {
         cluster: "demo".into(),
         agent_version: "test".into(),
         adapter_kind: "fake".into(),
+        version_rule: Some(baton_domain::VersionRule::FormatOnly),
     }
 }
 

@@ -7,7 +7,7 @@
 
 use baton_domain::{
     Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, InvalidMemberId, MemberId,
-    MemberState, ReleaseRef, Report, Resources, Role,
+    MemberState, ReleaseRef, Report, Resources, Role, VersionRule,
 };
 
 use crate::v1;
@@ -60,6 +60,7 @@ impl TryFrom<v1::Hello> for Hello {
             cluster_id,
             agent_version,
             adapter_kind,
+            version_rule,
         } = h;
         let member = MemberId::new(member_id)?;
         if cluster_id.is_empty() {
@@ -70,6 +71,7 @@ impl TryFrom<v1::Hello> for Hello {
             cluster: cluster_id,
             agent_version,
             adapter_kind,
+            version_rule: version_rule.and_then(version_rule_from_wire),
         })
     }
 }
@@ -81,14 +83,47 @@ impl From<Hello> for v1::Hello {
             cluster,
             agent_version,
             adapter_kind,
+            version_rule,
         } = h;
         v1::Hello {
             member_id: member.into(),
             cluster_id: cluster,
             agent_version,
             adapter_kind,
+            version_rule: version_rule.map(version_rule_to_wire),
         }
     }
+}
+
+/// A wire version rule, or None when it names no rule this build knows (a
+/// newer agent's): the coordinator then infers the rule, as for an agent
+/// that sends none.
+fn version_rule_from_wire(r: v1::VersionRule) -> Option<VersionRule> {
+    let v1::VersionRule { rule } = r;
+    match rule? {
+        v1::version_rule::Rule::FormatOnly(v1::FormatOnly {}) => Some(VersionRule::FormatOnly),
+        v1::version_rule::Rule::SemverOneMinor(v1::SemverOneMinor {
+            no_major_change,
+            not_below_cluster_version,
+        }) => Some(VersionRule::SemverOneMinor {
+            no_major_change,
+            not_below_cluster_version,
+        }),
+    }
+}
+
+fn version_rule_to_wire(r: VersionRule) -> v1::VersionRule {
+    let rule = match r {
+        VersionRule::FormatOnly => v1::version_rule::Rule::FormatOnly(v1::FormatOnly {}),
+        VersionRule::SemverOneMinor {
+            no_major_change,
+            not_below_cluster_version,
+        } => v1::version_rule::Rule::SemverOneMinor(v1::SemverOneMinor {
+            no_major_change,
+            not_below_cluster_version,
+        }),
+    };
+    v1::VersionRule { rule: Some(rule) }
 }
 
 fn role_from_wire(member: &MemberId, value: i32) -> Result<Role, InvalidReport> {
@@ -567,10 +602,40 @@ mod tests {
             cluster_id: String::new(),
             agent_version: "0.1.0".into(),
             adapter_kind: "samplekv".into(),
+            version_rule: None,
         };
         assert_eq!(
             Hello::try_from(h).unwrap_err().to_string(),
             "hello from member n1 has an empty cluster id"
         );
+    }
+
+    #[test]
+    fn a_hello_carries_its_version_rule_and_an_older_one_none() {
+        for rule in [
+            None,
+            Some(VersionRule::FormatOnly),
+            Some(VersionRule::SemverOneMinor {
+                no_major_change: true,
+                not_below_cluster_version: false,
+            }),
+        ] {
+            let h = Hello {
+                member: MemberId::new("n1").unwrap(),
+                cluster: "c1".into(),
+                agent_version: "0.1.0".into(),
+                adapter_kind: "etcd".into(),
+                version_rule: rule,
+            };
+            assert_eq!(Hello::try_from(v1::Hello::from(h.clone())), Ok(h));
+        }
+        let unknown = v1::Hello {
+            member_id: "n1".into(),
+            cluster_id: "c1".into(),
+            agent_version: "0.9.0".into(),
+            adapter_kind: "etcd".into(),
+            version_rule: Some(v1::VersionRule { rule: None }),
+        };
+        assert_eq!(Hello::try_from(unknown).unwrap().version_rule, None);
     }
 }

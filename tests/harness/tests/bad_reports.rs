@@ -20,6 +20,7 @@ fn hello(member: &str) -> AgentMessage {
             cluster_id: "e2e".into(),
             agent_version: "test".into(),
             adapter_kind: "test".into(),
+            version_rule: None,
         })),
     }
 }

@@ -62,6 +62,7 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                         lag: Some(committed - applied),
                         lag_samples: Vec::new(),
                         lag_shrank_at: None,
+                        version_rule: None,
                     },
                 )
             })

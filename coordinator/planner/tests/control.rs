@@ -1,0 +1,161 @@
+//! Table tests of operator control: each request in each phase, the
+//! rollback and start rules, and rollout ids.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use baton_planner::control;
+use baton_planner::control::{Control, Refused, may_roll_back, may_start, rollback_id, rollout_id};
+use baton_planner::rollout::{Event, Phase, RolloutState};
+use common::*;
+
+fn in_phase(phase: Phase) -> RolloutState {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100)]);
+    let mut r = started(&view, "n1");
+    r.phase = phase;
+    r
+}
+
+fn paused() -> Phase {
+    Phase::Paused {
+        reason: "gate".into(),
+    }
+}
+
+fn closed() -> Phase {
+    Phase::Closed {
+        reason: "rolled back by r2".into(),
+    }
+}
+
+fn refused(phase: Phase, hint: &'static str) -> Result<Event, Refused> {
+    Err(Refused {
+        id: "r1".into(),
+        phase,
+        hint,
+    })
+}
+
+#[test]
+fn pause_resume_and_abort_in_every_phase() {
+    let pause = || Control::Pause {
+        reason: "change freeze".into(),
+    };
+    let paused_event = Ok(Event::Paused {
+        reason: "paused by the operator: change freeze".into(),
+        at: t(7),
+    });
+    const NOT_PAUSABLE: &str = "only a running rollout can be paused";
+    const NOT_RESUMABLE: &str = "only a paused rollout can be resumed";
+    const NOT_ABORTABLE: &str =
+        "only a running rollout can be aborted; a paused one is already stopped";
+    let table: Vec<(Phase, Control, Result<Event, Refused>)> = vec![
+        (Phase::Running, pause(), paused_event.clone()),
+        (Phase::Aborting, pause(), paused_event),
+        (paused(), pause(), refused(paused(), NOT_PAUSABLE)),
+        (
+            Phase::Completed,
+            pause(),
+            refused(Phase::Completed, NOT_PAUSABLE),
+        ),
+        (closed(), pause(), refused(closed(), NOT_PAUSABLE)),
+        (paused(), Control::Resume, Ok(Event::Resumed { at: t(7) })),
+        (
+            Phase::Running,
+            Control::Resume,
+            refused(Phase::Running, NOT_RESUMABLE),
+        ),
+        (
+            Phase::Aborting,
+            Control::Resume,
+            refused(Phase::Aborting, NOT_RESUMABLE),
+        ),
+        (
+            Phase::Completed,
+            Control::Resume,
+            refused(Phase::Completed, NOT_RESUMABLE),
+        ),
+        (
+            Phase::Running,
+            Control::Abort,
+            Ok(Event::AbortRequested { at: t(7) }),
+        ),
+        (paused(), Control::Abort, refused(paused(), NOT_ABORTABLE)),
+        (
+            Phase::Aborting,
+            Control::Abort,
+            refused(Phase::Aborting, NOT_ABORTABLE),
+        ),
+        (closed(), Control::Abort, refused(closed(), NOT_ABORTABLE)),
+    ];
+    for (phase, request, want) in table {
+        let r = in_phase(phase.clone());
+        let verb = request.verb();
+        assert_eq!(control(&r, request, t(7)), want, "{verb} while {phase:?}");
+    }
+}
+
+#[test]
+fn a_control_event_carries_the_time_it_was_asked_for_and_applies() {
+    let mut r = in_phase(Phase::Running);
+    let e = control(&r, Control::Abort, t(42)).unwrap();
+    assert_eq!(e, Event::AbortRequested { at: t(42) });
+    r.apply(&e).unwrap();
+    assert_eq!(r.phase, Phase::Aborting);
+}
+
+#[test]
+fn a_rollback_needs_a_stopped_or_completed_rollout() {
+    const MOVING: &str = "pause or abort it first, then roll back";
+    const CLOSED: &str = "it was already closed; start a new rollout instead";
+    let table: Vec<(Phase, Option<&'static str>)> = vec![
+        (Phase::Running, Some(MOVING)),
+        (Phase::Aborting, Some(MOVING)),
+        (closed(), Some(CLOSED)),
+        (paused(), None),
+        (Phase::Completed, None),
+    ];
+    for (phase, hint) in table {
+        let got = may_roll_back(&in_phase(phase.clone()));
+        let want = hint.map_or(Ok(()), |hint| {
+            Err(Refused {
+                id: "r1".into(),
+                phase: phase.clone(),
+                hint,
+            })
+        });
+        assert_eq!(got, want, "{phase:?}");
+    }
+}
+
+#[test]
+fn a_new_rollout_waits_until_the_last_one_finished() {
+    const FINISH: &str = "finish it first: `baton resume`, or wait for it to complete";
+    assert_eq!(may_start(None), Ok(()));
+    for phase in [Phase::Running, Phase::Aborting, paused()] {
+        assert_eq!(
+            may_start(Some(&in_phase(phase.clone()))),
+            Err(Refused {
+                id: "r1".into(),
+                phase: phase.clone(),
+                hint: FINISH
+            }),
+            "{phase:?}"
+        );
+    }
+    for phase in [Phase::Completed, closed()] {
+        assert_eq!(
+            may_start(Some(&in_phase(phase.clone()))),
+            Ok(()),
+            "{phase:?}"
+        );
+    }
+}
+
+#[test]
+fn rollout_ids_count_rollouts_and_name_the_release() {
+    assert_eq!(rollout_id(1, "v2"), "r1-v2");
+    assert_eq!(rollout_id(12, "3.5.1"), "r12-3.5.1");
+    assert_eq!(rollback_id(3, "v1"), "r3-rollback-to-v1");
+}
