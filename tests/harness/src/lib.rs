@@ -26,7 +26,8 @@ use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Installs the ring crypto provider once (see STACK.md: never two providers).
+/// Installs the ring crypto provider once for the process: rustls must have
+/// exactly one provider (a second, aws-lc-rs, makes tonic's TLS panic).
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

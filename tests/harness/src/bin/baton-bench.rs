@@ -244,12 +244,21 @@ async fn main() -> Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(5);
-    let mut all: Vec<RunResult> = Vec::new();
+    // `--only S`: one strategy, for investigating it.
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let all = run_all(runs, only.as_deref()).await?;
+    print_table(&all);
+    print_summary(&all);
+    Ok(())
+}
+
+/// `runs` interleaved rounds of every strategy (or only `only`), each run's
+/// figures on stderr as it ends.
+async fn run_all(runs: usize, only: Option<&str>) -> Result<Vec<RunResult>> {
+    let mut all: Vec<RunResult> = Vec::new();
     for run in 1..=runs {
-        for strategy in ["baton", "sigterm", "kill9", "idle"] {
-            // `--only S`: one strategy, for investigating it.
-            if only.as_deref().is_some_and(|o| o != strategy) {
+        for strategy in STRATEGIES {
+            if only.is_some_and(|o| o != strategy) {
                 continue;
             }
             let r = match strategy {
@@ -278,11 +287,19 @@ async fn main() -> Result<()> {
             all.push(r);
         }
     }
+    Ok(all)
+}
+
+/// The strategies, in the order they run in each round and are tabled.
+const STRATEGIES: [&str; 4] = ["baton", "sigterm", "kill9", "idle"];
+
+/// The markdown table of medians and maxima, one row per strategy.
+fn print_table(all: &[RunResult]) {
     println!(
         "| strategy | median gap ms | max gap ms | median leader changes | max leader changes | max term changes | median failed writes | lost writes | median total ms | max total ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for s in ["baton", "sigterm", "kill9", "idle"] {
+    for s in STRATEGIES {
         let rs: Vec<&RunResult> = all.iter().filter(|r| r.strategy == s).collect();
         let col = |f: fn(&RunResult) -> u64| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
         println!(
@@ -298,39 +315,37 @@ async fn main() -> Result<()> {
             col(|r| r.total_ms).into_iter().max().unwrap_or(0),
         );
     }
+}
+
+/// The median of `figure` over the runs of `strategy`.
+fn median_of(all: &[RunResult], strategy: &str, figure: fn(&RunResult) -> u64) -> u64 {
+    median(
+        all.iter()
+            .filter(|r| r.strategy == strategy)
+            .map(figure)
+            .collect(),
+    )
+}
+
+/// Baton against the floors (per-member restart, idle write gap), then one
+/// JSON line with every figure.
+fn print_summary(all: &[RunResult]) {
     // A follower restart by the naive script is the floor: baton only ever
     // stops followers (the old leader is one by then).
-    let member_floor = median(
-        all.iter()
-            .filter(|r| r.strategy == "sigterm")
-            .flat_map(|r| r.floors_ms.iter().copied())
-            .collect(),
-    );
-    let baton_step = median(
-        all.iter()
-            .filter(|r| r.strategy == "baton")
-            .flat_map(|r| r.floors_ms.iter().copied())
-            .collect(),
-    );
+    let floors_of = |strategy: &str| {
+        median(
+            all.iter()
+                .filter(|r| r.strategy == strategy)
+                .flat_map(|r| r.floors_ms.iter().copied())
+                .collect(),
+        )
+    };
+    let member_floor = floors_of("sigterm");
+    let baton_step = floors_of("baton");
     let floor = member_floor * 3;
-    let baton_total = median(
-        all.iter()
-            .filter(|r| r.strategy == "baton")
-            .map(|r| r.total_ms)
-            .collect(),
-    );
-    let idle_gap = median(
-        all.iter()
-            .filter(|r| r.strategy == "idle")
-            .map(|r| r.max_write_gap_ms)
-            .collect(),
-    );
-    let baton_gap = median(
-        all.iter()
-            .filter(|r| r.strategy == "baton")
-            .map(|r| r.max_write_gap_ms)
-            .collect(),
-    );
+    let baton_total = median_of(all, "baton", |r| r.total_ms);
+    let idle_gap = median_of(all, "idle", |r| r.max_write_gap_ms);
+    let baton_gap = median_of(all, "baton", |r| r.max_write_gap_ms);
     let overhead_per_member = (baton_total as i64 - floor as i64) / 3;
     println!(
         "\nper-member floor (median follower stop + start + healthy + caught up, naive script): {member_floor} ms; baton's median per-member step (stop to caught up): {baton_step} ms"
@@ -346,5 +361,4 @@ async fn main() -> Result<()> {
         "{}",
         serde_json::json!({"runs": all, "member_floor_ms": member_floor, "baton_step_ms": baton_step, "floor_ms": floor, "baton_total_ms": baton_total, "overhead_per_member_ms": overhead_per_member, "idle_gap_ms": idle_gap, "baton_gap_ms": baton_gap})
     );
-    Ok(())
 }

@@ -210,12 +210,12 @@ async fn main() -> Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
-    let mut all = Vec::new();
     // `--only S`: one strategy (for investigating it; the figures in
     // BENCHMARKS.md always come from all four, interleaved).
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let mut all = Vec::new();
     for run in 1..=runs {
-        for s in ["baton", "aware", "sigterm", "kill9"] {
+        for s in STRATEGIES {
             if only.as_deref().is_some_and(|o| o != s) {
                 continue;
             }
@@ -227,11 +227,21 @@ async fn main() -> Result<()> {
             all.push(r);
         }
     }
+    print_report(&all);
+    Ok(())
+}
+
+/// The strategies, in the order they run in each round and are tabled.
+const STRATEGIES: [&str; 4] = ["baton", "aware", "sigterm", "kill9"];
+
+/// The markdown table of medians and maxima, baton against the leader-aware
+/// script, and one JSON line with every run.
+fn print_report(all: &[Run]) {
     println!(
         "| strategy | median gap ms | max gap ms | median leader changes | max leader changes | median failed writes | max failed writes | lost writes | median total ms | max total ms |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
-    for s in ["baton", "aware", "sigterm", "kill9"] {
+    for s in STRATEGIES {
         let rs: Vec<&Run> = all.iter().filter(|r| r.strategy == s).collect();
         let col = |f: fn(&Run) -> u64| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
         println!(
@@ -262,5 +272,4 @@ async fn main() -> Result<()> {
         med("baton") as f64 / med("aware").max(1) as f64
     );
     println!("{}", serde_json::json!({ "runs": all }));
-    Ok(())
 }
