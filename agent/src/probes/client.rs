@@ -7,14 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
+use baton_net::http::HttpClient;
+use hyper::Uri;
 
 use crate::config::{AgentConfig, ConfigError};
-
-/// The most of a probe's body that is read.
-const MAX_BODY: usize = 64 * 1024;
 
 /// Which probe to ask.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,37 +131,19 @@ pub async fn check(base: &str, probe: Probe, timeout: Duration) -> Result<Answer
         addr: authority.clone(),
         detail,
     };
-    let asked = async {
-        let stream = tokio::net::TcpStream::connect(authority.as_str())
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-        let driver = tokio::spawn(conn);
-        let request = hyper::Request::get(probe.path())
-            .header(hyper::header::HOST, authority.as_str())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("cannot build the request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("GET {} failed: {e}", probe.path()))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer to GET {}: {e}", probe.path()))?
-            .to_bytes();
-        driver.abort();
-        Ok::<_, String>((status, body))
-    };
-    let (status, body) = tokio::time::timeout(timeout, asked)
+    // The one HTTP client (baton-net); it bounds the whole exchange by
+    // `timeout` and the answer's size.
+    let client = HttpClient::new(timeout).map_err(|e| not_answering(e.to_string()))?;
+    let url: Uri = format!("http://{authority}{}", probe.path())
+        .parse()
+        .map_err(|e| not_answering(format!("cannot build the request: {e}")))?;
+    let answer = client
+        .get(&url)
         .await
-        .map_err(|_| not_answering(format!("no answer within {timeout:?}")))?
-        .map_err(not_answering)?;
-    let text = String::from_utf8_lossy(&body);
-    let line = text
+        .map_err(|e| not_answering(e.to_string()))?;
+    let status = answer.status;
+    let line = answer
+        .body
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
