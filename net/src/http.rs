@@ -3,7 +3,7 @@
 //! from [`ClientTls`]), for `http` and `https` URLs, one request at a time
 //! with a whole-request timeout. The coordinator's alert sinks POST JSON
 //! through it; the etcd adapter GETs etcd's `/version` (the cluster version
-//! has no gRPC call).
+//! has no gRPC call), and `baton-agent probe` GETs the agent's probes.
 //!
 //! This module owns URL checking ([`parse_url`]) and the transport outcome
 //! ([`HttpError`]). It does not decide what a status code means: each
