@@ -4,7 +4,8 @@
 //! A tour of the crate:
 //! - [`config`]: the validated coordinator configuration, built from the
 //!   subsystems' own sections (e.g. [`alerts::config`]).
-//! - [`fleet`]: the FleetView, the latest report per member; pure, clock as input.
+//! - [`fleet`]: the FleetView, the latest report per member; no IO, and the
+//!   clock is read once, when it is built (every other call takes `now`).
 //! - [`agent_link`]: the [`agent_link::AgentLink`] seam and the gRPC service
 //!   agents stream reports into.
 //! - [`driver`]: the rollout driver (steps to commands, results to events).
