@@ -223,16 +223,17 @@ impl HttpClient {
     }
 }
 
-/// An error and its causes on one line ("client error (Connect): tcp
-/// connect error: Connection refused").
-fn chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes on one line, each cause once ("client error
+/// (Connect): tcp connect error: Connection refused"). Shared by every
+/// baton client that reports transport errors (this one, the etcd adapter).
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     // Bounded: error chains are short, but never trust a cycle.
     for _ in 0..8 {
         let Some(cause) = source else { break };
         let next = cause.to_string();
-        if !text.ends_with(&next) {
+        if !text.contains(&next) {
             text.push_str(": ");
             text.push_str(&next);
         }
@@ -244,6 +245,36 @@ fn chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        // The innermost cause is already quoted inside its parent's text.
+        let os = Layer("connection refused (os error 111)", None);
+        let tcp = Layer(
+            "tcp connect error: connection refused (os error 111) dialing 127.0.0.1:9",
+            Some(Box::new(os)),
+        );
+        let top = Layer("client error (Connect)", Some(Box::new(tcp)));
+        assert_eq!(
+            chain(&top),
+            "client error (Connect): tcp connect error: connection refused (os error 111) dialing 127.0.0.1:9"
+        );
+    }
 
     #[test]
     fn urls_must_be_http_or_https_with_a_host_and_no_credentials() {

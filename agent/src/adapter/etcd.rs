@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use baton_domain::{Health, MemberId, Role};
-use baton_net::http::HttpClient;
+use baton_net::http::{HttpClient, chain};
 use baton_net::tls::{ClientTls, HandshakeError, TlsConfigError};
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
@@ -195,23 +195,6 @@ pub struct EtcdTarget {
     names: Mutex<BTreeMap<u64, String>>,
     /// The last health verdict that arrived in time, and when.
     last_health: Mutex<Option<(Instant, Health, String)>>,
-}
-
-/// An error and its causes on one line, without repeats.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    // Bounded: error chains are short, but never trust a cycle.
-    for _ in 0..8 {
-        let Some(cause) = source else { break };
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether a transport failure reads like a TLS problem.
