@@ -24,12 +24,12 @@ pub struct Summary {
 }
 
 pub fn summary(r: &Rollout) -> Summary {
+    // A paused rollout has no end yet: its last recorded step is as far as
+    // it got.
     let end = r.completed_at.unwrap_or_else(|| {
-        r.members
-            .values()
-            .filter_map(|p| p.finished_at)
-            .max()
-            .unwrap_or(r.started_at)
+        let finished = r.members.values().filter_map(|p| p.finished_at);
+        let issued = r.commands.values().map(|c| c.issued_at);
+        finished.chain(issued).max().unwrap_or(r.started_at)
     });
     Summary {
         rollout: r.id.clone(),
@@ -55,6 +55,60 @@ pub fn summary(r: &Rollout) -> Summary {
             .collect(),
         total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
     }
+}
+
+/// What the operator can do next about a paused rollout, true to where each
+/// member is: which were put back, which stay on the new release.
+pub fn paused_hint(r: &Rollout) -> String {
+    use baton_domain::Stage;
+    let named = |f: &dyn Fn(&Stage) -> bool| -> Vec<String> {
+        r.order
+            .iter()
+            .filter(|m| r.members.get(*m).is_some_and(|p| f(&p.stage)))
+            .map(|m| m.to_string())
+            .collect()
+    };
+    let put_back = named(&|s| matches!(s, Stage::Reverted { .. }));
+    let moved = named(&|s| {
+        !matches!(
+            s,
+            Stage::Pending | Stage::Staged | Stage::Reverted { .. } | Stage::Reverting { .. }
+        )
+    });
+    let reverting = named(&|s| matches!(s, Stage::Reverting { .. }));
+    let mut out = Vec::new();
+    if !put_back.is_empty() {
+        out.push(format!(
+            "{} failed on {} and {} put back on {}: fix the release, then `baton resume --retry`",
+            put_back.join(", "),
+            r.target.version,
+            if put_back.len() == 1 { "was" } else { "were" },
+            r.previous
+        ));
+    }
+    if !reverting.is_empty() {
+        out.push(format!(
+            "{} did not finish going back to {}: check it first",
+            reverting.join(", "),
+            r.previous
+        ));
+    }
+    if moved.is_empty() {
+        out.push(format!(
+            "every member is still on {}; `baton rollback` closes this rollout",
+            r.previous
+        ));
+    } else {
+        out.push(format!(
+            "{} {} on {}; fix the cause, then `baton resume`, or `baton rollback` to put {} back on {}",
+            moved.join(", "),
+            if moved.len() == 1 { "is" } else { "are" },
+            r.target.version,
+            if moved.len() == 1 { "it" } else { "them" },
+            r.previous
+        ));
+    }
+    out.join("\nnext: ")
 }
 
 /// One line per check, failures first.

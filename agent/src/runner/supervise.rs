@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use baton_domain::MemberId;
+use baton_domain::{MemberId, ProcessReport};
 use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -70,6 +70,24 @@ pub struct ProcState {
     pub spawn_failures: u64,
     /// How the last requested stop went.
     pub last_stop: Option<String>,
+    /// Exits nobody asked for since the member was last asked to start
+    /// (reset by a start request): what the coordinator's health gate
+    /// counts against `start_retries`.
+    pub exits_since_start: u32,
+}
+
+impl ProcState {
+    /// What the agent reports of the process to the coordinator.
+    pub fn report(&self) -> ProcessReport {
+        ProcessReport {
+            exits_since_start: self.exits_since_start,
+            last_exit: if self.exits_since_start > 0 {
+                self.last_exit.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        }
+    }
 }
 
 /// Handle to a running supervisor task.
@@ -114,6 +132,10 @@ impl MemberProcess for SupervisorHandle {
 
     fn base_dir(&self) -> Option<&Path> {
         Some(&self.base_dir)
+    }
+
+    fn exits(&self) -> watch::Receiver<ProcState> {
+        self.state.clone()
     }
 }
 
@@ -338,6 +360,13 @@ impl Supervisor {
         let mut first_start = running.is_none();
         let mut backoff = Duration::from_millis(100);
         let mut started_at = tokio::time::Instant::now();
+        // A start request after a stop begins a new count of exits.
+        let want = |current: Desired, next: Desired| {
+            if current != Desired::Running && next == Desired::Running {
+                self.state.send_modify(|s| s.exits_since_start = 0);
+            }
+            next
+        };
         loop {
             let pid = running.as_ref().and_then(Running::pid);
             self.state.send_modify(|s| s.pid = pid);
@@ -361,7 +390,7 @@ impl Supervisor {
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(backoff) => {}
-                            Some(d) = desired_rx.recv() => desired = d,
+                            Some(d) = desired_rx.recv() => desired = want(desired, d),
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -375,7 +404,7 @@ impl Supervisor {
                     tokio::select! {
                         // The member outlives the agent: leave it running.
                         () = shutdown.cancelled() => return,
-                        Some(d) = desired_rx.recv() => desired = d,
+                        Some(d) = desired_rx.recv() => desired = want(desired, d),
                         how = Self::wait_exit(r) => {
                             // A member that ran a while is restarted at once;
                             // one that keeps dying early backs off (100 ms,
@@ -389,7 +418,10 @@ impl Supervisor {
                                 w
                             };
                             tracing::warn!(member = %self.member, how, "member exited; restarting after {wait:?}");
-                            self.state.send_modify(|s| s.last_exit = Some(how));
+                            self.state.send_modify(|s| {
+                                s.last_exit = Some(how);
+                                s.exits_since_start = s.exits_since_start.saturating_add(1);
+                            });
                             running = None;
                             tokio::select! {
                                 () = shutdown.cancelled() => return,
@@ -401,7 +433,7 @@ impl Supervisor {
                 (None, Desired::Stopped(_)) => {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        Some(d) = desired_rx.recv() => desired = d,
+                        Some(d) = desired_rx.recv() => desired = want(desired, d),
                     }
                     backoff = Duration::from_millis(100);
                 }
