@@ -427,6 +427,56 @@ mod tests {
             assert!(err.contains(key), "{err} should name {key}");
         }
     }
+
+    /// Quorum at config load: more than (N-1)/2 down is refused, naming the
+    /// key and the numbers; a 2-member cluster cannot roll without an
+    /// outage unless the operator accepts it.
+    #[test]
+    fn max_unavailable_is_judged_against_quorum() {
+        let two = "cluster_id = \"d\"\nmembers = [\"n1\", \"n2\"]\n";
+        let err = load(&format!("{two}[policy]\nmax_unavailable = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`policy.max_unavailable`")
+                && err.contains("(N-1)/2 = 0 for 2 members")
+                && err.contains("cannot be rolled without an outage")
+                && err.contains("allow_quorum_loss = true"),
+            "{err}"
+        );
+        // The default (1) is refused just the same.
+        assert!(load(two, &[]).is_err());
+        let ok = load(
+            &format!("{two}[policy]\nmax_unavailable = 1\nallow_quorum_loss = true\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(ok.policy.allow_quorum_loss);
+        let five = "cluster_id = \"d\"\nmembers = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n";
+        assert_eq!(
+            load(&format!("{five}[policy]\nmax_unavailable = 2\n"), &[])
+                .unwrap()
+                .policy
+                .max_unavailable,
+            2
+        );
+        let err = load(
+            &format!("{five}[policy]\nmax_unavailable = 3\nallow_quorum_loss = true\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("(N-1)/2 = 2 for 5 members"), "{err}");
+        // One member has no quorum to keep.
+        assert!(load("cluster_id = \"d\"\nmembers = [\"solo\"]\n", &[]).is_ok());
+        assert_eq!(
+            load(&format!("{GOOD}[policy]\nstart_retries = 2\n"), &[])
+                .unwrap()
+                .policy
+                .start_retries,
+            2
+        );
+    }
 }
 
 #[cfg(test)]

@@ -554,6 +554,43 @@ mod tests {
         tracker.wait().await;
     }
 
+    /// Every exit nobody asked for is counted and reported, with how it
+    /// ended; a requested stop is not an exit, and the next start begins a
+    /// new count.
+    #[tokio::test]
+    async fn exits_since_start_count_crashes_and_reset_on_start() {
+        let (dir, cfg) = setup("exit 3");
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let m = MemberId::new("n1").unwrap();
+        let mut h = spawn(
+            m,
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        let mut exits = MemberProcess::exits(&h);
+        let crashed = wait_for(&mut exits, |s| s.exits_since_start >= 2).await;
+        let report = crashed.report();
+        assert!(report.exits_since_start >= 2);
+        assert!(report.last_exit.contains("exit status: 3"), "{report:?}");
+        h.stop(None, Duration::from_secs(5)).await.unwrap();
+        let stopped = h.state.borrow().clone();
+        h.set_desired(Desired::Running).await;
+        let fresh = wait_for(&mut h.state, |s| {
+            s.exits_since_start < stopped.exits_since_start
+        })
+        .await;
+        assert!(fresh.exits_since_start <= 1, "{fresh:?}");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        // A member that never exited reports nothing.
+        assert_eq!(ProcState::default().report(), ProcessReport::default());
+    }
+
     #[tokio::test]
     async fn a_restarted_agent_adopts_the_running_member() {
         let (dir, cfg) = setup("exec sleep 30");
