@@ -403,12 +403,21 @@ impl Watchdog {
         out: &mut Vec<Alert>,
     ) {
         let moving = rollout.filter(|r| r.phase.is_moving());
+        // A member whose catch-up stall already pages (it answers, its lag
+        // does not shrink) is not paged twice for one condition.
+        let catch_up_paged: Vec<String> = self
+            .firing
+            .values()
+            .filter(|a| a.name() == CATCH_UP_STALLED)
+            .map(|a| a.member().to_owned())
+            .collect();
         let stalled: BTreeMap<&MemberId, UnixMs> = match moving {
             None => BTreeMap::new(),
             Some(_) => self
                 .idle_since
                 .iter()
                 .filter(|(_, since)| now.since(**since) >= policy.stall_after)
+                .filter(|(m, _)| !catch_up_paged.iter().any(|p| p == m.as_str()))
                 .map(|(m, s)| (m, *s))
                 .collect(),
         };
