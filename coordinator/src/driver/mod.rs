@@ -45,7 +45,7 @@ use std::time::Duration;
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
 use baton_planner::alerts::{self, Alert, AlertStatus, CATCH_UP_STALLED};
 use baton_planner::decide::Step;
-use baton_planner::rollout::{Event, Phase, RolloutState};
+use baton_planner::rollout::{Event, RolloutState};
 use baton_planner::watchdog::Watchdog;
 use baton_planner::{Policy, UnixMs, View, decide};
 use baton_store::ArtifactStore;
@@ -386,7 +386,7 @@ impl Driver {
             self.send_cadence();
             return;
         };
-        if !matches!(r.phase, Phase::Running | Phase::Aborting) {
+        if !r.phase.is_moving() {
             self.waiting_for = r.phase.to_string();
             self.fast = false;
             self.send_cadence();
