@@ -123,7 +123,13 @@ impl Observer {
                         break;
                     }
                     let mut refused = Vec::new();
+                    let frozen = seen.lock().expect("observer lock").frozen.clone();
                     for (i, a) in addrs.iter().enumerate() {
+                        // Down anyway; and a SIGSTOPped member's accept
+                        // queue would fill with our connections.
+                        if frozen.contains(&i) {
+                            continue;
+                        }
                         // Refused means not listening. A slow answer on a
                         // loaded machine is not an outage.
                         let c = tokio::time::timeout(
