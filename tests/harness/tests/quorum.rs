@@ -111,8 +111,8 @@ async fn a_frozen_member_holds_the_rollout_and_pages(how: How, when: When) -> Re
     let load = Load::start(&cluster, "quorum-");
     let from = journal.settle().await;
 
-    let (code, _, stderr) = baton(&cluster, &["upgrade", "--to", "v2", "--detach"])?;
-    assert_eq!(code, 0, "baton upgrade: {stderr}");
+    let (code, out, stderr) = baton(&cluster, &["upgrade", "--to", "v2", "--detach"])?;
+    assert_eq!(code, 0, "baton upgrade: {stderr} {out:#}");
     let started = journal
         .wait_for("the rollout's start", from, Duration::from_secs(10), |e| {
             e["event"] == "started"

@@ -133,8 +133,8 @@ async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Res
         cluster.publish(&version, 1, false)?;
         let from = journal.settle().await;
         let t0 = unix_ms();
-        let (code, _, stderr) = baton(&cluster, &["upgrade", "--to", &version, "--detach"])?;
-        assert_eq!(code, 0, "upgrade --to {version}: {stderr}");
+        let (code, out, stderr) = baton(&cluster, &["upgrade", "--to", &version, "--detach"])?;
+        assert_eq!(code, 0, "upgrade --to {version}: {stderr} {out:#}");
         let started = journal
             .wait_for("the rollout's start", from, Duration::from_secs(10), |e| {
                 e["event"] == "started"
@@ -201,12 +201,26 @@ async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Res
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for i in 0..cluster.members.len() {
-            cluster.member_status(i).await.with_context(|| {
-                format!(
-                    "member {} is down while the rollout is paused (paused at {at:?})",
-                    cluster.members[i].name
-                )
-            })?;
+            if cluster.member_status(i).await.is_err() {
+                journal.settle().await;
+                let events: Vec<String> = journal
+                    .since(from)
+                    .iter()
+                    .filter(|l| l.entry.get("event").is_some())
+                    .map(|l| {
+                        let e = &l.entry;
+                        format!(
+                            "{} {} {} {} {}",
+                            e["at"], e["event"], e["member"], e["action"]["action"], e["id"]
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "member {} is down while the rollout is paused (paused at {at:?}, pause sent at {paused_sent}); phases {phases:?}; journal:\n{}",
+                    cluster.members[i].name,
+                    events.join("\n")
+                );
+            }
         }
         let (code, out, stderr) = baton(&cluster, &["resume"])?;
         assert_eq!(code, 0, "resume after a pause at {at:?}: {stderr} {out:#}");
@@ -251,8 +265,8 @@ async fn abort_during_a_failing_start_then_rollback_then_another_upgrade_each_wo
     let load = Load::start(&cluster, "abort-");
     cluster.publish("v2", 1, true)?;
     let from = journal.settle().await;
-    let (code, _, stderr) = baton(&cluster, &["upgrade", "--to", "v2", "--detach"])?;
-    assert_eq!(code, 0, "upgrade --to v2: {stderr}");
+    let (code, out, stderr) = baton(&cluster, &["upgrade", "--to", "v2", "--detach"])?;
+    assert_eq!(code, 0, "upgrade --to v2: {stderr} {out:#}");
     let started = journal
         .wait_for("the rollout's start", from, Duration::from_secs(10), |e| {
             e["event"] == "started"
