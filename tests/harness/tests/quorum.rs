@@ -270,7 +270,7 @@ async fn a_release_that_exits_at_once_is_reverted_in_seconds_and_the_way_out_wor
     let spec = ClusterSpec {
         heartbeat_ms: HEARTBEAT_MS,
         policy: format!(
-            "tolerable_lag = 50\nhealth_timeout_ms = 10000\nstall_after_ms = {STALL_AFTER_MS}\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n"
+            "tolerable_lag = 200\nhealth_timeout_ms = 10000\nstall_after_ms = {STALL_AFTER_MS}\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n"
         ),
         ..ClusterSpec::supervised(3)
     };

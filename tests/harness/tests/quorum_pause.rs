@@ -99,7 +99,7 @@ fn on_release(s: &baton_domain::FleetStatus, version: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Result<()> {
     let spec = ClusterSpec {
-        policy: "tolerable_lag = 50\nhealth_timeout_ms = 10000\nstall_after_ms = 3000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n".into(),
+        policy: "tolerable_lag = 200\nhealth_timeout_ms = 10000\nstall_after_ms = 3000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n".into(),
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
@@ -256,7 +256,7 @@ async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_during_a_failing_start_then_rollback_then_another_upgrade_each_work() -> Result<()> {
     let spec = ClusterSpec {
-        policy: "tolerable_lag = 50\nhealth_timeout_ms = 10000\nstall_after_ms = 3000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n".into(),
+        policy: "tolerable_lag = 200\nhealth_timeout_ms = 10000\nstall_after_ms = 3000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n".into(),
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
