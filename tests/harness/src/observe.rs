@@ -466,3 +466,29 @@ impl Drop for Frozen {
         self.thaw();
     }
 }
+
+/// One line per journal entry (`at event member action id gate`), for a
+/// failing test's message.
+pub fn timeline(entries: &[Line]) -> String {
+    entries
+        .iter()
+        .map(|l| {
+            let e = &l.entry;
+            if let Some(kind) = e["alert_event"].as_str() {
+                format!("(seen {}) alert {kind} {}", l.seen, e["alert"]["labels"])
+            } else {
+                format!(
+                    "{} {} {} {} {} {} {}",
+                    e["at"],
+                    e["event"].as_str().unwrap_or("?"),
+                    e["member"].as_str().or(e["to"].as_str()).unwrap_or(""),
+                    e["action"]["action"].as_str().unwrap_or(""),
+                    e["id"].as_str().unwrap_or(""),
+                    e["gate"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or("")
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

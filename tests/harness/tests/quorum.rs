@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use baton_domain::Health;
 use baton_harness::observe::{
-    Frozen, JournalTail, Observer, finished, is_issued, is_page, rollout_entries,
+    Frozen, JournalTail, Observer, finished, is_issued, is_page, rollout_entries, timeline,
 };
 use baton_harness::stall::{self, Load, Unpause};
 use baton_harness::{Cluster, ClusterSpec, unix_ms};
@@ -160,6 +160,14 @@ async fn a_frozen_member_holds_the_rollout_and_pages(how: How, when: When) -> Re
             is_page(e, STALL_PAGES, &first)
         })
         .await;
+    // What the coordinator believes of the frozen member (for the log).
+    if let Ok(s) = cluster.status() {
+        eprintln!(
+            "status while frozen: {}",
+            serde_json::to_string(&s.members[fi]).unwrap_or_default()
+        );
+    }
+    // A held freeze: the member stays frozen this long whatever happens.
     let hold_until = frozen_at + budget + 500;
     while unix_ms() < hold_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -192,7 +200,8 @@ async fn a_frozen_member_holds_the_rollout_and_pages(how: How, when: When) -> Re
         .collect();
     assert!(
         stopped.is_empty(),
-        "another member was stopped while {first} was frozen ({frozen_at}..{thawed_at}): {stopped:#?}"
+        "another member was stopped while {first} was frozen ({frozen_at}..{thawed_at}): {stopped:#?}\njournal:\n{}",
+        timeline(&journal.since(from))
     );
     observer.snapshot().assert_never_two_down();
 
