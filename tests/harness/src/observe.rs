@@ -492,3 +492,33 @@ pub fn timeline(entries: &[Line]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Waits (bounded) until the cluster has settled: every member fresh and
+/// healthy, every report naming one leader, and that leader the same a
+/// second later. On a loaded machine an election can move the leader just
+/// after start-up; a rollout begun then meets a member that became leader
+/// under it (its agent refuses the stop, and the rollout pauses).
+pub async fn settle(cluster: &Cluster) -> Result<()> {
+    let settled = |s: &baton_domain::FleetStatus| {
+        s.leader.is_some()
+            && s.members.iter().all(|m| {
+                m.fresh
+                    && m.report.as_ref().is_some_and(|r| {
+                        r.state.leader == s.leader
+                            && r.state.health == baton_domain::Health::Healthy
+                    })
+            })
+    };
+    let mut leader = None;
+    for _ in 0..10 {
+        let s = cluster
+            .wait_status("the cluster settled", Duration::from_secs(30), settled)
+            .await?;
+        if leader.is_some() && s.leader == leader {
+            return Ok(());
+        }
+        leader = s.leader;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    bail!("the leader kept moving for 10 s")
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use baton_domain::Health;
 use baton_harness::observe::{
-    Frozen, JournalTail, Observer, finished, is_issued, is_page, rollout_entries, timeline,
+    Frozen, JournalTail, Observer, finished, is_issued, is_page, rollout_entries, settle, timeline,
 };
 use baton_harness::stall::{self, Load, Unpause};
 use baton_harness::{Cluster, ClusterSpec, unix_ms};
@@ -104,6 +104,7 @@ async fn a_frozen_member_holds_the_rollout_and_pages(how: How, when: When) -> Re
         }
     };
     let _unpause = Unpause(files.clone());
+    settle(&cluster).await?;
     let mut frozen = Frozen::default();
     cluster.publish("v2", 1, false)?;
     let journal = JournalTail::start(&cluster);
@@ -284,6 +285,7 @@ async fn a_release_that_exits_at_once_is_reverted_in_seconds_and_the_way_out_wor
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
+    settle(&cluster).await?;
     cluster.publish("v2", 1, true)?;
     let journal = JournalTail::start(&cluster);
     let observer = Observer::start(&cluster);

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton_domain::Health;
-use baton_harness::observe::{JournalTail, Observer, is_issued};
+use baton_harness::observe::{JournalTail, Observer, is_issued, settle};
 use baton_harness::stall::Load;
 use baton_harness::{Cluster, ClusterSpec, Proc, bin, free_port, init, unix_ms};
 use serde_json::Value;
@@ -103,6 +103,7 @@ async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Res
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
+    settle(&cluster).await?;
     let journal = JournalTail::start(&cluster);
     let observer = Observer::start(&cluster);
     let load = Load::start(&cluster, "pause-");
@@ -260,6 +261,7 @@ async fn abort_during_a_failing_start_then_rollback_then_another_upgrade_each_wo
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
+    settle(&cluster).await?;
     let journal = JournalTail::start(&cluster);
     let observer = Observer::start(&cluster);
     let load = Load::start(&cluster, "abort-");
