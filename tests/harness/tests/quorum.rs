@@ -155,24 +155,33 @@ async fn a_frozen_member_holds_the_rollout_and_pages(how: How, when: When) -> Re
 
     // Stay frozen until the page, and at least stall_after + 1 s (the time
     // the page may take), so a next member stopped meanwhile would show.
+    // Meanwhile, log what the coordinator shows of the frozen member
+    // (health and applied revision, each change).
     let budget = STALL_AFTER_MS + 1000;
-    let page = journal
-        .wait_maybe(frozen_from, Duration::from_millis(budget + 4000), |e| {
-            is_page(e, STALL_PAGES, &first)
-        })
-        .await;
-    // What the coordinator believes of the frozen member (for the log).
-    if let Ok(s) = cluster.status() {
-        eprintln!(
-            "status while frozen: {}",
-            serde_json::to_string(&s.members[fi]).unwrap_or_default()
-        );
-    }
-    // A held freeze: the member stays frozen this long whatever happens.
     let hold_until = frozen_at + budget + 500;
-    while unix_ms() < hold_until {
+    let page_deadline = frozen_at + budget + 4000;
+    let mut page = None;
+    let mut shown: Vec<String> = Vec::new();
+    // Bounded: page_deadline, at 20 ms or more a round.
+    loop {
+        if page.is_none() {
+            page = journal.find(frozen_from, |e| is_page(e, STALL_PAGES, &first));
+        }
+        if let Ok(s) = tokio::task::block_in_place(|| cluster.status())
+            && let Some(r) = &s.members[fi].report
+        {
+            let now = format!("{} applied {}", r.state.health, r.state.applied_revision);
+            if shown.last().is_none_or(|l| !l.ends_with(&now)) {
+                shown.push(format!("+{} ms {now}", unix_ms().saturating_sub(frozen_at)));
+            }
+        }
+        let now = unix_ms();
+        if now >= hold_until && (page.is_some() || now >= page_deadline) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!("{first} as `baton status` showed it while frozen: {shown:?}");
 
     match how {
         How::ApplyPause => stall::unpause(&files),
