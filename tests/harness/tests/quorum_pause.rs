@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton_domain::Health;
-use baton_harness::observe::{JournalTail, Observer, is_issued, settle};
+use baton_harness::observe::{JournalTail, Observer, is_issued, settle, timeline};
 use baton_harness::stall::Load;
 use baton_harness::{Cluster, ClusterSpec, Proc, bin, free_port, init, unix_ms};
 use serde_json::Value;
@@ -112,7 +112,13 @@ async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Res
     cluster.publish("v2", 1, false)?;
     let t0 = unix_ms();
     let (code, out, stderr) = baton(&cluster, &["upgrade", "--to", "v2"])?;
-    assert_eq!(code, 0, "the uninterrupted rollout: {stderr} {out:#}");
+    if code != 0 {
+        journal.settle().await;
+        panic!(
+            "the uninterrupted rollout exited {code}: {stderr} {out:#}\njournal:\n{}",
+            timeline(&journal.since(0))
+        );
+    }
     let baseline = observer
         .snapshot()
         .longest_any(t0, unix_ms())
