@@ -103,18 +103,20 @@ pub fn start_stalled_rollout(cluster: &Cluster, files: &[PauseFile]) -> Result<(
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     anyhow::ensure!(code == 0, "baton upgrade was refused: {stderr}");
-    slow_first_in_order(cluster, files).map(|_| ())
+    stall_first_in_order(cluster, files).map(|_| ())
 }
 
-/// Slows apply on the rollout's first member only (to one entry per 100 ms
-/// against 100 writes/s: its lag grows steadily while it still applies),
-/// and returns its name.
+/// Stalls the catch-up of the rollout's first member, and returns its name:
+/// its apply is slowed (one entry per 100 ms against 100 writes/s) until it
+/// passes the health gate on v2, then paused, so its lag grows and never
+/// shrinks.
 ///
-/// Slowed, not paused: a member that applies nothing shows no progress, so
-/// it would (rightly) never pass the health gate on v2, and as another
-/// follower it would hold the first stop. A member that applies too slowly
-/// passes the health gate and then stalls in its catch-up.
-pub fn slow_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
+/// Only that member: another follower that does not apply is (rightly) not
+/// live, and would hold the first stop. Slowed first, not paused: a member
+/// that applies nothing shows no progress, so it would (rightly) never pass
+/// the health gate; slowed, its lag stays far above any `tolerable_lag`
+/// these tests use, so it cannot pass the catch-up gate before the pause.
+pub fn stall_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
     let (_, cur, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
     let first = cur["state"]["order"][0]
         .as_str()
@@ -132,6 +134,20 @@ pub fn slow_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<Str
     for (_, f) in &mine {
         std::fs::write(f, b"slow 100\n").with_context(|| format!("write {}", f.display()))?;
     }
+    // Bounded: 60 s of 10 ms polls of the journal, off the runtime's
+    // workers (the writer runs on them).
+    tokio::task::block_in_place(|| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while catch_up_started(cluster, &first).is_err() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{first} never passed its health gate on v2"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    })?;
+    pause(&mine)?;
     Ok(first)
 }
 
