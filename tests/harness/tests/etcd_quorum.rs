@@ -32,11 +32,9 @@ fn policy(extra: &str) -> String {
 
 /// One test at a time: each runs three etcds, three agents, a coordinator,
 /// a writer and an observer, and times what it sees.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// (tokio's mutex: it is not poisoned by a failed test, and works across
+/// the tests' runtimes.)
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A cluster on 3.4.23 with 3.5.1 published, a writer at 100 writes/s and
 /// an observer running.
@@ -282,7 +280,7 @@ async fn freeze_first_follower(when: When, policy: &str, prefix: &str) -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_frozen_while_catching_up_holds_the_rollout_and_pages() -> Result<()> {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     freeze_first_follower(When::CatchingUp, &policy(""), "fc-").await
 }
 
@@ -291,14 +289,14 @@ async fn a_follower_frozen_while_catching_up_holds_the_rollout_and_pages() -> Re
 /// planner can see a freeze before its agent's next poll).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_follower_frozen_as_the_next_one_begins_holds_the_rollout_and_pages() -> Result<()> {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     freeze_first_follower(When::NextBegins, &policy("soak_ms = 500\n"), "fn-").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completion_waits_for_the_cluster_version_so_an_immediate_downgrade_is_refused()
 -> Result<()> {
-    let _one = serial();
+    let _one = SERIAL.lock().await;
     let (cluster, load, observer) = loaded_cluster(&policy(""), "cv-").await?;
     let (code, out, stderr) = cluster
         .baton_within(&["upgrade", "--to", "3.5.1"], Duration::from_secs(180))
