@@ -73,6 +73,12 @@ impl Executor {
         self
     }
 
+    /// The member process's exits as the runner sees them (the link
+    /// reports a change at once).
+    pub fn exits(&self) -> tokio::sync::watch::Receiver<crate::runner::supervise::ProcState> {
+        self.process.exits()
+    }
+
     pub fn open(
         member: MemberId,
         state_dir: &std::path::Path,

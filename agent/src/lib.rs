@@ -136,6 +136,7 @@ pub async fn run(
     tracker.spawn(watcher::run(
         adapter.clone(),
         poll_rx,
+        watcher::poll_deadline(config.poll),
         obs_tx,
         shutdown.clone(),
     ));

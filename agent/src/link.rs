@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use baton_domain::{AgentCommand, CommandOutcome, Hello, MemberId, Report};
+use baton_domain::{AgentCommand, CommandOutcome, Hello, MemberId, ProcessReport, Report};
 use baton_proto::v1::{
     self, agent_link_client::AgentLinkClient, agent_message, coordinator_message,
 };
@@ -116,6 +116,7 @@ fn build_report(
     member: &MemberId,
     obs: &Observation,
     resources: baton_domain::Resources,
+    process: ProcessReport,
 ) -> Report {
     let mut state = obs.state.clone();
     state.applied_revision = state.applied_revision.min(state.committed_revision);
@@ -124,6 +125,7 @@ fn build_report(
         state,
         resources,
         timestamp_unix_ms: now_unix_ms(),
+        process,
     }
 }
 
@@ -234,7 +236,10 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
         }
     };
     send(&tx, agent_message::Body::Hello(cfg.hello.clone().into())).await?;
-    let mut last_sent = build_report(member, &first, resources.read());
+    // The runner's view of the process: every exit is news at once.
+    let mut exits = executor.exits();
+    let mut exits_live = true;
+    let mut last_sent = build_report(member, &first, resources.read(), exits.borrow().report());
     send(&tx, agent_message::Body::Report(last_sent.clone().into())).await?;
 
     let mut inbound = AgentLinkClient::new(channel)
@@ -266,11 +271,32 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
     let mut next_beat = tokio::time::Instant::now() + heartbeat;
     loop {
         tokio::select! {
+            // Biased: a process change (an exit, or the reset a start makes)
+            // is reported before the result of the command that caused it,
+            // so the coordinator never judges a start on an older count.
+            biased;
+            changed = exits.changed(), if exits_live => {
+                if changed.is_err() {
+                    exits_live = false;
+                    continue;
+                }
+                let process = exits.borrow_and_update().report();
+                if process != last_sent.process {
+                    let obs = observations.borrow().clone();
+                    if let Some(obs) = obs {
+                        let report = build_report(member, &obs, last_sent.resources, process);
+                        send(&tx, agent_message::Body::Report(report.clone().into())).await?;
+                        stats.send_modify(|s| s.reports_sent += 1);
+                        last_sent = report;
+                        next_beat = tokio::time::Instant::now() + heartbeat;
+                    }
+                }
+            }
             changed = observations.changed() => {
                 changed.map_err(|_| LinkError::Stream("member watcher stopped".into()))?;
                 let obs = observations.borrow_and_update().clone();
                 if let Some(obs) = obs {
-                    let report = build_report(member, &obs, last_sent.resources);
+                    let report = build_report(member, &obs, last_sent.resources, exits.borrow().report());
                     // While the coordinator gates on this member (it asked
                     // for a faster cadence), a revision change is news too.
                     let fast = heartbeat < cfg.heartbeat;
@@ -287,7 +313,7 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
             () = tokio::time::sleep_until(next_beat) => {
                 let obs = observations.borrow().clone();
                 if let Some(obs) = obs {
-                    let report = build_report(member, &obs, resources.read());
+                    let report = build_report(member, &obs, resources.read(), exits.borrow().report());
                     send(&tx, agent_message::Body::Report(report.clone().into())).await?;
                     stats.send_modify(|s| s.reports_sent += 1);
                     last_sent = report;
@@ -304,8 +330,15 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                 match msg.body {
                     Some(coordinator_message::Body::SetCadence(v1::SetCadence { report_interval_ms })) => {
                         let wanted = Duration::from_millis(u64::from(report_interval_ms));
+                        let faster = wanted < heartbeat;
                         heartbeat = wanted.clamp(Duration::from_millis(50), cfg.heartbeat.max(Duration::from_millis(50)));
-                        next_beat = next_beat.min(tokio::time::Instant::now() + heartbeat);
+                        // Asked to speed up (a preflight or a gate waits on
+                        // live reports): the first one goes out now.
+                        next_beat = if faster {
+                            tokio::time::Instant::now()
+                        } else {
+                            next_beat.min(tokio::time::Instant::now() + heartbeat)
+                        };
                         cfg.poll.set(heartbeat, cfg.heartbeat);
                         tracing::debug!(member = %member, ?heartbeat, "report cadence changed");
                     }

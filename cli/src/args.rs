@@ -87,8 +87,13 @@ pub enum Command {
         #[arg(long, default_value = "operator request")]
         reason: String,
     },
-    /// Resumes a paused rollout (a rolled-back member is retried).
-    Resume,
+    /// Resumes a paused rollout.
+    Resume {
+        /// Try the release again on a member it failed on (and that was put
+        /// back); without it such a resume is refused.
+        #[arg(long)]
+        retry: bool,
+    },
     /// Stops after the current step; never leaves a member stopped.
     Abort,
     /// Every rollout this coordinator has journaled.

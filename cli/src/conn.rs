@@ -282,9 +282,15 @@ impl OperatorConn {
         })
     }
 
-    pub async fn control(&mut self, verb: &str, reason: &str) -> Result<RolloutView, CliError> {
+    pub async fn control(
+        &mut self,
+        verb: &str,
+        reason: &str,
+        retry: bool,
+    ) -> Result<RolloutView, CliError> {
         let req = v1::ControlRequest {
             reason: reason.to_owned(),
+            retry,
         };
         let r = match verb {
             "pause" => self

@@ -80,7 +80,7 @@ pub async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow
                 .iter()
                 .map(|m| r.members.get(m).map_or("?", |p| p.stage.name()))
                 .collect();
-            let finished = !matches!(r.phase, Phase::Running | Phase::Aborting);
+            let finished = !r.phase.is_moving();
             if finished || stages != last_stages || last_print.elapsed() >= LOG_EVERY {
                 for (i, l) in lines.iter().enumerate() {
                     if last_lines.get(i) != Some(l) {
@@ -107,7 +107,9 @@ pub async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow
                         println!("order: {}", s.order.join(" -> "));
                         println!(
                             "handover to: {}",
-                            s.handover_target.as_deref().unwrap_or("-")
+                            s.handover_target
+                                .as_deref()
+                                .unwrap_or("none (leadership did not move)")
                         );
                         for (m, ms) in &s.step_ms {
                             println!("  {m}: {ms} ms");
@@ -129,15 +131,16 @@ pub async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow
                     return Err(Exit {
                         code: EXIT_PAUSED,
                         message: format!(
-                            "rollout {} paused: {reason}\nnext: fix the cause, then `baton resume`; or leave the cluster on {} (every member that failed was put back)",
-                            r.id, r.previous
+                            "rollout {} paused: {reason}\nnext: {}",
+                            r.id,
+                            crate::render::paused_hint(r)
                         ),
                     }
                     .into());
                 }
                 return Ok(());
             }
-            Phase::Running | Phase::Aborting => {}
+            Phase::Running | Phase::Aborting | Phase::Pausing { .. } => {}
         }
         // A coordinator without long polls answers at once with version 0:
         // then poll at a fixed pace.

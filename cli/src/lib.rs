@@ -83,15 +83,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Rollback { detach } => {
             let started = conn.rollback().await?;
-            cmd::rollout::started(conn, started, detach, output).await
+            cmd::rollout::rolled_back(conn, started, detach, output).await
         }
         Command::Watch { rollout } => cmd::rollout::watch(conn, rollout.as_deref(), output).await,
         Command::Rollout { id } => cmd::rollout::show(conn.rollout(id.as_deref()).await?, output),
         Command::Pause { reason } => {
-            cmd::rollout::show(conn.control("pause", &reason).await?, output)
+            cmd::rollout::show(conn.control("pause", &reason, false).await?, output)
         }
-        Command::Resume => cmd::rollout::show(conn.control("resume", "").await?, output),
-        Command::Abort => cmd::rollout::show(conn.control("abort", "").await?, output),
+        Command::Resume { retry } => {
+            cmd::rollout::show(conn.control("resume", "", retry).await?, output)
+        }
+        Command::Abort => cmd::rollout::show(conn.control("abort", "", false).await?, output),
         Command::History => cmd::rollout::history(conn, output).await,
         Command::Release(_) => unreachable!("handled above"),
     }

@@ -24,12 +24,12 @@ pub struct Summary {
 }
 
 pub fn summary(r: &Rollout) -> Summary {
+    // A paused rollout has no end yet: its last recorded step is as far as
+    // it got.
     let end = r.completed_at.unwrap_or_else(|| {
-        r.members
-            .values()
-            .filter_map(|p| p.finished_at)
-            .max()
-            .unwrap_or(r.started_at)
+        let finished = r.members.values().filter_map(|p| p.finished_at);
+        let issued = r.commands.values().map(|c| c.issued_at);
+        finished.chain(issued).max().unwrap_or(r.started_at)
     });
     Summary {
         rollout: r.id.clone(),
@@ -55,6 +55,60 @@ pub fn summary(r: &Rollout) -> Summary {
             .collect(),
         total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
     }
+}
+
+/// What the operator can do next about a paused rollout, true to where each
+/// member is: which were put back, which stay on the new release.
+pub fn paused_hint(r: &Rollout) -> String {
+    use baton_domain::Stage;
+    let named = |f: &dyn Fn(&Stage) -> bool| -> Vec<String> {
+        r.order
+            .iter()
+            .filter(|m| r.members.get(*m).is_some_and(|p| f(&p.stage)))
+            .map(|m| m.to_string())
+            .collect()
+    };
+    let put_back = named(&|s| matches!(s, Stage::Reverted { .. }));
+    let moved = named(&|s| {
+        !matches!(
+            s,
+            Stage::Pending | Stage::Staged | Stage::Reverted { .. } | Stage::Reverting { .. }
+        )
+    });
+    let reverting = named(&|s| matches!(s, Stage::Reverting { .. }));
+    let mut out = Vec::new();
+    if !put_back.is_empty() {
+        out.push(format!(
+            "{} failed on {} and {} put back on {}: fix the release, then `baton resume --retry`",
+            put_back.join(", "),
+            r.target.version,
+            if put_back.len() == 1 { "was" } else { "were" },
+            r.previous
+        ));
+    }
+    if !reverting.is_empty() {
+        out.push(format!(
+            "{} did not finish going back to {}: check it first",
+            reverting.join(", "),
+            r.previous
+        ));
+    }
+    if moved.is_empty() {
+        out.push(format!(
+            "every member is still on {}; `baton rollback` closes this rollout",
+            r.previous
+        ));
+    } else {
+        out.push(format!(
+            "{} {} on {}; fix the cause, then `baton resume`, or `baton rollback` to put {} back on {}",
+            moved.join(", "),
+            if moved.len() == 1 { "is" } else { "are" },
+            r.target.version,
+            if moved.len() == 1 { "it" } else { "them" },
+            r.previous
+        ));
+    }
+    out.join("\nnext: ")
 }
 
 /// One line per check, failures first.
@@ -213,6 +267,12 @@ mod tests {
         assert!(
             render_rollout(&view(Phase::Aborting)).starts_with("rollout r1-v2 -> v2  aborting  ")
         );
+        assert!(
+            render_rollout(&view(Phase::Pausing {
+                reason: "paused by the operator: lunch".into()
+            }))
+            .starts_with("rollout r1-v2 -> v2  pausing  ")
+        );
         let outcomes = [
             Phase::Running,
             paused,
@@ -241,6 +301,51 @@ mod tests {
             (5, vec![("n2".to_owned(), 4)]),
             "until the last member finished; each from its start to its finish"
         );
+    }
+
+    /// The hint after a pause says where each member really is.
+    #[test]
+    fn a_paused_hint_is_true_to_each_member() {
+        let n1 = MemberId::new("n1").unwrap();
+        let n2 = MemberId::new("n2").unwrap();
+        let paused = Phase::Paused { reason: "x".into() };
+        // n2 finished on v2 and stays there; n1 untouched.
+        let hint = paused_hint(&rollout(paused.clone()));
+        assert_eq!(
+            hint,
+            "n2 is on v2; fix the cause, then `baton resume`, or `baton rollback` to put it back on v1"
+        );
+        assert!(!hint.contains("every member that failed was put back"));
+        // The release failed on n2, which was put back: nothing moved.
+        let mut failed = rollout(paused.clone());
+        failed.members.get_mut(&n2).unwrap().stage = Stage::Reverted {
+            reason: "exited".into(),
+        };
+        assert_eq!(
+            paused_hint(&failed),
+            "n2 failed on v2 and was put back on v1: fix the release, then `baton resume --retry`\nnext: every member is still on v1; `baton rollback` closes this rollout"
+        );
+        // A stalled member catching up stays on the new release: say so.
+        let mut stalled = rollout(paused);
+        stalled.members.get_mut(&n1).unwrap().stage = Stage::CatchingUp { since: UnixMs(9) };
+        assert!(
+            paused_hint(&stalled).starts_with("n2, n1 are on v2"),
+            "{}",
+            paused_hint(&stalled)
+        );
+        // A paused summary counts up to its last step, not 0 ms.
+        let mut cut = rollout(Phase::Paused { reason: "x".into() });
+        cut.members.get_mut(&n2).unwrap().finished_at = None;
+        cut.commands.insert(
+            baton_domain::CommandId("r1-v2-1".into()),
+            baton_domain::CommandRecord {
+                member: n2,
+                action: baton_domain::Action::Stop,
+                issued_at: UnixMs(41),
+                result: None,
+            },
+        );
+        assert_eq!(summary(&cut).total_ms, 40);
     }
 
     #[test]

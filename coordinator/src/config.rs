@@ -87,6 +87,8 @@ struct RawPolicy {
     on_stall: Option<String>,
     steady_stall_after_ms: Option<u64>,
     agent_down_after_ms: Option<u64>,
+    start_retries: Option<u32>,
+    allow_quorum_loss: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -292,14 +294,30 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
         }
     };
     let max_unavailable = raw.max_unavailable.unwrap_or(d.max_unavailable);
-    let cap = Policy::quorum_cap(members);
-    if max_unavailable == 0 || max_unavailable > cap {
-        return Err(invalid(
-            "policy.max_unavailable",
-            format!(
-                "{max_unavailable} is outside 1..={cap} for {members} members ((N-1)/2 keeps quorum)"
-            ),
-        ));
+    let allow_quorum_loss = raw.allow_quorum_loss.unwrap_or(false);
+    // Quorum: a majority of members must stay up, so at most (N-1)/2 may
+    // be down. A single member has no quorum to keep (its upgrade is an
+    // outage by nature); two members have none to spare.
+    let spare = members.saturating_sub(1) / 2;
+    if max_unavailable == 0 {
+        return Err(invalid("policy.max_unavailable", "must be at least 1"));
+    }
+    if members >= 2 && max_unavailable > spare {
+        let outage_accepted = spare == 0 && max_unavailable == 1 && allow_quorum_loss;
+        if !outage_accepted {
+            return Err(invalid(
+                "policy.max_unavailable",
+                if spare == 0 {
+                    format!(
+                        "{max_unavailable} is more than (N-1)/2 = 0 for {members} members: stopping any member of a {members}-member quorum cluster loses quorum, so it cannot be rolled without an outage. Add a member first, or set policy.allow_quorum_loss = true (with max_unavailable = 1) to accept the outage"
+                    )
+                } else {
+                    format!(
+                        "{max_unavailable} is more than (N-1)/2 = {spare} for {members} members: that many down loses quorum; use at most {spare}"
+                    )
+                },
+            ));
+        }
     }
     let p = Policy {
         tolerable_lag: raw.tolerable_lag.unwrap_or(d.tolerable_lag),
@@ -313,6 +331,8 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
         on_stall,
         steady_stall_after: ms(raw.steady_stall_after_ms, d.steady_stall_after),
         agent_down_after: ms(raw.agent_down_after_ms, d.agent_down_after),
+        start_retries: raw.start_retries.unwrap_or(d.start_retries),
+        allow_quorum_loss,
     };
     for (key, v) in [
         ("policy.stop_timeout_ms", p.stop_timeout),
@@ -406,6 +426,56 @@ mod tests {
             let err = load(&text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
+    }
+
+    /// Quorum at config load: more than (N-1)/2 down is refused, naming the
+    /// key and the numbers; a 2-member cluster cannot roll without an
+    /// outage unless the operator accepts it.
+    #[test]
+    fn max_unavailable_is_judged_against_quorum() {
+        let two = "cluster_id = \"d\"\nmembers = [\"n1\", \"n2\"]\n";
+        let err = load(&format!("{two}[policy]\nmax_unavailable = 1\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`policy.max_unavailable`")
+                && err.contains("(N-1)/2 = 0 for 2 members")
+                && err.contains("cannot be rolled without an outage")
+                && err.contains("allow_quorum_loss = true"),
+            "{err}"
+        );
+        // The default (1) is refused just the same.
+        assert!(load(two, &[]).is_err());
+        let ok = load(
+            &format!("{two}[policy]\nmax_unavailable = 1\nallow_quorum_loss = true\n"),
+            &[],
+        )
+        .unwrap();
+        assert!(ok.policy.allow_quorum_loss);
+        let five = "cluster_id = \"d\"\nmembers = [\"a\", \"b\", \"c\", \"d\", \"e\"]\n";
+        assert_eq!(
+            load(&format!("{five}[policy]\nmax_unavailable = 2\n"), &[])
+                .unwrap()
+                .policy
+                .max_unavailable,
+            2
+        );
+        let err = load(
+            &format!("{five}[policy]\nmax_unavailable = 3\nallow_quorum_loss = true\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("(N-1)/2 = 2 for 5 members"), "{err}");
+        // One member has no quorum to keep.
+        assert!(load("cluster_id = \"d\"\nmembers = [\"solo\"]\n", &[]).is_ok());
+        assert_eq!(
+            load(&format!("{GOOD}[policy]\nstart_retries = 2\n"), &[])
+                .unwrap()
+                .policy
+                .start_retries,
+            2
+        );
     }
 }
 

@@ -62,7 +62,7 @@ pub enum ControlError {
     WrongPhase {
         id: String,
         phase: String,
-        hint: &'static str,
+        hint: String,
     },
     #[error("preflight refused the rollout to {to}: {} check(s) failed", checks.len())]
     Preflight {

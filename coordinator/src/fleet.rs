@@ -56,6 +56,13 @@ pub enum Refusal {
 /// Lag readings kept per member for the planner's gates.
 const LAG_SAMPLES: usize = 256;
 
+/// The report cadence the coordinator asks for while a rollout runs.
+pub const FAST_CADENCE: Duration = Duration::from_millis(100);
+
+/// A report is live for this long after it arrives (3 fast-cadence
+/// intervals), if it showed progress. Gates believe only live reports.
+pub const LIVE_WINDOW: Duration = Duration::from_millis(3 * 100);
+
 #[derive(Debug, Default)]
 struct Entry {
     report: Option<Report>,
@@ -69,6 +76,11 @@ struct Entry {
     lag_shrank_at: Option<UnixMs>,
     /// The version rule the agent's Hello stated (None from an older agent).
     version_rule: Option<VersionRule>,
+    /// Whether the latest report showed progress: its applied revision
+    /// moved since the report before it, or it has applied everything the
+    /// leader has committed. A member that answers but does not apply (a
+    /// stuck apply loop, a stale read) does not progress.
+    progressed: bool,
 }
 
 /// The coordinator's picture of the cluster.
@@ -171,10 +183,35 @@ impl FleetView {
             })?;
         entry.session = Some(id);
         entry.version_rule = hello.version_rule;
-        entry.report = Some(first);
+        let previous = entry.report.replace(first);
         entry.last_seen = Some(now);
+        self.judge_progress(&hello.member, previous.as_ref(), now);
         self.sample(&hello.member, now);
         Ok(id)
+    }
+
+    /// Whether `member`'s newest report shows progress over `previous`.
+    fn judge_progress(&mut self, member: &MemberId, previous: Option<&Report>, now: Instant) {
+        let leader_committed = self.leader(now).map(|(_, r)| r.state.committed_revision);
+        let Some(e) = self.members.get_mut(member) else {
+            return;
+        };
+        let Some(r) = e.report.as_ref() else { return };
+        let applied = r.state.applied_revision;
+        let moved = previous.is_some_and(|p| p.state.applied_revision != applied);
+        let complete = applied >= leader_committed.unwrap_or(r.state.committed_revision);
+        e.progressed = r.state.health == Health::Healthy && (moved || complete);
+    }
+
+    /// Whether `member`'s latest report is live at `now`: healthy, showing
+    /// progress, and received within [`LIVE_WINDOW`].
+    pub fn is_live(&self, member: &MemberId, now: Instant) -> bool {
+        self.members.get(member).is_some_and(|e| {
+            e.progressed
+                && e.session.is_some()
+                && e.last_seen
+                    .is_some_and(|t| now.saturating_duration_since(t) <= LIVE_WINDOW)
+        })
     }
 
     /// Records the member's lag as of its newest report.
@@ -186,7 +223,8 @@ impl FleetView {
         };
         e.seq += 1;
         let Some(r) = e.report.as_ref() else { return };
-        if r.state.health == Health::Down {
+        // A member that is down or did not answer has no revision to judge.
+        if matches!(r.state.health, Health::Down | Health::Unresponsive) {
             return;
         }
         let Some(committed) = leader_committed else {
@@ -221,6 +259,7 @@ impl FleetView {
             .map(|row| {
                 let entry = &self.members[&row.member];
                 let samples = entry.lag_samples.iter().copied().collect();
+                let live = self.is_live(&row.member, now);
                 (
                     row.member,
                     MemberView {
@@ -231,6 +270,7 @@ impl FleetView {
                         lag_samples: samples,
                         lag_shrank_at: entry.lag_shrank_at,
                         version_rule: entry.version_rule,
+                        live,
                     },
                 )
             })
@@ -260,9 +300,10 @@ impl FleetView {
             .ok_or_else(|| Refusal::Superseded {
                 member: hello.clone(),
             })?;
-        entry.report = Some(report);
+        let previous = entry.report.replace(report);
         entry.last_seen = Some(now);
         let member = hello.clone();
+        self.judge_progress(&member, previous.as_ref(), now);
         self.sample(&member, now);
         Ok(())
     }
@@ -307,7 +348,8 @@ impl FleetView {
                 // A member that is down has no meaningful revision.
                 let lag = match (&e.report, leader_committed) {
                     (Some(r), Some(c))
-                        if self.is_fresh(m, now) && r.state.health != Health::Down =>
+                        if self.is_fresh(m, now)
+                            && !matches!(r.state.health, Health::Down | Health::Unresponsive) =>
                     {
                         Some(c.saturating_sub(r.state.applied_revision))
                     }

@@ -121,7 +121,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let ControlRequest { reason } = request.into_inner();
+        let ControlRequest { reason, retry: _ } = request.into_inner();
         let r = self.ask(|reply| Op::Pause { reason, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
@@ -130,8 +130,8 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let ControlRequest { reason: _ } = request.into_inner();
-        let r = self.ask(|reply| Op::Resume { reply }).await?;
+        let ControlRequest { reason: _, retry } = request.into_inner();
+        let r = self.ask(|reply| Op::Resume { retry, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
@@ -139,7 +139,10 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let ControlRequest { reason: _ } = request.into_inner();
+        let ControlRequest {
+            reason: _,
+            retry: _,
+        } = request.into_inner();
         let r = self.ask(|reply| Op::Abort { reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }

@@ -122,6 +122,9 @@ pub enum Health {
     Degraded,
     /// Does not answer or is not running.
     Down,
+    /// Did not answer its agent's read within the poll deadline: hung,
+    /// frozen (SIGSTOP) or overloaded. Not healthy, and not known down.
+    Unresponsive,
 }
 
 impl fmt::Display for Health {
@@ -130,6 +133,7 @@ impl fmt::Display for Health {
             Health::Healthy => "healthy",
             Health::Degraded => "degraded",
             Health::Down => "down",
+            Health::Unresponsive => "unresponsive",
         })
     }
 }
@@ -167,6 +171,15 @@ pub struct MemberState {
 }
 
 impl MemberState {
+    /// The state to report when a read of the member did not answer within
+    /// its deadline: nothing about it is known now.
+    pub fn unresponsive(detail: String) -> Self {
+        MemberState {
+            health: Health::Unresponsive,
+            ..MemberState::unreachable(detail)
+        }
+    }
+
     /// The state to report when the member cannot be read at all.
     pub fn unreachable(detail: String) -> Self {
         MemberState {
@@ -197,12 +210,27 @@ pub struct Report {
     pub resources: Resources,
     /// The agent's wall clock when it read the member, unix milliseconds.
     pub timestamp_unix_ms: u64,
+    /// What the agent's runner saw of the member's process (supervise mode).
+    #[serde(default)]
+    pub process: ProcessReport,
+}
+
+/// The member process's exits as the agent's runner saw them. Only the
+/// supervise runner sees exits; other run modes report the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    /// Exits the agent did not ask for since it last started the member
+    /// (a `start` command resets it): a crash, or a binary that exits at once.
+    pub exits_since_start: u32,
+    /// How the latest of them ended (`exited with status 1`, `killed by
+    /// signal SIGSEGV`); empty when there was none.
+    pub last_exit: String,
 }
 
 impl Report {
     /// The parts whose change makes an agent report at once instead of
     /// waiting for the next heartbeat.
-    pub fn salient(&self) -> (Role, Option<&MemberId>, &str, u32, Health, &str) {
+    pub fn salient(&self) -> (Role, Option<&MemberId>, &str, u32, Health, &str, u32) {
         let s = &self.state;
         (
             s.role,
@@ -211,6 +239,7 @@ impl Report {
             s.format_version,
             s.health,
             &s.cluster_version,
+            self.process.exits_since_start,
         )
     }
 }
@@ -250,7 +279,7 @@ pub enum VersionRule {
 /// Report fixtures for tests in every crate (feature `test-util`).
 #[cfg(any(test, feature = "test-util"))]
 pub mod fixtures {
-    use super::{Health, MemberId, MemberState, Report, Resources, Role};
+    use super::{Health, MemberId, MemberState, ProcessReport, Report, Resources, Role};
 
     /// A member id from a test literal.
     ///
@@ -287,6 +316,7 @@ pub mod fixtures {
             },
             resources: Resources::default(),
             timestamp_unix_ms: 0,
+            process: ProcessReport::default(),
         }
     }
 }
@@ -486,7 +516,7 @@ pub struct CommandOutcome {
 /// The verdict of one preflight check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    /// `agent`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`.
+    /// `agent`, `live`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`.
     pub check: String,
     pub member: Option<MemberId>,
     pub ok: bool,

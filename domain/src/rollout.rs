@@ -186,6 +186,10 @@ pub enum Phase {
     /// The operator asked to abort: finish the current step, then pause
     /// without touching the next member.
     Aborting,
+    /// The operator asked to pause while a member was between stop and
+    /// healthy: that member is carried on to healthy (or reverted), then
+    /// the rollout pauses with `reason`.
+    Pausing { reason: String },
     /// Every member passed every gate and the verify step passed.
     Completed,
     /// Ended by the operator without finishing (a rollback replaced it).
@@ -198,11 +202,22 @@ impl Phase {
         matches!(self, Phase::Completed | Phase::Closed { .. })
     }
 
+    /// Still moving members: running, or finishing a step before it
+    /// pauses (aborting, pausing).
+    pub fn is_moving(&self) -> bool {
+        matches!(
+            self,
+            Phase::Running | Phase::Aborting | Phase::Pausing { .. }
+        )
+    }
+
     /// The kind of phase without its reason: `running`, `paused`,
-    /// `aborting`, `completed` or `closed` (metric labels, tables).
+    /// `aborting`, `pausing`, `completed` or `closed` (metric labels,
+    /// tables).
     pub fn kind(&self) -> &'static str {
         match self {
             Phase::Running => "running",
+            Phase::Pausing { .. } => "pausing",
             Phase::Paused { .. } => "paused",
             Phase::Aborting => "aborting",
             Phase::Completed => "completed",
@@ -213,7 +228,9 @@ impl Phase {
     /// Why the rollout paused or closed; None in the other phases.
     pub fn reason(&self) -> Option<&str> {
         match self {
-            Phase::Paused { reason } | Phase::Closed { reason } => Some(reason),
+            Phase::Paused { reason } | Phase::Closed { reason } | Phase::Pausing { reason } => {
+                Some(reason)
+            }
             Phase::Running | Phase::Aborting | Phase::Completed => None,
         }
     }

@@ -17,6 +17,8 @@ pub struct FakeAdapter {
     pub polls: AtomicUsize,
     /// Every `step_down` target, in order.
     pub step_downs: Mutex<Vec<MemberId>>,
+    /// While set, a poll never answers (a frozen member).
+    pub hang: std::sync::atomic::AtomicBool,
 }
 
 impl FakeAdapter {
@@ -35,7 +37,11 @@ impl Adapter for FakeAdapter {
     fn poll(&self) -> BoxFuture<'_, Result<MemberState, AdapterError>> {
         self.polls.fetch_add(1, Ordering::SeqCst);
         let s = self.state.lock().unwrap().clone();
+        let hang = self.hang.load(Ordering::SeqCst);
         Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
             s.ok_or_else(|| AdapterError::Unreachable {
                 addr: "fake".into(),
                 detail: "scripted down".into(),

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use baton_domain::MemberId;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,6 +54,13 @@ pub trait MemberProcess: Send + Sync + std::fmt::Debug {
     /// Where releases are installed (`releases/<version>/`, `current`), when
     /// baton installs them in this mode.
     fn base_dir(&self) -> Option<&Path>;
+    /// The process's state as this runner sees it, changing on every exit
+    /// and start ([`supervise::ProcState::report`] is what the agent
+    /// reports). Runners that see no exits hand out a receiver that never
+    /// changes.
+    fn exits(&self) -> watch::Receiver<supervise::ProcState> {
+        watch::channel(supervise::ProcState::default()).1
+    }
 }
 
 /// The runner for `config`'s run mode; supervise mode starts its task on

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use baton_domain::MemberId;
+use baton_domain::{MemberId, ProcessReport};
 use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -70,6 +70,24 @@ pub struct ProcState {
     pub spawn_failures: u64,
     /// How the last requested stop went.
     pub last_stop: Option<String>,
+    /// Exits nobody asked for since the member was last asked to start
+    /// (reset by a start request): what the coordinator's health gate
+    /// counts against `start_retries`.
+    pub exits_since_start: u32,
+}
+
+impl ProcState {
+    /// What the agent reports of the process to the coordinator.
+    pub fn report(&self) -> ProcessReport {
+        ProcessReport {
+            exits_since_start: self.exits_since_start,
+            last_exit: if self.exits_since_start > 0 {
+                self.last_exit.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        }
+    }
 }
 
 /// Handle to a running supervisor task.
@@ -114,6 +132,10 @@ impl MemberProcess for SupervisorHandle {
 
     fn base_dir(&self) -> Option<&Path> {
         Some(&self.base_dir)
+    }
+
+    fn exits(&self) -> watch::Receiver<ProcState> {
+        self.state.clone()
     }
 }
 
@@ -338,15 +360,26 @@ impl Supervisor {
         let mut first_start = running.is_none();
         let mut backoff = Duration::from_millis(100);
         let mut started_at = tokio::time::Instant::now();
+        // A start request after a stop begins a new count of exits.
+        let want = |current: Desired, next: Desired| {
+            if current != Desired::Running && next == Desired::Running {
+                self.state.send_modify(|s| s.exits_since_start = 0);
+            }
+            next
+        };
         loop {
             let pid = running.as_ref().and_then(Running::pid);
             self.state.send_modify(|s| s.pid = pid);
             match (&mut running, desired) {
                 (None, Desired::Running) => match self.spawn() {
                     Ok(child) => {
-                        if !first_start {
-                            self.state.send_modify(|s| s.restarts += 1);
-                        }
+                        self.state.send_modify(|s| {
+                            if !first_start {
+                                s.restarts += 1;
+                            }
+                            // A later stop's answer is about this run.
+                            s.last_stop = None;
+                        });
                         first_start = false;
                         running = Some(Running::Child(child));
                         started_at = tokio::time::Instant::now();
@@ -361,7 +394,7 @@ impl Supervisor {
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(backoff) => {}
-                            Some(d) = desired_rx.recv() => desired = d,
+                            Some(d) = desired_rx.recv() => desired = want(desired, d),
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
@@ -375,7 +408,7 @@ impl Supervisor {
                     tokio::select! {
                         // The member outlives the agent: leave it running.
                         () = shutdown.cancelled() => return,
-                        Some(d) = desired_rx.recv() => desired = d,
+                        Some(d) = desired_rx.recv() => desired = want(desired, d),
                         how = Self::wait_exit(r) => {
                             // A member that ran a while is restarted at once;
                             // one that keeps dying early backs off (100 ms,
@@ -389,11 +422,19 @@ impl Supervisor {
                                 w
                             };
                             tracing::warn!(member = %self.member, how, "member exited; restarting after {wait:?}");
-                            self.state.send_modify(|s| s.last_exit = Some(how));
+                            // Gone now: a stop asked for during the backoff
+                            // returns at once, and is not preceded by one
+                            // more start of a release that keeps dying.
+                            self.state.send_modify(|s| {
+                                s.pid = None;
+                                s.last_exit = Some(how);
+                                s.exits_since_start = s.exits_since_start.saturating_add(1);
+                            });
                             running = None;
                             tokio::select! {
                                 () = shutdown.cancelled() => return,
                                 () = tokio::time::sleep(wait) => {}
+                                Some(d) = desired_rx.recv() => desired = want(desired, d),
                             }
                         }
                     }
@@ -401,7 +442,7 @@ impl Supervisor {
                 (None, Desired::Stopped(_)) => {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        Some(d) = desired_rx.recv() => desired = d,
+                        Some(d) = desired_rx.recv() => desired = want(desired, d),
                     }
                     backoff = Duration::from_millis(100);
                 }
@@ -517,6 +558,69 @@ mod tests {
             "stopped member must be gone"
         );
         assert_eq!(MemberProcess::status(&h), ProcessStatus::Stopped);
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Every exit nobody asked for is counted and reported, with how it
+    /// ended; a requested stop is not an exit, and the next start begins a
+    /// new count.
+    #[tokio::test]
+    async fn exits_since_start_count_crashes_and_reset_on_start() {
+        let (dir, cfg) = setup("exit 3");
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let m = MemberId::new("n1").unwrap();
+        let mut h = spawn(
+            m,
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        let mut exits = MemberProcess::exits(&h);
+        let crashed = wait_for(&mut exits, |s| s.exits_since_start >= 2).await;
+        let report = crashed.report();
+        assert!(report.exits_since_start >= 2);
+        assert!(report.last_exit.contains("exit status: 3"), "{report:?}");
+        h.stop(None, Duration::from_secs(5)).await.unwrap();
+        let stopped = h.state.borrow().clone();
+        h.set_desired(Desired::Running).await;
+        let fresh = wait_for(&mut h.state, |s| {
+            s.exits_since_start < stopped.exits_since_start
+        })
+        .await;
+        assert!(fresh.exits_since_start <= 1, "{fresh:?}");
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        // A member that never exited reports nothing.
+        assert_eq!(ProcState::default().report(), ProcessReport::default());
+    }
+
+    /// A member that keeps dying backs off for longer each time; a stop
+    /// asked for during that backoff is honoured at once, not after it
+    /// (the revert of a crash-looping release must not wait seconds).
+    #[tokio::test]
+    async fn a_stop_during_the_crash_backoff_returns_at_once() {
+        let (dir, cfg) = setup("exit 3");
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let h = spawn(
+            MemberId::new("n1").unwrap(),
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        // After 4 quick exits the next backoff is 1.6 s.
+        let mut exits = MemberProcess::exits(&h);
+        wait_for(&mut exits, |s| s.exits_since_start >= 4 && s.pid.is_none()).await;
+        let how = h.stop(None, Duration::from_millis(500)).await;
+        assert_eq!(how.as_deref(), Ok("already stopped"));
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;

@@ -45,6 +45,33 @@ pub async fn started(
     follow(conn, &id, output).await
 }
 
+/// A rollback's answer: either a new rollout that walks members back
+/// (followed like any other), or, when no member had moved, the old one
+/// closed in place.
+pub async fn rolled_back(
+    conn: &mut OperatorConn,
+    answer: Started,
+    detach: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    if let Started::Started { rollout_id } = &answer {
+        let v = conn.rollout(Some(rollout_id)).await?;
+        if let baton_domain::Phase::Closed { reason } = &v.state.phase {
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"started": false, "closed": rollout_id, "reason": reason})
+                ),
+                Output::Table => println!(
+                    "rollout {rollout_id} closed: {reason}\nnext: `baton upgrade --to VERSION` starts a new rollout"
+                ),
+            }
+            return Ok(());
+        }
+    }
+    started(conn, answer, detach, output).await
+}
+
 /// Follows the active (or named) rollout until it completes or pauses.
 pub async fn watch(
     conn: &mut OperatorConn,

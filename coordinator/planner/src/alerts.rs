@@ -15,6 +15,13 @@ use crate::UnixMs;
 pub const CATCH_UP_STALLED: &str = "BatonCatchUpStalled";
 pub const AGENT_DOWN: &str = "BatonAgentDown";
 pub const ROLLOUT_PAUSED: &str = "BatonRolloutPaused";
+/// A member that made no progress (not healthy, or not seen applying) for
+/// `stall_after` while a rollout moves; its `gate` label says what the
+/// rollout was waiting on.
+pub const GATE_STALLED: &str = "BatonGateStalled";
+
+/// Every alert name baton raises, for per-name metrics.
+pub const ALL: [&str; 4] = [CATCH_UP_STALLED, AGENT_DOWN, ROLLOUT_PAUSED, GATE_STALLED];
 
 /// The label value used for `rollout` (or `member`) when there is none.
 pub const NONE_LABEL: &str = "none";
@@ -78,6 +85,12 @@ impl Alert {
             ends_at: Some(at),
             ..self.clone()
         }
+    }
+
+    /// Adds a label beyond the identifying four (it does not change the key).
+    pub fn with_label(mut self, key: &str, value: impl Into<String>) -> Alert {
+        self.labels.insert(key.to_owned(), value.into());
+        self
     }
 
     pub fn annotate(mut self, key: &str, value: impl Into<String>) -> Alert {

@@ -5,17 +5,23 @@
 //! This module owns the phase rules the operator's requests are judged by
 //! and the hint each refusal gives. It does no IO and reads no clock: the
 //! caller passes `now`, and journals the returned [`Event`] itself.
+//!
+//! Pause and abort are safe points: a member between stop and healthy is
+//! never left there. Asked while one is, pause becomes `PauseRequested`
+//! (phase `pausing`) and abort `aborting`; the planner carries the member
+//! on to healthy, or back, and only then pauses.
 
 use crate::UnixMs;
-use crate::rollout::{Event, Phase, RolloutState};
+use crate::rollout::{Action, Event, Phase, RolloutState, Stage};
 
 /// An operator's request on the active rollout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Control {
     /// Stop between steps until resumed; `reason` is the operator's.
     Pause { reason: String },
-    /// Continue a paused rollout.
-    Resume,
+    /// Continue a paused rollout. A member whose new release failed on it
+    /// (and was put back) is tried again only with `retry`.
+    Resume { retry: bool },
     /// Finish the current step, then pause without touching the next member.
     Abort,
 }
@@ -25,7 +31,7 @@ impl Control {
     pub fn verb(&self) -> &'static str {
         match self {
             Control::Pause { .. } => "pause",
-            Control::Resume => "resume",
+            Control::Resume { .. } => "resume",
             Control::Abort => "abort",
         }
     }
@@ -38,37 +44,97 @@ impl Control {
 pub struct Refused {
     pub id: String,
     pub phase: Phase,
-    pub hint: &'static str,
+    pub hint: String,
 }
 
 impl Refused {
-    fn of(state: &RolloutState, hint: &'static str) -> Refused {
+    fn of(state: &RolloutState, hint: impl Into<String>) -> Refused {
         Refused {
             id: state.id.clone(),
             phase: state.phase.clone(),
-            hint,
+            hint: hint.into(),
         }
     }
+}
+
+/// The member the rollout is working on, if it is between stop and
+/// healthy (stopped, switched, started, or being put back), or about to be:
+/// a stop, switch or start in flight.
+fn member_down(state: &RolloutState) -> Option<(&baton_domain::MemberId, &Stage)> {
+    let moving = |p: &crate::rollout::MemberProgress| {
+        p.inflight
+            .as_ref()
+            .and_then(|id| state.commands.get(id))
+            .is_some_and(|c| {
+                matches!(
+                    c.action,
+                    Action::Stop | Action::Switch { .. } | Action::Start
+                )
+            })
+    };
+    state
+        .members
+        .iter()
+        .find(|(_, p)| p.stage.is_disruptive() || moving(p))
+        .map(|(m, p)| (m, &p.stage))
+}
+
+/// The members whose new release failed on them and that were put back,
+/// with why.
+pub fn reverted(state: &RolloutState) -> Vec<(&baton_domain::MemberId, &str)> {
+    state
+        .members
+        .iter()
+        .filter_map(|(m, p)| match &p.stage {
+            Stage::Reverted { reason } => Some((m, reason.as_str())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The event that carries out `control` on `state` at `now`, or why the
 /// rollout's phase does not allow it.
 pub fn control(state: &RolloutState, control: Control, now: UnixMs) -> Result<Event, Refused> {
     match (control, &state.phase) {
-        (Control::Pause { reason }, Phase::Running | Phase::Aborting) => Ok(Event::Paused {
-            reason: format!("paused by the operator: {reason}"),
-            at: now,
-        }),
+        (Control::Pause { reason }, Phase::Running | Phase::Aborting) => {
+            let reason = format!("paused by the operator: {reason}");
+            Ok(match member_down(state) {
+                // Never leave a member down: finish (or undo) its step first.
+                Some(_) => Event::PauseRequested { reason, at: now },
+                None => Event::Paused { reason, at: now },
+            })
+        }
+        (Control::Pause { .. }, Phase::Pausing { .. }) => Err(Refused::of(
+            state,
+            "it is already pausing: the member being worked on is carried on to healthy (or put back) first; `baton watch` follows it",
+        )),
         (Control::Pause { .. }, _) => {
             Err(Refused::of(state, "only a running rollout can be paused"))
         }
-        (Control::Resume, Phase::Paused { .. }) => Ok(Event::Resumed { at: now }),
-        (Control::Resume, _) => Err(Refused::of(state, "only a paused rollout can be resumed")),
-        (Control::Abort, Phase::Running) => Ok(Event::AbortRequested { at: now }),
-        (Control::Abort, _) => Err(Refused::of(
+        (Control::Resume { retry }, Phase::Paused { .. } | Phase::Pausing { .. }) => {
+            let failed = reverted(state);
+            if !retry && let Some((m, why)) = failed.first() {
+                return Err(Refused::of(
+                    state,
+                    format!(
+                        "member {m} failed on {} and was put back on {} ({why}); resuming would try that release on it again. Fix the release and `baton resume --retry`, or `baton rollback`",
+                        state.target.version, state.previous
+                    ),
+                ));
+            }
+            Ok(Event::Resumed { at: now })
+        }
+        (Control::Resume { .. }, _) => {
+            Err(Refused::of(state, "only a paused rollout can be resumed"))
+        }
+        (Control::Abort, Phase::Running | Phase::Pausing { .. }) => {
+            Ok(Event::AbortRequested { at: now })
+        }
+        (Control::Abort, Phase::Paused { .. }) => Err(Refused::of(
             state,
-            "only a running rollout can be aborted; a paused one is already stopped",
+            "a paused rollout moves nothing already: `baton rollback` puts back every member that moved, `baton resume` carries on",
         )),
+        (Control::Abort, _) => Err(Refused::of(state, "only a running rollout can be aborted")),
     }
 }
 
@@ -78,7 +144,7 @@ pub fn may_start(latest: Option<&RolloutState>) -> Result<(), Refused> {
     match latest {
         Some(r) if !r.phase.is_terminal() => Err(Refused::of(
             r,
-            "finish it first: `baton resume`, or wait for it to complete",
+            "finish it first: `baton resume`, `baton rollback` (it closes a rollout that moved nothing), or wait for it to complete",
         )),
         _ => Ok(()),
     }
@@ -89,9 +155,9 @@ pub fn may_start(latest: Option<&RolloutState>) -> Result<(), Refused> {
 /// replaced.
 pub fn may_roll_back(latest: &RolloutState) -> Result<(), Refused> {
     match &latest.phase {
-        Phase::Running | Phase::Aborting => Err(Refused::of(
+        Phase::Running | Phase::Aborting | Phase::Pausing { .. } => Err(Refused::of(
             latest,
-            "pause or abort it first, then roll back",
+            "pause or abort it first (wait until it is paused), then roll back",
         )),
         Phase::Closed { .. } => Err(Refused::of(
             latest,

@@ -6,6 +6,14 @@
 //! action to journal and send (`Step::Issue`). `decide` does no IO and reads
 //! no clock.
 //!
+//! Gates believe only live reports ([`MemberView::serving`]: healthy, a few
+//! fast-cadence intervals old, and showing progress). Before any step that
+//! takes a member down, every other member must be live now, or count as
+//! down against `max_unavailable`; a member that answers but is not seen
+//! making progress holds the rollout until it is, or the watchdog pages.
+//! While a rollout moves, agents report at the fast cadence, and every
+//! member's release is staged at once (staging never takes a member down).
+//!
 //! `decide` never pages: the [`crate::watchdog`] is the one decider of what
 //! the on-call hears. Every situation that needs a human either pauses the
 //! rollout (`BatonRolloutPaused`) or is a stall (`BatonCatchUpStalled`).
@@ -52,7 +60,7 @@ fn catch_up_score(v: &MemberView) -> u64 {
     recent.iter().sum::<u64>() / recent.len() as u64
 }
 
-/// The most caught-up of the healthy members other than `from` for which
+/// The most caught-up of the serving members other than `from` for which
 /// `eligible` holds: the lowest recent lag ([`catch_up_score`]), then the
 /// highest applied revision, then the lowest id. The one rule a handover
 /// target is picked by, in a rollout and in a dry run's preview.
@@ -64,7 +72,7 @@ pub fn most_caught_up(
     view.members
         .iter()
         .filter(|(m, _)| *m != from)
-        .filter(|(_, v)| v.healthy())
+        .filter(|(_, v)| v.serving())
         .filter(|(m, v)| eligible(m, v))
         .min_by_key(|(m, v)| (catch_up_score(v), Reverse(v.applied()), (*m).clone()))
         .map(|(m, _)| m.clone())
@@ -91,7 +99,9 @@ pub fn handover_target(view: &View, rollout: &RolloutState, from: &MemberId) -> 
 /// it passed the health gate). The report that passed the health gate does
 /// not count: a member seen keeping up only at the instant it came back is
 /// not yet known to carry a quorum (counting it let samplekv stop the next
-/// follower while the first was still settling, an 80 ms write pause).
+/// follower while the first was still settling, an 80 ms write pause). The
+/// latest must also be live: a frozen member's last good reports do not
+/// count.
 fn caught_up(view: &View, member: &MemberId, since: UnixMs, tolerable: u64) -> bool {
     let Some(v) = view.members.get(member) else {
         return false;
@@ -103,7 +113,7 @@ fn caught_up(view: &View, member: &MemberId, since: UnixMs, tolerable: u64) -> b
                 && prev.at >= since
                 && last.lag <= tolerable
                 && prev.lag <= tolerable
-                && v.healthy()
+                && v.serving()
         }
         _ => false,
     }
@@ -130,16 +140,105 @@ pub fn stalled_for(
 
 /// The next steps of `rollout` given `view`, `policy` and `now`.
 pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> Vec<Step> {
-    match &rollout.phase {
+    // Why the rollout stops at the next safe point, when it does.
+    let stopping = match &rollout.phase {
         Phase::Completed | Phase::Closed { .. } => return Vec::new(),
         Phase::Paused { reason } => return wait(format!("paused: {reason}")),
-        Phase::Running | Phase::Aborting => {}
+        Phase::Running => None,
+        Phase::Aborting => Some("aborted by the operator".to_owned()),
+        Phase::Pausing { reason } => Some(reason.clone()),
+    };
+    // While a rollout moves, every agent reports at the fast cadence: the
+    // gates believe only reports a few cadence intervals old.
+    let mut steps = vec![Step::Cadence { fast: true }];
+    steps.extend(next(view, rollout, policy, now, stopping.as_deref()));
+    steps
+}
+
+/// Why `member` counts as a failed start: it exited more often than
+/// `start_retries` since it was started.
+fn crashed(view: &View, member: &MemberId, policy: &Policy) -> Option<String> {
+    let r = view.members.get(member)?.report.as_ref()?;
+    let exits = r.process.exits_since_start;
+    (exits > policy.start_retries).then(|| {
+        format!(
+            "member {member} exited {exits} time(s) since it was started ({}; start_retries {})",
+            if r.process.last_exit.is_empty() {
+                "no exit status"
+            } else {
+                r.process.last_exit.as_str()
+            },
+            policy.start_retries
+        )
+    })
+}
+
+/// The other members that keep `member` from being stopped now, as a wait
+/// reason: too many down for `max_unavailable`, or not seen live.
+fn others_not_ready(view: &View, policy: &Policy, member: &MemberId) -> Option<String> {
+    let cap = policy.effective_max_unavailable(view.members.len());
+    let others = || view.members.iter().filter(|(m, _)| *m != member);
+    let down: Vec<String> = others()
+        .filter(|(_, v)| v.down())
+        .map(|(m, v)| match v.report.as_ref().filter(|_| v.fresh) {
+            Some(r) => format!("{m} {}", r.state.health),
+            None => format!("{m} unheard"),
+        })
+        .collect();
+    if down.len() + 1 > cap {
+        return Some(format!(
+            "member {member}: {} other member(s) down ({}); max_unavailable is {cap}",
+            down.len(),
+            down.join(", ")
+        ));
+    }
+    let not_live: Vec<String> = others()
+        .filter(|(_, v)| !v.down() && !v.live)
+        .map(|(m, _)| m.to_string())
+        .collect();
+    if !not_live.is_empty() {
+        return Some(format!(
+            "member {member}: waiting for a live report from {} before stopping it (a member not seen making progress may be hung)",
+            not_live.join(", ")
+        ));
+    }
+    None
+}
+
+fn next(
+    view: &View,
+    rollout: &RolloutState,
+    policy: &Policy,
+    now: UnixMs,
+    stopping: Option<&str>,
+) -> Vec<Step> {
+    // Stage every member's release at once: staging never takes a member
+    // down, and later stops then wait on nothing but the gates.
+    if stopping.is_none() {
+        let stages: Vec<Step> = rollout
+            .order
+            .iter()
+            .filter(|m| {
+                rollout
+                    .members
+                    .get(*m)
+                    .is_some_and(|p| p.stage == Stage::Pending && p.inflight.is_none())
+            })
+            .map(|m| Step::Issue {
+                member: m.clone(),
+                action: Action::Stage {
+                    release: rollout.target.clone(),
+                },
+            })
+            .collect();
+        if !stages.is_empty() {
+            return stages;
+        }
     }
     let Some(member) = rollout.current().cloned() else {
         return verify(view, rollout, policy, now);
     };
     let progress = &rollout.members[&member];
-    let aborting = rollout.phase == Phase::Aborting;
 
     if let Some(id) = &progress.inflight {
         let action = rollout.commands.get(id).map(|c| c.action.to_string());
@@ -148,30 +247,37 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
             action.unwrap_or_default()
         ));
     }
-    // Abort stops between steps, never leaving a member stopped.
-    if aborting && !progress.stage.is_disruptive() {
+    // Pause and abort stop between steps, never leaving a member stopped.
+    if let Some(why) = stopping
+        && !progress.stage.is_disruptive()
+    {
         return vec![Step::Record(Event::Paused {
-            reason: format!(
-                "aborted by the operator; member {member} is {}",
-                progress.stage.name()
-            ),
+            reason: format!("{why}; member {member} is {}", progress.stage.name()),
             at: now,
         })];
     }
 
     match &progress.stage {
         Stage::Started { at } => {
+            if let Some(why) = crashed(view, &member, policy) {
+                return vec![Step::Record(Event::GateFailed {
+                    member: member.clone(),
+                    gate: Gate::Healthy,
+                    reason: format!(
+                        "{why} on {}; rolling it back to {}",
+                        rollout.target.version, rollout.previous
+                    ),
+                    at: now,
+                })];
+            }
             let v = view.members.get(&member);
             let on_target = v.and_then(|v| v.release()) == Some(rollout.target.version.as_str());
-            if v.is_some_and(|v| v.healthy()) && on_target {
-                return vec![
-                    Step::Cadence { fast: true },
-                    Step::Record(Event::GatePassed {
-                        member,
-                        gate: Gate::Healthy,
-                        at: now,
-                    }),
-                ];
+            if v.is_some_and(MemberView::serving) && on_target {
+                return vec![Step::Record(Event::GatePassed {
+                    member,
+                    gate: Gate::Healthy,
+                    at: now,
+                })];
             }
             if now.since(*at) > policy.health_timeout {
                 let detail = match v.and_then(|v| v.report.as_ref()) {
@@ -194,17 +300,25 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
                     at: now,
                 })];
             }
-            vec![
-                Step::Cadence { fast: true },
-                Step::Wait {
-                    reason: format!(
-                        "member {member}: waiting to be healthy on {}",
-                        rollout.target.version
-                    ),
-                },
-            ]
+            wait(format!(
+                "member {member}: waiting to be healthy on {}",
+                rollout.target.version
+            ))
         }
-        Stage::CatchingUp { since } => catch_up(view, rollout, policy, now, &member, *since),
+        Stage::CatchingUp { since } => {
+            if let Some(why) = crashed(view, &member, policy) {
+                return vec![Step::Record(Event::GateFailed {
+                    member: member.clone(),
+                    gate: Gate::CaughtUp,
+                    reason: format!(
+                        "{why} on {}; rolling it back to {}",
+                        rollout.target.version, rollout.previous
+                    ),
+                    at: now,
+                })];
+            }
+            catch_up(view, rollout, policy, now, &member, *since)
+        }
         Stage::Soaking { since } => {
             if now.since(*since) >= policy.soak {
                 vec![Step::Record(Event::GatePassed {
@@ -256,21 +370,18 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
                 };
                 return vec![Step::Record(record)];
             }
+            // The leader hands over before it stops. A stop that takes a
+            // serving member down waits for the others (one being put back
+            // after a failure is down or failing already).
             if action == Action::Stop {
                 let handing_over = rollout.handover.as_ref().is_some_and(|h| h.from == member);
                 if handing_over || view.is_leader(&member) {
                     return handover(view, rollout, policy, now, &member);
                 }
-                let cap = policy.effective_max_unavailable(view.members.len());
-                let down_others = view
-                    .members
-                    .iter()
-                    .filter(|(m, v)| **m != member && v.down())
-                    .count();
-                if down_others + 1 > cap {
-                    return wait(format!(
-                        "member {member}: {down_others} other member(s) down; max_unavailable is {cap}"
-                    ));
+                if *stage == Stage::Staged
+                    && let Some(reason) = others_not_ready(view, policy, &member)
+                {
+                    return wait(reason);
                 }
             }
             vec![Step::Issue { member, action }]
@@ -287,14 +398,11 @@ fn catch_up(
     since: UnixMs,
 ) -> Vec<Step> {
     if caught_up(view, member, since, policy.tolerable_lag) {
-        return vec![
-            Step::Cadence { fast: false },
-            Step::Record(Event::GatePassed {
-                member: member.clone(),
-                gate: Gate::CaughtUp,
-                at: now,
-            }),
-        ];
+        return vec![Step::Record(Event::GatePassed {
+            member: member.clone(),
+            gate: Gate::CaughtUp,
+            at: now,
+        })];
     }
     let lag = view.members.get(member).and_then(|v| v.lag);
     let lag_text = lag.map_or("unknown".to_owned(), |l| l.to_string());
@@ -317,7 +425,7 @@ fn catch_up(
         // same view at the same instant.
         return match policy.on_stall {
             OnStall::Pause => vec![Step::Record(Event::Paused { reason, at: now })],
-            OnStall::Wait => vec![Step::Cadence { fast: true }],
+            OnStall::Wait => wait(format!("{reason}; on_stall = wait, so waiting")),
             OnStall::Rollback => vec![Step::Record(Event::GateFailed {
                 member: member.clone(),
                 gate: Gate::CaughtUp,
@@ -326,12 +434,14 @@ fn catch_up(
             })],
         };
     }
-    vec![
-        Step::Cadence { fast: true },
-        Step::Wait {
-            reason: format!("member {member}: catching up, lag {lag_text}"),
-        },
-    ]
+    let live = view.members.get(member).is_some_and(|v| v.live);
+    if live {
+        wait(format!("member {member}: catching up, lag {lag_text}"))
+    } else {
+        wait(format!(
+            "member {member}: catching up, lag {lag_text}; no live report (not seen making progress)"
+        ))
+    }
 }
 
 fn handover(
@@ -345,25 +455,17 @@ fn handover(
         // Every report names a new leader: normally the one asked for, but
         // any leader other than `from` makes it safe to go on.
         if let Some(new) = view.agreed_leader().filter(|l| *l != from) {
-            return vec![
-                Step::Cadence { fast: false },
-                Step::Record(Event::HandoverConfirmed {
-                    to: new.clone(),
-                    at: now,
-                }),
-            ];
+            return vec![Step::Record(Event::HandoverConfirmed {
+                to: new.clone(),
+                at: now,
+            })];
         }
         let failed = h.last_error.is_some() || now.since(h.requested_at) > policy.handover_timeout;
         if !failed {
-            return vec![
-                Step::Cadence { fast: true },
-                Step::Wait {
-                    reason: format!(
-                        "handover from {from} to {}: waiting for every report to name it",
-                        h.to
-                    ),
-                },
-            ];
+            return wait(format!(
+                "handover from {from} to {}: waiting for every report to name it",
+                h.to
+            ));
         }
         if h.attempts >= 2 {
             let why = h.last_error.clone().unwrap_or_else(|| {
@@ -384,11 +486,10 @@ fn handover(
             let lags = view
                 .members
                 .iter()
-                .filter(|(m, v)| *m != from && v.healthy())
+                .filter(|(m, v)| *m != from && v.serving())
                 .map(|(m, v)| (m.clone(), catch_up_score(v)))
                 .collect();
             vec![
-                Step::Cadence { fast: true },
                 Step::Record(Event::HandoverPicked {
                     to: to.clone(),
                     lags,
@@ -401,7 +502,7 @@ fn handover(
             ]
         }
         None => wait(format!(
-            "leader {from}: no healthy follower to hand leadership to"
+            "leader {from}: no live, healthy follower to hand leadership to"
         )),
     }
 }
@@ -412,10 +513,20 @@ fn verify(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> 
     for (m, v) in &view.members {
         if !v.healthy() {
             problems.push(format!("{m} not healthy"));
+        } else if !v.live {
+            problems.push(format!("{m} has no live report"));
         } else if v.release() != Some(target) {
             problems.push(format!("{m} on {:?}", v.release().unwrap_or("")));
-        } else if v.lag.is_none_or(|l| l > policy.tolerable_lag) {
-            problems.push(format!("{m} lag {:?}", v.lag));
+        } else if v.reported_lag().is_none_or(|l| l > policy.tolerable_lag) {
+            problems.push(format!("{m} lag {:?}", v.reported_lag()));
+        } else if let Some(r) = v.report.as_ref()
+            && let Some(left) = crate::version::post_check(
+                &crate::version::rule_for(v.version_rule, r),
+                target,
+                &r.state.cluster_version,
+            )
+        {
+            problems.push(format!("{m}: {left}"));
         }
     }
     if view.agreed_leader().is_none() {
@@ -434,7 +545,11 @@ fn verify(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> 
         .max()
         .unwrap_or(rollout.started_at);
     if now.since(last_done) > policy.catchup_timeout {
-        let reason = format!("verify failed: {}", problems.join(", "));
+        let reason = format!(
+            "verify failed after {:?} (catchup_timeout): {}",
+            policy.catchup_timeout,
+            problems.join(", ")
+        );
         return vec![Step::Record(Event::Paused { reason, at: now })];
     }
     wait(format!("verify: {}", problems.join(", ")))

@@ -36,6 +36,15 @@ pub struct Policy {
     pub steady_stall_after: Duration,
     /// An agent unheard-of this long pages (`BatonAgentDown`).
     pub agent_down_after: Duration,
+    /// Exits of the member tolerated after it is started on the target
+    /// release before the start counts as failed (0: the first exit fails
+    /// it, and the member goes back at once).
+    #[serde(default)]
+    pub start_retries: u32,
+    /// Accept a rollout that loses quorum (a 2-member quorum cluster): the
+    /// operator has said an outage is fine.
+    #[serde(default)]
+    pub allow_quorum_loss: bool,
 }
 
 impl Default for Policy {
@@ -52,6 +61,8 @@ impl Default for Policy {
             on_stall: OnStall::Pause,
             steady_stall_after: Duration::from_secs(60),
             agent_down_after: Duration::from_secs(30),
+            start_retries: 0,
+            allow_quorum_loss: false,
         }
     }
 }

@@ -208,9 +208,25 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         }
     }
 
-    // 5. Lag.
+    // 1b. Live: healthy, reporting at the fast cadence, and seen making
+    // progress. A member that answers but does not apply would pass the
+    // health check and then hold (or wreck) the first gate.
     for (m, v) in &view.members {
-        match v.lag {
+        if v.healthy() && !v.live {
+            checks.push(Check::fail(
+                "live",
+                Some(m),
+                format!(
+                    "member {m} sent no live report (healthy, recent, and showing its applied revision moving or complete); it may be hung or not applying: check it, then retry"
+                ),
+            ));
+        }
+    }
+
+    // 5. Lag, as of each member's own latest report: comparing revisions
+    // read at different moments would count the writes in between.
+    for (m, v) in &view.members {
+        match v.reported_lag() {
             Some(l) if l <= policy.tolerable_lag => {}
             Some(l) => checks.push(Check::fail(
                 "lag",
@@ -244,7 +260,7 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
         ArtifactVerdict::BadChecksum { detail } => checks.push(Check::fail(
             "artifact",
             None,
-            format!("release {}'s artifact does not match its sha256 ({detail}); republish it", input.target_version),
+            format!("release {} is refused: {detail}", input.target_version),
         )),
     }
 

@@ -76,6 +76,12 @@ pub enum Event {
         reason: String,
         at: UnixMs,
     },
+    /// The operator asked to pause while a member was between stop and
+    /// healthy: carry it on (or back), then pause with `reason`.
+    PauseRequested {
+        reason: String,
+        at: UnixMs,
+    },
     Resumed {
         at: UnixMs,
     },
@@ -332,8 +338,18 @@ impl RolloutState {
                     };
                 }
             }
+            Event::PauseRequested { reason, at: _ } => {
+                if matches!(self.phase, Phase::Running | Phase::Aborting) {
+                    self.phase = Phase::Pausing {
+                        reason: reason.clone(),
+                    };
+                }
+            }
             Event::Resumed { at: _ } => {
-                if matches!(self.phase, Phase::Paused { .. } | Phase::Aborting) {
+                if matches!(
+                    self.phase,
+                    Phase::Paused { .. } | Phase::Aborting | Phase::Pausing { .. }
+                ) {
                     self.phase = Phase::Running;
                 }
                 // A member that was reverted is retried from the start.
@@ -347,7 +363,7 @@ impl RolloutState {
                 }
             }
             Event::AbortRequested { at: _ } => {
-                if self.phase == Phase::Running {
+                if matches!(self.phase, Phase::Running | Phase::Pausing { .. }) {
                     self.phase = Phase::Aborting;
                 }
             }

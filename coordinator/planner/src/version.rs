@@ -102,6 +102,33 @@ pub fn check(
     Ok(())
 }
 
+/// What still keeps a cluster that runs `target` everywhere from being done,
+/// by `rule`: for a rule that keeps the cluster-wide version (etcd's), a
+/// cluster version below the target's `major.minor` (etcd moves it a few
+/// seconds after the last member upgrades; until then a downgrade would
+/// still be allowed). None when nothing is left.
+pub fn post_check(rule: &VersionRule, target: &str, cluster_version: &str) -> Option<String> {
+    let VersionRule::SemverOneMinor {
+        not_below_cluster_version: true,
+        ..
+    } = *rule
+    else {
+        return None;
+    };
+    let tgt = major_minor(target)?;
+    match major_minor(cluster_version) {
+        Some(cl) if cl >= tgt => None,
+        Some(_) => Some(format!(
+            "cluster version {cluster_version} has not reached {}.{} yet",
+            tgt.0, tgt.1
+        )),
+        None => Some(format!(
+            "cluster version {cluster_version:?} is not readable yet (waiting for {}.{})",
+            tgt.0, tgt.1
+        )),
+    }
+}
+
 /// Why etcd's rule ([`ETCD`]) refuses going from `current` to `target`,
 /// given the cluster-wide version, or None when the path is allowed.
 pub fn version_path(current: &str, target: &str, cluster: &str) -> Option<String> {

@@ -37,6 +37,12 @@ pub struct MemberView {
     /// an agent too old to state one ([`crate::version::rule_for`] infers it).
     #[serde(default)]
     pub version_rule: Option<VersionRule>,
+    /// The latest report arrived within 3 fast-cadence intervals, says
+    /// healthy, and shows progress (applied moved since the report before,
+    /// or equals the leader's committed revision). Gates believe only live
+    /// members; a frozen member's agent may still be heard, but is not live.
+    #[serde(default)]
+    pub live: bool,
 }
 
 /// The time of the last reading in `samples` whose lag is below its
@@ -81,6 +87,25 @@ impl MemberView {
     /// Counts as down for `max_unavailable`.
     pub fn down(&self) -> bool {
         !self.healthy()
+    }
+
+    /// Healthy on a live report: what every gate asks of a member.
+    pub fn serving(&self) -> bool {
+        self.healthy() && self.live
+    }
+
+    /// The member's lag as of its latest report: the leader's committed
+    /// revision when that report arrived, minus what it had applied. Unlike
+    /// [`MemberView::lag`] it does not grow while the member is between
+    /// reports, so members reporting at different moments compare fairly.
+    /// None when the latest report is not a healthy one; with no readings
+    /// yet, the lag now.
+    pub fn reported_lag(&self) -> Option<u64> {
+        let r = self.report.as_ref()?;
+        if r.state.health != Health::Healthy || !self.fresh {
+            return None;
+        }
+        self.lag_samples.last().map(|s| s.lag).or(self.lag)
     }
 }
 

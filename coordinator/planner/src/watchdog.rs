@@ -18,13 +18,21 @@
 //!   `agent_down_after`. Resolved by the next fresh report.
 //! - `BatonRolloutPaused`: the latest rollout is paused (by a gate, a stall
 //!   or the operator). Resolved once it runs, completes or is closed.
+//! - `BatonGateStalled`: while a rollout moves, a member has not been
+//!   serving (healthy on a live report: recent, and seen making progress)
+//!   for `stall_after`: frozen, hung, crash-looping, or simply not coming
+//!   back. Its `gate` label names what the rollout waits on: `healthy`,
+//!   `caught_up`, `soak`, `stop`, `revert`, `handover` (the member being
+//!   worked on), `verify` (every member is done), or `others_live` (another
+//!   member, which holds the next stop). Resolved once it serves again or
+//!   the rollout stops moving (a paused rollout pages as paused).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton_domain::MemberId;
 
-use crate::alerts::{AGENT_DOWN, Alert, CATCH_UP_STALLED, ROLLOUT_PAUSED};
+use crate::alerts::{AGENT_DOWN, Alert, CATCH_UP_STALLED, GATE_STALLED, ROLLOUT_PAUSED};
 use crate::decide::stalled_for;
 use crate::rollout::{Phase, RolloutState, Stage};
 use crate::{Policy, UnixMs, View};
@@ -40,6 +48,8 @@ pub struct Watchdog {
     above_since: BTreeMap<MemberId, UnixMs>,
     /// Since when each member has had no fresh report.
     unheard_since: BTreeMap<MemberId, UnixMs>,
+    /// Since when each member has not been serving (healthy and live).
+    idle_since: BTreeMap<MemberId, UnixMs>,
     /// Firing alerts by key.
     firing: BTreeMap<String, Alert>,
 }
@@ -96,6 +106,26 @@ fn catching_up(rollout: Option<&RolloutState>) -> Option<(&RolloutState, &Member
     match r.members.get(m)?.stage {
         Stage::CatchingUp { since } => Some((r, m, since)),
         _ => None,
+    }
+}
+
+/// What a moving rollout waits on from member `m` (the `gate` label).
+fn gate_of(r: &RolloutState, m: &MemberId) -> &'static str {
+    let Some(current) = r.current() else {
+        return "verify";
+    };
+    if current != m {
+        return "others_live";
+    }
+    if r.handover.as_ref().is_some_and(|h| &h.from == m) {
+        return "handover";
+    }
+    match r.members.get(m).map(|p| &p.stage) {
+        Some(Stage::Started { .. }) => "healthy",
+        Some(Stage::CatchingUp { .. }) => "caught_up",
+        Some(Stage::Soaking { .. }) => "soak",
+        Some(Stage::Reverting { .. }) => "revert",
+        _ => "stop",
     }
 }
 
@@ -165,12 +195,21 @@ impl Watchdog {
                 self.unheard_since.entry(m.clone()).or_insert(now);
             }
         }
+        for (m, v) in &view.members {
+            if v.serving() {
+                self.idle_since.remove(m);
+            } else {
+                self.idle_since.entry(m.clone()).or_insert(now);
+            }
+        }
         self.above_since.retain(|m, _| view.members.contains_key(m));
         self.unheard_since
             .retain(|m, _| view.members.contains_key(m));
+        self.idle_since.retain(|m, _| view.members.contains_key(m));
 
         self.agents(view, policy, now, &mut out);
         self.stalls(view, rollout, policy, now, &mut out);
+        self.gates(view, rollout, policy, now, &mut out);
         self.paused(rollout, now, &mut out);
         out
     }
@@ -352,6 +391,85 @@ impl Watchdog {
                 ),
             );
             self.fire(alert, out);
+        }
+    }
+
+    fn gates(
+        &mut self,
+        view: &View,
+        rollout: Option<&RolloutState>,
+        policy: &Policy,
+        now: UnixMs,
+        out: &mut Vec<Alert>,
+    ) {
+        let moving = rollout.filter(|r| r.phase.is_moving());
+        // A member whose catch-up stall already pages (it answers, its lag
+        // does not shrink) is not paged twice for one condition.
+        let catch_up_paged: Vec<String> = self
+            .firing
+            .values()
+            .filter(|a| a.name() == CATCH_UP_STALLED)
+            .map(|a| a.member().to_owned())
+            .collect();
+        let stalled: BTreeMap<&MemberId, UnixMs> = match moving {
+            None => BTreeMap::new(),
+            Some(_) => self
+                .idle_since
+                .iter()
+                .filter(|(_, since)| now.since(**since) >= policy.stall_after)
+                .filter(|(m, _)| !catch_up_paged.iter().any(|p| p == m.as_str()))
+                .map(|(m, s)| (m, *s))
+                .collect(),
+        };
+        let want: Vec<Alert> = match moving {
+            None => Vec::new(),
+            Some(r) => stalled
+                .iter()
+                .map(|(m, since)| {
+                    let gate = gate_of(r, m);
+                    let state = view.members.get(*m).map_or_else(
+                        || "unknown".to_owned(),
+                        |v| match v.report.as_ref().filter(|_| v.fresh) {
+                            None => "no fresh report from its agent".to_owned(),
+                            Some(rep) if rep.state.health_detail.is_empty() => format!(
+                                "{}, applied revision {} not moving",
+                                rep.state.health, rep.state.applied_revision
+                            ),
+                            Some(rep) => {
+                                format!("{}: {}", rep.state.health, rep.state.health_detail)
+                            }
+                        },
+                    );
+                    let for_ = secs(now.since(*since));
+                    Alert::firing(GATE_STALLED, &self.cluster, Some(m.as_str()), Some(&r.id), *since)
+                        .with_label("gate", gate)
+                        .annotate(
+                            "summary",
+                            format!(
+                                "member {m} has made no progress for {for_} during rollout {} (waiting on: {gate}): {state}",
+                                r.id
+                            ),
+                        )
+                        .annotate("stalled_for", for_)
+                        .annotate(
+                            "runbook",
+                            format!(
+                                "Member {m} is not serving: check that its process runs and is not frozen or crash-looping, its disk and logs, and `baton status`. The rollout takes no other member down meanwhile; once {m} serves again the alert resolves and the rollout carries on (`baton pause` holds it, `baton rollback` goes back)."
+                            ),
+                        )
+                })
+                .collect(),
+        };
+        let keys: Vec<String> = want.iter().map(Alert::key).collect();
+        for key in self.keys_named(GATE_STALLED) {
+            if !keys.contains(&key)
+                && let Some(a) = self.resolve(&key, now, |a| a)
+            {
+                out.push(a);
+            }
+        }
+        for a in want {
+            self.fire(a, out);
         }
     }
 

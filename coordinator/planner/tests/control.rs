@@ -33,8 +33,14 @@ fn refused(phase: Phase, hint: &'static str) -> Result<Event, Refused> {
     Err(Refused {
         id: "r1".into(),
         phase,
-        hint,
+        hint: hint.into(),
     })
+}
+
+fn pausing() -> Phase {
+    Phase::Pausing {
+        reason: "paused by the operator: lunch".into(),
+    }
 }
 
 #[test]
@@ -47,12 +53,15 @@ fn pause_resume_and_abort_in_every_phase() {
         at: t(7),
     });
     const NOT_PAUSABLE: &str = "only a running rollout can be paused";
+    const ALREADY_PAUSING: &str = "it is already pausing: the member being worked on is carried on to healthy (or put back) first; `baton watch` follows it";
     const NOT_RESUMABLE: &str = "only a paused rollout can be resumed";
-    const NOT_ABORTABLE: &str =
-        "only a running rollout can be aborted; a paused one is already stopped";
+    const NOT_ABORTABLE: &str = "only a running rollout can be aborted";
+    const PAUSED_ABORT: &str = "a paused rollout moves nothing already: `baton rollback` puts back every member that moved, `baton resume` carries on";
+    let resume = || Control::Resume { retry: false };
     let table: Vec<(Phase, Control, Result<Event, Refused>)> = vec![
         (Phase::Running, pause(), paused_event.clone()),
         (Phase::Aborting, pause(), paused_event),
+        (pausing(), pause(), refused(pausing(), ALREADY_PAUSING)),
         (paused(), pause(), refused(paused(), NOT_PAUSABLE)),
         (
             Phase::Completed,
@@ -60,20 +69,21 @@ fn pause_resume_and_abort_in_every_phase() {
             refused(Phase::Completed, NOT_PAUSABLE),
         ),
         (closed(), pause(), refused(closed(), NOT_PAUSABLE)),
-        (paused(), Control::Resume, Ok(Event::Resumed { at: t(7) })),
+        (paused(), resume(), Ok(Event::Resumed { at: t(7) })),
+        (pausing(), resume(), Ok(Event::Resumed { at: t(7) })),
         (
             Phase::Running,
-            Control::Resume,
+            resume(),
             refused(Phase::Running, NOT_RESUMABLE),
         ),
         (
             Phase::Aborting,
-            Control::Resume,
+            resume(),
             refused(Phase::Aborting, NOT_RESUMABLE),
         ),
         (
             Phase::Completed,
-            Control::Resume,
+            resume(),
             refused(Phase::Completed, NOT_RESUMABLE),
         ),
         (
@@ -81,7 +91,12 @@ fn pause_resume_and_abort_in_every_phase() {
             Control::Abort,
             Ok(Event::AbortRequested { at: t(7) }),
         ),
-        (paused(), Control::Abort, refused(paused(), NOT_ABORTABLE)),
+        (
+            pausing(),
+            Control::Abort,
+            Ok(Event::AbortRequested { at: t(7) }),
+        ),
+        (paused(), Control::Abort, refused(paused(), PAUSED_ABORT)),
         (
             Phase::Aborting,
             Control::Abort,
@@ -105,13 +120,84 @@ fn a_control_event_carries_the_time_it_was_asked_for_and_applies() {
     assert_eq!(r.phase, Phase::Aborting);
 }
 
+/// Pause is a safe point: asked while a member is between stop and healthy,
+/// it becomes a request (phase `pausing`) that the planner finishes.
+#[test]
+fn a_pause_while_a_member_is_down_waits_for_it() {
+    use baton_planner::rollout::Stage;
+    for stage in [Stage::Stopped, Stage::Switched, Stage::Started { at: t(3) }] {
+        let mut r = in_phase(Phase::Running);
+        r.members.get_mut(&id("n2")).unwrap().stage = stage.clone();
+        let e = control(
+            &r,
+            Control::Pause {
+                reason: "lunch".into(),
+            },
+            t(9),
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            Event::PauseRequested {
+                reason: "paused by the operator: lunch".into(),
+                at: t(9)
+            },
+            "{stage:?}"
+        );
+        r.apply(&e).unwrap();
+        assert_eq!(r.phase, pausing(), "{stage:?}");
+    }
+    // A stop in flight is about to take the member down: the same.
+    let mut r = in_phase(Phase::Running);
+    r.members.get_mut(&id("n2")).unwrap().stage = Stage::Staged;
+    issue(&mut r, "n2", baton_planner::rollout::Action::Stop);
+    assert!(matches!(
+        control(&r, Control::Pause { reason: "x".into() }, t(9)),
+        Ok(Event::PauseRequested { .. })
+    ));
+    // A stage in flight takes nobody down: pause at once.
+    let mut r = in_phase(Phase::Running);
+    issue(
+        &mut r,
+        "n2",
+        baton_planner::rollout::Action::Stage { release: target() },
+    );
+    assert!(matches!(
+        control(&r, Control::Pause { reason: "x".into() }, t(9)),
+        Ok(Event::Paused { .. })
+    ));
+}
+
+/// A release that failed on a member (which was put back) is not tried
+/// again by a plain resume: the refusal names the member and the failure.
+#[test]
+fn resume_after_a_failed_start_needs_retry() {
+    use baton_planner::rollout::Stage;
+    let mut r = in_phase(paused());
+    r.members.get_mut(&id("n2")).unwrap().stage = Stage::Reverted {
+        reason: "member n2 exited 1 time(s) since it was started".into(),
+    };
+    let e = control(&r, Control::Resume { retry: false }, t(5)).unwrap_err();
+    assert!(
+        e.hint.contains("member n2 failed on v2")
+            && e.hint.contains("exited 1 time(s)")
+            && e.hint.contains("--retry"),
+        "{e}"
+    );
+    assert_eq!(
+        control(&r, Control::Resume { retry: true }, t(5)),
+        Ok(Event::Resumed { at: t(5) })
+    );
+}
+
 #[test]
 fn a_rollback_needs_a_stopped_or_completed_rollout() {
-    const MOVING: &str = "pause or abort it first, then roll back";
+    const MOVING: &str = "pause or abort it first (wait until it is paused), then roll back";
     const CLOSED: &str = "it was already closed; start a new rollout instead";
     let table: Vec<(Phase, Option<&'static str>)> = vec![
         (Phase::Running, Some(MOVING)),
         (Phase::Aborting, Some(MOVING)),
+        (pausing(), Some(MOVING)),
         (closed(), Some(CLOSED)),
         (paused(), None),
         (Phase::Completed, None),
@@ -122,7 +208,7 @@ fn a_rollback_needs_a_stopped_or_completed_rollout() {
             Err(Refused {
                 id: "r1".into(),
                 phase: phase.clone(),
-                hint,
+                hint: hint.into(),
             })
         });
         assert_eq!(got, want, "{phase:?}");
@@ -131,15 +217,15 @@ fn a_rollback_needs_a_stopped_or_completed_rollout() {
 
 #[test]
 fn a_new_rollout_waits_until_the_last_one_finished() {
-    const FINISH: &str = "finish it first: `baton resume`, or wait for it to complete";
+    const FINISH: &str = "finish it first: `baton resume`, `baton rollback` (it closes a rollout that moved nothing), or wait for it to complete";
     assert_eq!(may_start(None), Ok(()));
-    for phase in [Phase::Running, Phase::Aborting, paused()] {
+    for phase in [Phase::Running, Phase::Aborting, pausing(), paused()] {
         assert_eq!(
             may_start(Some(&in_phase(phase.clone()))),
             Err(Refused {
                 id: "r1".into(),
                 phase: phase.clone(),
-                hint: FINISH
+                hint: FINISH.into()
             }),
             "{phase:?}"
         );

@@ -4,21 +4,60 @@ mod common;
 
 use std::time::Duration;
 
+use baton_planner::Policy;
 use baton_planner::decide::Step;
+use baton_planner::rollout::RolloutState;
 use baton_planner::rollout::{Action, Event, Gate, Phase, Stage};
-use baton_planner::{Policy, decide};
+use baton_planner::{UnixMs, View};
 use common::*;
 
+/// The planner's steps after the fast report cadence that every moving
+/// rollout asks for first (asserted here, on every call).
+fn decide(view: &View, r: &RolloutState, p: &Policy, now: UnixMs) -> Vec<Step> {
+    let mut steps = baton_planner::decide(view, r, p, now);
+    if r.phase.is_moving() {
+        assert_eq!(
+            steps.first(),
+            Some(&Step::Cadence { fast: true }),
+            "{steps:?}"
+        );
+        steps.remove(0);
+    }
+    steps
+}
+
+/// Staging never takes a member down, so a new rollout stages every
+/// member at once, in order; nothing else happens until they answer.
 #[test]
-fn a_new_rollout_stages_the_first_follower() {
+fn a_new_rollout_stages_every_member_at_once() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let r = started(&view, "n1");
+    let mut r = started(&view, "n1");
     assert_eq!(r.order, ids(&["n2", "n3", "n1"]));
+    let stage = |m: &str| Step::Issue {
+        member: id(m),
+        action: Action::Stage { release: target() },
+    };
     assert_eq!(
         decide(&view, &r, &Policy::default(), t(1)),
+        vec![stage("n2"), stage("n3"), stage("n1")]
+    );
+    // Issued: only waits, and no member is staged twice.
+    let cmds: Vec<_> = ["n2", "n3", "n1"]
+        .iter()
+        .map(|m| issue(&mut r, m, Action::Stage { release: target() }))
+        .collect();
+    assert!(matches!(
+        decide(&view, &r, &Policy::default(), t(2)).as_slice(),
+        [Step::Wait { .. }]
+    ));
+    // The first follower moves on as soon as it is staged, whatever the
+    // others' stage commands are doing.
+    succeed(&mut r, &cmds[0], t(3));
+    assert_eq!(
+        decide(&view, &r, &Policy::default(), t(3)),
         vec![Step::Issue {
             member: id("n2"),
-            action: Action::Stage { release: target() }
+            action: Action::Stop
         }]
     );
 }
@@ -32,8 +71,8 @@ fn followers_go_most_lagging_first_then_by_id() {
 #[test]
 fn a_command_in_flight_means_wait() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let mut r = started(&view, "n1");
-    issue(&mut r, "n2", Action::Stage { release: target() });
+    let mut r = all_staged(&view, "n1");
+    issue(&mut r, "n2", Action::Stop);
     assert!(matches!(
         decide(&view, &r, &Policy::default(), t(2)).as_slice(),
         [Step::Wait { .. }]
@@ -43,10 +82,9 @@ fn a_command_in_flight_means_wait() {
 #[test]
 fn the_forward_path_of_one_follower() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
-    let mut r = started(&view, "n1");
+    let mut r = all_staged(&view, "n1");
     let p = Policy::default();
     for want in [
-        Action::Stage { release: target() },
         Action::Stop,
         Action::Switch {
             version: "v2".into(),
@@ -74,14 +112,11 @@ fn the_forward_path_of_one_follower() {
     let view = with_release(view, "n2", "v2");
     assert_eq!(
         decide(&view, &r, &p, t(5)),
-        vec![
-            Step::Cadence { fast: true },
-            Step::Record(Event::GatePassed {
-                member: id("n2"),
-                gate: Gate::Healthy,
-                at: t(5)
-            })
-        ]
+        vec![Step::Record(Event::GatePassed {
+            member: id("n2"),
+            gate: Gate::Healthy,
+            at: t(5)
+        })]
     );
 }
 
@@ -248,7 +283,6 @@ fn the_leader_hands_over_to_the_most_caught_up_upgraded_follower() {
     assert_eq!(
         decide(&view, &r, &Policy::default(), t(50)),
         vec![
-            Step::Cadence { fast: true },
             Step::Record(Event::HandoverPicked {
                 to: id("n3"),
                 lags: vec![(id("n2"), 3), (id("n3"), 1)],

@@ -43,9 +43,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
-use baton_planner::alerts::{AGENT_DOWN, Alert, AlertStatus, CATCH_UP_STALLED, ROLLOUT_PAUSED};
+use baton_planner::alerts::{self, Alert, AlertStatus, CATCH_UP_STALLED};
 use baton_planner::decide::Step;
-use baton_planner::rollout::{Event, Phase, RolloutState};
+use baton_planner::rollout::{Event, RolloutState};
 use baton_planner::watchdog::Watchdog;
 use baton_planner::{Policy, UnixMs, View, decide};
 use baton_store::ArtifactStore;
@@ -60,8 +60,9 @@ use crate::fleet::{FleetView, SessionId};
 use crate::journal::{AlertEntry, Applied, Journal, JournalError};
 use crate::metrics::Metrics;
 
-/// Fast report cadence during gates and handovers.
-pub const FAST_CADENCE: Duration = Duration::from_millis(100);
+/// The report cadence while a rollout moves (and while a preflight waits
+/// for live reports).
+pub use crate::fleet::FAST_CADENCE;
 
 /// What the driver needs besides the fleet.
 #[derive(Debug, Clone)]
@@ -172,7 +173,7 @@ impl Driver {
         if changed.is_empty() {
             return;
         }
-        for name in [CATCH_UP_STALLED, AGENT_DOWN, ROLLOUT_PAUSED] {
+        for name in alerts::ALL {
             let n = self.watchdog.firing().filter(|a| a.name() == name).count();
             self.metrics.set_alerts_firing(name, n as u64);
         }
@@ -328,16 +329,16 @@ impl Driver {
 
     /// Keeps every connected agent on the wanted cadence.
     fn send_cadence(&mut self) {
-        let heartbeat = self
-            .fleet
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .heartbeat();
-        let members: Vec<MemberId> = self
-            .rollouts
-            .last()
-            .map(|r| r.order.clone())
-            .unwrap_or_default();
+        let (heartbeat, members) = {
+            let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+            let members: Vec<MemberId> = fleet
+                .status(Instant::now())
+                .members
+                .into_iter()
+                .map(|row| row.member)
+                .collect();
+            (fleet.heartbeat(), members)
+        };
         for m in members {
             let Some(session) = self.link.session(&m) else {
                 continue;
@@ -385,7 +386,7 @@ impl Driver {
             self.send_cadence();
             return;
         };
-        if !matches!(r.phase, Phase::Running | Phase::Aborting) {
+        if !r.phase.is_moving() {
             self.waiting_for = r.phase.to_string();
             self.fast = false;
             self.send_cadence();

@@ -54,6 +54,8 @@ pub enum Op {
         reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
     },
     Resume {
+        /// Try again a release that failed on a member (and was put back).
+        retry: bool,
         reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
     },
     Abort {
@@ -113,16 +115,56 @@ impl Driver {
         }
     }
 
-    async fn preflight(&self, to: &str) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
+    async fn preflight(&mut self, to: &str) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
         self.preflight_with(to, false).await
     }
 
+    /// Asks every agent for the fast cadence and waits, boundedly, until
+    /// every connected member is live: preflight then judges reports read
+    /// within a cadence interval of each other (lags compared across
+    /// heartbeat-old reports count the writes in between), and a member
+    /// that answers but does not progress is seen as such.
+    async fn settle(&mut self) {
+        self.fast = true;
+        self.send_cadence();
+        let heartbeat = self
+            .fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat();
+        let bound = (heartbeat * 2).max(super::FAST_CADENCE * 10);
+        let deadline = tokio::time::Instant::now() + bound;
+        let reports = self.link.reports();
+        loop {
+            let all_live = {
+                let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+                let now = tokio::time::Instant::now();
+                fleet
+                    .status(now)
+                    .members
+                    .iter()
+                    .filter(|row| row.connected)
+                    .all(|row| fleet.is_live(&row.member, now))
+            };
+            let now = tokio::time::Instant::now();
+            if all_live || now >= deadline {
+                return;
+            }
+            // Reports wake this early; the short sleep bounds each wait.
+            tokio::select! {
+                () = reports.notified() => {}
+                () = tokio::time::sleep_until(deadline.min(now + super::FAST_CADENCE)) => {}
+            }
+        }
+    }
+
     async fn preflight_with(
-        &self,
+        &mut self,
         to: &str,
         allow_mixed: bool,
     ) -> (View, UnixMs, ArtifactVerdict, Vec<Check>) {
         let artifact = self.artifact(to).await;
+        self.settle().await;
         let (view, now) = self.view();
         let required = preflight::required_disk(&artifact);
         let checks = preflight::preflight(
@@ -158,8 +200,8 @@ impl Driver {
             Op::Pause { reason, reply } => {
                 let _ = reply.send(self.control(Control::Pause { reason }).await);
             }
-            Op::Resume { reply } => {
-                let _ = reply.send(self.control(Control::Resume).await);
+            Op::Resume { retry, reply } => {
+                let _ = reply.send(self.control(Control::Resume { retry }).await);
             }
             Op::Abort { reply } => {
                 let _ = reply.send(self.control(Control::Abort).await);
@@ -187,6 +229,10 @@ impl Driver {
         self.record(e)
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
+        // Act on it now, so the answer's phase and what the rollout waits
+        // for agree (a resumed rollout says what it does next; a paused one
+        // says why it is paused).
+        self.step_rollout(None).await;
         let r = self
             .rollouts
             .last()
@@ -220,6 +266,28 @@ impl Driver {
             .cloned()
             .ok_or(ControlError::NoRollout { verb: "roll back" })?;
         control::may_roll_back(&from)?;
+        // Nothing to walk back (the release failed on the only member it
+        // reached, which was put back): close the rollout, so a new one can
+        // start.
+        let (view, now) = self.view();
+        let on_target = from
+            .order
+            .iter()
+            .filter(|m| {
+                view.members.get(*m).and_then(|v| v.release()) == Some(from.target.version.as_str())
+            })
+            .count();
+        if on_target == 0 && !from.phase.is_terminal() {
+            let reason = format!(
+                "rolled back: no member runs {} (every member is on {}); nothing to walk back",
+                from.target.version, from.previous
+            );
+            tracing::info!(rollout = %from.id, reason, "closing rollout");
+            self.record(Event::Closed { reason, at: now })
+                .await
+                .map_err(|e| ControlError::Journal(e.to_string()))?;
+            return Ok(from.id.clone());
+        }
         let (view, now, artifact, checks) = self.preflight_with(&from.previous, true).await;
         let id = control::rollback_id(self.rollouts.len() + 1, &from.previous);
         let started = preflight::start_rollback(&checks, id.clone(), &view, &from, &artifact, now)

@@ -125,6 +125,7 @@ impl Sim {
             },
             resources: Resources::default(),
             timestamp_unix_ms: 0,
+            process: Default::default(),
         }
     }
 
@@ -353,6 +354,14 @@ impl Rig {
     }
 }
 
+/// The stage commands a rollout opens with: one per member, all at once,
+/// sent in member-id order (ids follow the rollout's order n2, n3, n1).
+fn stages() -> Vec<(MemberId, Action)> {
+    ["n1", "n2", "n3"]
+        .map(|m| (id(m), Action::Stage { release: target() }))
+        .to_vec()
+}
+
 fn upgrade(m: &str) -> Vec<(MemberId, Action)> {
     [
         Action::Stage { release: target() },
@@ -381,38 +390,40 @@ fn paused_reason(r: &RolloutState) -> String {
 #[tokio::test(start_paused = true)]
 async fn a_clean_rollout_upgrades_followers_then_hands_over_then_the_old_leader() {
     let mut rig = Rig::new(Sim::three(), Policy::default()).await;
-    // The first step: n2's first command, then every agent's cadence.
+    // The first step: every member's stage at once (ids in the rollout's
+    // order n2, n3, n1), then every agent on the fast cadence.
     rig.feed();
     rig.driver.step().await;
-    let every = HEARTBEAT;
+    let every = super::FAST_CADENCE;
+    let stage = |n| Outbound::Command(rig.cmd(n, Action::Stage { release: target() }));
     assert_eq!(
         rig.link.take(),
         vec![
-            (
-                id("n2"),
-                Outbound::Command(rig.cmd(1, Action::Stage { release: target() }))
-            ),
+            (id("n1"), stage(3)),
+            (id("n2"), stage(1)),
+            (id("n3"), stage(2)),
+            (id("n1"), Outbound::Cadence { every }),
             (id("n2"), Outbound::Cadence { every }),
             (id("n3"), Outbound::Cadence { every }),
-            (id("n1"), Outbound::Cadence { every }),
         ]
     );
-    rig.sim
-        .run(&id("n2"), &Action::Stage { release: target() })
-        .unwrap();
-    rig.driver
-        .handle_result(
-            id("n2"),
-            CommandOutcome {
-                id: CommandId("r1-1".into()),
-                result: Ok("ok".into()),
-            },
-        )
-        .await;
+    for (m, n) in [("n2", 1), ("n3", 2), ("n1", 3)] {
+        rig.sim
+            .run(&id(m), &Action::Stage { release: target() })
+            .unwrap();
+        rig.driver
+            .handle_result(
+                id(m),
+                CommandOutcome {
+                    id: CommandId(format!("r1-{n}")),
+                    result: Ok("ok".into()),
+                },
+            )
+            .await;
+    }
     let sent = rig.run(400, |r| r.phase == Phase::Completed).await;
     let mut want = upgrade("n2")[1..].to_vec();
-    want.extend(upgrade("n3"));
-    want.push((id("n1"), Action::Stage { release: target() }));
+    want.extend(upgrade("n3")[1..].to_vec());
     want.push((id("n1"), Action::StepDown { to: id("n2") }));
     want.extend(upgrade("n1")[1..].to_vec());
     assert_eq!(sent, want);
@@ -430,7 +441,8 @@ async fn a_failed_start_reverts_the_member_and_pauses() {
     };
     let mut rig = Rig::new(sim, Policy::default()).await;
     let sent = rig.run(100, is_paused).await;
-    let mut want = upgrade("n2");
+    let mut want = stages();
+    want.extend(upgrade("n2")[1..].to_vec());
     want.extend([
         (id("n2"), Action::Stop),
         (
@@ -451,8 +463,8 @@ async fn a_failed_start_reverts_the_member_and_pauses() {
     assert!(paused_reason(&r).contains("start failed"), "{:?}", r.phase);
     assert_eq!(
         r.members[&id("n3")].stage,
-        Stage::Pending,
-        "nobody else touched"
+        Stage::Staged,
+        "nobody else touched (staged, still serving)"
     );
     assert_eq!(rig.sim.release[&id("n2")], "v1");
     // Paused: nothing more is sent.
@@ -471,7 +483,9 @@ async fn a_stalled_catch_up_pauses_and_pages_through_the_journal() {
     };
     let mut rig = Rig::new(sim, policy).await;
     let sent = rig.run(100, is_paused).await;
-    assert_eq!(sent, upgrade("n2"));
+    let mut want = stages();
+    want.extend(upgrade("n2")[1..].to_vec());
+    assert_eq!(sent, want);
     let r = rig.rollout();
     assert!(
         paused_reason(&r).contains("member n2 catch-up stalled"),
@@ -549,7 +563,7 @@ async fn pause_stops_before_the_next_command_and_resume_goes_on() {
     rig.feed();
     rig.driver.step().await;
     let stage = rig.cmd(1, Action::Stage { release: target() });
-    assert_eq!(rig.commands(), vec![(id("n2"), stage.clone())]);
+    assert_eq!(rig.commands().len(), 3, "every member stages at once");
     let snap = rig
         .op(|reply| Op::Pause {
             reason: "lunch".into(),
@@ -575,10 +589,15 @@ async fn pause_stops_before_the_next_command_and_resume_goes_on() {
         .await;
     assert_eq!(rig.idle(5).await, vec![]);
     assert_eq!(rig.rollout().members[&id("n2")].stage, Stage::Staged);
-    rig.op(|reply| Op::Resume { reply }).await.unwrap();
+    rig.op(|reply| Op::Resume {
+        retry: false,
+        reply,
+    })
+    .await
+    .unwrap();
     rig.feed();
     rig.driver.step().await;
-    assert_eq!(rig.commands(), vec![(id("n2"), rig.cmd(2, Action::Stop))]);
+    assert_eq!(rig.commands(), vec![(id("n2"), rig.cmd(4, Action::Stop))]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -587,7 +606,7 @@ async fn abort_stops_after_the_current_step_and_never_leaves_a_member_down() {
     let mut rig = Rig::new(Sim::three(), Policy::default()).await;
     rig.feed();
     rig.driver.step().await;
-    assert_eq!(rig.commands().len(), 1);
+    assert_eq!(rig.commands().len(), 3, "every member stages at once");
     let snap = rig.op(|reply| Op::Abort { reply }).await.unwrap();
     assert_eq!(snap.state.phase, Phase::Aborting);
     rig.driver
@@ -610,7 +629,7 @@ async fn abort_stops_after_the_current_step_and_never_leaves_a_member_down() {
     rig.feed();
     rig.driver.step().await;
     let stop = rig.commands();
-    assert_eq!(stop, vec![(id("n2"), rig.cmd(2, Action::Stop))]);
+    assert_eq!(stop, vec![(id("n2"), rig.cmd(4, Action::Stop))]);
     rig.op(|reply| Op::Abort { reply }).await.unwrap();
     rig.sim.run(&id("n2"), &Action::Stop).unwrap();
     rig.driver
@@ -634,11 +653,16 @@ async fn a_restarted_coordinator_resends_the_in_flight_id_and_issues_no_new_one(
     rig.feed();
     rig.driver.step().await;
     let first = rig.commands();
+    let stage = |n| rig.cmd(n, Action::Stage { release: target() });
     assert_eq!(
         first,
-        vec![(id("n2"), rig.cmd(1, Action::Stage { release: target() }))]
+        vec![
+            (id("n1"), stage(3)),
+            (id("n2"), stage(1)),
+            (id("n3"), stage(2))
+        ]
     );
-    assert_eq!(rig.issued(), 1);
+    assert_eq!(rig.issued(), 3);
     // A new driver on the same journal (the old one is gone).
     rig.driver = driver(
         (&rig.fleet, &rig.link, &rig.journal),
@@ -647,8 +671,12 @@ async fn a_restarted_coordinator_resends_the_in_flight_id_and_issues_no_new_one(
     );
     rig.feed();
     rig.driver.step().await;
-    assert_eq!(rig.commands(), first, "the same command, with the same id");
-    assert_eq!(rig.issued(), 1, "no new id journaled");
+    assert_eq!(
+        rig.commands(),
+        first,
+        "the same commands, with the same ids"
+    );
+    assert_eq!(rig.issued(), 3, "no new id journaled");
 }
 
 #[tokio::test(start_paused = true)]
@@ -657,7 +685,7 @@ async fn a_reconnected_agent_gets_its_in_flight_command_again_with_the_same_id()
     rig.feed();
     rig.driver.step().await;
     let first = rig.commands();
-    assert_eq!(first.len(), 1);
+    assert_eq!(first.len(), 3);
     // Same session: not sent twice.
     rig.feed();
     rig.driver.step().await;
@@ -674,9 +702,14 @@ async fn a_reconnected_agent_gets_its_in_flight_command_again_with_the_same_id()
     assert_eq!(
         rig.link.take(),
         vec![
-            (n2.clone(), Outbound::Command(first[0].1.clone())),
-            (n2, Outbound::Cadence { every: HEARTBEAT }),
+            (n2.clone(), Outbound::Command(first[1].1.clone())),
+            (
+                n2,
+                Outbound::Cadence {
+                    every: super::FAST_CADENCE
+                }
+            ),
         ]
     );
-    assert_eq!(rig.issued(), 1);
+    assert_eq!(rig.issued(), 3);
 }

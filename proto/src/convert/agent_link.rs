@@ -7,7 +7,7 @@
 
 use baton_domain::{
     Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, InvalidMemberId, MemberId,
-    MemberState, ReleaseRef, Report, Resources, Role, VersionRule,
+    MemberState, ProcessReport, ReleaseRef, Report, Resources, Role, VersionRule,
 };
 
 use crate::v1;
@@ -49,7 +49,21 @@ pub enum InvalidReport {
     },
     #[error("report from member {member} has a non-finite or negative cpu figure {value}")]
     BadCpu { member: MemberId, value: f32 },
+    #[error(
+        "report from member {member} has a {field} of {len} bytes, more than {max}; the agent must shorten it"
+    )]
+    TooLong {
+        member: MemberId,
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
+
+/// The longest free-text field a report may carry (a health detail, an exit
+/// description): enough for any real message, and a bound on what one
+/// agent can make the coordinator store and log.
+pub const MAX_REPORT_TEXT: usize = 4096;
 
 impl TryFrom<v1::Hello> for Hello {
     type Error = InvalidHello;
@@ -148,6 +162,7 @@ fn health_from_wire(member: &MemberId, value: i32) -> Result<Health, InvalidRepo
         Ok(v1::Health::Healthy) => Ok(Health::Healthy),
         Ok(v1::Health::Degraded) => Ok(Health::Degraded),
         Ok(v1::Health::Down) => Ok(Health::Down),
+        Ok(v1::Health::Unresponsive) => Ok(Health::Unresponsive),
         Ok(v1::Health::Unspecified) => Err(InvalidReport::MissingHealth {
             member: member.clone(),
         }),
@@ -176,6 +191,7 @@ impl From<Health> for v1::Health {
             Health::Healthy => v1::Health::Healthy,
             Health::Degraded => v1::Health::Degraded,
             Health::Down => v1::Health::Down,
+            Health::Unresponsive => v1::Health::Unresponsive,
         }
     }
 }
@@ -198,6 +214,7 @@ impl TryFrom<v1::Report> for Report {
             timestamp_unix_ms,
             term,
             cluster_version,
+            process,
         } = r;
         let member = MemberId::new(member_id).map_err(InvalidReport::MemberId)?;
         let role = role_from_wire(&member, role)?;
@@ -219,6 +236,40 @@ impl TryFrom<v1::Report> for Report {
                 committed: committed_revision,
             });
         }
+        for (field, text) in [
+            ("health_detail", &health_detail),
+            ("cluster_version", &cluster_version),
+            ("release_version", &release_version),
+        ] {
+            if text.len() > MAX_REPORT_TEXT {
+                return Err(InvalidReport::TooLong {
+                    member,
+                    field,
+                    len: text.len(),
+                    max: MAX_REPORT_TEXT,
+                });
+            }
+        }
+        let process = match process {
+            None => ProcessReport::default(),
+            Some(v1::Process {
+                exits_since_start,
+                last_exit,
+            }) => {
+                if last_exit.len() > MAX_REPORT_TEXT {
+                    return Err(InvalidReport::TooLong {
+                        member,
+                        field: "process.last_exit",
+                        len: last_exit.len(),
+                        max: MAX_REPORT_TEXT,
+                    });
+                }
+                ProcessReport {
+                    exits_since_start,
+                    last_exit,
+                }
+            }
+        };
         let resources = match resources {
             None => Resources::default(),
             Some(v1::Resources {
@@ -257,6 +308,7 @@ impl TryFrom<v1::Report> for Report {
             },
             resources,
             timestamp_unix_ms,
+            process,
         })
     }
 }
@@ -280,6 +332,7 @@ impl From<Report> for v1::Report {
                 },
             resources,
             timestamp_unix_ms,
+            process,
         } = r;
         let Resources {
             cpu_percent,
@@ -306,6 +359,10 @@ impl From<Report> for v1::Report {
             timestamp_unix_ms,
             term,
             cluster_version,
+            process: Some(v1::Process {
+                exits_since_start: process.exits_since_start,
+                last_exit: process.last_exit,
+            }),
         }
     }
 }
@@ -484,6 +541,10 @@ mod tests {
             timestamp_unix_ms: 1,
             term: 3,
             cluster_version: String::new(),
+            process: Some(v1::Process {
+                exits_since_start: 2,
+                last_exit: "exited with exit status: 1".into(),
+            }),
         }
     }
 
@@ -492,8 +553,54 @@ mod tests {
         let domain = Report::try_from(good()).unwrap();
         assert_eq!(domain.state.role, Role::Follower);
         assert_eq!(domain.state.leader.as_ref().map(|m| m.as_str()), Some("n2"));
+        assert_eq!(domain.process.exits_since_start, 2);
         let back = v1::Report::from(domain.clone());
         assert_eq!(Report::try_from(back).unwrap(), domain);
+    }
+
+    #[test]
+    fn unresponsive_health_round_trips_and_overlong_text_is_refused() {
+        let r = v1::Report {
+            health: v1::Health::Unresponsive as i32,
+            ..good()
+        };
+        assert_eq!(
+            Report::try_from(r).unwrap().state.health,
+            Health::Unresponsive
+        );
+        let long = "x".repeat(MAX_REPORT_TEXT + 1);
+        let r = v1::Report {
+            health_detail: long.clone(),
+            ..good()
+        };
+        let e = Report::try_from(r).unwrap_err();
+        assert!(
+            e.to_string().contains("member n1") && e.to_string().contains("health_detail"),
+            "{e}"
+        );
+        let r = v1::Report {
+            process: Some(v1::Process {
+                exits_since_start: 1,
+                last_exit: long,
+            }),
+            ..good()
+        };
+        assert!(matches!(
+            Report::try_from(r),
+            Err(InvalidReport::TooLong {
+                field: "process.last_exit",
+                ..
+            })
+        ));
+        // An older agent sends no process: no exits.
+        let r = v1::Report {
+            process: None,
+            ..good()
+        };
+        assert_eq!(
+            Report::try_from(r).unwrap().process,
+            ProcessReport::default()
+        );
     }
 
     #[test]

@@ -375,6 +375,7 @@ fn phase_from_wire(p: Option<v1::RolloutPhase>) -> Option<Phase> {
         P::Aborting(wire::Aborting {}) => Phase::Aborting,
         P::Completed(wire::Completed {}) => Phase::Completed,
         P::Closed(wire::Closed { reason }) => Phase::Closed { reason },
+        P::Pausing(wire::Pausing { reason }) => Phase::Pausing { reason },
     })
 }
 
@@ -537,6 +538,7 @@ impl From<Phase> for v1::RolloutPhase {
             Phase::Aborting => P::Aborting(wire::Aborting {}),
             Phase::Completed => P::Completed(wire::Completed {}),
             Phase::Closed { reason } => P::Closed(wire::Closed { reason }),
+            Phase::Pausing { reason } => P::Pausing(wire::Pausing { reason }),
         };
         v1::RolloutPhase { phase: Some(phase) }
     }
@@ -680,6 +682,9 @@ mod tests {
         for phase in [
             Phase::Running,
             Phase::Aborting,
+            Phase::Pausing {
+                reason: "paused by the operator: lunch".into(),
+            },
             Phase::Completed,
             Phase::Closed {
                 reason: "rolled back".into(),

@@ -102,7 +102,29 @@ pub fn start_stalled_rollout(cluster: &Cluster, files: &[PauseFile]) -> Result<(
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     anyhow::ensure!(code == 0, "baton upgrade was refused: {stderr}");
-    pause(files)
+    pause_first_in_order(cluster, files).map(|_| ())
+}
+
+/// Pauses apply on the rollout's first member only, and returns its name.
+/// Only that one: a second follower that does not apply is (rightly) not
+/// live, so the planner would never stop the first one.
+pub fn pause_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
+    let (_, cur, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
+    let first = cur["state"]["order"][0]
+        .as_str()
+        .with_context(|| format!("no rollout order: {stderr} {cur:#}"))?
+        .to_owned();
+    let mine: Vec<PauseFile> = files
+        .iter()
+        .filter(|(i, _)| cluster.members[*i].name == first)
+        .cloned()
+        .collect();
+    anyhow::ensure!(
+        !mine.is_empty(),
+        "the first member {first} has no pause file (it led at the start?)"
+    );
+    pause(&mine)?;
+    Ok(first)
 }
 
 /// Pauses apply on each of `files`' members.

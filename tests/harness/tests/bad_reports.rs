@@ -41,6 +41,7 @@ fn report(member: &str, role: i32, applied: u64) -> AgentMessage {
             timestamp_unix_ms: 1,
             term: 4,
             cluster_version: String::new(),
+            process: None,
         })),
     }
 }

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use baton_harness::{Cluster, ClusterSpec};
 use baton_proto::samplekv::Role;
 use nix::sys::signal::Signal;
@@ -22,26 +22,43 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_leadership_to_the_most_caught_up_follower() -> Result<()> {
     let mut cluster = Cluster::start(ClusterSpec::default()).await?;
-    let leader = cluster.leader_index().await?;
-    let mut followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let first_leader = cluster.leader_index().await?;
+    let mut followers: Vec<usize> = (0..3).filter(|i| *i != first_leader).collect();
     followers.sort();
     // Make the follower that a tie-break would favour (the lower id) slow to
     // append, so the other one is clearly the most caught up.
-    let (slow, fast) = (followers[0], followers[1]);
-    let p = cluster.members[slow]
-        .proc
-        .as_mut()
-        .expect("external member");
-    p.signal(Signal::SIGKILL);
-    tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(5)))?;
-    cluster.start_member(slow, &[("SAMPLEKV_APPEND_DELAY_MS", "60")])?;
-    cluster
-        .wait_status(
-            "the slow follower back and caught up",
-            Duration::from_secs(20),
-            |s| s.members[slow].lag == Some(0),
-        )
-        .await?;
+    let slow = followers[0];
+    // A restarted member whose election timer fires before the leader's
+    // heartbeat reaches it (a loaded machine) can win an election: with no
+    // writes yet its log is as long as anyone's. That flaked this test
+    // (the "leader" it then SIGTERMed was a follower). So restart it until
+    // it comes back as a follower, and read who leads only after that.
+    let mut leader = None;
+    for _attempt in 0..3 {
+        let p = cluster.members[slow]
+            .proc
+            .as_mut()
+            .expect("external member");
+        p.signal(Signal::SIGKILL);
+        tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(5)))?;
+        cluster.start_member(slow, &[("SAMPLEKV_APPEND_DELAY_MS", "60")])?;
+        cluster
+            .wait_status(
+                "the slow follower back and caught up",
+                Duration::from_secs(20),
+                |s| s.members[slow].lag == Some(0) && s.leader.is_some(),
+            )
+            .await?;
+        let now_leads = cluster.leader_index().await?;
+        if now_leads != slow {
+            leader = Some(now_leads);
+            break;
+        }
+    }
+    let leader = leader.context("the slow member kept winning elections after 3 restarts")?;
+    let fast = (0..3)
+        .find(|i| *i != leader && *i != slow)
+        .context("a third member")?;
 
     let client = Client::new(cluster.addrs());
     let stop = CancellationToken::new();

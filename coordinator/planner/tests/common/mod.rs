@@ -63,6 +63,7 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                         lag_samples: Vec::new(),
                         lag_shrank_at: None,
                         version_rule: None,
+                        live: true,
                     },
                 )
             })
@@ -92,6 +93,7 @@ pub fn with_down(view: View, m: &str) -> View {
         r.state.role = Role::Unknown;
         r.state.health_detail = "connection refused".into();
         v.lag = None;
+        v.live = false;
     })
 }
 
@@ -136,16 +138,32 @@ pub fn started(view: &View, leader: &str) -> RolloutState {
     .unwrap()
 }
 
-/// A rollout where every member before `m` in order is done and `m` is at `stage`.
+/// A rollout where every member before `m` in order is done, `m` is at
+/// `stage`, and every member after it is staged (a rollout stages every
+/// member at once before it touches the first).
 pub fn at_stage(view: &View, leader: &str, m: &str, stage: Stage) -> RolloutState {
     let mut r = started(view, leader);
+    let mut before = true;
     for name in r.order.clone() {
+        let p = r.members.get_mut(&name).unwrap();
         if name == id(m) {
-            break;
+            before = false;
+            p.stage = stage.clone();
+        } else {
+            p.stage = if before { Stage::Done } else { Stage::Staged };
         }
-        r.members.get_mut(&name).unwrap().stage = Stage::Done;
     }
-    r.members.get_mut(&id(m)).unwrap().stage = stage;
+    r
+}
+
+/// The rollout after its start: every member's stage command issued and
+/// answered, as the planner's first step does.
+pub fn all_staged(view: &View, leader: &str) -> RolloutState {
+    let mut r = started(view, leader);
+    for m in r.order.clone() {
+        let cmd = issue(&mut r, m.as_str(), Action::Stage { release: target() });
+        succeed(&mut r, &cmd, t(1));
+    }
     r
 }
 
