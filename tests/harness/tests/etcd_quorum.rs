@@ -242,7 +242,10 @@ async fn freeze_first_follower(when: When, policy: &str, prefix: &str) -> Result
     match &page {
         Ok((seen, alert)) => {
             let after = seen - t_stop;
-            eprintln!("{when:?}: page {alert} seen {after} ms after the SIGSTOP");
+            eprintln!(
+                "{when:?}: page seen {after} ms after the SIGSTOP: {}",
+                alert["labels"]
+            );
             if after > STALL_AFTER_MS + 1000 {
                 failures.push(format!(
                     "the page came {after} ms after the SIGSTOP, more than stall_after + 1 s: {alert}"
