@@ -327,16 +327,27 @@ impl Driver {
         }
     }
 
-    /// Keeps every connected agent on the wanted cadence.
+    /// Keeps the agents on the wanted cadence: the latest rollout's
+    /// members, every member while the fast cadence is wanted (a preflight
+    /// waiting for live reports), and any member asked before, so it is
+    /// brought back. An agent nobody asked keeps its own heartbeat.
     fn send_cadence(&mut self) {
         let (heartbeat, members) = {
             let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-            let members: Vec<MemberId> = fleet
-                .status(Instant::now())
-                .members
-                .into_iter()
-                .map(|row| row.member)
-                .collect();
+            let mut members: std::collections::BTreeSet<MemberId> =
+                self.cadence.keys().cloned().collect();
+            if let Some(r) = self.rollouts.last() {
+                members.extend(r.order.iter().cloned());
+            }
+            if self.fast {
+                members.extend(
+                    fleet
+                        .status(Instant::now())
+                        .members
+                        .into_iter()
+                        .map(|row| row.member),
+                );
+            }
             (fleet.heartbeat(), members)
         };
         for m in members {
