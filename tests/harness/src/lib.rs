@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod alertmanager;
 pub mod etcd;
+pub mod observe;
 pub mod quorum;
 pub mod stall;
 use baton_domain::FleetStatus;

@@ -95,20 +95,26 @@ pub async fn cluster_with_pause_files(
     Ok((cluster, files))
 }
 
-/// Starts `baton upgrade --to v2` detached, then pauses apply on every
-/// follower (after the start: preflight refuses lagging followers), so the
-/// first follower back on v2 cannot catch up. Needs a multi-thread runtime.
+/// Starts `baton upgrade --to v2` detached, then slows apply on the first
+/// follower in the rollout's order (after the start: preflight refuses
+/// lagging followers), so once back on v2 it cannot catch up. Needs a
+/// multi-thread runtime.
 pub fn start_stalled_rollout(cluster: &Cluster, files: &[PauseFile]) -> Result<()> {
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     anyhow::ensure!(code == 0, "baton upgrade was refused: {stderr}");
-    pause_first_in_order(cluster, files).map(|_| ())
+    slow_first_in_order(cluster, files).map(|_| ())
 }
 
-/// Pauses apply on the rollout's first member only, and returns its name.
-/// Only that one: a second follower that does not apply is (rightly) not
-/// live, so the planner would never stop the first one.
-pub fn pause_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
+/// Slows apply on the rollout's first member only (to one entry per 100 ms
+/// against 100 writes/s: its lag grows steadily while it still applies),
+/// and returns its name.
+///
+/// Slowed, not paused: a member that applies nothing shows no progress, so
+/// it would (rightly) never pass the health gate on v2, and as another
+/// follower it would hold the first stop. A member that applies too slowly
+/// passes the health gate and then stalls in its catch-up.
+pub fn slow_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
     let (_, cur, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
     let first = cur["state"]["order"][0]
         .as_str()
@@ -123,7 +129,9 @@ pub fn pause_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<St
         !mine.is_empty(),
         "the first member {first} has no pause file (it led at the start?)"
     );
-    pause(&mine)?;
+    for (_, f) in &mine {
+        std::fs::write(f, b"slow 100\n").with_context(|| format!("write {}", f.display()))?;
+    }
     Ok(first)
 }
 

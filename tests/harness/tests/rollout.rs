@@ -403,9 +403,9 @@ async fn a_catch_up_that_never_finishes_pauses_at_the_timeout() -> Result<()> {
     let (started, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(started, 0, "{stderr}");
-    // Pause apply on the first follower once the rollout has started: it
+    // Slow apply on the first follower once the rollout has started: it
     // comes back on v2 and cannot catch up.
-    stall::pause_first_in_order(&cluster, &pause_files)?;
+    stall::slow_first_in_order(&cluster, &pause_files)?;
     let (code, out, _) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
     let (report, lost, _) = load.finish().await?;
     assert_eq!(code, 3, "paused: {out:#}");
@@ -437,7 +437,7 @@ async fn abort_during_a_catch_up_leaves_everyone_running_and_resume_finishes() -
     let (started, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(started, 0, "{stderr}");
-    stall::pause_first_in_order(&cluster, &pause_files)?;
+    stall::slow_first_in_order(&cluster, &pause_files)?;
     // Wait for the first member to be in its catch-up, then abort.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
