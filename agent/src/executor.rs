@@ -226,8 +226,9 @@ impl Executor {
                 });
                 if leads {
                     return Err(format!(
-                        "member {} is the leader; refusing to stop it (hand leadership over first)",
-                        self.member
+                        "member {} is the leader; refusing to stop it ({})",
+                        self.member,
+                        baton_domain::LEADER_REFUSAL
                     ));
                 }
                 let timeout = cmd

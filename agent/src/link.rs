@@ -330,8 +330,15 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                 match msg.body {
                     Some(coordinator_message::Body::SetCadence(v1::SetCadence { report_interval_ms })) => {
                         let wanted = Duration::from_millis(u64::from(report_interval_ms));
+                        let faster = wanted < heartbeat;
                         heartbeat = wanted.clamp(Duration::from_millis(50), cfg.heartbeat.max(Duration::from_millis(50)));
-                        next_beat = next_beat.min(tokio::time::Instant::now() + heartbeat);
+                        // Asked to speed up (a preflight or a gate waits on
+                        // live reports): the first one goes out now.
+                        next_beat = if faster {
+                            tokio::time::Instant::now()
+                        } else {
+                            next_beat.min(tokio::time::Instant::now() + heartbeat)
+                        };
                         cfg.poll.set(heartbeat, cfg.heartbeat);
                         tracing::debug!(member = %member, ?heartbeat, "report cadence changed");
                     }

@@ -27,6 +27,13 @@ pub enum CliError {
         call: &'static str,
         detail: String,
     },
+    /// The rollout's phase does not allow the request (nothing changed).
+    #[error("coordinator at {addr} refused {call}: {detail}")]
+    WrongPhase {
+        addr: String,
+        call: &'static str,
+        detail: String,
+    },
     #[error(
         "coordinator at {addr} sent a status this CLI cannot read: {detail}; are the CLI and coordinator the same version?"
     )]
@@ -154,10 +161,17 @@ impl OperatorConn {
 
 impl OperatorConn {
     fn refused(&self, call: &'static str) -> impl Fn(tonic::Status) -> CliError + '_ {
-        move |s| CliError::Refused {
-            addr: self.addr.clone(),
-            call,
-            detail: s.message().to_owned(),
+        move |s| match s.code() {
+            tonic::Code::FailedPrecondition => CliError::WrongPhase {
+                addr: self.addr.clone(),
+                call,
+                detail: s.message().to_owned(),
+            },
+            _ => CliError::Refused {
+                addr: self.addr.clone(),
+                call,
+                detail: s.message().to_owned(),
+            },
         }
     }
 

@@ -44,10 +44,16 @@ pub struct Exit {
 
 /// The process exit code for an error returned by [`run`].
 pub fn exit_code(e: &anyhow::Error) -> ExitCode {
-    match e.downcast_ref::<Exit>() {
-        Some(x) => ExitCode::from(x.code),
-        None => ExitCode::from(EXIT_OTHER),
+    if let Some(x) = e.downcast_ref::<Exit>() {
+        return ExitCode::from(x.code);
     }
+    // Refused for the rollout's phase (resume of a failed release without
+    // --retry, pause of a paused rollout): nothing changed, as with a
+    // refused preflight.
+    if let Some(CliError::WrongPhase { .. }) = e.downcast_ref::<CliError>() {
+        return ExitCode::from(EXIT_REFUSED);
+    }
+    ExitCode::from(EXIT_OTHER)
 }
 
 /// Runs one parsed command to its end.

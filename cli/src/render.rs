@@ -267,6 +267,12 @@ mod tests {
         assert!(
             render_rollout(&view(Phase::Aborting)).starts_with("rollout r1-v2 -> v2  aborting  ")
         );
+        assert!(
+            render_rollout(&view(Phase::Pausing {
+                reason: "paused by the operator: lunch".into()
+            }))
+            .starts_with("rollout r1-v2 -> v2  pausing  ")
+        );
         let outcomes = [
             Phase::Running,
             paused,
@@ -295,6 +301,51 @@ mod tests {
             (5, vec![("n2".to_owned(), 4)]),
             "until the last member finished; each from its start to its finish"
         );
+    }
+
+    /// The hint after a pause says where each member really is.
+    #[test]
+    fn a_paused_hint_is_true_to_each_member() {
+        let n1 = MemberId::new("n1").unwrap();
+        let n2 = MemberId::new("n2").unwrap();
+        let paused = Phase::Paused { reason: "x".into() };
+        // n2 finished on v2 and stays there; n1 untouched.
+        let hint = paused_hint(&rollout(paused.clone()));
+        assert_eq!(
+            hint,
+            "n2 is on v2; fix the cause, then `baton resume`, or `baton rollback` to put it back on v1"
+        );
+        assert!(!hint.contains("every member that failed was put back"));
+        // The release failed on n2, which was put back: nothing moved.
+        let mut failed = rollout(paused.clone());
+        failed.members.get_mut(&n2).unwrap().stage = Stage::Reverted {
+            reason: "exited".into(),
+        };
+        assert_eq!(
+            paused_hint(&failed),
+            "n2 failed on v2 and was put back on v1: fix the release, then `baton resume --retry`\nnext: every member is still on v1; `baton rollback` closes this rollout"
+        );
+        // A stalled member catching up stays on the new release: say so.
+        let mut stalled = rollout(paused);
+        stalled.members.get_mut(&n1).unwrap().stage = Stage::CatchingUp { since: UnixMs(9) };
+        assert!(
+            paused_hint(&stalled).starts_with("n2, n1 are on v2"),
+            "{}",
+            paused_hint(&stalled)
+        );
+        // A paused summary counts up to its last step, not 0 ms.
+        let mut cut = rollout(Phase::Paused { reason: "x".into() });
+        cut.members.get_mut(&n2).unwrap().finished_at = None;
+        cut.commands.insert(
+            baton_domain::CommandId("r1-v2-1".into()),
+            baton_domain::CommandRecord {
+                member: n2,
+                action: baton_domain::Action::Stop,
+                issued_at: UnixMs(41),
+                result: None,
+            },
+        );
+        assert_eq!(summary(&cut).total_ms, 40);
     }
 
     #[test]

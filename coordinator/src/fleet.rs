@@ -81,6 +81,10 @@ struct Entry {
     /// leader has committed. A member that answers but does not apply (a
     /// stuck apply loop, a stale read) does not progress.
     progressed: bool,
+    /// The applied revision of the latest healthy report: what "moved" is
+    /// judged against (a down or unresponsive report in between carries no
+    /// revision, and 0 -> N is not progress).
+    healthy_applied: Option<u64>,
 }
 
 /// The coordinator's picture of the cluster.
@@ -183,24 +187,30 @@ impl FleetView {
             })?;
         entry.session = Some(id);
         entry.version_rule = hello.version_rule;
-        let previous = entry.report.replace(first);
+        entry.report = Some(first);
         entry.last_seen = Some(now);
-        self.judge_progress(&hello.member, previous.as_ref(), now);
+        self.judge_progress(&hello.member, now);
         self.sample(&hello.member, now);
         Ok(id)
     }
 
-    /// Whether `member`'s newest report shows progress over `previous`.
-    fn judge_progress(&mut self, member: &MemberId, previous: Option<&Report>, now: Instant) {
+    /// Whether `member`'s newest report shows progress over the healthy
+    /// one before it.
+    fn judge_progress(&mut self, member: &MemberId, now: Instant) {
         let leader_committed = self.leader(now).map(|(_, r)| r.state.committed_revision);
         let Some(e) = self.members.get_mut(member) else {
             return;
         };
         let Some(r) = e.report.as_ref() else { return };
+        if r.state.health != Health::Healthy {
+            e.progressed = false;
+            return;
+        }
         let applied = r.state.applied_revision;
-        let moved = previous.is_some_and(|p| p.state.applied_revision != applied);
+        let moved = e.healthy_applied.is_some_and(|before| applied > before);
         let complete = applied >= leader_committed.unwrap_or(r.state.committed_revision);
-        e.progressed = r.state.health == Health::Healthy && (moved || complete);
+        e.progressed = moved || complete;
+        e.healthy_applied = Some(applied);
     }
 
     /// Whether `member`'s latest report is live at `now`: healthy, showing
@@ -301,10 +311,10 @@ impl FleetView {
             .ok_or_else(|| Refusal::Superseded {
                 member: hello.clone(),
             })?;
-        let previous = entry.report.replace(report);
+        entry.report = Some(report);
         entry.last_seen = Some(now);
         let member = hello.clone();
-        self.judge_progress(&member, previous.as_ref(), now);
+        self.judge_progress(&member, now);
         self.sample(&member, now);
         Ok(())
     }
@@ -564,6 +574,83 @@ mod tests {
             "the shrink left the window"
         );
         assert_eq!(n2.lag_shrank_at, Some(UnixMs(1_010)));
+    }
+
+    /// Live: healthy, recent, and progressing against the last healthy
+    /// report. A member that does not apply, even if its reads alternate
+    /// with unresponsive ones (applied 0), is not live.
+    #[test]
+    fn live_means_recent_healthy_and_progressing() {
+        let t0 = Instant::now();
+        let mut v = view();
+        let l = v
+            .open_session(&hello("n1"), report("n1", Role::Leader, 200, 200, 1), t0)
+            .unwrap();
+        let s = v
+            .open_session(&hello("n2"), report("n2", Role::Follower, 200, 140, 1), t0)
+            .unwrap();
+        let ms = |n| t0 + Duration::from_millis(n);
+        assert!(
+            v.is_live(&id("n1"), t0),
+            "the leader has applied all it committed"
+        );
+        assert!(
+            !v.is_live(&id("n2"), t0),
+            "behind, and nothing to compare with"
+        );
+        let mut frozen = report("n2", Role::Unknown, 0, 0, 0);
+        frozen.state.health = Health::Unresponsive;
+        v.record(&id("n2"), s, frozen, ms(50)).unwrap();
+        assert!(!v.is_live(&id("n2"), ms(50)));
+        v.record(
+            &id("n2"),
+            s,
+            report("n2", Role::Follower, 200, 140, 1),
+            ms(100),
+        )
+        .unwrap();
+        assert!(
+            !v.is_live(&id("n2"), ms(100)),
+            "0 -> 140 across an unresponsive read is not progress"
+        );
+        v.record(
+            &id("n2"),
+            s,
+            report("n2", Role::Follower, 200, 150, 1),
+            ms(150),
+        )
+        .unwrap();
+        assert!(v.is_live(&id("n2"), ms(150)), "it applied more");
+        assert!(v.is_live(&id("n2"), ms(150) + LIVE_WINDOW));
+        assert!(!v.is_live(&id("n2"), ms(151) + LIVE_WINDOW), "too old");
+        v.record(
+            &id("n1"),
+            l,
+            report("n1", Role::Leader, 260, 260, 1),
+            ms(200),
+        )
+        .unwrap();
+        v.record(
+            &id("n2"),
+            s,
+            report("n2", Role::Follower, 260, 150, 1),
+            ms(250),
+        )
+        .unwrap();
+        assert!(
+            !v.is_live(&id("n2"), ms(250)),
+            "stuck while the leader moves on"
+        );
+        v.record(
+            &id("n2"),
+            s,
+            report("n2", Role::Follower, 260, 260, 1),
+            ms(300),
+        )
+        .unwrap();
+        assert!(v.is_live(&id("n2"), ms(300)));
+        v.close_session(&id("n2"), s);
+        assert!(!v.is_live(&id("n2"), ms(300)), "no stream, not live");
     }
 
     #[test]

@@ -505,6 +505,16 @@ pub enum Outbound {
     Cadence { every: std::time::Duration },
 }
 
+/// The words an agent's refusal to stop its member ends with when the member
+/// leads by its own latest read (the agent's leader interlock): the
+/// coordinator then hands leadership over instead of pausing.
+pub const LEADER_REFUSAL: &str = "hand leadership over first";
+
+/// Whether a failed command's detail is the agent's leader interlock.
+pub fn is_leader_refusal(detail: &str) -> bool {
+    detail.ends_with(&format!("({LEADER_REFUSAL})"))
+}
+
 /// An agent's answer to a command.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandOutcome {

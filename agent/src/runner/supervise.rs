@@ -373,9 +373,13 @@ impl Supervisor {
             match (&mut running, desired) {
                 (None, Desired::Running) => match self.spawn() {
                     Ok(child) => {
-                        if !first_start {
-                            self.state.send_modify(|s| s.restarts += 1);
-                        }
+                        self.state.send_modify(|s| {
+                            if !first_start {
+                                s.restarts += 1;
+                            }
+                            // A later stop's answer is about this run.
+                            s.last_stop = None;
+                        });
                         first_start = false;
                         running = Some(Running::Child(child));
                         started_at = tokio::time::Instant::now();
@@ -418,7 +422,11 @@ impl Supervisor {
                                 w
                             };
                             tracing::warn!(member = %self.member, how, "member exited; restarting after {wait:?}");
+                            // Gone now: a stop asked for during the backoff
+                            // returns at once, and is not preceded by one
+                            // more start of a release that keeps dying.
                             self.state.send_modify(|s| {
+                                s.pid = None;
                                 s.last_exit = Some(how);
                                 s.exits_since_start = s.exits_since_start.saturating_add(1);
                             });
@@ -426,6 +434,7 @@ impl Supervisor {
                             tokio::select! {
                                 () = shutdown.cancelled() => return,
                                 () = tokio::time::sleep(wait) => {}
+                                Some(d) = desired_rx.recv() => desired = want(desired, d),
                             }
                         }
                     }
@@ -589,6 +598,32 @@ mod tests {
         tracker.wait().await;
         // A member that never exited reports nothing.
         assert_eq!(ProcState::default().report(), ProcessReport::default());
+    }
+
+    /// A member that keeps dying backs off for longer each time; a stop
+    /// asked for during that backoff is honoured at once, not after it
+    /// (the revert of a crash-looping release must not wait seconds).
+    #[tokio::test]
+    async fn a_stop_during_the_crash_backoff_returns_at_once() {
+        let (dir, cfg) = setup("exit 3");
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let h = spawn(
+            MemberId::new("n1").unwrap(),
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        );
+        // After 4 quick exits the next backoff is 1.6 s.
+        let mut exits = MemberProcess::exits(&h);
+        wait_for(&mut exits, |s| s.exits_since_start >= 4 && s.pid.is_none()).await;
+        let how = h.stop(None, Duration::from_millis(500)).await;
+        assert_eq!(how.as_deref(), Ok("already stopped"));
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 
     #[tokio::test]

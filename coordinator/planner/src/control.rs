@@ -12,7 +12,7 @@
 //! on to healthy, or back, and only then pauses.
 
 use crate::UnixMs;
-use crate::rollout::{Event, Phase, RolloutState, Stage};
+use crate::rollout::{Action, Event, Phase, RolloutState, Stage};
 
 /// An operator's request on the active rollout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,12 +58,24 @@ impl Refused {
 }
 
 /// The member the rollout is working on, if it is between stop and
-/// healthy (stopped, switched, started, or being put back).
+/// healthy (stopped, switched, started, or being put back), or about to be:
+/// a stop, switch or start in flight.
 fn member_down(state: &RolloutState) -> Option<(&baton_domain::MemberId, &Stage)> {
+    let moving = |p: &crate::rollout::MemberProgress| {
+        p.inflight
+            .as_ref()
+            .and_then(|id| state.commands.get(id))
+            .is_some_and(|c| {
+                matches!(
+                    c.action,
+                    Action::Stop | Action::Switch { .. } | Action::Start
+                )
+            })
+    };
     state
         .members
         .iter()
-        .find(|(_, p)| p.stage.is_disruptive())
+        .find(|(_, p)| p.stage.is_disruptive() || moving(p))
         .map(|(m, p)| (m, &p.stage))
 }
 

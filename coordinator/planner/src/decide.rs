@@ -40,6 +40,11 @@ pub enum Step {
     Wait { reason: String },
 }
 
+/// How many times a member's agent may refuse a stop because the member
+/// leads (leadership moved to it after the stop was decided) before the
+/// rollout pauses instead of trying again.
+const MAX_LEADER_REFUSALS: usize = 3;
+
 fn wait(reason: impl Into<String>) -> Vec<Step> {
     vec![Step::Wait {
         reason: reason.into(),
@@ -381,6 +386,22 @@ fn next(
             // serving member down waits for the others (one being put back
             // after a failure is down or failing already).
             if action == Action::Stop {
+                let refusals = rollout
+                    .commands
+                    .values()
+                    .filter(|c| c.member == member && c.action == Action::Stop)
+                    .filter(
+                        |c| matches!(&c.result, Some(Err(d)) if baton_domain::is_leader_refusal(d)),
+                    )
+                    .count();
+                if refusals >= MAX_LEADER_REFUSALS {
+                    return vec![Step::Record(Event::Paused {
+                        reason: format!(
+                            "member {member} refused to stop {refusals} times because it leads by its own reads, while the reports name another leader; check the cluster's leadership, then `baton resume`"
+                        ),
+                        at: now,
+                    })];
+                }
                 let handing_over = rollout.handover.as_ref().is_some_and(|h| h.from == member);
                 if handing_over || view.is_leader(&member) {
                     return handover(view, rollout, policy, now, &member);

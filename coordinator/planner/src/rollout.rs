@@ -283,6 +283,10 @@ impl RolloutState {
                             h.last_error = Some(detail.clone());
                         }
                     }
+                    // The member leads by its own read (leadership moved to
+                    // it after the stop was decided): still untouched and
+                    // serving; the planner hands over first.
+                    (Action::Stop, Stage::Staged) if baton_domain::is_leader_refusal(detail) => {}
                     // Before the member was touched: nothing to undo.
                     (Action::Stage { .. }, _) | (_, Stage::Staged) => {
                         self.phase = Phase::Paused { reason };

@@ -411,6 +411,16 @@ impl Watchdog {
             .filter(|a| a.name() == CATCH_UP_STALLED)
             .map(|a| a.member().to_owned())
             .collect();
+        // Nor is a member under catch-up that answers with a lag above
+        // `tolerable_lag`: whether that lag shrinks is the catch-up rule's.
+        let under_catch_up = catching_up(rollout).map(|(_, m, _)| m);
+        let catch_up_rules = |m: &MemberId| {
+            under_catch_up == Some(m)
+                && view
+                    .members
+                    .get(m)
+                    .is_some_and(|v| v.healthy() && v.lag.is_some_and(|l| l > policy.tolerable_lag))
+        };
         let stalled: BTreeMap<&MemberId, UnixMs> = match moving {
             None => BTreeMap::new(),
             Some(_) => self
@@ -418,6 +428,7 @@ impl Watchdog {
                 .iter()
                 .filter(|(_, since)| now.since(**since) >= policy.stall_after)
                 .filter(|(m, _)| !catch_up_paged.iter().any(|p| p == m.as_str()))
+                .filter(|(m, _)| !catch_up_rules(m))
                 .map(|(m, s)| (m, *s))
                 .collect(),
         };

@@ -147,6 +147,25 @@ fn a_pause_while_a_member_is_down_waits_for_it() {
         r.apply(&e).unwrap();
         assert_eq!(r.phase, pausing(), "{stage:?}");
     }
+    // A stop in flight is about to take the member down: the same.
+    let mut r = in_phase(Phase::Running);
+    r.members.get_mut(&id("n2")).unwrap().stage = Stage::Staged;
+    issue(&mut r, "n2", baton_planner::rollout::Action::Stop);
+    assert!(matches!(
+        control(&r, Control::Pause { reason: "x".into() }, t(9)),
+        Ok(Event::PauseRequested { .. })
+    ));
+    // A stage in flight takes nobody down: pause at once.
+    let mut r = in_phase(Phase::Running);
+    issue(
+        &mut r,
+        "n2",
+        baton_planner::rollout::Action::Stage { release: target() },
+    );
+    assert!(matches!(
+        control(&r, Control::Pause { reason: "x".into() }, t(9)),
+        Ok(Event::Paused { .. })
+    ));
 }
 
 /// A release that failed on a member (which was put back) is not tried

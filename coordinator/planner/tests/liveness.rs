@@ -293,3 +293,47 @@ fn a_member_that_makes_no_progress_pages_naming_the_gate() {
             .all(|a| a.name() != GATE_STALLED)
     );
 }
+
+/// Leadership moved to the member after its stop was decided: its agent
+/// refuses the stop (the leader interlock). The rollout does not pause; it
+/// hands leadership over, then stops the member.
+#[test]
+fn a_stop_refused_because_the_member_now_leads_hands_over_instead() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = at_stage(&view, "n1", "n2", Stage::Staged);
+    let stop = issue(&mut r, "n2", Action::Stop);
+    r.apply(&Event::CommandFailed {
+        id: stop,
+        detail: format!(
+            "member n2 is the leader; refusing to stop it ({})",
+            baton_domain::LEADER_REFUSAL
+        ),
+        at: t(3),
+    })
+    .unwrap();
+    assert_eq!(r.phase, Phase::Running);
+    assert_eq!(r.members[&id("n2")].stage, Stage::Staged);
+    let now_led = led_by(view, "n2");
+    let steps = decide(&now_led, &r, &Policy::default(), t(4));
+    assert!(
+        issues(&steps)
+            .iter()
+            .any(|(m, a)| m == "n2" && matches!(a, Action::StepDown { .. })),
+        "{steps:?}"
+    );
+    // Any other failure of that stop still pauses.
+    let mut r2 = at_stage(
+        &cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]),
+        "n1",
+        "n2",
+        Stage::Staged,
+    );
+    let stop = issue(&mut r2, "n2", Action::Stop);
+    r2.apply(&Event::CommandFailed {
+        id: stop,
+        detail: "supervisor stopped".into(),
+        at: t(3),
+    })
+    .unwrap();
+    assert!(matches!(r2.phase, Phase::Paused { .. }));
+}

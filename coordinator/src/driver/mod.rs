@@ -45,7 +45,7 @@ use std::time::Duration;
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
 use baton_planner::alerts::{self, Alert, AlertStatus, CATCH_UP_STALLED};
 use baton_planner::decide::Step;
-use baton_planner::rollout::{Event, Phase, RolloutState};
+use baton_planner::rollout::{Event, RolloutState};
 use baton_planner::watchdog::Watchdog;
 use baton_planner::{Policy, UnixMs, View, decide};
 use baton_store::ArtifactStore;
@@ -327,16 +327,27 @@ impl Driver {
         }
     }
 
-    /// Keeps every connected agent on the wanted cadence.
+    /// Keeps the agents on the wanted cadence: the latest rollout's
+    /// members, every member while the fast cadence is wanted (a preflight
+    /// waiting for live reports), and any member asked before, so it is
+    /// brought back. An agent nobody asked keeps its own heartbeat.
     fn send_cadence(&mut self) {
         let (heartbeat, members) = {
             let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
-            let members: Vec<MemberId> = fleet
-                .status(Instant::now())
-                .members
-                .into_iter()
-                .map(|row| row.member)
-                .collect();
+            let mut members: std::collections::BTreeSet<MemberId> =
+                self.cadence.keys().cloned().collect();
+            if let Some(r) = self.rollouts.last() {
+                members.extend(r.order.iter().cloned());
+            }
+            if self.fast {
+                members.extend(
+                    fleet
+                        .status(Instant::now())
+                        .members
+                        .into_iter()
+                        .map(|row| row.member),
+                );
+            }
             (fleet.heartbeat(), members)
         };
         for m in members {
@@ -386,7 +397,7 @@ impl Driver {
             self.send_cadence();
             return;
         };
-        if !matches!(r.phase, Phase::Running | Phase::Aborting) {
+        if !r.phase.is_moving() {
             self.waiting_for = r.phase.to_string();
             self.fast = false;
             self.send_cadence();

@@ -229,6 +229,10 @@ impl Driver {
         self.record(e)
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
+        // Act on it now, so the answer's phase and what the rollout waits
+        // for agree (a resumed rollout says what it does next; a paused one
+        // says why it is paused).
+        self.step_rollout(None).await;
         let r = self
             .rollouts
             .last()

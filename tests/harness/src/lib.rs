@@ -20,6 +20,8 @@ use anyhow::{Context, Result, bail};
 
 pub mod alertmanager;
 pub mod etcd;
+pub mod observe;
+pub mod quorum;
 pub mod stall;
 use baton_domain::FleetStatus;
 use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};

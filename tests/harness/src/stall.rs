@@ -95,20 +95,28 @@ pub async fn cluster_with_pause_files(
     Ok((cluster, files))
 }
 
-/// Starts `baton upgrade --to v2` detached, then pauses apply on every
-/// follower (after the start: preflight refuses lagging followers), so the
-/// first follower back on v2 cannot catch up. Needs a multi-thread runtime.
+/// Starts `baton upgrade --to v2` detached, then slows apply on the first
+/// follower in the rollout's order (after the start: preflight refuses
+/// lagging followers), so once back on v2 it cannot catch up. Needs a
+/// multi-thread runtime.
 pub fn start_stalled_rollout(cluster: &Cluster, files: &[PauseFile]) -> Result<()> {
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     anyhow::ensure!(code == 0, "baton upgrade was refused: {stderr}");
-    pause_first_in_order(cluster, files).map(|_| ())
+    stall_first_in_order(cluster, files).map(|_| ())
 }
 
-/// Pauses apply on the rollout's first member only, and returns its name.
-/// Only that one: a second follower that does not apply is (rightly) not
-/// live, so the planner would never stop the first one.
-pub fn pause_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
+/// Stalls the catch-up of the rollout's first member, and returns its name:
+/// its apply is slowed (one entry per 100 ms against 100 writes/s) until it
+/// passes the health gate on v2, then paused, so its lag grows and never
+/// shrinks.
+///
+/// Only that member: another follower that does not apply is (rightly) not
+/// live, and would hold the first stop. Slowed first, not paused: a member
+/// that applies nothing shows no progress, so it would (rightly) never pass
+/// the health gate; slowed, its lag stays far above any `tolerable_lag`
+/// these tests use, so it cannot pass the catch-up gate before the pause.
+pub fn stall_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<String> {
     let (_, cur, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["rollout"]))?;
     let first = cur["state"]["order"][0]
         .as_str()
@@ -123,6 +131,22 @@ pub fn pause_first_in_order(cluster: &Cluster, files: &[PauseFile]) -> Result<St
         !mine.is_empty(),
         "the first member {first} has no pause file (it led at the start?)"
     );
+    for (_, f) in &mine {
+        std::fs::write(f, b"slow 100\n").with_context(|| format!("write {}", f.display()))?;
+    }
+    // Bounded: 60 s of 10 ms polls of the journal, off the runtime's
+    // workers (the writer runs on them).
+    tokio::task::block_in_place(|| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while catch_up_started(cluster, &first).is_err() {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{first} never passed its health gate on v2"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    })?;
     pause(&mine)?;
     Ok(first)
 }

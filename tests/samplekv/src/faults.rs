@@ -1,6 +1,8 @@
 //! Fault switches for tests: a throttled apply (`SAMPLEKV_APPLY_DELAY_MS`), a
-//! pausable apply (`--pause-apply-file` / `SAMPLEKV_PAUSE_APPLY_FILE`) and a
-//! slow follower (`SAMPLEKV_APPEND_DELAY_MS`). Owns reading them from the
+//! pausable apply (`--pause-apply-file` / `SAMPLEKV_PAUSE_APPLY_FILE`: while
+//! the file exists apply blocks, or, when the file says `slow <ms>`, each
+//! entry waits that long: a member that applies, but slower than writes
+//! come) and a slow follower (`SAMPLEKV_APPEND_DELAY_MS`). Owns reading them from the
 //! environment and the waits they impose; the state machine and the Raft
 //! service call into it.
 
@@ -64,6 +66,12 @@ fn millis(
     }
 }
 
+/// `Some(ms)` when the pause file exists and says `slow <ms>`.
+fn slow_apply(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().strip_prefix("slow ")?.trim().parse().ok()
+}
+
 impl Faults {
     /// Reads the switches; `pause_flag` (the CLI flag) wins over the env var.
     pub fn from_env(pause_flag: Option<PathBuf>) -> Result<Faults, FaultError> {
@@ -107,12 +115,21 @@ impl Faults {
         self.live.load(Ordering::SeqCst) && !self.stop.is_cancelled()
     }
 
-    /// Waits as the apply switches say, before applying one entry.
+    /// Waits as the apply switches say, before applying one entry. A pause
+    /// file that says `slow <ms>` throttles instead of blocking; one that
+    /// changes to empty blocks from the next entry on.
     pub async fn before_apply(&self) {
         if !self.active() {
             return;
         }
         if let Some(path) = &self.pause_apply_file
+            && let Some(ms) = slow_apply(path)
+        {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                () = self.stop.cancelled() => {}
+            }
+        } else if let Some(path) = &self.pause_apply_file
             && path.exists()
         {
             tracing::warn!(file = %path.display(), "apply paused while the pause file exists");
@@ -165,5 +182,20 @@ mod tests {
         assert_eq!(f.pause_apply_file, Some(PathBuf::from("/tmp/flag")));
         let bad = |k: &str| (k == ENV_APPEND_DELAY_MS).then(|| "soon".to_owned());
         assert!(Faults::from_lookup(None, &bad).is_err());
+    }
+
+    #[test]
+    fn a_pause_file_that_says_slow_throttles() {
+        let dir = std::env::temp_dir().join(format!("skv-faults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("pause");
+        assert_eq!(slow_apply(&f), None, "no file");
+        std::fs::write(&f, "").unwrap();
+        assert_eq!(slow_apply(&f), None, "empty: a pause");
+        std::fs::write(&f, "slow 100\n").unwrap();
+        assert_eq!(slow_apply(&f), Some(100));
+        std::fs::write(&f, "slow soon").unwrap();
+        assert_eq!(slow_apply(&f), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -115,6 +115,12 @@ impl StateMachine {
         self.read().kv.get(key).cloned()
     }
 
+    /// The index of the last entry applied, entry by entry (openraft's
+    /// metrics move only once a whole batch is applied).
+    pub fn applied_index(&self) -> Option<u64> {
+        self.read().last_applied.as_ref().map(|l| l.index)
+    }
+
     /// The number of keys in the local map.
     pub fn len(&self) -> usize {
         self.read().kv.len()

@@ -13,12 +13,26 @@
 //!   directly and polls every 10 ms.
 //!
 //! Reports the largest write gap, leader changes (new raft terms among acked
-//! writes), failed writes and total time, as medians and maxima.
+//! writes), failed writes and total time, as medians and maxima; then
+//! issue 10's side-by-side ratios of baton against the leader-aware script
+//! (median total, largest gap, leader changes per run, lost writes), and
+//! where baton's time went, phase by phase, from its coordinator journal.
+//!
+//! Besides its own total, every run is also timed until every member's
+//! `/version` says the cluster version is 3.5 (`cv_ms`): when the upgrade is
+//! finished in etcd's own terms, the same measure for every strategy.
+//!
+//! `--runs N` rounds (default 10); `--only baton,aware` runs only those
+//! strategies, still interleaved; `--timeline` prints each baton run's
+//! journal.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+
 use baton_harness::etcd::{EtcdCluster, EtcdLoad, assert_version, etcd_35, etcd_call, etcd_verify};
+use baton_harness::quorum::etcd_versions;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -32,6 +46,98 @@ struct Run {
     failed_writes: u64,
     lost_writes: usize,
     total_ms: u64,
+    /// From the start until every member says the cluster version is 3.5.
+    cv_ms: u64,
+    /// baton and aware: from the start until leadership was handed over.
+    /// etcd's leader rechecks the cluster version on its first commit in
+    /// its term and then every 4 s, so the cluster version moves about 4 s
+    /// after the handover: `cv_ms` follows `handover_ms`.
+    handover_ms: u64,
+    /// baton only: the journal's time by phase (see [`phases`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    phases: BTreeMap<String, u64>,
+}
+
+/// Waits (up to 30 s) until every member's `/version` says cluster 3.5.
+async fn wait_cluster_version(clients: &[String]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all = true;
+        for c in clients {
+            let ok = etcd_versions(c, Duration::from_millis(300))
+                .await
+                .is_ok_and(|(_, cv)| cv.starts_with("3.5"));
+            all &= ok;
+        }
+        if all {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cluster version never reached 3.5"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// When the journal confirmed the handover (Unix ms; 0 if it did not).
+fn handover_at(journal: &std::path::Path) -> Result<u64> {
+    Ok(std::fs::read_to_string(journal)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["event"] == "handover_confirmed")
+        .and_then(|e| e["at"].as_u64())
+        .unwrap_or(0))
+}
+
+/// Where a baton run's time went: each interval between journaled events
+/// (from `wall0`, when `baton upgrade` was invoked, to `wall1`, when it
+/// returned) is charged to what the rollout was waiting for, named by the
+/// event that ended it. The phases sum to the wall-clock total.
+fn phases(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<BTreeMap<String, u64>> {
+    let text = std::fs::read_to_string(journal)?;
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|e: &serde_json::Value| e.get("alert_event").is_none())
+        .collect();
+    let mut actions: BTreeMap<String, String> = BTreeMap::new();
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    let mut prev = wall0;
+    for e in &events {
+        let at = e["at"].as_u64().unwrap_or(prev).max(prev);
+        let kind = e["event"].as_str().unwrap_or("?");
+        let action = |e: &serde_json::Value| {
+            e["action"]["action"]
+                .as_str()
+                .or_else(|| e["action"].as_str())
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let label = match kind {
+            "started" => "preflight (until the rollout is journaled)".to_owned(),
+            "command_issued" => {
+                actions.insert(e["id"].as_str().unwrap_or("").to_owned(), action(e));
+                format!("planner, until it issues {}", action(e))
+            }
+            "command_succeeded" | "command_failed" => format!(
+                "agent runs {}",
+                actions
+                    .get(e["id"].as_str().unwrap_or(""))
+                    .map_or("?", String::as_str)
+            ),
+            "gate_passed" => format!("gate {}", e["gate"].as_str().unwrap_or("?")),
+            "handover_picked" => "planner, until it picks the handover".to_owned(),
+            "handover_confirmed" => "handover confirmed (new leader seen)".to_owned(),
+            "completed" => "verify (post-checks) until completed".to_owned(),
+            other => other.to_owned(),
+        };
+        *out.entry(label).or_default() += at - prev;
+        prev = at;
+    }
+    *out.entry("CLI returns after completion".to_owned())
+        .or_default() += wall1.saturating_sub(prev);
+    Ok(out)
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
@@ -102,8 +208,9 @@ fn switch_and_signal(
     Ok(())
 }
 
-/// The leader-aware script: followers, MoveLeader, old leader.
-async fn aware(cluster: &EtcdCluster, v35: &std::path::Path) -> Result<()> {
+/// The leader-aware script: followers, MoveLeader, old leader. Returns
+/// when, after `t0`, the MoveLeader was answered.
+async fn aware(cluster: &EtcdCluster, v35: &std::path::Path, t0: Instant) -> Result<u64> {
     let clients = cluster.clients();
     let mut leader = None;
     for (i, c) in clients.iter().enumerate() {
@@ -139,7 +246,9 @@ async fn aware(cluster: &EtcdCluster, v35: &std::path::Path) -> Result<()> {
     .await?;
     switch_and_signal(&cluster.members[leader], v35, Signal::SIGTERM)?;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    wait_ready(&clients, &clients[leader]).await
+    let handover_ms = u64::try_from(t0.elapsed().as_millis())?;
+    wait_ready(&clients, &clients[leader]).await?;
+    Ok(handover_ms)
 }
 
 async fn one(strategy: &'static str) -> Result<Run> {
@@ -150,21 +259,23 @@ async fn one(strategy: &'static str) -> Result<Run> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let wall0 = baton_harness::unix_ms();
+    let mut phase_ms = BTreeMap::new();
+    let mut handover_ms = 0;
     match strategy {
         "aware" => {
             let v35 = cluster.build_release("3.5.1", &e35)?;
-            aware(&cluster, &v35).await?;
+            handover_ms = aware(&cluster, &v35, t0).await?;
         }
         "baton" => {
             let (code, _, stderr) =
                 tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
+            let wall1 = baton_harness::unix_ms();
             anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
+            let journal = cluster.dir.path().join("coordinator-state/journal.jsonl");
+            phase_ms = phases(&journal, wall0, wall1)?;
+            handover_ms = handover_at(&journal)?.saturating_sub(wall0);
             if std::env::args().any(|a| a == "--timeline") {
-                baton_harness::print_timeline(
-                    &cluster.dir.path().join("coordinator-state/journal.jsonl"),
-                    wall0,
-                    baton_harness::unix_ms(),
-                )?;
+                baton_harness::print_timeline(&journal, wall0, wall1)?;
             }
         }
         _ => {
@@ -188,6 +299,8 @@ async fn one(strategy: &'static str) -> Result<Run> {
         }
     }
     let total_ms = u64::try_from(t0.elapsed().as_millis())?;
+    wait_cluster_version(&cluster.clients()).await?;
+    let cv_ms = u64::try_from(t0.elapsed().as_millis())?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = load.finish().await?;
     let lost = etcd_verify(&cluster.clients(), &report).await?.len();
@@ -198,6 +311,9 @@ async fn one(strategy: &'static str) -> Result<Run> {
         failed_writes: report.failed,
         lost_writes: lost,
         total_ms,
+        cv_ms,
+        handover_ms,
+        phases: phase_ms,
     })
 }
 
@@ -210,19 +326,27 @@ async fn main() -> Result<()> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
-    // `--only S`: one strategy (for investigating it; the figures in
-    // BENCHMARKS.md always come from all four, interleaved).
-    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    // `--only S[,S…]`: only these strategies, still interleaved (for
+    // investigating; `--only baton,aware` for the side-by-side ratios).
+    let only: Option<Vec<String>> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|o| o.split(',').map(str::to_owned).collect());
     let mut all = Vec::new();
     for run in 1..=runs {
         for s in STRATEGIES {
-            if only.as_deref().is_some_and(|o| o != s) {
+            if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == s)) {
                 continue;
             }
             let r = one(s).await.with_context(|| format!("run {run} {s}"))?;
             eprintln!(
-                "run {run} {s:<8} gap {:>5} ms  leader changes {}  failed {}  lost {}  total {:>6} ms",
-                r.max_write_gap_ms, r.leader_changes, r.failed_writes, r.lost_writes, r.total_ms
+                "run {run} {s:<8} gap {:>5} ms  leader changes {}  failed {}  lost {}  total {:>6} ms  cluster 3.5 at {:>6} ms",
+                r.max_write_gap_ms,
+                r.leader_changes,
+                r.failed_writes,
+                r.lost_writes,
+                r.total_ms,
+                r.cv_ms
             );
             all.push(r);
         }
@@ -243,6 +367,9 @@ fn print_report(all: &[Run]) {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for s in STRATEGIES {
         let rs: Vec<&Run> = all.iter().filter(|r| r.strategy == s).collect();
+        if rs.is_empty() {
+            continue;
+        }
         let col = |f: fn(&Run) -> u64| rs.iter().map(|r| f(r)).collect::<Vec<_>>();
         println!(
             "| {s} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -257,19 +384,72 @@ fn print_report(all: &[Run]) {
             col(|r| r.total_ms).into_iter().max().unwrap_or(0),
         );
     }
-    let med = |s: &str| {
-        median(
-            all.iter()
-                .filter(|r| r.strategy == s)
-                .map(|r| r.total_ms)
-                .collect(),
-        )
-    };
-    println!(
-        "\nbaton median total {} ms vs leader-aware script {} ms: {:.2}x (target <= 1.5)",
-        med("baton"),
-        med("aware"),
-        med("baton") as f64 / med("aware").max(1) as f64
-    );
+    print_ratios(all);
     println!("{}", serde_json::json!({ "runs": all }));
+}
+
+/// Issue 10's targets, baton against the leader-aware script in the same
+/// run, then baton's time by phase (medians over its runs).
+fn print_ratios(all: &[Run]) {
+    let of = |s: &str| all.iter().filter(|r| r.strategy == s).collect::<Vec<_>>();
+    let (baton, aware) = (of("baton"), of("aware"));
+    if baton.is_empty() || aware.is_empty() {
+        return;
+    }
+    let med = |rs: &[&Run], f: fn(&Run) -> u64| median(rs.iter().map(|r| f(r)).collect());
+    let max = |rs: &[&Run], f: fn(&Run) -> u64| rs.iter().map(|r| f(r)).max().unwrap_or(0);
+    let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
+    let (bt, at) = (med(&baton, |r| r.total_ms), med(&aware, |r| r.total_ms));
+    let (bc, ac) = (med(&baton, |r| r.cv_ms), med(&aware, |r| r.cv_ms));
+    let (bg, ag) = (
+        max(&baton, |r| r.max_write_gap_ms),
+        max(&aware, |r| r.max_write_gap_ms),
+    );
+    let changes = |rs: &[&Run]| rs.iter().map(|r| r.leader_changes).collect::<Vec<_>>();
+    let lost = |rs: &[&Run]| rs.iter().map(|r| r.lost_writes).sum::<usize>();
+    println!(
+        "\n{} interleaved rounds (target >= 8)",
+        baton.len().min(aware.len())
+    );
+    println!(
+        "median total: baton {bt} ms vs leader-aware script {at} ms: {:.2}x (target <= 1.0)",
+        ratio(bt, at)
+    );
+    println!(
+        "median time to cluster version 3.5: baton {bc} ms vs script {ac} ms: {:.2}x",
+        ratio(bc, ac)
+    );
+    let (bh, ah) = (
+        med(&baton, |r| r.handover_ms),
+        med(&aware, |r| r.handover_ms),
+    );
+    println!(
+        "median time to the handover: baton {bh} ms vs script {ah} ms: {:.2}x",
+        ratio(bh, ah)
+    );
+    println!(
+        "max write gap: baton {bg} ms vs script {ag} ms: {:.2}x (target <= 1.2)",
+        ratio(bg, ag)
+    );
+    println!(
+        "leader changes per run: baton {:?}, script {:?} (target: exactly 1 each)",
+        changes(&baton),
+        changes(&aware)
+    );
+    println!(
+        "acked writes lost: baton {}, script {} (target 0)",
+        lost(&baton),
+        lost(&aware)
+    );
+    let mut labels: Vec<&String> = baton.iter().flat_map(|r| r.phases.keys()).collect();
+    labels.sort();
+    labels.dedup();
+    println!("\nwhere baton's time goes (median ms per run, from the journal):");
+    for l in labels {
+        let v: Vec<u64> = baton
+            .iter()
+            .map(|r| r.phases.get(l).copied().unwrap_or(0))
+            .collect();
+        println!("  {:>6}  {l}", median(v));
+    }
 }
