@@ -248,6 +248,7 @@ impl FleetView {
             seq: e.seq,
             at: wall,
             lag,
+            applied: r.state.applied_revision,
         });
         while e.lag_samples.len() > LAG_SAMPLES {
             e.lag_samples.pop_front();

@@ -15,6 +15,9 @@ pub struct LagSample {
     pub seq: u64,
     pub at: UnixMs,
     pub lag: u64,
+    /// The revision the member had applied, as of that report.
+    #[serde(default)]
+    pub applied: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -121,6 +121,7 @@ impl World {
                     seq: s.seq,
                     at: now,
                     lag: committed - s.applied,
+                    applied: s.applied,
                 });
                 if s.samples.len() > 64 {
                     s.samples.remove(0);

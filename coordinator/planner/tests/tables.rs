@@ -8,7 +8,7 @@ use baton_planner::Policy;
 use baton_planner::decide::Step;
 use baton_planner::rollout::RolloutState;
 use baton_planner::rollout::{Action, Event, Gate, Phase, Stage};
-use baton_planner::{UnixMs, View};
+use baton_planner::{LagSample, UnixMs, View};
 use common::*;
 
 /// The planner's steps after the fast report cadence that every moving
@@ -118,6 +118,45 @@ fn the_forward_path_of_one_follower() {
             at: t(5)
         })]
     );
+}
+
+/// A follower back from a restart reads its own log back: it can report
+/// healthy and within `tolerable_lag` before the leader sends it anything
+/// (samplekv's leader waited out a 200 ms reconnect backoff). Two readings
+/// that applied nothing, with the leader ahead, are not a catch-up.
+#[test]
+fn the_catch_up_gate_needs_the_member_seen_applying() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let r = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(10) });
+    let p = Policy {
+        tolerable_lag: 10,
+        ..Policy::default()
+    };
+    let samples = |applied: [u64; 2], lags: [u64; 2]| {
+        let mut view = view.clone();
+        view.members.get_mut(&id("n2")).unwrap().lag_samples = (0..2)
+            .map(|i| LagSample {
+                seq: i as u64 + 1,
+                at: UnixMs(11 + i as u64),
+                lag: lags[i],
+                applied: applied[i],
+            })
+            .collect();
+        view
+    };
+    let passed = |view: &View| {
+        decide(view, &r, &p, t(13)).contains(&Step::Record(Event::GatePassed {
+            member: id("n2"),
+            gate: Gate::CaughtUp,
+            at: t(13),
+        }))
+    };
+    assert!(
+        !passed(&samples([95, 95], [4, 6])),
+        "replayed its log, nothing since"
+    );
+    assert!(passed(&samples([95, 99], [4, 2])), "applying");
+    assert!(passed(&samples([100, 100], [0, 0])), "applied everything");
 }
 
 #[test]

@@ -41,6 +41,14 @@ pub const EXIT_FORMAT_TOO_NEW: u8 = 78;
 pub const HEARTBEAT_MS: u64 = 100;
 /// Raft election timeout range (loopback-sized).
 pub const ELECTION_TIMEOUT_MS: (u64, u64) = (300, 600);
+/// How long a leader waits before it retries a peer it could not reach:
+/// 10 ms, doubling to at most 100 ms. openraft's default (200 ms, doubling
+/// to 1 s) left a follower that restarted in 30 ms unreplicated for another
+/// 170 ms: it answered healthy and within a few entries of the leader (its
+/// own log, replayed) while the leader was not sending to it, so a rollout
+/// that then stopped the other follower paused commits until the backoff
+/// ran out. Retrying an absent loopback peer costs a refused connect.
+pub const UNREACHABLE_BACKOFF: &str = "10ms 20ms ...100ms";
 /// How long a leader waits on SIGTERM for another member to lead.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 /// A follower whose last acknowledgement is older than this is unreachable
@@ -175,6 +183,7 @@ pub fn raft_config(snapshot_logs: u64) -> Result<Config, MemberError> {
         election_timeout_max: ELECTION_TIMEOUT_MS.1,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: (snapshot_logs / 2).min(1000),
+        backoff: UNREACHABLE_BACKOFF.to_owned(),
         ..Config::default()
     }
     .validate()

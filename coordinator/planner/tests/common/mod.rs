@@ -105,6 +105,8 @@ pub fn with_samples(view: View, m: &str, samples: &[(u64, u64, u64)]) -> View {
                 seq: *seq,
                 at: UnixMs(*at),
                 lag: *lag,
+                // Every reading applied something new.
+                applied: *seq,
             })
             .collect();
         v.lag_shrank_at = baton_planner::view::last_shrink(&v.lag_samples);

@@ -13,6 +13,11 @@
 //! The `sigterm` script's per-member times (stop + start + healthy + caught
 //! up) are the floors baton's total is compared against. Prints a table of
 //! medians and maxima and one JSON line with every figure.
+//!
+//! `--timeline` prints each baton run's journal and where its three largest
+//! write gaps were; `--probe-restart` restarts one follower under load and
+//! prints what it and the leader report every 2 ms (when the leader first
+//! reaches it again).
 
 use std::time::Duration;
 
@@ -170,7 +175,7 @@ async fn baton() -> Result<RunResult> {
     let wall0 = baton_harness::unix_ms();
     let (code, out, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
-    anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
+    anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}\n{out}");
     if std::env::args().any(|a| a == "--timeline") {
         baton_harness::print_timeline(
             &cluster.dir.path().join("coordinator-state/journal.jsonl"),
@@ -185,15 +190,15 @@ async fn baton() -> Result<RunResult> {
     let total_ms = u64::try_from(t0.elapsed().as_millis())?;
     let (r, lost) = finish(l).await?;
     if std::env::args().any(|a| a == "--timeline") {
-        // Where the largest gap was: the acks on either side of it.
+        // Where the largest gaps were: the acks on either side of each.
         let mut acks: Vec<_> = r.acked_writes.iter().collect();
         acks.sort_by_key(|w| w.acked_at_ms);
-        if let Some(w) = acks
-            .windows(2)
-            .max_by_key(|w| w[1].acked_at_ms.saturating_sub(w[0].acked_at_ms))
-        {
+        let mut gaps: Vec<_> = acks.windows(2).collect();
+        gaps.sort_by_key(|w| std::cmp::Reverse(w[1].acked_at_ms.saturating_sub(w[0].acked_at_ms)));
+        for (rank, w) in gaps.iter().take(3).enumerate() {
             eprintln!(
-                "  largest gap {} ms from @{} (ms after `baton upgrade` began): last ack before it by leader {} (term {}), first after by leader {} (term {})",
+                "  {} gap {} ms from @{} (ms after `baton upgrade` began): last ack before it by leader {} (term {}), first after by leader {} (term {})",
+                ["largest", "2nd", "3rd"][rank],
                 w[1].acked_at_ms - w[0].acked_at_ms,
                 (load_started + w[0].acked_at_ms) as i64 - wall0 as i64,
                 w[0].leader_id,
@@ -236,9 +241,54 @@ async fn idle(duration: Duration) -> Result<RunResult> {
     })
 }
 
+/// `--probe-restart`: restarts one follower under load and prints, every
+/// 2 ms for 400 ms, what it and the leader report (diagnostics).
+async fn probe_restart() -> Result<()> {
+    let mut cluster = Cluster::start(ClusterSpec::default()).await?;
+    let l = load(&cluster);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leader = cluster.leader_index().await?;
+    let i = (leader + 1) % cluster.members.len();
+    let t0 = Instant::now();
+    let p = cluster.members[i]
+        .proc
+        .as_mut()
+        .context("external member")?;
+    p.signal(Signal::SIGTERM);
+    p.wait_exit(Duration::from_secs(30))?;
+    eprintln!("@{} member {i} exited", t0.elapsed().as_millis());
+    cluster.start_member(i, &[])?;
+    eprintln!("@{} member {i} started", t0.elapsed().as_millis());
+    let mut last = String::new();
+    while t0.elapsed() < Duration::from_millis(600) {
+        let m = cluster.member_status(i).await.ok();
+        let ld = cluster.member_status(leader).await.ok();
+        let line = format!(
+            "member: {} leader_id {} applied {} committed {} | leader committed {}",
+            m.as_ref()
+                .map_or("-".into(), |m| format!("term {}", m.term)),
+            m.as_ref().map_or(0, |m| m.leader_id),
+            m.as_ref().map_or(0, |m| m.applied_revision),
+            m.as_ref().map_or(0, |m| m.committed_revision),
+            ld.as_ref().map_or(0, |m| m.committed_revision),
+        );
+        if line != last {
+            eprintln!("@{} {line}", t0.elapsed().as_millis());
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (r, lost) = finish(l).await?;
+    eprintln!("max gap {} ms, lost {lost}", r.max_write_gap_ms);
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     baton_harness::init();
+    if std::env::args().any(|a| a == "--probe-restart") {
+        return probe_restart().await;
+    }
     let runs: usize = std::env::args()
         .skip_while(|a| a != "--runs")
         .nth(1)
