@@ -264,6 +264,9 @@ async fn pause_at_each_stage_leaves_no_member_down_and_resume_completes() -> Res
 async fn abort_during_a_failing_start_then_rollback_then_another_upgrade_each_work() -> Result<()> {
     let spec = ClusterSpec {
         policy: "tolerable_lag = 200\nhealth_timeout_ms = 10000\nstall_after_ms = 3000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\n".into(),
+        member_env: (0..3)
+            .map(|i| (i, vec![("SAMPLEKV_FAIL_START_AFTER_MS".to_owned(), "1500".to_owned())]))
+            .collect(),
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
@@ -284,7 +287,10 @@ async fn abort_during_a_failing_start_then_rollback_then_another_upgrade_each_wo
         .as_str()
         .context("order")?
         .to_owned();
-    // Abort while the bad release is being started.
+    // Abort while the bad release is being started. It dies 1.5 s after its
+    // start (`SAMPLEKV_FAIL_START_AFTER_MS`): dying at once, its exit is
+    // seen within milliseconds and the rollout may pause before the abort
+    // arrives (a paused rollout rightly refuses an abort).
     wait_stage(&journal, from, &first, At::Starting).await?;
     let (code, out, stderr) = baton(&cluster, &["abort"])?;
     assert_eq!(code, 0, "baton abort: {stderr} {out:#}");

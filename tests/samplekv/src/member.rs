@@ -226,6 +226,15 @@ pub async fn run(
 
     let manifest = Manifest::load(&release_dir)?;
     if manifest.fail_start {
+        // A bad release that dies a while after it starts
+        // (`SAMPLEKV_FAIL_START_AFTER_MS`), as one that fails its own
+        // start-up checks would; by default it dies at once.
+        if let Some(ms) = std::env::var("SAMPLEKV_FAIL_START_AFTER_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
         return Err(MemberError::FailStart {
             version: manifest.version,
             manifest: Manifest::path_in(&release_dir),
