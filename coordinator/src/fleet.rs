@@ -208,7 +208,9 @@ impl FleetView {
         }
         let applied = r.state.applied_revision;
         let moved = e.healthy_applied.is_some_and(|before| applied > before);
-        let complete = applied >= leader_committed.unwrap_or(r.state.committed_revision);
+        // With no leader known there is nothing to be complete against (a
+        // member's own committed revision may stop where its apply stopped).
+        let complete = leader_committed.is_some_and(|c| applied >= c);
         e.progressed = moved || complete;
         e.healthy_applied = Some(applied);
     }

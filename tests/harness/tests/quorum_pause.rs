@@ -298,10 +298,15 @@ async fn abort_during_a_failing_start_then_rollback_then_another_upgrade_each_wo
     assert_eq!(code, 3, "an aborted rollout ends paused: {stderr} {out:#}");
     let state = &out["rollout"]["state"];
     assert_eq!(state["phase"]["phase"], "paused", "{out:#}");
+    // Healthy on v1 and caught up: the member put back was down for the
+    // bad release's 1.5 s and replays what it missed (a preflight in that
+    // window rightly refuses its lag).
     cluster
-        .wait_status("every member healthy on v1", Duration::from_secs(20), |s| {
-            on_release(s, "v1")
-        })
+        .wait_status(
+            "every member healthy on v1 and caught up",
+            Duration::from_secs(20),
+            |s| on_release(s, "v1") && s.members.iter().all(|m| m.lag.is_some_and(|l| l <= 20)),
+        )
         .await?;
     // The way out: rollback closes it, then another release goes on.
     let (code, out, stderr) = baton(&cluster, &["rollback"])?;
