@@ -85,6 +85,8 @@ struct Entry {
     /// judged against (a down or unresponsive report in between carries no
     /// revision, and 0 -> N is not progress).
     healthy_applied: Option<u64>,
+    /// When the latest report that showed progress arrived.
+    progressed_at: Option<Instant>,
 }
 
 /// The coordinator's picture of the cluster.
@@ -212,6 +214,9 @@ impl FleetView {
         // member's own committed revision may stop where its apply stopped).
         let complete = leader_committed.is_some_and(|c| applied >= c);
         e.progressed = moved || complete;
+        if e.progressed {
+            e.progressed_at = Some(now);
+        }
         e.healthy_applied = Some(applied);
     }
 
@@ -273,6 +278,7 @@ impl FleetView {
                 let entry = &self.members[&row.member];
                 let samples = entry.lag_samples.iter().copied().collect();
                 let live = self.is_live(&row.member, now);
+                let progressed_at = entry.progressed_at.map(|t| self.wall(t));
                 (
                     row.member,
                     MemberView {
@@ -284,6 +290,7 @@ impl FleetView {
                         lag_shrank_at: entry.lag_shrank_at,
                         version_rule: entry.version_rule,
                         live,
+                        progressed_at,
                     },
                 )
             })

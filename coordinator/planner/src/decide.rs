@@ -186,8 +186,14 @@ fn crashed(view: &View, member: &MemberId, policy: &Policy) -> Option<String> {
 }
 
 /// The other members that keep `member` from being stopped now, as a wait
-/// reason: too many down for `max_unavailable`, or not seen live.
-fn others_not_ready(view: &View, policy: &Policy, member: &MemberId) -> Option<String> {
+/// reason: too many down for `max_unavailable`, or not seen live and making
+/// progress since `since` (when the step before this stop finished).
+fn others_not_ready(
+    view: &View,
+    policy: &Policy,
+    member: &MemberId,
+    since: UnixMs,
+) -> Option<String> {
     let cap = policy.effective_max_unavailable(view.members.len());
     let others = || view.members.iter().filter(|(m, _)| *m != member);
     let down: Vec<String> = others()
@@ -205,7 +211,10 @@ fn others_not_ready(view: &View, policy: &Policy, member: &MemberId) -> Option<S
         ));
     }
     let not_live: Vec<String> = others()
-        .filter(|(_, v)| !v.down() && !v.live)
+        .filter(|(_, v)| {
+            let progressing = v.live && v.progressed_at.is_some_and(|t| t >= since);
+            !v.down() && !progressing
+        })
         .map(|(m, _)| m.to_string())
         .collect();
     if !not_live.is_empty() {
@@ -406,8 +415,17 @@ fn next(
                 if handing_over || view.is_leader(&member) {
                     return handover(view, rollout, policy, now, &member);
                 }
+                // The step before this stop: the last member that finished,
+                // the handover, or the rollout's start.
+                let since = rollout
+                    .members
+                    .values()
+                    .filter_map(|p| p.finished_at)
+                    .chain(rollout.leader_changes.iter().map(|(_, at)| *at))
+                    .max()
+                    .unwrap_or(rollout.started_at);
                 if *stage == Stage::Staged
-                    && let Some(reason) = others_not_ready(view, policy, &member)
+                    && let Some(reason) = others_not_ready(view, policy, &member, since)
                 {
                     return wait(reason);
                 }

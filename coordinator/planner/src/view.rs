@@ -46,6 +46,12 @@ pub struct MemberView {
     /// members; a frozen member's agent may still be heard, but is not live.
     #[serde(default)]
     pub live: bool,
+    /// When the latest report that showed progress arrived. A stop waits
+    /// for one from every other member after the step before it finished:
+    /// a member frozen just after its last good report is still "live" for
+    /// a moment, but shows no progress after that.
+    #[serde(default)]
+    pub progressed_at: Option<UnixMs>,
 }
 
 /// The time of the last reading in `samples` whose lag is below its

@@ -75,6 +75,30 @@ fn a_stop_waits_for_a_live_report_from_every_other_member() {
     );
 }
 
+/// A member frozen just after its last good report is still live for a
+/// moment; a stop waits for progress from it after the step before (here:
+/// the previous member finishing), so the freeze holds the stop.
+#[test]
+fn a_stop_waits_for_progress_after_the_step_before_it() {
+    let mut view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let mut r = at_stage(&view, "n1", "n3", Stage::Staged);
+    r.members.get_mut(&id("n2")).unwrap().finished_at = Some(t(5_000));
+    // n2 is live (a report 10 ms ago), but its last progress was before
+    // it finished: frozen right after.
+    view.members.get_mut(&id("n2")).unwrap().progressed_at = Some(t(4_990));
+    let held = decide(&view, &r, &Policy::default(), t(5_050));
+    assert_eq!(issues(&held), vec![]);
+    assert!(
+        waits(&held)[0].contains("waiting for a live report from n2"),
+        "{held:?}"
+    );
+    view.members.get_mut(&id("n2")).unwrap().progressed_at = Some(t(5_020));
+    assert_eq!(
+        issues(&decide(&view, &r, &Policy::default(), t(5_060))),
+        vec![("n3".to_owned(), Action::Stop)]
+    );
+}
+
 /// An agent that reports its member unresponsive (a read missed its
 /// deadline) counts it as down for `max_unavailable`.
 #[test]

@@ -91,6 +91,7 @@ impl World {
                     lag_shrank_at: baton_planner::view::last_shrink(&s.samples),
                     version_rule: None,
                     live: s.running,
+                    progressed_at: s.running.then_some(now),
                 },
             );
         }
