@@ -185,6 +185,28 @@ fn crashed(view: &View, member: &MemberId, policy: &Policy) -> Option<String> {
     })
 }
 
+/// The failed gate to record when `member` exited after its start on the
+/// target (see [`crashed`]): it goes back to the previous release.
+fn crash_fails(
+    view: &View,
+    rollout: &RolloutState,
+    policy: &Policy,
+    now: UnixMs,
+    member: &MemberId,
+    gate: Gate,
+) -> Option<Step> {
+    let why = crashed(view, member, policy)?;
+    Some(Step::Record(Event::GateFailed {
+        member: member.clone(),
+        gate,
+        reason: format!(
+            "{why} on {}; rolling it back to {}",
+            rollout.target.version, rollout.previous
+        ),
+        at: now,
+    }))
+}
+
 /// The other members that keep `member` from being stopped now, as a wait
 /// reason: too many down for `max_unavailable`, or not seen live and making
 /// progress since `since` (when the step before this stop finished).
@@ -280,16 +302,8 @@ fn next(
 
     match &progress.stage {
         Stage::Started { at } => {
-            if let Some(why) = crashed(view, &member, policy) {
-                return vec![Step::Record(Event::GateFailed {
-                    member: member.clone(),
-                    gate: Gate::Healthy,
-                    reason: format!(
-                        "{why} on {}; rolling it back to {}",
-                        rollout.target.version, rollout.previous
-                    ),
-                    at: now,
-                })];
+            if let Some(step) = crash_fails(view, rollout, policy, now, &member, Gate::Healthy) {
+                return vec![step];
             }
             let v = view.members.get(&member);
             let on_target = v.and_then(|v| v.release()) == Some(rollout.target.version.as_str());
@@ -327,16 +341,8 @@ fn next(
             ))
         }
         Stage::CatchingUp { since } => {
-            if let Some(why) = crashed(view, &member, policy) {
-                return vec![Step::Record(Event::GateFailed {
-                    member: member.clone(),
-                    gate: Gate::CaughtUp,
-                    reason: format!(
-                        "{why} on {}; rolling it back to {}",
-                        rollout.target.version, rollout.previous
-                    ),
-                    at: now,
-                })];
+            if let Some(step) = crash_fails(view, rollout, policy, now, &member, Gate::CaughtUp) {
+                return vec![step];
             }
             catch_up(view, rollout, policy, now, &member, *since)
         }
