@@ -706,6 +706,12 @@ pub fn baton_json_at(url: &str, args: &[&str]) -> Result<(i32, serde_json::Value
         .args(["--coordinator", url, "--output", "json"])
         .args(args)
         .output()?;
+    baton_output(&out)
+}
+
+/// A finished `baton --output json` run as (exit code, the last stdout line
+/// that is JSON or Null, stderr).
+pub fn baton_output(out: &std::process::Output) -> Result<(i32, serde_json::Value, String)> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = stdout
         .lines()

@@ -288,19 +288,7 @@ impl EtcdCluster {
         let out = tokio::time::timeout(within, cmd.output())
             .await
             .with_context(|| format!("baton {} ran longer than {within:?}", args.join(" ")))??;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{') || l.starts_with('['))
-            .map(serde_json::from_str)
-            .transpose()?
-            .unwrap_or(serde_json::Value::Null);
-        Ok((
-            out.status.code().unwrap_or(-1),
-            json,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        crate::baton_output(&out)
     }
 }
 
