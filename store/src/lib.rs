@@ -4,11 +4,16 @@
 //! (a local directory today; S3 later, behind the same trait), sha256
 //! checksums, and packing/unpacking release directories. The rule it
 //! enforces: an artifact whose sha256 does not match is never unpacked.
+//! Pre-upgrade backups live in the same store, under `backups/`, and are
+//! the [`backup`] module's.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+pub mod backup;
+
+pub use backup::{BackupManifest, BackupSource};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -57,6 +62,20 @@ pub enum StoreError {
         "invalid release name or version {0:?}: use only [A-Za-z0-9._-], not starting with '.'"
     )]
     BadName(String),
+    #[error("release name {0:?} is reserved for the store's backups; publish under another name")]
+    Reserved(String),
+    #[error("store {location}, object {key}: {detail}")]
+    Object {
+        location: String,
+        key: String,
+        detail: String,
+    },
+    #[error("backup store {location}, key {key}: {detail}")]
+    Backup {
+        location: String,
+        key: String,
+        detail: String,
+    },
     #[error("artifact store I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -64,7 +83,7 @@ pub enum StoreError {
     },
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.to_owned(),
         source,
@@ -275,6 +294,10 @@ impl DirStore {
 
     fn dir(&self, name: &str, version: &str) -> Result<PathBuf, StoreError> {
         check_name(name)?;
+        if name == "backups" {
+            // The backups' own tree (see [`backup`]).
+            return Err(StoreError::Reserved(name.to_owned()));
+        }
         check_name(version)?;
         Ok(self.root.join(name).join(version))
     }
