@@ -17,6 +17,7 @@ use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
+use crate::backup::{Backups, SourceRelease};
 use crate::installer::Installer;
 use crate::runner::MemberProcess;
 use crate::watcher::Observation;
@@ -57,8 +58,11 @@ pub struct Executor {
     /// Starts and stops the member, in the configured run mode.
     process: Box<dyn MemberProcess>,
     installer: Option<Installer>,
-    /// The watcher's latest observation, for the leader interlock on Stop.
+    /// The watcher's latest observation, for the leader interlock on Stop
+    /// (and the release a backup records).
     observed: Option<tokio::sync::watch::Receiver<Option<Observation>>>,
+    /// Where backups go, when a `[store]` is configured.
+    backups: Option<Backups>,
 }
 
 impl Executor {
@@ -70,6 +74,13 @@ impl Executor {
         observed: tokio::sync::watch::Receiver<Option<Observation>>,
     ) -> Self {
         self.observed = Some(observed);
+        self
+    }
+
+    /// Takes backups into `backups` (without it, a backup command fails
+    /// and says why).
+    pub fn with_backups(mut self, backups: Backups) -> Self {
+        self.backups = Some(backups);
         self
     }
 
@@ -111,6 +122,7 @@ impl Executor {
             process,
             installer,
             observed: None,
+            backups: None,
         })
     }
 
@@ -238,6 +250,28 @@ impl Executor {
             }
             Action::Start => self.process.start().await,
             Action::StepDown { to } => self.adapter.step_down(to).await.map_err(|e| e.to_string()),
+            Action::Backup { id } => {
+                let backups = self.backups.as_ref().ok_or_else(|| {
+                    format!(
+                        "member {}: no [store] is configured on this agent, so it cannot take backup {id}; configure [store], or set the coordinator's policy backup = \"off\"",
+                        self.member
+                    )
+                })?;
+                let release = self
+                    .observed
+                    .as_ref()
+                    .and_then(|o| {
+                        o.borrow().as_ref().map(|o| SourceRelease {
+                            version: o.state.release.clone(),
+                            format_version: o.state.format_version,
+                        })
+                    })
+                    .unwrap_or(SourceRelease {
+                        version: String::new(),
+                        format_version: 0,
+                    });
+                backups.take(self.adapter.as_ref(), id, release).await
+            }
         }
     }
 }

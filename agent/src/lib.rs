@@ -45,6 +45,7 @@
 //! Nothing here calls `process::exit`.
 
 pub mod adapter;
+pub mod backup;
 pub mod cmd;
 pub mod config;
 pub mod executor;
@@ -121,16 +122,23 @@ pub async fn run(
         _ => None,
     };
     let (obs_tx, obs_rx) = watch::channel(None);
-    let executor = Arc::new(
-        executor::Executor::open(
+    let mut executor = executor::Executor::open(
+        config.member.clone(),
+        &config.state_dir,
+        adapter.clone(),
+        process,
+        installer,
+    )?
+    .with_leader_interlock(obs_rx.clone());
+    if let Some(StoreConfig::Dir { path }) = &config.store {
+        executor = executor.with_backups(backup::Backups::new(
             config.member.clone(),
+            config.cluster.clone(),
+            Arc::new(baton_store::DirStore::new(path.clone())),
             &config.state_dir,
-            adapter.clone(),
-            process,
-            installer,
-        )?
-        .with_leader_interlock(obs_rx.clone()),
-    );
+        ));
+    }
+    let executor = Arc::new(executor);
 
     let (poll, poll_rx) = link::PollControl::new(config.poll);
     tracker.spawn(watcher::run(

@@ -400,6 +400,7 @@ mod tests {
             leader_changes: Vec::new(),
             started_at: UnixMs(1),
             completed_at: None,
+            backup: Default::default(),
         }
     }
 

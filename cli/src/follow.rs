@@ -114,6 +114,7 @@ pub async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow
                         for (m, ms) in &s.step_ms {
                             println!("  {m}: {ms} ms");
                         }
+                        println!("backup: {}", s.backup.text());
                         println!(
                             "total: {} ms, leader changes: {}",
                             s.total_ms, s.leader_changes

@@ -21,6 +21,70 @@ pub struct Summary {
     /// Per member: from its stop to its last gate, in ms.
     pub step_ms: Vec<(String, u64)>,
     pub total_ms: u64,
+    pub backup: BackupLine,
+}
+
+/// The pre-upgrade backup, as the summary shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BackupLine {
+    /// `verified`, `skipped`, `failed`, `pending`, `taking`, `taken`.
+    pub state: String,
+    pub id: Option<String>,
+    pub bytes: Option<u64>,
+    pub sha256: Option<String>,
+    pub revision: Option<u64>,
+    pub location: Option<String>,
+    /// True only when the coordinator re-read every part from the store.
+    pub verified: bool,
+    /// Why there is none (skipped or failed).
+    pub reason: Option<String>,
+}
+
+impl BackupLine {
+    fn of(state: &baton_domain::BackupState) -> BackupLine {
+        use baton_domain::BackupState as B;
+        let mut line = BackupLine {
+            state: state.name().to_owned(),
+            ..BackupLine::default()
+        };
+        match state {
+            B::Pending => {}
+            B::Taking { id, .. } | B::Taken { id, .. } => line.id = Some(id.clone()),
+            B::Verified(s) => {
+                line.id = Some(s.id.clone());
+                line.bytes = Some(s.bytes);
+                line.sha256 = Some(s.sha256.clone());
+                line.revision = Some(s.revision);
+                line.location = Some(s.location.clone());
+                line.verified = true;
+            }
+            B::Failed { id, reason } => {
+                line.id = Some(id.clone());
+                line.reason = Some(reason.clone());
+            }
+            B::Skipped { reason } => line.reason = Some(reason.clone()),
+        }
+        line
+    }
+
+    /// One line for the table summary.
+    pub fn text(&self) -> String {
+        match (self.verified, &self.id) {
+            (true, Some(id)) => format!(
+                "{id}, {} bytes, sha256 {}, revision {}, verified in {}",
+                self.bytes.unwrap_or(0),
+                self.sha256.as_deref().unwrap_or(""),
+                self.revision.unwrap_or(0),
+                self.location.as_deref().unwrap_or("")
+            ),
+            _ => match (&self.id, &self.reason) {
+                (Some(id), Some(reason)) => format!("{} {id}: {reason}", self.state),
+                (None, Some(reason)) => format!("{}: {reason}", self.state),
+                (Some(id), None) => format!("{} {id}", self.state),
+                (None, None) => self.state.clone(),
+            },
+        }
+    }
 }
 
 pub fn summary(r: &Rollout) -> Summary {
@@ -54,6 +118,7 @@ pub fn summary(r: &Rollout) -> Summary {
             })
             .collect(),
         total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
+        backup: BackupLine::of(&r.backup.state),
     }
 }
 
@@ -242,9 +307,22 @@ mod tests {
             ]),
             commands: BTreeMap::new(),
             handover: None,
-            leader_changes: vec![(n2, UnixMs(8))],
+            leader_changes: vec![(n2.clone(), UnixMs(8))],
             started_at: UnixMs(1),
             completed_at: None,
+            backup: baton_domain::RolloutBackup {
+                attempts: 1,
+                state: baton_domain::BackupState::Verified(baton_domain::BackupSummary {
+                    id: "r1-v2-b1".into(),
+                    member: n2,
+                    bytes: 2048,
+                    sha256: "ef".repeat(32),
+                    revision: 17,
+                    parts: 1,
+                    location: "/srv/store".into(),
+                    verified_at: UnixMs(2),
+                }),
+            },
         }
     }
 
@@ -301,6 +379,27 @@ mod tests {
             (5, vec![("n2".to_owned(), 4)]),
             "until the last member finished; each from its start to its finish"
         );
+        assert_eq!(
+            s.backup.text(),
+            format!(
+                "r1-v2-b1, 2048 bytes, sha256 {}, revision 17, verified in /srv/store",
+                "ef".repeat(32)
+            )
+        );
+        let json = serde_json::to_value(&s.backup).unwrap();
+        assert_eq!(
+            (&json["id"], &json["bytes"], &json["verified"]),
+            (
+                &serde_json::json!("r1-v2-b1"),
+                &serde_json::json!(2048),
+                &serde_json::json!(true)
+            )
+        );
+        let skipped = BackupLine::of(&baton_domain::BackupState::Skipped {
+            reason: "backup = \"off\" in the policy".into(),
+        });
+        assert_eq!(skipped.text(), "skipped: backup = \"off\" in the policy");
+        assert!(!skipped.verified);
     }
 
     /// The hint after a pause says where each member really is.

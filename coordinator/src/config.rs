@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use baton_domain::MemberId;
 use baton_planner::Policy;
-use baton_planner::policy::OnStall;
+use baton_planner::policy::{BackupPolicy, OnStall};
 use serde::Deserialize;
 
 use crate::alerts::config::{AlertingConfig, AlertingConfigError, RawAlerting};
@@ -89,6 +89,7 @@ struct RawPolicy {
     agent_down_after_ms: Option<u64>,
     start_retries: Option<u32>,
     allow_quorum_loss: Option<bool>,
+    backup: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +294,19 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
             ));
         }
     };
+    // Optional until every adapter can back up (etcd cannot yet): a member
+    // that cannot is skipped with the reason in the summary.
+    let backup = match raw.backup.as_deref() {
+        Some("required") => BackupPolicy::Required,
+        None | Some("optional") => BackupPolicy::Optional,
+        Some("off") => BackupPolicy::Off,
+        Some(other) => {
+            return Err(invalid(
+                "policy.backup",
+                format!("{other:?}; use required, optional or off"),
+            ));
+        }
+    };
     let max_unavailable = raw.max_unavailable.unwrap_or(d.max_unavailable);
     let allow_quorum_loss = raw.allow_quorum_loss.unwrap_or(false);
     // Quorum: a majority of members must stay up, so at most (N-1)/2 may
@@ -333,6 +347,7 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
         agent_down_after: ms(raw.agent_down_after_ms, d.agent_down_after),
         start_retries: raw.start_retries.unwrap_or(d.start_retries),
         allow_quorum_loss,
+        backup,
     };
     for (key, v) in [
         ("policy.stop_timeout_ms", p.stop_timeout),

@@ -111,6 +111,11 @@ pub async fn run(
             }),
             scratch: config.state_dir.clone(),
             tick: std::time::Duration::from_millis(50),
+            backups: config.store.as_ref().map(|p| {
+                Arc::new(baton_store::DirStore::new(p.clone()))
+                    as Arc<dyn baton_store::backup::BlobStore>
+            }),
+            cluster: config.cluster.clone(),
         },
         fleet.clone(),
         Arc::new(link.clone()),

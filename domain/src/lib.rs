@@ -13,7 +13,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use rollout::{
-    CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep, Rollout, Stage, UnixMs,
+    BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep,
+    Rollout, RolloutBackup, Stage, UnixMs,
 };
 
 /// The name of one cluster member, as the operator configured it (e.g. `n1`).
@@ -360,9 +361,13 @@ mod tests {
             Action::StepDown {
                 to: MemberId::new("n3").unwrap(),
             },
+            Action::Backup { id: "r1-b1".into() },
         ]
         .map(|a| a.kind());
-        assert_eq!(kinds, ["stage", "stop", "switch", "start", "step_down"]);
+        assert_eq!(
+            kinds,
+            ["stage", "stop", "switch", "start", "step_down", "backup"]
+        );
     }
 
     #[test]
@@ -458,11 +463,14 @@ pub enum Action {
     Start,
     /// Hand leadership to `to`.
     StepDown { to: MemberId },
+    /// Take backup `id` of the member's data and upload it to the store,
+    /// while the member serves.
+    Backup { id: String },
 }
 
 impl Action {
     /// The kind of command without its arguments: `stage`, `stop`,
-    /// `switch`, `start` or `step_down` (metric labels).
+    /// `switch`, `start`, `step_down` or `backup` (metric labels).
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Stage { .. } => "stage",
@@ -470,6 +478,7 @@ impl Action {
             Action::Switch { .. } => "switch",
             Action::Start => "start",
             Action::StepDown { .. } => "step_down",
+            Action::Backup { .. } => "backup",
         }
     }
 }
@@ -482,6 +491,7 @@ impl fmt::Display for Action {
             Action::Switch { version } => write!(f, "switch to {version}"),
             Action::Start => f.write_str("start"),
             Action::StepDown { to } => write!(f, "step down to {to}"),
+            Action::Backup { id } => write!(f, "back up as {id}"),
         }
     }
 }

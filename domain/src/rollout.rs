@@ -258,6 +258,74 @@ pub struct Handover {
     pub last_error: Option<String>,
 }
 
+/// The rollout's pre-upgrade backup: taken before the first stop, and
+/// verified by the coordinator re-reading it from the store. `attempts`
+/// counts the backups asked for; each gets a new id (`<rollout>-b<n>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutBackup {
+    pub attempts: u32,
+    pub state: BackupState,
+}
+
+/// Where the pre-upgrade backup is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum BackupState {
+    /// Not asked for yet.
+    #[default]
+    Pending,
+    /// A member's agent is taking and uploading it.
+    Taking {
+        id: String,
+        member: MemberId,
+        command: CommandId,
+    },
+    /// The agent says it is in the store; the coordinator re-reads it.
+    Taken { id: String, member: MemberId },
+    /// Re-read from the store and every part matched its manifest.
+    Verified(BackupSummary),
+    /// Taking or verifying failed; nothing was stopped because of it.
+    Failed { id: String, reason: String },
+    /// No backup: `backup = "off"`, or a failed one under `"optional"`.
+    Skipped { reason: String },
+}
+
+impl BackupState {
+    /// `pending`, `taking`, `taken`, `verified`, `failed` or `skipped`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BackupState::Pending => "pending",
+            BackupState::Taking { .. } => "taking",
+            BackupState::Taken { .. } => "taken",
+            BackupState::Verified(_) => "verified",
+            BackupState::Failed { .. } => "failed",
+            BackupState::Skipped { .. } => "skipped",
+        }
+    }
+
+    /// Whether the rollout may take a member down as far as the backup goes.
+    pub fn allows_stop(&self) -> bool {
+        matches!(self, BackupState::Verified(_) | BackupState::Skipped { .. })
+    }
+}
+
+/// A verified backup, as its manifest describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSummary {
+    pub id: String,
+    /// The member it was taken from.
+    pub member: MemberId,
+    pub bytes: u64,
+    /// Hex sha256 of the whole backup.
+    pub sha256: String,
+    /// The revision read from the backup itself.
+    pub revision: u64,
+    pub parts: u32,
+    /// The store it is in (a directory, `s3://bucket/prefix`).
+    pub location: String,
+    pub verified_at: UnixMs,
+}
+
 /// A command the journal knows about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandRecord {
@@ -299,6 +367,9 @@ pub struct Rollout {
     pub leader_changes: Vec<(MemberId, UnixMs)>,
     pub started_at: UnixMs,
     pub completed_at: Option<UnixMs>,
+    /// The pre-upgrade backup.
+    #[serde(default)]
+    pub backup: RolloutBackup,
 }
 
 #[cfg(test)]
@@ -386,6 +457,19 @@ mod tests {
             leader_changes: vec![(n3, UnixMs(30))],
             started_at: UnixMs(1),
             completed_at: None,
+            backup: RolloutBackup {
+                attempts: 1,
+                state: BackupState::Verified(BackupSummary {
+                    id: "r1-v2-b1".into(),
+                    member: n2,
+                    bytes: 4096,
+                    sha256: "cd".repeat(32),
+                    revision: 41,
+                    parts: 1,
+                    location: "/srv/baton".into(),
+                    verified_at: UnixMs(5),
+                }),
+            },
         }
     }
 
@@ -416,6 +500,11 @@ mod tests {
             "leader_changes": [["n3", 30]],
             "started_at": 1,
             "completed_at": null,
+            "backup": {"attempts": 1, "state": {
+                "state": "verified", "id": "r1-v2-b1", "member": "n2", "bytes": 4096,
+                "sha256": "cd".repeat(32), "revision": 41, "parts": 1,
+                "location": "/srv/baton", "verified_at": 5,
+            }},
         });
         assert_eq!(json, expected);
         let back: Rollout = serde_json::from_value(json).unwrap();

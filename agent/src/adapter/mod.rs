@@ -135,6 +135,55 @@ pub struct Backup {
     pub bytes: u64,
     /// Hex sha256 of the file.
     pub sha256: String,
+    /// The revision the backup holds, read from the backup itself (never
+    /// from a status call made beside it).
+    pub revision: u64,
+}
+
+/// A backup file being written: hashes and counts what goes in, and
+/// fsyncs at the end. Adapters stream into it; nothing is buffered whole.
+#[derive(Debug)]
+pub struct BackupFile {
+    path: PathBuf,
+    file: std::fs::File,
+    hash: sha2::Sha256,
+    bytes: u64,
+}
+
+impl BackupFile {
+    /// Creates `path`, which must not exist yet.
+    pub fn create(path: &Path) -> std::io::Result<BackupFile> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        Ok(BackupFile {
+            path: path.to_owned(),
+            file,
+            hash: sha2::Digest::new(),
+            bytes: 0,
+        })
+    }
+
+    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        self.file.write_all(chunk)?;
+        sha2::Digest::update(&mut self.hash, chunk);
+        self.bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the file and describes it, with the revision read from it.
+    pub fn finish(self, revision: u64) -> std::io::Result<Backup> {
+        self.file.sync_all()?;
+        let digest = sha2::Digest::finalize(self.hash);
+        Ok(Backup {
+            path: self.path,
+            bytes: self.bytes,
+            sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            revision,
+        })
+    }
 }
 
 /// One kind of cluster member, seen from its agent.
@@ -153,13 +202,23 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// Writes a consistent backup of the member's data to `dest` (a file that
     /// does not exist yet), verified, and returns what was written.
     ///
-    /// The default says this adapter cannot back up yet
-    /// ([`AdapterError::BackupUnsupported`]); no adapter overrides it so far,
-    /// and nothing calls it until rollouts take backups.
+    /// The default says this adapter cannot back up
+    /// ([`AdapterError::BackupUnsupported`]); samplekv and etcd override it.
     fn backup<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<Backup, AdapterError>> {
         let _ = dest;
         let adapter = self.kind();
         Box::pin(async move { Err(AdapterError::BackupUnsupported { adapter }) })
+    }
+    /// Restores `backup` into a scratch place under `scratch` (removed
+    /// afterwards) and checks it holds `backup.revision`; returns what was
+    /// checked. The default checks nothing and says so.
+    fn test_restore<'a>(
+        &'a self,
+        backup: &'a Backup,
+        scratch: &'a Path,
+    ) -> BoxFuture<'a, Result<String, AdapterError>> {
+        let _ = (backup, scratch);
+        Box::pin(async { Ok("no scratch test-restore for this adapter".to_owned()) })
     }
     /// Checks only this kind of member needs before a rollout touches it,
     /// judged from its latest state (the generic ones are the planner's).

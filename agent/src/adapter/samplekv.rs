@@ -2,10 +2,12 @@
 //!
 //! samplekv names members by number; baton names them by [`MemberId`]. The
 //! adapter maps one to the other with the configured `member_names`, falling
-//! back to `n{id}`. It owns that read, that mapping, and its `[target]`
-//! config section ([`SamplekvConfig`]).
+//! back to `n{id}`. It owns that read, that mapping, the member's backup
+//! (`Admin.Backup`, a document whose header names its applied index), and
+//! its `[target]` config section ([`SamplekvConfig`]).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,10 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{Adapter, AdapterConfig, AdapterError, MemberState, Registration, SectionError};
+use super::{
+    Adapter, AdapterConfig, AdapterError, Backup, BackupFile, MemberState, Registration,
+    SectionError,
+};
 
 /// The samplekv row of [`super::REGISTRY`].
 pub const REGISTRATION: Registration = Registration {
@@ -244,6 +249,111 @@ impl Adapter for SamplekvAdapter {
             }
         })
     }
+
+    /// Streams `Admin.Backup` (one consistent document of the applied
+    /// state) into `dest`; the revision is the applied index its header
+    /// line names.
+    fn backup<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<Backup, AdapterError>> {
+        Box::pin(async move {
+            let unreachable = |detail: String| AdapterError::Unreachable {
+                addr: self.addr.clone(),
+                detail,
+            };
+            let io = |e: std::io::Error| {
+                self.bad(format!(
+                    "cannot write the backup to {}: {e}",
+                    dest.display()
+                ))
+            };
+            // A backup may be far larger than one status answer: no call
+            // deadline here beyond the stream making progress.
+            let mut stream = AdminClient::new(self.channel.clone())
+                .max_decoding_message_size(8 << 20)
+                .backup(wire::BackupRequest {})
+                .await
+                .map_err(|status| unreachable(describe(&status)))?
+                .into_inner();
+            let mut file = BackupFile::create(dest).map_err(io)?;
+            let mut header = Vec::new();
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|status| unreachable(describe(&status)))?
+            {
+                if !header.contains(&b'\n') && header.len() < 4096 {
+                    header.extend_from_slice(&chunk.data[..chunk.data.len().min(4096)]);
+                }
+                file.write(&chunk.data).map_err(io)?;
+            }
+            let line = header
+                .split(|b| *b == b'\n')
+                .next()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let (revision, _keys) = samplekv_header(&line).map_err(|e| self.bad(e))?;
+            file.finish(revision).map_err(io)
+        })
+    }
+
+    /// Reads the document back into a scratch map: the header's key count
+    /// must match the body, and its applied index the backup's revision.
+    fn test_restore<'a>(
+        &'a self,
+        backup: &'a Backup,
+        _scratch: &'a Path,
+    ) -> BoxFuture<'a, Result<String, AdapterError>> {
+        Box::pin(async move {
+            let path = backup.path.clone();
+            let parsed = tokio::task::spawn_blocking(move || -> Result<(u64, usize), String> {
+                let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                let nl = bytes
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .ok_or("the backup has no header line")?;
+                let (index, keys) = samplekv_header(&String::from_utf8_lossy(&bytes[..nl]))?;
+                let map: BTreeMap<String, String> = serde_json::from_slice(&bytes[nl + 1..])
+                    .map_err(|e| format!("the backup's map does not parse: {e}"))?;
+                if map.len() as u64 != keys {
+                    return Err(format!(
+                        "the header says {keys} keys but the map has {}",
+                        map.len()
+                    ));
+                }
+                Ok((index, map.len()))
+            })
+            .await
+            .map_err(|e| self.bad(e.to_string()))?
+            .map_err(|e| self.bad(e))?;
+            let (index, keys) = parsed;
+            if index != backup.revision {
+                return Err(self.bad(format!(
+                    "the restored map is at index {index}, the backup says {}",
+                    backup.revision
+                )));
+            }
+            Ok(format!(
+                "test-restored into a scratch map: {keys} keys at index {index}"
+            ))
+        })
+    }
+}
+
+/// `(applied_index, keys)` from a samplekv backup's first line,
+/// `samplekv-backup/1 applied_index=N keys=K`.
+fn samplekv_header(line: &str) -> Result<(u64, u64), String> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some("samplekv-backup/1") {
+        return Err(format!(
+            "the backup does not start with a samplekv-backup/1 header: {line:?}"
+        ));
+    }
+    let mut field = |name: &str| {
+        words
+            .next()
+            .and_then(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+            .ok_or_else(|| format!("the backup header {line:?} has no {name}"))
+    };
+    Ok((field("applied_index")?, field("keys")?))
 }
 
 /// A gRPC failure in words: the code, the message, and the transport cause.

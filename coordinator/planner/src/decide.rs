@@ -22,8 +22,8 @@ use std::cmp::Reverse;
 
 use baton_domain::MemberId;
 
-use crate::policy::OnStall;
-use crate::rollout::{Action, Event, Gate, Phase, RolloutState, Stage};
+use crate::policy::{BackupPolicy, OnStall};
+use crate::rollout::{Action, BackupState, Event, Gate, Phase, RolloutState, Stage};
 use crate::view::{MemberView, View};
 use crate::{Policy, UnixMs};
 
@@ -36,6 +36,9 @@ pub enum Step {
     Issue { member: MemberId, action: Action },
     /// Ask the agents to report fast (during a gate or handover) or normally.
     Cadence { fast: bool },
+    /// Re-read backup `id` (taken from `member`) from the store and check
+    /// every part, then journal `BackupVerified` or `BackupFailed`.
+    VerifyBackup { id: String, member: MemberId },
     /// Nothing to do until the view changes.
     Wait { reason: String },
 }
@@ -74,13 +77,31 @@ pub fn most_caught_up(
     from: &MemberId,
     eligible: impl Fn(&MemberId, &MemberView) -> bool,
 ) -> Option<MemberId> {
+    best_serving(view, Some(from), eligible)
+}
+
+/// The most caught-up serving member other than `except` for which
+/// `eligible` holds (the rule [`most_caught_up`] documents).
+fn best_serving(
+    view: &View,
+    except: Option<&MemberId>,
+    eligible: impl Fn(&MemberId, &MemberView) -> bool,
+) -> Option<MemberId> {
     view.members
         .iter()
-        .filter(|(m, _)| *m != from)
+        .filter(|(m, _)| Some(*m) != except)
         .filter(|(_, v)| v.serving())
         .filter(|(m, v)| eligible(m, v))
         .min_by_key(|(m, v)| (catch_up_score(v), Reverse(v.applied()), (*m).clone()))
         .map(|(m, _)| m.clone())
+}
+
+/// Where the pre-upgrade backup is taken from: the most caught-up serving
+/// follower (a snapshot loads the member it is taken on, so not the
+/// leader), or the leader when no follower serves (a one-member cluster).
+pub fn backup_source(view: &View) -> Option<MemberId> {
+    let leader = view.agreed_leader();
+    best_serving(view, leader, |_, _| true).or_else(|| best_serving(view, None, |_, _| true))
 }
 
 /// The most caught-up upgraded follower as of `view` (see
@@ -255,10 +276,11 @@ fn next(
     now: UnixMs,
     stopping: Option<&str>,
 ) -> Vec<Step> {
-    // Stage every member's release at once: staging never takes a member
-    // down, and later stops then wait on nothing but the gates.
+    // Stage every member's release at once, and take the backup beside it:
+    // neither takes a member down, and later stops then wait on nothing but
+    // the gates (and the backup, before the first stop).
     if stopping.is_none() {
-        let stages: Vec<Step> = rollout
+        let mut stages: Vec<Step> = rollout
             .order
             .iter()
             .filter(|m| {
@@ -274,6 +296,7 @@ fn next(
                 },
             })
             .collect();
+        stages.extend(backup_steps(view, rollout, policy, now));
         if !stages.is_empty() {
             return stages;
         }
@@ -401,6 +424,11 @@ fn next(
             // serving member down waits for the others (one being put back
             // after a failure is down or failing already).
             if action == Action::Stop {
+                if *stage == Stage::Staged
+                    && let Some(reason) = backup_not_ready(view, rollout)
+                {
+                    return wait(format!("member {member}: {reason}"));
+                }
                 let refusals = rollout
                     .commands
                     .values()
@@ -438,6 +466,68 @@ fn next(
             }
             vec![Step::Issue { member, action }]
         }
+    }
+}
+
+/// What the backup needs next: ask a member for it, verify what it took,
+/// or act on a failure (pause under `required`, go on under `optional`).
+fn backup_steps(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> Vec<Step> {
+    match &rollout.backup.state {
+        BackupState::Pending if policy.backup == BackupPolicy::Off => {
+            vec![Step::Record(Event::BackupSkipped {
+                reason: "backup = \"off\" in the policy".to_owned(),
+                at: now,
+            })]
+        }
+        BackupState::Pending => match backup_source(view) {
+            Some(member) => vec![Step::Issue {
+                member,
+                action: Action::Backup {
+                    id: rollout.next_backup_id(),
+                },
+            }],
+            // The stop gate says why it waits.
+            None => Vec::new(),
+        },
+        BackupState::Taken { id, member } => vec![Step::VerifyBackup {
+            id: id.clone(),
+            member: member.clone(),
+        }],
+        BackupState::Failed { id, reason } => match policy.backup {
+            BackupPolicy::Optional => vec![Step::Record(Event::BackupSkipped {
+                reason: format!(
+                    "backup {id} failed ({reason}); backup = \"optional\", so going on without one"
+                ),
+                at: now,
+            })],
+            _ => vec![Step::Record(Event::Paused {
+                reason: format!(
+                    "pre-upgrade backup {id} failed: {reason}; no member was stopped; fix the cause, then `baton resume` takes a new backup"
+                ),
+                at: now,
+            })],
+        },
+        BackupState::Taking { .. } | BackupState::Verified(_) | BackupState::Skipped { .. } => {
+            Vec::new()
+        }
+    }
+}
+
+/// Why the first stop must wait for the backup, if it must.
+fn backup_not_ready(view: &View, rollout: &RolloutState) -> Option<String> {
+    match &rollout.backup.state {
+        BackupState::Verified(_) | BackupState::Skipped { .. } => None,
+        BackupState::Pending if backup_source(view).is_none() => Some(
+            "waiting for a live, healthy member to take the pre-upgrade backup from".to_owned(),
+        ),
+        BackupState::Pending => Some("waiting for the pre-upgrade backup to start".to_owned()),
+        BackupState::Taking { id, member, .. } => Some(format!(
+            "waiting for the pre-upgrade backup {id} from {member}"
+        )),
+        BackupState::Taken { id, .. } => Some(format!(
+            "waiting for the coordinator to verify backup {id} in the store"
+        )),
+        BackupState::Failed { id, .. } => Some(format!("backup {id} failed")),
     }
 }
 

@@ -17,6 +17,22 @@ pub enum OnStall {
     Rollback,
 }
 
+/// Whether a rollout takes a backup before its first stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupPolicy {
+    /// No member is stopped until a backup is taken and verified; a backup
+    /// that fails pauses the rollout.
+    Required,
+    /// Take one; if it fails, go on without it (the summary says so). The
+    /// coordinator config's default until every adapter can back up.
+    Optional,
+    /// Take none. The default of this struct, for tests that are not about
+    /// backups; an operator gets `Optional` unless the config says otherwise.
+    #[default]
+    Off,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// A follower is caught up when its lag is at most this.
@@ -45,6 +61,9 @@ pub struct Policy {
     /// operator has said an outage is fine.
     #[serde(default)]
     pub allow_quorum_loss: bool,
+    /// The pre-upgrade backup.
+    #[serde(default)]
+    pub backup: BackupPolicy,
 }
 
 impl Default for Policy {
@@ -63,6 +82,7 @@ impl Default for Policy {
             agent_down_after: Duration::from_secs(30),
             start_retries: 0,
             allow_quorum_loss: false,
+            backup: BackupPolicy::Off,
         }
     }
 }

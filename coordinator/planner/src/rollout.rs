@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 
 use baton_domain::MemberId;
 pub use baton_domain::rollout::{
-    CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep, Rollout, Stage,
+    BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep,
+    Rollout, RolloutBackup, Stage,
 };
 pub use baton_domain::{Action, CommandId};
 use serde::{Deserialize, Serialize};
@@ -96,6 +97,24 @@ pub enum Event {
         reason: String,
         at: UnixMs,
     },
+    /// The coordinator re-read the backup from the store and every part
+    /// matched its manifest.
+    BackupVerified {
+        summary: BackupSummary,
+        at: UnixMs,
+    },
+    /// The backup could not be verified in the store.
+    BackupFailed {
+        id: String,
+        reason: String,
+        at: UnixMs,
+    },
+    /// The rollout goes on without a backup (`backup = "off"`, or a failed
+    /// one under `"optional"`).
+    BackupSkipped {
+        reason: String,
+        at: UnixMs,
+    },
 }
 
 /// A rollout: target, order, per-member progress, commands.
@@ -115,6 +134,9 @@ pub struct RolloutState {
     pub leader_changes: Vec<(MemberId, UnixMs)>,
     pub started_at: UnixMs,
     pub completed_at: Option<UnixMs>,
+    /// The pre-upgrade backup.
+    #[serde(default)]
+    pub backup: RolloutBackup,
 }
 
 /// An event that does not fit the state it was applied to. Replaying a
@@ -172,6 +194,7 @@ impl RolloutState {
             leader_changes: Vec::new(),
             started_at: *at,
             completed_at: None,
+            backup: RolloutBackup::default(),
         })
     }
 
@@ -188,6 +211,11 @@ impl RolloutState {
             }
         }
         Ok(state)
+    }
+
+    /// The id the next backup gets: `<rollout>-b<attempt>`, never reused.
+    pub fn next_backup_id(&self) -> String {
+        format!("{}-b{}", self.id, self.backup.attempts + 1)
     }
 
     /// The id the next command gets.
@@ -213,6 +241,28 @@ impl RolloutState {
             } => {
                 if self.commands.contains_key(id) {
                     return Err(ApplyError::DuplicateCommand(id.clone()));
+                }
+                // A backup runs beside the member's own steps: it is the
+                // rollout's, not the member's stage.
+                if let Action::Backup { id: backup } = action {
+                    self.member_mut(member)?;
+                    self.backup.attempts += 1;
+                    self.backup.state = BackupState::Taking {
+                        id: backup.clone(),
+                        member: member.clone(),
+                        command: id.clone(),
+                    };
+                    self.commands.insert(
+                        id.clone(),
+                        CommandRecord {
+                            member: member.clone(),
+                            action: action.clone(),
+                            issued_at: *at,
+                            result: None,
+                        },
+                    );
+                    self.next_command += 1;
+                    return Ok(());
                 }
                 let progress = self.member_mut(member)?;
                 progress.inflight = Some(id.clone());
@@ -250,6 +300,16 @@ impl RolloutState {
                 }
                 rec.result = Some(Ok(detail.clone()));
                 let (member, action) = (rec.member.clone(), rec.action.clone());
+                if let Action::Backup { id: backup } = &action {
+                    if matches!(&self.backup.state, BackupState::Taking { command, .. } if command == id)
+                    {
+                        self.backup.state = BackupState::Taken {
+                            id: backup.clone(),
+                            member,
+                        };
+                    }
+                    return Ok(());
+                }
                 let progress = self.member_mut(&member)?;
                 if progress.inflight.as_ref() == Some(id) {
                     progress.inflight = None;
@@ -270,6 +330,16 @@ impl RolloutState {
                 }
                 rec.result = Some(Err(detail.clone()));
                 let (member, action) = (rec.member.clone(), rec.action.clone());
+                if let Action::Backup { id: backup } = &action {
+                    if matches!(&self.backup.state, BackupState::Taking { command, .. } if command == id)
+                    {
+                        self.backup.state = BackupState::Failed {
+                            id: backup.clone(),
+                            reason: format!("member {member} could not take it: {detail}"),
+                        };
+                    }
+                    return Ok(());
+                }
                 let progress = self.member_mut(&member)?;
                 if progress.inflight.as_ref() == Some(id) {
                     progress.inflight = None;
@@ -365,6 +435,10 @@ impl RolloutState {
                 if let Some(h) = self.handover.as_mut() {
                     h.attempts = 0;
                 }
+                // A failed backup is taken again, under a new id.
+                if matches!(self.backup.state, BackupState::Failed { .. }) {
+                    self.backup.state = BackupState::Pending;
+                }
             }
             Event::AbortRequested { at: _ } => {
                 if matches!(self.phase, Phase::Running | Phase::Pausing { .. }) {
@@ -374,6 +448,28 @@ impl RolloutState {
             Event::Completed { at } => {
                 self.phase = Phase::Completed;
                 self.completed_at = Some(*at);
+            }
+            Event::BackupVerified { summary, at: _ } => {
+                if matches!(&self.backup.state, BackupState::Taken { id, .. } if *id == summary.id)
+                {
+                    self.backup.state = BackupState::Verified(summary.clone());
+                }
+            }
+            Event::BackupFailed { id, reason, at: _ } => {
+                if matches!(&self.backup.state, BackupState::Taken { id: taken, .. } if taken == id)
+                {
+                    self.backup.state = BackupState::Failed {
+                        id: id.clone(),
+                        reason: reason.clone(),
+                    };
+                }
+            }
+            Event::BackupSkipped { reason, at: _ } => {
+                if !self.backup.state.allows_stop() {
+                    self.backup.state = BackupState::Skipped {
+                        reason: reason.clone(),
+                    };
+                }
             }
             Event::Closed { reason, at } => {
                 if !self.phase.is_terminal() {
@@ -424,6 +520,7 @@ impl From<&RolloutState> for Rollout {
             leader_changes,
             started_at,
             completed_at,
+            backup,
         } = s;
         Rollout {
             id: id.clone(),
@@ -438,6 +535,7 @@ impl From<&RolloutState> for Rollout {
             leader_changes: leader_changes.clone(),
             started_at: *started_at,
             completed_at: *completed_at,
+            backup: backup.clone(),
         }
     }
 }

@@ -35,6 +35,7 @@ fn drive(view: &View, r: &mut RolloutState, p: &Policy, now: UnixMs) -> Vec<(Str
                     succeed(r, &c, now);
                     progressed = true;
                 }
+                Step::VerifyBackup { .. } => unreachable!("these tests run with backup = off"),
                 Step::Cadence { .. } | Step::Wait { .. } => {}
             }
         }

@@ -15,9 +15,12 @@ use std::time::Duration;
 
 use baton_domain::{Health, MemberId, MemberState, Report, Resources, Role};
 use baton_planner::decide::Step;
+use baton_planner::policy::BackupPolicy;
 use baton_planner::preflight::{ArtifactVerdict, PreflightInput, order, preflight};
-use baton_planner::rollout::{Action, Event, Phase, RolloutState, Stage};
-use baton_planner::{LagSample, MemberView, Policy, ReleaseRef, UnixMs, View, decide};
+use baton_planner::rollout::{
+    Action, BackupState, BackupSummary, Event, Phase, RolloutState, Stage,
+};
+use baton_planner::{CommandId, LagSample, MemberView, Policy, ReleaseRef, UnixMs, View, decide};
 use common::id;
 use proptest::prelude::*;
 
@@ -188,6 +191,13 @@ impl World {
                 self.handover = Some((to.clone(), handover_delay));
                 Ok(())
             }
+            Action::Backup { .. } => {
+                if !self.members[member].running {
+                    self.violations
+                        .push(format!("backup asked of {member}, which is down"));
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -202,6 +212,8 @@ struct Scenario {
     max_unavailable: usize,
     writes: Vec<u64>,
     handover_delay: u32,
+    /// Ticks the backup takes before its agent answers.
+    backup_ticks: u64,
 }
 
 fn scenario() -> impl Strategy<Value = Scenario> {
@@ -217,6 +229,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             1usize..=3,
             prop::collection::vec(0u64..20, 64),
             0u32..4,
+            0u64..20,
         )
             .prop_map(
                 |(
@@ -228,6 +241,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     max_unavailable,
                     writes,
                     handover_delay,
+                    backup_ticks,
                 )| Scenario {
                     speeds,
                     lags,
@@ -237,6 +251,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     max_unavailable,
                     writes,
                     handover_delay,
+                    backup_ticks,
                 },
             )
     })
@@ -284,6 +299,7 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
         health_timeout: Duration::from_secs(2),
         catchup_timeout: Duration::from_secs(60),
         handover_timeout: Duration::from_secs(1),
+        backup: BackupPolicy::Required,
         ..Policy::default()
     };
     let cap = policy.effective_max_unavailable(n);
@@ -298,11 +314,23 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
     };
     let mut journal = vec![started.clone()];
     let mut r = RolloutState::start(&started).expect("start");
+    // The backup's answer, due at a later tick: stops must wait for it.
+    let mut backup_due: Option<(u64, CommandId)> = None;
     for tick in 0..3000u64 {
         if matches!(r.phase, Phase::Completed | Phase::Paused { .. }) {
             break;
         }
         let now = UnixMs(tick * 100);
+        if let Some((due, cmd)) = backup_due.take_if(|(due, _)| *due <= tick) {
+            let _ = due;
+            let done = Event::CommandSucceeded {
+                id: cmd,
+                detail: "backed up".into(),
+                at: now,
+            };
+            r.apply(&done).expect("apply backup result");
+            journal.push(done);
+        }
         world.tick(sc.writes[(tick as usize) % sc.writes.len()], now);
         let view = world.view(now);
         for step in decide(&view, &r, &policy, now) {
@@ -316,7 +344,15 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
                     // Staging is not touching: it never takes a member down,
                     // so every member is staged at once (issue 10).
                     let pos = r.order.iter().position(|m| *m == member).expect("in order");
-                    let touches = !matches!(action, Action::Stage { .. });
+                    let touches = !matches!(action, Action::Stage { .. } | Action::Backup { .. });
+                    // No member is stopped before the backup is verified.
+                    if action == Action::Stop && !matches!(r.backup.state, BackupState::Verified(_))
+                    {
+                        world.violations.push(format!(
+                            "stopped {member} with the backup {}",
+                            r.backup.state.name()
+                        ));
+                    }
                     for earlier in r.order[..pos].iter().filter(|_| touches) {
                         if r.members[earlier].stage != Stage::Done {
                             world.violations.push(format!(
@@ -334,6 +370,13 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
                     // Invariant 4: apply refuses a duplicate id.
                     r.apply(&issued).expect("unique command id");
                     journal.push(issued);
+                    if let Action::Backup { .. } = action {
+                        world
+                            .execute(&member, &action, cap, sc.handover_delay)
+                            .expect("backup");
+                        backup_due = Some((tick + sc.backup_ticks, cmd));
+                        continue;
+                    }
                     let result = match world.execute(&member, &action, cap, sc.handover_delay) {
                         Ok(()) => Event::CommandSucceeded {
                             id: cmd,
@@ -348,6 +391,23 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
                     };
                     r.apply(&result).expect("apply result");
                     journal.push(result);
+                }
+                Step::VerifyBackup { id, member } => {
+                    let verified = Event::BackupVerified {
+                        summary: BackupSummary {
+                            id,
+                            member,
+                            bytes: 1,
+                            sha256: "00".repeat(32),
+                            revision: 1,
+                            parts: 1,
+                            location: "mem".into(),
+                            verified_at: now,
+                        },
+                        at: now,
+                    };
+                    r.apply(&verified).expect("apply verified");
+                    journal.push(verified);
                 }
                 Step::Cadence { .. } | Step::Wait { .. } => {}
             }

@@ -45,10 +45,11 @@ use std::time::Duration;
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
 use baton_planner::alerts::{self, Alert, AlertStatus, CATCH_UP_STALLED};
 use baton_planner::decide::Step;
-use baton_planner::rollout::{Event, RolloutState};
+use baton_planner::rollout::{BackupState, BackupSummary, Event, RolloutState};
 use baton_planner::watchdog::Watchdog;
 use baton_planner::{Policy, UnixMs, View, decide};
 use baton_store::ArtifactStore;
+use baton_store::backup::BlobStore;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +76,10 @@ pub struct DriverConfig {
     pub scratch: PathBuf,
     /// How often the driver re-evaluates with no other trigger.
     pub tick: Duration,
+    /// Where the agents put backups, for verifying them (the same store).
+    pub backups: Option<Arc<dyn BlobStore>>,
+    /// The cluster id: backups live under `backups/<cluster>/`.
+    pub cluster: String,
 }
 
 /// The driver task's state.
@@ -104,6 +109,11 @@ pub struct Driver {
     /// Moves on every journaled event and every change of `waiting_for`;
     /// the operator API's long poll waits on it.
     changes: watch::Sender<u64>,
+    /// The backup being verified (off the loop: it re-reads every part),
+    /// and where its verdict comes back.
+    verifying: Option<String>,
+    verified_tx: mpsc::Sender<Event>,
+    verified_rx: Option<mpsc::Receiver<Event>>,
 }
 
 /// Takes each alert notification the watchdog emits. It must not block:
@@ -147,7 +157,11 @@ impl Driver {
         }
         let mut watchdog = Watchdog::new(cluster);
         watchdog.restore(firing);
+        let (verified_tx, verified_rx) = mpsc::channel(4);
         Driver {
+            verifying: None,
+            verified_tx,
+            verified_rx: Some(verified_rx),
             cfg,
             metrics: Metrics::new(fleet.clone()),
             fleet,
@@ -303,10 +317,17 @@ impl Driver {
     /// current session (new, or the agent reconnected, or we restarted).
     fn send_inflight(&mut self) {
         let Some(r) = self.active() else { return };
+        let backup = match &r.backup.state {
+            BackupState::Taking {
+                member, command, ..
+            } => Some((command, member)),
+            _ => None,
+        };
         let inflight: Vec<(CommandId, MemberId, Action)> = r
             .members
             .iter()
             .filter_map(|(m, p)| p.inflight.as_ref().map(|id| (id, m)))
+            .chain(backup)
             .filter_map(|(id, m)| {
                 r.commands
                     .get(id)
@@ -436,6 +457,10 @@ impl Driver {
                             return;
                         }
                     }
+                    Step::VerifyBackup { id, member } => {
+                        self.verify_backup(id, member, now);
+                        self.waiting_for = "verifying the pre-upgrade backup".into();
+                    }
                     Step::Cadence { fast } => self.fast = fast,
                     Step::Wait { reason } => self.waiting_for = reason,
                 }
@@ -452,6 +477,75 @@ impl Driver {
         self.send_cadence();
     }
 
+    /// Re-reads backup `id` from the store in a task of its own (a large
+    /// backup takes seconds; the loop keeps serving reports and operators),
+    /// once per id; the verdict comes back as an event to journal.
+    fn verify_backup(&mut self, id: String, member: MemberId, now: UnixMs) {
+        if self.verifying.as_deref() == Some(id.as_str()) {
+            return;
+        }
+        self.verifying = Some(id.clone());
+        let (store, cluster, tx) = (
+            self.cfg.backups.clone(),
+            self.cfg.cluster.clone(),
+            self.verified_tx.clone(),
+        );
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let at = |started: Instant| now.plus(started.elapsed());
+            let event = match store {
+                None => Event::BackupFailed {
+                    id,
+                    reason: "the coordinator has no [store] to verify it in; configure [store] as the agents have it".into(),
+                    at: at(started),
+                },
+                Some(store) => {
+                    match baton_store::backup::verify(store.as_ref(), &cluster, &id).await {
+                        Ok(m) => Event::BackupVerified {
+                            summary: BackupSummary {
+                                id,
+                                member,
+                                bytes: m.bytes,
+                                sha256: m.sha256,
+                                revision: m.revision,
+                                parts: u32::try_from(m.parts.len()).unwrap_or(u32::MAX),
+                                location: store.location(),
+                                verified_at: at(started),
+                            },
+                            at: at(started),
+                        },
+                        Err(e) => Event::BackupFailed {
+                            id,
+                            reason: format!("re-reading it from the store failed: {e}"),
+                            at: at(started),
+                        },
+                    }
+                }
+            };
+            let _ = tx.send(event).await;
+        });
+    }
+
+    async fn backup_verdict(&mut self, event: Event) {
+        self.verifying = None;
+        match &event {
+            Event::BackupVerified { summary, .. } => tracing::info!(
+                id = %summary.id,
+                bytes = summary.bytes,
+                sha256 = %summary.sha256,
+                revision = summary.revision,
+                "pre-upgrade backup verified"
+            ),
+            Event::BackupFailed { id, reason, .. } => {
+                tracing::warn!(id, reason, "pre-upgrade backup failed verification")
+            }
+            _ => {}
+        }
+        if let Err(e) = self.record(event).await {
+            tracing::error!(error = %e, "cannot journal the backup's verdict; it will be verified again");
+        }
+    }
+
     /// Runs until `shutdown`.
     pub async fn run(
         mut self,
@@ -460,6 +554,7 @@ impl Driver {
         shutdown: CancellationToken,
     ) {
         let reports = self.link.reports();
+        let mut verified = self.verified_rx.take().expect("run once");
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -467,6 +562,7 @@ impl Driver {
                 () = shutdown.cancelled() => return,
                 Some(op) = ops.recv() => self.handle_op(op).await,
                 Some((member, outcome)) = results.recv() => self.handle_result(member, outcome).await,
+                Some(event) = verified.recv() => self.backup_verdict(event).await,
                 () = reports.notified() => {}
                 _ = tick.tick() => {}
             }

@@ -145,6 +145,7 @@ impl Sim {
                 }
                 self.up.insert(m.clone(), true);
             }
+            Action::Backup { .. } => {}
             Action::StepDown { to } => {
                 if self.ignore_step_downs > 0 {
                     self.ignore_step_downs -= 1;
@@ -193,6 +194,8 @@ fn driver(
             store: None,
             scratch: std::env::temp_dir(),
             tick: Duration::from_millis(50),
+            backups: None,
+            cluster: "c1".into(),
         },
         fleet.clone(),
         link.clone(),

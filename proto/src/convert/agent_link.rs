@@ -382,6 +382,10 @@ pub enum InvalidCommand {
     BadStage { id: String },
     #[error("command {id}: switch needs a version")]
     BadSwitch { id: String },
+    #[error(
+        "command {id}: backup id {backup:?} must be 1-128 of [A-Za-z0-9._-], not starting with '.'"
+    )]
+    BadBackup { id: String, backup: String },
     #[error("result {id} has unknown outcome value {value}")]
     UnknownOutcome { id: String, value: i32 },
 }
@@ -429,6 +433,18 @@ impl TryFrom<v1::Command> for AgentCommand {
                 Action::Switch { version }
             }
             Some(Step::Start(v1::Start {})) => Action::Start,
+            Some(Step::Backup(v1::Backup { id: backup })) => {
+                let ok = !backup.is_empty()
+                    && backup.len() <= 128
+                    && !backup.starts_with('.')
+                    && backup
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !ok {
+                    return Err(InvalidCommand::BadBackup { id, backup });
+                }
+                Action::Backup { id: backup }
+            }
             Some(Step::StepDown(v1::StepDown { to_member_id })) => Action::StepDown {
                 to: MemberId::new(to_member_id).map_err(|source| InvalidCommand::Member {
                     id: id.clone(),
@@ -475,6 +491,7 @@ impl From<AgentCommand> for v1::Command {
             Action::StepDown { to } => Step::StepDown(v1::StepDown {
                 to_member_id: to.into(),
             }),
+            Action::Backup { id } => Step::Backup(v1::Backup { id }),
         };
         v1::Command {
             id: id.0,
@@ -667,6 +684,7 @@ mod tests {
             Action::StepDown {
                 to: MemberId::new("n3").unwrap(),
             },
+            Action::Backup { id: "r-b1".into() },
         ];
         for action in cmds {
             let c = AgentCommand {
@@ -692,6 +710,19 @@ mod tests {
             AgentCommand::try_from(bad).unwrap_err().to_string(),
             "command r-2: stage needs a name, a version and a 64-hex-digit sha256"
         );
+        for backup in ["", "../x", ".x", "a/b"] {
+            let bad = v1::Command {
+                id: "r-3".into(),
+                step: Some(v1::command::Step::Backup(v1::Backup { id: backup.into() })),
+            };
+            assert!(
+                matches!(
+                    AgentCommand::try_from(bad),
+                    Err(InvalidCommand::BadBackup { .. })
+                ),
+                "{backup:?}"
+            );
+        }
         let empty = v1::Command {
             id: String::new(),
             step: None,

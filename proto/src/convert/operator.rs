@@ -11,9 +11,9 @@
 use std::collections::BTreeMap;
 
 use baton_domain::{
-    AgentCommand, Check, CommandId, CommandRecord, FleetStatus, Handover, InvalidMemberId,
-    MemberId, MemberProgress, MemberRow, Phase, ReleaseRef, Report, RevertStep, Rollout, Stage,
-    UnixMs,
+    AgentCommand, BackupState, BackupSummary, Check, CommandId, CommandRecord, FleetStatus,
+    Handover, InvalidMemberId, MemberId, MemberProgress, MemberRow, Phase, ReleaseRef, Report,
+    RevertStep, Rollout, RolloutBackup, Stage, UnixMs,
 };
 
 use crate::convert::agent_link::{InvalidCommand, InvalidReport};
@@ -208,6 +208,8 @@ pub enum InvalidRollout {
         rollout: String,
         source: InvalidCommand,
     },
+    #[error("rollout {rollout}: backup state {state:?} is not one this build knows")]
+    UnknownBackupState { rollout: String, state: String },
     #[error("rollout {rollout}: command {id} is listed twice")]
     DuplicateCommand { rollout: String, id: CommandId },
 }
@@ -229,6 +231,7 @@ impl TryFrom<v1::Rollout> for Rollout {
             leader_changes,
             started_at_unix_ms,
             completed_at_unix_ms,
+            backup,
         } = r;
         if id.is_empty() {
             return Err(InvalidRollout::EmptyId);
@@ -343,6 +346,10 @@ impl TryFrom<v1::Rollout> for Rollout {
                 },
             )
             .collect::<Result<_, InvalidRollout>>()?;
+        let backup = match backup {
+            None => RolloutBackup::default(),
+            Some(b) => backup_from_wire(&id, b)?,
+        };
         Ok(Rollout {
             target: ReleaseRef {
                 name,
@@ -360,9 +367,102 @@ impl TryFrom<v1::Rollout> for Rollout {
             leader_changes,
             started_at: UnixMs(started_at_unix_ms),
             completed_at: completed_at_unix_ms.map(UnixMs),
+            backup,
             id,
         })
     }
+}
+
+fn backup_from_wire(rollout: &str, b: v1::RolloutBackup) -> Result<RolloutBackup, InvalidRollout> {
+    let v1::RolloutBackup {
+        state,
+        attempts,
+        id,
+        member_id,
+        command_id,
+        reason,
+        bytes,
+        sha256,
+        revision,
+        parts,
+        location,
+        verified_at_unix_ms,
+    } = b;
+    let member = || {
+        MemberId::new(member_id.clone()).map_err(|source| InvalidRollout::MemberId {
+            rollout: rollout.to_owned(),
+            field: "backup.member_id",
+            source,
+        })
+    };
+    let state = match state.as_str() {
+        "pending" => BackupState::Pending,
+        "taking" => BackupState::Taking {
+            id,
+            member: member()?,
+            command: CommandId(command_id),
+        },
+        "taken" => BackupState::Taken {
+            id,
+            member: member()?,
+        },
+        "verified" => BackupState::Verified(BackupSummary {
+            id,
+            member: member()?,
+            bytes,
+            sha256,
+            revision,
+            parts,
+            location,
+            verified_at: UnixMs(verified_at_unix_ms),
+        }),
+        "failed" => BackupState::Failed { id, reason },
+        "skipped" => BackupState::Skipped { reason },
+        _ => {
+            return Err(InvalidRollout::UnknownBackupState {
+                rollout: rollout.to_owned(),
+                state,
+            });
+        }
+    };
+    Ok(RolloutBackup { attempts, state })
+}
+
+fn backup_to_wire(b: RolloutBackup) -> v1::RolloutBackup {
+    let RolloutBackup { attempts, state } = b;
+    let mut w = v1::RolloutBackup {
+        state: state.name().to_owned(),
+        attempts,
+        ..Default::default()
+    };
+    match state {
+        BackupState::Pending => {}
+        BackupState::Taking {
+            id,
+            member,
+            command,
+        } => {
+            (w.id, w.member_id, w.command_id) = (id, member.into(), command.0);
+        }
+        BackupState::Taken { id, member } => (w.id, w.member_id) = (id, member.into()),
+        BackupState::Verified(BackupSummary {
+            id,
+            member,
+            bytes,
+            sha256,
+            revision,
+            parts,
+            location,
+            verified_at,
+        }) => {
+            (w.id, w.member_id, w.bytes, w.sha256) = (id, member.into(), bytes, sha256);
+            (w.revision, w.parts, w.location) = (revision, parts, location);
+            w.verified_at_unix_ms = verified_at.0;
+        }
+        BackupState::Failed { id, reason } => (w.id, w.reason) = (id, reason),
+        BackupState::Skipped { reason } => w.reason = reason,
+    }
+    w
 }
 
 /// None when the phase is missing or one this build does not know.
@@ -439,6 +539,7 @@ impl From<Rollout> for v1::Rollout {
             leader_changes,
             started_at,
             completed_at,
+            backup,
         } = r;
         let ReleaseRef {
             name,
@@ -525,6 +626,7 @@ impl From<Rollout> for v1::Rollout {
                 .collect(),
             started_at_unix_ms: started_at.0,
             completed_at_unix_ms: completed_at.map(|t| t.0),
+            backup: Some(backup_to_wire(backup)),
         }
     }
 }
@@ -670,6 +772,19 @@ mod tests {
             leader_changes: vec![(id("n3"), UnixMs(10))],
             started_at: UnixMs(1),
             completed_at: Some(UnixMs(11)),
+            backup: RolloutBackup {
+                attempts: 2,
+                state: BackupState::Verified(BackupSummary {
+                    id: "r1-v2-b2".into(),
+                    member: id("n2"),
+                    bytes: 123,
+                    sha256: "b".repeat(64),
+                    revision: 77,
+                    parts: 1,
+                    location: "s3://bucket/baton".into(),
+                    verified_at: UnixMs(3),
+                }),
+            },
             target,
             order,
         }
@@ -698,6 +813,38 @@ mod tests {
             };
             assert_eq!(Rollout::try_from(v1::Rollout::from(r.clone())), Ok(r));
         }
+        let n2 = id("n2");
+        for state in [
+            BackupState::Pending,
+            BackupState::Taking {
+                id: "b1".into(),
+                member: n2.clone(),
+                command: CommandId("r1-v2-4".into()),
+            },
+            BackupState::Taken {
+                id: "b1".into(),
+                member: n2.clone(),
+            },
+            BackupState::Failed {
+                id: "b1".into(),
+                reason: "bucket missing".into(),
+            },
+            BackupState::Skipped {
+                reason: "backup = off".into(),
+            },
+        ] {
+            let r = Rollout {
+                backup: RolloutBackup { attempts: 1, state },
+                ..rollout()
+            };
+            assert_eq!(Rollout::try_from(v1::Rollout::from(r.clone())), Ok(r));
+        }
+        let mut wire = v1::Rollout::from(rollout());
+        wire.backup.as_mut().unwrap().state = "lost".into();
+        assert_eq!(
+            Rollout::try_from(wire).unwrap_err().to_string(),
+            "rollout r1-v2: backup state \"lost\" is not one this build knows"
+        );
     }
 
     #[test]

@@ -278,7 +278,7 @@ pub async fn run(
     let raft_svc = RaftService::new(raft.clone(), id, faults.clone());
     let kv_svc = KvService::new(
         raft.clone(),
-        sm,
+        sm.clone(),
         id,
         peers.clone(),
         manifest.version.clone(),
@@ -304,6 +304,7 @@ pub async fn run(
         .add_service(KvServer::new(kv_svc))
         .add_service(AdminServer::new(crate::server::AdminService::new(
             raft.clone(),
+            sm,
             id,
             peers.clone(),
         )))

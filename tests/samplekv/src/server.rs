@@ -286,18 +286,49 @@ impl Kv for KvService {
 #[derive(Debug, Clone)]
 pub struct AdminService {
     raft: KvRaft,
+    sm: StateMachine,
     id: NodeId,
     peers: BTreeMap<NodeId, String>,
 }
 
 impl AdminService {
-    pub fn new(raft: KvRaft, id: NodeId, peers: BTreeMap<NodeId, String>) -> Self {
-        AdminService { raft, id, peers }
+    pub fn new(
+        raft: KvRaft,
+        sm: StateMachine,
+        id: NodeId,
+        peers: BTreeMap<NodeId, String>,
+    ) -> Self {
+        AdminService {
+            raft,
+            sm,
+            id,
+            peers,
+        }
     }
 }
 
+/// Bytes per `BackupChunk`.
+const BACKUP_CHUNK: usize = 1 << 20;
+
 #[tonic::async_trait]
 impl baton_proto::samplekv::admin_server::Admin for AdminService {
+    type BackupStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<baton_proto::samplekv::BackupChunk, Status>> + Send>,
+    >;
+
+    async fn backup(
+        &self,
+        _request: Request<baton_proto::samplekv::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        let doc = self.sm.backup_document();
+        tracing::info!(bytes = doc.len(), "backup taken");
+        let chunks: Vec<_> = doc
+            .chunks(BACKUP_CHUNK)
+            .map(|c| Ok(baton_proto::samplekv::BackupChunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
+
     async fn transfer_leader(
         &self,
         request: Request<baton_proto::samplekv::TransferLeaderRequest>,

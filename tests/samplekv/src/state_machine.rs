@@ -1,4 +1,4 @@
-//! The replicated KV map and its snapshots.
+//! The replicated KV map, its snapshots and its backup documents.
 //!
 //! The map lives in memory; durability comes from the log (committed entries
 //! are re-applied at start-up, since the log store saves the committed log
@@ -22,6 +22,57 @@ use crate::types::{KvCommand, LogId, SnapshotMeta, StoredMembership, TypeConfig}
 
 /// The snapshot file's name inside the data dir.
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// The first word of a backup document (see [`StateMachine::backup_document`]).
+pub const BACKUP_FORMAT: &str = "samplekv-backup/1";
+
+/// A parsed backup document: its applied index and map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupDocument {
+    pub applied_index: u64,
+    pub kv: BTreeMap<String, String>,
+}
+
+impl BackupDocument {
+    /// Reads a whole document, checking its header against its body.
+    pub fn parse(bytes: &[u8]) -> Result<BackupDocument, String> {
+        let nl = bytes
+            .iter()
+            .position(|b| *b == b'\n')
+            .ok_or("no header line")?;
+        let header = std::str::from_utf8(&bytes[..nl]).map_err(|e| e.to_string())?;
+        let (index, keys) = parse_backup_header(header)?;
+        let kv: BTreeMap<String, String> =
+            serde_json::from_slice(&bytes[nl + 1..]).map_err(|e| format!("body: {e}"))?;
+        if kv.len() as u64 != keys {
+            return Err(format!(
+                "header says {keys} keys, the body has {}",
+                kv.len()
+            ));
+        }
+        Ok(BackupDocument {
+            applied_index: index,
+            kv,
+        })
+    }
+}
+
+/// `(applied_index, keys)` from a backup document's header line.
+pub fn parse_backup_header(line: &str) -> Result<(u64, u64), String> {
+    let mut words = line.split_whitespace();
+    if words.next() != Some(BACKUP_FORMAT) {
+        return Err(format!("not a {BACKUP_FORMAT} document: {line:?}"));
+    }
+    let mut field = |name: &str| -> Result<u64, String> {
+        words
+            .next()
+            .and_then(|w| w.strip_prefix(name))
+            .and_then(|w| w.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("header {line:?} has no {name}"))
+    };
+    Ok((field("applied_index")?, field("keys")?))
+}
 
 /// A snapshot's data: the whole map.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +170,21 @@ impl StateMachine {
     /// metrics move only once a whole batch is applied).
     pub fn applied_index(&self) -> Option<u64> {
         self.read().last_applied.as_ref().map(|l| l.index)
+    }
+
+    /// A backup document of the applied state as of one instant (see
+    /// [`BACKUP_FORMAT`]): its header line names the applied index, so a
+    /// reader learns the revision from the backup itself.
+    pub fn backup_document(&self) -> Vec<u8> {
+        let d = self.read();
+        let index = d.last_applied.as_ref().map_or(0, |l| l.index);
+        let mut out = format!(
+            "{BACKUP_FORMAT} applied_index={index} keys={}\n",
+            d.kv.len()
+        )
+        .into_bytes();
+        serde_json::to_writer(&mut out, &d.kv).expect("a string map serializes");
+        out
     }
 
     /// The number of keys in the local map.
@@ -257,5 +323,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: s.meta.clone(),
             snapshot: s.data.clone(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+
+    #[test]
+    fn a_backup_document_names_its_applied_index_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sm = StateMachine::open(dir.path(), Faults::default()).unwrap();
+        {
+            let mut d = sm.write();
+            d.kv.insert("a".into(), "1".into());
+            d.kv.insert("b".into(), "2".into());
+            d.last_applied = Some(openraft::LogId::new(
+                openraft::impls::leader_id_adv::LeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                7,
+            ));
+        }
+        let doc = sm.backup_document();
+        let text = String::from_utf8(doc.clone()).unwrap();
+        assert!(
+            text.starts_with("samplekv-backup/1 applied_index=7 keys=2\n"),
+            "{text}"
+        );
+        let parsed = BackupDocument::parse(&doc).unwrap();
+        assert_eq!(parsed.applied_index, 7);
+        assert_eq!(parsed.kv.len(), 2);
+        // A body that does not match its header is refused.
+        let bad = text.replace("keys=2", "keys=3");
+        assert!(BackupDocument::parse(bad.as_bytes()).is_err());
+        assert!(parse_backup_header("etcd 3").is_err());
     }
 }

@@ -132,6 +132,18 @@ pub fn led_by(mut view: View, m: &str) -> View {
 }
 
 pub fn started(view: &View, leader: &str) -> RolloutState {
+    let mut r = started_needing_a_backup(view, leader);
+    // What `Policy::default()` (backup = "off") records first.
+    r.apply(&Event::BackupSkipped {
+        reason: "backup = \"off\" in the policy".into(),
+        at: t(0),
+    })
+    .unwrap();
+    r
+}
+
+/// A rollout that has just started and has no backup yet.
+pub fn started_needing_a_backup(view: &View, leader: &str) -> RolloutState {
     RolloutState::start(&Event::Started {
         id: "r1".into(),
         target: target(),

@@ -1,0 +1,119 @@
+//! Pre-upgrade backups on the node.
+//!
+//! This module owns taking backup `id` for the coordinator: the adapter
+//! writes a consistent copy of the member's data to a scratch file under
+//! `<state_dir>/backups/` (streamed, never held in memory), the adapter
+//! test-restores it where it can, and the file is uploaded to the store in
+//! parts with its manifest and `COMPLETE` sentinel
+//! ([`baton_store::backup::upload`]). The scratch file is removed whatever
+//! happens. The coordinator then re-reads the backup from the store before
+//! any member is stopped.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use baton_domain::MemberId;
+use baton_store::backup::{self, BackupSource, BlobStore};
+
+use crate::adapter::Adapter;
+
+/// Where this member's backups go.
+#[derive(Debug, Clone)]
+pub struct Backups {
+    member: MemberId,
+    cluster: String,
+    store: Arc<dyn BlobStore>,
+    scratch: PathBuf,
+}
+
+/// The release a member runs, as the manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRelease {
+    pub version: String,
+    pub format_version: u32,
+}
+
+impl Backups {
+    pub fn new(
+        member: MemberId,
+        cluster: String,
+        store: Arc<dyn BlobStore>,
+        state_dir: &std::path::Path,
+    ) -> Self {
+        Backups {
+            member,
+            cluster,
+            store,
+            scratch: state_dir.join("backups"),
+        }
+    }
+
+    /// Takes backup `id` through `adapter` and uploads it. The error names
+    /// the member, the step and, for the store, the location and key.
+    pub async fn take(
+        &self,
+        adapter: &dyn Adapter,
+        id: &str,
+        release: SourceRelease,
+    ) -> Result<String, String> {
+        let member = &self.member;
+        baton_store::check_name(id).map_err(|e| format!("member {member}: {e}"))?;
+        std::fs::create_dir_all(&self.scratch).map_err(|e| {
+            format!(
+                "member {member}: cannot create the backup scratch dir {}: {e}",
+                self.scratch.display()
+            )
+        })?;
+        let file = self.scratch.join(format!("{id}.part"));
+        let _ = std::fs::remove_file(&file);
+        let result = self.take_into(adapter, id, release, &file).await;
+        let _ = std::fs::remove_file(&file);
+        result
+    }
+
+    async fn take_into(
+        &self,
+        adapter: &dyn Adapter,
+        id: &str,
+        release: SourceRelease,
+        file: &std::path::Path,
+    ) -> Result<String, String> {
+        let member = &self.member;
+        let taken = adapter
+            .backup(file)
+            .await
+            .map_err(|e| format!("member {member}: taking backup {id} failed: {e}"))?;
+        let restored = adapter
+            .test_restore(&taken, &self.scratch)
+            .await
+            .map_err(|e| {
+                format!("member {member}: backup {id} failed its scratch test-restore: {e}")
+            })?;
+        let source = BackupSource {
+            cluster: self.cluster.clone(),
+            id: id.to_owned(),
+            member: member.to_string(),
+            adapter: adapter.kind().to_owned(),
+            revision: taken.revision,
+            release: release.version,
+            release_format: release.format_version,
+        };
+        let m = backup::upload(self.store.as_ref(), &source, file)
+            .await
+            .map_err(|e| format!("member {member}: uploading backup {id} failed: {e}"))?;
+        if m.sha256 != taken.sha256 || m.bytes != taken.bytes {
+            return Err(format!(
+                "member {member}: backup {id} changed while it was uploaded ({} bytes sha256 {} written, {} bytes sha256 {} read); take it again",
+                taken.bytes, taken.sha256, m.bytes, m.sha256
+            ));
+        }
+        Ok(format!(
+            "backup {id}: {} bytes in {} part(s), sha256 {}, revision {}, {restored}, in {}",
+            m.bytes,
+            m.parts.len(),
+            m.sha256,
+            m.revision,
+            self.store.location()
+        ))
+    }
+}
