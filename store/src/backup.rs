@@ -111,7 +111,6 @@ pub struct BackupListing {
 struct Reader {
     file: fs::File,
     whole: Sha256,
-    total: u64,
 }
 
 fn prefix(cluster: &str, id: &str) -> Result<String, StoreError> {
@@ -171,7 +170,6 @@ pub async fn upload(
     let reader = Arc::new(Mutex::new(Reader {
         file: f,
         whole: Sha256::new(),
-        total: 0,
     }));
     // Parts are read (and hashed) in order, off the async workers, and
     // uploaded UPLOAD_CONCURRENCY at a time: `buffered` keeps polling the
@@ -189,7 +187,6 @@ pub async fn upload(
                     .read_to_end(&mut buf)
                     .map_err(crate::io(&path))?;
                 r.whole.update(&buf);
-                r.total += buf.len() as u64;
                 let sha256 = hex(&Sha256::digest(&buf));
                 Ok((buf, sha256))
             })
@@ -219,10 +216,8 @@ pub async fn upload(
         .try_collect()
         .await?;
     parts.sort_by_key(|(i, _)| *i);
-    let (whole, total) = {
-        let r = reader.lock().expect("reader lock");
-        (hex(&r.whole.clone().finalize()), r.total)
-    };
+    let whole = hex(&reader.lock().expect("reader lock").whole.clone().finalize());
+    let total = parts.iter().map(|(_, p)| p.bytes).sum();
     let manifest = BackupManifest {
         format: MANIFEST_FORMAT,
         cluster: source.cluster.clone(),

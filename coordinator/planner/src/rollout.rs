@@ -213,6 +213,28 @@ impl RolloutState {
         Ok(state)
     }
 
+    /// The agent's answer to backup command `command` (backup `backup`,
+    /// taken on `member`), if it is the one the rollout waits for.
+    fn backup_answered(
+        &mut self,
+        command: &CommandId,
+        backup: &str,
+        member: MemberId,
+        result: Result<(), &String>,
+    ) {
+        if !matches!(&self.backup.state, BackupState::Taking { command: c, .. } if c == command) {
+            return;
+        }
+        let id = backup.to_owned();
+        self.backup.state = match result {
+            Ok(()) => BackupState::Taken { id, member },
+            Err(detail) => BackupState::Failed {
+                id,
+                reason: format!("member {member} could not take it: {detail}"),
+            },
+        };
+    }
+
     /// The id the next backup gets: `<rollout>-b<attempt>`, never reused.
     pub fn next_backup_id(&self) -> String {
         format!("{}-b{}", self.id, self.backup.attempts + 1)
@@ -252,22 +274,12 @@ impl RolloutState {
                         member: member.clone(),
                         command: id.clone(),
                     };
-                    self.commands.insert(
-                        id.clone(),
-                        CommandRecord {
-                            member: member.clone(),
-                            action: action.clone(),
-                            issued_at: *at,
-                            result: None,
-                        },
-                    );
-                    self.next_command += 1;
-                    return Ok(());
-                }
-                let progress = self.member_mut(member)?;
-                progress.inflight = Some(id.clone());
-                if progress.started_at.is_none() && !matches!(action, Action::Stage { .. }) {
-                    progress.started_at = Some(*at);
+                } else {
+                    let progress = self.member_mut(member)?;
+                    progress.inflight = Some(id.clone());
+                    if progress.started_at.is_none() && !matches!(action, Action::Stage { .. }) {
+                        progress.started_at = Some(*at);
+                    }
                 }
                 if let Action::StepDown { to } = action {
                     let attempts = self.handover.as_ref().map_or(0, |h| h.attempts) + 1;
@@ -301,13 +313,7 @@ impl RolloutState {
                 rec.result = Some(Ok(detail.clone()));
                 let (member, action) = (rec.member.clone(), rec.action.clone());
                 if let Action::Backup { id: backup } = &action {
-                    if matches!(&self.backup.state, BackupState::Taking { command, .. } if command == id)
-                    {
-                        self.backup.state = BackupState::Taken {
-                            id: backup.clone(),
-                            member,
-                        };
-                    }
+                    self.backup_answered(id, backup, member, Ok(()));
                     return Ok(());
                 }
                 let progress = self.member_mut(&member)?;
@@ -331,13 +337,7 @@ impl RolloutState {
                 rec.result = Some(Err(detail.clone()));
                 let (member, action) = (rec.member.clone(), rec.action.clone());
                 if let Action::Backup { id: backup } = &action {
-                    if matches!(&self.backup.state, BackupState::Taking { command, .. } if command == id)
-                    {
-                        self.backup.state = BackupState::Failed {
-                            id: backup.clone(),
-                            reason: format!("member {member} could not take it: {detail}"),
-                        };
-                    }
+                    self.backup_answered(id, backup, member, Err(detail));
                     return Ok(());
                 }
                 let progress = self.member_mut(&member)?;

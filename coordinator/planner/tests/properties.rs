@@ -321,8 +321,7 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
             break;
         }
         let now = UnixMs(tick * 100);
-        if let Some((due, cmd)) = backup_due.take_if(|(due, _)| *due <= tick) {
-            let _ = due;
+        if let Some((_, cmd)) = backup_due.take_if(|(due, _)| *due <= tick) {
             let done = Event::CommandSucceeded {
                 id: cmd,
                 detail: "backed up".into(),
