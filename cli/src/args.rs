@@ -101,6 +101,32 @@ pub enum Command {
     /// Releases in the artifact store.
     #[command(subcommand)]
     Release(ReleaseCmd),
+    /// The cluster's backups in the coordinator's store.
+    #[command(subcommand)]
+    Backups(BackupsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupsCmd {
+    /// Every backup: complete or not, its manifest, and what pins it.
+    List,
+    /// Re-reads one backup from the store and checks every part's sha256.
+    /// Exit 0 when it verifies, 69 when it does not.
+    Verify {
+        /// The backup id (see `baton backups list`).
+        id: String,
+    },
+    /// Deletes backups beyond the newest --keep complete ones; never one a
+    /// rollout pins (not finalized, or finalized less than
+    /// `policy.backup_keep_days` ago).
+    Prune {
+        /// How many of the newest complete backups to keep regardless.
+        #[arg(long)]
+        keep: u32,
+        /// Show what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use baton_domain::{Check, FleetStatus, Rollout};
+use baton_domain::{Check, FleetStatus, Rollout, StoredBackup};
 use baton_net::tls::ClientTls;
 use baton_proto::InvalidRollout;
 use baton_proto::v1::{self, StatusRequest, operator_client::OperatorClient};
@@ -105,6 +105,25 @@ pub struct PlanLine {
     pub member: Option<String>,
     pub action: String,
     pub reason: String,
+}
+
+/// The cluster's backups, as `baton backups list` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupList {
+    /// The store they are in.
+    pub location: String,
+    pub keep_days: u32,
+    pub backups: Vec<StoredBackup>,
+}
+
+/// What `baton backups prune` deleted (or, on a dry run, would) and kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pruned {
+    pub location: String,
+    pub dry_run: bool,
+    pub deleted: Vec<StoredBackup>,
+    /// Each with why, in `pinned`.
+    pub kept: Vec<StoredBackup>,
 }
 
 /// A connection to the operator API.
@@ -341,6 +360,59 @@ impl OperatorConn {
             out.extend(self.view(reply)?);
         }
         Ok(out)
+    }
+}
+
+impl OperatorConn {
+    pub async fn backups(&mut self) -> Result<BackupList, CliError> {
+        let v1::BackupsResponse {
+            location,
+            keep_days,
+            backups,
+        } = self
+            .client
+            .backups(v1::BackupsRequest {})
+            .await
+            .map_err(self.refused("Backups"))?
+            .into_inner();
+        Ok(BackupList {
+            location,
+            keep_days,
+            backups: backups.into_iter().map(StoredBackup::from).collect(),
+        })
+    }
+
+    /// Re-reads backup `id` from the store; Ok names the store and the
+    /// backup that verified.
+    pub async fn verify_backup(&mut self, id: &str) -> Result<(String, StoredBackup), CliError> {
+        let v1::VerifyBackupResponse { location, backup } = self
+            .client
+            .verify_backup(v1::VerifyBackupRequest { id: id.to_owned() })
+            .await
+            .map_err(self.refused("VerifyBackup"))?
+            .into_inner();
+        let backup = backup.ok_or_else(|| self.bad("a verify reply without its backup".into()))?;
+        Ok((location, StoredBackup::from(backup)))
+    }
+
+    pub async fn prune_backups(&mut self, keep: u32, dry_run: bool) -> Result<Pruned, CliError> {
+        let v1::PruneBackupsResponse {
+            location,
+            dry_run,
+            deleted,
+            kept,
+        } = self
+            .client
+            .prune_backups(v1::PruneBackupsRequest { keep, dry_run })
+            .await
+            .map_err(self.refused("PruneBackups"))?
+            .into_inner();
+        Ok(Pruned {
+            location,
+            dry_run,
+            deleted: deleted.into_iter().map(StoredBackup::from).collect(),
+            kept: kept.into_iter().map(StoredBackup::from).collect(),
+        })
     }
 }
 

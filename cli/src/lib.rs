@@ -23,8 +23,10 @@ use std::process::ExitCode;
 
 use baton_net::tls::ClientTls;
 
-pub use args::{Args, Command, Output, ReleaseCmd};
-pub use conn::{CliError, InvalidReply, OperatorConn, Plan, PlanLine, RolloutView, Started};
+pub use args::{Args, BackupsCmd, Command, Output, ReleaseCmd};
+pub use conn::{
+    BackupList, CliError, InvalidReply, OperatorConn, Plan, PlanLine, Pruned, RolloutView, Started,
+};
 pub use render::{Summary, render_checks, render_rollout, render_status, summary};
 
 /// Preflight refused (nothing was touched).
@@ -101,6 +103,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Abort => cmd::rollout::show(conn.control("abort", "", false).await?, output),
         Command::History => cmd::rollout::history(conn, output).await,
+        Command::Backups(cmd) => cmd::backups::run(conn, cmd, output).await,
         Command::Release(_) => unreachable!("handled above"),
     }
 }

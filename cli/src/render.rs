@@ -4,10 +4,10 @@
 
 use std::fmt::Write as _;
 
-use baton_domain::{Check, FleetStatus, Phase, Rollout};
+use baton_domain::{Check, FleetStatus, Phase, Rollout, StoredBackup};
 use serde::Serialize;
 
-use crate::conn::RolloutView;
+use crate::conn::{BackupList, Pruned, RolloutView};
 
 /// What a finished rollout took, for the end-of-run summary.
 #[derive(Debug, Clone, Serialize)]
@@ -271,6 +271,111 @@ pub fn render_status(s: &FleetStatus) -> String {
     out
 }
 
+/// `bytes` in B, KiB, MiB or GiB.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 3] = ["KiB", "MiB", "GiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// Rows under a header, each column as wide as its widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (cell, w) in cells.zip(&widths) {
+            let _ = write!(text, "{cell:<w$}  ");
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &mut header.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn backup_rows(backups: &[StoredBackup]) -> Vec<Vec<String>> {
+    backups
+        .iter()
+        .map(|b| {
+            let pinned = b.pinned.clone().unwrap_or_else(|| "-".into());
+            match &b.complete {
+                Some(d) => vec![
+                    b.id.clone(),
+                    "complete".into(),
+                    size(d.bytes),
+                    d.revision.to_string(),
+                    d.member.clone(),
+                    format!("{} (format {})", d.release, d.release_format),
+                    d.created_at.rfc3339(),
+                    pinned,
+                ],
+                None => vec![
+                    b.id.clone(),
+                    "incomplete".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    pinned,
+                ],
+            }
+        })
+        .collect()
+}
+
+const BACKUP_HEADER: [&str; 8] = [
+    "ID", "STATE", "SIZE", "REVISION", "MEMBER", "RELEASE", "CREATED", "PINNED",
+];
+
+/// `baton backups list`: one row per backup, newest id last.
+pub fn render_backups(l: &BackupList) -> String {
+    let mut out = format!(
+        "backups in {} (a finalized rollout's stays pinned for {} days):\n",
+        l.location, l.keep_days
+    );
+    if l.backups.is_empty() {
+        out.push_str("no backups\n");
+        return out;
+    }
+    out.push_str(&table(&BACKUP_HEADER, &backup_rows(&l.backups)));
+    out
+}
+
+/// `baton backups prune`: what went (or would) and what stayed, with why.
+pub fn render_pruned(p: &Pruned) -> String {
+    let verb = if p.dry_run { "would delete" } else { "deleted" };
+    let mut out = format!("{verb} {} backup(s) in {}", p.deleted.len(), p.location);
+    if p.deleted.is_empty() {
+        out.push('\n');
+    } else {
+        let ids: Vec<&str> = p.deleted.iter().map(|b| b.id.as_str()).collect();
+        let _ = writeln!(out, ": {}", ids.join(", "));
+    }
+    if !p.kept.is_empty() {
+        let _ = writeln!(out, "kept {}:", p.kept.len());
+        out.push_str(&table(&BACKUP_HEADER, &backup_rows(&p.kept)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -484,5 +589,57 @@ mod tests {
                 && lines[2].contains("0.3s ago")
         );
         assert!(lines[3].contains("never (agent not connected)"), "{text}");
+    }
+
+    #[test]
+    fn backups_render_as_aligned_rows_with_their_pins() {
+        use baton_domain::{StoredBackup, StoredBackupDetail};
+        let list = crate::BackupList {
+            location: "/srv/store".into(),
+            keep_days: 7,
+            backups: vec![
+                StoredBackup {
+                    id: "r1-v2-b1".into(),
+                    rollout: Some("r1-v2".into()),
+                    complete: Some(StoredBackupDetail {
+                        member: "orders-kv-0".into(),
+                        adapter: "samplekv".into(),
+                        bytes: 3 * 1024 * 1024 + 512 * 1024,
+                        sha256: "a".repeat(64),
+                        revision: 1042,
+                        release: "v1".into(),
+                        release_format: 1,
+                        parts: 1,
+                        created_at: UnixMs(1_700_000_000_123),
+                        baton_version: "0.1.0".into(),
+                    }),
+                    pinned: Some("rollout r1-v2 is running; pinned until it is finalized".into()),
+                },
+                StoredBackup {
+                    id: "r0-v1-b1".into(),
+                    rollout: Some("r0-v1".into()),
+                    complete: None,
+                    pinned: None,
+                },
+            ],
+        };
+        let text = render_backups(&list);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "backups in /srv/store (a finalized rollout's stays pinned for 7 days):"
+        );
+        let col = |line: &str, word: &str| line.find(word).unwrap();
+        assert_eq!(
+            col(lines[1], "PINNED"),
+            col(lines[2], "rollout r1-v2 is running")
+        );
+        assert_eq!(col(lines[1], "SIZE"), col(lines[2], "3.5 MiB"));
+        assert!(lines[2].contains("2023-11-14T22:13:20.123Z"));
+        assert!(lines[2].contains("v1 (format 1)"));
+        assert!(lines[3].starts_with("r0-v1-b1  incomplete"));
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
     }
 }

@@ -90,6 +90,7 @@ struct RawPolicy {
     start_retries: Option<u32>,
     allow_quorum_loss: Option<bool>,
     backup: Option<String>,
+    backup_keep_days: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,9 +130,15 @@ pub struct CoordinatorConfig {
     /// Where `/metrics` is served (plain HTTP); None: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub policy: Policy,
+    /// How long a finalized rollout's pre-upgrade backup stays pinned
+    /// (`policy.backup_keep_days`, default 7).
+    pub backup_keep: Duration,
     /// Where alerts go (`[alerting]`); no sinks by default.
     pub alerting: AlertingConfig,
 }
+
+/// `policy.backup_keep_days` when unset: seven days.
+pub const DEFAULT_BACKUP_KEEP: Duration = Duration::from_secs(7 * 86_400);
 
 /// Environment variables that override keys.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -262,6 +269,22 @@ impl CoordinatorConfig {
                 Some(addr)
             }
         };
+        let backup_keep = match raw.policy.backup_keep_days {
+            None => DEFAULT_BACKUP_KEEP,
+            Some(0) => {
+                return Err(invalid(
+                    "policy.backup_keep_days",
+                    "must be at least 1: a finalized rollout's backup is what `rollback --restore` needs",
+                ));
+            }
+            Some(d) if d > 3650 => {
+                return Err(invalid(
+                    "policy.backup_keep_days",
+                    format!("{d} is more than 3650 (ten years)"),
+                ));
+            }
+            Some(d) => Duration::from_secs(d * 86_400),
+        };
         let policy = policy(raw.policy, members.len())?;
         let alerting = AlertingConfig::from_raw(raw.alerting)?;
         Ok(CoordinatorConfig {
@@ -275,6 +298,7 @@ impl CoordinatorConfig {
             store,
             metrics_listen,
             policy,
+            backup_keep,
             alerting,
         })
     }
@@ -384,6 +408,19 @@ mod tests {
         let c = load(GOOD, &[("BATON_LISTEN", "127.0.0.1:9000")]).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.members.len(), 3);
+    }
+
+    #[test]
+    fn backup_keep_days_defaults_to_a_week_and_is_bounded() {
+        assert_eq!(load(GOOD, &[]).unwrap().backup_keep, DEFAULT_BACKUP_KEEP);
+        let c = load(&format!("{GOOD}[policy]\nbackup_keep_days = 30\n"), &[]).unwrap();
+        assert_eq!(c.backup_keep, Duration::from_secs(30 * 86_400));
+        for days in [0, 3651] {
+            let err = load(&format!("{GOOD}[policy]\nbackup_keep_days = {days}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`policy.backup_keep_days`"), "{err}");
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@
 
 pub mod agent_link;
 pub mod alerts;
+pub mod backups;
 pub mod config;
 pub mod driver;
 pub mod error;
@@ -101,6 +102,9 @@ pub async fn run(
     }
     let notifier = alerts::Notifier::new(sinks, alerts::notifier_settings(&config.alerting))
         .spawn(&tracker, shutdown.clone());
+    let backups = config.store.as_ref().map(|p| {
+        Arc::new(baton_store::DirStore::new(p.clone())) as Arc<dyn baton_store::backup::BlobStore>
+    });
     let driver = driver::Driver::new(
         driver::DriverConfig {
             policy: config.policy.clone(),
@@ -111,10 +115,7 @@ pub async fn run(
             }),
             scratch: config.state_dir.clone(),
             tick: std::time::Duration::from_millis(50),
-            backups: config.store.as_ref().map(|p| {
-                Arc::new(baton_store::DirStore::new(p.clone()))
-                    as Arc<dyn baton_store::backup::BlobStore>
-            }),
+            backups: backups.clone(),
             cluster: config.cluster.clone(),
         },
         fleet.clone(),
@@ -160,6 +161,11 @@ pub async fn run(
         fleet,
         ops: ops_tx,
         changes: driver_changes,
+        backups: backups.map(|store| backups::BackupStore {
+            store,
+            cluster: config.cluster.clone(),
+            keep_for: config.backup_keep,
+        }),
     };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))

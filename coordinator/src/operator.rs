@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::backups::{self, BackupStore};
 use crate::driver::{Op, RolloutSnapshot};
 use crate::error::ControlError;
 use crate::fleet::FleetView;
@@ -24,6 +25,8 @@ pub struct OperatorService {
     pub ops: mpsc::Sender<Op>,
     /// The driver's change counter (see `RolloutReply.version`).
     pub changes: tokio::sync::watch::Receiver<u64>,
+    /// Where backups are kept; None without a `[store]`.
+    pub backups: Option<BackupStore>,
 }
 
 /// The longest a `Rollout` long poll waits.
@@ -38,6 +41,37 @@ impl OperatorService {
             .map_err(|_| Status::unavailable("the rollout driver is not running"))?;
         rx.await
             .map_err(|_| Status::unavailable("the rollout driver stopped"))
+    }
+
+    fn backup_store(&self) -> Result<&BackupStore, Status> {
+        self.backups.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "the coordinator has no [store] configured, so it keeps no backups; add a [store] section to its config",
+            )
+        })
+    }
+
+    /// Every backup of the cluster with its pin, as of now. The history is
+    /// read before the store is listed: a backup a rollout takes in between
+    /// names a rollout the history lacks, and is pinned for that.
+    async fn stored_backups(
+        &self,
+    ) -> Result<(&BackupStore, Vec<baton_domain::StoredBackup>), Status> {
+        let store = self.backup_store()?;
+        let history = self.ask(|reply| Op::History { reply }).await?;
+        let rollouts: Vec<_> = history.iter().map(|s| &s.state).collect();
+        let listings = baton_store::backup::list(store.store.as_ref(), &store.cluster)
+            .await
+            .map_err(|e| Status::unavailable(format!("listing backups: {e}")))?;
+        let now = baton_domain::UnixMs(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        );
+        Ok((
+            store,
+            backups::stored(listings, &rollouts, now, store.keep_for),
+        ))
     }
 }
 
@@ -181,6 +215,79 @@ impl Operator for OperatorService {
         let rollouts = all.into_iter().map(|s| reply(Some(s))).collect();
         Ok(Response::new(HistoryResponse { rollouts }))
     }
+
+    async fn backups(
+        &self,
+        request: Request<v1::BackupsRequest>,
+    ) -> Result<Response<v1::BackupsResponse>, Status> {
+        let v1::BackupsRequest {} = request.into_inner();
+        let (store, backups) = self.stored_backups().await?;
+        Ok(Response::new(v1::BackupsResponse {
+            location: store.store.location(),
+            keep_days: (store.keep_for.as_secs() / 86_400) as u32,
+            backups: backups.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn verify_backup(
+        &self,
+        request: Request<v1::VerifyBackupRequest>,
+    ) -> Result<Response<v1::VerifyBackupResponse>, Status> {
+        let v1::VerifyBackupRequest { id } = request.into_inner();
+        baton_store::check_name(&id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (store, all) = self.stored_backups().await?;
+        let location = store.store.location();
+        let Some(found) = all.into_iter().find(|b| b.id == id) else {
+            return Err(Status::not_found(format!(
+                "no backup {id} of cluster {} in store {location}; `baton backups list` shows them",
+                store.cluster
+            )));
+        };
+        if found.complete.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "backup {id} in store {location} is incomplete (no COMPLETE sentinel that matches its manifest): its upload never finished, and it cannot be restored; prune it with `baton backups prune`"
+            )));
+        }
+        baton_store::backup::verify(store.store.as_ref(), &store.cluster, &id)
+            .await
+            .map_err(|e| Status::data_loss(format!("backup {id} does not verify: {e}")))?;
+        Ok(Response::new(v1::VerifyBackupResponse {
+            location,
+            backup: Some(found.into()),
+        }))
+    }
+
+    async fn prune_backups(
+        &self,
+        request: Request<v1::PruneBackupsRequest>,
+    ) -> Result<Response<v1::PruneBackupsResponse>, Status> {
+        let v1::PruneBackupsRequest { keep, dry_run } = request.into_inner();
+        let (store, all) = self.stored_backups().await?;
+        let plan = backups::prune_plan(all, keep as usize);
+        let location = store.store.location();
+        if !dry_run {
+            for (done, b) in plan.delete.iter().enumerate() {
+                baton_store::backup::delete(store.store.as_ref(), &store.cluster, &b.id)
+                    .await
+                    .map_err(|e| {
+                        let gone: Vec<&str> =
+                            plan.delete[..done].iter().map(|b| b.id.as_str()).collect();
+                        Status::unavailable(format!(
+                            "pruning backup {} failed after deleting [{}]: {e}; run the prune again",
+                            b.id,
+                            gone.join(", ")
+                        ))
+                    })?;
+                tracing::info!(backup = %b.id, store = %location, "pruned backup");
+            }
+        }
+        Ok(Response::new(v1::PruneBackupsResponse {
+            location,
+            dry_run,
+            deleted: plan.delete.into_iter().map(Into::into).collect(),
+            kept: plan.keep.into_iter().map(Into::into).collect(),
+        }))
+    }
 }
 
 fn upgrade_response(
@@ -233,6 +340,7 @@ mod tests {
                 fleet,
                 ops,
                 changes,
+                backups: None,
             },
             changes_tx,
         )

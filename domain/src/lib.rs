@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use rollout::{
     BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep,
-    Rollout, RolloutBackup, Stage, UnixMs,
+    Rollout, RolloutBackup, Stage, StoredBackup, StoredBackupDetail, UnixMs,
 };
 
 /// The name of one cluster member, as the operator configured it (e.g. `n1`).

@@ -6,7 +6,9 @@
 //! - [`rollout`]: `upgrade`, `rollback`, `watch`, `rollout`, `pause`,
 //!   `resume`, `abort`, `history`.
 //! - [`release`]: `baton release publish`.
+//! - [`backups`]: `baton backups list | verify | prune`.
 
+pub mod backups;
 pub mod plan;
 pub mod release;
 pub mod rollout;

@@ -172,34 +172,7 @@ async fn post(
 /// `at` as an RFC 3339 UTC timestamp with milliseconds
 /// (`2023-11-14T22:13:20.000Z`), the form all three sinks take.
 pub fn rfc3339(at: UnixMs) -> String {
-    let millis = at.0 % 1000;
-    let secs = at.0 / 1000;
-    let (hour, minute, second) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let (year, month, day) = civil_date(secs / 86_400);
-    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z")
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since
-/// 1970-01-01, by 400-year eras (146 097 days each) starting on March 1st,
-/// so the leap day falls at the end of an era-year.
-fn civil_date(days: u64) -> (u64, u64, u64) {
-    // Shift the epoch to 0000-03-01.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let day_of_era = z % 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    // Months counted from March: 0 = March … 11 = February.
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    };
-    let year = year_of_era + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    at.rfc3339()
 }
 
 /// Builds the configured sinks, sharing one HTTP client. An empty
@@ -252,23 +225,6 @@ pub fn notifier_settings(config: &AlertingConfig) -> NotifierSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_matches_known_instants() {
-        for (ms, text) in [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (1_700_000_000_123, "2023-11-14T22:13:20.123Z"),
-            // A leap day, and the day after it.
-            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
-            (951_868_799_999, "2000-02-29T23:59:59.999Z"),
-            (951_868_800_000, "2000-03-01T00:00:00.000Z"),
-            // 2100 is not a leap year.
-            (4_107_542_400_000, "2100-03-01T00:00:00.000Z"),
-            (1_735_689_599_000, "2024-12-31T23:59:59.000Z"),
-        ] {
-            assert_eq!(rfc3339(UnixMs(ms)), text, "{ms}");
-        }
-    }
 
     #[test]
     fn retryable_is_transient_failures_only() {

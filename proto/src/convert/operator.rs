@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use baton_domain::{
     AgentCommand, BackupState, BackupSummary, Check, CommandId, CommandRecord, FleetStatus,
     Handover, InvalidMemberId, MemberId, MemberProgress, MemberRow, Phase, ReleaseRef, Report,
-    RevertStep, Rollout, RolloutBackup, Stage, UnixMs,
+    RevertStep, Rollout, RolloutBackup, Stage, StoredBackup, StoredBackupDetail, UnixMs,
 };
 
 use crate::convert::agent_link::{InvalidCommand, InvalidReport};
@@ -676,6 +676,84 @@ impl From<Stage> for v1::MemberStage {
     }
 }
 
+fn some_if(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl From<v1::StoredBackup> for StoredBackup {
+    fn from(b: v1::StoredBackup) -> Self {
+        let v1::StoredBackup {
+            id,
+            rollout,
+            complete,
+            pinned,
+            member_id,
+            adapter,
+            bytes,
+            sha256,
+            revision,
+            release,
+            release_format,
+            parts,
+            created_unix_ms,
+            baton_version,
+        } = b;
+        StoredBackup {
+            id,
+            rollout: some_if(rollout),
+            complete: complete.then_some(StoredBackupDetail {
+                member: member_id,
+                adapter,
+                bytes,
+                sha256,
+                revision,
+                release,
+                release_format,
+                parts,
+                created_at: UnixMs(created_unix_ms),
+                baton_version,
+            }),
+            pinned: some_if(pinned),
+        }
+    }
+}
+
+impl From<StoredBackup> for v1::StoredBackup {
+    fn from(b: StoredBackup) -> Self {
+        let StoredBackup {
+            id,
+            rollout,
+            complete,
+            pinned,
+        } = b;
+        let mut w = v1::StoredBackup {
+            id,
+            rollout: rollout.unwrap_or_default(),
+            complete: complete.is_some(),
+            pinned: pinned.unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some(StoredBackupDetail {
+            member,
+            adapter,
+            bytes,
+            sha256,
+            revision,
+            release,
+            release_format,
+            parts,
+            created_at,
+            baton_version,
+        }) = complete
+        {
+            (w.member_id, w.adapter, w.bytes, w.sha256) = (member, adapter, bytes, sha256);
+            (w.revision, w.release, w.release_format) = (revision, release, release_format);
+            (w.parts, w.created_unix_ms, w.baton_version) = (parts, created_at.0, baton_version);
+        }
+        w
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use baton_domain::Action;
@@ -956,5 +1034,35 @@ mod tests {
                 id: CommandId("r1-v2-1".into())
             }
         );
+    }
+
+    #[test]
+    fn a_stored_backup_round_trips_complete_or_not() {
+        let complete = StoredBackup {
+            id: "r1-v2-b1".into(),
+            rollout: Some("r1-v2".into()),
+            complete: Some(StoredBackupDetail {
+                member: "n2".into(),
+                adapter: "samplekv".into(),
+                bytes: 9,
+                sha256: "c".repeat(64),
+                revision: 41,
+                release: "v1".into(),
+                release_format: 1,
+                parts: 1,
+                created_at: UnixMs(5),
+                baton_version: "0.1.0".into(),
+            }),
+            pinned: Some("rollout r1-v2 is running".into()),
+        };
+        let incomplete = StoredBackup {
+            id: "odd".into(),
+            rollout: None,
+            complete: None,
+            pinned: None,
+        };
+        for b in [complete, incomplete] {
+            assert_eq!(StoredBackup::from(v1::StoredBackup::from(b.clone())), b);
+        }
     }
 }
