@@ -7,7 +7,8 @@
 //! Modules: [`manifest`] (release manifest), [`format`] (data format gate),
 //! [`types`] (openraft type config), [`log_store`] and [`state_machine`]
 //! (storage), [`network`] and [`server`] (gRPC), [`member`] (the process),
-//! [`faults`] (test switches), [`client`] and [`writer`] (client side).
+//! [`faults`] (test switches), [`client`] and [`writer`] (client side),
+//! [`restore`] (a data dir from a backup document).
 
 pub mod client;
 pub mod faults;
@@ -17,6 +18,7 @@ pub mod log_store;
 pub mod manifest;
 pub mod member;
 pub mod network;
+pub mod restore;
 pub mod server;
 pub mod state_machine;
 pub mod types;

@@ -33,6 +33,27 @@ pub const LOG_FILE: &str = "raft-log.jsonl";
 /// Rewrite the file on purge once this many purged entries accumulated.
 const REWRITE_AFTER_PURGED: u64 = 1000;
 
+/// Writes a fresh log file in `data_dir` that holds no entry: `vote`, and
+/// everything up to `upto` purged and committed, as a log looks right after
+/// a snapshot at `upto` was taken and the log behind it compacted (used by
+/// [`crate::restore`]). Refuses to replace an existing log.
+pub(crate) fn write_compacted(data_dir: &Path, vote: Vote, upto: LogId) -> io::Result<()> {
+    let path = data_dir.join(LOG_FILE);
+    if path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} already exists", path.display()),
+        ));
+    }
+    let mem = LogMem {
+        vote: Some(vote),
+        committed: Some(upto),
+        last_purged: Some(upto),
+        ..LogMem::default()
+    };
+    crate::fsutil::write_atomic(&path, &mem.encode_all()?)
+}
+
 /// Why the log could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum LogStoreError {

@@ -83,9 +83,9 @@ pub struct KvSnapshot {
 
 /// A snapshot as stored on disk and sent to followers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta,
-    data: KvSnapshot,
+pub(crate) struct StoredSnapshot {
+    pub(crate) meta: SnapshotMeta,
+    pub(crate) data: KvSnapshot,
 }
 
 /// A snapshot of this configuration.
