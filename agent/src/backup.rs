@@ -6,7 +6,8 @@
 //! test-restores it where it can, and the file is uploaded to the store in
 //! parts with its manifest and `COMPLETE` sentinel
 //! ([`baton_store::backup::upload`]). The scratch file is removed whatever
-//! happens. The coordinator then re-reads the backup from the store before
+//! happens. A restore goes the other way: read back and verified from the
+//! store, then handed to the adapter to replace the stopped member's data. The coordinator then re-reads the backup from the store before
 //! any member is stopped.
 
 use std::path::PathBuf;
@@ -24,6 +25,8 @@ pub struct Backups {
     cluster: String,
     store: Arc<dyn BlobStore>,
     scratch: PathBuf,
+    /// The member's data dir, which a restore replaces.
+    data_dir: PathBuf,
 }
 
 /// The release a member runs, as the manifest records it.
@@ -39,13 +42,57 @@ impl Backups {
         cluster: String,
         store: Arc<dyn BlobStore>,
         state_dir: &std::path::Path,
+        data_dir: &std::path::Path,
     ) -> Self {
         Backups {
             member,
             cluster,
             store,
             scratch: state_dir.join("backups"),
+            data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// Restores backup `id` into the (stopped) member's data dir: it is read
+    /// back from the store into a scratch file, every part checked against
+    /// the manifest, and only then handed to the adapter, which must end
+    /// with the manifest's revision. A backup that is incomplete or does not
+    /// verify changes nothing. The scratch file is removed whatever happens.
+    pub async fn restore(&self, adapter: &dyn Adapter, id: &str) -> Result<String, String> {
+        let member = &self.member;
+        baton_store::check_name(id).map_err(|e| format!("member {member}: {e}"))?;
+        std::fs::create_dir_all(&self.scratch).map_err(|e| {
+            format!(
+                "member {member}: cannot create the backup scratch dir {}: {e}",
+                self.scratch.display()
+            )
+        })?;
+        let file = self.scratch.join(format!("{id}.restore"));
+        let result = async {
+            let m = backup::download(self.store.as_ref(), &self.cluster, id, &file)
+                .await
+                .map_err(|e| {
+                    format!("member {member}: backup {id} cannot be restored, nothing was changed: {e}")
+                })?;
+            if m.adapter != adapter.kind() {
+                return Err(format!(
+                    "member {member}: backup {id} was taken by the {} adapter, this member runs {}; nothing was changed",
+                    m.adapter,
+                    adapter.kind()
+                ));
+            }
+            let done = adapter
+                .restore(&file, m.revision, &self.data_dir)
+                .await
+                .map_err(|e| format!("member {member}: restoring backup {id} failed: {e}"))?;
+            Ok(format!(
+                "backup {id} (revision {}, from {} on {} format {}, sha256 {}): {done}",
+                m.revision, m.member, m.release, m.release_format, m.sha256
+            ))
+        }
+        .await;
+        let _ = std::fs::remove_file(&file);
+        result
     }
 
     /// Takes backup `id` through `adapter` and uploads it. The error names

@@ -219,6 +219,25 @@ impl Executor {
         })
     }
 
+    /// A restore replaces the member's data: refused while the member runs
+    /// (supervise mode: its pid) or still answers (other modes).
+    async fn refuse_if_serving(&self, id: &str) -> Result<(), String> {
+        let member = &self.member;
+        match self.process.status() {
+            crate::runner::ProcessStatus::Running { pid } => Err(format!(
+                "member {member} is running (pid {pid}); refusing to restore backup {id} under it: stop it first"
+            )),
+            crate::runner::ProcessStatus::Stopped => Ok(()),
+            crate::runner::ProcessStatus::Untracked => match self.adapter.poll().await {
+                Ok(state) => Err(format!(
+                    "member {member} still answers (role {}, release {}); refusing to restore backup {id} under it: stop it first",
+                    state.role, state.release
+                )),
+                Err(_) => Ok(()),
+            },
+        }
+    }
+
     async fn execute(&self, cmd: &AgentCommand) -> Result<String, String> {
         match &cmd.action {
             Action::Stage { release } => self
@@ -272,6 +291,16 @@ impl Executor {
                     });
                 backups.take(self.adapter.as_ref(), id, release).await
             }
+            Action::Restore { id } => {
+                let backups = self.backups.as_ref().ok_or_else(|| {
+                    format!(
+                        "member {}: no [store] is configured on this agent, so it cannot read backup {id}; configure [store]",
+                        self.member
+                    )
+                })?;
+                self.refuse_if_serving(id).await?;
+                backups.restore(self.adapter.as_ref(), id).await
+            }
         }
     }
 }
@@ -320,6 +349,122 @@ mod tests {
         assert_eq!(ex.run(cmd("r-1", Action::StepDown { to })).await, first);
         assert_eq!(target.step_downs.lock().unwrap().len(), 1);
         assert_eq!(ex.entries()[0].runs, 1);
+    }
+
+    #[tokio::test]
+    async fn a_restore_reads_the_backup_back_verified_and_refuses_a_member_that_answers() {
+        use baton_store::backup::{self, BackupSource};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(baton_store::DirStore::new(dir.path().join("store")));
+        let source = |id: &str| BackupSource {
+            cluster: "c1".into(),
+            id: id.into(),
+            member: "n2".into(),
+            adapter: "fake".into(),
+            revision: 42,
+            release: "v1".into(),
+            release_format: 1,
+        };
+        let file = dir.path().join("b");
+        std::fs::write(&file, b"the member's data").unwrap();
+        backup::upload(store.as_ref(), &source("r1-v2-b1"), &file)
+            .await
+            .unwrap();
+        backup::upload(store.as_ref(), &source("r1-v2-b2"), &file)
+            .await
+            .unwrap();
+        let part = dir.path().join("store/backups/c1/r1-v2-b2/part-00000");
+        std::fs::write(&part, b"the member's dat4").unwrap();
+
+        let target = Arc::new(FakeAdapter::default());
+        let state_dir = dir.path().join("state");
+        let data_dir = dir.path().join("data");
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            &state_dir,
+            target.clone(),
+            external(),
+            None,
+        )
+        .unwrap()
+        .with_backups(Backups::new(
+            MemberId::new("n1").unwrap(),
+            "c1".into(),
+            store,
+            &state_dir,
+            &data_dir,
+        ));
+        // Still answering: refused, nothing restored.
+        target.set(Some(
+            crate::adapter::MemberState::unreachable(String::new()),
+        ));
+        let err = ex
+            .run(cmd(
+                "x-1",
+                Action::Restore {
+                    id: "r1-v2-b1".into(),
+                },
+            ))
+            .await
+            .result
+            .unwrap_err();
+        assert!(err.contains("member n1 still answers"), "{err}");
+        assert!(target.restores.lock().unwrap().is_empty());
+
+        target.set(None);
+        let ok = ex
+            .run(cmd(
+                "x-2",
+                Action::Restore {
+                    id: "r1-v2-b1".into(),
+                },
+            ))
+            .await
+            .result
+            .unwrap();
+        assert!(
+            ok.contains("backup r1-v2-b1 (revision 42, from n2 on v1 format 1"),
+            "{ok}"
+        );
+        let restores = target.restores.lock().unwrap().clone();
+        assert_eq!(
+            restores,
+            vec![(b"the member's data".to_vec(), 42, data_dir.clone())]
+        );
+        // The scratch copy is gone.
+        let left: Vec<_> = std::fs::read_dir(state_dir.join("backups"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        // A part that does not match its manifest never reaches the adapter.
+        let err = ex
+            .run(cmd(
+                "x-3",
+                Action::Restore {
+                    id: "r1-v2-b2".into(),
+                },
+            ))
+            .await
+            .result
+            .unwrap_err();
+        assert!(
+            err.contains("nothing was changed") && err.contains("part-00000"),
+            "{err}"
+        );
+        assert_eq!(target.restores.lock().unwrap().len(), 1);
+        // So does a backup that is not there.
+        let err = ex
+            .run(cmd(
+                "x-4",
+                Action::Restore {
+                    id: "r9-v9-b1".into(),
+                },
+            ))
+            .await
+            .result
+            .unwrap_err();
+        assert!(err.contains("backup r9-v9-b1 cannot be restored"), "{err}");
     }
 
     #[tokio::test]

@@ -136,6 +136,7 @@ pub async fn run(
             config.cluster.clone(),
             Arc::new(baton_store::DirStore::new(path.clone())),
             &config.state_dir,
+            &config.data_dir,
         ));
     }
     let executor = Arc::new(executor);

@@ -466,11 +466,15 @@ pub enum Action {
     /// Take backup `id` of the member's data and upload it to the store,
     /// while the member serves.
     Backup { id: String },
+    /// Replace the stopped member's data with backup `id`, read back from
+    /// the store and verified part by part first. Refused while the member
+    /// runs.
+    Restore { id: String },
 }
 
 impl Action {
     /// The kind of command without its arguments: `stage`, `stop`,
-    /// `switch`, `start`, `step_down` or `backup` (metric labels).
+    /// `switch`, `start`, `step_down`, `backup` or `restore` (metric labels).
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Stage { .. } => "stage",
@@ -479,6 +483,7 @@ impl Action {
             Action::Start => "start",
             Action::StepDown { .. } => "step_down",
             Action::Backup { .. } => "backup",
+            Action::Restore { .. } => "restore",
         }
     }
 }
@@ -492,6 +497,7 @@ impl fmt::Display for Action {
             Action::Start => f.write_str("start"),
             Action::StepDown { to } => write!(f, "step down to {to}"),
             Action::Backup { id } => write!(f, "back up as {id}"),
+            Action::Restore { id } => write!(f, "restore backup {id}"),
         }
     }
 }

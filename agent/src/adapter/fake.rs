@@ -1,5 +1,5 @@
 //! A scripted adapter for unit tests; records how often it was polled and
-//! whom it was asked to hand over to.
+//! whom it was asked to hand over to, and what it was asked to restore.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +19,8 @@ pub struct FakeAdapter {
     pub step_downs: Mutex<Vec<MemberId>>,
     /// While set, a poll never answers (a frozen member).
     pub hang: std::sync::atomic::AtomicBool,
+    /// Every restore: the backup file's bytes, the revision, the data dir.
+    pub restores: Mutex<Vec<(Vec<u8>, u64, std::path::PathBuf)>>,
 }
 
 impl FakeAdapter {
@@ -51,5 +53,20 @@ impl Adapter for FakeAdapter {
     fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, AdapterError>> {
         self.step_downs.lock().unwrap().push(to.clone());
         Box::pin(async move { Ok(format!("asked to hand over to {to}")) })
+    }
+    fn restore<'a>(
+        &'a self,
+        backup: &'a std::path::Path,
+        revision: u64,
+        data_dir: &'a std::path::Path,
+    ) -> BoxFuture<'a, Result<String, AdapterError>> {
+        let got = std::fs::read(backup).map_err(|e| AdapterError::Restore(e.to_string()));
+        Box::pin(async move {
+            self.restores
+                .lock()
+                .unwrap()
+                .push((got?, revision, data_dir.to_owned()));
+            Ok(format!("restored revision {revision}"))
+        })
     }
 }

@@ -126,6 +126,10 @@ pub enum AdapterError {
         "the {adapter} adapter cannot back up its member yet; take a backup with the database's own tools"
     )]
     BackupUnsupported { adapter: &'static str },
+    #[error("the {adapter} adapter cannot restore its member: {hint}")]
+    RestoreUnsupported { adapter: &'static str, hint: String },
+    #[error("restoring the member failed: {0}")]
+    Restore(String),
 }
 
 /// A backup an adapter wrote, verified and complete.
@@ -219,6 +223,25 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<String, AdapterError>> {
         let _ = (backup, scratch);
         Box::pin(async { Ok("no scratch test-restore for this adapter".to_owned()) })
+    }
+    /// Replaces the stopped member's data in `data_dir` with the backup file
+    /// `backup` (already verified against its manifest), which holds
+    /// `revision`; fails unless the restored data holds that revision.
+    /// The default says this adapter cannot.
+    fn restore<'a>(
+        &'a self,
+        backup: &'a Path,
+        revision: u64,
+        data_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<String, AdapterError>> {
+        let _ = (backup, revision, data_dir);
+        let adapter = self.kind();
+        Box::pin(async move {
+            Err(AdapterError::RestoreUnsupported {
+                adapter,
+                hint: "restore it with the database's own tools".into(),
+            })
+        })
     }
     /// Checks only this kind of member needs before a rollout touches it,
     /// judged from its latest state (the generic ones are the planner's).

@@ -3,7 +3,8 @@
 //! samplekv names members by number; baton names them by [`MemberId`]. The
 //! adapter maps one to the other with the configured `member_names`, falling
 //! back to `n{id}`. It owns that read, that mapping, the member's backup
-//! (`Admin.Backup`, a document whose header names its applied index), and
+//! (`Admin.Backup`, a document whose header names its applied index), its
+//! restore (the configured `restore_command`, e.g. `samplekv-restore`), and
 //! its `[target]` config section ([`SamplekvConfig`]).
 
 use std::collections::BTreeMap;
@@ -22,6 +23,18 @@ use super::{
     SectionError,
 };
 
+/// The longest a `restore_command` may run.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The last `max` bytes of `s` (on a char boundary).
+fn tail(s: &str, max: usize) -> &str {
+    let mut from = s.len().saturating_sub(max);
+    while !s.is_char_boundary(from) {
+        from += 1;
+    }
+    &s[from..]
+}
+
 /// The samplekv row of [`super::REGISTRY`].
 pub const REGISTRATION: Registration = Registration {
     kind: "samplekv",
@@ -38,6 +51,9 @@ struct RawConfig {
     #[serde(default)]
     member_names: BTreeMap<String, String>,
     timeout_ms: Option<u64>,
+    /// argv that restores the stopped member's data dir from a backup file;
+    /// `{file}` and `{data_dir}` are substituted.
+    restore_command: Option<Vec<String>>,
     /// Accepted only to refuse it by name: samplekv speaks no TLS.
     tls: Option<toml::Value>,
 }
@@ -50,6 +66,9 @@ pub struct SamplekvConfig {
     pub member_names: BTreeMap<u64, MemberId>,
     /// Bound on each call to the member.
     pub timeout: Duration,
+    /// `restore_command`: restores a stopped member's data dir
+    /// (`samplekv-restore --data-dir {data_dir} --from {file} --peers ...`).
+    pub restore_command: Option<Vec<String>>,
 }
 
 fn parse_config(table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionError> {
@@ -66,6 +85,20 @@ fn parse_config(table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionErr
     if raw.addr.is_empty() {
         return Err(SectionError::invalid("target.addr", "empty"));
     }
+    if let Some(argv) = &raw.restore_command {
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(SectionError::invalid(
+                "target.restore_command",
+                "empty; give the restore program and its arguments",
+            ));
+        }
+        if !argv.iter().any(|a| a.contains("{file}")) {
+            return Err(SectionError::invalid(
+                "target.restore_command",
+                "names no {file}: the backup file it restores from",
+            ));
+        }
+    }
     if raw.tls.is_some() {
         return Err(SectionError::invalid(
             "target.tls",
@@ -76,6 +109,7 @@ fn parse_config(table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionErr
         addr: raw.addr,
         member_names,
         timeout: super::timeout(raw.timeout_ms),
+        restore_command: raw.restore_command,
     }))
 }
 
@@ -85,11 +119,10 @@ impl AdapterConfig for SamplekvConfig {
     }
 
     fn build(&self, _member: &baton_domain::MemberId) -> Result<Arc<dyn Adapter>, AdapterError> {
-        Ok(Arc::new(SamplekvAdapter::new(
-            &self.addr,
-            self.member_names.clone(),
-            self.timeout,
-        )?))
+        let mut adapter =
+            SamplekvAdapter::new(&self.addr, self.member_names.clone(), self.timeout)?;
+        adapter.restore_command = self.restore_command.clone();
+        Ok(Arc::new(adapter))
     }
 }
 
@@ -99,6 +132,7 @@ pub struct SamplekvAdapter {
     addr: String,
     channel: Channel,
     member_names: BTreeMap<u64, MemberId>,
+    restore_command: Option<Vec<String>>,
 }
 
 impl SamplekvAdapter {
@@ -119,6 +153,7 @@ impl SamplekvAdapter {
             addr: addr.to_owned(),
             channel: endpoint.connect_lazy(),
             member_names,
+            restore_command: None,
         })
     }
 
@@ -336,6 +371,71 @@ impl Adapter for SamplekvAdapter {
             ))
         })
     }
+
+    fn restore<'a>(
+        &'a self,
+        backup: &'a Path,
+        revision: u64,
+        data_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<String, AdapterError>> {
+        Box::pin(async move {
+            let Some(template) = &self.restore_command else {
+                return Err(AdapterError::RestoreUnsupported {
+                    adapter: "samplekv",
+                    hint: "set target.restore_command, e.g. [\"/opt/samplekv/bin/samplekv-restore\", \"--data-dir\", \"{data_dir}\", \"--from\", \"{file}\", \"--peers\", \"1=HOST:PORT,...\"]".into(),
+                });
+            };
+            let argv: Vec<String> = template
+                .iter()
+                .map(|a| {
+                    a.replace("{file}", &backup.to_string_lossy())
+                        .replace("{data_dir}", &data_dir.to_string_lossy())
+                })
+                .collect();
+            let run = tokio::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .kill_on_drop(true)
+                .output();
+            let out = tokio::time::timeout(RESTORE_TIMEOUT, run)
+                .await
+                .map_err(|_| {
+                    AdapterError::Restore(format!(
+                        "{} did not finish within {} s",
+                        argv[0],
+                        RESTORE_TIMEOUT.as_secs()
+                    ))
+                })?
+                .map_err(|e| AdapterError::Restore(format!("cannot run {}: {e}", argv[0])))?;
+            if !out.status.success() {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                return Err(AdapterError::Restore(format!(
+                    "{} exited with {}: {}",
+                    argv[0],
+                    out.status,
+                    tail(stderr.trim(), 400)
+                )));
+            }
+            let said: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+                AdapterError::Restore(format!("{} printed no JSON result: {e}", argv[0]))
+            })?;
+            let restored = said["applied_index"].as_u64();
+            if restored != Some(revision) {
+                return Err(AdapterError::Restore(format!(
+                    "{} restored index {restored:?}, the backup's manifest says {revision}",
+                    argv[0]
+                )));
+            }
+            let aside = said["moved_aside"].as_str().map_or_else(
+                || "no earlier data".to_owned(),
+                |p| format!("the earlier data kept in {p}"),
+            );
+            Ok(format!(
+                "restored {} keys at index {revision} into {} ({aside})",
+                said["keys"],
+                data_dir.display()
+            ))
+        })
+    }
 }
 
 /// `(applied_index, keys)` from a samplekv backup's first line,
@@ -420,5 +520,66 @@ mod tests {
     async fn an_absent_member_is_unreachable() {
         let err = target().poll().await.unwrap_err();
         assert!(matches!(err, AdapterError::Unreachable { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn restore_runs_the_configured_command_and_checks_the_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b");
+        std::fs::write(&file, b"doc").unwrap();
+        let data = dir.path().join("data");
+        let with = |script: &str| {
+            let mut t = target();
+            t.restore_command = Some(vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                script.into(),
+                "{file}".into(),
+                "{data_dir}".into(),
+            ]);
+            t
+        };
+        let err = target()
+            .restore(&file, 7, &data)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set target.restore_command"), "{err}");
+
+        let ok = with(
+            r#"test -f "$0" && mkdir -p "$1" && echo '{"applied_index": 7, "keys": 3, "moved_aside": null}'"#,
+        );
+        let done = ok.restore(&file, 7, &data).await.unwrap();
+        assert!(done.contains("restored 3 keys at index 7"), "{done}");
+        assert!(data.exists(), "the command got the data dir");
+        let err = ok.restore(&file, 8, &data).await.unwrap_err().to_string();
+        assert!(
+            err.contains("restored index Some(7), the backup's manifest says 8"),
+            "{err}"
+        );
+        let err = with("echo 'disk full' >&2; exit 74")
+            .restore(&file, 7, &data)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("disk full") && err.contains("exit status: 74"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_restore_command_must_name_its_file() {
+        let table = |argv: &str| -> toml::Table {
+            toml::from_str(&format!(
+                "addr = \"127.0.0.1:1\"\nrestore_command = {argv}\n"
+            ))
+            .unwrap()
+        };
+        for bad in ["[]", "[\"/bin/restore\", \"--data-dir\", \"{data_dir}\"]"] {
+            let err = parse_config(table(bad)).unwrap_err().to_string();
+            assert!(err.contains("target.restore_command"), "{err}");
+        }
+        assert!(parse_config(table("[\"/bin/restore\", \"{file}\"]")).is_ok());
     }
 }

@@ -198,6 +198,12 @@ impl World {
                 }
                 Ok(())
             }
+            // A rollout never restores: that is `baton restore`'s alone.
+            Action::Restore { id } => {
+                self.violations
+                    .push(format!("a rollout asked {member} to restore {id}"));
+                Err("not a rollout step".into())
+            }
         }
     }
 }

@@ -146,6 +146,7 @@ impl Sim {
                 self.up.insert(m.clone(), true);
             }
             Action::Backup { .. } => {}
+            Action::Restore { id } => return Err(format!("no rollout restores ({id})")),
             Action::StepDown { to } => {
                 if self.ignore_step_downs > 0 {
                     self.ignore_step_downs -= 1;

@@ -390,6 +390,16 @@ pub enum InvalidCommand {
     UnknownOutcome { id: String, value: i32 },
 }
 
+/// A backup id: 1-128 of `[A-Za-z0-9._-]`, not starting with `.` (it names
+/// a store key and a scratch file).
+fn backup_id_ok(b: &str) -> bool {
+    !b.is_empty()
+        && b.len() <= 128
+        && !b.starts_with('.')
+        && b.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
 impl TryFrom<v1::Command> for AgentCommand {
     type Error = InvalidCommand;
 
@@ -434,16 +444,16 @@ impl TryFrom<v1::Command> for AgentCommand {
             }
             Some(Step::Start(v1::Start {})) => Action::Start,
             Some(Step::Backup(v1::Backup { id: backup })) => {
-                let ok = !backup.is_empty()
-                    && backup.len() <= 128
-                    && !backup.starts_with('.')
-                    && backup
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-                if !ok {
+                if !backup_id_ok(&backup) {
                     return Err(InvalidCommand::BadBackup { id, backup });
                 }
                 Action::Backup { id: backup }
+            }
+            Some(Step::Restore(v1::Restore { id: backup })) => {
+                if !backup_id_ok(&backup) {
+                    return Err(InvalidCommand::BadBackup { id, backup });
+                }
+                Action::Restore { id: backup }
             }
             Some(Step::StepDown(v1::StepDown { to_member_id })) => Action::StepDown {
                 to: MemberId::new(to_member_id).map_err(|source| InvalidCommand::Member {
@@ -492,6 +502,7 @@ impl From<AgentCommand> for v1::Command {
                 to_member_id: to.into(),
             }),
             Action::Backup { id } => Step::Backup(v1::Backup { id }),
+            Action::Restore { id } => Step::Restore(v1::Restore { id }),
         };
         v1::Command {
             id: id.0,
@@ -685,6 +696,7 @@ mod tests {
                 to: MemberId::new("n3").unwrap(),
             },
             Action::Backup { id: "r-b1".into() },
+            Action::Restore { id: "r-b1".into() },
         ];
         for action in cmds {
             let c = AgentCommand {
@@ -714,6 +726,19 @@ mod tests {
             let bad = v1::Command {
                 id: "r-3".into(),
                 step: Some(v1::command::Step::Backup(v1::Backup { id: backup.into() })),
+            };
+            assert!(
+                matches!(
+                    AgentCommand::try_from(bad),
+                    Err(InvalidCommand::BadBackup { .. })
+                ),
+                "{backup:?}"
+            );
+            let bad = v1::Command {
+                id: "r-4".into(),
+                step: Some(v1::command::Step::Restore(v1::Restore {
+                    id: backup.into(),
+                })),
             };
             assert!(
                 matches!(
