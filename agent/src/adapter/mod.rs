@@ -11,6 +11,7 @@
 //! backs it up; it never starts or stops processes, which is the
 //! [`crate::runner`]'s job.
 
+pub mod bbolt;
 pub mod etcd;
 #[cfg(test)]
 pub mod fake;
