@@ -6,6 +6,10 @@
 //!
 //! - The bbolt reader's revision of an `etcdctl snapshot save` equals what
 //!   etcd's own `snapshot status` and the server's header say.
+//! - The adapter's backup (`Maintenance.Snapshot` into a `BackupFile`)
+//!   holds the server's revision, passes its scratch test-restore with the
+//!   release's own tool (etcdctl for 3.4, etcdutl for 3.5), and a
+//!   truncated, corrupted or mislabelled backup fails it, saying why.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,7 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use baton_agent::adapter::bbolt;
+use baton_agent::adapter::etcd::RestoreTools;
+use baton_agent::adapter::{Adapter, Backup, EtcdTarget, bbolt};
 
 const ETCD_34: &str = "/usr/bin/etcd";
 const ETCDCTL_34: &str = "/usr/bin/etcdctl";
@@ -242,6 +247,143 @@ async fn bbolt_reads_the_revision_of_an_etcd_3_5_snapshot() -> Result<()> {
         &bin.join("etcdctl"),
         &bin.join("etcdutl"),
         "3.5.1",
+    )
+    .await
+}
+
+/// Backs up a real member through the adapter and test-restores it; then
+/// damaged copies of the backup fail the test-restore by name.
+async fn the_adapter_backs_up_and_test_restores(
+    etcd: &Path,
+    bin_dir: &Path,
+    status_tool: &Path,
+    release: &str,
+    tool: &str,
+) -> Result<()> {
+    assert_version(etcd, release)?;
+    let member = Etcd::start(etcd, "n1").await?;
+    let mut c = member.client().await?;
+    let header = write_some(&mut c, "b-", 60).await?;
+    let adapter = EtcdTarget::new(&member.client_addr, Duration::from_secs(5))
+        .with_tools(RestoreTools::in_dir(bin_dir));
+    let dir = tempfile::tempdir()?;
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch)?;
+    let dest = dir.path().join("b1.part");
+    let backup = adapter.backup(&dest).await?;
+    // Nothing was written between: the server's revision is the backup's.
+    assert_eq!(backup.revision, header, "etcd {release}: {backup:?}");
+    assert_eq!(
+        snapshot_status_revision(status_tool, &dest)?,
+        backup.revision
+    );
+    assert_eq!(backup.bytes, std::fs::metadata(&dest)?.len());
+    assert_eq!(baton_store::sha256_file(&dest)?, backup.sha256);
+    let said = adapter.test_restore(&backup, &scratch).await?;
+    assert!(
+        said.contains(&format!("with {tool} {release}"))
+            && said.contains(&format!("revision {header} (")),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch)?.count(),
+        0,
+        "the scratch restore was removed"
+    );
+
+    // A backup file that already exists is never overwritten.
+    let err = adapter
+        .backup(&dest)
+        .await
+        .expect_err("a second backup to the same file")
+        .to_string();
+    assert!(
+        err.contains("cannot create the backup file") && dest.exists(),
+        "{err}"
+    );
+
+    // A backup that claims another revision fails, naming both.
+    let wrong = Backup {
+        revision: header + 5,
+        ..backup.clone()
+    };
+    let err = adapter
+        .test_restore(&wrong, &scratch)
+        .await
+        .expect_err("a test-restore of a mislabelled backup")
+        .to_string();
+    eprintln!("etcd {release}, wrong revision: {err}");
+    assert!(
+        err.contains(&format!("holds revision {header}"))
+            && err.contains(&format!("says revision {}", header + 5))
+            && err.contains(&format!("etcd at http://{}", member.client_addr)),
+        "{err}"
+    );
+
+    // Truncated and corrupted copies fail (etcd's tool checks the
+    // appended sha256; the bbolt reader checks what it restored).
+    let bytes = std::fs::read(&dest)?;
+    let truncated = dir.path().join("truncated.part");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 3] ^= 0x55;
+    let corrupted = dir.path().join("corrupted.part");
+    std::fs::write(&corrupted, &flipped)?;
+    for path in [truncated, corrupted] {
+        let damaged = Backup {
+            path: path.clone(),
+            ..backup.clone()
+        };
+        let err = adapter
+            .test_restore(&damaged, &scratch)
+            .await
+            .expect_err("a test-restore of a damaged backup")
+            .to_string();
+        eprintln!("etcd {release}, {}: {err}", path.display());
+        assert!(
+            err.contains(&format!("{tool} snapshot restore {}", path.display()))
+                && err.contains("failed (exit status: 1): Error: ")
+                && (err.contains("snapshot missing hash") || err.contains("expected sha256")),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_dir(&scratch)?.count(), 0, "scratch removed");
+    }
+
+    // A member that is gone: the backup fails naming it, and leaves no file.
+    let gone = dir.path().join("gone.part");
+    drop(c);
+    drop(member);
+    let err = adapter
+        .backup(&gone)
+        .await
+        .expect_err("a backup of a stopped member")
+        .to_string();
+    assert!(err.contains("etcd at http://127.0.0.1:"), "{err}");
+    assert!(!gone.exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_3_4_backup_holds_the_server_revision_and_test_restores() -> Result<()> {
+    the_adapter_backs_up_and_test_restores(
+        Path::new(ETCD_34),
+        Path::new("/usr/bin"),
+        Path::new(ETCDCTL_34),
+        "3.4.23",
+        "etcdctl",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_3_5_backup_holds_the_server_revision_and_test_restores() -> Result<()> {
+    let bin = etcd_35_dir()?;
+    the_adapter_backs_up_and_test_restores(
+        &bin.join("etcd"),
+        &bin,
+        &bin.join("etcdutl"),
+        "3.5.1",
+        "etcdutl",
     )
     .await
 }
