@@ -10,6 +10,9 @@
 //!   holds the server's revision, passes its scratch test-restore with the
 //!   release's own tool (etcdctl for 3.4, etcdutl for 3.5), and a
 //!   truncated, corrupted or mislabelled backup fails it, saying why.
+//! - The agent's backup path (`Backups::take`: adapter backup, scratch
+//!   test-restore, upload in parts) puts the server's revision in the
+//!   store's manifest, and the store's re-read verifies it.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -149,6 +152,21 @@ async fn write_some(c: &mut etcd_client::Client, prefix: &str, n: usize) -> Resu
         c.put(format!("{prefix}{i:03}"), format!("v{i}"), None)
             .await?;
     }
+    // Enough keys for branch pages, and values larger than a page (which
+    // bbolt keeps in overflow pages): 16 transactions of 125 puts each,
+    // then three 64 KiB values.
+    for t in 0..16 {
+        let ops: Vec<etcd_client::TxnOp> = (0..125)
+            .map(|i| {
+                etcd_client::TxnOp::put(format!("{prefix}bulk-{t:02}-{i:03}"), "x".repeat(40), None)
+            })
+            .collect();
+        c.txn(etcd_client::Txn::new().and_then(ops)).await?;
+    }
+    for i in 0..3 {
+        c.put(format!("{prefix}big-{i}"), vec![b'b'; 64 << 10], None)
+            .await?;
+    }
     c.put(format!("{prefix}000"), "again", None).await?;
     c.delete(format!("{prefix}001"), None).await?;
     let txn = etcd_client::Txn::new().and_then([
@@ -218,9 +236,13 @@ async fn bbolt_reads_the_revision(
     let theirs = snapshot_status_revision(status_tool, &snap)?;
     assert_eq!(ours.revision, theirs, "etcd {release}: {ours:?}");
     assert_eq!(ours.revision, header, "etcd {release}: {ours:?}");
-    // 40 puts, an overwrite, a tombstone, two in one txn: one key per
-    // sub-revision.
-    assert_eq!(ours.keys, 44, "etcd {release}: {ours:?}");
+    // 40 puts, 2000 in transactions, 3 big ones, an overwrite, a
+    // tombstone, two in one txn: one key per sub-revision.
+    assert_eq!(
+        ours.keys,
+        40 + 2000 + 3 + 1 + 1 + 2,
+        "etcd {release}: {ours:?}"
+    );
     assert!(
         ours.consistent_index.is_some_and(|i| i > 0),
         "etcd {release}: {ours:?}"
@@ -386,4 +408,53 @@ async fn an_etcd_3_5_backup_holds_the_server_revision_and_test_restores() -> Res
         "etcdutl",
     )
     .await
+}
+
+/// The agent's whole backup path with a real member: the manifest in the
+/// store carries the server's revision, the re-read verifies, and the
+/// scratch files under the state dir are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_backs_up_a_real_member_into_the_store() -> Result<()> {
+    use baton_agent::backup::{Backups, SourceRelease};
+    use baton_store::backup::BlobStore;
+    assert_version(Path::new(ETCD_34), "3.4.23")?;
+    let member = Etcd::start(Path::new(ETCD_34), "n1").await?;
+    let mut c = member.client().await?;
+    let header = write_some(&mut c, "a-", 20).await?;
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let store: std::sync::Arc<dyn BlobStore> =
+        std::sync::Arc::new(baton_store::DirStore::new(dir.path().join("store")));
+    let backups = Backups::new(
+        baton_domain::MemberId::new("n1")?,
+        "etcd-test".into(),
+        store.clone(),
+        &state,
+    );
+    let adapter = EtcdTarget::new(&member.client_addr, Duration::from_secs(5))
+        .with_tools(RestoreTools::in_dir(Path::new("/usr/bin")));
+    let said = backups
+        .take(
+            &adapter,
+            "b1",
+            SourceRelease {
+                version: "3.4.23".into(),
+                format_version: 0,
+            },
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        said.contains(&format!("revision {header}"))
+            && said.contains("test-restored with etcdctl 3.4.23"),
+        "{said}"
+    );
+    let m = baton_store::backup::verify(store.as_ref(), "etcd-test", "b1").await?;
+    assert_eq!((m.revision, m.adapter.as_str()), (header, "etcd"));
+    assert_eq!(
+        std::fs::read_dir(state.join("backups"))?.count(),
+        0,
+        "no scratch file or restore dir is left"
+    );
+    Ok(())
 }
