@@ -21,6 +21,14 @@
 //! - Handover: `Maintenance.MoveLeader`.
 //! - Snapshot: `Maintenance.Snapshot`, checked against the sha256 etcd
 //!   appends ([`EtcdTarget::snapshot_to`]).
+//! - Backup: that snapshot streamed into a [`BackupFile`] chunk by chunk;
+//!   its revision is read from the finished file by the [`super::bbolt`]
+//!   reader, never from a status call made beside it.
+//! - Test-restore: the release's own tool (`etcdutl snapshot restore` from
+//!   3.5, `etcdctl snapshot restore` before) restores the backup into a
+//!   scratch data dir, whose `member/snap/db` must hold the backup's
+//!   revision. The tools are found by absolute path ([`RestoreTools`]:
+//!   `target.bin_dir`, or `target.etcdutl` / `target.etcdctl`).
 //!
 //! etcd names members by uint64 ids; baton names them by the etcd member
 //! *name*, which must equal the baton member id (`etcd --name n1`). The
@@ -42,7 +50,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::{Adapter, AdapterError as TargetError, MemberState};
+use super::{Adapter, AdapterError as TargetError, Backup, BackupFile, MemberState, bbolt};
 
 /// How long one poll waits for the health read.
 pub const HEALTH_WAIT: Duration = Duration::from_millis(100);
@@ -52,6 +60,13 @@ pub const HEALTH_GRACE: Duration = Duration::from_secs(3);
 /// The longest a probing handshake waits to learn why a TLS connection
 /// failed.
 const PROBE_WAIT: Duration = Duration::from_millis(500);
+
+/// The longest a scratch test-restore may run.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Where the release binaries are when `target.bin_dir` is not set: where
+/// Debian's `etcd-server` and `etcd-client` put `etcd` and `etcdctl`.
+pub const DEFAULT_BIN_DIR: &str = "/usr/bin";
 
 /// The key the health read asks for (as etcd's own `/health` does); it
 /// need not exist.
@@ -95,6 +110,64 @@ pub struct EtcdConfig {
     pub timeout: Duration,
     /// TLS to etcd, read and checked at load.
     pub tls: Option<ClientTls>,
+    /// The release tools a scratch test-restore runs.
+    pub tools: RestoreTools,
+}
+
+/// The member's release tools, by absolute path: `etcdutl` restores a
+/// 3.5 snapshot, `etcdctl` (with `ETCDCTL_API=3`) a 3.4 one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreTools {
+    pub etcdutl: PathBuf,
+    pub etcdctl: PathBuf,
+}
+
+impl Default for RestoreTools {
+    /// Next to a Debian-installed `/usr/bin/etcd`.
+    fn default() -> Self {
+        RestoreTools::in_dir(Path::new(DEFAULT_BIN_DIR))
+    }
+}
+
+impl RestoreTools {
+    /// Both tools in `dir`, next to the release's `etcd`.
+    pub fn in_dir(dir: &Path) -> Self {
+        RestoreTools {
+            etcdutl: dir.join("etcdutl"),
+            etcdctl: dir.join("etcdctl"),
+        }
+    }
+
+    /// `target.bin_dir` (default [`DEFAULT_BIN_DIR`]), with `target.etcdutl`
+    /// and `target.etcdctl` overriding one tool each; every path absolute.
+    pub fn from_keys(
+        bin_dir: Option<PathBuf>,
+        etcdutl: Option<PathBuf>,
+        etcdctl: Option<PathBuf>,
+    ) -> Result<Self, EtcdConfigError> {
+        let absolute = |key: &'static str, p: &Path| {
+            if p.is_absolute() {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", p.display()),
+                ))
+            }
+        };
+        let dir = bin_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR));
+        absolute("target.bin_dir", &dir)?;
+        let mut tools = RestoreTools::in_dir(&dir);
+        if let Some(p) = etcdutl {
+            absolute("target.etcdutl", &p)?;
+            tools.etcdutl = p;
+        }
+        if let Some(p) = etcdctl {
+            absolute("target.etcdctl", &p)?;
+            tools.etcdctl = p;
+        }
+        Ok(tools)
+    }
 }
 
 impl EtcdConfig {
@@ -117,7 +190,12 @@ impl EtcdConfig {
             ));
         }
         let tls = tls.map(load_tls).transpose()?;
-        Ok(EtcdConfig { addr, timeout, tls })
+        Ok(EtcdConfig {
+            addr,
+            timeout,
+            tls,
+            tools: RestoreTools::default(),
+        })
     }
 }
 
@@ -189,6 +267,11 @@ pub struct EtcdTarget {
     addr: String,
     timeout: Duration,
     tls: Option<ClientTls>,
+    /// The release tools a scratch test-restore runs.
+    tools: RestoreTools,
+    /// The member's etcd release as the last backup's Status saw it: it
+    /// picks the restore tool.
+    backup_release: Mutex<Option<String>>,
     /// The gRPC and HTTP clients, built once on first use.
     clients: OnceCell<Clients>,
     /// etcd member id -> member name, refreshed on an unknown id.
@@ -215,7 +298,19 @@ fn looks_like_tls(text: &str) -> bool {
 impl EtcdTarget {
     /// A plain-HTTP(2) etcd at `addr` (`host:port`).
     pub fn new(addr: &str, timeout: Duration) -> Self {
-        Self::build(format!("etcd at http://{addr}"), addr, timeout, None)
+        Self::build(
+            format!("etcd at http://{addr}"),
+            addr,
+            timeout,
+            None,
+            RestoreTools::default(),
+        )
+    }
+
+    /// Runs scratch test-restores with `tools` instead of the defaults.
+    pub fn with_tools(mut self, tools: RestoreTools) -> Self {
+        self.tools = tools;
+        self
     }
 
     /// The adapter for baton member `member`, as configured.
@@ -230,15 +325,24 @@ impl EtcdTarget {
             &config.addr,
             config.timeout,
             config.tls.clone(),
+            config.tools.clone(),
         )
     }
 
-    fn build(label: String, addr: &str, timeout: Duration, tls: Option<ClientTls>) -> Self {
+    fn build(
+        label: String,
+        addr: &str,
+        timeout: Duration,
+        tls: Option<ClientTls>,
+        tools: RestoreTools,
+    ) -> Self {
         EtcdTarget {
             label,
             addr: addr.to_owned(),
             timeout,
             tls,
+            tools,
+            backup_release: Mutex::new(None),
             clients: OnceCell::new(),
             names: Mutex::new(BTreeMap::new()),
             last_health: Mutex::new(None),
@@ -549,20 +653,32 @@ impl EtcdTarget {
     /// file, fsynced, then renamed. Each message must come within the
     /// adapter's timeout.
     pub async fn snapshot_to(&self, dest: &Path) -> Result<SnapshotFile, TargetError> {
+        let chunks = self.snapshot_chunks().await?;
+        self.save_snapshot(chunks, dest).await
+    }
+
+    /// `Maintenance.Snapshot` from this member's own endpoint, as a stream
+    /// of chunks; each must come within the adapter's timeout.
+    async fn snapshot_chunks(
+        &self,
+    ) -> Result<impl Stream<Item = Result<Vec<u8>, TargetError>> + '_, TargetError> {
         let stream = self.grpc().await?.snapshot().await;
         let stream = self.check("Snapshot", stream).await?;
-        let chunks = futures::stream::unfold(stream, |mut stream| async move {
-            let next = match tokio::time::timeout(self.timeout, stream.message()).await {
-                Err(_) => {
-                    Err(self.unreachable(format!("Snapshot: no message within {:?}", self.timeout)))
-                }
-                Ok(Err(e)) => Err(self.failed("Snapshot (mid-stream)", &e).await),
-                Ok(Ok(None)) => return None,
-                Ok(Ok(Some(msg))) => Ok(msg.blob().to_vec()),
-            };
-            Some((next, stream))
-        });
-        self.save_snapshot(chunks, dest).await
+        Ok(futures::stream::unfold(
+            stream,
+            move |mut stream| async move {
+                let next = match tokio::time::timeout(self.timeout, stream.message()).await {
+                    Err(_) => {
+                        Err(self
+                            .unreachable(format!("Snapshot: no message within {:?}", self.timeout)))
+                    }
+                    Ok(Err(e)) => Err(self.failed("Snapshot (mid-stream)", &e).await),
+                    Ok(Ok(None)) => return None,
+                    Ok(Ok(Some(msg))) => Ok(msg.blob().to_vec()),
+                };
+                Some((next, stream))
+            },
+        ))
     }
 
     /// Writes the chunks of a snapshot stream to `dest` (through a temp
@@ -591,27 +707,19 @@ impl EtcdTarget {
         let io_err =
             |e: std::io::Error| self.unreachable(format!("snapshot to {}: {e}", dest.display()));
         let mut file = tokio::fs::File::create(tmp).await.map_err(io_err)?;
-        let mut db_hash = Sha256::new();
+        let mut check = AppendedSha256::default();
         let mut whole = Sha256::new();
-        // The last 32 bytes are the checksum, not data: hold them back.
-        let mut tail: Vec<u8> = Vec::new();
-        let mut bytes = 0u64;
         let mut chunks = std::pin::pin!(chunks);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
             file.write_all(&chunk).await.map_err(io_err)?;
             whole.update(&chunk);
-            bytes += chunk.len() as u64;
-            tail.extend_from_slice(&chunk);
-            if tail.len() > 32 {
-                let keep = tail.split_off(tail.len() - 32);
-                db_hash.update(&tail);
-                tail = keep;
-            }
+            check.update(&chunk);
         }
         file.sync_all().await.map_err(io_err)?;
         drop(file);
-        if tail.len() != 32 || db_hash.finalize().as_slice() != tail.as_slice() {
+        let bytes = check.bytes;
+        if !check.matches() {
             return Err(self.bad(format!(
                 "snapshot of {bytes} bytes failed its sha256 check (etcd's appended checksum does not match); it was deleted"
             )));
@@ -626,6 +734,199 @@ impl EtcdTarget {
                 .map(|b| format!("{b:02x}"))
                 .collect(),
         })
+    }
+}
+
+/// etcd's snapshot stream ends with the sha256 of everything before it:
+/// this hashes the data while holding the last 32 bytes back.
+#[derive(Default)]
+struct AppendedSha256 {
+    db: sha2::Sha256,
+    tail: Vec<u8>,
+    bytes: u64,
+}
+
+impl AppendedSha256 {
+    fn update(&mut self, chunk: &[u8]) {
+        use sha2::Digest;
+        self.bytes += chunk.len() as u64;
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > 32 {
+            let keep = self.tail.split_off(self.tail.len() - 32);
+            self.db.update(&self.tail);
+            self.tail = keep;
+        }
+    }
+
+    /// Whether the stream ended with the sha256 of the rest.
+    fn matches(self) -> bool {
+        use sha2::Digest;
+        self.tail.len() == 32 && self.db.finalize().as_slice() == self.tail.as_slice()
+    }
+}
+
+/// A scratch directory, removed when this drops (whatever happened).
+struct ScratchDir(PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `release` (`3.5.1`) has `etcdutl`: 3.5 and later.
+fn has_etcdutl(release: &str) -> Option<bool> {
+    let mut parts = release.trim_start_matches('v').split('.');
+    let major: u64 = parts.next()?.parse().ok()?;
+    let minor: u64 = parts.next()?.parse().ok()?;
+    Some(major > 3 || (major == 3 && minor >= 5))
+}
+
+/// The revision the etcd database at `path` holds, read off the file.
+async fn read_db_revision(path: &Path) -> Result<bbolt::DbRevision, String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || bbolt::read_revision(&path))
+        .await
+        .map_err(|e| format!("the bbolt reader failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+impl EtcdTarget {
+    /// Streams the snapshot into `dest` through a [`BackupFile`], checks
+    /// etcd's appended sha256, and reads the revision off the finished
+    /// file.
+    async fn backup_into(&self, file: BackupFile, dest: &Path) -> Result<Backup, TargetError> {
+        let mut file = file;
+        let io = |e: std::io::Error| {
+            self.bad(format!(
+                "cannot write the backup to {}: {e}",
+                dest.display()
+            ))
+        };
+        let chunks = self.snapshot_chunks().await?;
+        let mut chunks = std::pin::pin!(chunks);
+        let mut check = AppendedSha256::default();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            file.write(&chunk).map_err(io)?;
+            check.update(&chunk);
+        }
+        let bytes = check.bytes;
+        if !check.matches() {
+            return Err(self.bad(format!(
+                "the snapshot of {bytes} bytes failed its sha256 check (etcd's appended checksum does not match); it was deleted, take the backup again"
+            )));
+        }
+        let db = read_db_revision(dest).await.map_err(|e| {
+            self.bad(format!(
+                "the snapshot passed etcd's sha256 but is not a readable etcd database ({e}); it was deleted"
+            ))
+        })?;
+        file.finish(db.revision).map_err(io)
+    }
+
+    /// The release whose tool restores this member's backups: the one the
+    /// last backup saw, or the member's own now.
+    async fn restore_release(&self) -> Result<String, TargetError> {
+        let known = self
+            .backup_release
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(release) = known {
+            return Ok(release);
+        }
+        let st = self.grpc().await?.status().await;
+        Ok(self.check("Status", st).await?.version().to_owned())
+    }
+
+    /// Runs `tool snapshot restore backup --data-dir data`, bounded by
+    /// [`RESTORE_TIMEOUT`]; the error has the tool's own words.
+    async fn run_restore(
+        &self,
+        tool: &Path,
+        key: &str,
+        backup: &Path,
+        data: &Path,
+    ) -> Result<(), TargetError> {
+        if !tool.is_file() {
+            return Err(self.bad(format!(
+                "cannot test-restore: {} does not exist; install the member's release tools there or set target.{key} (or target.bin_dir) to where they are",
+                tool.display()
+            )));
+        }
+        let mut cmd = tokio::process::Command::new(tool);
+        cmd.env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(backup)
+            .arg("--data-dir")
+            .arg(data)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let shown = format!(
+            "{} snapshot restore {} --data-dir {}",
+            tool.display(),
+            backup.display(),
+            data.display()
+        );
+        let out = match tokio::time::timeout(RESTORE_TIMEOUT, cmd.output()).await {
+            Err(_) => {
+                return Err(self.bad(format!(
+                    "`{shown}` did not finish within {RESTORE_TIMEOUT:?}"
+                )));
+            }
+            Ok(Err(e)) => return Err(self.bad(format!("cannot run `{shown}`: {e}"))),
+            Ok(Ok(out)) => out,
+        };
+        if !out.status.success() {
+            // The tool's `Error:` lines say why; its log lines (with Go
+            // stacks) do not.
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let mut why: Vec<&str> = stderr.lines().filter(|l| l.starts_with("Error")).collect();
+            if why.is_empty() {
+                why.extend(stderr.lines().last());
+            }
+            return Err(self.bad(format!(
+                "`{shown}` failed ({}): {}",
+                out.status,
+                why.join(" / ")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn restore_into(&self, backup: &Backup, dir: &Path) -> Result<String, TargetError> {
+        let release = self.restore_release().await?;
+        let (tool, key) = match has_etcdutl(&release) {
+            Some(true) => (&self.tools.etcdutl, "etcdutl"),
+            Some(false) => (&self.tools.etcdctl, "etcdctl"),
+            None => {
+                return Err(self.bad(format!(
+                    "cannot pick a restore tool: the member's release {release:?} is not a version"
+                )));
+            }
+        };
+        let data = dir.join("data");
+        self.run_restore(tool, key, &backup.path, &data).await?;
+        let db_path = data.join("member/snap/db");
+        let db = read_db_revision(&db_path).await.map_err(|e| {
+            self.bad(format!(
+                "the restored member's database cannot be read: {e}"
+            ))
+        })?;
+        if db.revision != backup.revision {
+            return Err(self.bad(format!(
+                "the restored member's database {} holds revision {}, but the backup {} says revision {}; do not rely on this backup, take it again",
+                db_path.display(),
+                db.revision,
+                backup.path.display(),
+                backup.revision
+            )));
+        }
+        Ok(format!(
+            "test-restored with {key} {release} into a scratch data dir: revision {} ({} keys) as the backup says",
+            db.revision, db.keys
+        ))
     }
 }
 
@@ -673,6 +974,62 @@ impl Adapter for EtcdTarget {
             }
         })
     }
+
+    /// `Maintenance.Snapshot` from this member's own endpoint, streamed
+    /// into `dest`; the revision is read from the finished file. A failed
+    /// backup leaves no file.
+    fn backup<'a>(&'a self, dest: &'a Path) -> BoxFuture<'a, Result<Backup, TargetError>> {
+        Box::pin(async move {
+            // Which release wrote it decides the restore tool.
+            let st = self.grpc().await?.status().await;
+            let release = self.check("Status", st).await?.version().to_owned();
+            let file = BackupFile::create(dest).map_err(|e| {
+                self.bad(format!(
+                    "cannot create the backup file {}: {e}",
+                    dest.display()
+                ))
+            })?;
+            let result = self.backup_into(file, dest).await;
+            match &result {
+                Ok(_) => {
+                    *self
+                        .backup_release
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(release);
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(dest);
+                }
+            }
+            result
+        })
+    }
+
+    /// Restores `backup` with the release's own tool into a scratch data
+    /// dir under `scratch` (removed afterwards, whatever happens) and
+    /// requires its database to hold `backup.revision`.
+    fn test_restore<'a>(
+        &'a self,
+        backup: &'a Backup,
+        scratch: &'a Path,
+    ) -> BoxFuture<'a, Result<String, TargetError>> {
+        Box::pin(async move {
+            let stem = backup
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "backup".to_owned());
+            let dir = ScratchDir(scratch.join(format!("{stem}.restore")));
+            let _ = std::fs::remove_dir_all(&dir.0);
+            std::fs::create_dir_all(&dir.0).map_err(|e| {
+                self.bad(format!(
+                    "cannot create the scratch dir {}: {e}",
+                    dir.0.display()
+                ))
+            })?;
+            self.restore_into(backup, &dir.0).await
+        })
+    }
 }
 
 // The etcd `[target]` section and its registry row.
@@ -691,6 +1048,11 @@ struct RawConfig {
     timeout_ms: Option<u64>,
     /// `[target.tls]`, see [`RawEtcdTls`].
     tls: Option<RawEtcdTls>,
+    /// The directory of the member's release binaries (`etcd`, `etcdctl`,
+    /// `etcdutl`), for the scratch test-restore; see [`RestoreTools`].
+    bin_dir: Option<PathBuf>,
+    etcdutl: Option<PathBuf>,
+    etcdctl: Option<PathBuf>,
 }
 
 fn parse_config(
@@ -704,8 +1066,13 @@ impl EtcdConfig {
     /// taken out).
     pub fn from_table(table: toml::Table) -> Result<Self, super::SectionError> {
         let raw: RawConfig = super::decode(table)?;
-        EtcdConfig::from_raw(raw.addr, super::timeout(raw.timeout_ms), raw.tls)
-            .map_err(|e| super::SectionError::invalid(e.key, e.reason))
+        let section = |e: EtcdConfigError| super::SectionError::invalid(e.key, e.reason);
+        let tools =
+            RestoreTools::from_keys(raw.bin_dir, raw.etcdutl, raw.etcdctl).map_err(section)?;
+        let mut config = EtcdConfig::from_raw(raw.addr, super::timeout(raw.timeout_ms), raw.tls)
+            .map_err(section)?;
+        config.tools = tools;
+        Ok(config)
     }
 }
 
@@ -833,6 +1200,55 @@ mod tests {
         assert_eq!(err.key, "target.addr");
         let ok = cfg(None).unwrap();
         assert_eq!(ok.tls, None);
+    }
+
+    #[test]
+    fn restore_tools_default_next_to_etcd_and_can_be_set() {
+        let table = |text: &str| toml::from_str::<toml::Table>(text).unwrap();
+        let c = EtcdConfig::from_table(table("addr = \"127.0.0.1:2379\"")).unwrap();
+        assert_eq!(c.tools, RestoreTools::in_dir(Path::new("/usr/bin")));
+        let c = EtcdConfig::from_table(table(
+            "addr = \"h:1\"\nbin_dir = \"/opt/etcd/current\"\netcdctl = \"/x/etcdctl\"",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tools,
+            RestoreTools {
+                etcdutl: "/opt/etcd/current/etcdutl".into(),
+                etcdctl: "/x/etcdctl".into(),
+            }
+        );
+        let err = EtcdConfig::from_table(table("addr = \"h:1\"\netcdutl = \"etcdutl\""))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config key `target.etcdutl` is invalid: etcdutl must be an absolute path"
+        );
+        let err = EtcdConfig::from_table(table("addr = \"h:1\"\nbin_dir = \"bin\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`target.bin_dir`"), "{err}");
+    }
+
+    #[test]
+    fn etcdutl_restores_from_3_5_on() {
+        assert_eq!(has_etcdutl("3.4.23"), Some(false));
+        assert_eq!(has_etcdutl("3.5.1"), Some(true));
+        assert_eq!(has_etcdutl("v3.6.0"), Some(true));
+        assert_eq!(has_etcdutl("4.0.0"), Some(true));
+        assert_eq!(has_etcdutl("2.3.8"), Some(false));
+        assert_eq!(has_etcdutl("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn a_backup_of_an_absent_member_names_it_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = EtcdTarget::new("127.0.0.1:1", Duration::from_millis(200));
+        let dest = dir.path().join("b.db");
+        let err = t.backup(&dest).await.unwrap_err().to_string();
+        assert!(err.contains("etcd at http://127.0.0.1:1"), "{err}");
+        assert!(!dest.exists());
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //!
 //! An adapter reads the member, asks it for a handover, and (where it can)
 //! backs it up; it never starts or stops processes, which is the
-//! [`crate::runner`]'s job.
+//! [`crate::runner`]'s job. [`bbolt`] reads the revision off an etcd
+//! snapshot or data file, for the etcd adapter's backup and test-restore.
 
+pub mod bbolt;
 pub mod etcd;
 #[cfg(test)]
 pub mod fake;
