@@ -430,6 +430,7 @@ async fn the_agent_backs_up_a_real_member_into_the_store() -> Result<()> {
         "etcd-test".into(),
         store.clone(),
         &state,
+        &dir.path().join("data"),
     );
     let adapter = EtcdTarget::new(&member.client_addr, Duration::from_secs(5))
         .with_tools(RestoreTools::in_dir(Path::new("/usr/bin")));

@@ -318,11 +318,11 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
             ));
         }
     };
-    // Optional until every adapter can back up (etcd cannot yet): a member
-    // that cannot is skipped with the reason in the summary.
+    // Required unless the operator says otherwise: no member is stopped
+    // without a verified backup to go back to.
     let backup = match raw.backup.as_deref() {
-        Some("required") => BackupPolicy::Required,
-        None | Some("optional") => BackupPolicy::Optional,
+        None | Some("required") => BackupPolicy::Required,
+        Some("optional") => BackupPolicy::Optional,
         Some("off") => BackupPolicy::Off,
         Some(other) => {
             return Err(invalid(
@@ -413,6 +413,10 @@ mod tests {
     #[test]
     fn backup_keep_days_defaults_to_a_week_and_is_bounded() {
         assert_eq!(load(GOOD, &[]).unwrap().backup_keep, DEFAULT_BACKUP_KEEP);
+        assert_eq!(
+            load(GOOD, &[]).unwrap().policy.backup,
+            BackupPolicy::Required
+        );
         let c = load(&format!("{GOOD}[policy]\nbackup_keep_days = 30\n"), &[]).unwrap();
         assert_eq!(c.backup_keep, Duration::from_secs(30 * 86_400));
         for days in [0, 3651] {

@@ -22,13 +22,12 @@ pub enum OnStall {
 #[serde(rename_all = "snake_case")]
 pub enum BackupPolicy {
     /// No member is stopped until a backup is taken and verified; a backup
-    /// that fails pauses the rollout.
+    /// that fails pauses the rollout. The coordinator config's default.
     Required,
-    /// Take one; if it fails, go on without it (the summary says so). The
-    /// coordinator config's default until every adapter can back up.
+    /// Take one; if it fails, go on without it (the summary says so).
     Optional,
     /// Take none. The default of this struct, for tests that are not about
-    /// backups; an operator gets `Optional` unless the config says otherwise.
+    /// backups; an operator gets `Required` unless the config says otherwise.
     #[default]
     Off,
 }

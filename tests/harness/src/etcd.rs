@@ -300,16 +300,20 @@ impl EtcdCluster {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+            // The backup's scratch test-restore: etcdctl (Debian's, 3.4) or
+            // etcdutl (the 3.5.1 wheel's), whichever release the member runs.
+            let etcdutl = etcd_35()?.with_file_name("etcdutl");
             let agent_config = agent_dir.join("agent.toml");
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\n{target_tls}{run}",
+                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\netcdctl = \"/usr/bin/etcdctl\"\netcdutl = {:?}\n{target_tls}{run}",
                     cluster.coordinator_url,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
                     free_port(),
                     cluster.store_dir.to_string_lossy(),
+                    etcdutl.to_string_lossy(),
                 ),
             )?;
             cluster.members.push(EtcdMember {
