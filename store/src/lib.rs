@@ -1,9 +1,10 @@
 //! The artifact store: where releases live before they reach a node.
 //!
 //! This crate owns the release manifest format, the [`ArtifactStore`] trait
-//! (a local directory today; S3 later, behind the same trait), sha256
-//! checksums, and packing/unpacking release directories. The rule it
-//! enforces: an artifact whose sha256 does not match is never unpacked.
+//! (a local directory, [`DirStore`], or an S3 bucket, [`s3::S3Store`],
+//! behind the same trait), sha256 checksums, and packing/unpacking release
+//! directories. The rules it enforces: an artifact whose sha256 does not
+//! match is never unpacked, and a published release is never changed.
 //! Pre-upgrade backups live in the same store, under `backups/`, and are
 //! the [`backup`] module's.
 
@@ -12,6 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub mod backup;
+pub mod s3;
 
 pub use backup::{BackupManifest, BackupSource};
 use futures::future::BoxFuture;
@@ -182,7 +184,8 @@ pub fn unpack_verified(
     Ok(())
 }
 
-/// Where releases are kept. Implementations: [`DirStore`] (and S3).
+/// Where releases are kept. Implementations: [`DirStore`] and
+/// [`s3::S3Store`].
 ///
 /// Releases are immutable: `put` of a name and version that is already
 /// stored succeeds without writing when the sha256 is the same, and fails
