@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub mod backup;
+pub mod config;
 pub mod s3;
 
 pub use backup::{BackupManifest, BackupSource};
