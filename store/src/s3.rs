@@ -44,6 +44,35 @@ pub const MAX_RESUMES: u32 = 5;
 /// A body that yields no bytes for this long is treated as broken.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The longest a presigned request may stay valid.
+pub const PRESIGN_MAX: Duration = Duration::from_secs(15 * 60);
+
+/// A presigned request: anyone holding it may do this one thing until it
+/// expires, with no credentials of their own. Its `Debug` hides the query
+/// (the signature).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Presigned {
+    pub method: String,
+    pub url: String,
+    /// Headers the request must carry as signed.
+    pub headers: Vec<(String, String)>,
+    pub expires_in: Duration,
+}
+
+impl std::fmt::Debug for Presigned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let base = self
+            .url
+            .split_once('?')
+            .map_or(self.url.as_str(), |(b, _)| b);
+        f.debug_struct("Presigned")
+            .field("method", &self.method)
+            .field("url", &format!("{base}?<signature redacted>"))
+            .field("expires_in", &self.expires_in)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where the bucket is and who we are to it.
 #[derive(Clone)]
 pub struct S3Settings {
@@ -88,6 +117,8 @@ pub struct S3Store {
     bucket_checked: tokio::sync::OnceCell<()>,
     stall: Duration,
     max_resumes: u32,
+    /// Keys per ListObjectsV2 page; `None` for the server's (1000).
+    page_size: Option<i32>,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -178,12 +209,19 @@ impl S3Store {
             bucket_checked: tokio::sync::OnceCell::new(),
             stall: STALL_TIMEOUT,
             max_resumes: MAX_RESUMES,
+            page_size: None,
         })
     }
 
     /// How long a body may stall before it is resumed (tests shorten it).
     pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
         self.stall = stall;
+        self
+    }
+
+    /// Lists `n` keys per page (tests use a small one to page).
+    pub fn with_page_size(mut self, n: i32) -> Self {
+        self.page_size = Some(n);
         self
     }
 
@@ -384,6 +422,7 @@ impl S3Store {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(self.full_key(prefix))
+                .set_max_keys(self.page_size)
                 .set_continuation_token(token.take())
                 .send()
                 .await
@@ -427,6 +466,63 @@ impl S3Store {
         )
     }
 
+    fn presigning(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<aws_sdk_s3::presigning::PresigningConfig, StoreError> {
+        check_key(key)?;
+        if expires_in.is_zero() || expires_in > PRESIGN_MAX {
+            return Err(self.err(
+                key,
+                format!(
+                    "a presigned request may be valid for at most {PRESIGN_MAX:?}, not {expires_in:?}"
+                ),
+            ));
+        }
+        aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(|e| self.err(key, format!("cannot presign: {e}")))
+    }
+
+    /// A GET of store key `key` (an artifact: [`S3Store::artifact_key`]),
+    /// valid for `expires_in` (at most [`PRESIGN_MAX`]). No request is made.
+    pub async fn presign_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<Presigned, StoreError> {
+        let config = self.presigning(key, expires_in)?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .presigned(config)
+            .await
+            .map_err(|e| self.sdk_err(key, "presign GetObject", &e))?;
+        Ok(presigned(&req, expires_in))
+    }
+
+    /// A PUT of one whole object under store key `key` (a backup part, the
+    /// manifest, the sentinel), valid for `expires_in` (at most
+    /// [`PRESIGN_MAX`]). No request is made.
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<Presigned, StoreError> {
+        let config = self.presigning(key, expires_in)?;
+        let req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .presigned(config)
+            .await
+            .map_err(|e| self.sdk_err(key, "presign PutObject", &e))?;
+        Ok(presigned(&req, expires_in))
+    }
+
     /// Streams an object to `dest` (replaced only when complete), hashing
     /// it; returns its size and hex sha256. `None` if there is no object.
     pub async fn download(
@@ -464,6 +560,18 @@ impl S3Store {
         }
         tmp.persist(dest).map_err(|e| crate::io(dest)(e.error))?;
         Ok(Some((size, hex(&hash.finalize()))))
+    }
+}
+
+fn presigned(req: &aws_sdk_s3::presigning::PresignedRequest, expires_in: Duration) -> Presigned {
+    Presigned {
+        method: req.method().to_owned(),
+        url: req.uri().to_owned(),
+        headers: req
+            .headers()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        expires_in,
     }
 }
 

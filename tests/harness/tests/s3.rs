@@ -212,3 +212,85 @@ async fn a_missing_bucket_is_named() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn listing_pages_through_every_key() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let server = S3Server::start(tmp.path(), "releases").await?;
+    let store = S3Store::new(server.settings("p"))?.with_page_size(2);
+    let mut want = Vec::new();
+    for i in 0..7 {
+        let key = format!("backups/c1/b{i}/part-00000");
+        store.put_blob(&key, format!("{i}").into()).await?;
+        want.push(key);
+    }
+    store.put_blob("other/x", "y".into()).await?;
+    assert_eq!(store.list_blobs("backups/").await?, want);
+    assert_eq!(backup::list(&store, "c1").await?.len(), 7);
+    Ok(())
+}
+
+/// One HTTP/1.1 request to a loopback URL; the status and the body.
+async fn raw(method: &str, url: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let head = format!(
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status");
+    Ok((code, buf[split + 4..].to_vec()))
+}
+
+#[tokio::test]
+async fn presigned_requests_work_without_credentials_and_only_for_their_key() -> Result<()> {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir()?;
+    let server = S3Server::start(tmp.path(), "releases").await?;
+    let store = S3Store::new(server.settings("p"))?;
+    let put = store
+        .presign_put("backups/c1/b1/part-00000", Duration::from_secs(600))
+        .await?;
+    assert_eq!(put.method, "PUT");
+    assert!(
+        !put.url.contains(SECRET_KEY) && !format!("{put:?}").contains("X-Amz-Signature"),
+        "{put:?}"
+    );
+    let (code, body) = raw("PUT", &put.url, b"part bytes").await?;
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        store.get_blob("backups/c1/b1/part-00000").await?.as_deref(),
+        Some(&b"part bytes"[..])
+    );
+    let get = store
+        .presign_get("backups/c1/b1/part-00000", Duration::from_secs(60))
+        .await?;
+    let (code, body) = raw("GET", &get.url, b"").await?;
+    assert_eq!((code, body.as_slice()), (200, &b"part bytes"[..]));
+    // The signature covers the key: another key with it is refused.
+    let other = get.url.replace("part-00000", "part-00001");
+    let (code, _) = raw("GET", &other, b"").await?;
+    assert_eq!(code, 403);
+    // Longer than 15 minutes is refused.
+    let err = store
+        .presign_get("backups/c1/b1/part-00000", Duration::from_secs(16 * 60))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most 900s"), "{err}");
+    Ok(())
+}
