@@ -77,6 +77,16 @@ pub enum StoreError {
         existing: String,
         offered: String,
     },
+    #[error(
+        "release {name} {version} is already in the store at {location} with data format {existing}; the same artifact is offered as format {offered}; releases are immutable: publish it as a new version with the format it writes"
+    )]
+    ReleaseFormatDiffers {
+        name: String,
+        version: String,
+        location: String,
+        existing: u32,
+        offered: u32,
+    },
     #[error("store {location}, object {key}: {detail}")]
     Object {
         location: String,
@@ -258,14 +268,25 @@ pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// The answer to a `put` of a release that is already stored: a no-op for
-/// the same content, [`StoreError::ReleaseExists`] for other content.
+/// the same content and format, [`StoreError::ReleaseExists`] for other
+/// content, [`StoreError::ReleaseFormatDiffers`] for the same content
+/// claimed as another data format.
 pub(crate) fn already_stored(
     location: String,
     stored: &ReleaseManifest,
     offered: &ReleaseManifest,
 ) -> Result<(), StoreError> {
     if stored.sha256.eq_ignore_ascii_case(&offered.sha256) {
-        Ok(())
+        if stored.format_version == offered.format_version {
+            return Ok(());
+        }
+        Err(StoreError::ReleaseFormatDiffers {
+            name: offered.name.clone(),
+            version: offered.version.clone(),
+            location,
+            existing: stored.format_version,
+            offered: offered.format_version,
+        })
     } else {
         Err(StoreError::ReleaseExists {
             name: offered.name.clone(),
@@ -621,6 +642,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, first);
+        // The same bytes claimed as another data format are refused.
+        let err = publish(&store, "kv", "v2", 2, &src, tmp.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::ReleaseFormatDiffers {
+                    existing: 1,
+                    offered: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // Other content under the same version is refused, naming both sums.
         let src = release_dir(tmp.path(), "second, longer body");
         let err = publish(&store, "kv", "v2", 1, &src, tmp.path())
