@@ -1,9 +1,10 @@
 //! The artifact store: where releases live before they reach a node.
 //!
 //! This crate owns the release manifest format, the [`ArtifactStore`] trait
-//! (a local directory today; S3 later, behind the same trait), sha256
-//! checksums, and packing/unpacking release directories. The rule it
-//! enforces: an artifact whose sha256 does not match is never unpacked.
+//! (a local directory, [`DirStore`], or an S3 bucket, [`s3::S3Store`],
+//! behind the same trait), sha256 checksums, and packing/unpacking release
+//! directories. The rules it enforces: an artifact whose sha256 does not
+//! match is never unpacked, and a published release is never changed.
 //! Pre-upgrade backups live in the same store, under `backups/`, and are
 //! the [`backup`] module's.
 
@@ -12,6 +13,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 pub mod backup;
+pub mod config;
+pub mod s3;
 
 pub use backup::{BackupManifest, BackupSource};
 use futures::future::BoxFuture;
@@ -64,6 +67,26 @@ pub enum StoreError {
     BadName(String),
     #[error("release name {0:?} is reserved for the store's backups; publish under another name")]
     Reserved(String),
+    #[error(
+        "release {name} {version} is already in the store at {location} with sha256 {existing}; this artifact's sha256 is {offered}; releases are immutable: publish it as a new version"
+    )]
+    ReleaseExists {
+        name: String,
+        version: String,
+        location: String,
+        existing: String,
+        offered: String,
+    },
+    #[error(
+        "release {name} {version} is already in the store at {location} with data format {existing}; the same artifact is offered as format {offered}; releases are immutable: publish it as a new version with the format it writes"
+    )]
+    ReleaseFormatDiffers {
+        name: String,
+        version: String,
+        location: String,
+        existing: u32,
+        offered: u32,
+    },
     #[error("store {location}, object {key}: {detail}")]
     Object {
         location: String,
@@ -172,7 +195,12 @@ pub fn unpack_verified(
     Ok(())
 }
 
-/// Where releases are kept. Implementations: [`DirStore`]; S3 later.
+/// Where releases are kept. Implementations: [`DirStore`] and
+/// [`s3::S3Store`].
+///
+/// Releases are immutable: `put` of a name and version that is already
+/// stored succeeds without writing when the sha256 is the same, and fails
+/// with [`StoreError::ReleaseExists`] when it differs.
 pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     /// Where the store is, for messages.
     fn location(&self) -> String;
@@ -189,18 +217,118 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
         version: &'a str,
         dest: &'a Path,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Stores `artifact` under `manifest` (name, version).
+    /// Stores `artifact` under `manifest` (name, version), once: see the
+    /// trait's immutability rule.
     fn put<'a>(
         &'a self,
         manifest: &'a ReleaseManifest,
         artifact: &'a Path,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Every release in the store, sorted by [`release_order`]. The
+    /// reserved `backups` tree is not a release and is skipped.
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ReleaseManifest>, StoreError>>;
+}
+
+/// The order releases are listed in: by name, then by version with runs of
+/// digits compared as numbers (`v2` before `v10`).
+pub fn release_order(a: &ReleaseManifest, b: &ReleaseManifest) -> std::cmp::Ordering {
+    a.name
+        .cmp(&b.name)
+        .then_with(|| version_order(&a.version, &b.version))
+}
+
+/// Compares versions chunk by chunk: digit runs numerically (ignoring
+/// leading zeros), everything else bytewise; ties broken bytewise.
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, xa), (db, xb)) in ca.iter().zip(cb.iter()) {
+        let ord = if *da && *db {
+            let (ta, tb) = (xa.trim_start_matches('0'), xb.trim_start_matches('0'));
+            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+        } else {
+            xa.cmp(xb)
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
+}
+
+/// The answer to a `put` of a release that is already stored: a no-op for
+/// the same content and format, [`StoreError::ReleaseExists`] for other
+/// content, [`StoreError::ReleaseFormatDiffers`] for the same content
+/// claimed as another data format.
+pub(crate) fn already_stored(
+    location: String,
+    stored: &ReleaseManifest,
+    offered: &ReleaseManifest,
+) -> Result<(), StoreError> {
+    if stored.sha256.eq_ignore_ascii_case(&offered.sha256) {
+        if stored.format_version == offered.format_version {
+            return Ok(());
+        }
+        Err(StoreError::ReleaseFormatDiffers {
+            name: offered.name.clone(),
+            version: offered.version.clone(),
+            location,
+            existing: stored.format_version,
+            offered: offered.format_version,
+        })
+    } else {
+        Err(StoreError::ReleaseExists {
+            name: offered.name.clone(),
+            version: offered.version.clone(),
+            location,
+            existing: stored.sha256.clone(),
+            offered: offered.sha256.clone(),
+        })
+    }
+}
+
+/// Parses and checks a stored manifest: well formed, about this release,
+/// with a hex sha256. `path` names it in errors.
+pub(crate) fn parse_manifest(
+    text: &str,
+    name: &str,
+    version: &str,
+    path: &Path,
+) -> Result<ReleaseManifest, StoreError> {
+    let bad = |detail: String| StoreError::BadManifest {
+        name: name.to_owned(),
+        version: version.to_owned(),
+        path: path.to_owned(),
+        detail,
+    };
+    let m: ReleaseManifest = toml::from_str(text).map_err(|e| bad(e.message().to_owned()))?;
+    if m.name != name
+        || m.version != version
+        || m.sha256.len() != 64
+        || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+    {
+        return Err(bad(
+            "name, version or sha256 does not fit this release".to_owned()
+        ));
+    }
+    Ok(m)
 }
 
 /// Puts a copy of `from` at `to`, replacing it. On the same filesystem that
-/// is a hard link: stored artifacts are never changed in place (`put`
-/// renames a new file over the old), so sharing the inode is safe, and tens
-/// of MB are not copied again. Elsewhere it copies.
+/// is a hard link: a stored artifact is never changed or replaced (releases
+/// are immutable), so sharing the inode is safe, and tens of MB are not
+/// copied again. Elsewhere it copies.
 fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {
     let name = to
         .file_name()
@@ -326,25 +454,7 @@ impl ArtifactStore for DirStore {
                 }
                 Err(e) => return Err(io(&path)(e)),
             };
-            let m: ReleaseManifest =
-                toml::from_str(&text).map_err(|e| StoreError::BadManifest {
-                    name: name.to_owned(),
-                    version: version.to_owned(),
-                    path: path.clone(),
-                    detail: e.message().to_owned(),
-                })?;
-            if m.name != name
-                || m.version != version
-                || m.sha256.len() != 64
-                || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit())
-            {
-                return Err(StoreError::BadManifest {
-                    name: name.to_owned(),
-                    version: version.to_owned(),
-                    path,
-                    detail: "name, version or sha256 does not fit this release".to_owned(),
-                });
-            }
+            let m = parse_manifest(&text, name, version, &path)?;
             Ok(m)
         })
     }
@@ -380,27 +490,124 @@ impl ArtifactStore for DirStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let dir = self.dir(&manifest.name, &manifest.version)?;
-            fs::create_dir_all(&dir).map_err(io(&dir))?;
-            let tmp = dir.join("artifact.tar.tmp");
-            let (from, to) = (artifact.to_owned(), tmp.clone());
-            blocking(move || fs::copy(&from, &to).map(drop).map_err(io(&to))).await?;
-            fs::rename(&tmp, dir.join("artifact.tar")).map_err(io(&dir))?;
             let text = toml::to_string(manifest).map_err(|e| StoreError::BadManifest {
                 name: manifest.name.clone(),
                 version: manifest.version.clone(),
                 path: dir.join("manifest.toml"),
                 detail: e.to_string(),
             })?;
-            let mtmp = dir.join("manifest.toml.tmp");
-            fs::write(&mtmp, text).map_err(io(&mtmp))?;
-            fs::rename(&mtmp, dir.join("manifest.toml")).map_err(io(&dir))?;
-            Ok(())
+            let (store, manifest, artifact) = (self.clone(), manifest.clone(), artifact.to_owned());
+            blocking(move || store.put_locked(&dir, &manifest, &artifact, &text)).await
+        })
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<ReleaseManifest>, StoreError>> {
+        Box::pin(async move {
+            let store = self.clone();
+            let mut all = blocking(move || store.list_sync()).await?;
+            all.sort_by(release_order);
+            Ok(all)
         })
     }
 }
 
+impl DirStore {
+    /// `put` under an exclusive lock on `<dir>/.lock`, so two publishes of
+    /// one version at once cannot interleave: the first stores, the second
+    /// sees its manifest. The manifest is written last; a version directory
+    /// without one (a publish that crashed) is not a release and is
+    /// written over.
+    fn put_locked(
+        &self,
+        dir: &Path,
+        manifest: &ReleaseManifest,
+        artifact: &Path,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock_path = dir.join(".lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let manifest_path = dir.join("manifest.toml");
+        match fs::read_to_string(&manifest_path) {
+            Ok(stored) => {
+                let stored =
+                    parse_manifest(&stored, &manifest.name, &manifest.version, &manifest_path)?;
+                return already_stored(self.location(), &stored, manifest);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&manifest_path)(e)),
+        }
+        let tmp = dir.join(".artifact.tar.tmp");
+        fs::copy(artifact, &tmp).map_err(io(&tmp))?;
+        readable_and_synced(&tmp)?;
+        fs::rename(&tmp, dir.join("artifact.tar")).map_err(io(dir))?;
+        let mtmp = dir.join(".manifest.toml.tmp");
+        fs::write(&mtmp, text).map_err(io(&mtmp))?;
+        readable_and_synced(&mtmp)?;
+        fs::rename(&mtmp, &manifest_path).map_err(io(dir))?;
+        Ok(())
+    }
+
+    fn list_sync(&self) -> Result<Vec<ReleaseManifest>, StoreError> {
+        let mut out = Vec::new();
+        for name in subdirs(&self.root)? {
+            if name == "backups" || check_name(&name).is_err() {
+                continue;
+            }
+            for version in subdirs(&self.root.join(&name))? {
+                if check_name(&version).is_err() {
+                    continue;
+                }
+                let path = self.root.join(&name).join(&version).join("manifest.toml");
+                match fs::read_to_string(&path) {
+                    Ok(text) => out.push(parse_manifest(&text, &name, &version, &path)?),
+                    // No manifest: a publish that never finished.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&path)(e)),
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The names of the directories in `dir` (none if `dir` does not exist).
+fn subdirs(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(dir))?;
+        if entry.file_type().map_err(io(dir))?.is_dir() {
+            out.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// Makes a file written for the store readable by an unprivileged agent
+/// user (0644, whatever the umask or the source's mode) and durable.
+fn readable_and_synced(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(io(path))?;
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     fn release_dir(root: &Path, body: &str) -> PathBuf {
@@ -412,12 +619,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fetch_shares_the_stored_file_and_a_later_put_does_not_change_it() {
+    async fn a_fetch_shares_the_stored_file_which_is_never_replaced() {
         use std::os::unix::fs::MetadataExt;
         let tmp = tempfile::tempdir().unwrap();
         let store = DirStore::new(tmp.path().join("store"));
         let src = release_dir(tmp.path(), "first");
-        publish(&store, "kv", "v2", 1, &src, tmp.path())
+        let first = publish(&store, "kv", "v2", 1, &src, tmp.path())
             .await
             .unwrap();
         let dest = tmp.path().join("download.tar");
@@ -430,13 +637,157 @@ mod tests {
             "same filesystem: linked, not copied"
         );
         let before = fs::read(&dest).unwrap();
-        // Re-publishing replaces the stored file; the download keeps its bytes.
+        // The same content again is a no-op.
+        let again = publish(&store, "kv", "v2", 1, &src, tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+        // The same bytes claimed as another data format are refused.
+        let err = publish(&store, "kv", "v2", 2, &src, tmp.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::ReleaseFormatDiffers {
+                    existing: 1,
+                    offered: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Other content under the same version is refused, naming both sums.
         let src = release_dir(tmp.path(), "second, longer body");
+        let err = publish(&store, "kv", "v2", 1, &src, tmp.path())
+            .await
+            .unwrap_err();
+        let StoreError::ReleaseExists {
+            ref existing,
+            ref offered,
+            ..
+        } = err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(existing, &first.sha256);
+        assert_ne!(offered, &first.sha256);
+        let text = err.to_string();
+        assert!(
+            text.contains("release kv v2 is already in the store")
+                && text.contains(&first.sha256)
+                && text.contains(offered.as_str())
+                && text.contains("publish it as a new version"),
+            "{text}"
+        );
+        assert_eq!(fs::read(&stored).unwrap(), before);
+        assert_eq!(fs::read(&dest).unwrap(), before);
+        assert_eq!(store.manifest("kv", "v2").await.unwrap(), first);
+    }
+
+    #[tokio::test]
+    async fn stored_artifacts_and_manifests_are_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path().join("store"));
+        let src = release_dir(tmp.path(), "hello");
         publish(&store, "kv", "v2", 1, &src, tmp.path())
             .await
             .unwrap();
-        assert_eq!(fs::read(&dest).unwrap(), before);
-        assert_ne!(fs::read(&stored).unwrap(), before);
+        for f in ["artifact.tar", "manifest.toml"] {
+            let path = tmp.path().join("store/kv/v2").join(f);
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "{}", path.display());
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_puts_of_one_version_store_exactly_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(DirStore::new(tmp.path().join("store")));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (root, store) = (tmp.path().to_owned(), store.clone());
+            tasks.push(tokio::spawn(async move {
+                let src = root.join(format!("build-{i}"));
+                fs::create_dir_all(&src).unwrap();
+                fs::write(src.join("body"), format!("body {i}").repeat(3000)).unwrap();
+                publish(&*store, "kv", "v2", 1, &src, &root).await
+            }));
+        }
+        let mut won = Vec::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(m) => won.push(m),
+                Err(StoreError::ReleaseExists { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(won.len(), 1, "{won:?}");
+        assert_eq!(store.manifest("kv", "v2").await.unwrap(), won[0]);
+        verify(&*store, "kv", "v2", tmp.path()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_shows_every_release_sorted_and_skips_backups_and_unfinished() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path().join("store"));
+        assert!(store.list().await.unwrap().is_empty(), "no store dir yet");
+        let mut published = Vec::new();
+        for (name, version, format) in [
+            ("kv", "v10", 2),
+            ("etcd", "3.5.1", 0),
+            ("kv", "v2", 1),
+            ("kv", "v9", 1),
+        ] {
+            let src = release_dir(tmp.path(), &format!("{name} {version}"));
+            published.push(
+                publish(&store, name, version, format, &src, tmp.path())
+                    .await
+                    .unwrap(),
+            );
+        }
+        // A backup and a publish that crashed before its manifest.
+        crate::backup::BlobStore::put_blob(&store, "backups/c1/b1/COMPLETE", "x".into())
+            .await
+            .unwrap();
+        fs::create_dir_all(tmp.path().join("store/kv/v11")).unwrap();
+        fs::write(tmp.path().join("store/kv/v11/artifact.tar"), b"half").unwrap();
+        let listed = store.list().await.unwrap();
+        let keys: Vec<(&str, &str, u32)> = listed
+            .iter()
+            .map(|m| (m.name.as_str(), m.version.as_str(), m.format_version))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("etcd", "3.5.1", 0),
+                ("kv", "v2", 1),
+                ("kv", "v9", 1),
+                ("kv", "v10", 2)
+            ]
+        );
+        for m in &listed {
+            assert!(published.contains(m), "{m:?}");
+            assert!(m.size > 0 && m.sha256.len() == 64);
+        }
+    }
+
+    #[test]
+    fn versions_order_numbers_as_numbers() {
+        use std::cmp::Ordering::*;
+        for (a, b, want) in [
+            ("v2", "v10", Less),
+            ("v10", "v2", Greater),
+            ("3.4.23", "3.5.1", Less),
+            ("3.10.0", "3.9.9", Greater),
+            ("v1", "v1", Equal),
+            ("v01", "v1", Less),
+            ("v1", "v1-rc1", Less),
+            ("a", "b", Less),
+        ] {
+            assert_eq!(version_order(a, b), want, "{a} vs {b}");
+        }
     }
 
     #[tokio::test]
