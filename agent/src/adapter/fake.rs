@@ -19,6 +19,8 @@ pub struct FakeAdapter {
     pub step_downs: Mutex<Vec<MemberId>>,
     /// While set, a poll never answers (a frozen member).
     pub hang: std::sync::atomic::AtomicBool,
+    /// Plays a single-member app ([`Adapter::single_member`]).
+    pub alone: std::sync::atomic::AtomicBool,
 }
 
 impl FakeAdapter {
@@ -47,6 +49,9 @@ impl Adapter for FakeAdapter {
                 detail: "scripted down".into(),
             })
         })
+    }
+    fn single_member(&self) -> bool {
+        self.alone.load(Ordering::SeqCst)
     }
     fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, AdapterError>> {
         self.step_downs.lock().unwrap().push(to.clone());
