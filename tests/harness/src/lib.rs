@@ -22,6 +22,7 @@ pub mod alertmanager;
 pub mod etcd;
 pub mod observe;
 pub mod quorum;
+pub mod sqlapp;
 pub mod stall;
 use baton_domain::FleetStatus;
 use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};

@@ -67,6 +67,11 @@ pub struct Release {
     /// Tests only: the last migration runs its first half, then fails.
     #[serde(default)]
     pub break_last_migration: bool,
+    /// What baton publishes the release as; sqlapp itself ignores them.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub format_version: Option<u32>,
 }
 
 impl Release {
@@ -98,12 +103,15 @@ pub fn open(db: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Opens an existing database, never creating one.
-fn open_existing(db: &Path) -> Result<Connection> {
+/// Opens an existing database for the operator's commands, never creating
+/// one and leaving its journal mode as it is (a backup file stays one file).
+pub fn open_existing(db: &Path) -> Result<Connection> {
     if !db.is_file() {
         bail!("database {} does not exist", db.display());
     }
-    open(db)
+    let conn = Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
 }
 
 /// The schema version: the highest applied migration (0 for a new database).
@@ -282,6 +290,8 @@ pub fn backup(db: &Path, output: &Path) -> Result<()> {
     let conn = open_existing(db)?;
     conn.backup(MAIN_DB, output, None)
         .with_context(|| format!("online backup of {} to {}", db.display(), output.display()))?;
+    // A standalone file: no WAL beside it for whoever reads it next.
+    Connection::open(output)?.pragma_update(None, "journal_mode", "DELETE")?;
     Ok(())
 }
 
@@ -426,6 +436,7 @@ mod tests {
             migrations,
             required_settings: Vec::new(),
             break_last_migration: broken,
+            ..Release::default()
         }
     }
 
@@ -502,6 +513,11 @@ mod tests {
         restore(&db, &copy).unwrap();
         assert_eq!(status(&db).unwrap(), "items 1\nnotes 0\n");
         assert_eq!(doctor(&db).unwrap(), "integrity ok, schema 2");
-        assert_eq!(revision(&open(&copy).unwrap()).unwrap(), 1);
+        assert_eq!(revision(&open_existing(&copy).unwrap()).unwrap(), 1);
+        let mode: String = open_existing(&copy)
+            .unwrap()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete", "a backup is one file");
     }
 }

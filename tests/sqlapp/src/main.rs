@@ -94,7 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Revision { db } => {
-            println!("{}", sqlapp::revision(&sqlapp::open(&db)?)?);
+            println!("{}", sqlapp::revision(&sqlapp::open_existing(&db)?)?);
             Ok(())
         }
         Command::Backup { db, output } => sqlapp::backup(&db, &output),
