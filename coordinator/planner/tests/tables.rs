@@ -661,6 +661,15 @@ fn a_single_member_cluster_upgrades_in_place_with_no_handover() {
         Duration::from_secs(180),
         "the health wait is 3 minutes by default, as Piprio's"
     );
+    let (plan, handover) = baton_planner::preflight::planned_steps(&view, "v2", &p);
+    assert_eq!(handover, None);
+    assert_eq!(
+        plan.iter()
+            .map(|s| s.action.split(':').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec!["upgrade in place", "verify"],
+        "{plan:?}"
+    );
     let mut r = all_staged(&view, "app1");
     assert_eq!(r.order, ids(&["app1"]));
     for want in [
