@@ -29,7 +29,7 @@
 //!   agent logs so; different, and the member reports `degraded` naming
 //!   both, so the health gate fails and the member goes back. The "before"
 //!   snapshot lives in memory: an agent restart between stop and start
-//!   loses the compare (logged).
+//!   skips the compare.
 //! - **checks**: `[[target.checks]]` (`name`, `command`), e.g. z4j's
 //!   `doctor`, run by the executor after the target release is staged and
 //!   before anything is stopped, beside the release's own `checks.toml`
