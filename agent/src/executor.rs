@@ -273,7 +273,11 @@ impl Executor {
                     format!("{stopped}; {before}")
                 })
             }
-            Action::Start => self.process.start().await,
+            Action::Start => {
+                let started = self.process.start().await?;
+                self.adapter.after_start();
+                Ok(started)
+            }
             Action::StepDown { to } => self.adapter.step_down(to).await.map_err(|e| e.to_string()),
             Action::Backup { id } => {
                 let backups = self.backups.as_ref().ok_or_else(|| {

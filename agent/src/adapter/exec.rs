@@ -25,7 +25,7 @@
 //!   this module's).
 //! - **snapshot**: `snapshot_command` (z4j's `status` row counts) runs just
 //!   before the member is stopped; its output is the Stop result. After
-//!   the next start, the first healthy poll runs it again: equal, and the
+//!   the next successful start, the first healthy poll runs it again: equal, and the
 //!   agent logs so; different, and the member reports `degraded` naming
 //!   both, so the health gate fails and the member goes back. The "before"
 //!   snapshot lives in memory: an agent restart between stop and start
@@ -304,6 +304,10 @@ impl AdapterConfig for ExecTarget {
 struct Snapshots {
     /// Taken just before the last stop, not yet compared after a start.
     before: Option<String>,
+    /// The member was started since `before` was taken: the next healthy
+    /// read compares. (A stop that failed leaves the member serving, and
+    /// it is not compared against a snapshot its own writes have aged.)
+    armed: bool,
     /// The last compare's verdict when it found a difference.
     mismatch: Option<String>,
 }
@@ -501,8 +505,8 @@ impl ExecAdapter {
                 return Ok(Some(m.clone()));
             }
             match &s.before {
-                Some(b) => b.clone(),
-                None => return Ok(None),
+                Some(b) if s.armed => b.clone(),
+                _ => return Ok(None),
             }
         };
         let Some(after) = self.snapshot().await? else {
@@ -510,6 +514,7 @@ impl ExecAdapter {
         };
         let mut s = self.snapshots();
         s.before = None;
+        s.armed = false;
         if after == before {
             tracing::info!(member = %self.member, snapshot = %one_line(&after), "snapshot after the start equals the one taken before the stop");
             Ok(None)
@@ -771,10 +776,17 @@ impl Adapter for ExecAdapter {
             let line = format!("snapshot before the stop: {}", one_line(&before));
             *self.snapshots() = Snapshots {
                 before: Some(before),
+                armed: false,
                 mismatch: None,
             };
             Ok(line)
         })
+    }
+
+    /// Arms the compare: the next healthy read is "after".
+    fn after_start(&self) {
+        let mut s = self.snapshots();
+        s.armed = s.before.is_some();
     }
 
     fn stage_checks<'a>(
@@ -953,6 +965,12 @@ mod tests {
         ));
         let line = a.before_stop().await.unwrap();
         assert_eq!(line, "snapshot before the stop: items 5, notes 1");
+        // A stop that failed leaves it serving: no start, so no compare,
+        // however its data moves.
+        std::fs::write(&counts, "items 6\nnotes 1\n").unwrap();
+        assert_eq!(a.poll().await.unwrap().health, Health::Healthy);
+        std::fs::write(&counts, "items 5\nnotes 1\n").unwrap();
+        a.after_start();
         assert_eq!(a.poll().await.unwrap().health, Health::Healthy);
         // Compared once: a later change is not this upgrade's.
         std::fs::write(&counts, "items 6\nnotes 1\n").unwrap();
@@ -960,6 +978,7 @@ mod tests {
 
         a.before_stop().await.unwrap();
         std::fs::write(&counts, "items 2\nnotes 1\n").unwrap();
+        a.after_start();
         let s = a.poll().await.unwrap();
         assert_eq!(s.health, Health::Degraded);
         assert!(

@@ -249,6 +249,9 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     fn before_stop(&self) -> BoxFuture<'_, Result<String, AdapterError>> {
         Box::pin(async { Ok(String::new()) })
     }
+    /// Called by the executor once a Start succeeded (the process runs;
+    /// it may not serve yet). The default does nothing.
+    fn after_start(&self) {}
     /// This adapter's own checks of a staged release (`release_dir`) on this
     /// node, run after staging and before anything is stopped; a failed one
     /// fails the Stage command. The default has none; exec runs its
