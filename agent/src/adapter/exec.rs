@@ -25,11 +25,11 @@
 //!   this module's).
 //! - **snapshot**: `snapshot_command` (z4j's `status` row counts) runs just
 //!   before the member is stopped; its output is the Stop result. After
-//!   the next successful start, the first healthy poll runs it again: equal, and the
-//!   agent logs so; different, and the member reports `degraded` naming
-//!   both, so the health gate fails and the member goes back. The "before"
-//!   snapshot lives in memory: an agent restart between stop and start
-//!   skips the compare.
+//!   the next successful start, the first healthy poll runs it again:
+//!   equal, and the agent logs so; different, and the member reports
+//!   `degraded` naming both, so the health gate fails and the member goes
+//!   back. The "before" snapshot lives in memory: an agent restart between
+//!   stop and start skips the compare.
 //! - **checks**: `[[target.checks]]` (`name`, `command`), e.g. z4j's
 //!   `doctor`, run by the executor after the target release is staged and
 //!   before anything is stopped, beside the release's own `checks.toml`
