@@ -5,7 +5,8 @@
 //! - A good upgrade: the backup is taken, test-restored and verified before
 //!   the stop; the member is upgraded in place with no handover; the row
 //!   counts before the stop equal those after the start; every row written
-//!   before is served after.
+//!   before is served after; a plain rollback to v1 (which cannot read the
+//!   new schema) is refused.
 //! - A failed migration: v2's migration fails half way, SQLite rolls it
 //!   back, the 3-minute-style health wait (shortened here) fails, the member
 //!   goes back to v1 with every row intact, and the rollback hint is printed.
@@ -135,6 +136,21 @@ async fn a_good_upgrade_backs_up_first_and_keeps_every_row() -> Result<()> {
         ("v2", Health::Healthy)
     );
     assert_eq!(r.state.format_version, 3);
+
+    // Migrations are forward-only: v1 cannot read schema 3, so a plain
+    // rollback is refused, naming the member and the formats.
+    let (code, out, stderr) = tokio::task::block_in_place(|| app.baton_json(&["rollback"]))?;
+    assert_ne!(code, 0, "a rollback across formats is refused: {out:#}");
+    let text = format!("{stderr}\n{out}");
+    assert!(
+        text.contains("member app1 has data format 3 but v1 reads only format 2"),
+        "{text}"
+    );
+    assert_eq!(
+        health(&app)?["version"],
+        "v2",
+        "the refusal touched nothing"
+    );
     Ok(())
 }
 
