@@ -558,6 +558,9 @@ mod example_tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/etcd-agent.toml");
         let c = AgentConfig::load(&path, &BTreeMap::new()).unwrap();
         assert_eq!(c.target.kind(), "etcd");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/exec-agent.toml");
+        let c = AgentConfig::load(&path, &BTreeMap::new()).unwrap();
+        assert_eq!(c.target.kind(), "exec");
     }
 
     /// The agent.toml inside the Kubernetes ConfigMap, with the env the pod

@@ -6,7 +6,7 @@
 //! nothing runs again. Commands run one at a time. Per-id run counts are
 //! kept so tests and operators can see that nothing ran twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,7 +63,13 @@ pub struct Executor {
     observed: Option<tokio::sync::watch::Receiver<Option<Observation>>>,
     /// Where backups go, when a `[store]` is configured.
     backups: Option<Backups>,
+    /// The member's `[run.env]`, which a release's checks see too (they
+    /// judge the environment the member will start in).
+    member_env: BTreeMap<String, String>,
 }
+
+/// The bound on each of a release's own checks.
+const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Executor {
     /// Refuses `Stop` while the member's own latest observation says it
@@ -81,6 +87,12 @@ impl Executor {
     /// and says why).
     pub fn with_backups(mut self, backups: Backups) -> Self {
         self.backups = Some(backups);
+        self
+    }
+
+    /// Gives a release's checks the member's `[run.env]`.
+    pub fn with_member_env(mut self, env: BTreeMap<String, String>) -> Self {
+        self.member_env = env;
         self
     }
 
@@ -123,6 +135,7 @@ impl Executor {
             installer,
             observed: None,
             backups: None,
+            member_env: BTreeMap::new(),
         })
     }
 
@@ -240,11 +253,12 @@ impl Executor {
 
     async fn execute(&self, cmd: &AgentCommand) -> Result<String, String> {
         match &cmd.action {
-            Action::Stage { release } => self
-                .needs_installer()?
-                .stage(release)
-                .await
-                .map_err(|e| e.to_string()),
+            Action::Stage { release } => {
+                let installer = self.needs_installer()?;
+                let staged = installer.stage(release).await.map_err(|e| e.to_string())?;
+                let checked = self.check_staged(installer, &release.version).await?;
+                Ok(format!("{staged}; {checked}"))
+            }
             Action::Switch { version } => self
                 .needs_installer()?
                 .switch(version)
@@ -255,7 +269,7 @@ impl Executor {
                         .as_ref()
                         .is_some_and(|o| o.state.role == baton_domain::Role::Leader)
                 });
-                if leads {
+                if leads && !self.adapter.single_member() {
                     return Err(format!(
                         "member {} is the leader; refusing to stop it ({})",
                         self.member,
@@ -265,9 +279,24 @@ impl Executor {
                 let timeout = cmd
                     .stop_timeout_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)));
-                self.process.stop(timeout).await
+                let before = self.adapter.before_stop().await.map_err(|e| {
+                    format!(
+                        "member {}: before stopping it: {e}; it was not stopped",
+                        self.member
+                    )
+                })?;
+                let stopped = self.process.stop(timeout).await?;
+                Ok(if before.is_empty() {
+                    stopped
+                } else {
+                    format!("{stopped}; {before}")
+                })
             }
-            Action::Start => self.process.start().await,
+            Action::Start => {
+                let started = self.process.start().await?;
+                self.adapter.after_start();
+                Ok(started)
+            }
             Action::StepDown { to } => self.adapter.step_down(to).await.map_err(|e| e.to_string()),
             Action::Backup { id } => {
                 let backups = self.backups.as_ref().ok_or_else(|| {
@@ -302,6 +331,53 @@ impl Executor {
                 backups.restore(self.adapter.as_ref(), id).await
             }
         }
+    }
+}
+
+impl Executor {
+    /// Runs the staged release's `checks.toml` and the adapter's own stage
+    /// checks, all of them; any failure fails the Stage (before anything
+    /// is stopped) naming every failed check.
+    async fn check_staged(&self, installer: &Installer, version: &str) -> Result<String, String> {
+        let member = &self.member;
+        let dir = installer.release_dir(version);
+        let data_dir = installer.data_dir().to_owned();
+        let release_checks = crate::commands::ReleaseChecks::load(&dir)
+            .map_err(|e| format!("member {member}: release {version}'s checks: {e}"))?;
+        let (d, r) = (data_dir.to_string_lossy(), dir.to_string_lossy());
+        let mut verdicts = crate::commands::run_checks(
+            member,
+            &release_checks.0,
+            &[("release_dir", &r), ("data_dir", &d)],
+            &self.member_env,
+            RELEASE_CHECK_TIMEOUT,
+        )
+        .await;
+        verdicts.extend(self.adapter.stage_checks(&dir, &data_dir).await);
+        let failed: Vec<String> = verdicts
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} failed: {}", c.check, c.detail))
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!(
+                "member {member}: release {version} is staged but {} of its {} check(s) failed, so nothing was stopped: {}; fix it, then `baton resume`",
+                failed.len(),
+                verdicts.len(),
+                failed.join("; ")
+            ));
+        }
+        Ok(match verdicts.len() {
+            0 => "no release checks".to_owned(),
+            n => format!(
+                "{n} check(s) passed ({})",
+                verdicts
+                    .iter()
+                    .map(|c| c.check.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
     }
 }
 
@@ -556,6 +632,120 @@ mod tests {
         assert!(
             err.starts_with("member n1: stop command") && err.contains("cannot stop: unit busy"),
             "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_single_member_app_is_stopped_while_it_leads() {
+        use baton_domain::{Health, Role};
+
+        use crate::adapter::MemberState;
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = MemberState::unreachable(String::new());
+        state.role = Role::Leader;
+        state.health = Health::Healthy;
+        let (_tx, rx) = tokio::sync::watch::channel(Some(Observation {
+            state,
+            reachable: true,
+            at: tokio::time::Instant::now(),
+        }));
+        let fake = FakeAdapter::default();
+        fake.alone.store(true, std::sync::atomic::Ordering::SeqCst);
+        let exec = crate::config::ExecConfig {
+            start: vec!["true".into()],
+            stop: vec!["true".into()],
+            base_dir: None,
+            env: Default::default(),
+            timeout: Duration::from_secs(5),
+        };
+        let m = MemberId::new("app1").unwrap();
+        let ex = Executor::open(
+            m.clone(),
+            dir.path(),
+            Arc::new(fake),
+            Box::new(Exec::new(m, exec, PathBuf::from("/var/lib/app"))),
+            None,
+        )
+        .unwrap()
+        .with_leader_interlock(rx);
+        let out = ex.run(cmd("s-1", Action::Stop)).await.result.unwrap();
+        assert!(out.contains("stop command `true` exited 0"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_staged_release_whose_checks_fail_fails_the_stage_naming_them() {
+        use baton_domain::ReleaseRef;
+        use baton_store::{DirStore, publish};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(DirStore::new(dir.path().join("store")));
+        let build = dir.path().join("build");
+        fs::create_dir_all(&build).unwrap();
+        fs::write(
+            build.join("checks.toml"),
+            "[[check]]\nname = \"setting REDIS_URL\"\ncommand = [\"/bin/sh\", \"-c\", \"test -n \\\"$REDIS_URL\\\" || { echo REDIS_URL is required by {release_dir} >&2; exit 1; }\"]\n",
+        )
+        .unwrap();
+        let m = publish(store.as_ref(), "app", "v2", 1, &build, dir.path())
+            .await
+            .unwrap();
+        let release = ReleaseRef {
+            name: "app".into(),
+            version: "v2".into(),
+            format_version: 1,
+            sha256: m.sha256,
+        };
+        let member = MemberId::new("app1").unwrap();
+        let installer = || {
+            Installer::new(
+                member.clone(),
+                dir.path().join("base"),
+                dir.path().join("data"),
+                store.clone(),
+            )
+        };
+        let ex = Executor::open(
+            member.clone(),
+            dir.path(),
+            Arc::new(FakeAdapter::default()),
+            external(),
+            Some(installer()),
+        )
+        .unwrap();
+        let err = ex
+            .run(cmd(
+                "c-1",
+                Action::Stage {
+                    release: release.clone(),
+                },
+            ))
+            .await
+            .result
+            .unwrap_err();
+        assert!(
+            err.contains("member app1: release v2 is staged but 1 of its 1 check(s) failed, so nothing was stopped")
+                && err.contains("check:setting REDIS_URL failed")
+                && err.contains("REDIS_URL is required by"),
+            "{err}"
+        );
+        // With the setting in the member's environment, the same stage passes.
+        let ex = Executor::open(
+            member.clone(),
+            &dir.path().join("other"),
+            Arc::new(FakeAdapter::default()),
+            external(),
+            Some(installer()),
+        )
+        .unwrap()
+        .with_member_env(BTreeMap::from([("REDIS_URL".into(), "redis://x".into())]));
+        fs::create_dir_all(dir.path().join("other")).unwrap();
+        let ok = ex
+            .run(cmd("c-2", Action::Stage { release }))
+            .await
+            .result
+            .unwrap();
+        assert!(
+            ok.contains("1 check(s) passed (check:setting REDIS_URL)"),
+            "{ok}"
         );
     }
 

@@ -88,6 +88,16 @@ impl Installer {
         self.base_dir.join("releases")
     }
 
+    /// Where release `version` is (or would be) staged.
+    pub fn release_dir(&self, version: &str) -> PathBuf {
+        self.releases().join(version)
+    }
+
+    /// The member's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The version `current` points at, if any.
     pub fn current(&self) -> Option<String> {
         let target = fs::read_link(self.base_dir.join("current")).ok()?;

@@ -47,6 +47,7 @@
 pub mod adapter;
 pub mod backup;
 pub mod cmd;
+pub mod commands;
 pub mod config;
 pub mod executor;
 pub mod installer;
@@ -129,7 +130,12 @@ pub async fn run(
         process,
         installer,
     )?
-    .with_leader_interlock(obs_rx.clone());
+    .with_leader_interlock(obs_rx.clone())
+    .with_member_env(match &config.run {
+        config::RunMode::Supervise(s) => s.env.clone(),
+        config::RunMode::Exec(e) => e.env.clone(),
+        config::RunMode::External => Default::default(),
+    });
     if let Some(StoreConfig::Dir { path }) = &config.store {
         executor = executor.with_backups(backup::Backups::new(
             config.member.clone(),

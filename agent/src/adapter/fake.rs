@@ -21,6 +21,8 @@ pub struct FakeAdapter {
     pub hang: std::sync::atomic::AtomicBool,
     /// Every restore: the backup file's bytes, the revision, the data dir.
     pub restores: Mutex<Vec<(Vec<u8>, u64, std::path::PathBuf)>>,
+    /// Plays a single-member app ([`Adapter::single_member`]).
+    pub alone: std::sync::atomic::AtomicBool,
 }
 
 impl FakeAdapter {
@@ -49,6 +51,9 @@ impl Adapter for FakeAdapter {
                 detail: "scripted down".into(),
             })
         })
+    }
+    fn single_member(&self) -> bool {
+        self.alone.load(Ordering::SeqCst)
     }
     fn step_down<'a>(&'a self, to: &'a MemberId) -> BoxFuture<'a, Result<String, AdapterError>> {
         self.step_downs.lock().unwrap().push(to.clone());

@@ -14,6 +14,7 @@
 
 pub mod bbolt;
 pub mod etcd;
+pub mod exec;
 #[cfg(test)]
 pub mod fake;
 pub mod samplekv;
@@ -27,11 +28,16 @@ use baton_domain::{Check, MemberId, VersionRule};
 use futures::future::BoxFuture;
 
 pub use etcd::EtcdTarget;
+pub use exec::ExecAdapter;
 pub use samplekv::SamplekvAdapter;
 
 /// Every adapter this agent knows, in the order `target.kind` errors list
 /// them. One row per adapter.
-pub const REGISTRY: &[Registration] = &[samplekv::REGISTRATION, etcd::REGISTRATION];
+pub const REGISTRY: &[Registration] = &[
+    samplekv::REGISTRATION,
+    etcd::REGISTRATION,
+    exec::REGISTRATION,
+];
 
 /// One adapter in the [`REGISTRY`]: its `kind` and how it reads its own
 /// `[target]` table.
@@ -249,10 +255,39 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// judged from its latest state (the generic ones are the planner's).
     ///
     /// The default has none, and so far no adapter adds any; the coordinator
-    /// does not ask for them yet.
+    /// does not ask for them yet. Checks that run commands are
+    /// [`Adapter::stage_checks`].
     fn preflight_checks(&self, member: &MemberId, state: &MemberState) -> Vec<Check> {
         let _ = (member, state);
         Vec::new()
+    }
+    /// The member is a whole cluster on its own (a single-member app): it
+    /// reports itself leader, has no one to hand over to, and the executor
+    /// stops it without the leader interlock. The default is false.
+    fn single_member(&self) -> bool {
+        false
+    }
+    /// Runs just before the executor stops the member (e.g. a "before"
+    /// snapshot to compare after the start); what it returns goes into the
+    /// Stop's result. An error fails the Stop with the member untouched.
+    /// The default does nothing.
+    fn before_stop(&self) -> BoxFuture<'_, Result<String, AdapterError>> {
+        Box::pin(async { Ok(String::new()) })
+    }
+    /// Called by the executor once a Start succeeded (the process runs;
+    /// it may not serve yet). The default does nothing.
+    fn after_start(&self) {}
+    /// This adapter's own checks of a staged release (`release_dir`) on this
+    /// node, run after staging and before anything is stopped; a failed one
+    /// fails the Stage command. The default has none; exec runs its
+    /// `[[target.checks]]`.
+    fn stage_checks<'a>(
+        &'a self,
+        release_dir: &'a Path,
+        data_dir: &'a Path,
+    ) -> BoxFuture<'a, Vec<Check>> {
+        let _ = (release_dir, data_dir);
+        Box::pin(async { Vec::new() })
     }
 }
 
@@ -280,7 +315,11 @@ mod tests {
         );
         // Each registered adapter answers to its own kind.
         for r in REGISTRY {
-            let c = (r.parse)(table("addr = \"h:1\"")).unwrap();
+            let text = match r.kind {
+                "exec" => "health_command = \"true\"\nrelease_command = \"echo v1\"",
+                _ => "addr = \"h:1\"",
+            };
+            let c = (r.parse)(table(text)).unwrap();
             assert_eq!(c.kind(), r.kind);
         }
     }
@@ -290,7 +329,7 @@ mod tests {
         let err = parse_section(table("kind = \"nosuch\"\naddr = \"h:1\"")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config key `target.kind` is invalid: unknown adapter \"nosuch\"; known: samplekv, etcd"
+            "config key `target.kind` is invalid: unknown adapter \"nosuch\"; known: samplekv, etcd, exec"
         );
         let err = parse_section(table("addr = \"h:1\"")).unwrap_err();
         assert!(err.to_string().contains("`target.kind`"), "{err}");

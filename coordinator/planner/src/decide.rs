@@ -446,7 +446,11 @@ fn next(
                     })];
                 }
                 let handing_over = rollout.handover.as_ref().is_some_and(|h| h.from == member);
-                if handing_over || view.is_leader(&member) {
+                // A one-member cluster (a single-member app) has no one to
+                // hand over to: its leader is upgraded in place, and the
+                // write pause is the stop-to-healthy window.
+                let alone = view.members.len() == 1 && rollout.order.len() == 1;
+                if !alone && (handing_over || view.is_leader(&member)) {
                     return handover(view, rollout, policy, now, &member);
                 }
                 // The step before this stop: the last member that finished,

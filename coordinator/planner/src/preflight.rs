@@ -381,6 +381,19 @@ pub fn planned_steps(
     // (`decide::handover_target`): before the rollout no follower is on the
     // target yet, so it would pick among all healthy followers, as here.
     let handover = crate::decide::most_caught_up(view, &leader, |_, _| true);
+    if followers.is_empty() {
+        steps.push(PlannedStep {
+            member: Some(leader),
+            action: format!("upgrade in place: {gates}"),
+            reason: "the only member: no handover; it is down from its stop until it is healthy on the target".into(),
+        });
+        steps.push(PlannedStep {
+            member: None,
+            action: "verify".into(),
+            reason: format!("the member on {target} and healthy"),
+        });
+        return (steps, None);
+    }
     steps.push(PlannedStep {
         member: Some(leader.clone()),
         action: format!(

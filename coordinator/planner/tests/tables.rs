@@ -647,3 +647,128 @@ fn a_member_needs_free_disk_for_twice_the_artifact() {
     };
     assert_eq!(required_disk(&huge), u64::MAX);
 }
+
+/// A one-member cluster (a single-member app under the exec adapter) is
+/// upgraded in place: stop, switch, start, healthy on the target, done. Its
+/// leader is never handed over (there is no one to hand to), and a failed
+/// health wait puts it back on the previous release.
+#[test]
+fn a_single_member_cluster_upgrades_in_place_with_no_handover() {
+    let view = cluster(&[("app1", L, 7)]);
+    let p = Policy::default();
+    assert_eq!(
+        p.health_timeout,
+        Duration::from_secs(180),
+        "the health wait is 3 minutes by default, as Piprio's"
+    );
+    let (plan, handover) = baton_planner::preflight::planned_steps(&view, "v2", &p);
+    assert_eq!(handover, None);
+    assert_eq!(
+        plan.iter()
+            .map(|s| s.action.split(':').next().unwrap_or(""))
+            .collect::<Vec<_>>(),
+        vec!["upgrade in place", "verify"],
+        "{plan:?}"
+    );
+    let mut r = all_staged(&view, "app1");
+    assert_eq!(r.order, ids(&["app1"]));
+    for want in [
+        Action::Stop,
+        Action::Switch {
+            version: "v2".into(),
+        },
+        Action::Start,
+    ] {
+        assert_eq!(
+            decide(&view, &r, &p, t(2)),
+            vec![Step::Issue {
+                member: id("app1"),
+                action: want.clone()
+            }]
+        );
+        let cmd = issue(&mut r, "app1", want);
+        succeed(&mut r, &cmd, t(3));
+    }
+    let up = with_samples(with_release(view.clone(), "app1", "v2"), "app1", &[]);
+    assert_eq!(
+        decide(&up, &r, &p, t(5)),
+        vec![Step::Record(Event::GatePassed {
+            member: id("app1"),
+            gate: Gate::Healthy,
+            at: t(5)
+        })]
+    );
+    r.apply(&Event::GatePassed {
+        member: id("app1"),
+        gate: Gate::Healthy,
+        at: t(5),
+    })
+    .unwrap();
+    // Alone, it is its own leader: lag 0 on two consecutive reports.
+    let up = with_samples(up, "app1", &[(1, 6, 0), (2, 7, 0)]);
+    assert_eq!(
+        decide(&up, &r, &p, t(8)),
+        vec![Step::Record(Event::GatePassed {
+            member: id("app1"),
+            gate: Gate::CaughtUp,
+            at: t(8)
+        })]
+    );
+    for (gate, at) in [(Gate::CaughtUp, 8), (Gate::Soaked, 9)] {
+        r.apply(&Event::GatePassed {
+            member: id("app1"),
+            gate,
+            at: t(at),
+        })
+        .unwrap();
+    }
+    assert_eq!(
+        decide(&up, &r, &p, t(10)),
+        vec![
+            Step::Cadence { fast: false },
+            Step::Record(Event::Completed { at: t(10) })
+        ]
+    );
+    assert!(
+        !r.commands
+            .values()
+            .any(|c| matches!(c.action, Action::StepDown { .. })),
+        "no handover"
+    );
+
+    // Started on v2 but never healthy within the health wait: back to v1.
+    let mut r = all_staged(&view, "app1");
+    for a in [
+        Action::Stop,
+        Action::Switch {
+            version: "v2".into(),
+        },
+        Action::Start,
+    ] {
+        let cmd = issue(&mut r, "app1", a);
+        succeed(&mut r, &cmd, t(3));
+    }
+    let down = with_down(view, "app1");
+    let late = t(3 + 180_001);
+    let steps = decide(&down, &r, &p, late);
+    let [Step::Record(Event::GateFailed { member, reason, .. })] = steps.as_slice() else {
+        panic!("{steps:?}");
+    };
+    assert_eq!(member, &id("app1"));
+    assert!(
+        reason.contains("did not become healthy on v2 within 180s")
+            && reason.contains("rolling it back to v1"),
+        "{reason}"
+    );
+    let Step::Record(failed) = &steps[0] else {
+        unreachable!()
+    };
+    r.apply(failed).unwrap();
+    assert_eq!(
+        decide(&down, &r, &p, late),
+        vec![Step::Issue {
+            member: id("app1"),
+            action: Action::Stop
+        }]
+    );
+}

@@ -23,6 +23,7 @@ pub mod etcd;
 pub mod observe;
 pub mod quorum;
 pub mod s3;
+pub mod sqlapp;
 pub mod stall;
 use baton_domain::FleetStatus;
 use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};
