@@ -174,14 +174,21 @@ pub async fn upload(
     // Parts are read (and hashed) in order, off the async workers, and
     // uploaded UPLOAD_CONCURRENCY at a time: `buffered` keeps polling the
     // uploads in flight while the next part is read.
+    // Part buffers are reused once their upload is done, so memory stays at
+    // UPLOAD_CONCURRENCY + 1 parts instead of growing with the allocator's
+    // per-thread caches of freed 8 MiB blocks.
+    let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
     let reads = futures::stream::unfold(Some(0usize), |state| {
         let reader = reader.clone();
+        let pool = pool.clone();
         let path: PathBuf = file.to_owned();
         async move {
             let index = state?;
+            let spare = pool.lock().expect("pool lock").pop();
             let read = crate::blocking(move || {
                 let mut r = reader.lock().expect("reader lock");
-                let mut buf = Vec::with_capacity(PART_SIZE);
+                let mut buf = spare.unwrap_or_else(|| Vec::with_capacity(PART_SIZE));
+                buf.clear();
                 (&mut r.file)
                     .take(PART_SIZE as u64)
                     .read_to_end(&mut buf)
@@ -203,13 +210,18 @@ pub async fn upload(
         }
     });
     let pre_ref = &pre;
+    let pool_ref = &pool;
     let mut parts: Vec<(usize, PartEntry)> = reads
         .map(|r| async move {
             let (index, buf, sha256) = r?;
             let bytes = buf.len() as u64;
-            store
-                .put_blob(&part_key(pre_ref, index), Bytes::from(buf))
-                .await?;
+            let body = Bytes::from(buf);
+            let kept = body.clone();
+            store.put_blob(&part_key(pre_ref, index), body).await?;
+            // Back to the pool when the store let go of its copy.
+            if let Ok(buf) = kept.try_into_mut() {
+                pool_ref.lock().expect("pool lock").push(Vec::from(buf));
+            }
             Ok::<_, StoreError>((index, PartEntry { bytes, sha256 }))
         })
         .buffered(UPLOAD_CONCURRENCY)
