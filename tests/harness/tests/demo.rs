@@ -31,6 +31,20 @@ fn the_demo_upgrades_and_prints_a_json_summary() -> Result<()> {
     assert_eq!(s["order"].as_array().map(Vec::len), Some(3));
     assert_eq!(s["leader_changes"], 1);
     assert_eq!(s["lost_acked_writes"], 0);
+    // Backed up to the dir store and verified before the first stop.
+    assert_eq!(s["backup"]["verified"], true, "{s}");
+    assert!(
+        s["backup"]["id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with("-b1")),
+        "{s}"
+    );
+    assert_eq!(
+        s["backup"]["sha256"].as_str().map(str::len),
+        Some(64),
+        "{s}"
+    );
+    assert!(s["backup"]["bytes"].as_u64().unwrap_or(0) > 0, "{s}");
     assert!(s["acked_writes"].as_u64().unwrap_or(0) > 100, "{s}");
     assert!(
         stderr.contains("baton upgrade --to v2"),

@@ -168,11 +168,32 @@ async fn run(args: Args) -> Result<bool> {
         "failed_writes": report.failed,
         "lost_acked_writes": checked.lost.len(),
         "total_s": summary["total_ms"].as_f64().map(|ms| ms / 1000.0),
+        "backup": {
+            "id": summary["backup"]["id"],
+            "bytes": summary["backup"]["bytes"],
+            "sha256": summary["backup"]["sha256"],
+            "verified": summary["backup"]["verified"],
+        },
     });
     if args.json {
         println!("{line}");
     } else {
         println!("\nsummary");
+        let b = &summary["backup"];
+        if b["verified"] == true {
+            println!(
+                "  backup:             {} ({} bytes, sha256 {}), re-read and verified before the first stop",
+                b["id"].as_str().unwrap_or("?"),
+                b["bytes"],
+                b["sha256"].as_str().unwrap_or("?")
+            );
+        } else {
+            println!(
+                "  backup:             {} ({})",
+                b["state"].as_str().unwrap_or("none"),
+                b["reason"].as_str().unwrap_or("")
+            );
+        }
         println!("  order:              {}", summary["order"]);
         println!("  handover target:    {}", summary["handover_target"]);
         if let Some(steps) = summary["step_ms"].as_array() {
