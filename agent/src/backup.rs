@@ -82,7 +82,7 @@ impl Backups {
                 ));
             }
             let done = adapter
-                .restore(&file, m.revision, &self.data_dir)
+                .restore(&file, m.revision, &m.release, &self.data_dir)
                 .await
                 .map_err(|e| format!("member {member}: restoring backup {id} failed: {e}"))?;
             Ok(format!(

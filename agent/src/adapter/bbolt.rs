@@ -1,6 +1,7 @@
 //! A read-only reader of etcd's bbolt database files (a snapshot from
 //! `Maintenance.Snapshot`, or a member's `member/snap/db`): it answers which
-//! revision the file holds, read from the file itself.
+//! revision the file holds, read from the file itself, and which members the
+//! cluster had (its `members` bucket, for a restore).
 //!
 //! This module owns bbolt's on-disk format as far as that answer needs it:
 //! the two meta pages (magic `0xED0CDAED`, version 2, an FNV-1a 64 checksum;
@@ -51,6 +52,7 @@ const MAX_DEPTH: usize = 64;
 const KEY_BUCKET: &[u8] = b"key";
 const META_BUCKET: &[u8] = b"meta";
 const CONSISTENT_INDEX: &[u8] = b"consistent_index";
+const MEMBERS_BUCKET: &[u8] = b"members";
 
 /// What an etcd database file holds, as far as a backup needs to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,30 +81,75 @@ pub struct BoltError {
 /// Reads the revision `path` holds. Blocking: call it from
 /// `spawn_blocking` in async code.
 pub fn read_revision(path: &Path) -> Result<DbRevision, BoltError> {
-    let file = File::open(path).map_err(|e| BoltError {
-        file: path.to_owned(),
-        offset: 0,
-        what: format!("cannot open it: {e}"),
-    })?;
-    let len = file
-        .metadata()
-        .map_err(|e| BoltError {
+    Db::open(path)?.revision()
+}
+
+impl Db {
+    fn open(path: &Path) -> Result<Db, BoltError> {
+        let file = File::open(path).map_err(|e| BoltError {
             file: path.to_owned(),
             offset: 0,
-            what: format!("cannot read its size: {e}"),
-        })?
-        .len();
-    let mut db = Db {
-        path: path.to_owned(),
-        file,
-        len,
-        meta: Meta::default(),
-    };
-    db.meta = db.pick_meta()?;
-    db.revision()
+            what: format!("cannot open it: {e}"),
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| BoltError {
+                file: path.to_owned(),
+                offset: 0,
+                what: format!("cannot read its size: {e}"),
+            })?
+            .len();
+        let mut db = Db {
+            path: path.to_owned(),
+            file,
+            len,
+            meta: Meta::default(),
+        };
+        db.meta = db.pick_meta()?;
+        Ok(db)
+    }
 }
 
 /// One meta page's fields.
+/// A cluster member as an etcd database records it (`members` bucket).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct DbMember {
+    #[serde(default)]
+    pub name: String,
+    #[serde(rename = "peerURLs", default)]
+    pub peer_urls: Vec<String>,
+    #[serde(rename = "isLearner", default)]
+    pub is_learner: bool,
+}
+
+/// The cluster's members as the etcd database at `path` records them, in
+/// the bucket's (member id) order.
+pub fn read_members(path: &Path) -> Result<Vec<DbMember>, BoltError> {
+    let db = Db::open(path)?;
+    let Some((bucket, at)) = db.top_bucket(MEMBERS_BUCKET)? else {
+        return Err(db.err(
+            u64::from(db.meta.page_size) * db.meta.root,
+            "the database has no `members` bucket: it is not an etcd 3.4+ database",
+        ));
+    };
+    let root = db.bucket_root(&bucket, at)?;
+    let mut out = Vec::new();
+    db.walk(&root, 0, &mut |e| {
+        if e.flags & BUCKET_LEAF != 0 {
+            return Ok(());
+        }
+        let m: DbMember = serde_json::from_slice(e.value).map_err(|err| {
+            db.err(
+                e.value_at,
+                format!("`members` bucket entry is not a member's JSON: {err}"),
+            )
+        })?;
+        out.push(m);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Meta {
     page_size: u32,

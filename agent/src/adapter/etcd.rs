@@ -29,6 +29,12 @@
 //!   scratch data dir, whose `member/snap/db` must hold the backup's
 //!   revision. The tools are found by absolute path ([`RestoreTools`]:
 //!   `target.bin_dir`, or `target.etcdutl` / `target.etcdctl`).
+//! - Restore (of a stopped member, for `baton restore`): the same tool with
+//!   `--name` (this member), `--initial-cluster` and
+//!   `--initial-advertise-peer-urls` taken from the snapshot's own
+//!   `members` bucket, into a new dir beside the data dir; only when its db
+//!   holds the backup's revision is the old data dir moved aside (kept) and
+//!   the new one put in its place.
 //!
 //! etcd names members by uint64 ids; baton names them by the etcd member
 //! *name*, which must equal the baton member id (`etcd --name n1`). The
@@ -264,6 +270,9 @@ impl std::fmt::Debug for Clients {
 pub struct EtcdTarget {
     /// Who this is, for messages: `etcd member n1 at https://…`.
     label: String,
+    /// The baton member id, which is the etcd member's name (a restore
+    /// restores the member of that name); None outside an agent.
+    member: Option<String>,
     addr: String,
     timeout: Duration,
     tls: Option<ClientTls>,
@@ -307,6 +316,12 @@ impl EtcdTarget {
         )
     }
 
+    /// The etcd member's name (the baton member id), for a restore.
+    pub fn for_member(mut self, member: &str) -> Self {
+        self.member = Some(member.to_owned());
+        self
+    }
+
     /// Runs scratch test-restores with `tools` instead of the defaults.
     pub fn with_tools(mut self, tools: RestoreTools) -> Self {
         self.tools = tools;
@@ -327,6 +342,7 @@ impl EtcdTarget {
             config.tls.clone(),
             config.tools.clone(),
         )
+        .for_member(member.as_str())
     }
 
     fn build(
@@ -338,6 +354,7 @@ impl EtcdTarget {
     ) -> Self {
         EtcdTarget {
             label,
+            member: None,
             addr: addr.to_owned(),
             timeout,
             tls,
@@ -849,6 +866,18 @@ impl EtcdTarget {
         backup: &Path,
         data: &Path,
     ) -> Result<(), TargetError> {
+        self.run_restore_with(tool, key, backup, data, &[]).await
+    }
+
+    /// [`Self::run_restore`] with extra `--flag value` pairs.
+    async fn run_restore_with(
+        &self,
+        tool: &Path,
+        key: &str,
+        backup: &Path,
+        data: &Path,
+        extra: &[(&str, &str)],
+    ) -> Result<(), TargetError> {
         if !tool.is_file() {
             return Err(self.bad(format!(
                 "cannot test-restore: {} does not exist; install the member's release tools there or set target.{key} (or target.bin_dir) to where they are",
@@ -863,6 +892,9 @@ impl EtcdTarget {
             .arg(data)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
+        for (flag, value) in extra {
+            cmd.arg(flag).arg(value);
+        }
         let shown = format!(
             "{} snapshot restore {} --data-dir {}",
             tool.display(),
@@ -926,6 +958,122 @@ impl EtcdTarget {
         Ok(format!(
             "test-restored with {key} {release} into a scratch data dir: revision {} ({} keys) as the backup says",
             db.revision, db.keys
+        ))
+    }
+}
+
+impl EtcdTarget {
+    /// `etcdutl` (3.5+) or `etcdctl` (3.4) for data of `release`.
+    fn tool_for(&self, release: &str) -> Result<(&Path, &'static str), TargetError> {
+        match has_etcdutl(release) {
+            Some(true) => Ok((&self.tools.etcdutl, "etcdutl")),
+            Some(false) => Ok((&self.tools.etcdctl, "etcdctl")),
+            None => Err(self.bad(format!(
+                "cannot pick a restore tool: the release {release:?} is not a version"
+            ))),
+        }
+    }
+
+    /// Restores the stopped member's `data_dir` from `backup`: the member of
+    /// this name with the peer URLs the snapshot's own `members` bucket
+    /// records, into a new dir next to it; its db must hold `revision`;
+    /// only then is the old dir moved aside (never deleted) and the new one
+    /// put in its place.
+    async fn restore_member(
+        &self,
+        backup: &Path,
+        revision: u64,
+        release: &str,
+        data_dir: &Path,
+    ) -> Result<String, TargetError> {
+        let Some(name) = self.member.clone() else {
+            return Err(
+                self.bad("cannot restore: this adapter was built without its member's name")
+            );
+        };
+        let path = backup.to_owned();
+        let members = tokio::task::spawn_blocking(move || bbolt::read_members(&path))
+            .await
+            .map_err(|e| self.bad(format!("the bbolt reader failed: {e}")))?
+            .map_err(|e| self.bad(format!("cannot read the backup's members: {e}")))?;
+        let Some(own) = members.iter().find(|m| m.name == name) else {
+            let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+            return Err(self.bad(format!(
+                "the backup's cluster has no member named {name} (it has {names:?}); restore only into the cluster it was taken from"
+            )));
+        };
+        let initial_cluster = members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .flat_map(|m| m.peer_urls.iter().map(move |u| format!("{}={u}", m.name)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let (tool, key) = self.tool_for(release)?;
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let sibling = |what: &str| {
+            let mut p = data_dir.as_os_str().to_owned();
+            p.push(format!(".{what}-{ms}"));
+            PathBuf::from(p)
+        };
+        let fresh = sibling("restoring");
+        let guard = ScratchDir(fresh.clone());
+        let peer_urls = own.peer_urls.join(",");
+        self.run_restore_with(
+            tool,
+            key,
+            backup,
+            &fresh,
+            &[
+                ("--name", name.as_str()),
+                ("--initial-cluster", initial_cluster.as_str()),
+                ("--initial-advertise-peer-urls", peer_urls.as_str()),
+            ],
+        )
+        .await?;
+        let db_path = fresh.join("member/snap/db");
+        let db = read_db_revision(&db_path).await.map_err(|e| {
+            self.bad(format!(
+                "the restored member's database cannot be read: {e}"
+            ))
+        })?;
+        if db.revision != revision {
+            return Err(self.bad(format!(
+                "the restored database holds revision {}, the backup's manifest says {revision}; the member's data was not changed",
+                db.revision
+            )));
+        }
+        let aside = sibling("pre-restore");
+        let moved = match std::fs::rename(data_dir, &aside) {
+            Ok(()) => Some(aside),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(self.bad(format!(
+                    "cannot move the member's data dir {} aside: {e}; it was not changed",
+                    data_dir.display()
+                )));
+            }
+        };
+        std::fs::rename(&fresh, data_dir).map_err(|e| {
+            self.bad(format!(
+                "cannot put the restored data dir in place at {}: {e}; the earlier data is in {}",
+                data_dir.display(),
+                moved
+                    .as_ref()
+                    .map_or("(none)".into(), |p| p.display().to_string())
+            ))
+        })?;
+        std::mem::forget(guard);
+        Ok(format!(
+            "restored member {name} with {key} {release} (initial cluster {initial_cluster}) at revision {} ({} keys) into {}; {}",
+            db.revision,
+            db.keys,
+            data_dir.display(),
+            moved.map_or("there was no earlier data".into(), |p| format!(
+                "the earlier data is in {}",
+                p.display()
+            ))
         ))
     }
 }
@@ -1029,6 +1177,16 @@ impl Adapter for EtcdTarget {
             })?;
             self.restore_into(backup, &dir.0).await
         })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        backup: &'a Path,
+        revision: u64,
+        release: &'a str,
+        data_dir: &'a Path,
+    ) -> BoxFuture<'a, Result<String, TargetError>> {
+        Box::pin(self.restore_member(backup, revision, release, data_dir))
     }
 }
 

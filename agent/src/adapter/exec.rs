@@ -616,6 +616,7 @@ impl Adapter for ExecAdapter {
         &'a self,
         backup: &'a Path,
         revision: u64,
+        _release: &'a str,
         _data_dir: &'a Path,
     ) -> BoxFuture<'a, Result<String, AdapterError>> {
         Box::pin(async move {

@@ -63,6 +63,7 @@ impl Adapter for FakeAdapter {
         &'a self,
         backup: &'a std::path::Path,
         revision: u64,
+        _release: &'a str,
         data_dir: &'a std::path::Path,
     ) -> BoxFuture<'a, Result<String, AdapterError>> {
         let got = std::fs::read(backup).map_err(|e| AdapterError::Restore(e.to_string()));

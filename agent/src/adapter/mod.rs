@@ -234,15 +234,16 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     }
     /// Replaces the stopped member's data in `data_dir` with the backup file
     /// `backup` (already verified against its manifest), which holds
-    /// `revision`; fails unless the restored data holds that revision.
-    /// The default says this adapter cannot.
+    /// `revision` and was taken on `release`; fails unless the restored data
+    /// holds that revision. The default says this adapter cannot.
     fn restore<'a>(
         &'a self,
         backup: &'a Path,
         revision: u64,
+        release: &'a str,
         data_dir: &'a Path,
     ) -> BoxFuture<'a, Result<String, AdapterError>> {
-        let _ = (backup, revision, data_dir);
+        let _ = (backup, revision, release, data_dir);
         let adapter = self.kind();
         Box::pin(async move {
             Err(AdapterError::RestoreUnsupported {

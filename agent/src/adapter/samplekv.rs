@@ -376,6 +376,7 @@ impl Adapter for SamplekvAdapter {
         &'a self,
         backup: &'a Path,
         revision: u64,
+        _release: &'a str,
         data_dir: &'a Path,
     ) -> BoxFuture<'a, Result<String, AdapterError>> {
         Box::pin(async move {
@@ -540,7 +541,7 @@ mod tests {
             t
         };
         let err = target()
-            .restore(&file, 7, &data)
+            .restore(&file, 7, "v1", &data)
             .await
             .unwrap_err()
             .to_string();
@@ -549,16 +550,20 @@ mod tests {
         let ok = with(
             r#"test -f "$0" && mkdir -p "$1" && echo '{"applied_index": 7, "keys": 3, "moved_aside": null}'"#,
         );
-        let done = ok.restore(&file, 7, &data).await.unwrap();
+        let done = ok.restore(&file, 7, "v1", &data).await.unwrap();
         assert!(done.contains("restored 3 keys at index 7"), "{done}");
         assert!(data.exists(), "the command got the data dir");
-        let err = ok.restore(&file, 8, &data).await.unwrap_err().to_string();
+        let err = ok
+            .restore(&file, 8, "v1", &data)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("restored index Some(7), the backup's manifest says 8"),
             "{err}"
         );
         let err = with("echo 'disk full' >&2; exit 74")
-            .restore(&file, 7, &data)
+            .restore(&file, 7, "v1", &data)
             .await
             .unwrap_err()
             .to_string();
