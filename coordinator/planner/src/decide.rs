@@ -184,7 +184,17 @@ pub fn decide(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs)
     // While a rollout moves, every agent reports at the fast cadence: the
     // gates believe only reports a few cadence intervals old.
     let mut steps = vec![Step::Cadence { fast: true }];
-    steps.extend(next(view, rollout, policy, now, stopping.as_deref()));
+    match &rollout.restore {
+        Some(plan) => steps.extend(crate::restore::next(
+            view,
+            rollout,
+            plan,
+            policy,
+            now,
+            stopping.as_deref(),
+        )),
+        None => steps.extend(next(view, rollout, policy, now, stopping.as_deref())),
+    }
     steps
 }
 
@@ -653,7 +663,12 @@ fn handover(
     }
 }
 
-fn verify(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixMs) -> Vec<Step> {
+pub(crate) fn verify(
+    view: &View,
+    rollout: &RolloutState,
+    policy: &Policy,
+    now: UnixMs,
+) -> Vec<Step> {
     let target = rollout.target.version.as_str();
     let mut problems = Vec::new();
     for (m, v) in &view.members {

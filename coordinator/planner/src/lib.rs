@@ -10,6 +10,8 @@
 //! - [`control`]: the operator's pause, resume and abort as transitions; when
 //!   a rollout or a rollback may start; rollout ids.
 //! - [`decide`]: `decide(&view, &rollout, &policy, now) -> Vec<Step>`.
+//! - [`restore`]: the steps of a restore rollout (`baton restore`), which
+//!   `decide` hands over to.
 //! - [`alerts`]: the sink-neutral [`alerts::Alert`] the on-call receives.
 //! - [`watchdog`]: which alerts fire (stalls, agents down, paused rollouts);
 //!   the one decider of pages.
@@ -22,6 +24,7 @@ pub mod control;
 pub mod decide;
 pub mod policy;
 pub mod preflight;
+pub mod restore;
 pub mod rollout;
 pub mod version;
 pub mod view;

@@ -115,6 +115,23 @@ pub enum Event {
         reason: String,
         at: UnixMs,
     },
+    /// Right after `Started`: this rollout is `baton restore` of backup
+    /// `backup`, which holds `revision`, onto the release it was taken on
+    /// (the rollout's target). Every member is stopped, restored, switched
+    /// and started; see [`crate::restore`].
+    RestorePlanned {
+        backup: String,
+        revision: u64,
+        at: UnixMs,
+    },
+}
+
+/// What a restore rollout puts back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestorePlan {
+    pub backup: String,
+    /// The revision the backup holds; every member must reach it.
+    pub revision: u64,
 }
 
 /// A rollout: target, order, per-member progress, commands.
@@ -137,6 +154,9 @@ pub struct RolloutState {
     /// The pre-upgrade backup.
     #[serde(default)]
     pub backup: RolloutBackup,
+    /// Set when this rollout is a restore (`Event::RestorePlanned`).
+    #[serde(default)]
+    pub restore: Option<RestorePlan>,
 }
 
 /// An event that does not fit the state it was applied to. Replaying a
@@ -195,6 +215,7 @@ impl RolloutState {
             started_at: *at,
             completed_at: None,
             backup: RolloutBackup::default(),
+            restore: None,
         })
     }
 
@@ -320,8 +341,9 @@ impl RolloutState {
                 if progress.inflight.as_ref() == Some(id) {
                     progress.inflight = None;
                     // A step-down does not move the stage: the handover is
-                    // confirmed from the view, not from the agent's word.
-                    if !matches!(action, Action::StepDown { .. }) {
+                    // confirmed from the view, not from the agent's word. A
+                    // restore happens while stopped, and stays there.
+                    if !matches!(action, Action::StepDown { .. } | Action::Restore { .. }) {
                         progress.stage = progress.stage.on_success(*at);
                     }
                 }
@@ -336,6 +358,7 @@ impl RolloutState {
                 }
                 rec.result = Some(Err(detail.clone()));
                 let (member, action) = (rec.member.clone(), rec.action.clone());
+                let restoring = self.restore.is_some();
                 if let Action::Backup { id: backup } = &action {
                     self.backup_answered(id, backup, member, Err(detail));
                     return Ok(());
@@ -346,6 +369,16 @@ impl RolloutState {
                 }
                 let stage = progress.stage.clone();
                 let reason = format!("member {member}: {action} failed: {detail}");
+                // A restore never goes back to what it is replacing: it
+                // pauses where it is, and resume carries it on.
+                if restoring {
+                    self.phase = Phase::Paused {
+                        reason: format!(
+                            "{reason}; the restore did not finish: fix the cause, then `baton resume` carries it on (the members it stopped stay stopped until then)"
+                        ),
+                    };
+                    return Ok(());
+                }
                 match (&action, stage) {
                     // A failed step-down is retried once by the planner.
                     (Action::StepDown { .. }, _) => {
@@ -449,6 +482,21 @@ impl RolloutState {
                 self.phase = Phase::Completed;
                 self.completed_at = Some(*at);
             }
+            Event::RestorePlanned {
+                backup,
+                revision,
+                at: _,
+            } => {
+                self.restore = Some(RestorePlan {
+                    backup: backup.clone(),
+                    revision: *revision,
+                });
+                // Nothing to back up before it: each member's data is moved
+                // aside by the restore itself, not deleted.
+                self.backup.state = BackupState::Skipped {
+                    reason: format!("this rollout restores backup {backup}"),
+                };
+            }
             Event::BackupVerified { summary, at: _ } => {
                 if matches!(&self.backup.state, BackupState::Taken { id, .. } if *id == summary.id)
                 {
@@ -521,6 +569,8 @@ impl From<&RolloutState> for Rollout {
             started_at,
             completed_at,
             backup,
+            // The view shows a restore by its commands and its backup line.
+            restore: _,
         } = s;
         Rollout {
             id: id.clone(),

@@ -177,20 +177,32 @@ async fn main() -> Result<()> {
             backup::UPLOAD_CONCURRENCY
         ),
     )?;
+    rounds_side_by_side(&s3, &config, &file, rounds, mib)
+}
+
+/// `rounds` rounds of `aws s3 cp` and baton's upload and verify, in
+/// alternating order; prints each round and then the medians.
+fn rounds_side_by_side(
+    s3: &S3Server,
+    config: &Path,
+    file: &Path,
+    rounds: u64,
+    mib: u64,
+) -> Result<()> {
     let (mut aws, mut baton, mut verify, mut up_rss, mut verify_rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let id = format!("b{round}");
         let one_baton = || -> Result<serde_json::Value> {
-            let up = run_child("upload", &s3, &id, &file)?;
-            let ve = run_child("verify", &s3, &id, &file)?;
+            let up = run_child("upload", s3, &id, file)?;
+            let ve = run_child("verify", s3, &id, file)?;
             Ok(serde_json::json!({"upload": up, "verify": ve}))
         };
         let (b, a) = if round % 2 == 0 {
             let b = one_baton()?;
-            (b, aws_cp(&s3, &config, &file, &format!("awscp/{round}"))?)
+            (b, aws_cp(s3, config, file, &format!("awscp/{round}"))?)
         } else {
-            let a = aws_cp(&s3, &config, &file, &format!("awscp/{round}"))?;
+            let a = aws_cp(s3, config, file, &format!("awscp/{round}"))?;
             (one_baton()?, a)
         };
         let ms = |v: &serde_json::Value, k: &str| v[k]["ms"].as_u64().unwrap_or(0);
