@@ -264,11 +264,13 @@ impl Executor {
                 .switch(version)
                 .map_err(|e| e.to_string()),
             Action::Stop => {
-                let leads = self.observed.as_ref().is_some_and(|o| {
-                    o.borrow()
-                        .as_ref()
-                        .is_some_and(|o| o.state.role == baton_domain::Role::Leader)
-                });
+                // A restore stops the whole cluster: the coordinator says so.
+                let leads = !cmd.even_if_leader
+                    && self.observed.as_ref().is_some_and(|o| {
+                        o.borrow()
+                            .as_ref()
+                            .is_some_and(|o| o.state.role == baton_domain::Role::Leader)
+                    });
                 if leads && !self.adapter.single_member() {
                     return Err(format!(
                         "member {} is the leader; refusing to stop it ({})",
@@ -399,6 +401,7 @@ mod tests {
             id: CommandId(id.into()),
             action,
             stop_timeout_ms: None,
+            even_if_leader: false,
         }
     }
 
@@ -588,6 +591,13 @@ mod tests {
             err.contains("member n1 is the leader; refusing to stop it"),
             "{err}"
         );
+        // A restore's stop of the whole cluster passes the interlock (and
+        // reaches the runner, which in external mode refuses for its own
+        // reason).
+        let mut whole = cmd("r-4", Action::Stop);
+        whole.even_if_leader = true;
+        let err = ex.run(whole).await.result.unwrap_err();
+        assert!(err.contains("external mode"), "{err}");
     }
 
     #[tokio::test]

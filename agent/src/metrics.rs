@@ -308,6 +308,7 @@ mod tests {
                 to: MemberId::new("n1").unwrap(),
             },
             stop_timeout_ms: None,
+            even_if_leader: false,
         };
         executor.run(step("c-1")).await;
         executor.run(step("c-1")).await; // a repeat: not counted twice
@@ -316,6 +317,7 @@ mod tests {
                 id: CommandId("c-2".into()),
                 action: Action::Stop,
                 stop_timeout_ms: None,
+                even_if_leader: false,
             })
             .await; // external mode: fails
 

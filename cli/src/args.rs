@@ -72,6 +72,22 @@ pub enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Puts a backup back on every member: verifies it in the store, then
+    /// stops every member, restores each one's data (the old data is kept
+    /// aside), switches it to the release the backup was taken on and
+    /// starts it, until every member is at the backup's revision. An
+    /// outage; it pages while it runs. Exit codes as for upgrade.
+    Restore {
+        /// The backup id (see `baton backups list`).
+        #[arg(long)]
+        backup: String,
+        /// The cluster id, to confirm; without it the CLI asks on a terminal.
+        #[arg(long)]
+        confirm: Option<String>,
+        /// Start it and return at once, without following progress.
+        #[arg(long)]
+        detach: bool,
+    },
     /// Follows the active (or named) rollout until it completes or pauses.
     Watch {
         #[arg(long)]

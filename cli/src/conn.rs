@@ -288,6 +288,20 @@ impl OperatorConn {
         self.started(r)
     }
 
+    /// Starts a restore of `backup`, confirmed with the cluster id.
+    pub async fn restore(&mut self, backup: &str, confirm: &str) -> Result<Started, CliError> {
+        let r = self
+            .client
+            .restore(v1::RestoreRequest {
+                backup_id: backup.to_owned(),
+                confirm_cluster_id: confirm.to_owned(),
+            })
+            .await
+            .map_err(self.refused("Restore"))?
+            .into_inner();
+        self.started(r)
+    }
+
     pub async fn rollout(&mut self, id: Option<&str>) -> Result<RolloutView, CliError> {
         self.rollout_after(id, 0, Duration::ZERO).await
     }

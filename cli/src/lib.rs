@@ -93,6 +93,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let started = conn.rollback().await?;
             cmd::rollout::rolled_back(conn, started, detach, output).await
         }
+        Command::Restore {
+            backup,
+            confirm,
+            detach,
+        } => {
+            let confirm = match confirm {
+                Some(c) => c,
+                None => cmd::rollout::ask_cluster_id(&backup)?,
+            };
+            let started = conn.restore(&backup, &confirm).await?;
+            cmd::rollout::started(conn, started, detach, output).await
+        }
         Command::Watch { rollout } => cmd::rollout::watch(conn, rollout.as_deref(), output).await,
         Command::Rollout { id } => cmd::rollout::show(conn.rollout(id.as_deref()).await?, output),
         Command::Pause { reason } => {

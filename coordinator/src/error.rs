@@ -71,6 +71,9 @@ pub enum ControlError {
     },
     #[error("{0}")]
     Journal(String),
+    /// A restore that cannot start; nothing was touched.
+    #[error("restore refused: {0}")]
+    Restore(String),
 }
 
 impl From<ControlError> for Status {
@@ -81,6 +84,7 @@ impl From<ControlError> for Status {
                 Code::FailedPrecondition
             }
             ControlError::Journal(_) => Code::Internal,
+            ControlError::Restore(_) => Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())
     }

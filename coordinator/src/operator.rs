@@ -257,6 +257,57 @@ impl Operator for OperatorService {
         }))
     }
 
+    async fn restore(
+        &self,
+        request: Request<v1::RestoreRequest>,
+    ) -> Result<Response<UpgradeResponse>, Status> {
+        let v1::RestoreRequest {
+            backup_id,
+            confirm_cluster_id,
+        } = request.into_inner();
+        baton_store::check_name(&backup_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let store = self.backup_store()?;
+        if confirm_cluster_id != store.cluster {
+            return Err(Status::invalid_argument(format!(
+                "a restore replaces every member's data: confirm it with the cluster id ({}), e.g. `baton restore --backup {backup_id} --confirm {}`; nothing was touched",
+                store.cluster, store.cluster
+            )));
+        }
+        let (store, all) = self.stored_backups().await?;
+        let location = store.store.location();
+        match all.iter().find(|b| b.id == backup_id) {
+            None => {
+                return Err(Status::not_found(format!(
+                    "no backup {backup_id} of cluster {} in store {location}; `baton backups list` shows them; nothing was touched",
+                    store.cluster
+                )));
+            }
+            Some(b) if b.complete.is_none() => {
+                return Err(Status::failed_precondition(format!(
+                    "backup {backup_id} in store {location} is incomplete (no COMPLETE sentinel that matches its manifest) and cannot be restored; nothing was touched"
+                )));
+            }
+            Some(_) => {}
+        }
+        let manifest = baton_store::backup::verify(store.store.as_ref(), &store.cluster, &backup_id)
+            .await
+            .map_err(|e| {
+                Status::data_loss(format!(
+                    "backup {backup_id} does not verify, so it is not restored (nothing was touched): {e}"
+                ))
+            })?;
+        tracing::warn!(backup = %backup_id, store = %location, revision = manifest.revision, release = %manifest.release, "restore confirmed by the operator");
+        let started = self
+            .ask(|reply| Op::Restore {
+                backup: backup_id,
+                revision: manifest.revision,
+                release: manifest.release,
+                reply,
+            })
+            .await?;
+        upgrade_response(started)
+    }
+
     async fn prune_backups(
         &self,
         request: Request<v1::PruneBackupsRequest>,

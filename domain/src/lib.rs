@@ -509,6 +509,10 @@ pub struct AgentCommand {
     pub action: Action,
     /// For `Stop`: how long to wait before SIGKILL; None = the agent's own.
     pub stop_timeout_ms: Option<u32>,
+    /// For `Stop`: stop it even if it leads (a restore stops every member;
+    /// there is nobody to hand over to). False for every rollout step.
+    #[serde(default)]
+    pub even_if_leader: bool,
 }
 
 /// What the coordinator sends an agent, as domain data: the driver emits

@@ -1,5 +1,5 @@
-//! The rollout commands: `upgrade` and `rollback` (start, then follow unless
-//! detached), `watch`, `rollout`, `pause`, `resume`, `abort` (show the
+//! The rollout commands: `upgrade`, `rollback` and `restore` (start, then
+//! follow unless detached; a restore is confirmed with the cluster id), `watch`, `rollout`, `pause`, `resume`, `abort` (show the
 //! rollout once) and `history`. Exit 2 when preflight refused a start.
 
 use crate::follow::follow;
@@ -114,4 +114,26 @@ pub async fn history(conn: &mut OperatorConn, output: Output) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+/// Asks for the cluster id on a terminal, to confirm a restore of `backup`;
+/// refuses (exit 2, nothing touched) when stdin is not a terminal.
+pub fn ask_cluster_id(backup: &str) -> anyhow::Result<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(crate::Exit {
+            code: crate::EXIT_REFUSED,
+            message: format!(
+                "a restore replaces every member's data: confirm it with --confirm CLUSTER_ID (stdin is not a terminal to ask on); nothing was touched (backup {backup})"
+            ),
+        }
+        .into());
+    }
+    eprint!(
+        "Restoring backup {backup} stops every member and replaces its data (the old data is kept aside).\nType the cluster id to confirm: "
+    );
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim().to_owned())
 }

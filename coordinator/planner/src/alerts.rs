@@ -15,6 +15,9 @@ use crate::UnixMs;
 pub const CATCH_UP_STALLED: &str = "BatonCatchUpStalled";
 pub const AGENT_DOWN: &str = "BatonAgentDown";
 pub const ROLLOUT_PAUSED: &str = "BatonRolloutPaused";
+/// A restore (`baton restore`) is under way: it replaces every member's
+/// data, so someone must know, from its start until it completes or closes.
+pub const RESTORE_RUNNING: &str = "BatonRestoreRunning";
 /// A member that made no progress (not healthy, or not seen applying) for
 /// `stall_after` while a rollout moves; its `gate` label says what the
 /// rollout was waiting on.

@@ -26,13 +26,18 @@
 //!   worked on), `verify` (every member is done), or `others_live` (another
 //!   member, which holds the next stop). Resolved once it serves again or
 //!   the rollout stops moving (a paused rollout pages as paused).
+//! - `BatonRestoreRunning`: the latest rollout is a restore (`baton
+//!   restore`), which replaces every member's data, and has not completed
+//!   or closed. Resolved once it has.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton_domain::MemberId;
 
-use crate::alerts::{AGENT_DOWN, Alert, CATCH_UP_STALLED, GATE_STALLED, ROLLOUT_PAUSED};
+use crate::alerts::{
+    AGENT_DOWN, Alert, CATCH_UP_STALLED, GATE_STALLED, RESTORE_RUNNING, ROLLOUT_PAUSED,
+};
 use crate::decide::stalled_for;
 use crate::rollout::{Phase, RolloutState, Stage};
 use crate::{Policy, UnixMs, View};
@@ -211,6 +216,7 @@ impl Watchdog {
         self.stalls(view, rollout, policy, now, &mut out);
         self.gates(view, rollout, policy, now, &mut out);
         self.paused(rollout, now, &mut out);
+        self.restoring(rollout, now, &mut out);
         out
     }
 
@@ -505,6 +511,43 @@ impl Watchdog {
         });
         let want_key = want.as_ref().map(Alert::key);
         for key in self.keys_named(ROLLOUT_PAUSED) {
+            if Some(&key) != want_key.as_ref()
+                && let Some(a) = self.resolve(&key, now, |a| a)
+            {
+                out.push(a);
+            }
+        }
+        if let Some(a) = want {
+            self.fire(a, out);
+        }
+    }
+}
+
+impl Watchdog {
+    fn restoring(&mut self, rollout: Option<&RolloutState>, now: UnixMs, out: &mut Vec<Alert>) {
+        let want = rollout
+            .filter(|r| !r.phase.is_terminal())
+            .and_then(|r| Some((r, r.restore.as_ref()?)))
+            .map(|(r, plan)| {
+                Alert::firing(RESTORE_RUNNING, &self.cluster, None, Some(r.id.as_str()), r.started_at)
+                    .annotate(
+                        "summary",
+                        format!(
+                            "restore {} of backup {} (revision {}) onto {} is replacing every member's data ({})",
+                            r.id,
+                            plan.backup,
+                            plan.revision,
+                            r.target.version,
+                            r.phase.kind()
+                        ),
+                    )
+                    .annotate(
+                        "runbook",
+                        "An operator started `baton restore`; every member is stopped and restored. Follow it with `baton watch`; if it pauses, fix the member it names and `baton resume`.",
+                    )
+            });
+        let want_key = want.as_ref().map(Alert::key);
+        for key in self.keys_named(RESTORE_RUNNING) {
             if Some(&key) != want_key.as_ref()
                 && let Some(a) = self.resolve(&key, now, |a| a)
             {

@@ -218,3 +218,36 @@ fn a_member_that_never_reaches_the_revision_pauses_at_the_health_timeout() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_restore_pages_from_its_start_until_it_completes() {
+    use baton_planner::alerts::AlertStatus;
+    use baton_planner::watchdog::Watchdog;
+    let view = cluster(&[("n1", L, 150), ("n2", F, 150), ("n3", F, 150)]);
+    let mut r = restoring(&view);
+    let mut w = Watchdog::new("c1");
+    let p = Policy::default();
+    let named = |alerts: &[baton_planner::alerts::Alert], status: AlertStatus| {
+        alerts
+            .iter()
+            .filter(|a| a.status == status && a.labels["alertname"] == "BatonRestoreRunning")
+            .count()
+    };
+    let fired = w.evaluate(&view, Some(&r), &p, t(1));
+    assert_eq!(named(&fired, AlertStatus::Firing), 1, "{fired:?}");
+    assert!(
+        fired
+            .iter()
+            .any(|a| a.annotations["summary"].contains("backup r1-v2-b1 (revision 100)"))
+    );
+    // Once, not on every evaluation.
+    assert_eq!(
+        named(&w.evaluate(&view, Some(&r), &p, t(2)), AlertStatus::Firing),
+        0
+    );
+    run(&view, &mut r, t(10), None);
+    run(&restored_view(), &mut r, t(30), None);
+    assert_eq!(r.phase, Phase::Completed);
+    let resolved = w.evaluate(&restored_view(), Some(&r), &p, t(31));
+    assert_eq!(named(&resolved, AlertStatus::Resolved), 1, "{resolved:?}");
+}

@@ -306,10 +306,14 @@ impl Driver {
     }
 
     fn command(&self, id: &CommandId, action: &Action) -> Outbound {
+        // A restore stops every member, the leader too: nobody is left to
+        // hand over to. Every other stop keeps the agent's leader interlock.
+        let restoring = self.active().is_some_and(|r| r.restore.is_some());
         Outbound::Command(AgentCommand {
             id: id.clone(),
             action: action.clone(),
             stop_timeout_ms: u32::try_from(self.cfg.policy.stop_timeout.as_millis()).ok(),
+            even_if_leader: restoring && *action == Action::Stop,
         })
     }
 

@@ -68,6 +68,14 @@ pub enum Op {
     History {
         reply: oneshot::Sender<Vec<RolloutSnapshot>>,
     },
+    /// Starts a restore of a backup the operator service has just verified
+    /// in the store: `revision` and `release` are its manifest's.
+    Restore {
+        backup: String,
+        revision: u64,
+        release: String,
+        reply: oneshot::Sender<Result<String, ControlError>>,
+    },
 }
 
 impl Driver {
@@ -213,6 +221,14 @@ impl Driver {
                 };
                 let _ = reply.send(found.map(|r| self.snapshot(r)));
             }
+            Op::Restore {
+                backup,
+                revision,
+                release,
+                reply,
+            } => {
+                let _ = reply.send(self.restore(&backup, revision, &release).await);
+            }
             Op::History { reply } => {
                 let _ = reply.send(self.rollouts.iter().map(|r| self.snapshot(r)).collect());
             }
@@ -255,6 +271,74 @@ impl Driver {
         self.record(started)
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
+        Ok(id)
+    }
+
+    /// Starts restore rollout of `backup` onto `release`: journals `Started`
+    /// then `RestorePlanned`. Refused while another rollout is not finished,
+    /// when the release is not in the store, or when a member's agent is not
+    /// connected (its member could be neither stopped nor restored).
+    async fn restore(
+        &mut self,
+        backup: &str,
+        revision: u64,
+        release: &str,
+    ) -> Result<String, ControlError> {
+        control::may_start(self.active())?;
+        let target = match self.artifact(release).await {
+            ArtifactVerdict::Verified { release, .. } => release,
+            ArtifactVerdict::Missing { detail } | ArtifactVerdict::BadChecksum { detail } => {
+                return Err(ControlError::Restore(format!(
+                    "backup {backup} was taken on release {release}, which cannot be restored onto: {detail}"
+                )));
+            }
+        };
+        let (view, now) = self.view();
+        let absent: Vec<String> = view
+            .members
+            .iter()
+            .filter(|(_, v)| !v.connected || !v.fresh)
+            .map(|(m, _)| m.to_string())
+            .collect();
+        if !absent.is_empty() {
+            return Err(ControlError::Restore(format!(
+                "the agents of {} are not connected with fresh reports, so their members could not be stopped and restored; start them, then run the restore again (nothing was touched)",
+                absent.join(", ")
+            )));
+        }
+        let leader = view
+            .leader
+            .clone()
+            .or_else(|| view.members.keys().next().cloned())
+            .ok_or_else(|| ControlError::Restore("the cluster has no members".into()))?;
+        let previous = view
+            .members
+            .get(&leader)
+            .and_then(|v| v.release())
+            .unwrap_or_default()
+            .to_owned();
+        let id = control::rollout_id(self.rollouts.len() + 1, &format!("restore-{release}"));
+        let started = Event::Started {
+            id: id.clone(),
+            target,
+            previous,
+            order: preflight::order(&view, &leader),
+            leader,
+            at: now,
+        };
+        tracing::warn!(rollout = %id, backup, revision, release, "starting a restore: every member's data is replaced");
+        for e in [
+            started,
+            Event::RestorePlanned {
+                backup: backup.to_owned(),
+                revision,
+                at: now,
+            },
+        ] {
+            self.record(e)
+                .await
+                .map_err(|e| ControlError::Journal(e.to_string()))?;
+        }
         Ok(id)
     }
 

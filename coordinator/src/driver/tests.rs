@@ -297,6 +297,7 @@ impl Rig {
             id: CommandId(format!("r1-{n}")),
             action,
             stop_timeout_ms: Some(self.policy.stop_timeout.as_millis() as u32),
+            even_if_leader: false,
         }
     }
 

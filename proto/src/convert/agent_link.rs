@@ -410,6 +410,7 @@ impl TryFrom<v1::Command> for AgentCommand {
             return Err(InvalidCommand::EmptyId);
         }
         let mut stop_timeout_ms = None;
+        let mut stop_even_if_leader = false;
         let action = match step {
             None => return Err(InvalidCommand::NoStep { id }),
             Some(Step::Noop(v1::Noop {})) => return Err(InvalidCommand::Noop { id }),
@@ -432,8 +433,12 @@ impl TryFrom<v1::Command> for AgentCommand {
                     },
                 }
             }
-            Some(Step::Stop(v1::Stop { timeout_ms })) => {
+            Some(Step::Stop(v1::Stop {
+                timeout_ms,
+                even_if_leader,
+            })) => {
                 stop_timeout_ms = (timeout_ms > 0).then_some(timeout_ms);
+                stop_even_if_leader = even_if_leader;
                 Action::Stop
             }
             Some(Step::Switch(v1::Switch { version })) => {
@@ -466,6 +471,7 @@ impl TryFrom<v1::Command> for AgentCommand {
             id: CommandId(id),
             action,
             stop_timeout_ms,
+            even_if_leader: stop_even_if_leader,
         })
     }
 }
@@ -477,6 +483,7 @@ impl From<AgentCommand> for v1::Command {
             id,
             action,
             stop_timeout_ms,
+            even_if_leader,
         } = c;
         let step = match action {
             Action::Stage { release } => {
@@ -495,6 +502,7 @@ impl From<AgentCommand> for v1::Command {
             }
             Action::Stop => Step::Stop(v1::Stop {
                 timeout_ms: stop_timeout_ms.unwrap_or(0),
+                even_if_leader,
             }),
             Action::Switch { version } => Step::Switch(v1::Switch { version }),
             Action::Start => Step::Start(v1::Start {}),
@@ -703,12 +711,24 @@ mod tests {
                 id: CommandId("r-1".into()),
                 action,
                 stop_timeout_ms: None,
+                even_if_leader: false,
             };
             assert_eq!(
                 AgentCommand::try_from(v1::Command::from(c.clone())).unwrap(),
                 c
             );
         }
+        // A restore's stop of the whole cluster keeps its flag and timeout.
+        let c = AgentCommand {
+            id: CommandId("r-9".into()),
+            action: Action::Stop,
+            stop_timeout_ms: Some(5000),
+            even_if_leader: true,
+        };
+        assert_eq!(
+            AgentCommand::try_from(v1::Command::from(c.clone())).unwrap(),
+            c
+        );
         let bad = v1::Command {
             id: "r-2".into(),
             step: Some(v1::command::Step::Stage(v1::Stage {

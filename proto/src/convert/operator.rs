@@ -299,6 +299,7 @@ impl TryFrom<v1::Rollout> for Rollout {
                 id: command_id,
                 action,
                 stop_timeout_ms: _, // a record keeps the action, not the agent's timeout
+                even_if_leader: _,
             } = AgentCommand::try_from(command).map_err(|source| InvalidRollout::Command {
                 rollout: id.clone(),
                 source,
@@ -591,6 +592,7 @@ impl From<Rollout> for v1::Rollout {
                             id,
                             action,
                             stop_timeout_ms: None,
+                            even_if_leader: false,
                         })),
                         member_id: member.into(),
                         issued_at_unix_ms: issued_at.0,

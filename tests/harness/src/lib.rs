@@ -344,11 +344,22 @@ impl Cluster {
                     command
                 ),
             };
+            // `baton restore`: samplekv's own restore tool, with this
+            // cluster's peers.
+            let restore = [
+                bin("samplekv-restore").to_string_lossy().into_owned(),
+                "--data-dir".into(),
+                "{data_dir}".into(),
+                "--from".into(),
+                "{file}".into(),
+                "--peers".into(),
+                peers.clone(),
+            ];
             let agent_config = agent_dir.join("agent.toml");
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\n{run}",
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{run}",
                     spec.heartbeat_ms,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
@@ -533,7 +544,7 @@ impl Cluster {
 
     /// Every entry in the coordinator's journal: rollout events and the
     /// alerts that fired or resolved.
-    fn journal_entries(&self) -> Result<Vec<serde_json::Value>> {
+    pub fn journal_entries(&self) -> Result<Vec<serde_json::Value>> {
         let text = fs::read_to_string(self.dir.path().join("coordinator-state/journal.jsonl"))?;
         text.lines()
             .filter(|l| !l.trim().is_empty())
