@@ -69,8 +69,18 @@ pub enum Command {
     /// its target, in reverse order, same gates, leader last. A paused
     /// rollout is closed first. Exit codes as for upgrade.
     Rollback {
+        /// Start it and return at once, without following progress.
         #[arg(long)]
         detach: bool,
+        /// Instead, restore the latest rollout's pre-upgrade backup onto
+        /// the release it was taken on (for a forward-only data format,
+        /// where a plain rollback is refused). Prints the loss window
+        /// first; confirmed like `baton restore`.
+        #[arg(long)]
+        restore: bool,
+        /// With --restore: the cluster id, to confirm.
+        #[arg(long, requires = "restore")]
+        confirm: Option<String>,
     },
     /// Puts a backup back on every member: verifies it in the store, then
     /// stops every member, restores each one's data (the old data is kept

@@ -89,10 +89,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let started = conn.upgrade(&to).await?;
             cmd::rollout::started(conn, started, detach, output).await
         }
-        Command::Rollback { detach } => {
+        Command::Rollback {
+            detach,
+            restore: false,
+            ..
+        } => {
             let started = conn.rollback().await?;
             cmd::rollout::rolled_back(conn, started, detach, output).await
         }
+        Command::Rollback {
+            detach,
+            restore: true,
+            confirm,
+        } => cmd::rollout::rollback_by_restore(conn, confirm, detach, output).await,
         Command::Restore {
             backup,
             confirm,

@@ -137,3 +137,58 @@ pub fn ask_cluster_id(backup: &str) -> anyhow::Result<String> {
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim().to_owned())
 }
+
+/// `baton rollback --restore`: restores the latest rollout's verified
+/// pre-upgrade backup (onto the release it was taken on), after saying
+/// which writes that loses.
+pub async fn rollback_by_restore(
+    conn: &mut OperatorConn,
+    confirm: Option<String>,
+    detach: bool,
+    output: Output,
+) -> anyhow::Result<()> {
+    let history = conn.history().await?;
+    let Some(latest) = history
+        .iter()
+        .rev()
+        .find(|v| !v.state.id.contains("-restore-"))
+    else {
+        anyhow::bail!("no rollout to roll back; nothing was touched");
+    };
+    let r = &latest.state;
+    let baton_domain::BackupState::Verified(b) = &r.backup.state else {
+        return Err(crate::Exit {
+            code: crate::EXIT_REFUSED,
+            message: format!(
+                "rollout {} has no verified pre-upgrade backup (its backup is {}), so it cannot be rolled back by a restore; `baton backups list` shows what there is; nothing was touched",
+                r.id,
+                r.backup.state.name()
+            ),
+        }
+        .into());
+    };
+    // The backup began when its command was issued: writes acked after
+    // that may be missing from it, and are lost by the restore.
+    let began = r
+        .commands
+        .values()
+        .filter(|c| matches!(&c.action, baton_domain::Action::Backup { id } if *id == b.id))
+        .map(|c| c.issued_at)
+        .min()
+        .unwrap_or(b.verified_at);
+    eprintln!(
+        "rollback --restore of rollout {}: restores backup {} (revision {}, taken from {} on {}); writes acknowledged after {} will be lost",
+        r.id,
+        b.id,
+        b.revision,
+        b.member,
+        r.previous,
+        began.rfc3339()
+    );
+    let confirm = match confirm {
+        Some(c) => c,
+        None => ask_cluster_id(&b.id)?,
+    };
+    let started = conn.restore(&b.id, &confirm).await?;
+    self::started(conn, started, detach, output).await
+}

@@ -284,7 +284,15 @@ impl Driver {
         revision: u64,
         release: &str,
     ) -> Result<String, ControlError> {
-        control::may_start(self.active())?;
+        // A paused rollout (every member serving) is closed by the restore,
+        // as a rollback closes it; a moving one must finish first.
+        let paused = self
+            .active()
+            .filter(|r| matches!(r.phase, baton_planner::rollout::Phase::Paused { .. }))
+            .map(|r| r.id.clone());
+        if paused.is_none() {
+            control::may_start(self.active())?;
+        }
         let target = match self.artifact(release).await {
             ArtifactVerdict::Verified { release, .. } => release,
             ArtifactVerdict::Missing { detail } | ArtifactVerdict::BadChecksum { detail } => {
@@ -326,6 +334,15 @@ impl Driver {
             leader,
             at: now,
         };
+        if let Some(closed) = paused {
+            tracing::info!(rollout = %closed, by = %id, "closing the paused rollout for a restore");
+            self.record(Event::Closed {
+                reason: format!("closed by restore {id}"),
+                at: now,
+            })
+            .await
+            .map_err(|e| ControlError::Journal(e.to_string()))?;
+        }
         tracing::warn!(rollout = %id, backup, revision, release, "starting a restore: every member's data is replaced");
         for e in [
             started,

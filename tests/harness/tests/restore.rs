@@ -158,3 +158,70 @@ async fn a_confirmed_restore_puts_the_backup_back_on_every_member() -> Result<()
     );
     Ok(())
 }
+
+/// The forward-only case: v2 writes a newer data format, so a plain
+/// rollback is refused; `rollback --restore` says what it loses and puts
+/// the pre-upgrade backup back on v1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_with_restore_undoes_a_forward_only_upgrade() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 2, false)?;
+    cluster
+        .wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
+            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
+        })
+        .await?;
+    let client = Client::new(cluster.addrs());
+    for i in 0..30 {
+        client.put(&format!("pre-{i:03}"), &format!("v{i}")).await?;
+    }
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    assert_eq!(code, 0, "upgrade: {stderr}\n{out:#}");
+    client.put("post", "after the backup").await?;
+
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["rollback"]))?;
+    assert_ne!(
+        code, 0,
+        "a plain rollback below the data format is refused: {out:#}"
+    );
+    assert!(
+        out.to_string().contains("format"),
+        "refused on the data format: {stderr} {out:#}"
+    );
+
+    let (code, out, stderr) = tokio::task::block_in_place(|| {
+        cluster.baton_json(&["rollback", "--restore", "--confirm", "e2e"])
+    })?;
+    assert_eq!(code, 0, "rollback --restore: {stderr}\n{out:#}");
+    assert!(
+        stderr.contains("restores backup r1-v2-b1") && stderr.contains("will be lost"),
+        "the loss window is printed first: {stderr}"
+    );
+    cluster
+        .wait_status("all on v1", Duration::from_secs(20), |s| {
+            s.leader.is_some()
+                && s.members.iter().all(|m| {
+                    m.report.as_ref().is_some_and(|r| {
+                        r.state.release == "v1" && r.state.health == Health::Healthy
+                    })
+                })
+        })
+        .await?;
+    for i in 0..30 {
+        assert_eq!(
+            client.get(&format!("pre-{i:03}"), true).await?,
+            Some(format!("v{i}"))
+        );
+    }
+    assert_eq!(
+        client.get("post", true).await?,
+        None,
+        "written after the backup"
+    );
+    Ok(())
+}
