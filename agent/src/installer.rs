@@ -120,6 +120,16 @@ impl Installer {
         {
             return Ok(format!("{} already staged", release.version));
         }
+        // The release that runs now, installed before baton staged anything
+        // here (no marker): it is what a restore or rollback wants, and it
+        // cannot be replaced under the running member. Releases are
+        // immutable in the store, so the same version is the same content.
+        if dest.is_dir() && self.current().as_deref() == Some(release.version.as_str()) {
+            return Ok(format!(
+                "{} is the current release here; kept as installed",
+                release.version
+            ));
+        }
         let download = releases.join(format!(".{}.download", release.version));
         let unpack = releases.join(format!(".{}.unpack", release.version));
         let _ = fs::remove_dir_all(&unpack);
@@ -301,6 +311,20 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, vec!["v2", "v3", "v4"]);
+    }
+
+    #[tokio::test]
+    async fn the_running_release_installed_by_hand_is_kept_when_staged_again() {
+        let (tmp, inst, store) = setup().await;
+        let r = release(tmp.path(), &store, "v1", None).await;
+        // Installed before baton: no sha marker, and the member runs it.
+        let dir = tmp.path().join("base/releases/v1");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("app.db"), b"live data").unwrap();
+        std::os::unix::fs::symlink(&dir, tmp.path().join("base/current")).unwrap();
+        let said = inst.stage(&r).await.unwrap();
+        assert!(said.contains("current release here; kept"), "{said}");
+        assert_eq!(fs::read(dir.join("app.db")).unwrap(), b"live data");
     }
 
     #[tokio::test]

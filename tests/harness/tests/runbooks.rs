@@ -218,6 +218,35 @@ async fn a_failed_migration_fails_the_health_wait_and_goes_back_with_every_row()
     );
     assert_eq!(app.read_items()?, names);
     assert_eq!(app.row_counts()?, before);
+
+    // Piprio's back-out: restore the pre-upgrade backup too. The paused
+    // rollout is closed, the backup put back on v1, every row as before.
+    let (code, out, stderr) = tokio::task::block_in_place(|| {
+        app.baton_json(&["rollback", "--restore", "--confirm", "e2e"])
+    })?;
+    assert_eq!(code, 0, "rollback --restore: {stderr}\n{out:#}");
+    assert!(stderr.contains("will be lost"), "the loss window: {stderr}");
+    let journal = app.journal()?;
+    assert!(
+        journal.iter().any(|e| e["event"] == "command_succeeded"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("with the restore command"))),
+        "the backup was restored with the app's own restore command"
+    );
+    app.wait_status(
+        "app1 healthy on v1 after the restore",
+        Duration::from_secs(20),
+        |s| {
+            s.members[0]
+                .report
+                .as_ref()
+                .is_some_and(|r| r.state.release == "v1" && r.state.health == Health::Healthy)
+        },
+    )
+    .await?;
+    assert_eq!(app.read_items()?, names);
+    assert_eq!(app.row_counts()?, before);
     Ok(())
 }
 
