@@ -37,6 +37,15 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    /// The `[store]` section; its message names the key.
+    #[error(transparent)]
+    Store(Box<baton_store::config::ConfigError>),
+}
+
+impl From<baton_store::config::ConfigError> for ConfigError {
+    fn from(e: baton_store::config::ConfigError) -> Self {
+        ConfigError::Store(Box::new(e))
+    }
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -63,7 +72,9 @@ struct RawConfig {
     target: Option<toml::Table>,
     run: Option<RawRun>,
     tls: Option<RawTls>,
-    store: Option<RawStore>,
+    /// The shared `[store]` section (`kind = "dir"` or `"s3"`), parsed by
+    /// [`baton_store::config::StoreSection`].
+    store: Option<toml::Table>,
     probes: Option<RawProbes>,
 }
 
@@ -87,19 +98,8 @@ pub struct ProbesConfig {
     pub tolerable_lag: u64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    kind: String,
-    path: Option<PathBuf>,
-}
-
-/// Where releases come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// A local or shared directory.
-    Dir { path: PathBuf },
-}
+pub use baton_store::config::StoreConfig;
+use baton_store::config::{ConfigError as StoreConfigError, StoreSection};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +187,7 @@ pub struct AgentConfig {
     pub run: RunMode,
     /// TLS to the coordinator; required when `coordinator` is https.
     pub tls: Option<ClientTls>,
+    /// Where releases come from and backups go (`[store]`, dir or s3).
     pub store: Option<StoreConfig>,
     pub probes: ProbesConfig,
 }
@@ -243,10 +244,14 @@ impl AgentConfig {
                 _ => {}
             }
         }
-        Self::validate(raw, path)
+        Self::validate(raw, path, env)
     }
 
-    fn validate(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
+    fn validate(
+        raw: RawConfig,
+        path: &Path,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Self, ConfigError> {
         let member = MemberId::new(
             raw.member_id
                 .ok_or_else(|| invalid("member_id", "missing"))?,
@@ -356,21 +361,7 @@ impl AgentConfig {
                 "an https:// coordinator needs [tls] with at least `ca`, and [tls] needs https://",
             ));
         }
-        let store = match raw.store {
-            None => None,
-            Some(RawStore { kind, path }) => match kind.as_str() {
-                "dir" => Some(StoreConfig::Dir {
-                    path: path
-                        .ok_or_else(|| invalid("store.path", "missing for kind = \"dir\""))?,
-                }),
-                other => {
-                    return Err(invalid(
-                        "store.kind",
-                        format!("unknown store {other:?}; known: dir"),
-                    ));
-                }
-            },
-        };
+        let store = raw.store.map(|t| store_section(t, env)).transpose()?;
         let tolerable_lag = match raw.probes.and_then(|p| p.tolerable_lag) {
             None => DEFAULT_TOLERABLE_LAG,
             Some(lag) => u64::try_from(lag)
@@ -399,6 +390,34 @@ impl AgentConfig {
             probes: ProbesConfig { tolerable_lag },
         })
     }
+}
+
+/// The `[store]` table: its `kind` checked here (so a bad one is named as
+/// `store.kind`), the rest by the shared [`StoreSection`], resolved with the
+/// `AWS_*` credentials from `env` when the file names none.
+fn store_section(
+    table: toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<StoreConfig, ConfigError> {
+    match table.get("kind").and_then(|k| k.as_str()) {
+        Some("dir" | "s3") => {}
+        Some(other) => {
+            return Err(invalid(
+                "store.kind",
+                format!("unknown store {other:?}; known: dir, s3"),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                "store.kind",
+                "missing: set kind = \"dir\" or kind = \"s3\"",
+            ));
+        }
+    }
+    let section: StoreSection = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| StoreConfigError::Parse(e.message().to_owned()))?;
+    Ok(section.resolve(&|k: &str| env.get(k).filter(|v| !v.is_empty()).cloned())?)
 }
 
 #[cfg(test)]
@@ -494,6 +513,53 @@ base_dir = "/tmp/b"
         let c = load(&plain, &[]).unwrap();
         assert_eq!(c.target.kind(), "etcd");
         assert!(format!("{:?}", c.target).contains("tls: None"), "{c:?}");
+    }
+
+    #[test]
+    fn the_store_is_a_dir_or_an_s3_bucket_and_a_bad_one_names_the_key() {
+        let c = load(
+            &format!("{GOOD}[store]\nkind = \"dir\"\npath = \"/srv/s\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.as_ref().map(|s| s.location()).as_deref(),
+            Some("/srv/s")
+        );
+        assert!(load(GOOD, &[]).unwrap().store.is_none());
+        let s3 = format!(
+            "{GOOD}[store]\nkind = \"s3\"\nbucket = \"rel\"\nprefix = \"prod\"\nendpoint = \"http://127.0.0.1:9000\"\n"
+        );
+        let c = load(
+            &s3,
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKENV"),
+                ("AWS_SECRET_ACCESS_KEY", "agent-secret"),
+            ],
+        )
+        .unwrap();
+        let store = c.store.as_ref().unwrap();
+        assert_eq!(store.location(), "s3://rel/prod");
+        assert!(!format!("{c:?}").contains("agent-secret"), "{c:?}");
+        let cases = [
+            (s3.clone(), "no S3 credentials"),
+            (format!("{GOOD}[store]\nkind = \"ftp\"\n"), "`store.kind`"),
+            (format!("{GOOD}[store]\npath = \"/s\"\n"), "`store.kind`"),
+            (format!("{GOOD}[store]\nkind = \"dir\"\n"), "path"),
+            (
+                format!("{GOOD}[store]\nkind = \"dir\"\npath = \"/s\"\nbukcet = 1\n"),
+                "bukcet",
+            ),
+            (
+                format!("{s3}secret_access_key = \"inline-secret\"\n"),
+                "[store] secret_access_key",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should name {want}");
+            assert!(!err.contains("inline-secret"), "{err}");
+        }
     }
 
     #[test]

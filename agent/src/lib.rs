@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::adapter::AdapterError;
-use crate::config::{AgentConfig, StoreConfig};
+use crate::config::AgentConfig;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,12 @@ pub enum AgentError {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Journal(#[from] executor::JournalError),
+    #[error("member {member}: cannot open the [store] at {location}: {source}")]
+    Store {
+        member: baton_domain::MemberId,
+        location: String,
+        source: Box<baton_store::StoreError>,
+    },
     #[error("member {member}: probe server failed: {source}")]
     Probes {
         member: baton_domain::MemberId,
@@ -113,12 +119,29 @@ pub async fn run(
         &tracker,
         shutdown.clone(),
     );
-    let installer = match (process.base_dir(), &config.store) {
-        (Some(base_dir), Some(StoreConfig::Dir { path })) => Some(installer::Installer::new(
+    // Releases (the installer) and backups both come from the one [store].
+    let store_error = |source| AgentError::Store {
+        source: Box::new(source),
+        member: config.member.clone(),
+        location: config
+            .store
+            .as_ref()
+            .map(|s| s.location())
+            .unwrap_or_default(),
+    };
+    let (artifacts, blobs) = match &config.store {
+        Some(store) => (
+            Some(store.open_artifacts().map_err(store_error)?),
+            Some(store.open_blobs().map_err(store_error)?),
+        ),
+        None => (None, None),
+    };
+    let installer = match (process.base_dir(), artifacts) {
+        (Some(base_dir), Some(artifacts)) => Some(installer::Installer::new(
             config.member.clone(),
             base_dir.to_owned(),
             config.data_dir.clone(),
-            Arc::new(baton_store::DirStore::new(path.clone())),
+            artifacts,
         )),
         _ => None,
     };
@@ -136,11 +159,11 @@ pub async fn run(
         config::RunMode::Exec(e) => e.env.clone(),
         config::RunMode::External => Default::default(),
     });
-    if let Some(StoreConfig::Dir { path }) = &config.store {
+    if let Some(blobs) = blobs {
         executor = executor.with_backups(backup::Backups::new(
             config.member.clone(),
             config.cluster.clone(),
-            Arc::new(baton_store::DirStore::new(path.clone())),
+            blobs,
             &config.state_dir,
             &config.data_dir,
         ));

@@ -155,13 +155,27 @@ pub enum BackupsCmd {
     },
 }
 
+/// Which store a `baton release` command talks to: a directory, or the
+/// `[store]` section of a TOML file (dir or s3).
+#[derive(clap::Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct StoreArgs {
+    /// The artifact store directory.
+    #[arg(long, env = "BATON_STORE")]
+    pub store: Option<std::path::PathBuf>,
+    /// A TOML file with a `[store]` section (`kind = "dir"` or `"s3"`), e.g.
+    /// the coordinator's own config; S3 credentials as that section says.
+    #[arg(long, env = "BATON_STORE_CONFIG")]
+    pub store_config: Option<std::path::PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ReleaseCmd {
     /// Packs a directory and puts it in the store with its sha256.
+    /// Republishing the same content is a no-op ("already published").
     Publish {
-        /// The artifact store directory.
-        #[arg(long, env = "BATON_STORE")]
-        store: std::path::PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         name: String,
         #[arg(long)]
@@ -172,5 +186,10 @@ pub enum ReleaseCmd {
         /// The directory to pack (a release's files).
         #[arg(long)]
         from: std::path::PathBuf,
+    },
+    /// Every release in the store: version, size, sha256, format version.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }

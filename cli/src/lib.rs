@@ -23,7 +23,7 @@ use std::process::ExitCode;
 
 use baton_net::tls::ClientTls;
 
-pub use args::{Args, BackupsCmd, Command, Output, ReleaseCmd};
+pub use args::{Args, BackupsCmd, Command, Output, ReleaseCmd, StoreArgs};
 pub use conn::{
     BackupList, CliError, InvalidReply, OperatorConn, Plan, PlanLine, Pruned, RolloutView, Started,
 };

@@ -17,6 +17,9 @@ use baton_planner::Policy;
 use baton_planner::policy::{BackupPolicy, OnStall};
 use serde::Deserialize;
 
+pub use baton_store::config::StoreConfig;
+use baton_store::config::{ConfigError as StoreConfigError, StoreSection};
+
 use crate::alerts::config::{AlertingConfig, AlertingConfigError, RawAlerting};
 
 /// A config problem, naming the key.
@@ -39,6 +42,15 @@ pub enum ConfigError {
         key: &'static str,
         reason: String,
     },
+    /// The `[store]` section; its message names the key.
+    #[error(transparent)]
+    Store(Box<baton_store::config::ConfigError>),
+}
+
+impl From<baton_store::config::ConfigError> for ConfigError {
+    fn from(e: baton_store::config::ConfigError) -> Self {
+        ConfigError::Store(Box::new(e))
+    }
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -58,19 +70,13 @@ struct RawConfig {
     tls: Option<RawTls>,
     state_dir: Option<PathBuf>,
     release_name: Option<String>,
-    store: Option<RawStore>,
+    /// The shared `[store]` section (`kind = "dir"` or `"s3"`).
+    store: Option<toml::Table>,
     metrics_listen: Option<String>,
     #[serde(default)]
     policy: RawPolicy,
     #[serde(default)]
     alerting: RawAlerting,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawStore {
-    kind: String,
-    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,8 +131,9 @@ pub struct CoordinatorConfig {
     pub state_dir: PathBuf,
     /// The release name in the artifact store.
     pub release_name: String,
-    /// The artifact store (a directory for now).
-    pub store: Option<PathBuf>,
+    /// The artifact and backup store (`[store]`: a directory or an S3
+    /// bucket); releases and backups both open from it.
+    pub store: Option<StoreConfig>,
     /// Where `/metrics` is served (plain HTTP); None: not served.
     pub metrics_listen: Option<SocketAddr>,
     pub policy: Policy,
@@ -237,20 +244,7 @@ impl CoordinatorConfig {
         if baton_store::check_name(&release_name).is_err() {
             return Err(invalid("release_name", "use only [A-Za-z0-9._-]"));
         }
-        let store = match raw.store {
-            None => None,
-            Some(RawStore { kind, path }) => match kind.as_str() {
-                "dir" => {
-                    Some(path.ok_or_else(|| invalid("store.path", "missing for kind = \"dir\""))?)
-                }
-                other => {
-                    return Err(invalid(
-                        "store.kind",
-                        format!("unknown store {other:?}; known: dir"),
-                    ));
-                }
-            },
-        };
+        let store = raw.store.map(|t| store_section(t, env)).transpose()?;
         let metrics_listen = match raw.metrics_listen.as_deref() {
             None | Some("") => None,
             Some(addr) => {
@@ -302,6 +296,34 @@ impl CoordinatorConfig {
             alerting,
         })
     }
+}
+
+/// The `[store]` table: its `kind` checked here (so a bad one is named as
+/// `store.kind`), the rest by the shared [`StoreSection`], resolved with the
+/// `AWS_*` credentials from `env` when the file names none.
+fn store_section(
+    table: toml::Table,
+    env: &BTreeMap<String, String>,
+) -> Result<StoreConfig, ConfigError> {
+    match table.get("kind").and_then(|k| k.as_str()) {
+        Some("dir" | "s3") => {}
+        Some(other) => {
+            return Err(invalid(
+                "store.kind",
+                format!("unknown store {other:?}; known: dir, s3"),
+            ));
+        }
+        None => {
+            return Err(invalid(
+                "store.kind",
+                "missing: set kind = \"dir\" or kind = \"s3\"",
+            ));
+        }
+    }
+    let section: StoreSection = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| StoreConfigError::Parse(e.message().to_owned()))?;
+    Ok(section.resolve(&|k: &str| env.get(k).filter(|v| !v.is_empty()).cloned())?)
 }
 
 fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
@@ -481,6 +503,47 @@ mod tests {
         ] {
             let err = load(&text, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn the_store_is_a_dir_or_an_s3_bucket_and_a_bad_one_names_the_key() {
+        let c = load(
+            &format!("{GOOD}[store]\nkind = \"dir\"\npath = \"/srv/s\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.as_ref().map(|s| s.location()).as_deref(),
+            Some("/srv/s")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s3-secret");
+        std::fs::write(&secret, "coord-secret\n").unwrap();
+        let s3 = format!(
+            "{GOOD}[store]\nkind = \"s3\"\nbucket = \"rel\"\nendpoint = \"http://127.0.0.1:9000\"\n"
+        );
+        let c = load(
+            &format!("{s3}access_key_id = \"AK\"\nsecret_access_key_file = {secret:?}\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.store.as_ref().unwrap().location(), "s3://rel");
+        assert!(!format!("{c:?}").contains("coord-secret"), "{c:?}");
+        let c = load(
+            &s3,
+            &[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "S")],
+        )
+        .unwrap();
+        assert!(matches!(c.store, Some(StoreConfig::S3(_))));
+        for (text, want) in [
+            (s3.clone(), "no S3 credentials"),
+            (format!("{GOOD}[store]\npath = \"/s\"\n"), "`store.kind`"),
+            (format!("{GOOD}[store]\nkind = \"dir\"\n"), "path"),
+            (format!("{s3}buckit = \"x\"\n"), "buckit"),
+        ] {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} should name {want}");
         }
     }
 

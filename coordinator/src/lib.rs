@@ -58,6 +58,11 @@ pub enum RunError {
     Metrics(#[from] metrics::MetricsError),
     #[error("alerting: {0}")]
     Alerts(#[from] alerts::SinkError),
+    #[error("cannot open the [store] at {location}: {source}")]
+    Store {
+        location: String,
+        source: Box<baton_store::StoreError>,
+    },
     #[error(transparent)]
     AlertImport(#[from] journal::import::ImportError),
 }
@@ -102,17 +107,25 @@ pub async fn run(
     }
     let notifier = alerts::Notifier::new(sinks, alerts::notifier_settings(&config.alerting))
         .spawn(&tracker, shutdown.clone());
-    let backups = config.store.as_ref().map(|p| {
-        Arc::new(baton_store::DirStore::new(p.clone())) as Arc<dyn baton_store::backup::BlobStore>
-    });
+    // Releases and backups open from the one [store].
+    let (artifacts, backups) = match &config.store {
+        Some(store) => {
+            let failed = |source| RunError::Store {
+                location: store.location(),
+                source: Box::new(source),
+            };
+            (
+                Some(store.open_artifacts().map_err(failed)?),
+                Some(store.open_blobs().map_err(failed)?),
+            )
+        }
+        None => (None, None),
+    };
     let driver = driver::Driver::new(
         driver::DriverConfig {
             policy: config.policy.clone(),
             release_name: config.release_name.clone(),
-            store: config.store.as_ref().map(|p| {
-                Arc::new(baton_store::DirStore::new(p.clone()))
-                    as Arc<dyn baton_store::ArtifactStore>
-            }),
+            store: artifacts,
             scratch: config.state_dir.clone(),
             tick: std::time::Duration::from_millis(50),
             backups: backups.clone(),

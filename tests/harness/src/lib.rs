@@ -201,6 +201,61 @@ pub struct ClusterSpec {
     pub metrics: bool,
     /// Run the coordinator and agents with `--log-format json`.
     pub json_logs: bool,
+    /// Where releases and backups live (a directory by default).
+    pub store: StoreSpec,
+}
+
+/// The cluster's `[store]`.
+#[derive(Debug, Clone, Default)]
+pub enum StoreSpec {
+    /// A directory in the cluster's temp dir ([`Cluster::store_dir`]).
+    #[default]
+    Dir,
+    /// An S3 bucket. The coordinator (and `baton release publish
+    /// --store-config`, which reads its config) uses `coordinator`, the
+    /// agents `agents`: the same bucket, maybe through another server on
+    /// the same data, so a test can cut the agents off from S3 alone.
+    S3 {
+        coordinator: Box<baton_store::s3::S3Settings>,
+        agents: Box<baton_store::s3::S3Settings>,
+    },
+}
+
+impl StoreSpec {
+    /// The `[store]` table for `settings` (the secret goes to `secret_file`,
+    /// never into the config), or the dir store at `dir`.
+    fn section(&self, for_agents: bool, dir: &Path, secret_file: &Path) -> Result<String> {
+        let s = match self {
+            StoreSpec::Dir => {
+                return Ok(format!(
+                    "[store]\nkind = \"dir\"\npath = {:?}\n",
+                    dir.to_string_lossy()
+                ));
+            }
+            StoreSpec::S3 {
+                coordinator,
+                agents,
+            } => {
+                if for_agents {
+                    agents
+                } else {
+                    coordinator
+                }
+            }
+        };
+        use std::os::unix::fs::PermissionsExt;
+        fs::write(secret_file, &s.secret_access_key)?;
+        fs::set_permissions(secret_file, fs::Permissions::from_mode(0o600))?;
+        Ok(format!(
+            "[store]\nkind = \"s3\"\nbucket = {:?}\nprefix = {:?}\nendpoint = {:?}\nregion = {:?}\naccess_key_id = {:?}\nsecret_access_key_file = {:?}\n",
+            s.bucket,
+            s.prefix,
+            s.endpoint.clone().unwrap_or_default(),
+            s.region,
+            s.access_key_id,
+            secret_file.to_string_lossy()
+        ))
+    }
 }
 
 impl Default for ClusterSpec {
@@ -215,6 +270,7 @@ impl Default for ClusterSpec {
             member_env: BTreeMap::new(),
             metrics: false,
             json_logs: false,
+            store: StoreSpec::Dir,
         }
     }
 }
@@ -291,19 +347,25 @@ impl Cluster {
         let metrics_line = metrics_addr
             .map(|a| format!("metrics_listen = \"{a}\"\n"))
             .unwrap_or_default();
+        let coordinator_store =
+            spec.store
+                .section(false, &store_dir, &dir.path().join("coordinator-s3-secret"))?;
+        let agent_store =
+            spec.store
+                .section(true, &store_dir, &dir.path().join("agent-s3-secret"))?;
         fs::write(
             &coordinator_config,
             format!(
-                "{metrics_line}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{}\n",
+                "{metrics_line}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n{coordinator_store}[policy]\n{}\n",
                 spec.heartbeat_ms,
                 names,
                 dir.path().join("coordinator-state").to_string_lossy(),
-                store_dir.to_string_lossy(),
                 spec.policy,
             ),
         )?;
         let v1_build = build_release(dir.path(), &spec.release, spec.format_version, false)?;
-        publish_release(&store_dir, &v1_build, &spec.release, spec.format_version)?;
+        let store_flag = store_flag(&spec.store, &store_dir, &coordinator_config);
+        publish_release_with(store_flag, &v1_build, &spec.release, spec.format_version)?;
 
         let mut members = Vec::new();
         for (i, port) in ports.iter().enumerate() {
@@ -359,11 +421,10 @@ impl Cluster {
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{run}",
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{run}",
                     spec.heartbeat_ms,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
-                    store_dir.to_string_lossy(),
                 ),
             )?;
             members.push(Member {
@@ -446,7 +507,8 @@ impl Cluster {
     /// Builds and publishes a samplekv release to the store.
     pub fn publish(&self, version: &str, format_version: u32, fail_start: bool) -> Result<PathBuf> {
         let build = build_release(self.dir.path(), version, format_version, fail_start)?;
-        publish_release(&self.store_dir, &build, version, format_version)?;
+        let flag = store_flag(&self.spec.store, &self.store_dir, &self.coordinator_config);
+        publish_release_with(flag, &build, version, format_version)?;
         Ok(build)
     }
 
@@ -822,9 +884,33 @@ pub fn build_release(
     Ok(dir)
 }
 
-/// `baton release publish`, as an operator runs it.
+/// How `baton release` names the cluster's store: `--store DIR` for a dir
+/// store, else `--store-config` with the coordinator's config file.
+fn store_flag<'a>(
+    spec: &StoreSpec,
+    store_dir: &'a Path,
+    coordinator_config: &'a Path,
+) -> (&'static str, &'a Path) {
+    match spec {
+        StoreSpec::Dir => ("--store", store_dir),
+        StoreSpec::S3 { .. } => ("--store-config", coordinator_config),
+    }
+}
+
+/// `baton release publish --store DIR`, as an operator runs it.
 pub fn publish_release(
     store: &Path,
+    build: &Path,
+    version: &str,
+    format_version: u32,
+) -> Result<()> {
+    publish_release_with(("--store", store), build, version, format_version)
+}
+
+/// `baton release publish` with the store named by `flag` (`--store DIR`
+/// or `--store-config FILE`).
+pub fn publish_release_with(
+    (flag, store): (&str, &Path),
     build: &Path,
     version: &str,
     format_version: u32,
@@ -840,7 +926,7 @@ pub fn publish_release(
         ])
         .arg("--format-version")
         .arg(format_version.to_string())
-        .arg("--store")
+        .arg(flag)
         .arg(store)
         .arg("--from")
         .arg(build)

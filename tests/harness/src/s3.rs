@@ -71,6 +71,21 @@ impl S3Server {
         Ok(server)
     }
 
+    /// A second s3s-fs process serving the same data (the same bucket) on
+    /// a port of its own, logging to `<dir>/s3s-fs-<name>.log`: a separate
+    /// path to the one store, which a test can kill alone.
+    pub async fn another_on_the_same_data(&self, name: &str) -> Result<S3Server> {
+        let mut server = S3Server {
+            proc: None,
+            port: free_port(),
+            bucket: self.bucket.clone(),
+            data: self.data.clone(),
+            log: self.log.with_file_name(format!("s3s-fs-{name}.log")),
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
