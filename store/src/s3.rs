@@ -301,7 +301,9 @@ impl S3Store {
     /// Checks once that the bucket exists and answers us, so that a missing
     /// bucket is reported by name (some servers answer NoSuchKey for an
     /// object in a bucket that is not there).
-    async fn check_bucket(&self) -> Result<(), StoreError> {
+    /// Checks once that the bucket exists; an error names `key`, the object
+    /// the caller was about to read or write.
+    async fn check_bucket(&self, key: &str) -> Result<(), StoreError> {
         self.bucket_checked
             .get_or_try_init(|| async {
                 let probe = self
@@ -315,13 +317,13 @@ impl S3Store {
                 match probe {
                     Ok(_) => Ok(()),
                     Err(e) if e.code() == Some("NoSuchBucket") => Err(self.err(
-                        "",
+                        key,
                         format!(
                             "bucket {} does not exist: create it or fix `bucket` in [store]",
                             self.bucket
                         ),
                     )),
-                    Err(e) => Err(self.sdk_err("", "ListObjectsV2 (bucket check)", &e)),
+                    Err(e) => Err(self.sdk_err(key, "ListObjectsV2 (bucket check)", &e)),
                 }
             })
             .await
@@ -330,7 +332,7 @@ impl S3Store {
 
     /// Starts reading an object; `None` if there is none under `key`.
     async fn open(&self, key: &str) -> Result<Option<ObjectBody<'_>>, StoreError> {
-        self.check_bucket().await?;
+        self.check_bucket(key).await?;
         let got = self
             .client
             .get_object()
@@ -378,7 +380,7 @@ impl S3Store {
         body: ByteStream,
         if_none_match: bool,
     ) -> Result<PutOutcome, StoreError> {
-        self.check_bucket().await?;
+        self.check_bucket(key).await?;
         let mut req = self
             .client
             .put_object()
@@ -398,7 +400,7 @@ impl S3Store {
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), StoreError> {
-        self.check_bucket().await?;
+        self.check_bucket(key).await?;
         self.client
             .delete_object()
             .bucket(&self.bucket)
@@ -412,7 +414,7 @@ impl S3Store {
     /// Every store key (prefix stripped) starting with `prefix`, sorted,
     /// page by page.
     async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        self.check_bucket().await?;
+        self.check_bucket(prefix).await?;
         let root = self.full_key("");
         let mut keys = Vec::new();
         let mut token: Option<String> = None;

@@ -199,15 +199,22 @@ async fn a_missing_bucket_is_named() -> Result<()> {
         bucket: "no-such-bucket".to_owned(),
         ..server.settings("p")
     })?;
-    for err in [
-        store.manifest("kv", "v2").await.unwrap_err(),
-        backup::verify(&store, "c1", "b1").await.unwrap_err(),
+    for (err, key) in [
+        (
+            store.manifest("kv", "v2").await.unwrap_err(),
+            "kv/v2/manifest.toml",
+        ),
+        (
+            backup::verify(&store, "c1", "b1").await.unwrap_err(),
+            "backups/c1/b1/",
+        ),
     ] {
         let text = err.to_string();
         assert!(
             text.contains("bucket no-such-bucket does not exist")
-                && text.contains("s3://no-such-bucket/p"),
-            "{text}"
+                && text.contains("s3://no-such-bucket/p")
+                && text.contains(key),
+            "names the bucket, the store and the key {key}: {text}"
         );
     }
     Ok(())
