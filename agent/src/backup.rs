@@ -53,6 +53,18 @@ impl Backups {
         }
     }
 
+    /// `name` in the scratch dir, which is created if need be.
+    fn scratch_file(&self, name: &str) -> Result<PathBuf, String> {
+        std::fs::create_dir_all(&self.scratch).map_err(|e| {
+            format!(
+                "member {}: cannot create the backup scratch dir {}: {e}",
+                self.member,
+                self.scratch.display()
+            )
+        })?;
+        Ok(self.scratch.join(name))
+    }
+
     /// Restores backup `id` into the (stopped) member's data dir: it is read
     /// back from the store into a scratch file, every part checked against
     /// the manifest, and only then handed to the adapter, which must end
@@ -61,13 +73,7 @@ impl Backups {
     pub async fn restore(&self, adapter: &dyn Adapter, id: &str) -> Result<String, String> {
         let member = &self.member;
         baton_store::check_name(id).map_err(|e| format!("member {member}: {e}"))?;
-        std::fs::create_dir_all(&self.scratch).map_err(|e| {
-            format!(
-                "member {member}: cannot create the backup scratch dir {}: {e}",
-                self.scratch.display()
-            )
-        })?;
-        let file = self.scratch.join(format!("{id}.restore"));
+        let file = self.scratch_file(&format!("{id}.restore"))?;
         let result = async {
             let m = backup::download(self.store.as_ref(), &self.cluster, id, &file)
                 .await
@@ -105,13 +111,7 @@ impl Backups {
     ) -> Result<String, String> {
         let member = &self.member;
         baton_store::check_name(id).map_err(|e| format!("member {member}: {e}"))?;
-        std::fs::create_dir_all(&self.scratch).map_err(|e| {
-            format!(
-                "member {member}: cannot create the backup scratch dir {}: {e}",
-                self.scratch.display()
-            )
-        })?;
-        let file = self.scratch.join(format!("{id}.part"));
+        let file = self.scratch_file(&format!("{id}.part"))?;
         let _ = std::fs::remove_file(&file);
         let result = self.take_into(adapter, id, release, &file).await;
         let _ = std::fs::remove_file(&file);

@@ -99,7 +99,7 @@ pub struct ProbesConfig {
 }
 
 pub use baton_store::config::StoreConfig;
-use baton_store::config::{ConfigError as StoreConfigError, StoreSection};
+use baton_store::config::StoreSection;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -399,25 +399,12 @@ fn store_section(
     table: toml::Table,
     env: &BTreeMap<String, String>,
 ) -> Result<StoreConfig, ConfigError> {
-    match table.get("kind").and_then(|k| k.as_str()) {
-        Some("dir" | "s3") => {}
-        Some(other) => {
-            return Err(invalid(
-                "store.kind",
-                format!("unknown store {other:?}; known: dir, s3"),
-            ));
-        }
-        None => {
-            return Err(invalid(
-                "store.kind",
-                "missing: set kind = \"dir\" or kind = \"s3\"",
-            ));
-        }
+    if let Some(why) = baton_store::config::bad_kind(&table) {
+        return Err(invalid("store.kind", why));
     }
-    let section: StoreSection = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| StoreConfigError::Parse(e.message().to_owned()))?;
-    Ok(section.resolve(&|k: &str| env.get(k).filter(|v| !v.is_empty()).cloned())?)
+    Ok(StoreSection::resolve_table(table, &|k: &str| {
+        env.get(k).filter(|v| !v.is_empty()).cloned()
+    })?)
 }
 
 #[cfg(test)]

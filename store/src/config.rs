@@ -110,7 +110,26 @@ pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// Why a `[store]` table's `kind` is unusable, for the caller to report
+/// under its own `store.kind` key; None when it is `dir` or `s3`.
+pub fn bad_kind(table: &toml::Table) -> Option<String> {
+    match table.get("kind").and_then(|k| k.as_str()) {
+        Some("dir" | "s3") => None,
+        Some(other) => Some(format!("unknown store {other:?}; known: dir, s3")),
+        None => Some("missing: set kind = \"dir\" or kind = \"s3\"".to_owned()),
+    }
+}
+
 impl StoreSection {
+    /// Parses an already-read `[store]` table and resolves it (see
+    /// [`StoreSection::resolve`]).
+    pub fn resolve_table(table: toml::Table, env: Env<'_>) -> Result<StoreConfig, ConfigError> {
+        let section: StoreSection = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.message().to_owned()))?;
+        section.resolve(env)
+    }
+
     /// Parses a `[store]` table's body (the keys, without the header).
     pub fn from_toml(text: &str) -> Result<StoreSection, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse(e.message().to_owned()))

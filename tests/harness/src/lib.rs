@@ -712,6 +712,15 @@ impl Cluster {
         wait_status_at(&self.coordinator_url, what, within, f).await
     }
 
+    /// Waits (30 s at most) until a leader is known and every member's
+    /// report is fresh: the cluster a rollout test starts from.
+    pub async fn wait_led_and_fresh(&self) -> Result<FleetStatus> {
+        self.wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
+            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
+        })
+        .await
+    }
+
     /// Member `i`'s own `Kv.Status`.
     pub async fn member_status(&self, i: usize) -> Result<StatusResponse> {
         member_status(&self.members[i].addr.to_string()).await

@@ -39,11 +39,7 @@ async fn a_required_backup_is_verified_before_the_first_stop_and_holds_every_ack
     };
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
-    cluster
-        .wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
-            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
-        })
-        .await?;
+    cluster.wait_led_and_fresh().await?;
 
     let client = Client::new(cluster.addrs());
     let stop = CancellationToken::new();
@@ -174,11 +170,7 @@ async fn a_backup_that_cannot_be_stored_pauses_with_nothing_stopped_and_resume_r
     };
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
-    cluster
-        .wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
-            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
-        })
-        .await?;
+    cluster.wait_led_and_fresh().await?;
     // A file where the cluster's backup directory goes: every upload fails.
     let backups = cluster.store_dir.join("backups");
     std::fs::create_dir_all(&backups)?;

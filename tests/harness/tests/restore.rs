@@ -22,11 +22,7 @@ async fn a_confirmed_restore_puts_the_backup_back_on_every_member() -> Result<()
     };
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
-    cluster
-        .wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
-            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
-        })
-        .await?;
+    cluster.wait_led_and_fresh().await?;
     let client = Client::new(cluster.addrs());
     for i in 0..50 {
         client.put(&format!("pre-{i:03}"), &format!("v{i}")).await?;
@@ -170,11 +166,7 @@ async fn rollback_with_restore_undoes_a_forward_only_upgrade() -> Result<()> {
     };
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 2, false)?;
-    cluster
-        .wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
-            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
-        })
-        .await?;
+    cluster.wait_led_and_fresh().await?;
     let client = Client::new(cluster.addrs());
     for i in 0..30 {
         client.put(&format!("pre-{i:03}"), &format!("v{i}")).await?;

@@ -38,11 +38,7 @@ async fn cluster_on(coordinator: &S3Server, agents: &S3Server) -> Result<Cluster
     };
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
-    cluster
-        .wait_status("one leader, all fresh", Duration::from_secs(30), |s| {
-            s.leader.is_some() && s.members.iter().all(|m| m.fresh)
-        })
-        .await?;
+    cluster.wait_led_and_fresh().await?;
     Ok(cluster)
 }
 
