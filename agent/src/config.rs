@@ -101,6 +101,31 @@ pub struct ProbesConfig {
 pub use baton_store::config::StoreConfig;
 use baton_store::config::StoreSection;
 
+/// Where the agent's releases come from and its backups go.
+#[derive(Debug, Clone)]
+pub enum AgentStore {
+    /// A directory the agent reads and writes itself (`kind = "dir"`: the
+    /// demo, or a shared mount).
+    Dir(StoreConfig),
+    /// The coordinator's store (`kind = "coordinator"`), reached only
+    /// through the requests the coordinator presigns for each command: the
+    /// agent holds no store credentials. `ca_file` is the CA the store's
+    /// TLS is checked against, if not the webpki roots.
+    Coordinator { ca_file: Option<PathBuf> },
+}
+
+impl AgentStore {
+    /// Where the store is, for messages.
+    pub fn location(&self) -> String {
+        match self {
+            AgentStore::Dir(c) => c.location(),
+            AgentStore::Coordinator { .. } => {
+                "the coordinator's store (presigned requests)".to_owned()
+            }
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
@@ -187,8 +212,9 @@ pub struct AgentConfig {
     pub run: RunMode,
     /// TLS to the coordinator; required when `coordinator` is https.
     pub tls: Option<ClientTls>,
-    /// Where releases come from and backups go (`[store]`, dir or s3).
-    pub store: Option<StoreConfig>,
+    /// Where releases come from and backups go (`[store]`: a dir, or the
+    /// coordinator's store through presigned requests).
+    pub store: Option<AgentStore>,
     pub probes: ProbesConfig,
 }
 
@@ -244,14 +270,10 @@ impl AgentConfig {
                 _ => {}
             }
         }
-        Self::validate(raw, path, env)
+        Self::validate(raw, path)
     }
 
-    fn validate(
-        raw: RawConfig,
-        path: &Path,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Self, ConfigError> {
+    fn validate(raw: RawConfig, path: &Path) -> Result<Self, ConfigError> {
         let member = MemberId::new(
             raw.member_id
                 .ok_or_else(|| invalid("member_id", "missing"))?,
@@ -361,7 +383,7 @@ impl AgentConfig {
                 "an https:// coordinator needs [tls] with at least `ca`, and [tls] needs https://",
             ));
         }
-        let store = raw.store.map(|t| store_section(t, env)).transpose()?;
+        let store = raw.store.map(store_section).transpose()?;
         let tolerable_lag = match raw.probes.and_then(|p| p.tolerable_lag) {
             None => DEFAULT_TOLERABLE_LAG,
             Some(lag) => u64::try_from(lag)
@@ -392,19 +414,52 @@ impl AgentConfig {
     }
 }
 
-/// The `[store]` table: its `kind` checked here (so a bad one is named as
-/// `store.kind`), the rest by the shared [`StoreSection`], resolved with the
-/// `AWS_*` credentials from `env` when the file names none.
-fn store_section(
-    table: toml::Table,
-    env: &BTreeMap<String, String>,
-) -> Result<StoreConfig, ConfigError> {
-    if let Some(why) = baton_store::config::bad_kind(&table) {
-        return Err(invalid("store.kind", why));
+/// The `[store]` table. `kind = "coordinator"` (with an optional
+/// `ca_file`) is the agent's own; `kind = "dir"` goes to the shared
+/// [`StoreSection`]. `kind = "s3"` is refused: an agent holds no S3
+/// credentials, the coordinator presigns what each command needs.
+fn store_section(table: toml::Table) -> Result<AgentStore, ConfigError> {
+    match table.get("kind").and_then(|k| k.as_str()) {
+        Some("coordinator") => {
+            let mut ca_file = None;
+            for (key, value) in &table {
+                match (key.as_str(), value) {
+                    ("kind", _) => {}
+                    ("ca_file", toml::Value::String(path)) if !path.is_empty() => {
+                        ca_file = Some(PathBuf::from(path));
+                    }
+                    ("ca_file", _) => {
+                        return Err(invalid("store.ca_file", "must be the path of a PEM file"));
+                    }
+                    (other, _) => {
+                        return Err(invalid(
+                            "store",
+                            format!(
+                                "unknown key {other:?} for kind = \"coordinator\"; known: kind, ca_file"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(AgentStore::Coordinator { ca_file })
+        }
+        Some("s3") => Err(invalid(
+            "store.kind",
+            "an agent holds no S3 credentials: set kind = \"coordinator\", and the coordinator (whose [store] is the bucket) presigns each request a command needs",
+        )),
+        Some("dir") => Ok(AgentStore::Dir(StoreSection::resolve_table(
+            table,
+            &|_: &str| None,
+        )?)),
+        Some(other) => Err(invalid(
+            "store.kind",
+            format!("unknown store {other:?}; known: dir, coordinator"),
+        )),
+        None => Err(invalid(
+            "store.kind",
+            "missing: set kind = \"coordinator\" or kind = \"dir\"",
+        )),
     }
-    Ok(StoreSection::resolve_table(table, &|k: &str| {
-        env.get(k).filter(|v| !v.is_empty()).cloned()
-    })?)
 }
 
 #[cfg(test)]
@@ -503,7 +558,7 @@ base_dir = "/tmp/b"
     }
 
     #[test]
-    fn the_store_is_a_dir_or_an_s3_bucket_and_a_bad_one_names_the_key() {
+    fn the_store_is_a_dir_or_the_coordinators_and_never_s3_credentials() {
         let c = load(
             &format!("{GOOD}[store]\nkind = \"dir\"\npath = \"/srv/s\"\n"),
             &[],
@@ -514,22 +569,31 @@ base_dir = "/tmp/b"
             Some("/srv/s")
         );
         assert!(load(GOOD, &[]).unwrap().store.is_none());
-        let s3 = format!(
-            "{GOOD}[store]\nkind = \"s3\"\nbucket = \"rel\"\nprefix = \"prod\"\nendpoint = \"http://127.0.0.1:9000\"\n"
-        );
+        let c = load(&format!("{GOOD}[store]\nkind = \"coordinator\"\n"), &[]).unwrap();
+        assert!(matches!(
+            c.store,
+            Some(AgentStore::Coordinator { ca_file: None })
+        ));
         let c = load(
-            &s3,
-            &[
-                ("AWS_ACCESS_KEY_ID", "AKENV"),
-                ("AWS_SECRET_ACCESS_KEY", "agent-secret"),
-            ],
+            &format!("{GOOD}[store]\nkind = \"coordinator\"\nca_file = \"/etc/baton/s3-ca.pem\"\n"),
+            &[],
         )
         .unwrap();
-        let store = c.store.as_ref().unwrap();
-        assert_eq!(store.location(), "s3://rel/prod");
-        assert!(!format!("{c:?}").contains("agent-secret"), "{c:?}");
+        assert!(
+            matches!(&c.store, Some(AgentStore::Coordinator { ca_file: Some(p) }) if p == Path::new("/etc/baton/s3-ca.pem"))
+        );
+        let s3 = format!(
+            "{GOOD}[store]\nkind = \"s3\"\nbucket = \"rel\"\nendpoint = \"http://127.0.0.1:9000\"\n"
+        );
         let cases = [
-            (s3.clone(), "no S3 credentials"),
+            (
+                s3.clone(),
+                "key `store.kind` is invalid: an agent holds no S3 credentials: set kind = \"coordinator\"",
+            ),
+            (
+                format!("{s3}secret_access_key = \"inline-secret\"\n"),
+                "no S3 credentials",
+            ),
             (format!("{GOOD}[store]\nkind = \"ftp\"\n"), "`store.kind`"),
             (format!("{GOOD}[store]\npath = \"/s\"\n"), "`store.kind`"),
             (format!("{GOOD}[store]\nkind = \"dir\"\n"), "path"),
@@ -538,14 +602,25 @@ base_dir = "/tmp/b"
                 "bukcet",
             ),
             (
-                format!("{s3}secret_access_key = \"inline-secret\"\n"),
-                "[store] secret_access_key",
+                format!("{GOOD}[store]\nkind = \"coordinator\"\nbucket = \"b\"\n"),
+                "\"bucket\"",
             ),
         ];
         for (text, want) in cases {
-            let err = load(&text, &[]).unwrap_err().to_string();
+            let err = load(
+                &text,
+                &[
+                    ("AWS_ACCESS_KEY_ID", "AKENV"),
+                    ("AWS_SECRET_ACCESS_KEY", "agent-secret"),
+                ],
+            )
+            .unwrap_err()
+            .to_string();
             assert!(err.contains(want), "{err} should name {want}");
-            assert!(!err.contains("inline-secret"), "{err}");
+            assert!(
+                !err.contains("inline-secret") && !err.contains("agent-secret"),
+                "{err}"
+            );
         }
     }
 

@@ -129,11 +129,32 @@ pub async fn run(
             .map(|s| s.location())
             .unwrap_or_default(),
     };
-    let (artifacts, blobs) = match &config.store {
-        Some(store) => (
+    let (granter, grant_rx) = link::granter(config.member.clone());
+    type Stores = (
+        Option<Arc<dyn baton_store::ArtifactStore>>,
+        Option<Arc<dyn baton_store::backup::BlobStore>>,
+    );
+    let (artifacts, blobs): Stores = match &config.store {
+        Some(config::AgentStore::Dir(store)) => (
             Some(store.open_artifacts().map_err(store_error)?),
             Some(store.open_blobs().map_err(store_error)?),
         ),
+        Some(config::AgentStore::Coordinator { ca_file }) => {
+            let pem = match ca_file {
+                Some(path) => Some(std::fs::read(path).map_err(|source| {
+                    store_error(baton_store::StoreError::Io {
+                        path: path.clone(),
+                        source,
+                    })
+                })?),
+                None => None,
+            };
+            let granted = Arc::new(
+                baton_store::granted::GrantedStore::new(Arc::new(granter), pem.as_deref())
+                    .map_err(store_error)?,
+            );
+            (Some(granted.clone()), Some(granted))
+        }
         None => (None, None),
     };
     let installer = match (process.base_dir(), artifacts) {
@@ -199,6 +220,7 @@ pub async fn run(
         resources::ResourceReader::new(&config.data_dir),
         stats_tx,
         executor.clone(),
+        grant_rx,
         shutdown.clone(),
     ));
 

@@ -5,8 +5,11 @@
 //! heartbeat otherwise (the coordinator can ask for a faster cadence during a
 //! catch-up or a handover). It reconnects with bounded exponential backoff. A
 //! command id is run at most once: a repeated id is answered from the stored
-//! result.
+//! result. It also carries the grants a command asks for ([`LinkGranter`]):
+//! the presigned store requests the coordinator signs, since the agent holds
+//! no store credentials.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +17,11 @@ use baton_domain::{AgentCommand, CommandOutcome, Hello, MemberId, ProcessReport,
 use baton_proto::v1::{
     self, agent_link_client::AgentLinkClient, agent_message, coordinator_message,
 };
-use tokio::sync::{mpsc, watch};
+use baton_store::StoreError;
+use baton_store::granted::{Grant, GrantMethod, Granter};
+use baton_store::s3::Presigned;
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -96,6 +103,130 @@ impl PollControl {
     }
 }
 
+/// One grant a command task waits for: what it asks, and where the
+/// coordinator's answer goes.
+#[derive(Debug)]
+pub struct GrantAsk {
+    method: v1::GrantMethod,
+    key: String,
+    reply: oneshot::Sender<Option<v1::grant::Answer>>,
+}
+
+/// How long one grant may take to come back before it is asked again.
+const GRANT_WAIT: Duration = Duration::from_secs(10);
+/// How many times a grant is asked (a session may end and another begin
+/// in between).
+const GRANT_ATTEMPTS: u32 = 4;
+
+/// The agent's [`Granter`]: asks the coordinator, over whichever session is
+/// up, for the presigned requests a command needs.
+#[derive(Debug, Clone)]
+pub struct LinkGranter {
+    member: MemberId,
+    tx: mpsc::Sender<GrantAsk>,
+}
+
+/// A granter and the receiver that [`run`] serves it from.
+pub fn granter(member: MemberId) -> (LinkGranter, mpsc::Receiver<GrantAsk>) {
+    let (tx, rx) = mpsc::channel(16);
+    (LinkGranter { member, tx }, rx)
+}
+
+impl LinkGranter {
+    fn err(&self, key: &str, detail: String) -> StoreError {
+        StoreError::Object {
+            location: "the coordinator's store (presigned requests)".to_owned(),
+            key: key.to_owned(),
+            detail: format!("member {}: {detail}", self.member),
+        }
+    }
+
+    async fn ask(
+        &self,
+        method: v1::GrantMethod,
+        key: &str,
+    ) -> Result<v1::grant::Answer, StoreError> {
+        let mut last = String::new();
+        for attempt in 0..GRANT_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            let (reply, answer) = oneshot::channel();
+            let ask = GrantAsk {
+                method,
+                key: key.to_owned(),
+                reply,
+            };
+            if self.tx.send(ask).await.is_err() {
+                return Err(self.err(key, "the agent is shutting down".to_owned()));
+            }
+            match tokio::time::timeout(GRANT_WAIT, answer).await {
+                Ok(Ok(Some(a))) => return Ok(a),
+                Ok(Ok(None)) => last = "the coordinator sent an empty grant".to_owned(),
+                Ok(Err(_)) => last = "the session with the coordinator ended".to_owned(),
+                Err(_) => last = format!("no grant from the coordinator within {GRANT_WAIT:?}"),
+            }
+        }
+        Err(self.err(
+            key,
+            format!("asking the coordinator for a presigned {} failed {GRANT_ATTEMPTS} times: {last}; check the agent's link to the coordinator", method.as_str_name()),
+        ))
+    }
+}
+
+impl Granter for LinkGranter {
+    fn presign<'a>(
+        &'a self,
+        method: GrantMethod,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Grant, StoreError>> {
+        Box::pin(async move {
+            let wire = match method {
+                GrantMethod::Get => v1::GrantMethod::Get,
+                GrantMethod::Put => v1::GrantMethod::Put,
+                GrantMethod::Delete => v1::GrantMethod::Delete,
+            };
+            match self.ask(wire, key).await? {
+                v1::grant::Answer::Request(r) => Ok(Grant {
+                    request: Presigned {
+                        method: r.method,
+                        url: r.url,
+                        headers: r.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+                        expires_in: Duration::from_millis(u64::from(r.expires_in_ms)),
+                    },
+                    location: r.location,
+                }),
+                v1::grant::Answer::Refused(why) => {
+                    Err(self.err(key, format!("the coordinator refused: {why}")))
+                }
+                v1::grant::Answer::Keys(_) => Err(self.err(
+                    key,
+                    "the coordinator answered a presign with a listing".to_owned(),
+                )),
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            match self.ask(v1::GrantMethod::List, prefix).await? {
+                v1::grant::Answer::Keys(k) => {
+                    let mut keys = k.keys;
+                    keys.sort();
+                    Ok(keys)
+                }
+                v1::grant::Answer::Refused(why) => {
+                    Err(self.err(prefix, format!("the coordinator refused: {why}")))
+                }
+                v1::grant::Answer::Request(_) => Err(self.err(
+                    prefix,
+                    "the coordinator answered a listing with a presigned request".to_owned(),
+                )),
+            }
+        })
+    }
+}
+
 /// Counters the tests and probes read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStats {
@@ -136,6 +267,7 @@ pub async fn run(
     mut resources: ResourceReader,
     stats: watch::Sender<LinkStats>,
     executor: Arc<Executor>,
+    mut grants: mpsc::Receiver<GrantAsk>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -149,6 +281,7 @@ pub async fn run(
         executor: &executor,
         results_tx: &results_tx,
         results_rx: &mut results_rx,
+        grants: &mut grants,
     };
     loop {
         let started = tokio::time::Instant::now();
@@ -186,6 +319,8 @@ struct SessionIo<'a> {
     results_tx: &'a mpsc::Sender<CommandOutcome>,
     /// Outcomes waiting to be sent on the current (or next) session.
     results_rx: &'a mut mpsc::Receiver<CommandOutcome>,
+    /// Grants command tasks ask for; each is asked on the current session.
+    grants: &'a mut mpsc::Receiver<GrantAsk>,
 }
 
 async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkError> {
@@ -196,7 +331,12 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
         executor,
         results_tx,
         results_rx,
+        grants,
     } = io;
+    // Grants asked on this session, by request id. Dropped with the
+    // session: their askers see it ended and ask again on the next one.
+    let mut pending: HashMap<u64, oneshot::Sender<Option<v1::grant::Answer>>> = HashMap::new();
+    let mut next_grant = 0u64;
     let member = &cfg.hello.member;
     let endpoint = Endpoint::from_shared(cfg.coordinator.clone())
         .map_err(|e| LinkError::BadAddress {
@@ -323,6 +463,16 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
             Some(outcome) = results_rx.recv() => {
                 send(&tx, agent_message::Body::Result(outcome.into())).await?;
             }
+            Some(ask) = grants.recv() => {
+                next_grant += 1;
+                pending.insert(next_grant, ask.reply);
+                let req = v1::GrantRequest {
+                    request_id: next_grant,
+                    method: ask.method.into(),
+                    key: ask.key,
+                };
+                send(&tx, agent_message::Body::GrantRequest(req)).await?;
+            }
             msg = inbound.message() => {
                 let msg = msg
                     .map_err(|status| LinkError::Stream(format!("{}: {}", status.code(), status.message())))?
@@ -354,6 +504,11 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                                 let outcome = ex.run(cmd).await;
                                 let _ = out.send(outcome).await;
                             });
+                        }
+                    }
+                    Some(coordinator_message::Body::Grant(g)) => {
+                        if let Some(reply) = pending.remove(&g.request_id) {
+                            let _ = reply.send(g.answer);
                         }
                     }
                     None => return Err(LinkError::BadMessage("empty coordinator message".into())),

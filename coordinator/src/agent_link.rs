@@ -8,6 +8,9 @@
 //! Report is validated at the edge (`TryFrom`) and then by the view. A bad
 //! message ends the stream with a status naming what was wrong, and leaves the
 //! view as it was. Converting from the wire happens here and nowhere deeper.
+//! An agent's grant requests (the presigned store requests its commands
+//! need) are answered by [`Grants`], which learns here what was sent to whom
+//! and what was answered.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -28,6 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::LinkError;
 use crate::fleet::{FleetView, SessionId};
+use crate::grants::Grants;
 
 /// How long a new stream may take to send its Hello and first Report.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,6 +78,8 @@ pub struct AgentLinkService {
     pub reports: Arc<tokio::sync::Notify>,
     /// Cancelled when the coordinator stops; ends every session.
     shutdown: CancellationToken,
+    /// What agents' commands may have presigned, and the signer.
+    grants: Arc<Grants>,
 }
 
 impl AgentLinkService {
@@ -82,6 +88,7 @@ impl AgentLinkService {
         fleet: Arc<Mutex<FleetView>>,
         results: mpsc::Sender<(MemberId, CommandOutcome)>,
         shutdown: CancellationToken,
+        grants: Arc<Grants>,
     ) -> Self {
         AgentLinkService {
             fleet,
@@ -89,6 +96,7 @@ impl AgentLinkService {
             results,
             reports: Arc::new(tokio::sync::Notify::new()),
             shutdown,
+            grants,
         }
     }
 
@@ -102,6 +110,9 @@ impl AgentLink for AgentLinkService {
     fn send(&self, member: &MemberId, msg: Outbound) -> Option<SessionId> {
         let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let (session, tx) = sessions.get(member)?;
+        if let Outbound::Command(c) = &msg {
+            self.grants.sent(member, c);
+        }
         tx.try_send(Ok(to_wire(msg))).ok().map(|()| *session)
     }
 
@@ -119,6 +130,7 @@ fn kind(body: &Option<agent_message::Body>) -> &'static str {
         Some(agent_message::Body::Hello(_)) => "a Hello",
         Some(agent_message::Body::Report(_)) => "a Report",
         Some(agent_message::Body::Result(_)) => "a CommandResult",
+        Some(agent_message::Body::GrantRequest(_)) => "a GrantRequest",
         None => "an empty message",
     }
 }
@@ -192,10 +204,26 @@ impl AgentLinkService {
                 }
                 Some(agent_message::Body::Result(r)) => match CommandOutcome::try_from(r) {
                     Ok(outcome) => {
+                        self.grants.finished(&member, &outcome.id);
                         let _ = self.results.send((member.clone(), outcome)).await;
                     }
                     Err(e) => break Err(LinkError::BadResult(e)),
                 },
+                Some(agent_message::Body::GrantRequest(req)) => {
+                    // Off the session loop: a listing is a store round trip.
+                    let (grants, out, member) = (self.grants.clone(), out.clone(), member.clone());
+                    tokio::spawn(async move {
+                        let answer = grants.answer(&member, &req).await;
+                        let grant = v1::Grant {
+                            request_id: req.request_id,
+                            answer: Some(answer),
+                        };
+                        let msg = CoordinatorMessage {
+                            body: Some(coordinator_message::Body::Grant(grant)),
+                        };
+                        let _ = out.send(Ok(msg)).await;
+                    });
+                }
                 other => {
                     break Err(LinkError::ExpectedReport {
                         member: member.clone(),

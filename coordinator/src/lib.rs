@@ -8,6 +8,8 @@
 //!   clock is read once, when it is built (every other call takes `now`).
 //! - [`agent_link`]: the [`agent_link::AgentLink`] seam and the gRPC service
 //!   agents stream reports into.
+//! - [`grants`]: the presigned store requests signed for agents, each only
+//!   for a command in flight on that member.
 //! - [`driver`]: the rollout driver (steps to commands, results to events).
 //! - [`journal`]: the journal seam (rollout events and firing alerts,
 //!   applied by the journal) and its file and in-memory implementations.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod fleet;
+pub mod grants;
 pub mod journal;
 pub mod metrics;
 pub mod operator;
@@ -93,7 +96,6 @@ pub async fn run(
         None => None,
     };
     let (results_tx, results_rx) = tokio::sync::mpsc::channel(256);
-    let link = agent_link::AgentLinkService::new(fleet.clone(), results_tx, shutdown.clone());
     let journal: Arc<dyn journal::Journal> =
         Arc::new(journal::FileJournal::open(&config.state_dir)?);
     journal::import::import_alerts_json(&config.state_dir, journal.as_ref()).await?;
@@ -121,6 +123,25 @@ pub async fn run(
         }
         None => (None, None),
     };
+    // Agents reach an S3 store through requests signed here.
+    let grants = match &config.store {
+        Some(store) => grants::Grants::new(
+            config.cluster.clone(),
+            store.open_presigner().map_err(|source| RunError::Store {
+                location: store.location(),
+                source: Box::new(source),
+            })?,
+            backups.clone(),
+            store.location(),
+        ),
+        None => grants::Grants::none(config.cluster.clone()),
+    };
+    let link = agent_link::AgentLinkService::new(
+        fleet.clone(),
+        results_tx,
+        shutdown.clone(),
+        Arc::new(grants),
+    );
     let driver = driver::Driver::new(
         driver::DriverConfig {
             policy: config.policy.clone(),

@@ -3,7 +3,10 @@
 //! from [`ClientTls`]), for `http` and `https` URLs, one request at a time
 //! with a whole-request timeout. The coordinator's alert sinks POST JSON
 //! through it; the etcd adapter GETs etcd's `/version` (the cluster version
-//! has no gRPC call), and `baton-agent probe` GETs the agent's probes.
+//! has no gRPC call), `baton-agent probe` GETs the agent's probes, and the
+//! agent's presigned store sends the S3 requests the coordinator signed
+//! ([`HttpClient::exchange`], and [`HttpClient::open`] for a body read as
+//! it arrives).
 //!
 //! This module owns URL checking ([`parse_url`]) and the transport outcome
 //! ([`HttpError`]). It does not decide what a status code means: each
@@ -195,6 +198,58 @@ impl HttpClient {
             .header(USER_AGENT, self.user_agent)
             .body(Full::new(Bytes::new()))?;
         self.send(request).await
+    }
+
+    /// Sends `method` to `url` with `headers` and `body`, and reads the
+    /// answer (its first 64 KiB) whatever its status, under the one timeout.
+    pub async fn exchange(
+        &self,
+        method: hyper::Method,
+        url: &Uri,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Answer, HttpError> {
+        let request = self.request(method, url, headers, body)?;
+        self.send(request).await
+    }
+
+    /// Sends `method` to `url` with `headers` and no body, and returns the
+    /// response once its head has arrived (within the timeout). The body is
+    /// the caller's to read, at its own pace and with its own stall limit.
+    pub async fn open(
+        &self,
+        method: hyper::Method,
+        url: &Uri,
+        headers: &[(String, String)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, HttpError> {
+        let request = self.request(method, url, headers, Bytes::new())?;
+        tokio::time::timeout(self.timeout, self.client.request(request))
+            .await
+            .map_err(|_| HttpError::Timeout(self.timeout))?
+            .map_err(|e| {
+                if e.is_connect() {
+                    HttpError::Connect(chain(&e))
+                } else {
+                    HttpError::Transport(chain(&e))
+                }
+            })
+    }
+
+    fn request(
+        &self,
+        method: hyper::Method,
+        url: &Uri,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, HttpError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(url.clone())
+            .header(USER_AGENT, self.user_agent);
+        for (name, value) in headers {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        Ok(builder.body(Full::new(body))?)
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<Answer, HttpError> {

@@ -15,6 +15,8 @@
 //! region = "us-east-1"                        # the default
 //! access_key_id = "AKIA..."                   # with the next key, or else
 //! secret_access_key_file = "/etc/baton/s3-secret"
+//! agent_endpoint = "https://s3.internal:9000" # optional; the endpoint in the
+//!                                             # URLs presigned for agents
 //! ```
 //! Without `access_key_id` and `secret_access_key_file`, the credentials come
 //! from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
@@ -57,6 +59,8 @@ pub struct S3Section {
     pub region: String,
     pub access_key_id: Option<String>,
     pub secret_access_key_file: Option<PathBuf>,
+    /// The endpoint agents reach the bucket at, if not `endpoint`.
+    pub agent_endpoint: Option<String>,
     /// Only so that a secret written inline gets its own message; its
     /// value is dropped unread.
     #[serde(default, rename = "secret_access_key")]
@@ -165,13 +169,18 @@ impl StoreSection {
                 detail: "is empty; name the bucket".to_owned(),
             });
         }
-        if let Some(e) = &s3.endpoint
-            && !(e.starts_with("http://") || e.starts_with("https://"))
-        {
-            return Err(ConfigError::Invalid {
-                key: "endpoint",
-                detail: format!("{e:?} is not an http:// or https:// URL"),
-            });
+        for (key, value) in [
+            ("endpoint", &s3.endpoint),
+            ("agent_endpoint", &s3.agent_endpoint),
+        ] {
+            if let Some(e) = value
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return Err(ConfigError::Invalid {
+                    key,
+                    detail: format!("{e:?} is not an http:// or https:// URL"),
+                });
+            }
         }
         let (access_key_id, secret_access_key, session_token) = match (
             &s3.access_key_id,
@@ -221,6 +230,7 @@ impl StoreSection {
             access_key_id,
             secret_access_key,
             session_token,
+            presign_endpoint: s3.agent_endpoint.clone(),
         };
         // Bucket and prefix are checked where the store is built; check
         // them now, at load time, so a bad config fails before any work.
@@ -252,6 +262,15 @@ impl StoreConfig {
             StoreConfig::Dir { path } => Arc::new(DirStore::new(path)),
             StoreConfig::S3(s) => Arc::new(S3Store::new(s.clone())?),
         })
+    }
+
+    /// What signs the requests agents send, for an S3 store; `None` for a
+    /// dir store, which agents read directly.
+    pub fn open_presigner(&self) -> Result<Option<Arc<S3Store>>, StoreError> {
+        match self {
+            StoreConfig::Dir { .. } => Ok(None),
+            StoreConfig::S3(s) => Ok(Some(Arc::new(S3Store::presigner(s)?))),
+        }
     }
 
     /// Where the store is, for messages (`s3://bucket/prefix` or the dir).
@@ -382,6 +401,41 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn urls_for_agents_are_signed_for_the_agent_endpoint() {
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "sk-secret"),
+        ];
+        let plain = resolve(
+            "kind = \"s3\"\nbucket = \"rel\"\nendpoint = \"http://127.0.0.1:9000\"\n",
+            &env,
+        )
+        .unwrap();
+        let split = resolve(
+            "kind = \"s3\"\nbucket = \"rel\"\nendpoint = \"http://127.0.0.1:9000\"\nagent_endpoint = \"http://127.0.0.1:9100\"\n",
+            &env,
+        )
+        .unwrap();
+        let ttl = std::time::Duration::from_secs(60);
+        for (cfg, host) in [(&plain, "127.0.0.1:9000"), (&split, "127.0.0.1:9100")] {
+            let signer = cfg.open_presigner().unwrap().expect("an S3 store presigns");
+            let p = signer
+                .presign_get("kv/v2/manifest.toml", ttl)
+                .await
+                .unwrap();
+            assert!(
+                p.url
+                    .starts_with(&format!("http://{host}/rel/kv/v2/manifest.toml?")),
+                "{}",
+                p.url
+            );
+            assert!(!p.url.contains("sk-secret"));
+        }
+        let dir = resolve("kind = \"dir\"\npath = \"/s\"\n", &[]).unwrap();
+        assert!(dir.open_presigner().unwrap().is_none());
+    }
+
     #[test]
     fn bad_sections_are_refused_naming_the_key() {
         let tmp = tempfile::tempdir().unwrap();
@@ -426,6 +480,10 @@ mod tests {
             (
                 "kind = \"s3\"\nbucket = \"rel\"\nendpoint = \"127.0.0.1:9000\"\n".into(),
                 "[store] endpoint",
+            ),
+            (
+                "kind = \"s3\"\nbucket = \"rel\"\nagent_endpoint = \"s3.nodes:9000\"\n".into(),
+                "[store] agent_endpoint",
             ),
             ("kind = \"dir\"\npath = \"\"\n".into(), "[store] path"),
         ];

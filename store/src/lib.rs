@@ -6,7 +6,8 @@
 //! directories. The rules it enforces: an artifact whose sha256 does not
 //! match is never unpacked, and a published release is never changed.
 //! Pre-upgrade backups live in the same store, under `backups/`, and are
-//! the [`backup`] module's.
+//! the [`backup`] module's. An agent reaches an S3 store without credentials,
+//! through the coordinator's presigned requests ([`granted`]).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -14,7 +15,10 @@ use std::path::{Path, PathBuf};
 
 pub mod backup;
 pub mod config;
+pub mod granted;
 pub mod s3;
+#[cfg(test)]
+mod test_server;
 
 pub use backup::{BackupManifest, BackupSource};
 use futures::future::BoxFuture;

@@ -85,6 +85,9 @@ pub struct S3Settings {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: Option<String>,
+    /// The endpoint agents reach the bucket at, when it is not `endpoint`:
+    /// presigned requests are signed for the host they are sent to.
+    pub presign_endpoint: Option<String>,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -100,6 +103,7 @@ impl std::fmt::Debug for S3Settings {
                 "session_token",
                 &self.session_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("presign_endpoint", &self.presign_endpoint)
             .finish()
     }
 }
@@ -211,6 +215,17 @@ impl S3Store {
             max_resumes: MAX_RESUMES,
             page_size: None,
         })
+    }
+
+    /// The store that signs the requests agents send: the same bucket and
+    /// credentials, addressed at `presign_endpoint` when one is set. It is
+    /// used only to presign.
+    pub fn presigner(settings: &S3Settings) -> Result<S3Store, StoreError> {
+        let mut s = settings.clone();
+        if let Some(e) = &settings.presign_endpoint {
+            s.endpoint = Some(e.clone());
+        }
+        S3Store::new(s)
     }
 
     /// How long a body may stall before it is resumed (tests shorten it).
@@ -460,12 +475,7 @@ impl S3Store {
     /// The object key of a release's artifact, as `fetch` reads it: for a
     /// presigned GET that the holder checks against `manifest.sha256`.
     pub fn artifact_key(&self, manifest: &ReleaseManifest) -> String {
-        format!(
-            "{}/{}/{}.tar",
-            manifest.name,
-            manifest.version,
-            manifest.sha256.to_ascii_lowercase()
-        )
+        artifact_key(manifest)
     }
 
     fn presigning(
@@ -525,6 +535,25 @@ impl S3Store {
         Ok(presigned(&req, expires_in))
     }
 
+    /// A DELETE of store key `key` (a stale part of an unfinished backup),
+    /// valid for `expires_in` (at most [`PRESIGN_MAX`]). No request is made.
+    pub async fn presign_delete(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<Presigned, StoreError> {
+        let config = self.presigning(key, expires_in)?;
+        let req = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .presigned(config)
+            .await
+            .map_err(|e| self.sdk_err(key, "presign DeleteObject", &e))?;
+        Ok(presigned(&req, expires_in))
+    }
+
     /// Streams an object to `dest` (replaced only when complete), hashing
     /// it; returns its size and hex sha256. `None` if there is no object.
     pub async fn download(
@@ -563,6 +592,16 @@ impl S3Store {
         tmp.persist(dest).map_err(|e| crate::io(dest)(e.error))?;
         Ok(Some((size, hex(&hash.finalize()))))
     }
+}
+
+/// The store key of a release's artifact: `<name>/<version>/<sha256>.tar`.
+pub fn artifact_key(manifest: &ReleaseManifest) -> String {
+    format!(
+        "{}/{}/{}.tar",
+        manifest.name,
+        manifest.version,
+        manifest.sha256.to_ascii_lowercase()
+    )
 }
 
 fn presigned(req: &aws_sdk_s3::presigning::PresignedRequest, expires_in: Duration) -> Presigned {
@@ -836,118 +875,8 @@ mod tests {
     //! The resume logic against a small in-process HTTP server that breaks
     //! or stalls a GET's body on purpose (s3s-fs cannot be made to). The
     //! real-S3 behaviour is tested against s3s-fs in tests/harness.
-    use std::sync::{Arc, Mutex};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
     use super::*;
-
-    /// How the fake answers a GET of the object, request by request.
-    #[derive(Clone, Copy, Debug)]
-    enum Answer {
-        /// Send this many bytes of what was asked, then close.
-        BreakAfter(usize),
-        /// Send this many bytes, then hold the connection open silently.
-        StallAfter(usize),
-        /// Send everything asked for, under ETag `e2` (a changed object).
-        Changed,
-        Full,
-    }
-
-    #[derive(Debug)]
-    struct Fake {
-        endpoint: String,
-        /// The Range header of each GET of the object (None: no Range).
-        ranges: Arc<Mutex<Vec<Option<String>>>>,
-    }
-
-    const LIST_OK: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>bkt</Name><Prefix></Prefix><KeyCount>0</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>";
-
-    async fn fake(body: Vec<u8>, answers: Vec<Answer>) -> Fake {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let ranges = Arc::new(Mutex::new(Vec::new()));
-        let (body, answers, seen) = (
-            Arc::new(body),
-            Arc::new(Mutex::new(answers.into_iter())),
-            ranges.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = listener.accept().await else {
-                    return;
-                };
-                let (body, answers, seen) = (body.clone(), answers.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                    if target.contains("list-type=2") {
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{LIST_OK}",
-                            LIST_OK.len()
-                        );
-                        let _ = s.write_all(reply.as_bytes()).await;
-                        return;
-                    }
-                    let range = head.lines().find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
-                    });
-                    seen.lock().unwrap().push(range.clone());
-                    let start: usize = range
-                        .as_deref()
-                        .and_then(|r| r.strip_prefix("bytes="))
-                        .and_then(|r| r.strip_suffix('-'))
-                        .map_or(0, |n| n.parse().unwrap());
-                    let answer = answers.lock().unwrap().next().unwrap_or(Answer::Full);
-                    let etag = if matches!(answer, Answer::Changed) {
-                        "\"e2\""
-                    } else {
-                        "\"e1\""
-                    };
-                    let total = body.len();
-                    let status = if range.is_some() {
-                        format!(
-                            "206 Partial Content\r\nContent-Range: bytes {start}-{}/{total}",
-                            total - 1
-                        )
-                    } else {
-                        "200 OK".to_owned()
-                    };
-                    let reply = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nETag: {etag}\r\nConnection: close\r\n\r\n",
-                        total - start
-                    );
-                    let _ = s.write_all(reply.as_bytes()).await;
-                    let rest = &body[start..];
-                    match answer {
-                        Answer::BreakAfter(n) => {
-                            let _ = s.write_all(&rest[..n.min(rest.len())]).await;
-                        }
-                        Answer::StallAfter(n) => {
-                            let _ = s.write_all(&rest[..n.min(rest.len())]).await;
-                            let _ = s.flush().await;
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                        }
-                        Answer::Changed | Answer::Full => {
-                            let _ = s.write_all(rest).await;
-                        }
-                    }
-                    let _ = s.shutdown().await;
-                });
-            }
-        });
-        Fake { endpoint, ranges }
-    }
+    use crate::test_server::{Answer, fake};
 
     fn store(endpoint: &str) -> S3Store {
         S3Store::new(S3Settings {
@@ -958,6 +887,7 @@ mod tests {
             access_key_id: "AKTEST".into(),
             secret_access_key: "not-a-real-secret".into(),
             session_token: None,
+            presign_endpoint: None,
         })
         .unwrap()
     }
@@ -1061,6 +991,7 @@ mod tests {
             access_key_id: "AKTEST".into(),
             secret_access_key: "very-secret".into(),
             session_token: Some("token-secret".into()),
+            presign_endpoint: None,
         };
         let store = S3Store::new(s.clone()).unwrap();
         for text in [format!("{s:?}"), format!("{store:?}")] {
@@ -1082,6 +1013,7 @@ mod tests {
             access_key_id: "AK".into(),
             secret_access_key: "SK".into(),
             session_token: None,
+            presign_endpoint: None,
         };
         for (s, want) in [
             (

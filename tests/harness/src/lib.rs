@@ -212,42 +212,46 @@ pub enum StoreSpec {
     #[default]
     Dir,
     /// An S3 bucket. The coordinator (and `baton release publish
-    /// --store-config`, which reads its config) uses `coordinator`, the
-    /// agents `agents`: the same bucket, maybe through another server on
-    /// the same data, so a test can cut the agents off from S3 alone.
+    /// --store-config`, which reads its config) holds the credentials; the
+    /// agents hold none (`kind = "coordinator"`) and send what it presigns,
+    /// at `agent_endpoint` when set: the same bucket through another
+    /// server on the same data, so a test can cut the agents off from S3
+    /// alone.
     S3 {
         coordinator: Box<baton_store::s3::S3Settings>,
-        agents: Box<baton_store::s3::S3Settings>,
+        agent_endpoint: Option<String>,
     },
 }
 
 impl StoreSpec {
-    /// The `[store]` table for `settings` (the secret goes to `secret_file`,
-    /// never into the config), or the dir store at `dir`.
+    /// The `[store]` table for the coordinator (the secret goes to
+    /// `secret_file`, never into the config) or for the agents, or the dir
+    /// store at `dir`.
     fn section(&self, for_agents: bool, dir: &Path, secret_file: &Path) -> Result<String> {
-        let s = match self {
+        let (s, agent_endpoint) = match self {
             StoreSpec::Dir => {
                 return Ok(format!(
                     "[store]\nkind = \"dir\"\npath = {:?}\n",
                     dir.to_string_lossy()
                 ));
             }
+            StoreSpec::S3 { .. } if for_agents => {
+                return Ok("[store]\nkind = \"coordinator\"\n".to_owned());
+            }
             StoreSpec::S3 {
                 coordinator,
-                agents,
-            } => {
-                if for_agents {
-                    agents
-                } else {
-                    coordinator
-                }
-            }
+                agent_endpoint,
+            } => (coordinator, agent_endpoint),
         };
         use std::os::unix::fs::PermissionsExt;
         fs::write(secret_file, &s.secret_access_key)?;
         fs::set_permissions(secret_file, fs::Permissions::from_mode(0o600))?;
+        let agent_endpoint = agent_endpoint
+            .as_ref()
+            .map(|e| format!("agent_endpoint = {e:?}\n"))
+            .unwrap_or_default();
         Ok(format!(
-            "[store]\nkind = \"s3\"\nbucket = {:?}\nprefix = {:?}\nendpoint = {:?}\nregion = {:?}\naccess_key_id = {:?}\nsecret_access_key_file = {:?}\n",
+            "[store]\nkind = \"s3\"\nbucket = {:?}\nprefix = {:?}\nendpoint = {:?}\nregion = {:?}\naccess_key_id = {:?}\nsecret_access_key_file = {:?}\n{agent_endpoint}",
             s.bucket,
             s.prefix,
             s.endpoint.clone().unwrap_or_default(),

@@ -100,6 +100,7 @@ impl S3Server {
             access_key_id: ACCESS_KEY.to_owned(),
             secret_access_key: SECRET_KEY.to_owned(),
             session_token: None,
+            presign_endpoint: None,
         }
     }
 

@@ -193,3 +193,52 @@ async fn malformed_reports_are_refused_and_change_nothing() -> Result<()> {
     assert!(!after.members[1].connected);
     Ok(())
 }
+
+/// An agent asking for a presigned request that no command in flight on its
+/// member covers gets a refusal naming the member and the key, on the same
+/// request id, and its session stays up.
+#[tokio::test]
+async fn a_grant_no_command_covers_is_refused_naming_the_member_and_the_key() -> Result<()> {
+    let c = LoneCoordinator::start(&["n1", "n2", "n3"], 1000).await?;
+    let (tx, mut rx) = stream(
+        &c,
+        vec![hello("n1"), report("n1", v1::Role::Leader as i32, 50)],
+    )
+    .await?
+    .expect("a valid hello and report open a session");
+    for (id, method, key) in [
+        (7, v1::GrantMethod::Put, "backups/e2e/r1-b1/part-00000"),
+        (8, v1::GrantMethod::Get, "samplekv/v2/manifest.toml"),
+        (9, v1::GrantMethod::List, "backups/e2e/"),
+    ] {
+        tx.send(AgentMessage {
+            body: Some(agent_message::Body::GrantRequest(v1::GrantRequest {
+                request_id: id,
+                method: method.into(),
+                key: key.into(),
+            })),
+        })
+        .await?;
+        let grant = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(5), rx.message())
+                .await??
+                .expect("the stream stays open");
+            if let Some(v1::coordinator_message::Body::Grant(g)) = msg.body {
+                break g;
+            }
+        };
+        assert_eq!(grant.request_id, id);
+        match grant.answer {
+            Some(v1::grant::Answer::Refused(why)) => assert!(
+                why.contains("member n1") && why.contains(key) && why.contains("not covered"),
+                "{why}"
+            ),
+            other => panic!("{key}: granted without a command in flight: {other:?}"),
+        }
+    }
+    assert!(
+        status(&c).await?.members[0].connected,
+        "the session is still up"
+    );
+    Ok(())
+}

@@ -1,6 +1,8 @@
 //! A rollout whose releases and backups live in S3 (a real s3s-fs), end to
-//! end: the coordinator and the agents open their `[store]` as `kind =
-//! "s3"`, and releases are published with `baton release publish
+//! end: the coordinator opens its `[store]` as `kind = "s3"` and holds the
+//! only credentials; the agents' `[store]` is `kind = "coordinator"`, and
+//! every object they touch goes through a request the coordinator
+//! presigned. Releases are published with `baton release publish
 //! --store-config` (the coordinator's own config file).
 //! - `upgrade --to v2` with `backup = "required"` takes the backup, the
 //!   coordinator verifies it from S3 (`s3://` location), and every acked
@@ -32,7 +34,8 @@ async fn cluster_on(coordinator: &S3Server, agents: &S3Server) -> Result<Cluster
         policy: POLICY.into(),
         store: StoreSpec::S3 {
             coordinator: Box::new(coordinator.settings("e2e")),
-            agents: Box::new(agents.settings("e2e")),
+            agent_endpoint: (agents.endpoint() != coordinator.endpoint())
+                .then(|| agents.endpoint()),
         },
         ..ClusterSpec::supervised(3)
     };
@@ -48,6 +51,19 @@ async fn an_upgrade_with_an_s3_store_backs_up_to_s3_and_loses_no_acked_write() -
     let tmp = tempfile::tempdir()?;
     let s3 = S3Server::start(tmp.path(), "baton-e2e").await?;
     let cluster = cluster_on(&s3, &s3).await?;
+    // The agents hold no credentials: their [store] is the coordinator's
+    // presigned requests, and no secret was written for them.
+    for n in 1..=3 {
+        let config =
+            std::fs::read_to_string(cluster.dir.path().join(format!("n{n}/agent/agent.toml")))?;
+        assert!(
+            config.contains("kind = \"coordinator\"")
+                && !config.contains("access_key")
+                && !config.contains("secret"),
+            "n{n}'s agent config: {config}"
+        );
+    }
+    assert!(!cluster.dir.path().join("agent-s3-secret").exists());
 
     // Both releases are in the bucket, and `release list` reads them there.
     let config = cluster.coordinator_config.to_string_lossy().into_owned();

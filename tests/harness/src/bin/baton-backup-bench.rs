@@ -53,6 +53,7 @@ fn settings() -> Result<S3Settings> {
         access_key_id: ACCESS_KEY.into(),
         secret_access_key: SECRET_KEY.into(),
         session_token: None,
+        presign_endpoint: None,
     })
 }
 
