@@ -69,6 +69,29 @@ impl CommandLine {
     }
 }
 
+/// The argv as a shell would read it back: an argument that is empty or
+/// holds whitespace, a quote or a backslash is single-quoted (a `'` inside
+/// as `'\''`). For operators' eyes (a dry run's listing); nothing parses it.
+impl std::fmt::Display for CommandLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            let plain = !a.is_empty()
+                && !a
+                    .chars()
+                    .any(|c| c.is_whitespace() || matches!(c, '\'' | '"' | '\\' | '$' | '`'));
+            if plain {
+                f.write_str(a)?;
+            } else {
+                write!(f, "'{}'", a.replace('\'', "'\\''"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a finished command printed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
@@ -258,6 +281,23 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_command_line_shows_as_a_shell_would_read_it() {
+        let line = |argv: &[&str]| {
+            CommandLine::parse(RawCommand::Argv(
+                argv.iter().map(|a| a.to_string()).collect(),
+            ))
+            .unwrap()
+            .to_string()
+        };
+        assert_eq!(line(&["z4j", "doctor"]), "z4j doctor");
+        assert_eq!(
+            line(&["/bin/sh", "-c", "grep -q '^A=' .env", ""]),
+            "/bin/sh -c 'grep -q '\\''^A='\\'' .env' ''"
+        );
+        assert_eq!(line(&["echo", "$HOME"]), "echo '$HOME'");
+    }
 
     fn line(s: &str) -> CommandLine {
         CommandLine::parse(RawCommand::Line(s.into())).unwrap()

@@ -206,6 +206,7 @@ pub async fn run(
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         adapter_kind: adapter.kind().to_owned(),
         version_rule: Some(adapter.version_rule()),
+        stage_checks: adapter.stage_check_list(),
     };
     let (stats_tx, stats_rx) = watch::channel(link::LinkStats::default());
     tracker.spawn(link::run(

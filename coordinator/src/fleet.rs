@@ -76,6 +76,8 @@ struct Entry {
     lag_shrank_at: Option<UnixMs>,
     /// The version rule the agent's Hello stated (None from an older agent).
     version_rule: Option<VersionRule>,
+    /// The stage checks the agent's Hello named.
+    stage_checks: Vec<baton_domain::StageCheck>,
     /// Whether the latest report showed progress: its applied revision
     /// moved since the report before it, or it has applied everything the
     /// leader has committed. A member that answers but does not apply (a
@@ -189,6 +191,7 @@ impl FleetView {
             })?;
         entry.session = Some(id);
         entry.version_rule = hello.version_rule;
+        entry.stage_checks = hello.stage_checks.clone();
         entry.report = Some(first);
         entry.last_seen = Some(now);
         self.judge_progress(&hello.member, now);
@@ -289,6 +292,7 @@ impl FleetView {
                         lag_samples: samples,
                         lag_shrank_at: entry.lag_shrank_at,
                         version_rule: entry.version_rule,
+                        stage_checks: entry.stage_checks.clone(),
                         live,
                         progressed_at,
                     },
@@ -415,6 +419,7 @@ mod tests {
             agent_version: "t".into(),
             adapter_kind: "fake".into(),
             version_rule: None,
+            stage_checks: Vec::new(),
         }
     }
 

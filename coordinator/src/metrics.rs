@@ -536,6 +536,7 @@ mod tests {
             agent_version: "t".into(),
             adapter_kind: "fake".into(),
             version_rule: None,
+            stage_checks: Vec::new(),
         }
     }
 
@@ -885,6 +886,7 @@ mod promtool_tests {
                     agent_version: "t".into(),
                     adapter_kind: "fake".into(),
                     version_rule: None,
+                    stage_checks: Vec::new(),
                 },
                 fixtures::report("n1", Role::Leader, Some("n1"), 5, 5),
                 Instant::now(),

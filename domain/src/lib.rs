@@ -255,6 +255,19 @@ pub struct Hello {
     /// The adapter's version rule; None from an agent older than the field
     /// (the coordinator then infers it from the member's reports).
     pub version_rule: Option<VersionRule>,
+    /// The operator's own checks the member's adapter runs on each staged
+    /// release before anything is stopped (the exec adapter's
+    /// `[[target.checks]]`), so a dry run can list them. Empty when it has
+    /// none, or from an agent older than the field.
+    pub stage_checks: Vec<StageCheck>,
+}
+
+/// One operator check an agent runs at stage time, as its Hello names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StageCheck {
+    pub name: String,
+    /// The command line, as configured (placeholders unexpanded).
+    pub command: String,
 }
 
 /// Which releases a member may move between, as its adapter states it; the

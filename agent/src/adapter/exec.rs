@@ -255,9 +255,35 @@ fn validate(table: toml::Table) -> Result<ExecTarget, SectionError> {
             "must name {file}, where baton wants the backup written",
         ));
     }
+    // The agent's Hello names every check (for `baton plan`), within the
+    // bounds the coordinator accepts from the wire.
+    if raw.checks.len() > baton_proto::convert::agent_link::MAX_STAGE_CHECKS {
+        return Err(SectionError::invalid(
+            "target.checks",
+            format!(
+                "{} checks; at most {} are allowed",
+                raw.checks.len(),
+                baton_proto::convert::agent_link::MAX_STAGE_CHECKS
+            ),
+        ));
+    }
     let mut checks = Vec::new();
     for c in raw.checks {
-        checks.push(CheckCommand::parse(c).map_err(|e| SectionError::invalid("target.checks", e))?);
+        let c = CheckCommand::parse(c).map_err(|e| SectionError::invalid("target.checks", e))?;
+        let shown = c.command.to_string();
+        if c.name.len() > baton_proto::convert::agent_link::MAX_REPORT_TEXT
+            || shown.len() > baton_proto::convert::agent_link::MAX_REPORT_TEXT
+        {
+            return Err(SectionError::invalid(
+                "target.checks",
+                format!(
+                    "check {:?}: its name and its command must each be at most {} bytes",
+                    c.name.chars().take(40).collect::<String>(),
+                    baton_proto::convert::agent_link::MAX_REPORT_TEXT
+                ),
+            ));
+        }
+        checks.push(c);
     }
     let cfg = ExecTarget {
         health,
@@ -807,6 +833,17 @@ impl Adapter for ExecAdapter {
         s.armed = s.before.is_some();
     }
 
+    fn stage_check_list(&self) -> Vec<baton_domain::StageCheck> {
+        self.cfg
+            .checks
+            .iter()
+            .map(|c| baton_domain::StageCheck {
+                name: c.name.clone(),
+                command: c.command.to_string(),
+            })
+            .collect()
+    }
+
     fn stage_checks<'a>(
         &'a self,
         release_dir: &'a Path,
@@ -884,6 +921,37 @@ mod tests {
         assert_eq!(ok.command_timeout, DEFAULT_COMMAND_TIMEOUT);
         assert_eq!(ok.checks[0].name, "doctor");
         assert_eq!(ok.format, ValueSource::None);
+
+        // The Hello names every check within the coordinator's wire bounds.
+        let base = "health_command = \"true\"\nrelease_command = \"echo v1\"\n";
+        let many = "[[checks]]\nname = \"c\"\ncommand = \"true\"\n".repeat(65);
+        let err = cfg(&format!("{base}{many}")).unwrap_err().to_string();
+        assert!(err.contains("65 checks; at most 64"), "{err}");
+        let long = format!(
+            "[[checks]]\nname = \"c\"\ncommand = [\"echo\", {:?}]\n",
+            "x".repeat(5000)
+        );
+        let err = cfg(&format!("{base}{long}")).unwrap_err().to_string();
+        assert!(err.contains("at most 4096 bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_hello_lists_the_checks_by_name_and_command() {
+        let a = adapter(
+            "health_command = \"true\"\nrelease_command = \"echo v1\"\n[[checks]]\nname = \"setting\"\ncommand = [\"grep\", \"-q\", \"^REDIS_URL=\", \"{release_dir}/.env\"]\n[[checks]]\nname = \"doctor\"\ncommand = \"z4j doctor\"\n",
+        );
+        let list = a.stage_check_list();
+        let shown: Vec<(&str, &str)> = list
+            .iter()
+            .map(|c| (c.name.as_str(), c.command.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("setting", "grep -q ^REDIS_URL= {release_dir}/.env"),
+                ("doctor", "z4j doctor")
+            ]
+        );
     }
 
     #[tokio::test]

@@ -278,6 +278,12 @@ pub trait Adapter: Send + Sync + std::fmt::Debug {
     /// Called by the executor once a Start succeeded (the process runs;
     /// it may not serve yet). The default does nothing.
     fn after_start(&self) {}
+    /// The checks [`Adapter::stage_checks`] runs, by name and command line,
+    /// for the agent's Hello (so `baton plan` can list them). The default
+    /// has none; exec names its `[[target.checks]]`.
+    fn stage_check_list(&self) -> Vec<baton_domain::StageCheck> {
+        Vec::new()
+    }
     /// This adapter's own checks of a staged release (`release_dir`) on this
     /// node, run after staging and before anything is stopped; a failed one
     /// fails the Stage command. The default has none; exec runs its

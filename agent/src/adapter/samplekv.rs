@@ -330,8 +330,10 @@ impl Adapter for SamplekvAdapter {
         })
     }
 
-    /// Reads the document back into a scratch map: the header's key count
-    /// must match the body, and its applied index the backup's revision.
+    /// Replays the document entry by entry, streamed from the file (never
+    /// held whole): every entry must be a string pair, the keys strictly
+    /// increasing (so unique, as a map's are), their count the header's,
+    /// and the header's applied index the backup's revision.
     fn test_restore<'a>(
         &'a self,
         backup: &'a Backup,
@@ -339,35 +341,22 @@ impl Adapter for SamplekvAdapter {
     ) -> BoxFuture<'a, Result<String, AdapterError>> {
         Box::pin(async move {
             let path = backup.path.clone();
-            let parsed = tokio::task::spawn_blocking(move || -> Result<(u64, usize), String> {
-                let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-                let nl = bytes
-                    .iter()
-                    .position(|b| *b == b'\n')
-                    .ok_or("the backup has no header line")?;
-                let (index, keys) = samplekv_header(&String::from_utf8_lossy(&bytes[..nl]))?;
-                let map: BTreeMap<String, String> = serde_json::from_slice(&bytes[nl + 1..])
-                    .map_err(|e| format!("the backup's map does not parse: {e}"))?;
-                if map.len() as u64 != keys {
-                    return Err(format!(
-                        "the header says {keys} keys but the map has {}",
-                        map.len()
-                    ));
-                }
-                Ok((index, map.len()))
+            let (index, keys) = tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                replay_backup(std::io::BufReader::with_capacity(1 << 20, file))
             })
             .await
             .map_err(|e| self.bad(e.to_string()))?
             .map_err(|e| self.bad(e))?;
-            let (index, keys) = parsed;
             if index != backup.revision {
                 return Err(self.bad(format!(
-                    "the restored map is at index {index}, the backup says {}",
+                    "the replayed document is at index {index}, the backup says {}",
                     backup.revision
                 )));
             }
             Ok(format!(
-                "test-restored into a scratch map: {keys} keys at index {index}"
+                "test-restored by replaying every entry: {keys} keys at index {index}"
             ))
         })
     }
@@ -457,6 +446,58 @@ fn samplekv_header(line: &str) -> Result<(u64, u64), String> {
     Ok((field("applied_index")?, field("keys")?))
 }
 
+/// Reads a samplekv backup document (a `samplekv-backup/1` header line,
+/// then one JSON object of string keys to string values) from `reader`,
+/// one entry at a time, and returns the header's applied index and key
+/// count once the body is proven to match it: string pairs only, keys
+/// strictly increasing, as many as the header says, nothing after the
+/// object. Memory stays at one entry, whatever the document's size.
+fn replay_backup(mut reader: impl std::io::BufRead) -> Result<(u64, u64), String> {
+    use std::io::{BufRead as _, Read as _};
+    let mut header = Vec::new();
+    (&mut reader)
+        .take(4096)
+        .read_until(b'\n', &mut header)
+        .map_err(|e| format!("reading the backup's header: {e}"))?;
+    if header.pop() != Some(b'\n') {
+        return Err("the backup has no header line (none in its first 4096 bytes)".into());
+    }
+    let (index, keys) = samplekv_header(&String::from_utf8_lossy(&header))?;
+
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = u64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of string keys to string values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            let mut count = 0u64;
+            let mut last: Option<String> = None;
+            while let Some((key, _value)) = map.next_entry::<String, String>()? {
+                if last.as_ref().is_some_and(|l| *l >= key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "key {key:?} after {:?}: keys are not strictly increasing (entry {count})",
+                        last.unwrap_or_default()
+                    )));
+                }
+                last = Some(key);
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    let found = serde::Deserializer::deserialize_map(&mut de, Entries)
+        .and_then(|n| de.end().map(|()| n))
+        .map_err(|e| format!("the backup's map does not parse: {e}"))?;
+    if found != keys {
+        return Err(format!(
+            "the header says {keys} keys but the map has {found}"
+        ));
+    }
+    Ok((index, keys))
+}
+
 /// A gRPC failure in words: the code, the message, and the transport cause.
 fn describe(status: &tonic::Status) -> String {
     use std::error::Error;
@@ -515,6 +556,61 @@ mod tests {
                 .to_string()
                 .contains("unknown role value 77")
         );
+    }
+
+    #[test]
+    fn a_backup_replays_only_when_its_body_matches_its_header() {
+        let replay = |doc: &str| replay_backup(std::io::Cursor::new(doc.as_bytes().to_vec()));
+        let head = "samplekv-backup/1 applied_index=9 keys=2\n";
+        assert_eq!(
+            replay(&format!("{head}{{\"a\":\"1\",\"b\":\"2\"}}\n")),
+            Ok((9, 2))
+        );
+        for (body, says) in [
+            (r#"{"a":"1"}"#, "the header says 2 keys but the map has 1"),
+            (r#"{"a":"1","b":"2","c":"3"}"#, "the map has 3"),
+            (r#"{"b":"1","a":"2"}"#, "not strictly increasing"),
+            (r#"{"a":"1","a":"2"}"#, "not strictly increasing"),
+            (r#"{"a":"1","b":2}"#, "does not parse"),
+            (r#"{"a":"1","b":"2"} x"#, "does not parse"),
+            (r#"{"a":"1","b":"#, "does not parse"),
+            (r#"["a","b"]"#, "does not parse"),
+        ] {
+            let err = replay(&format!("{head}{body}")).unwrap_err();
+            assert!(err.contains(says), "{body}: {err}");
+        }
+        let err = replay("samplekv-backup/2 applied_index=9 keys=0\n{}").unwrap_err();
+        assert!(err.contains("samplekv-backup/1 header"), "{err}");
+        let err = replay(&"x".repeat(5000)).unwrap_err();
+        assert!(err.contains("no header line"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn test_restore_checks_the_revision_against_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        std::fs::write(
+            &path,
+            "samplekv-backup/1 applied_index=7 keys=1\n{\"k\":\"v\"}",
+        )
+        .unwrap();
+        let backup = |revision| Backup {
+            path: path.clone(),
+            bytes: 0,
+            sha256: String::new(),
+            revision,
+        };
+        let said = target().test_restore(&backup(7), dir.path()).await.unwrap();
+        assert!(
+            said.contains("replaying every entry: 1 keys at index 7"),
+            "{said}"
+        );
+        let err = target()
+            .test_restore(&backup(8), dir.path())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at index 7, the backup says 8"), "{err}");
     }
 
     #[tokio::test]

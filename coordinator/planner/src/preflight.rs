@@ -7,6 +7,7 @@ use std::cmp::Reverse;
 pub use baton_domain::Check;
 use baton_domain::{MemberId, Role};
 
+use crate::policy::BackupPolicy;
 use crate::view::View;
 use crate::{Policy, ReleaseRef, version};
 
@@ -334,6 +335,58 @@ pub fn start(
     })
 }
 
+/// The steps a rollout takes while every member still serves: staging (with
+/// each agent's own checks, as its Hello named them) and the backup.
+fn before_the_first_stop(view: &View, target: &str, policy: &Policy) -> Vec<PlannedStep> {
+    let mut steps = vec![PlannedStep {
+        member: None,
+        action: format!(
+            "stage {target} on every member: download, verify its sha256, unpack, run the release's own checks.toml"
+        ),
+        reason: "while every member serves; a failed stage or check refuses the rollout before anything is stopped".into(),
+    }];
+    for (m, v) in &view.members {
+        if v.stage_checks.is_empty() {
+            continue;
+        }
+        let list: Vec<String> = v
+            .stage_checks
+            .iter()
+            .map(|c| format!("{} (`{}`)", c.name, c.command))
+            .collect();
+        steps.push(PlannedStep {
+            member: Some(m.clone()),
+            action: format!("check the staged {target}: {}", list.join("; ")),
+            reason: "the agent's [[target.checks]]; a failure refuses the rollout before anything is stopped".into(),
+        });
+    }
+    let backup = match policy.backup {
+        BackupPolicy::Off => return steps,
+        BackupPolicy::Required => {
+            "backup = \"required\": a failed or unverified backup pauses the rollout with nothing stopped"
+        }
+        BackupPolicy::Optional => {
+            "backup = \"optional\": a failed backup is reported and the rollout goes on without one"
+        }
+    };
+    let source = crate::decide::backup_source(view);
+    steps.push(PlannedStep {
+        member: source.clone(),
+        action: "back up: take, upload, test-restore where the adapter can, then the coordinator re-reads every part and checks its sha256".into(),
+        reason: format!(
+            "{}; {backup}",
+            match &source {
+                Some(m) if Some(m) == view.agreed_leader() => {
+                    "the leader: no follower serves to take it from"
+                }
+                Some(_) => "the most caught-up follower, so the leader is not loaded",
+                None => "no member is serving to take it from yet",
+            }
+        ),
+    });
+    steps
+}
+
 /// One line of a dry-run plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedStep {
@@ -359,7 +412,7 @@ pub fn planned_steps(
             None,
         );
     };
-    let mut steps = Vec::new();
+    let mut steps = before_the_first_stop(view, target, policy);
     let gates = format!(
         "stage {target}, stop (SIGKILL after {:?}), switch current, start, wait healthy on {target} (<= {:?}), wait lag <= {} on 2 consecutive reports (<= {:?})",
         policy.stop_timeout, policy.health_timeout, policy.tolerable_lag, policy.catchup_timeout

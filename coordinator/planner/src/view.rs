@@ -40,6 +40,10 @@ pub struct MemberView {
     /// an agent too old to state one ([`crate::version::rule_for`] infers it).
     #[serde(default)]
     pub version_rule: Option<VersionRule>,
+    /// The operator's checks the member's agent runs on each staged release
+    /// (its Hello's): what a dry run lists for the stage step.
+    #[serde(default)]
+    pub stage_checks: Vec<baton_domain::StageCheck>,
     /// The latest report arrived within 3 fast-cadence intervals, says
     /// healthy, and shows progress (applied moved since the report before,
     /// or equals the leader's committed revision). Gates believe only live

@@ -93,6 +93,7 @@ impl World {
                     lag_samples: s.samples.clone(),
                     lag_shrank_at: baton_planner::view::last_shrink(&s.samples),
                     version_rule: None,
+                    stage_checks: Vec::new(),
                     live: s.running,
                     progressed_at: s.running.then_some(now),
                 },

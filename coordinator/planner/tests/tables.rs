@@ -628,6 +628,70 @@ fn the_dry_run_previews_the_handover_the_real_pick_would_make() {
     );
 }
 
+/// The dry run lists what happens while every member still serves: the
+/// stage, each agent's own checks by name and command (as its Hello named
+/// them), and the backup with its source and policy.
+#[test]
+fn the_dry_run_lists_the_stage_checks_and_the_backup_before_any_stop() {
+    use baton_planner::policy::BackupPolicy;
+    use baton_planner::preflight::planned_steps;
+    let mut view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 99)]);
+    view.members.get_mut(&id("n2")).unwrap().stage_checks = vec![
+        baton_domain::StageCheck {
+            name: "doctor".into(),
+            command: "z4j doctor".into(),
+        },
+        baton_domain::StageCheck {
+            name: "setting REDIS_URL".into(),
+            command: "grep -q '^REDIS_URL=' .env".into(),
+        },
+    ];
+    let p = Policy {
+        backup: BackupPolicy::Required,
+        ..Policy::default()
+    };
+    let (steps, _) = planned_steps(&view, "v2", &p);
+    let first_upgrade = steps
+        .iter()
+        .position(|s| s.action.starts_with("upgrade:"))
+        .unwrap();
+    let before: Vec<(Option<&str>, &str)> = steps[..first_upgrade]
+        .iter()
+        .map(|s| (s.member.as_ref().map(|m| m.as_str()), s.action.as_str()))
+        .collect();
+    assert_eq!(before.len(), 3, "{steps:#?}");
+    assert!(before[0].0.is_none() && before[0].1.starts_with("stage v2 on every member"));
+    assert_eq!(
+        before[1],
+        (
+            Some("n2"),
+            "check the staged v2: doctor (`z4j doctor`); setting REDIS_URL (`grep -q '^REDIS_URL=' .env`)"
+        ),
+        "only the member whose agent has checks, each by name and command"
+    );
+    assert_eq!(
+        before[2].0,
+        Some("n2"),
+        "the most caught-up follower backs up"
+    );
+    assert!(before[2].1.starts_with("back up"), "{steps:#?}");
+    assert!(
+        steps[first_upgrade - 1]
+            .reason
+            .contains("backup = \"required\""),
+        "{steps:#?}"
+    );
+
+    // backup = "off": no backup step; no checks: no check step.
+    view.members
+        .get_mut(&id("n2"))
+        .unwrap()
+        .stage_checks
+        .clear();
+    let (steps, _) = planned_steps(&view, "v2", &Policy::default());
+    assert!(steps[1].action.starts_with("upgrade:"), "{steps:#?}");
+}
+
 #[test]
 fn a_member_needs_free_disk_for_twice_the_artifact() {
     use baton_planner::preflight::{ArtifactVerdict, DISK_PER_ARTIFACT_BYTE, required_disk};
@@ -667,7 +731,7 @@ fn a_single_member_cluster_upgrades_in_place_with_no_handover() {
         plan.iter()
             .map(|s| s.action.split(':').next().unwrap_or(""))
             .collect::<Vec<_>>(),
-        vec!["upgrade in place", "verify"],
+        vec!["stage v2 on every member", "upgrade in place", "verify"],
         "{plan:?}"
     );
     let mut r = all_staged(&view, "app1");

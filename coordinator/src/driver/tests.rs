@@ -178,6 +178,7 @@ fn hello(m: &MemberId) -> Hello {
         agent_version: "test".into(),
         adapter_kind: "fake".into(),
         version_rule: Some(baton_domain::VersionRule::FormatOnly),
+        stage_checks: Vec::new(),
     }
 }
 

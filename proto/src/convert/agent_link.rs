@@ -7,7 +7,7 @@
 
 use baton_domain::{
     Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, InvalidMemberId, MemberId,
-    MemberState, ProcessReport, ReleaseRef, Report, Resources, Role, VersionRule,
+    MemberState, ProcessReport, ReleaseRef, Report, Resources, Role, StageCheck, VersionRule,
 };
 
 use crate::v1;
@@ -19,7 +19,27 @@ pub enum InvalidHello {
     MemberId(#[from] InvalidMemberId),
     #[error("hello from member {member} has an empty cluster id")]
     EmptyCluster { member: MemberId },
+    #[error(
+        "hello from member {member} names {count} stage checks, more than {max}; configure fewer [[target.checks]] on that agent"
+    )]
+    TooManyStageChecks {
+        member: MemberId,
+        count: usize,
+        max: usize,
+    },
+    #[error(
+        "hello from member {member} has a stage check whose {field} is {len} bytes (empty or more than {max}); fix that [[target.checks]] entry on the agent"
+    )]
+    BadStageCheck {
+        member: MemberId,
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
 }
+
+/// The most stage checks one Hello may name.
+pub const MAX_STAGE_CHECKS: usize = 64;
 
 /// Why a `Report` from the wire was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -75,10 +95,32 @@ impl TryFrom<v1::Hello> for Hello {
             agent_version,
             adapter_kind,
             version_rule,
+            stage_checks,
         } = h;
         let member = MemberId::new(member_id)?;
         if cluster_id.is_empty() {
             return Err(InvalidHello::EmptyCluster { member });
+        }
+        if stage_checks.len() > MAX_STAGE_CHECKS {
+            return Err(InvalidHello::TooManyStageChecks {
+                member,
+                count: stage_checks.len(),
+                max: MAX_STAGE_CHECKS,
+            });
+        }
+        let mut checks = Vec::with_capacity(stage_checks.len());
+        for v1::StageCheck { name, command } in stage_checks {
+            for (field, text) in [("name", &name), ("command", &command)] {
+                if text.is_empty() || text.len() > MAX_REPORT_TEXT {
+                    return Err(InvalidHello::BadStageCheck {
+                        member,
+                        field,
+                        len: text.len(),
+                        max: MAX_REPORT_TEXT,
+                    });
+                }
+            }
+            checks.push(StageCheck { name, command });
         }
         Ok(Hello {
             member,
@@ -86,6 +128,7 @@ impl TryFrom<v1::Hello> for Hello {
             agent_version,
             adapter_kind,
             version_rule: version_rule.and_then(version_rule_from_wire),
+            stage_checks: checks,
         })
     }
 }
@@ -98,6 +141,7 @@ impl From<Hello> for v1::Hello {
             agent_version,
             adapter_kind,
             version_rule,
+            stage_checks,
         } = h;
         v1::Hello {
             member_id: member.into(),
@@ -105,6 +149,10 @@ impl From<Hello> for v1::Hello {
             agent_version,
             adapter_kind,
             version_rule: version_rule.map(version_rule_to_wire),
+            stage_checks: stage_checks
+                .into_iter()
+                .map(|StageCheck { name, command }| v1::StageCheck { name, command })
+                .collect(),
         }
     }
 }
@@ -786,11 +834,52 @@ mod tests {
             agent_version: "0.1.0".into(),
             adapter_kind: "samplekv".into(),
             version_rule: None,
+            stage_checks: Vec::new(),
         };
         assert_eq!(
             Hello::try_from(h).unwrap_err().to_string(),
             "hello from member n1 has an empty cluster id"
         );
+    }
+
+    #[test]
+    fn a_hello_carries_its_stage_checks_within_bounds() {
+        let check = |name: &str, command: &str| v1::StageCheck {
+            name: name.into(),
+            command: command.into(),
+        };
+        let hello = |stage_checks| v1::Hello {
+            member_id: "n1".into(),
+            cluster_id: "c1".into(),
+            agent_version: "0.1.0".into(),
+            adapter_kind: "exec".into(),
+            version_rule: None,
+            stage_checks,
+        };
+        let ok = Hello::try_from(hello(vec![check("doctor", "[\"z4j\", \"doctor\"]")])).unwrap();
+        assert_eq!(
+            ok.stage_checks,
+            [StageCheck {
+                name: "doctor".into(),
+                command: "[\"z4j\", \"doctor\"]".into()
+            }]
+        );
+        assert_eq!(Hello::try_from(v1::Hello::from(ok.clone())), Ok(ok));
+        let err = Hello::try_from(hello(vec![check("x", "true"); MAX_STAGE_CHECKS + 1]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("names 65 stage checks, more than 64"), "{err}");
+        for (bad, field) in [
+            (check("", "true"), "name"),
+            (check("x", ""), "command"),
+            (check("x", &"y".repeat(MAX_REPORT_TEXT + 1)), "command"),
+        ] {
+            let err = Hello::try_from(hello(vec![bad])).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("member n1 has a stage check whose {field}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -809,6 +898,7 @@ mod tests {
                 agent_version: "0.1.0".into(),
                 adapter_kind: "etcd".into(),
                 version_rule: rule,
+                stage_checks: Vec::new(),
             };
             assert_eq!(Hello::try_from(v1::Hello::from(h.clone())), Ok(h));
         }
@@ -818,6 +908,7 @@ mod tests {
             agent_version: "0.9.0".into(),
             adapter_kind: "etcd".into(),
             version_rule: Some(v1::VersionRule { rule: None }),
+            stage_checks: Vec::new(),
         };
         assert_eq!(Hello::try_from(unknown).unwrap().version_rule, None);
     }

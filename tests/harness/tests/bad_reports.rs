@@ -21,6 +21,7 @@ fn hello(member: &str) -> AgentMessage {
             agent_version: "test".into(),
             adapter_kind: "test".into(),
             version_rule: None,
+            stage_checks: Vec::new(),
         })),
     }
 }

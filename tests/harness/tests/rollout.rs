@@ -172,7 +172,21 @@ async fn clean_upgrade(n: usize) -> Result<()> {
         tokio::task::block_in_place(|| cluster.baton_json(&["plan", "--to", "v2"]))?;
     assert_eq!(code, 0, "plan: {stderr} {plan:#}");
     assert_eq!(plan["ok"], true);
-    let steps = plan["steps"].as_array().cloned().unwrap_or_default();
+    let all = plan["steps"].as_array().cloned().unwrap_or_default();
+    // While every member serves: the stage, then the backup (the
+    // coordinator's default policy is backup = "required").
+    let action = |s: &serde_json::Value| s["action"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        action(&all[0]).starts_with("stage v2 on every member"),
+        "{plan:#}"
+    );
+    assert!(action(&all[1]).starts_with("back up"), "{plan:#}");
+    assert_ne!(
+        all[1]["member"],
+        leader_name.as_str(),
+        "a follower backs up"
+    );
+    let steps = all[2..].to_vec();
     assert_eq!(
         steps.len(),
         n + 2,

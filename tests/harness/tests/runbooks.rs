@@ -2,8 +2,9 @@
 //! single-member app, end to end: `sqlapp` (SQLite, forward-only
 //! migrations at start) supervised by a real agent through the `exec`
 //! adapter, a real coordinator with the dir store, and the `baton` CLI.
-//! - A good upgrade: the backup is taken, test-restored and verified before
-//!   the stop; the member is upgraded in place with no handover; the row
+//! - A good upgrade: `baton plan` lists the agent's own `doctor` check with
+//!   its command and the backup before the stop; the backup is taken,
+//!   test-restored and verified before the stop; the member is upgraded in place with no handover; the row
 //!   counts before the stop equal those after the start; every row written
 //!   before is served after; a plain rollback to v1 (which cannot read the
 //!   new schema) is refused.
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton_domain::Health;
+use baton_harness::bin;
 use baton_harness::sqlapp::{MEMBER, SqlApp, SqlRelease, V2_SETTING};
 
 fn is_stop(e: &serde_json::Value) -> bool {
@@ -57,6 +59,29 @@ async fn a_good_upgrade_backs_up_first_and_keeps_every_row() -> Result<()> {
     let before = app.row_counts()?;
     assert_eq!(before, "items 20\nnotes 0\n");
     assert_eq!(health(&app)?["schema"], 2);
+
+    // The dry run names the agent's own check with its command, and the
+    // backup, before the in-place upgrade.
+    let (code, plan, stderr) =
+        tokio::task::block_in_place(|| app.baton_json(&["plan", "--to", "v2"]))?;
+    assert_eq!(code, 0, "plan: {stderr}\n{plan:#}");
+    let actions: Vec<&str> = plan["steps"]
+        .as_array()
+        .context("steps")?
+        .iter()
+        .map(|s| s["action"].as_str().unwrap_or_default())
+        .collect();
+    let doctor = format!("{} doctor --db ", bin("sqlapp").display());
+    assert!(
+        actions.len() == 5
+            && actions[0].starts_with("stage v2 on every member")
+            && actions[1].starts_with("check the staged v2: doctor (`")
+            && actions[1].contains(&doctor)
+            && actions[2].starts_with("back up")
+            && actions[3].starts_with("upgrade in place"),
+        "{plan:#}"
+    );
+    assert_eq!(plan["steps"][1]["member"], MEMBER, "{plan:#}");
 
     let (code, out, stderr) =
         tokio::task::block_in_place(|| app.baton_json(&["upgrade", "--to", "v2"]))?;

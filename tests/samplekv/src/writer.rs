@@ -89,6 +89,10 @@ pub struct WriterReport {
     pub terms_seen: Vec<u64>,
     /// How long the run took, in ms.
     pub duration_ms: u64,
+    /// When the run started (the zero of `acked_at_ms`), in ms since the
+    /// Unix epoch, to line acks up with another process's timestamps.
+    #[serde(default)]
+    pub started_unix_ms: u64,
     /// Why it stopped: `max_writes`, `max_duration` or `cancelled`.
     pub stopped_by: String,
     /// Up to 10 distinct failure messages.
@@ -138,6 +142,9 @@ pub async fn run_writer(
 ) -> WriterReport {
     let client = client.with_request_timeout(cfg.request_timeout);
     let tag = run_tag();
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let start = Instant::now();
     let end = start + cfg.max_duration;
     let sem = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
@@ -187,7 +194,33 @@ pub async fn run_writer(
         }
     }
     let duration = start.elapsed();
-    summarize(outcomes, attempted, duration, stopped_by)
+    WriterReport {
+        started_unix_ms,
+        ..summarize(outcomes, attempted, duration, stopped_by)
+    }
+}
+
+impl WriterReport {
+    /// The longest stretch without an ack inside `[from_ms, to_ms]`
+    /// (writer time, as `acked_at_ms`): between consecutive acks in the
+    /// window, and from its edges to the first and last of them; the whole
+    /// window when no ack falls in it.
+    pub fn max_gap_within(&self, from_ms: u64, to_ms: u64) -> u64 {
+        let mut times: Vec<u64> = self
+            .acked_writes
+            .iter()
+            .map(|w| w.acked_at_ms)
+            .filter(|t| (from_ms..=to_ms).contains(t))
+            .collect();
+        times.sort_unstable();
+        let mut prev = from_ms;
+        let mut max_gap = 0;
+        for t in times {
+            max_gap = max_gap.max(t - prev);
+            prev = t;
+        }
+        max_gap.max(to_ms.saturating_sub(prev))
+    }
 }
 
 fn summarize(
@@ -344,5 +377,22 @@ mod tests {
         let r = summarize(Vec::new(), 0, Duration::from_millis(1234), "cancelled");
         assert_eq!(r.max_write_gap_ms, 1234);
         assert_eq!(r.leader_changes, 0);
+    }
+
+    #[test]
+    fn the_gap_within_a_window_counts_its_edges_and_only_its_acks() {
+        let outcomes = vec![
+            ok("k1", 1, 1, 1, 10),
+            ok("k2", 2, 1, 1, 100),
+            ok("k3", 3, 1, 1, 130),
+            ok("k4", 4, 1, 1, 400),
+        ];
+        let r = summarize(outcomes, 4, Duration::from_millis(500), "max_writes");
+        // Acks at 100 and 130 in [90, 180]: 90->100, 100->130, 130->180.
+        assert_eq!(r.max_gap_within(90, 180), 50);
+        // The 10 -> 100 gap lies partly outside [50, 120]: 50->100 counts.
+        assert_eq!(r.max_gap_within(50, 120), 50);
+        assert_eq!(r.max_gap_within(131, 399), 268, "no ack: the whole window");
+        assert_eq!(r.max_gap_within(100, 130), 30);
     }
 }

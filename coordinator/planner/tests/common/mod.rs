@@ -63,6 +63,7 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                         lag_samples: Vec::new(),
                         lag_shrank_at: None,
                         version_rule: None,
+                        stage_checks: Vec::new(),
                         live: true,
                         // Progressing now: later than any step a table
                         // test finishes.

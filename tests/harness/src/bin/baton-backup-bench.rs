@@ -13,16 +13,34 @@
 //!
 //! Prints one JSON line per round and the medians and ratio at the end.
 //! Usage: `baton-backup-bench [--rounds N] [--mib M]`.
+//!
+//! `--in-rollout` measures the backup inside real rollouts instead: one
+//! supervised 3-member samplekv cluster whose releases and backups live in
+//! that s3s-fs (the agents hold no credentials and send what the
+//! coordinator presigns), preloaded with `--mib` MiB of 64 KiB values, and
+//! a writer at 100 writes/s throughout. Each round runs `--idle-ms` of
+//! plain load, then `baton upgrade --to v{round+2}` with `backup =
+//! "required"`, and compares the largest write gap while the backup runs
+//! (from the backup command's issue to `backup_verified` in the journal)
+//! with the largest in the window of the same length just before the
+//! upgrade began. At the end it reads the peak RSS (`VmHWM`) of every agent
+//! and of the coordinator, which lived through every round's backup.
+//! Every acked write is read back each round.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 use tokio::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use baton_harness::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+use baton_harness::{Cluster, ClusterSpec, StoreSpec, unix_ms};
 use baton_store::backup::{self, BackupSource};
 use baton_store::s3::{S3Settings, S3Store};
+use samplekv::client::Client;
+use samplekv::writer::{WriterConfig, run_writer, verify};
+use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str) -> Option<String> {
     std::env::args().skip_while(|a| a != name).nth(1)
@@ -34,7 +52,13 @@ fn num(name: &str, default: u64) -> u64 {
 
 /// The process's peak resident set, from `/proc/self/status`, in KiB.
 fn vm_hwm_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    vm_hwm_kib_of("self")
+}
+
+/// Process `pid`'s peak resident set (`VmHWM` in `/proc/<pid>/status`),
+/// in KiB; 0 when it cannot be read.
+fn vm_hwm_kib_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -160,6 +184,10 @@ async fn main() -> Result<()> {
         return child(&mode).await;
     }
     let rounds = num("--rounds", 3).max(1);
+    if std::env::args().any(|a| a == "--in-rollout") {
+        let mib = num("--mib", 64).max(1);
+        return in_rollout(rounds, mib, num("--idle-ms", 8000)).await;
+    }
     let mib = num("--mib", 256).max(1);
     let dir = tempfile::Builder::new()
         .prefix("baton-backup-bench-")
@@ -236,6 +264,204 @@ fn rounds_side_by_side(
             "throughput_ratio_baton_over_aws": format!("{:.2}", a as f64 / b.max(1) as f64),
             "max_upload_vm_hwm_mib": up_rss.iter().max().copied().unwrap_or(0) / 1024,
             "max_verify_vm_hwm_mib": verify_rss.iter().max().copied().unwrap_or(0) / 1024,
+        })
+    );
+    Ok(())
+}
+
+const ROLLOUT_POLICY: &str = "backup = \"required\"\ntolerable_lag = 50\nhealth_timeout_ms = 30000\ncatchup_timeout_ms = 60000\nhandover_timeout_ms = 10000\nstall_after_ms = 60000\n";
+
+/// Bytes per preloaded value.
+const VALUE_BYTES: usize = 64 << 10;
+
+/// Writes `mib` MiB of 64 KiB values (8 puts in flight), so the backup
+/// document is at least that large.
+async fn preload(client: &Client, mib: u64) -> Result<()> {
+    let n = (mib << 20) / VALUE_BYTES as u64;
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        // Printable, incompressible-ish bytes: one of 64 letters per byte.
+        let value: String = (0..VALUE_BYTES)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'0' + (x % 64) as u8)
+            })
+            .collect();
+        if tasks.len() >= 8
+            && let Some(done) = tasks.join_next().await
+        {
+            done??;
+        }
+        let c = client.clone();
+        tasks.spawn(async move {
+            c.put(&format!("preload-{i:06}"), &value)
+                .await
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("preload write {i}: {e}"))
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// The `at` of the first journal entry at or after `from` that `pick`
+/// accepts, with its index.
+fn at_of(
+    journal: &[serde_json::Value],
+    from: usize,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Option<(usize, u64)> {
+    journal
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find(|(_, e)| pick(e))
+        .and_then(|(i, e)| Some((i, e["at"].as_u64()?)))
+}
+
+/// `--in-rollout`: see the module docs.
+async fn in_rollout(rounds: u64, mib: u64, idle_ms: u64) -> Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("baton-backup-bench-")
+        .tempdir()?;
+    let s3 = S3Server::start(dir.path(), "bench").await?;
+    // samplekv's own Raft snapshots (a full copy of the map) would land in
+    // either window at random; keep them out of the measurement.
+    let member_env = (0..3)
+        .map(|i| {
+            (
+                i,
+                vec![(
+                    samplekv::member::ENV_SNAPSHOT_LOGS.to_owned(),
+                    "1000000".to_owned(),
+                )],
+            )
+        })
+        .collect();
+    let spec = ClusterSpec {
+        policy: ROLLOUT_POLICY.into(),
+        store: StoreSpec::S3 {
+            coordinator: Box::new(s3.settings("bench")),
+            agent_endpoint: None,
+        },
+        member_env,
+        ..ClusterSpec::supervised(3)
+    };
+    let cluster = Cluster::start(spec).await?;
+    for round in 0..rounds {
+        cluster.publish(&format!("v{}", round + 2), 1, false)?;
+    }
+    cluster.wait_led_and_fresh().await?;
+    let client = Client::new(cluster.addrs()).with_request_timeout(Duration::from_secs(10));
+    let t0 = Instant::now();
+    preload(&client, mib).await?;
+    eprintln!("preloaded {mib} MiB in {} ms", t0.elapsed().as_millis());
+    cluster.wait_led_and_fresh().await?;
+
+    let (mut idle_gaps, mut backup_gaps, mut windows) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let target = format!("v{}", round + 2);
+        let stop = CancellationToken::new();
+        let writer = {
+            let (client, stop) = (client.clone(), stop.clone());
+            let cfg = WriterConfig {
+                rate_per_sec: 100,
+                max_writes: 60_000,
+                max_duration: Duration::from_secs(600),
+                key_prefix: format!("r{round}-"),
+                request_timeout: Duration::from_secs(2),
+                ..WriterConfig::default()
+            };
+            tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+        };
+        tokio::time::sleep(Duration::from_millis(idle_ms)).await;
+        let upgrade_at = unix_ms();
+        let (code, out, stderr) =
+            tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", &target]))?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.cancel();
+        let report = writer.await?;
+        ensure!(code == 0, "upgrade to {target}: {stderr}\n{out:#}");
+        ensure!(
+            out["summary"]["backup"]["state"] == "verified",
+            "round {round}: no verified backup: {out:#}"
+        );
+        let checked = verify(&client, &report).await;
+        ensure!(
+            checked.lost.is_empty() && checked.checked == report.acked,
+            "round {round}: lost acked writes: {:?}",
+            checked.lost
+        );
+
+        let journal = cluster.journal()?;
+        let (started, _) = at_of(&journal, 0, |e| {
+            e["event"] == "started" && e["target"]["version"] == target.as_str()
+        })
+        .context("the rollout's started event")?;
+        let (issued, b0) = at_of(&journal, started, |e| {
+            e["event"] == "command_issued" && e["action"]["action"] == "backup"
+        })
+        .context("the backup command")?;
+        let (_, b1) = at_of(&journal, issued, |e| e["event"] == "backup_verified")
+            .context("backup_verified")?;
+        let window = b1.saturating_sub(b0);
+        ensure!(
+            window + 1000 <= idle_ms,
+            "round {round}: the backup took {window} ms; give --idle-ms at least {} so the idle window is as long",
+            window + 1000
+        );
+        let zero = report.started_unix_ms;
+        let idle_to = upgrade_at.saturating_sub(zero);
+        let idle = report.max_gap_within(idle_to - window, idle_to);
+        let during = report.max_gap_within(b0.saturating_sub(zero), b1.saturating_sub(zero));
+        let bytes = out["summary"]["backup"]["bytes"].as_u64().unwrap_or(0);
+        println!(
+            "{}",
+            serde_json::json!({
+                "round": round,
+                "backup_bytes": bytes,
+                "backup_window_ms": window,
+                "max_gap_idle_ms": idle,
+                "max_gap_during_backup_ms": during,
+                "acked": report.acked,
+                "failed": report.failed,
+                "lost": checked.lost.len(),
+            })
+        );
+        idle_gaps.push(idle);
+        backup_gaps.push(during);
+        windows.push(window);
+    }
+    let agents: Vec<u64> = cluster
+        .members
+        .iter()
+        .map(|m| {
+            m.agent
+                .as_ref()
+                .map_or(0, |p| vm_hwm_kib_of(&p.pid().to_string()))
+        })
+        .collect();
+    let coordinator = cluster
+        .coordinator
+        .as_ref()
+        .map_or(0, |p| vm_hwm_kib_of(&p.pid().to_string()));
+    let (idle, during) = (median(idle_gaps), median(backup_gaps));
+    println!(
+        "{}",
+        serde_json::json!({
+            "rounds": rounds,
+            "preload_mib": mib,
+            "median_backup_window_ms": median(windows),
+            "median_max_gap_idle_ms": idle,
+            "median_max_gap_during_backup_ms": during,
+            "gap_ratio_backup_over_idle": format!("{:.2}", during as f64 / idle.max(1) as f64),
+            "agent_vm_hwm_mib": agents.iter().map(|k| k / 1024).collect::<Vec<_>>(),
+            "coordinator_vm_hwm_mib": coordinator / 1024,
         })
     );
     Ok(())
