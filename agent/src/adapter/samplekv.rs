@@ -126,11 +126,20 @@ impl AdapterConfig for SamplekvConfig {
     }
 }
 
+/// The longest a backup may wait for its answer to begin, or for its next
+/// chunk: a member that stops sending for this long fails the backup.
+const BACKUP_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Reads one samplekv member.
 #[derive(Debug, Clone)]
 pub struct SamplekvAdapter {
     addr: String,
     channel: Channel,
+    /// The same member without the per-call deadline: a backup's answer
+    /// may take far longer than a status call (the member serializes its
+    /// whole map first), so it is bounded by progress instead
+    /// ([`BACKUP_PROGRESS_TIMEOUT`]).
+    backup_channel: Channel,
     member_names: BTreeMap<u64, MemberId>,
     restore_command: Option<Vec<String>>,
 }
@@ -147,11 +156,11 @@ impl SamplekvAdapter {
                 addr: addr.to_owned(),
                 detail: format!("bad address: {e}"),
             })?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+            .connect_timeout(timeout);
         Ok(SamplekvAdapter {
             addr: addr.to_owned(),
-            channel: endpoint.connect_lazy(),
+            backup_channel: endpoint.connect_lazy(),
+            channel: endpoint.timeout(timeout).connect_lazy(),
             member_names,
             restore_command: None,
         })
@@ -301,18 +310,25 @@ impl Adapter for SamplekvAdapter {
                 ))
             };
             // A backup may be far larger than one status answer: no call
-            // deadline here beyond the stream making progress.
-            let mut stream = AdminClient::new(self.channel.clone())
-                .max_decoding_message_size(8 << 20)
-                .backup(wire::BackupRequest {})
+            // deadline here, only that the stream makes progress.
+            let stalled = || {
+                unreachable(format!(
+                    "the backup stream sent nothing for {BACKUP_PROGRESS_TIMEOUT:?}"
+                ))
+            };
+            let mut admin =
+                AdminClient::new(self.backup_channel.clone()).max_decoding_message_size(8 << 20);
+            let call = admin.backup(wire::BackupRequest {});
+            let mut stream = tokio::time::timeout(BACKUP_PROGRESS_TIMEOUT, call)
                 .await
+                .map_err(|_| stalled())?
                 .map_err(|status| unreachable(describe(&status)))?
                 .into_inner();
             let mut file = BackupFile::create(dest).map_err(io)?;
             let mut header = Vec::new();
-            while let Some(chunk) = stream
-                .message()
+            while let Some(chunk) = tokio::time::timeout(BACKUP_PROGRESS_TIMEOUT, stream.message())
                 .await
+                .map_err(|_| stalled())?
                 .map_err(|status| unreachable(describe(&status)))?
             {
                 if !header.contains(&b'\n') && header.len() < 4096 {
