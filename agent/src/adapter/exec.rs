@@ -55,6 +55,7 @@ use std::time::Duration;
 
 use baton_domain::{Check, Health, MemberId, Role};
 use baton_net::http::HttpClient;
+use baton_proto::convert::agent_link::{MAX_REPORT_TEXT, MAX_STAGE_CHECKS};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
@@ -257,13 +258,13 @@ fn validate(table: toml::Table) -> Result<ExecTarget, SectionError> {
     }
     // The agent's Hello names every check (for `baton plan`), within the
     // bounds the coordinator accepts from the wire.
-    if raw.checks.len() > baton_proto::convert::agent_link::MAX_STAGE_CHECKS {
+    if raw.checks.len() > MAX_STAGE_CHECKS {
         return Err(SectionError::invalid(
             "target.checks",
             format!(
                 "{} checks; at most {} are allowed",
                 raw.checks.len(),
-                baton_proto::convert::agent_link::MAX_STAGE_CHECKS
+                MAX_STAGE_CHECKS
             ),
         ));
     }
@@ -271,15 +272,13 @@ fn validate(table: toml::Table) -> Result<ExecTarget, SectionError> {
     for c in raw.checks {
         let c = CheckCommand::parse(c).map_err(|e| SectionError::invalid("target.checks", e))?;
         let shown = c.command.to_string();
-        if c.name.len() > baton_proto::convert::agent_link::MAX_REPORT_TEXT
-            || shown.len() > baton_proto::convert::agent_link::MAX_REPORT_TEXT
-        {
+        if c.name.len() > MAX_REPORT_TEXT || shown.len() > MAX_REPORT_TEXT {
             return Err(SectionError::invalid(
                 "target.checks",
                 format!(
                     "check {:?}: its name and its command must each be at most {} bytes",
                     c.name.chars().take(40).collect::<String>(),
-                    baton_proto::convert::agent_link::MAX_REPORT_TEXT
+                    MAX_REPORT_TEXT
                 ),
             ));
         }
