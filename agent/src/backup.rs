@@ -126,16 +126,19 @@ impl Backups {
         file: &std::path::Path,
     ) -> Result<String, String> {
         let member = &self.member;
+        let t0 = tokio::time::Instant::now();
         let taken = adapter
             .backup(file)
             .await
             .map_err(|e| format!("member {member}: taking backup {id} failed: {e}"))?;
+        let took = t0.elapsed();
         let restored = adapter
             .test_restore(&taken, &self.scratch)
             .await
             .map_err(|e| {
                 format!("member {member}: backup {id} failed its scratch test-restore: {e}")
             })?;
+        let tested = t0.elapsed() - took;
         let source = BackupSource {
             cluster: self.cluster.clone(),
             id: id.to_owned(),
@@ -154,13 +157,22 @@ impl Backups {
                 taken.bytes, taken.sha256, m.bytes, m.sha256
             ));
         }
+        let uploaded = t0.elapsed() - took - tested;
+        tracing::info!(
+            %member, id, bytes = m.bytes,
+            take_ms = took.as_millis(), test_restore_ms = tested.as_millis(),
+            upload_ms = uploaded.as_millis(), "backup taken, test-restored and uploaded"
+        );
         Ok(format!(
-            "backup {id}: {} bytes in {} part(s), sha256 {}, revision {}, {restored}, in {}",
+            "backup {id}: {} bytes in {} part(s), sha256 {}, revision {}, {restored}, in {} (taken in {} ms, test-restored in {} ms, uploaded in {} ms)",
             m.bytes,
             m.parts.len(),
             m.sha256,
             m.revision,
-            self.store.location()
+            self.store.location(),
+            took.as_millis(),
+            tested.as_millis(),
+            uploaded.as_millis()
         ))
     }
 }

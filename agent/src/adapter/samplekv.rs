@@ -51,6 +51,9 @@ struct RawConfig {
     #[serde(default)]
     member_names: BTreeMap<String, String>,
     timeout_ms: Option<u64>,
+    /// How long a backup may wait for its answer to begin or for its next
+    /// chunk (default 60 s).
+    backup_progress_timeout_ms: Option<u64>,
     /// argv that restores the stopped member's data dir from a backup file;
     /// `{file}` and `{data_dir}` are substituted.
     restore_command: Option<Vec<String>>,
@@ -66,6 +69,9 @@ pub struct SamplekvConfig {
     pub member_names: BTreeMap<u64, MemberId>,
     /// Bound on each call to the member.
     pub timeout: Duration,
+    /// Bound on a backup's progress: its answer must begin, and each next
+    /// chunk arrive, within this long.
+    pub backup_progress_timeout: Duration,
     /// `restore_command`: restores a stopped member's data dir
     /// (`samplekv-restore --data-dir {data_dir} --from {file} --peers ...`).
     pub restore_command: Option<Vec<String>>,
@@ -105,10 +111,23 @@ fn parse_config(table: toml::Table) -> Result<Arc<dyn AdapterConfig>, SectionErr
             "the samplekv adapter does not speak TLS; remove [target.tls]",
         ));
     }
+    let backup_progress_timeout = match raw.backup_progress_timeout_ms {
+        None => BACKUP_PROGRESS_TIMEOUT,
+        Some(ms) if (1..=MAX_BACKUP_PROGRESS_TIMEOUT_MS).contains(&ms) => Duration::from_millis(ms),
+        Some(ms) => {
+            return Err(SectionError::invalid(
+                "target.backup_progress_timeout_ms",
+                format!(
+                    "{ms} is outside 1..={MAX_BACKUP_PROGRESS_TIMEOUT_MS}; a backup that sends nothing for this long fails"
+                ),
+            ));
+        }
+    };
     Ok(Arc::new(SamplekvConfig {
         addr: raw.addr,
         member_names,
         timeout: super::timeout(raw.timeout_ms),
+        backup_progress_timeout,
         restore_command: raw.restore_command,
     }))
 }
@@ -122,13 +141,18 @@ impl AdapterConfig for SamplekvConfig {
         let mut adapter =
             SamplekvAdapter::new(&self.addr, self.member_names.clone(), self.timeout)?;
         adapter.restore_command = self.restore_command.clone();
+        adapter.backup_progress_timeout = self.backup_progress_timeout;
         Ok(Arc::new(adapter))
     }
 }
 
-/// The longest a backup may wait for its answer to begin, or for its next
-/// chunk: a member that stops sending for this long fails the backup.
+/// By default, the longest a backup may wait for its answer to begin, or
+/// for its next chunk: a member that stops sending for this long (frozen,
+/// or wedged) fails the backup (`target.backup_progress_timeout_ms`).
 const BACKUP_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest `target.backup_progress_timeout_ms` accepted: one hour.
+const MAX_BACKUP_PROGRESS_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Reads one samplekv member.
 #[derive(Debug, Clone)]
@@ -138,8 +162,9 @@ pub struct SamplekvAdapter {
     /// The same member without the per-call deadline: a backup's answer
     /// may take far longer than a status call (the member serializes its
     /// whole map first), so it is bounded by progress instead
-    /// ([`BACKUP_PROGRESS_TIMEOUT`]).
+    /// (`backup_progress_timeout`).
     backup_channel: Channel,
+    backup_progress_timeout: Duration,
     member_names: BTreeMap<u64, MemberId>,
     restore_command: Option<Vec<String>>,
 }
@@ -163,6 +188,7 @@ impl SamplekvAdapter {
             channel: endpoint.timeout(timeout).connect_lazy(),
             member_names,
             restore_command: None,
+            backup_progress_timeout: BACKUP_PROGRESS_TIMEOUT,
         })
     }
 
@@ -311,22 +337,23 @@ impl Adapter for SamplekvAdapter {
             };
             // A backup may be far larger than one status answer: no call
             // deadline here, only that the stream makes progress.
+            let progress = self.backup_progress_timeout;
             let stalled = || {
                 unreachable(format!(
-                    "the backup stream sent nothing for {BACKUP_PROGRESS_TIMEOUT:?}"
+                    "the backup stream sent nothing for {progress:?} (target.backup_progress_timeout_ms); is the member frozen or overloaded?"
                 ))
             };
             let mut admin =
                 AdminClient::new(self.backup_channel.clone()).max_decoding_message_size(8 << 20);
             let call = admin.backup(wire::BackupRequest {});
-            let mut stream = tokio::time::timeout(BACKUP_PROGRESS_TIMEOUT, call)
+            let mut stream = tokio::time::timeout(progress, call)
                 .await
                 .map_err(|_| stalled())?
                 .map_err(|status| unreachable(describe(&status)))?
                 .into_inner();
             let mut file = BackupFile::create(dest).map_err(io)?;
             let mut header = Vec::new();
-            while let Some(chunk) = tokio::time::timeout(BACKUP_PROGRESS_TIMEOUT, stream.message())
+            while let Some(chunk) = tokio::time::timeout(progress, stream.message())
                 .await
                 .map_err(|_| stalled())?
                 .map_err(|status| unreachable(describe(&status)))?
@@ -698,5 +725,25 @@ mod tests {
             assert!(err.contains("target.restore_command"), "{err}");
         }
         assert!(parse_config(table("[\"/bin/restore\", \"{file}\"]")).is_ok());
+    }
+
+    #[test]
+    fn a_backup_progress_bound_must_be_positive_and_at_most_an_hour() {
+        let table = |ms: u64| -> toml::Table {
+            toml::from_str(&format!(
+                "addr = \"127.0.0.1:1\"\nbackup_progress_timeout_ms = {ms}\n"
+            ))
+            .unwrap()
+        };
+        for bad in [0, MAX_BACKUP_PROGRESS_TIMEOUT_MS + 1] {
+            let err = parse_config(table(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains("target.backup_progress_timeout_ms") && err.contains("outside"),
+                "{err}"
+            );
+        }
+        for good in [1, 1500, MAX_BACKUP_PROGRESS_TIMEOUT_MS] {
+            assert!(parse_config(table(good)).is_ok(), "{good}");
+        }
     }
 }

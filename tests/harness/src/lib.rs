@@ -203,6 +203,9 @@ pub struct ClusterSpec {
     pub json_logs: bool,
     /// Where releases and backups live (a directory by default).
     pub store: StoreSpec,
+    /// Extra `[target]` lines for every agent (e.g.
+    /// `backup_progress_timeout_ms = 1500\n`).
+    pub agent_target: String,
 }
 
 /// The cluster's `[store]`.
@@ -275,6 +278,7 @@ impl Default for ClusterSpec {
             metrics: false,
             json_logs: false,
             store: StoreSpec::Dir,
+            agent_target: String::new(),
         }
     }
 }
@@ -425,10 +429,11 @@ impl Cluster {
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{run}",
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{}{run}",
                     spec.heartbeat_ms,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
+                    spec.agent_target,
                 ),
             )?;
             members.push(Member {

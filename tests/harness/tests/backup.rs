@@ -5,6 +5,10 @@
 //!   before the first stop; it holds every write acked up to its revision;
 //!   `baton backups` lists, verifies and refuses to prune it; a corrupt part
 //!   is named.
+//! - A member slower to begin its backup answer than a status call's
+//!   deadline still backs up; one that sends nothing within
+//!   `backup_progress_timeout_ms` fails the backup, named, with nothing
+//!   stopped.
 //! - A backup that cannot be uploaded pauses the rollout with nothing
 //!   stopped, and `resume` takes it again under a new id.
 
@@ -30,11 +34,29 @@ fn is_stop(e: &serde_json::Value) -> bool {
     e["event"] == "command_issued" && e["action"]["action"] == "stop"
 }
 
+/// Every member of three answers `Admin.Backup` only after `ms`.
+fn slow_backup_answers(ms: u64) -> std::collections::BTreeMap<usize, Vec<(String, String)>> {
+    (0..3)
+        .map(|i| {
+            (
+                i,
+                vec![(
+                    samplekv::faults::ENV_BACKUP_DELAY_MS.to_owned(),
+                    ms.to_string(),
+                )],
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_required_backup_is_verified_before_the_first_stop_and_holds_every_acked_write()
 -> Result<()> {
+    // Each member takes longer to begin its backup answer than the agents'
+    // 500 ms per-call deadline: a backup is bounded by progress, not by it.
     let spec = ClusterSpec {
         policy: POLICY.into(),
+        member_env: slow_backup_answers(1500),
         ..ClusterSpec::supervised(3)
     };
     let cluster = Cluster::start(spec).await?;
@@ -219,5 +241,52 @@ async fn a_backup_that_cannot_be_stored_pauses_with_nothing_stopped_and_resume_r
     assert_eq!(b["state"], "verified", "{out:#}");
     let rollout = out["summary"]["rollout"].as_str().context("rollout")?;
     assert_eq!(b["id"], format!("{rollout}-b2").as_str());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_sends_nothing_within_its_progress_bound_fails_with_nothing_stopped()
+-> Result<()> {
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        member_env: slow_backup_answers(4000),
+        agent_target: "backup_progress_timeout_ms = 1200\n".into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    cluster.wait_led_and_fresh().await?;
+
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    assert_eq!(code, 3, "the rollout paused: {stderr}\n{out:#}");
+    let reason = out["rollout"]["state"]["phase"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("no member was stopped"),
+        "{reason}\n{out:#}"
+    );
+    let journal = cluster.journal()?;
+    let failed = journal
+        .iter()
+        .find(|e| e["event"] == "command_failed")
+        .and_then(|e| e["detail"].as_str())
+        .context("the backup's failure is journaled")?;
+    assert!(
+        failed.starts_with("member n")
+            && failed.contains("taking backup r1-v2-b1 failed")
+            && failed.contains("sent nothing for 1.2s")
+            && failed.contains("backup_progress_timeout_ms"),
+        "names the member, the step and the bound: {failed}"
+    );
+    assert_eq!(position(&journal, is_stop), None, "nothing was stopped");
+    let status = cluster.status()?;
+    assert!(
+        status.members.iter().all(|m| m.report.as_ref().is_some_and(
+            |r| r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
+        )),
+        "every member still serves v1: {status:?}"
+    );
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! pausable apply (`--pause-apply-file` / `SAMPLEKV_PAUSE_APPLY_FILE`: while
 //! the file exists apply blocks, or, when the file says `slow <ms>`, each
 //! entry waits that long: a member that applies, but slower than writes
-//! come) and a slow follower (`SAMPLEKV_APPEND_DELAY_MS`). Owns reading them from the
+//! come), a slow follower (`SAMPLEKV_APPEND_DELAY_MS`) and a backup that
+//! is slow to answer (`SAMPLEKV_BACKUP_DELAY_MS`). Owns reading them from the
 //! environment and the waits they impose; the state machine and the Raft
 //! service call into it.
 
@@ -19,6 +20,8 @@ pub const ENV_APPLY_DELAY_MS: &str = "SAMPLEKV_APPLY_DELAY_MS";
 pub const ENV_PAUSE_APPLY_FILE: &str = "SAMPLEKV_PAUSE_APPLY_FILE";
 /// Env var: sleep this many ms before handling each AppendEntries RPC.
 pub const ENV_APPEND_DELAY_MS: &str = "SAMPLEKV_APPEND_DELAY_MS";
+/// Env var: sleep this many ms before answering each `Admin.Backup`.
+pub const ENV_BACKUP_DELAY_MS: &str = "SAMPLEKV_BACKUP_DELAY_MS";
 
 /// How often a paused apply re-checks the pause file.
 const PAUSE_POLL: Duration = Duration::from_millis(20);
@@ -45,6 +48,8 @@ pub struct Faults {
     pub pause_apply_file: Option<PathBuf>,
     /// Sleep before handling each AppendEntries RPC.
     pub append_delay: Option<Duration>,
+    /// Sleep before answering each `Admin.Backup`.
+    pub backup_delay: Option<Duration>,
     /// Faults only act once the member is live (not during start-up replay).
     live: Arc<AtomicBool>,
     /// Cancelled at shutdown: waits end at once.
@@ -92,13 +97,17 @@ impl Faults {
             apply_delay: millis(ENV_APPLY_DELAY_MS, get)?,
             pause_apply_file,
             append_delay: millis(ENV_APPEND_DELAY_MS, get)?,
+            backup_delay: millis(ENV_BACKUP_DELAY_MS, get)?,
             ..Faults::default()
         })
     }
 
     /// True when any switch is set.
     pub fn any(&self) -> bool {
-        self.apply_delay.is_some() || self.pause_apply_file.is_some() || self.append_delay.is_some()
+        self.apply_delay.is_some()
+            || self.pause_apply_file.is_some()
+            || self.append_delay.is_some()
+            || self.backup_delay.is_some()
     }
 
     /// From now on the switches act.
@@ -149,6 +158,20 @@ impl Faults {
         }
     }
 
+    /// Waits as the backup switch says, before answering one backup.
+    pub async fn before_backup(&self) {
+        if !self.active() {
+            return;
+        }
+        if let Some(d) = self.backup_delay {
+            tracing::warn!(delay = ?d, "backup answer delayed by SAMPLEKV_BACKUP_DELAY_MS");
+            tokio::select! {
+                () = tokio::time::sleep(d) => {}
+                () = self.stop.cancelled() => {}
+            }
+        }
+    }
+
     /// Waits as the append switch says, before handling one AppendEntries.
     pub async fn before_append(&self) {
         if !self.active() {
@@ -172,12 +195,14 @@ mod tests {
         let env = |k: &str| match k {
             ENV_APPLY_DELAY_MS => Some("15".to_owned()),
             ENV_PAUSE_APPLY_FILE => Some("/tmp/env-pause".to_owned()),
+            ENV_BACKUP_DELAY_MS => Some("2500".to_owned()),
             _ => None,
         };
         let f = Faults::from_lookup(None, &env).unwrap();
         assert_eq!(f.apply_delay, Some(Duration::from_millis(15)));
         assert_eq!(f.pause_apply_file, Some(PathBuf::from("/tmp/env-pause")));
         assert_eq!(f.append_delay, None);
+        assert_eq!(f.backup_delay, Some(Duration::from_millis(2500)));
         let f = Faults::from_lookup(Some("/tmp/flag".into()), &env).unwrap();
         assert_eq!(f.pause_apply_file, Some(PathBuf::from("/tmp/flag")));
         let bad = |k: &str| (k == ENV_APPEND_DELAY_MS).then(|| "soon".to_owned());

@@ -270,6 +270,7 @@ pub async fn run(
             apply_delay = ?faults.apply_delay,
             pause_apply_file = ?faults.pause_apply_file,
             append_delay = ?faults.append_delay,
+            backup_delay = ?faults.backup_delay,
             "fault switches set"
         );
     }

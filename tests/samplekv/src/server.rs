@@ -310,6 +310,75 @@ impl AdminService {
 /// Bytes per `BackupChunk`.
 const BACKUP_CHUNK: usize = 1 << 20;
 
+/// Chunks serialized ahead of the client; beyond that the thread waits.
+const BACKUP_CHUNKS_AHEAD: usize = 2;
+
+type ChunkResult = Result<baton_proto::samplekv::BackupChunk, Status>;
+
+/// Serializes one backup document into `BACKUP_CHUNK`-sized chunks on `tx`;
+/// stops early when the client goes away. Runs on its own thread. Returns
+/// the bytes the channel accepted.
+fn serialize_backup(
+    index: u64,
+    kv: &BTreeMap<String, String>,
+    tx: tokio::sync::mpsc::Sender<ChunkResult>,
+) -> u64 {
+    let mut out = ChunkWriter {
+        tx: tx.clone(),
+        buf: Vec::with_capacity(BACKUP_CHUNK),
+        sent: 0,
+    };
+    match crate::state_machine::write_backup_document(index, kv, &mut out) {
+        Ok(()) => tracing::info!(bytes = out.sent, index, "backup taken"),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            tracing::warn!(bytes = out.sent, "backup abandoned: the client went away");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "backup failed");
+            let _ = tx.blocking_send(Err(Status::internal(format!("backup failed: {e}"))));
+        }
+    }
+    out.sent
+}
+
+/// An `io::Write` that sends full chunks down a bounded channel.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<ChunkResult>,
+    buf: Vec<u8>,
+    sent: u64,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(BACKUP_CHUNK));
+        let len = data.len() as u64;
+        self.tx
+            .blocking_send(Ok(baton_proto::samplekv::BackupChunk { data }))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        self.sent += len;
+        Ok(())
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = BACKUP_CHUNK - self.buf.len();
+        let n = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() == BACKUP_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
 #[tonic::async_trait]
 impl baton_proto::samplekv::admin_server::Admin for AdminService {
     type BackupStream = std::pin::Pin<
@@ -320,13 +389,20 @@ impl baton_proto::samplekv::admin_server::Admin for AdminService {
         &self,
         _request: Request<baton_proto::samplekv::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        let doc = self.sm.backup_document();
-        tracing::info!(bytes = doc.len(), "backup taken");
-        let chunks: Vec<_> = doc
-            .chunks(BACKUP_CHUNK)
-            .map(|c| Ok(baton_proto::samplekv::BackupChunk { data: c.to_vec() }))
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        // Copy under the lock, then serialize on a thread of its own, chunk
+        // by chunk as the client takes them: apply waits only for the copy,
+        // the runtime's workers not at all, and no whole document is held.
+        self.sm.faults().before_backup().await;
+        let (index, kv) = self.sm.backup_copy();
+        let (tx, rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+        std::thread::Builder::new()
+            .name("samplekv-backup".into())
+            .spawn(move || serialize_backup(index, &kv, tx))
+            .map_err(|e| Status::internal(format!("cannot start the backup thread: {e}")))?;
+        let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        Ok(Response::new(Box::pin(chunks)))
     }
 
     async fn transfer_leader(
@@ -372,5 +448,51 @@ impl baton_proto::samplekv::admin_server::Admin for AdminService {
             detail: format!("transfer to {to_member_id} requested"),
             leader_id: leader,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_map(keys: usize, value_len: usize) -> BTreeMap<String, String> {
+        (0..keys)
+            .map(|i| (format!("k{i:05}"), "v".repeat(value_len)))
+            .collect()
+    }
+
+    #[test]
+    fn a_backup_streams_in_full_chunks_that_reassemble_to_the_document() {
+        let kv = sample_map(40, 100_000);
+        let mut whole = Vec::new();
+        crate::state_machine::write_backup_document(9, &kv, &mut whole).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+        let writer = std::thread::spawn(move || serialize_backup(9, &kv, tx));
+        let mut chunks = Vec::new();
+        while let Some(c) = rx.blocking_recv() {
+            chunks.push(c.unwrap().data);
+        }
+        assert_eq!(writer.join().unwrap(), whole.len() as u64);
+        assert!(chunks.len() > 3, "{} chunks", chunks.len());
+        let (last, full) = chunks.split_last().unwrap();
+        assert!(full.iter().all(|c| c.len() == BACKUP_CHUNK));
+        assert!(!last.is_empty() && last.len() <= BACKUP_CHUNK);
+        assert_eq!(chunks.concat(), whole);
+        let doc = crate::state_machine::BackupDocument::parse(&whole).unwrap();
+        assert_eq!((doc.applied_index, doc.kv.len()), (9, 40));
+    }
+
+    #[test]
+    fn a_backup_stops_serializing_when_its_client_goes_away() {
+        let kv = sample_map(200, 100_000);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+        let writer = std::thread::spawn(move || serialize_backup(1, &kv, tx));
+        let first = rx.blocking_recv().unwrap().unwrap();
+        drop(rx);
+        let sent = writer.join().unwrap();
+        assert_eq!(first.data.len(), BACKUP_CHUNK);
+        // At most the chunks already queued, not the whole ~20 MB document.
+        let bound = ((1 + BACKUP_CHUNKS_AHEAD) * BACKUP_CHUNK) as u64;
+        assert!(sent <= bound, "{sent} bytes accepted after the client left");
     }
 }

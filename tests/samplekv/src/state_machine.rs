@@ -57,6 +57,23 @@ impl BackupDocument {
     }
 }
 
+/// Writes a backup document (see [`BACKUP_FORMAT`]) of `kv` at applied
+/// index `index`: its header line names the index, so a reader learns the
+/// revision from the backup itself; a JSON object of the map follows.
+pub fn write_backup_document(
+    index: u64,
+    kv: &BTreeMap<String, String>,
+    mut out: impl io::Write,
+) -> io::Result<()> {
+    writeln!(
+        out,
+        "{BACKUP_FORMAT} applied_index={index} keys={}",
+        kv.len()
+    )?;
+    serde_json::to_writer(&mut out, kv).map_err(io::Error::from)?;
+    out.flush()
+}
+
 /// `(applied_index, keys)` from a backup document's header line.
 pub fn parse_backup_header(line: &str) -> Result<(u64, u64), String> {
     let mut words = line.split_whitespace();
@@ -172,19 +189,26 @@ impl StateMachine {
         self.read().last_applied.as_ref().map(|l| l.index)
     }
 
-    /// A backup document of the applied state as of one instant (see
-    /// [`BACKUP_FORMAT`]): its header line names the applied index, so a
-    /// reader learns the revision from the backup itself.
-    pub fn backup_document(&self) -> Vec<u8> {
+    /// The applied index and a copy of the map, as of one instant. The
+    /// read lock (which apply waits on) is held only for the copy, not for
+    /// the far slower serialization of a backup document.
+    pub fn backup_copy(&self) -> (u64, BTreeMap<String, String>) {
         let d = self.read();
-        let index = d.last_applied.as_ref().map_or(0, |l| l.index);
-        let mut out = format!(
-            "{BACKUP_FORMAT} applied_index={index} keys={}\n",
-            d.kv.len()
-        )
-        .into_bytes();
-        serde_json::to_writer(&mut out, &d.kv).expect("a string map serializes");
+        (d.last_applied.as_ref().map_or(0, |l| l.index), d.kv.clone())
+    }
+
+    /// A whole backup document of the applied state as of one instant (see
+    /// [`write_backup_document`]).
+    pub fn backup_document(&self) -> Vec<u8> {
+        let (index, kv) = self.backup_copy();
+        let mut out = Vec::new();
+        write_backup_document(index, &kv, &mut out).expect("a string map serializes");
         out
+    }
+
+    /// The fault switches this member runs with.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
     }
 
     /// The number of keys in the local map.

@@ -206,6 +206,12 @@ impl WriterReport {
     /// window, and from its edges to the first and last of them; the whole
     /// window when no ack falls in it.
     pub fn max_gap_within(&self, from_ms: u64, to_ms: u64) -> u64 {
+        self.max_gap_span_within(from_ms, to_ms).0
+    }
+
+    /// As [`WriterReport::max_gap_within`], with where that gap begins
+    /// (writer time): `(gap, start)`.
+    pub fn max_gap_span_within(&self, from_ms: u64, to_ms: u64) -> (u64, u64) {
         let mut times: Vec<u64> = self
             .acked_writes
             .iter()
@@ -214,12 +220,17 @@ impl WriterReport {
             .collect();
         times.sort_unstable();
         let mut prev = from_ms;
-        let mut max_gap = 0;
+        let mut max_gap = (0, from_ms);
         for t in times {
-            max_gap = max_gap.max(t - prev);
+            if t - prev > max_gap.0 {
+                max_gap = (t - prev, prev);
+            }
             prev = t;
         }
-        max_gap.max(to_ms.saturating_sub(prev))
+        if to_ms.saturating_sub(prev) > max_gap.0 {
+            max_gap = (to_ms - prev, prev);
+        }
+        max_gap
     }
 }
 

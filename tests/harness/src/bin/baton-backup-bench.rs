@@ -5,9 +5,12 @@
 //! bytes. Each round, in alternating order, runs:
 //! - `aws s3 cp` with the same part size and concurrency as baton's upload
 //!   (8 MiB parts, 4 at once), path-style;
-//! - `baton-backup-bench upload`: a child process that does what an agent
-//!   does, `baton_store::backup::upload` to an `S3Store`, and prints its
-//!   wall time and its peak RSS (`VmHWM`);
+//! - `baton-backup-bench upload`: a child process that does
+//!   `baton_store::backup::upload` to an `S3Store` holding the credentials,
+//!   and prints its wall time and its peak RSS (`VmHWM`);
+//! - `baton-backup-bench upload-granted`: the same upload through the
+//!   `GrantedStore` agents use, every request presigned (here in-process,
+//!   where an agent asks the coordinator over its link);
 //! - `baton-backup-bench verify`: a child that does what the coordinator
 //!   does before the first stop, re-reading every part, with its peak RSS.
 //!
@@ -30,14 +33,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use baton_harness::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use baton_harness::{Cluster, ClusterSpec, StoreSpec, unix_ms};
+use baton_store::StoreError;
+use baton_store::backup::BlobStore;
 use baton_store::backup::{self, BackupSource};
+use baton_store::granted::{Grant, GrantMethod, GrantedStore, Granter};
 use baton_store::s3::{S3Settings, S3Store};
+use futures::future::BoxFuture;
 use samplekv::client::Client;
 use samplekv::writer::{WriterConfig, run_writer, verify};
 use tokio_util::sync::CancellationToken;
@@ -81,24 +89,59 @@ fn settings() -> Result<S3Settings> {
     })
 }
 
+/// Presigns in-process, as the coordinator does for an agent (without the
+/// agent link's round trip per request).
+#[derive(Debug)]
+struct LocalGranter(S3Store);
+
+impl Granter for LocalGranter {
+    fn presign<'a>(
+        &'a self,
+        method: GrantMethod,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Grant, StoreError>> {
+        Box::pin(async move {
+            let ttl = Duration::from_secs(900);
+            let request = match method {
+                GrantMethod::Get => self.0.presign_get(key, ttl).await?,
+                GrantMethod::Put => self.0.presign_put(key, ttl).await?,
+                GrantMethod::Delete => self.0.presign_delete(key, ttl).await?,
+            };
+            Ok(Grant {
+                request,
+                location: BlobStore::location(&self.0),
+            })
+        })
+    }
+
+    fn list<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        self.0.list_blobs(prefix)
+    }
+}
+
 /// Child mode: one upload or one verify, then a JSON line.
 async fn child(mode: &str) -> Result<()> {
     let store = S3Store::new(settings()?)?;
     let id = arg("--id").context("--id")?;
     let t0 = Instant::now();
+    let source = || BackupSource {
+        cluster: "bench".into(),
+        id: id.clone(),
+        member: "n1".into(),
+        adapter: "bench".into(),
+        revision: 1,
+        release: "v1".into(),
+        release_format: 1,
+    };
     let bytes = match mode {
+        "upload-granted" => {
+            let file = PathBuf::from(arg("--file").context("--file")?);
+            let granted = GrantedStore::new(Arc::new(LocalGranter(store)), None)?;
+            backup::upload(&granted, &source(), &file).await?.bytes
+        }
         "upload" => {
             let file = PathBuf::from(arg("--file").context("--file")?);
-            let source = BackupSource {
-                cluster: "bench".into(),
-                id: id.clone(),
-                member: "n1".into(),
-                adapter: "bench".into(),
-                revision: 1,
-                release: "v1".into(),
-                release_format: 1,
-            };
-            backup::upload(&store, &source, &file).await?.bytes
+            backup::upload(&store, &source(), &file).await?.bytes
         }
         "verify" => backup::verify(&store, "bench", &id).await?.bytes,
         other => bail!("unknown mode {other}"),
@@ -220,12 +263,15 @@ fn rounds_side_by_side(
 ) -> Result<()> {
     let (mut aws, mut baton, mut verify, mut up_rss, mut verify_rss) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut granted, mut granted_rss) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let id = format!("b{round}");
+        let gid = format!("g{round}");
         let one_baton = || -> Result<serde_json::Value> {
             let up = run_child("upload", s3, &id, file)?;
             let ve = run_child("verify", s3, &id, file)?;
-            Ok(serde_json::json!({"upload": up, "verify": ve}))
+            let gr = run_child("upload-granted", s3, &gid, file)?;
+            Ok(serde_json::json!({"upload": up, "verify": ve, "upload_granted": gr}))
         };
         let (b, a) = if round % 2 == 0 {
             let b = one_baton()?;
@@ -245,11 +291,14 @@ fn rounds_side_by_side(
         verify.push(ms(&b, "verify"));
         up_rss.push(rss(&b, "upload"));
         verify_rss.push(rss(&b, "verify"));
+        granted.push(ms(&b, "upload_granted"));
+        granted_rss.push(rss(&b, "upload_granted"));
         // Keep the server's disk bounded: one copy of each at a time.
         let _ = std::fs::remove_dir_all(s3.object_file(&format!("backups/bench/{id}")));
+        let _ = std::fs::remove_dir_all(s3.object_file(&format!("backups/bench/{gid}")));
         let _ = std::fs::remove_file(s3.object_file(&format!("awscp/{round}")));
     }
-    let (a, b) = (median(aws), median(baton));
+    let (a, b, g) = (median(aws), median(baton), median(granted));
     let mibps = |ms: u64| mib as f64 / (ms.max(1) as f64 / 1000.0);
     println!(
         "{}",
@@ -262,6 +311,10 @@ fn rounds_side_by_side(
             "aws_cp_mib_per_s": format!("{:.1}", mibps(a)),
             "baton_mib_per_s": format!("{:.1}", mibps(b)),
             "throughput_ratio_baton_over_aws": format!("{:.2}", a as f64 / b.max(1) as f64),
+            "median_granted_upload_ms": g,
+            "granted_mib_per_s": format!("{:.1}", mibps(g)),
+            "throughput_ratio_granted_over_aws": format!("{:.2}", a as f64 / g.max(1) as f64),
+            "max_granted_upload_vm_hwm_mib": granted_rss.iter().max().copied().unwrap_or(0) / 1024,
             "max_upload_vm_hwm_mib": up_rss.iter().max().copied().unwrap_or(0) / 1024,
             "max_verify_vm_hwm_mib": verify_rss.iter().max().copied().unwrap_or(0) / 1024,
         })
@@ -418,7 +471,24 @@ async fn in_rollout(rounds: u64, mib: u64, idle_ms: u64) -> Result<()> {
         let zero = report.started_unix_ms;
         let idle_to = upgrade_at.saturating_sub(zero);
         let idle = report.max_gap_within(idle_to - window, idle_to);
-        let during = report.max_gap_within(b0.saturating_sub(zero), b1.saturating_sub(zero));
+        let (during, during_at) =
+            report.max_gap_span_within(b0.saturating_sub(zero), b1.saturating_sub(zero));
+        // Where the worst gap fell among the backup's own steps, to say
+        // which step to blame.
+        let steps: Vec<String> = journal
+            .iter()
+            .filter_map(|e| {
+                let at = e["at"].as_u64()?;
+                (b0..=b1).contains(&at).then(|| {
+                    format!(
+                        "+{} {} {}",
+                        at - b0,
+                        e["event"].as_str().unwrap_or("?"),
+                        e["detail"].as_str().unwrap_or("")
+                    )
+                })
+            })
+            .collect();
         let bytes = out["summary"]["backup"]["bytes"].as_u64().unwrap_or(0);
         println!(
             "{}",
@@ -428,6 +498,8 @@ async fn in_rollout(rounds: u64, mib: u64, idle_ms: u64) -> Result<()> {
                 "backup_window_ms": window,
                 "max_gap_idle_ms": idle,
                 "max_gap_during_backup_ms": during,
+                "max_gap_during_backup_begins_ms": (zero + during_at).saturating_sub(b0),
+                "backup_steps": steps,
                 "acked": report.acked,
                 "failed": report.failed,
                 "lost": checked.lost.len(),
