@@ -9,6 +9,10 @@
 //!   deadline still backs up; one that sends nothing within
 //!   `backup_progress_timeout_ms` fails the backup, named, with nothing
 //!   stopped.
+//! - The backup's source frozen (SIGSTOP) before its answer begins: the
+//!   backup fails at the progress bound with nothing stopped; thawed,
+//!   `resume` takes it again and the rollout completes, every acked write
+//!   read back.
 //! - A backup that cannot be uploaded pauses the rollout with nothing
 //!   stopped, and `resume` takes it again under a new id.
 
@@ -287,6 +291,102 @@ async fn a_backup_that_sends_nothing_within_its_progress_bound_fails_with_nothin
             |r| r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
         )),
         "every member still serves v1: {status:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_source_frozen_mid_backup_fails_with_nothing_stopped_and_resume_retakes_it()
+-> Result<()> {
+    use baton_harness::observe::{Frozen, JournalTail};
+    // Each answer begins after 1 s, inside the 3 s bound: time to freeze
+    // the source before it sends anything.
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        member_env: slow_backup_answers(1000),
+        agent_target: "backup_progress_timeout_ms = 3000\n".into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    cluster.wait_led_and_fresh().await?;
+    let client = Client::new(cluster.addrs());
+    let stop = CancellationToken::new();
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        let cfg = WriterConfig {
+            rate_per_sec: 50,
+            max_writes: 10_000,
+            max_duration: Duration::from_secs(120),
+            key_prefix: "frozen-".into(),
+            ..WriterConfig::default()
+        };
+        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
+    };
+    let journal = JournalTail::start(&cluster);
+    let from = journal.settle().await;
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "upgrade --detach: {stderr}");
+    let issued = journal
+        .wait_for("the backup command", from, Duration::from_secs(30), |e| {
+            e["event"] == "command_issued" && e["action"]["action"] == "backup"
+        })
+        .await?;
+    let source = issued.entry["member"]
+        .as_str()
+        .context("the backup's member")?
+        .to_owned();
+    let i = cluster.index_of(&source).context("the source member")?;
+    let mut frozen = Frozen::default();
+    frozen.stop(cluster.member_pid(i).context("the source's pid")?)?;
+
+    let failed = journal
+        .wait_for("the backup failing", from, Duration::from_secs(30), |e| {
+            e["event"] == "command_failed" && e["id"] == issued.entry["id"]
+        })
+        .await?;
+    let detail = failed.entry["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with(&format!("member {source}:")) && detail.contains("sent nothing for 3s"),
+        "names the frozen source and the bound: {detail}"
+    );
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 3, "paused: {stderr}\n{out:#}");
+    let before_thaw: Vec<_> = journal.since(from).into_iter().map(|l| l.entry).collect();
+    assert_eq!(
+        position(&before_thaw, is_stop),
+        None,
+        "nothing was stopped while the source was frozen"
+    );
+
+    // Thawed, it serves again; resume takes the backup again and finishes.
+    frozen.thaw();
+    cluster
+        .wait_status("every member healthy on v1", Duration::from_secs(30), |s| {
+            s.members.iter().all(|m| {
+                m.report.as_ref().is_some_and(|r| {
+                    r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
+                })
+            })
+        })
+        .await?;
+    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
+    assert_eq!(code, 0, "resume: {stderr}");
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(code, 0, "watch: {stderr}\n{out:#}");
+    let b = &out["summary"]["backup"];
+    assert_eq!(b["state"], "verified", "{out:#}");
+    let rollout = out["summary"]["rollout"].as_str().context("rollout")?;
+    assert_eq!(b["id"], format!("{rollout}-b2").as_str());
+    stop.cancel();
+    let report = writer.await?;
+    let checked = verify(&client, &report).await;
+    assert_eq!(checked.checked, report.acked);
+    assert_eq!(
+        checked.lost,
+        Vec::<String>::new(),
+        "no acknowledged write lost"
     );
     Ok(())
 }
