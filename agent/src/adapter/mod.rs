@@ -152,8 +152,16 @@ pub struct Backup {
     pub revision: u64,
 }
 
-/// A backup file being written: hashes and counts what goes in, and
-/// fsyncs at the end. Adapters stream into it; nothing is buffered whole.
+/// A backup file being written: hashes and counts what goes in. Adapters
+/// stream into it; nothing is buffered whole.
+///
+/// It is a staging copy, never the backup of record: the upload re-reads
+/// it and refuses a copy whose bytes or sha256 differ from what was hashed
+/// here, the store's copy is what `backup_verified` checks, and the file is
+/// deleted once uploaded (a crash before that retakes the backup). So it
+/// is not fsynced: a 64 MiB fsync at the end of the take flushes at once
+/// onto the disk the member's own log syncs to, and was the largest write
+/// gap a backup caused (see BENCHMARKS.md).
 #[derive(Debug)]
 pub struct BackupFile {
     path: PathBuf,
@@ -185,9 +193,8 @@ impl BackupFile {
         Ok(())
     }
 
-    /// Syncs the file and describes it, with the revision read from it.
+    /// Describes the file, with the revision read from it.
     pub fn finish(self, revision: u64) -> std::io::Result<Backup> {
-        self.file.sync_all()?;
         let digest = sha2::Digest::finalize(self.hash);
         Ok(Backup {
             path: self.path,
