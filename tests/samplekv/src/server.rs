@@ -1,5 +1,7 @@
 //! The member's gRPC services: `samplekv.v1.Raft` (peer traffic, handed to
-//! openraft) and `samplekv.v1.Kv` (client Put/Get and Status). Owns the
+//! openraft), `samplekv.v1.Kv` (client Put/Get and Status) and
+//! `samplekv.v1.Admin` (Backup, a document of one instant serialized on a
+//! thread of its own and streamed in chunks; TransferLeader). Owns the
 //! mapping from openraft results to wire replies: a write or linearizable
 //! read that reaches a non-leader answers `ok=false` with a leader hint;
 //! Status is read from openraft's metrics only.
