@@ -131,13 +131,20 @@ impl Observer {
                             continue;
                         }
                         // Refused means not listening. A slow answer on a
-                        // loaded machine is not an outage.
+                        // loaded machine is not an outage, and neither is
+                        // a failure on our side of the connect (no free
+                        // ephemeral port, EADDRNOTAVAIL, after this probe
+                        // and a long suite's load have left tens of
+                        // thousands of sockets in TIME_WAIT): that says
+                        // nothing about the member, so it is not counted.
                         let c = tokio::time::timeout(
                             Duration::from_millis(500),
                             tokio::net::TcpStream::connect(a.as_str()),
                         )
                         .await;
-                        if matches!(c, Ok(Err(_))) {
+                        if let Ok(Err(e)) = &c
+                            && e.kind() == std::io::ErrorKind::ConnectionRefused
+                        {
                             refused.push(i);
                         }
                     }
