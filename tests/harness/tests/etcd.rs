@@ -306,6 +306,18 @@ async fn a_snapshot_streams_to_a_file_and_verifies() -> Result<()> {
     let stop = CancellationToken::new();
     let report = etcd_writer(cluster.clients(), "s-".into(), 200, 100, stop).await;
     assert_eq!(report.acked.len(), 100);
+    // The snapshot comes from member 1, which may be a follower a few
+    // entries behind the acks: a linearizable read through it returns only
+    // once it has applied everything committed, so the snapshot holds
+    // every acked write.
+    let mut follower = etcd_client::Client::connect(
+        [format!("http://{}", cluster.clients()[1])],
+        Some(etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(5))),
+    )
+    .await?;
+    let read = follower.get("s-", None).await?;
+    let applied = read.header().map_or(0, |h| h.revision());
+    assert!(applied > 100, "member 1 applied revision {applied}");
     let target =
         baton_agent::adapter::EtcdTarget::new(&cluster.clients()[1], Duration::from_secs(10));
     let dest = cluster.dir.path().join("backup.db");
