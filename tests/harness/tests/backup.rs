@@ -38,6 +38,15 @@ fn is_stop(e: &serde_json::Value) -> bool {
     e["event"] == "command_issued" && e["action"]["action"] == "stop"
 }
 
+/// Does every member report v1 and healthy?
+fn every_member_serves_v1(status: &baton_domain::FleetStatus) -> bool {
+    status.members.iter().all(|m| {
+        m.report.as_ref().is_some_and(|r| {
+            r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
+        })
+    })
+}
+
 /// Every member of three answers `Admin.Backup` only after `ms`.
 fn slow_backup_answers(ms: u64) -> std::collections::BTreeMap<usize, Vec<(String, String)>> {
     (0..3)
@@ -229,9 +238,7 @@ async fn a_backup_that_cannot_be_stored_pauses_with_nothing_stopped_and_resume_r
     assert_eq!(position(&journal, is_stop), None, "nothing was stopped");
     let status = cluster.status()?;
     assert!(
-        status.members.iter().all(|m| m.report.as_ref().is_some_and(
-            |r| r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
-        )),
+        every_member_serves_v1(&status),
         "every member still serves v1: {status:?}"
     );
 
@@ -287,9 +294,7 @@ async fn a_backup_that_sends_nothing_within_its_progress_bound_fails_with_nothin
     assert_eq!(position(&journal, is_stop), None, "nothing was stopped");
     let status = cluster.status()?;
     assert!(
-        status.members.iter().all(|m| m.report.as_ref().is_some_and(
-            |r| r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
-        )),
+        every_member_serves_v1(&status),
         "every member still serves v1: {status:?}"
     );
     Ok(())
@@ -299,6 +304,7 @@ async fn a_backup_that_sends_nothing_within_its_progress_bound_fails_with_nothin
 async fn a_backup_source_frozen_mid_backup_fails_with_nothing_stopped_and_resume_retakes_it()
 -> Result<()> {
     use baton_harness::observe::{Frozen, JournalTail};
+    use baton_harness::stall::Load;
     // Each answer begins after 1 s, inside the 3 s bound: time to freeze
     // the source before it sends anything.
     let spec = ClusterSpec {
@@ -310,19 +316,7 @@ async fn a_backup_source_frozen_mid_backup_fails_with_nothing_stopped_and_resume
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
     cluster.wait_led_and_fresh().await?;
-    let client = Client::new(cluster.addrs());
-    let stop = CancellationToken::new();
-    let writer = {
-        let (client, stop) = (client.clone(), stop.clone());
-        let cfg = WriterConfig {
-            rate_per_sec: 50,
-            max_writes: 10_000,
-            max_duration: Duration::from_secs(120),
-            key_prefix: "frozen-".into(),
-            ..WriterConfig::default()
-        };
-        tokio::spawn(async move { run_writer(&client, cfg, stop).await })
-    };
+    let load = Load::start(&cluster, "frozen-");
     let journal = JournalTail::start(&cluster);
     let from = journal.settle().await;
     let (code, _, stderr) =
@@ -363,13 +357,11 @@ async fn a_backup_source_frozen_mid_backup_fails_with_nothing_stopped_and_resume
     // Thawed, it serves again; resume takes the backup again and finishes.
     frozen.thaw();
     cluster
-        .wait_status("every member healthy on v1", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| {
-                m.report.as_ref().is_some_and(|r| {
-                    r.state.release == "v1" && r.state.health == baton_domain::Health::Healthy
-                })
-            })
-        })
+        .wait_status(
+            "every member healthy on v1",
+            Duration::from_secs(30),
+            every_member_serves_v1,
+        )
         .await?;
     let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["resume"]))?;
     assert_eq!(code, 0, "resume: {stderr}");
@@ -379,14 +371,7 @@ async fn a_backup_source_frozen_mid_backup_fails_with_nothing_stopped_and_resume
     assert_eq!(b["state"], "verified", "{out:#}");
     let rollout = out["summary"]["rollout"].as_str().context("rollout")?;
     assert_eq!(b["id"], format!("{rollout}-b2").as_str());
-    stop.cancel();
-    let report = writer.await?;
-    let checked = verify(&client, &report).await;
-    assert_eq!(checked.checked, report.acked);
-    assert_eq!(
-        checked.lost,
-        Vec::<String>::new(),
-        "no acknowledged write lost"
-    );
+    let (_, lost) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
     Ok(())
 }

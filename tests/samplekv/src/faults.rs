@@ -120,6 +120,14 @@ impl Faults {
         self.stop.cancel();
     }
 
+    /// Sleeps for `d`, or until shutdown.
+    async fn sleep(&self, d: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = self.stop.cancelled() => {}
+        }
+    }
+
     fn active(&self) -> bool {
         self.live.load(Ordering::SeqCst) && !self.stop.is_cancelled()
     }
@@ -134,27 +142,18 @@ impl Faults {
         if let Some(path) = &self.pause_apply_file
             && let Some(ms) = slow_apply(path)
         {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(ms)) => {}
-                () = self.stop.cancelled() => {}
-            }
+            self.sleep(Duration::from_millis(ms)).await;
         } else if let Some(path) = &self.pause_apply_file
             && path.exists()
         {
             tracing::warn!(file = %path.display(), "apply paused while the pause file exists");
             while path.exists() && !self.stop.is_cancelled() {
-                tokio::select! {
-                    () = tokio::time::sleep(PAUSE_POLL) => {}
-                    () = self.stop.cancelled() => {}
-                }
+                self.sleep(PAUSE_POLL).await;
             }
             tracing::warn!(file = %path.display(), "apply resumed");
         }
         if let Some(d) = self.apply_delay {
-            tokio::select! {
-                () = tokio::time::sleep(d) => {}
-                () = self.stop.cancelled() => {}
-            }
+            self.sleep(d).await;
         }
     }
 
@@ -165,10 +164,7 @@ impl Faults {
         }
         if let Some(d) = self.backup_delay {
             tracing::warn!(delay = ?d, "backup answer delayed by SAMPLEKV_BACKUP_DELAY_MS");
-            tokio::select! {
-                () = tokio::time::sleep(d) => {}
-                () = self.stop.cancelled() => {}
-            }
+            self.sleep(d).await;
         }
     }
 
@@ -178,10 +174,7 @@ impl Faults {
             return;
         }
         if let Some(d) = self.append_delay {
-            tokio::select! {
-                () = tokio::time::sleep(d) => {}
-                () = self.stop.cancelled() => {}
-            }
+            self.sleep(d).await;
         }
     }
 }

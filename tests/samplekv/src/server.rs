@@ -326,7 +326,7 @@ fn serialize_backup(
     tx: tokio::sync::mpsc::Sender<ChunkResult>,
 ) -> u64 {
     let mut out = ChunkWriter {
-        tx: tx.clone(),
+        tx,
         buf: Vec::with_capacity(BACKUP_CHUNK),
         sent: 0,
     };
@@ -337,7 +337,9 @@ fn serialize_backup(
         }
         Err(e) => {
             tracing::warn!(error = %e, "backup failed");
-            let _ = tx.blocking_send(Err(Status::internal(format!("backup failed: {e}"))));
+            let _ = out
+                .tx
+                .blocking_send(Err(Status::internal(format!("backup failed: {e}"))));
         }
     }
     out.sent
