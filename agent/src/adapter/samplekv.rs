@@ -159,9 +159,9 @@ const MAX_BACKUP_PROGRESS_TIMEOUT_MS: u64 = 3_600_000;
 pub struct SamplekvAdapter {
     addr: String,
     channel: Channel,
-    /// The same member without the per-call deadline: a backup's answer
-    /// may take far longer than a status call (the member serializes its
-    /// whole map first), so it is bounded by progress instead
+    /// The same member without the per-call deadline: a backup's stream
+    /// lasts far longer than a status call (the member copies its map and
+    /// streams it as it serializes), so it is bounded by progress instead
     /// (`backup_progress_timeout`).
     backup_channel: Channel,
     backup_progress_timeout: Duration,
