@@ -1,14 +1,18 @@
 //! Runs the coordinator's commands on the node, each id at most once.
 //!
-//! This module owns the command journal (`<state_dir>/commands.jsonl`): a
-//! result is written (and fsynced) before it is sent, so a repeated id —
+//! This module owns the command journal (`<state_dir>/commands.log`, a
+//! checksummed [`baton_store::records`] log): a command is journaled before
+//! it runs (a command that cannot be journaled is refused, and nothing is
+//! done), and its result is journaled before it is sent, so a repeated id —
 //! after a coordinator restart or a reconnect — gets the stored result and
-//! nothing runs again. Commands run one at a time. Per-id run counts are
-//! kept so tests and operators can see that nothing ran twice.
+//! nothing runs again. A known id that comes with a different action is
+//! refused, never answered from the journal. Commands run one at a time.
+//! Per-id run counts are kept so tests and operators can see that nothing
+//! ran twice. A `commands.jsonl` from before the checksummed format is
+//! imported once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,23 +36,38 @@ pub struct JournalEntry {
     pub result: Option<Result<String, String>>,
 }
 
+/// The command journal, under the state dir.
+pub const JOURNAL_FILE: &str = "commands.log";
+/// The JSON-lines journal of earlier versions, imported once.
+pub const LEGACY_JOURNAL_FILE: &str = "commands.jsonl";
+
 /// Why the journal could not be read at start.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "member {member}: command journal {path} is unreadable at line {line}: {detail}; move it aside to start fresh (commands may then run again)"
-)]
-pub struct JournalError {
-    pub member: MemberId,
-    pub path: PathBuf,
-    pub line: usize,
-    pub detail: String,
+pub enum JournalError {
+    #[error(
+        "member {member}: command journal {path} is unreadable at line {line}: {detail}; nothing was imported; restore it from a backup of the state dir, or fix the line"
+    )]
+    Legacy {
+        member: MemberId,
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    #[error(
+        "member {member}: the command journal cannot be used: {source}; the agent will not start without knowing which commands already ran: restore the file from a backup of the state dir, or free space"
+    )]
+    Log {
+        member: MemberId,
+        source: baton_store::records::RecordError,
+    },
 }
 
 /// Executes commands against the member.
 #[derive(Debug)]
 pub struct Executor {
     member: MemberId,
-    path: PathBuf,
+    /// The journal on disk; appended under this lock.
+    log: Mutex<baton_store::records::RecordLog>,
     /// The journal in memory, by id; shared by `run` and the readers
     /// (`/commands`, metrics, the link's stored-result check).
     entries: Mutex<HashMap<CommandId, JournalEntry>>,
@@ -109,25 +128,54 @@ impl Executor {
         process: Box<dyn MemberProcess>,
         installer: Option<Installer>,
     ) -> Result<Self, JournalError> {
-        let path = state_dir.join("commands.jsonl");
+        use baton_store::records::{self, RecordError, RecordLog};
+        let path = state_dir.join(JOURNAL_FILE);
+        let log_err = |source| JournalError::Log {
+            member: member.clone(),
+            source,
+        };
+        fs::create_dir_all(state_dir).map_err(|source| {
+            log_err(RecordError::Io {
+                path: state_dir.to_owned(),
+                op: "create",
+                source,
+            })
+        })?;
+        let legacy = state_dir.join(LEGACY_JOURNAL_FILE);
+        if !path.exists() && legacy.exists() {
+            import_legacy(&member, &legacy, &path)?;
+        }
+        let opened = RecordLog::open(&path).map_err(log_err)?;
+        if let Some(torn) = opened.torn {
+            tracing::warn!(
+                %member, path = %path.display(), offset = torn.offset, bytes = torn.bytes,
+                "cut off a torn command-journal tail (an append a crash or a full disk interrupted)"
+            );
+        }
         let mut entries = HashMap::new();
-        if let Ok(text) = fs::read_to_string(&path) {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let e: JournalEntry = serde_json::from_str(line).map_err(|e| JournalError {
-                    member: member.clone(),
+        for r in &opened.records {
+            let e: JournalEntry = serde_json::from_slice(&r.payload).map_err(|e| {
+                log_err(RecordError::Corrupt {
                     path: path.clone(),
-                    line: i + 1,
-                    detail: e.to_string(),
-                })?;
-                entries.insert(e.id.clone(), e);
-            }
+                    offset: r.offset,
+                    detail: format!("a record that checks out is not a command entry: {e}"),
+                })
+            })?;
+            entries.insert(e.id.clone(), e);
+        }
+        if legacy.exists() {
+            // Imported by an earlier start that stopped before the rename.
+            records::set_aside_imported(&legacy).map_err(|source| {
+                log_err(RecordError::Io {
+                    path: legacy.clone(),
+                    op: "rename",
+                    source,
+                })
+            })?;
         }
         Ok(Executor {
             member,
-            path,
+            log: Mutex::new(opened.log),
             entries: Mutex::new(entries),
             running: tokio::sync::Mutex::new(()),
             adapter,
@@ -150,47 +198,50 @@ impl Executor {
         v
     }
 
-    fn append(&self, e: &JournalEntry) {
-        let line = match serde_json::to_string(e) {
-            Ok(l) => l,
-            Err(err) => {
-                tracing::error!(member = %self.member, error = %err, "cannot encode journal entry");
-                return;
-            }
-        };
-        let written = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .and_then(|mut f| {
-                f.write_all(line.as_bytes())?;
-                f.write_all(b"\n")?;
-                f.sync_data()
-            });
-        if let Err(err) = written {
-            tracing::error!(member = %self.member, path = %self.path.display(), error = %err, "cannot write command journal");
-        }
+    /// Journals `e` (synced). The error says what failed, for the caller
+    /// to put in the command's refusal.
+    fn append(&self, e: &JournalEntry) -> Result<(), String> {
+        let bytes = serde_json::to_vec(e).map_err(|err| format!("cannot encode it: {err}"))?;
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.append(&bytes).map_err(|err| err.to_string())
     }
 
-    /// The stored result of `id`, if it finished before.
-    pub fn stored(&self, id: &CommandId) -> Option<CommandOutcome> {
+    /// What the journal already says about `cmd`: its stored result when
+    /// the same id and action finished before; a refusal when the id is
+    /// known with another action (an id is never reused, so this is a
+    /// coordinator that lost or replaced its journal, and replaying the
+    /// old result would claim work that was not done); `None` otherwise.
+    pub fn stored(&self, cmd: &AgentCommand) -> Option<CommandOutcome> {
         let entries = self.lock();
-        let e = entries.get(id)?;
+        let e = entries.get(&cmd.id)?;
+        if e.action != cmd.action {
+            let refusal = format!(
+                "member {}: command id {} already ran here as {}, not {}; refusing it (an id is never reused: was the coordinator's journal lost or replaced?); nothing was done",
+                self.member, cmd.id, e.action, cmd.action
+            );
+            tracing::warn!(member = %self.member, id = %cmd.id, %refusal, "refused a reused command id");
+            return Some(CommandOutcome {
+                id: cmd.id.clone(),
+                result: Err(refusal),
+            });
+        }
         e.result.clone().map(|result| CommandOutcome {
-            id: id.clone(),
+            id: cmd.id.clone(),
             result,
         })
     }
 
     /// Runs `cmd` unless its id already ran; returns the (stored) outcome.
+    /// A command that cannot be journaled first is refused, not run.
     pub async fn run(&self, cmd: AgentCommand) -> CommandOutcome {
         let _one_at_a_time = self.running.lock().await;
-        if let Some(done) = self.stored(&cmd.id) {
-            tracing::info!(member = %self.member, id = %cmd.id, "repeated command id; answering with the stored result");
+        if let Some(done) = self.stored(&cmd) {
+            tracing::info!(member = %self.member, id = %cmd.id, "repeated command id; answering from the journal");
             return done;
         }
-        let runs = {
+        let (runs, before) = {
             let mut entries = self.lock();
+            let before = entries.get(&cmd.id).cloned();
             let e = entries.entry(cmd.id.clone()).or_insert(JournalEntry {
                 id: cmd.id.clone(),
                 action: cmd.action.clone(),
@@ -200,9 +251,24 @@ impl Executor {
             // An entry without a result was interrupted by an agent crash;
             // every action is idempotent, so it is safe to run it again.
             e.runs += 1;
-            e.clone()
+            (e.clone(), before)
         };
-        self.append(&runs);
+        if let Err(why) = self.append(&runs) {
+            // Nothing runs unjournaled: undo the count, refuse.
+            let mut entries = self.lock();
+            match before {
+                Some(b) => entries.insert(cmd.id.clone(), b),
+                None => entries.remove(&cmd.id),
+            };
+            tracing::error!(member = %self.member, id = %cmd.id, error = %why, "cannot journal a command; refused it");
+            return CommandOutcome {
+                id: cmd.id.clone(),
+                result: Err(format!(
+                    "member {}: cannot journal command {} ({}) before running it: {why}; refused, nothing was done (free space under the agent's state_dir, then resume)",
+                    self.member, cmd.id, cmd.action
+                )),
+            };
+        }
         tracing::info!(member = %self.member, id = %cmd.id, action = %cmd.action, "running command");
         let result = self.execute(&cmd).await;
         match &result {
@@ -217,8 +283,13 @@ impl Executor {
             e.result = Some(result.clone());
             e.clone()
         });
-        if let Some(e) = done {
-            self.append(&e);
+        if let Some(e) = done
+            && let Err(why) = self.append(&e)
+        {
+            // It ran; the coordinator gets the result now. Only a restart
+            // before the next append would run it again (every action is
+            // idempotent).
+            tracing::error!(member = %self.member, id = %cmd.id, error = %why, "cannot journal a command's result");
         }
         CommandOutcome { id: cmd.id, result }
     }
@@ -381,6 +452,63 @@ impl Executor {
             ),
         })
     }
+}
+
+/// Imports the JSON-lines command journal at `legacy` into a new record
+/// log at `path` (only a torn last line is dropped; any other bad line
+/// refuses, naming it). Each id keeps its latest entry, in order.
+fn import_legacy(
+    member: &MemberId,
+    legacy: &std::path::Path,
+    path: &std::path::Path,
+) -> Result<(), JournalError> {
+    use baton_store::records::{self, RecordError, RecordLog};
+    let log_err = |source| JournalError::Log {
+        member: member.clone(),
+        source,
+    };
+    let bytes = fs::read(legacy).map_err(|source| {
+        log_err(RecordError::Io {
+            path: legacy.to_owned(),
+            op: "read",
+            source,
+        })
+    })?;
+    let (entries, torn) = records::parse_legacy_lines(&bytes, |line| {
+        serde_json::from_str::<JournalEntry>(line).map_err(|e| e.to_string())
+    })
+    .map_err(|(line, detail)| JournalError::Legacy {
+        member: member.clone(),
+        path: legacy.to_owned(),
+        line,
+        detail,
+    })?;
+    if let Some(line) = torn {
+        tracing::warn!(%member, path = %legacy.display(), line, "not importing a torn last command-journal line");
+    }
+    let encoded: Vec<Vec<u8>> = entries
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            log_err(RecordError::Io {
+                path: path.to_owned(),
+                op: "encode an entry for",
+                source: std::io::Error::other(e),
+            })
+        })?;
+    let records: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+    RecordLog::create_with(path, &records).map_err(log_err)?;
+    tracing::info!(%member, from = %legacy.display(), to = %path.display(), entries = entries.len(), "imported the JSON-lines command journal");
+    records::set_aside_imported(legacy)
+        .map(drop)
+        .map_err(|source| {
+            log_err(RecordError::Io {
+                path: legacy.to_owned(),
+                op: "rename",
+                source,
+            })
+        })
 }
 
 #[cfg(test)]
@@ -759,18 +887,170 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_corrupt_journal_is_refused_with_its_line() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("commands.jsonl"), "{\"id\":\"x\"}\n").unwrap();
-        let err = Executor::open(
+    fn exec_member(dir: &std::path::Path, marker: &std::path::Path) -> Box<dyn MemberProcess> {
+        let exec = crate::config::ExecConfig {
+            start: vec!["true".into()],
+            stop: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("echo stopped >> {}", marker.display()),
+            ],
+            base_dir: None,
+            env: Default::default(),
+            timeout: Duration::from_secs(5),
+        };
+        Box::new(Exec::new(
             MemberId::new("n1").unwrap(),
-            dir.path(),
+            exec,
+            dir.to_owned(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_command_that_cannot_be_journaled_is_refused_and_never_runs() {
+        let disk = baton_store::testutil::SmallDisk::mount();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let marker = elsewhere.path().join("stops");
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            disk.path(),
+            Arc::new(FakeAdapter::default()),
+            exec_member(elsewhere.path(), &marker),
+            None,
+        )
+        .unwrap();
+        disk.fill("filler");
+        // The journal's last page may still have room: run cheap commands
+        // until one is refused (bounded).
+        let mut filled = false;
+        for i in 0..200 {
+            let out = ex.run(cmd(&format!("fill-{i}"), Action::Start)).await;
+            if out.result.is_err_and(|e| e.contains("cannot journal")) {
+                filled = true;
+                break;
+            }
+        }
+        assert!(filled, "the journal never ran out of space");
+        let err = ex
+            .run(cmd("r1-v2-3", Action::Stop))
+            .await
+            .result
+            .unwrap_err();
+        assert!(
+            err.starts_with("member n1: cannot journal command r1-v2-3 (stop) before running it")
+                && err.contains("refused, nothing was done"),
+            "{err}"
+        );
+        assert!(!marker.exists(), "the member was stopped unjournaled");
+        let stop = |ex: &Executor| ex.entries().into_iter().find(|e| e.id.0 == "r1-v2-3");
+        assert_eq!(stop(&ex), None, "a refused command leaves no entry");
+        // Space comes back: the same id runs, once.
+        fs::remove_file(disk.path().join("filler")).unwrap();
+        ex.run(cmd("r1-v2-3", Action::Stop)).await.result.unwrap();
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "stopped\n");
+        assert_eq!(stop(&ex).unwrap().runs, 1);
+        drop(ex);
+        let again = Executor::open(
+            MemberId::new("n1").unwrap(),
+            disk.path(),
             Arc::new(FakeAdapter::default()),
             external(),
             None,
         )
-        .unwrap_err();
-        assert!(err.to_string().contains("line 1"), "{err}");
+        .unwrap();
+        let e = stop(&again).unwrap();
+        assert_eq!(e.runs, 1);
+        assert!(e.result.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_known_id_with_another_action_is_refused_not_answered_from_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("stops");
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            dir.path(),
+            Arc::new(FakeAdapter::default()),
+            exec_member(dir.path(), &marker),
+            None,
+        )
+        .unwrap();
+        let to = MemberId::new("n2").unwrap();
+        let stepped = ex.run(cmd("r1-v2-4", Action::StepDown { to })).await;
+        assert!(stepped.result.is_ok(), "{stepped:?}");
+        let reused = cmd("r1-v2-4", Action::Stop);
+        let err = ex.stored(&reused).unwrap().result.unwrap_err();
+        assert!(
+            err.contains("command id r1-v2-4 already ran here as step down to n2")
+                && err.contains("not stop; refusing it"),
+            "{err}"
+        );
+        let err = ex.run(reused).await.result.unwrap_err();
+        assert!(err.contains("refusing it"), "{err}");
+        assert!(!marker.exists(), "nothing ran under the reused id");
+        assert_eq!(ex.entries().len(), 1);
+        assert_eq!(ex.entries()[0].runs, 1);
+    }
+
+    fn open_at(dir: &std::path::Path) -> Result<Executor, JournalError> {
+        Executor::open(
+            MemberId::new("n1").unwrap(),
+            dir,
+            Arc::new(FakeAdapter::default()),
+            external(),
+            None,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_journal_refuses_corruption_naming_the_offset_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let ex = open_at(dir.path()).unwrap();
+        ex.run(cmd("a-1", Action::Start)).await;
+        ex.run(cmd("a-2", Action::Start)).await;
+        drop(ex);
+        let path = dir.path().join(JOURNAL_FILE);
+        let good = fs::read(&path).unwrap();
+        let mut torn = good.clone();
+        torn.push(0xff);
+        fs::write(&path, &torn).unwrap();
+        let ex = open_at(dir.path()).unwrap();
+        assert_eq!(ex.entries().len(), 2, "history is intact");
+        drop(ex);
+        let mut flipped = good.clone();
+        flipped[30] ^= 0x10;
+        fs::write(&path, &flipped).unwrap();
+        let err = open_at(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("member n1: the command journal cannot be used")
+                && err.contains("commands.log is corrupt at byte offset 8"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_legacy_journal_is_imported_once_and_a_bad_line_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = dir.path().join(LEGACY_JOURNAL_FILE);
+        let entry = JournalEntry {
+            id: CommandId("r1-v2-1".into()),
+            action: Action::Start,
+            runs: 1,
+            result: Some(Ok("started".into())),
+        };
+        let line = serde_json::to_string(&entry).unwrap();
+        fs::write(&legacy, format!("{{\"id\":\"x\"}}\n{line}\n")).unwrap();
+        let err = open_at(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(legacy.exists() && !dir.path().join(JOURNAL_FILE).exists());
+        let mut bytes = format!("{line}\n").into_bytes();
+        bytes.push(0xff);
+        fs::write(&legacy, &bytes).unwrap();
+        let ex = open_at(dir.path()).unwrap();
+        assert_eq!(ex.entries(), vec![entry.clone()]);
+        assert!(!legacy.exists());
+        assert!(dir.path().join("commands.jsonl.imported").exists());
+        drop(ex);
+        assert_eq!(open_at(dir.path()).unwrap().entries(), vec![entry]);
     }
 }

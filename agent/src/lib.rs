@@ -12,7 +12,7 @@
 //!   │                        │◀─ SetCadence (fast during a gate or handover) ────│
 //!   │                        │◀─ Command{id, action} ────────────────────────────│
 //!   │                        ▼
-//!   │                    executor: journal id (commands.jsonl) ─▶ stored? answer it
+//!   │                    executor: journal id (commands.log) ─▶ stored? answer it
 //!   │                        │ Stage, Switch ─▶ installer (store ─▶ releases/, current)
 //!   └── start, stop ──── runner (supervise | exec | external); StepDown ─▶ adapter
 //!                            │ result journaled, then ── Result{id} ─────────────▶│
@@ -82,6 +82,8 @@ pub enum AgentError {
     Adapter(#[from] AdapterError),
     #[error(transparent)]
     Journal(#[from] executor::JournalError),
+    #[error(transparent)]
+    Supervisor(#[from] runner::supervise::SupervisorError),
     #[error("member {member}: cannot open the [store] at {location}: {source}")]
     Store {
         member: baton_domain::MemberId,
@@ -118,7 +120,7 @@ pub async fn run(
         &config.state_dir,
         &tracker,
         shutdown.clone(),
-    );
+    )?;
     // Releases (the installer) and backups both come from the one [store].
     let store_error = |source| AgentError::Store {
         source: Box::new(source),

@@ -495,7 +495,7 @@ async fn session(cfg: &LinkConfig, io: &mut SessionIo<'_>) -> Result<(), LinkErr
                     Some(coordinator_message::Body::Command(cmd)) => {
                         let cmd = AgentCommand::try_from(cmd)
                             .map_err(|e| LinkError::BadMessage(e.to_string()))?;
-                        if let Some(done) = executor.stored(&cmd.id) {
+                        if let Some(done) = executor.stored(&cmd) {
                             send(&tx, agent_message::Body::Result(done.into())).await?;
                         } else {
                             // Run off the session so reports keep flowing.

@@ -7,7 +7,10 @@
 //! match is never unpacked, and a published release is never changed.
 //! Pre-upgrade backups live in the same store, under `backups/`, and are
 //! the [`backup`] module's. An agent reaches an S3 store without credentials,
-//! through the coordinator's presigned requests ([`granted`]).
+//! through the coordinator's presigned requests ([`granted`]). The
+//! [`records`] module is the on-disk format of what baton itself keeps:
+//! framed, checksummed record logs (the coordinator's journal, the agent's
+//! command journal).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -16,9 +19,12 @@ use std::path::{Path, PathBuf};
 pub mod backup;
 pub mod config;
 pub mod granted;
+pub mod records;
 pub mod s3;
 #[cfg(test)]
 mod test_server;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testutil;
 
 pub use backup::{BackupManifest, BackupSource};
 use futures::future::BoxFuture;

@@ -64,7 +64,7 @@ pub trait MemberProcess: Send + Sync + std::fmt::Debug {
 }
 
 /// The runner for `config`'s run mode; supervise mode starts its task on
-/// `tracker`.
+/// `tracker` (and refuses an unreadable pidfile).
 pub fn build(
     member: &MemberId,
     run: &RunMode,
@@ -72,8 +72,8 @@ pub fn build(
     state_dir: &Path,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
-) -> Box<dyn MemberProcess> {
-    match run {
+) -> Result<Box<dyn MemberProcess>, supervise::SupervisorError> {
+    Ok(match run {
         RunMode::External => Box::new(External {
             member: member.clone(),
         }),
@@ -84,13 +84,13 @@ pub fn build(
             state_dir.to_owned(),
             tracker,
             shutdown,
-        )),
+        )?),
         RunMode::Exec(cfg) => Box::new(exec::Exec::new(
             member.clone(),
             cfg.clone(),
             data_dir.to_owned(),
         )),
-    }
+    })
 }
 
 /// `external` mode: something else runs the member; start and stop are

@@ -41,6 +41,14 @@ pub enum SupervisorError {
         program: String,
         source: std::io::Error,
     },
+    #[error(
+        "member {member}: the pidfile {path} is unreadable ({detail}); refusing to start, since it may name a running member and a second one would fight it for its data and port: check that no member process is running, then remove the file"
+    )]
+    Pidfile {
+        member: MemberId,
+        path: PathBuf,
+        detail: String,
+    },
     #[error("member {member}: cannot write {path}: {source}")]
     State {
         member: MemberId,
@@ -248,14 +256,37 @@ impl Supervisor {
             })
     }
 
-    /// A member left running by an earlier agent, if the pidfile names a live
-    /// process with the recorded start time.
-    fn adoptable(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.pidfile()).ok()?;
-        let mut it = text.split_whitespace();
-        let pid: u32 = it.next()?.parse().ok()?;
-        let start: u64 = it.next()?.parse().ok()?;
-        (proc_start_time(pid)? == start).then_some(pid)
+    /// A member left running by an earlier agent, if the pidfile names a
+    /// live process with the recorded start time. No pidfile, or one naming
+    /// a process that is gone (or a pid reused by another), adopts nothing;
+    /// a pidfile that does not parse is an error: guessing could start a
+    /// second member beside a running one.
+    fn adoptable(&self) -> Result<Option<u32>, SupervisorError> {
+        let path = self.pidfile();
+        let bad = |detail: String| SupervisorError::Pidfile {
+            member: self.member.clone(),
+            path: path.clone(),
+            detail,
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(bad(format!("cannot read it: {e}"))),
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| bad("it is not text".into()))?;
+        let shown: String = text.trim().chars().take(40).collect();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let [pid, start] = fields[..] else {
+            return Err(bad(format!(
+                "it holds {shown:?}, not \"<pid> <start time>\""
+            )));
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+            return Err(bad(format!(
+                "it holds {shown:?}, not \"<pid> <start time>\""
+            )));
+        };
+        Ok((pid > 0 && proc_start_time(pid) == Some(start)).then_some(pid))
     }
 
     fn spawn(&self) -> Result<tokio::process::Child, SupervisorError> {
@@ -351,9 +382,14 @@ impl Supervisor {
         }
     }
 
-    async fn run(self, mut desired_rx: mpsc::Receiver<Desired>, shutdown: CancellationToken) {
+    async fn run(
+        self,
+        adopted: Option<u32>,
+        mut desired_rx: mpsc::Receiver<Desired>,
+        shutdown: CancellationToken,
+    ) {
         let mut desired = Desired::Running;
-        let mut running: Option<Running> = self.adoptable().map(|pid| {
+        let mut running: Option<Running> = adopted.map(|pid| {
             tracing::info!(member = %self.member, pid, "adopted running member from pidfile");
             Running::Adopted(pid)
         });
@@ -451,7 +487,9 @@ impl Supervisor {
     }
 }
 
-/// Starts the supervisor task on `tracker`.
+/// Starts the supervisor task on `tracker`, adopting a member an earlier
+/// agent left running. Refuses (starting nothing) when the pidfile cannot
+/// be read.
 pub fn spawn(
     member: MemberId,
     cfg: SuperviseConfig,
@@ -459,7 +497,7 @@ pub fn spawn(
     state_dir: PathBuf,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
-) -> SupervisorHandle {
+) -> Result<SupervisorHandle, SupervisorError> {
     let (state_tx, state_rx) = watch::channel(ProcState::default());
     let (desired_tx, desired_rx) = mpsc::channel(8);
     let base_dir = cfg.base_dir.clone();
@@ -470,12 +508,13 @@ pub fn spawn(
         state_dir,
         state: state_tx,
     };
-    tracker.spawn(sup.run(desired_rx, shutdown));
-    SupervisorHandle {
+    let adopted = sup.adoptable()?;
+    tracker.spawn(sup.run(adopted, desired_rx, shutdown));
+    Ok(SupervisorHandle {
         state: state_rx,
         desired: desired_tx,
         base_dir,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -536,7 +575,8 @@ mod tests {
             dir.path().into(),
             &tracker,
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         let first = wait_for(&mut h.state, |s| s.pid.is_some())
             .await
             .pid
@@ -579,7 +619,8 @@ mod tests {
             dir.path().into(),
             &tracker,
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         let mut exits = MemberProcess::exits(&h);
         let crashed = wait_for(&mut exits, |s| s.exits_since_start >= 2).await;
         let report = crashed.report();
@@ -615,7 +656,8 @@ mod tests {
             dir.path().into(),
             &tracker,
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         // After 4 quick exits the next backoff is 1.6 s.
         let mut exits = MemberProcess::exits(&h);
         wait_for(&mut exits, |s| s.exits_since_start >= 4 && s.pid.is_none()).await;
@@ -639,7 +681,8 @@ mod tests {
             dir.path().into(),
             &tracker,
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         let pid = wait_for(&mut h.state, |s| s.pid.is_some())
             .await
             .pid
@@ -658,10 +701,62 @@ mod tests {
             dir.path().into(),
             &tracker,
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         let adopted = wait_for(&mut h.state, |s| s.pid.is_some()).await;
         assert_eq!(adopted.pid, Some(pid));
         assert_eq!(adopted.restarts, 0);
+        h.stop(None, Duration::from_secs(5)).await.unwrap();
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_garbage_pidfile_refuses_to_start_and_a_stale_one_is_ignored() {
+        let (dir, cfg) = setup("echo started >> started; exec sleep 30");
+        let m = MemberId::new("n1").unwrap();
+        let pidfile = dir.path().join("member.pid");
+        for garbage in [&b"12x 99\n"[..], b"\xff\xfe", b"4242\n", b"1 2 3\n", b""] {
+            std::fs::write(&pidfile, garbage).unwrap();
+            let tracker = tokio_util::task::TaskTracker::new();
+            let err = spawn(
+                m.clone(),
+                cfg.clone(),
+                dir.path().into(),
+                dir.path().into(),
+                &tracker,
+                CancellationToken::new(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.starts_with("member n1: the pidfile") && err.contains("refusing to start"),
+                "{garbage:?}: {err}"
+            );
+            assert!(tracker.is_empty(), "nothing was started");
+            assert_eq!(
+                std::fs::read(&pidfile).unwrap(),
+                garbage,
+                "left for the operator"
+            );
+        }
+        assert!(!dir.path().join("started").exists());
+        // A pidfile naming a process that is gone is stale: the member starts.
+        std::fs::write(&pidfile, format!("{} 1\n", u32::MAX - 1)).unwrap();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let mut h = spawn(
+            m,
+            cfg,
+            dir.path().into(),
+            dir.path().into(),
+            &tracker,
+            shutdown.clone(),
+        )
+        .unwrap();
+        let started = wait_for(&mut h.state, |s| s.pid.is_some()).await;
+        assert_ne!(started.pid, Some(u32::MAX - 1));
         h.stop(None, Duration::from_secs(5)).await.unwrap();
         shutdown.cancel();
         tracker.close();
@@ -698,7 +793,8 @@ mod escalation_tests {
             dir.path().into(),
             &tracker,
             shutdown.clone(),
-        );
+        )
+        .unwrap();
         h.start(Duration::from_secs(5)).await.unwrap();
         // Give sh a moment to install the trap before exec.
         let pid = h.state.borrow().pid.unwrap();

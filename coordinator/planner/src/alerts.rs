@@ -23,7 +23,13 @@ pub const RESTORE_RUNNING: &str = "BatonRestoreRunning";
 /// rollout was waiting on.
 pub const GATE_STALLED: &str = "BatonGateStalled";
 
-/// Every alert name baton raises, for per-name metrics.
+/// The coordinator cannot write its journal (a full disk, a state dir
+/// deleted under it): it decides and sends nothing until it can. Raised by
+/// the driver itself, not the watchdog, and delivered without being
+/// journaled (the journal is what failed).
+pub const JOURNAL_UNAVAILABLE: &str = "BatonJournalUnavailable";
+
+/// Every alert name the watchdog raises, for per-name metrics.
 pub const ALL: [&str; 4] = [CATCH_UP_STALLED, AGENT_DOWN, ROLLOUT_PAUSED, GATE_STALLED];
 
 /// The label value used for `rollout` (or `member`) when there is none.

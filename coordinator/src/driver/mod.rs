@@ -114,7 +114,32 @@ pub struct Driver {
     verifying: Option<String>,
     verified_tx: mpsc::Sender<Event>,
     verified_rx: Option<mpsc::Receiver<Event>>,
+    /// The cluster id, for the alerts the driver raises itself.
+    cluster: String,
+    /// Set while the journal cannot be written (a full disk, a file deleted
+    /// under it): the driver decides and sends nothing until `retry_at`.
+    journal_down: Option<JournalDown>,
+    /// Results that arrived while the journal could not record them, in
+    /// arrival order; recorded first when it can again.
+    unjournaled: Vec<(MemberId, CommandOutcome)>,
 }
+
+/// The journal refused an append for a reason of its own (not an entry
+/// that does not apply): nothing is decided or sent while it lasts, and an
+/// append is retried with a backoff, so the log stays bounded.
+#[derive(Debug)]
+struct JournalDown {
+    /// The page that fired (`BatonJournalUnavailable`).
+    alert: Alert,
+    retry_at: Instant,
+    backoff: Duration,
+    attempts: u64,
+}
+
+/// The first retry after the journal fails, and the longest wait between
+/// retries.
+const JOURNAL_RETRY_FIRST: Duration = Duration::from_millis(200);
+const JOURNAL_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Takes each alert notification the watchdog emits. It must not block:
 /// the coordinator's implementation queues for the sinks.
@@ -156,6 +181,7 @@ impl Driver {
             tracing::info!(firing = firing.len(), "restored firing alerts");
         }
         let mut watchdog = Watchdog::new(cluster);
+        let cluster = cluster.to_owned();
         watchdog.restore(firing);
         let (verified_tx, verified_rx) = mpsc::channel(4);
         Driver {
@@ -175,6 +201,9 @@ impl Driver {
             fast: false,
             watchdog,
             alerts,
+            cluster,
+            journal_down: None,
+            unjournaled: Vec::new(),
             changes: watch::channel(1).0,
         }
     }
@@ -202,6 +231,7 @@ impl Driver {
             };
             if let Err(e) = self.journal.propose(entry.into()).await {
                 tracing::error!(error = %e, "cannot journal the alert; a restart would not resolve it");
+                self.journal_failed(&e);
             }
             if alert.status == AlertStatus::Firing
                 && alert.name() == CATCH_UP_STALLED
@@ -262,7 +292,11 @@ impl Driver {
     /// Proposes one event to the journal and reads back what it applied.
     /// A refused event changes nothing.
     async fn record(&mut self, event: Event) -> Result<(), JournalError> {
-        self.journal.propose(event.into()).await?;
+        if let Err(e) = self.journal.propose(event.into()).await {
+            self.journal_failed(&e);
+            return Err(e);
+        }
+        self.journal_recovered();
         self.refresh();
         self.bump();
         if let Some(r) = self.rollouts.last() {
@@ -271,7 +305,81 @@ impl Driver {
         Ok(())
     }
 
+    /// Notes a failed proposal: one the journal could not write (not an
+    /// entry that does not apply) stops the driver until a retry, and pages
+    /// once (`BatonJournalUnavailable`).
+    fn journal_failed(&mut self, e: &JournalError) {
+        if !matches!(e, JournalError::Write { .. } | JournalError::Log(_)) {
+            return;
+        }
+        let now = Instant::now();
+        match &mut self.journal_down {
+            Some(down) => {
+                down.attempts += 1;
+                down.backoff = (down.backoff * 2).min(JOURNAL_RETRY_MAX);
+                down.retry_at = now + down.backoff;
+                tracing::warn!(error = %e, attempts = down.attempts, retry_in = ?down.backoff, "the journal still cannot be written; deciding and sending nothing");
+            }
+            None => {
+                let (_, wall) = self.view();
+                let rollout = self.active().map(|r| r.id.clone());
+                let alert = Alert::firing(
+                    alerts::JOURNAL_UNAVAILABLE,
+                    &self.cluster,
+                    None,
+                    rollout.as_deref(),
+                    wall,
+                )
+                .annotate(
+                    "summary",
+                    format!(
+                        "the coordinator cannot write its journal ({e}); it decides and sends nothing until it can (no member is stopped meanwhile)"
+                    ),
+                )
+                .annotate(
+                    "runbook",
+                    "free space under the coordinator's state_dir, or put back the journal file if it was moved; the coordinator retries on its own and carries on; a member the rollout had already stopped stays stopped until then",
+                );
+                tracing::error!(error = %e, retry_in = ?JOURNAL_RETRY_FIRST, "the journal cannot be written; deciding and sending nothing until it can");
+                self.metrics
+                    .set_alerts_firing(alerts::JOURNAL_UNAVAILABLE, 1);
+                self.waiting_for = format!("the journal cannot be written ({e}); retrying");
+                (self.alerts)(alert.clone());
+                self.journal_down = Some(JournalDown {
+                    alert,
+                    retry_at: now + JOURNAL_RETRY_FIRST,
+                    backoff: JOURNAL_RETRY_FIRST,
+                    attempts: 1,
+                });
+                self.bump();
+            }
+        }
+    }
+
+    /// A proposal was written: a journal that was down is back.
+    fn journal_recovered(&mut self) {
+        if let Some(down) = self.journal_down.take() {
+            let (_, wall) = self.view();
+            tracing::info!(
+                attempts = down.attempts,
+                "the journal can be written again; carrying on"
+            );
+            self.metrics
+                .set_alerts_firing(alerts::JOURNAL_UNAVAILABLE, 0);
+            (self.alerts)(down.alert.resolved(wall));
+        }
+    }
+
     async fn handle_result(&mut self, member: MemberId, outcome: CommandOutcome) {
+        if self
+            .journal_down
+            .as_ref()
+            .is_some_and(|d| Instant::now() < d.retry_at)
+        {
+            // Recorded, in order, once the journal can be written.
+            self.unjournaled.push((member, outcome));
+            return;
+        }
         let Some(r) = self.active() else { return };
         let Some(rec) = r.commands.get(&outcome.id) else {
             tracing::debug!(member = %member, id = %outcome.id, "result for a command not in the active rollout");
@@ -282,12 +390,7 @@ impl Driver {
         }
         let (action, issued_at) = (rec.action.clone(), rec.issued_at);
         let (_, now) = self.view();
-        self.sent.remove(&outcome.id);
-        let took = Duration::from_millis(now.0.saturating_sub(issued_at.0));
-        self.metrics.observe_step(&action, took);
-        if outcome.result.is_err() {
-            self.metrics.command_failed(&action);
-        }
+        let kept = (member.clone(), outcome.clone());
         let event = match outcome.result {
             Ok(detail) => Event::CommandSucceeded {
                 id: outcome.id,
@@ -300,8 +403,25 @@ impl Driver {
                 at: now,
             },
         };
-        if let Err(e) = self.record(event).await {
-            tracing::error!(member = %member, error = %e, "cannot journal a command result; it will be asked for again");
+        let id = kept.1.id.clone();
+        match self.record(event).await {
+            Ok(()) => {
+                self.sent.remove(&id);
+                let took = Duration::from_millis(now.0.saturating_sub(issued_at.0));
+                self.metrics.observe_step(&action, took);
+                if kept.1.result.is_err() {
+                    self.metrics.command_failed(&action);
+                }
+            }
+            // Kept, not asked for again: the agent has answered; the
+            // answer is recorded once the journal can be written.
+            Err(e) if self.journal_down.is_some() => {
+                tracing::error!(member = %member, id = %id, error = %e, "cannot journal a command result; keeping it until the journal can be written");
+                self.unjournaled.push(kept);
+            }
+            Err(e) => {
+                tracing::error!(member = %member, id = %id, error = %e, "cannot journal a command result")
+            }
         }
     }
 
@@ -390,7 +510,22 @@ impl Driver {
     }
 
     /// One level-triggered evaluation: the rollout, then the watchdog.
+    /// While the journal is down, nothing until the next retry; then the
+    /// results it could not record first.
     async fn step(&mut self) {
+        if let Some(down) = &self.journal_down {
+            if Instant::now() < down.retry_at {
+                return;
+            }
+            // The retry: the first proposal says whether the journal is
+            // back; a failure moves `retry_at` on, and the rest queue again.
+            for (member, outcome) in std::mem::take(&mut self.unjournaled) {
+                self.handle_result(member, outcome).await;
+            }
+            if self.journal_down.is_some() && !self.unjournaled.is_empty() {
+                return;
+            }
+        }
         self.refresh();
         let span = self
             .active()

@@ -440,6 +440,116 @@ async fn a_clean_rollout_upgrades_followers_then_hands_over_then_the_old_leader(
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_journal_that_cannot_be_written_stops_the_driver_pages_once_and_carries_on() {
+    use baton_planner::alerts::{AlertStatus, JOURNAL_UNAVAILABLE};
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    // Up to n2's stop: sent, not answered yet.
+    let mut sent = Vec::new();
+    let mut stop = None;
+    for _ in 0..200 {
+        rig.feed();
+        rig.driver.step().await;
+        for (m, c) in rig.commands() {
+            sent.push((m.clone(), c.action.clone()));
+            if c.action == Action::Stop {
+                stop = Some((m, c));
+                continue;
+            }
+            let result = rig.sim.run(&m, &c.action);
+            rig.driver
+                .handle_result(m, CommandOutcome { id: c.id, result })
+                .await;
+        }
+        if stop.is_some() {
+            break;
+        }
+        tokio::time::advance(STEP).await;
+    }
+    let (m, c) = stop.expect("n2's stop within 200 rounds");
+    assert_eq!(m, id("n2"));
+    let entries = rig.journal.entries().len();
+    rig.journal.fail_writes(true);
+    let result = rig.sim.run(&m, &c.action);
+    rig.driver
+        .handle_result(m, CommandOutcome { id: c.id, result })
+        .await;
+    let mut resent = Vec::new();
+    for _ in 0..100 {
+        rig.feed();
+        rig.driver.step().await;
+        for (m, c) in rig.commands() {
+            resent.push((m.clone(), c.clone()));
+            let result = rig.sim.run(&m, &c.action);
+            rig.driver
+                .handle_result(m, CommandOutcome { id: c.id, result })
+                .await;
+        }
+        tokio::time::advance(STEP).await;
+    }
+    // 10 s of a full disk: nothing journaled, no command sent again or
+    // anew, and one page.
+    assert_eq!(rig.journal.entries().len(), entries);
+    assert!(
+        resent.is_empty(),
+        "sent while the journal was down: {resent:?}"
+    );
+    let pages: Vec<_> = rig
+        .alerts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.name() == JOURNAL_UNAVAILABLE)
+        .cloned()
+        .collect();
+    assert_eq!(pages.len(), 1, "{pages:?}");
+    assert_eq!(pages[0].status, AlertStatus::Firing);
+    assert!(
+        pages[0].annotations["summary"].contains("No space left on device"),
+        "{pages:?}"
+    );
+    // Space returns: the held answer is journaled, the page resolves, and
+    // the rollout completes with every command sent once.
+    rig.journal.fail_writes(false);
+    let rest = rig.run(400, |r| r.phase.is_terminal()).await;
+    assert!(
+        matches!(rig.rollout().phase, Phase::Completed),
+        "{:?}",
+        rig.rollout().phase
+    );
+    let pages: Vec<_> = rig
+        .alerts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| a.name() == JOURNAL_UNAVAILABLE)
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(pages, vec![AlertStatus::Firing, AlertStatus::Resolved]);
+    let mut all: Vec<_> = sent
+        .into_iter()
+        .chain(resent.into_iter().map(|(m, c)| (m, c.action)))
+        .chain(rest)
+        .collect();
+    let stops = all
+        .iter()
+        .filter(|(m, a)| *m == id("n2") && *a == Action::Stop)
+        .count();
+    assert_eq!(stops, 1, "n2 was stopped once: {all:?}");
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let ids: Vec<_> = rig
+        .journal
+        .entries()
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Rollout(Event::CommandIssued { id, .. }) => Some(id),
+            _ => None,
+        })
+        .collect();
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no id issued twice: {ids:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_start_reverts_the_member_and_pauses() {
     let sim = Sim {
         fail_start: Some(id("n2")),

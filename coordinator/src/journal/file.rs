@@ -1,81 +1,87 @@
-//! The embedded journal: one JSON entry per line in
-//! `<state_dir>/journal.jsonl`, appended and fsynced before it is applied.
+//! The embedded journal: one checksummed record per entry in
+//! `<state_dir>/journal.log` (a [`baton_store::records`] log), appended and
+//! synced before it is applied.
 //!
-//! This module owns the file. Opening it replays every line (a torn last
-//! line, from a crash mid-write, was never applied and is skipped; any other
-//! bad line refuses to open, naming the line). A proposal is applied to a
-//! clone of the state, then written, then published, under one lock, so the
-//! file and the published state never disagree.
+//! This module owns the file. Opening it replays every record: a torn tail
+//! (a crash or a full disk mid-append) was never applied, so it is cut off
+//! with a warning naming its offset; anything else that does not check out
+//! refuses to open, naming the file and the offset, so a history is never
+//! lost silently. A `journal.jsonl` written before this format is imported
+//! once (into a new log, atomically) and then renamed
+//! `journal.jsonl.imported`. A proposal is applied to a clone of the state,
+//! then written, then published, under one lock, so the file and the
+//! published state never disagree; a write that fails records nothing.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use baton_store::records::{self, RecordError, RecordLog};
 use tokio::sync::watch;
 
 use super::{Applied, Entry, Journal, JournalError};
+
+/// The journal file, under the state dir.
+pub const FILE: &str = "journal.log";
+/// The JSON-lines journal of earlier versions, imported once.
+pub const LEGACY_FILE: &str = "journal.jsonl";
 
 /// The file journal.
 #[derive(Debug)]
 pub struct FileJournal {
     path: PathBuf,
-    /// The open file; held across apply-write-publish so proposals are
+    /// The open log; held across apply-write-publish so proposals are
     /// recorded one at a time, in order.
-    file: Mutex<fs::File>,
+    log: Mutex<RecordLog>,
     /// Publishes the applied state to every subscriber (the driver, tests).
     applied: watch::Sender<Applied>,
 }
 
 impl FileJournal {
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
-        let path = state_dir.join("journal.jsonl");
-        let write = |source| JournalError::Write {
+        let path = state_dir.join(FILE);
+        fs::create_dir_all(state_dir).map_err(|source| JournalError::Write {
             path: path.clone(),
             source,
-        };
-        fs::create_dir_all(state_dir).map_err(write)?;
-        let mut entries = Vec::new();
-        let mut torn_at = None;
-        if let Ok(text) = fs::read_to_string(&path) {
-            let lines: Vec<&str> = text.lines().collect();
-            for (i, line) in lines.iter().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                match Entry::from_json(line) {
-                    Ok(e) => entries.push(e),
-                    // A torn last line (crash mid-write) was never applied.
-                    Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                        tracing::warn!(path = %path.display(), "ignoring a torn last journal line");
-                        torn_at = Some((text.len() - line.len()) as u64);
-                    }
-                    Err(e) => {
-                        return Err(JournalError::Corrupt {
-                            path,
-                            line: i + 1,
-                            detail: e.to_string(),
-                        });
-                    }
-                }
-            }
+        })?;
+        let legacy = state_dir.join(LEGACY_FILE);
+        if !path.exists() && legacy.exists() {
+            import_legacy(&legacy, &path)?;
+        }
+        let opened = RecordLog::open(&path).map_err(JournalError::Log)?;
+        if let Some(torn) = opened.torn {
+            tracing::warn!(
+                path = %path.display(), offset = torn.offset, bytes = torn.bytes,
+                "cut off a torn journal tail (an append a crash or a full disk interrupted; it was never applied)"
+            );
+        }
+        let mut entries = Vec::with_capacity(opened.records.len());
+        for r in &opened.records {
+            let entry = std::str::from_utf8(&r.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Entry::from_json(text).map_err(|e| e.to_string()))
+                .map_err(|detail| {
+                    JournalError::Log(RecordError::Corrupt {
+                        path: path.clone(),
+                        offset: r.offset,
+                        detail: format!(
+                            "a record that checks out is not a journal entry: {detail}"
+                        ),
+                    })
+                })?;
+            entries.push(entry);
         }
         let applied = Applied::replay(&entries).map_err(|source| JournalError::Replay {
             path: path.clone(),
             source,
         })?;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(write)?;
-        if let Some(len) = torn_at {
-            // Cut the torn line off, so the next entry starts a line.
-            file.set_len(len).map_err(write)?;
+        if legacy.exists() {
+            // Imported by an earlier start that stopped before the rename.
+            rename_imported(&legacy)?;
         }
         Ok(FileJournal {
             path,
-            file: Mutex::new(file),
+            log: Mutex::new(opened.log),
             applied: watch::channel(applied).0,
         })
     }
@@ -87,16 +93,13 @@ impl FileJournal {
 
     /// Applies, writes and publishes one entry (blocking IO, under the lock).
     fn record(&self, entry: &Entry) -> Result<u64, JournalError> {
-        let write = |source| JournalError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         let next = self.applied.borrow().applying(entry)?;
-        let mut line = serde_json::to_vec(entry).map_err(|e| write(std::io::Error::other(e)))?;
-        line.push(b'\n');
-        file.write_all(&line).map_err(write)?;
-        file.sync_data().map_err(write)?;
+        let bytes = serde_json::to_vec(entry).map_err(|e| JournalError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        log.append(&bytes).map_err(JournalError::Log)?;
         let index = next.applied - 1;
         self.applied.send_replace(next);
         Ok(index)
@@ -114,6 +117,55 @@ impl Journal for FileJournal {
     }
 }
 
+/// Imports the JSON-lines journal at `legacy` into a new record log at
+/// `path` (see [`baton_store::records::parse_legacy_lines`]: only a torn
+/// last line is dropped), after checking that it replays.
+fn import_legacy(legacy: &Path, path: &Path) -> Result<(), JournalError> {
+    let bytes = fs::read(legacy).map_err(|source| JournalError::Write {
+        path: legacy.to_owned(),
+        source,
+    })?;
+    let (entries, torn) = records::parse_legacy_lines(&bytes, |line| {
+        Entry::from_json(line).map_err(|e| e.to_string())
+    })
+    .map_err(|(line, detail)| JournalError::Corrupt {
+        path: legacy.to_owned(),
+        line,
+        detail,
+    })?;
+    if let Some(line) = torn {
+        tracing::warn!(path = %legacy.display(), line, "not importing a torn last journal line");
+    }
+    Applied::replay(&entries).map_err(|source| JournalError::Replay {
+        path: legacy.to_owned(),
+        source,
+    })?;
+    let encoded: Vec<Vec<u8>> = entries
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()
+        .map_err(|e| JournalError::Write {
+            path: path.to_owned(),
+            source: std::io::Error::other(e),
+        })?;
+    let records: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+    RecordLog::create_with(path, &records).map_err(JournalError::Log)?;
+    tracing::info!(
+        from = %legacy.display(), to = %path.display(), entries = entries.len(),
+        "imported the JSON-lines journal into the checksummed journal"
+    );
+    rename_imported(legacy)
+}
+
+fn rename_imported(legacy: &Path) -> Result<(), JournalError> {
+    records::set_aside_imported(legacy)
+        .map(drop)
+        .map_err(|source| JournalError::Write {
+            path: legacy.to_owned(),
+            source,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use baton_planner::UnixMs;
@@ -123,6 +175,10 @@ mod tests {
     use super::super::AlertEntry;
     use super::super::fixtures::started;
     use super::*;
+
+    fn legacy_line(e: &Entry) -> String {
+        serde_json::to_string(e).unwrap()
+    }
 
     #[tokio::test]
     async fn events_survive_a_reopen_and_replay_per_rollout() {
@@ -160,7 +216,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, JournalError::DoesNotApply { .. }), "{err}");
-        assert_eq!(fs::read_to_string(j.path()).unwrap(), "");
+        assert_eq!(fs::read(j.path()).unwrap(), baton_store::records::MAGIC);
         assert!(!rx.has_changed().unwrap());
         assert_eq!(j.propose(started("r1").into()).await.unwrap(), 0);
         assert!(rx.has_changed().unwrap());
@@ -169,9 +225,10 @@ mod tests {
     #[tokio::test]
     async fn the_firing_set_survives_a_reopen_beside_old_events() {
         let dir = tempfile::tempdir().unwrap();
-        // A journal written before alerts were journaled.
-        let line = serde_json::to_string(&started("r1")).unwrap();
-        fs::write(dir.path().join("journal.jsonl"), format!("{line}\n")).unwrap();
+        // A journal written before alerts were journaled (and before the
+        // checksummed format).
+        let line = legacy_line(&started("r1").into());
+        fs::write(dir.path().join(LEGACY_FILE), format!("{line}\n")).unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
         let a = Alert::firing(CATCH_UP_STALLED, "c", Some("n2"), Some("r1"), UnixMs(5))
             .annotate("lag", "40");
@@ -196,47 +253,84 @@ mod tests {
         assert!(j.subscribe().borrow().firing.is_empty());
     }
 
-    #[test]
-    fn a_torn_last_line_is_ignored_but_corruption_is_refused() {
+    #[tokio::test]
+    async fn a_legacy_journal_is_imported_once_and_its_torn_line_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let line = serde_json::to_string(&started("r1")).unwrap();
+        let lines = [
+            legacy_line(&started("r1").into()),
+            legacy_line(&Event::Completed { at: UnixMs(3) }.into()),
+        ];
         fs::write(
-            dir.path().join("journal.jsonl"),
-            format!("{line}\n{{\"event\":\"pau"),
+            dir.path().join(LEGACY_FILE),
+            format!("{}\n{}\n{{\"event\":\"pau", lines[0], lines[1]),
         )
         .unwrap();
-        assert_eq!(
-            FileJournal::open(dir.path())
-                .unwrap()
-                .subscribe()
-                .borrow()
-                .applied,
-            1
-        );
-        fs::write(
-            dir.path().join("journal.jsonl"),
-            format!("garbage\n{line}\n"),
-        )
-        .unwrap();
-        let err = FileJournal::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("line 1"), "{err}");
+        let j = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(j.subscribe().borrow().applied, 2);
+        assert!(!dir.path().join(LEGACY_FILE).exists());
+        assert!(dir.path().join("journal.jsonl.imported").exists());
+        j.propose(started("r2").into()).await.unwrap();
+        drop(j);
+        // A second start reads the log; the imported file is left alone.
+        let j = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(j.subscribe().borrow().applied, 3);
+        assert_eq!(j.subscribe().borrow().rollouts.len(), 2);
+    }
+
+    #[test]
+    fn a_legacy_journal_with_a_bad_line_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = legacy_line(&started("r1").into());
+        let legacy = dir.path().join(LEGACY_FILE);
+        for bad in [&b"garbage"[..], &b"{\"event\":\"started\xff\"}"[..]] {
+            let mut text = bad.to_vec();
+            text.push(b'\n');
+            text.extend_from_slice(line.as_bytes());
+            text.push(b'\n');
+            fs::write(&legacy, &text).unwrap();
+            let err = FileJournal::open(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("line 1"), "{err}");
+            assert_eq!(fs::read(&legacy).unwrap(), text);
+            assert!(!dir.path().join(FILE).exists());
+        }
+        // An appended 0xff (a torn last line) imports the rest.
+        let mut bytes = format!("{line}\n").into_bytes();
+        bytes.push(0xff);
+        fs::write(&legacy, &bytes).unwrap();
+        let j = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(j.subscribe().borrow().applied, 1);
     }
 
     #[tokio::test]
-    async fn an_entry_after_a_torn_line_starts_its_own_line() {
+    async fn an_appended_byte_is_cut_off_and_a_flipped_one_refuses_naming_the_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let line = serde_json::to_string(&started("r1")).unwrap();
-        fs::write(
-            dir.path().join("journal.jsonl"),
-            format!("{line}\n{{\"event\":\"pau"),
-        )
-        .unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
+        j.propose(started("r1").into()).await.unwrap();
         j.propose(Event::Completed { at: UnixMs(3) }.into())
             .await
             .unwrap();
+        let path = j.path().to_owned();
         drop(j);
+        let good = fs::read(&path).unwrap();
+        let mut torn = good.clone();
+        torn.push(0xff);
+        fs::write(&path, &torn).unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
-        assert_eq!(j.subscribe().borrow().applied, 2);
+        assert_eq!(j.subscribe().borrow().applied, 2, "history is intact");
+        drop(j);
+        assert_eq!(fs::read(&path).unwrap(), good);
+        let mut flipped = good.clone();
+        flipped[20] ^= 0x04;
+        fs::write(&path, &flipped).unwrap();
+        let err = FileJournal::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("journal.log is corrupt at byte offset 8"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            flipped,
+            "a refusal changes nothing"
+        );
     }
 }

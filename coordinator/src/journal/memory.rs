@@ -1,8 +1,10 @@
 //! An in-memory journal for tests: the same apply-first rule as the file
 //! journal, no disk. Shared (`Arc`) between two drivers, it stands in for a
-//! journal that outlives a coordinator restart.
+//! journal that outlives a coordinator restart. [`MemoryJournal::fail_writes`]
+//! makes it refuse every write the way a full disk does.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -16,11 +18,18 @@ pub struct MemoryJournal {
     entries: Mutex<Vec<Entry>>,
     /// Publishes the applied state to every subscriber.
     applied: watch::Sender<Applied>,
+    /// While set, every proposal fails as a full disk would.
+    failing: AtomicBool,
 }
 
 impl MemoryJournal {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// While `on`, every proposal fails with "No space left on device".
+    pub fn fail_writes(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
     }
 
     /// Every accepted entry so far, in order.
@@ -37,6 +46,12 @@ impl Journal for MemoryJournal {
     async fn propose(&self, entry: Entry) -> Result<u64, JournalError> {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let next = self.applied.borrow().applying(&entry)?;
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(JournalError::Write {
+                path: "memory".into(),
+                source: std::io::Error::from_raw_os_error(28),
+            });
+        }
         entries.push(entry);
         let index = next.applied - 1;
         self.applied.send_replace(next);

@@ -10,8 +10,8 @@
 //! keeps. An entry is applied to a clone of the state first, so an entry that
 //! does not apply is never recorded and changes nothing.
 //!
-//! Implementations: [`file::FileJournal`] (the embedded default, a JSON-lines
-//! file), [`memory::MemoryJournal`] (in memory, for tests), and
+//! Implementations: [`file::FileJournal`] (the embedded default, a checksummed
+//! record log), [`memory::MemoryJournal`] (in memory, for tests), and
 //! [`import`] (the one-time import of a pre-journal `alerts.json`).
 
 pub mod file;
@@ -50,6 +50,10 @@ pub enum JournalError {
     },
     #[error("the rollout journal {path} does not replay: {source}")]
     Replay { path: PathBuf, source: EntryError },
+    #[error(
+        "the rollout journal cannot be used: {0}; the coordinator will not run on a history it cannot read or extend: free space or restore the file from a backup of the state dir (moving it aside would start an empty history)"
+    )]
+    Log(baton_store::records::RecordError),
     #[error("refused to journal {entry}: {source}; nothing was recorded")]
     DoesNotApply { entry: String, source: EntryError },
 }

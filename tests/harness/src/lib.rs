@@ -616,11 +616,7 @@ impl Cluster {
     /// Every entry in the coordinator's journal: rollout events and the
     /// alerts that fired or resolved.
     pub fn journal_entries(&self) -> Result<Vec<serde_json::Value>> {
-        let text = fs::read_to_string(self.dir.path().join("coordinator-state/journal.jsonl"))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| Ok(serde_json::from_str(l)?))
-            .collect()
+        read_journal(&self.dir.path().join(JOURNAL))
     }
 
     /// Every rollout event in the coordinator's journal (alert entries,
@@ -1053,16 +1049,40 @@ impl LoneCoordinator {
     }
 }
 
+/// The coordinator's journal under a cluster's dir.
+pub const JOURNAL: &str = "coordinator-state/journal.log";
+
+/// Every entry of the coordinator journal at `path`, decoded, and where
+/// the last whole record ends. Read without changing the file: a torn tail
+/// may be an append in progress, so only whole records count. A missing
+/// journal has no entries.
+pub fn read_journal_at(path: &std::path::Path) -> Result<(Vec<serde_json::Value>, u64)> {
+    let (records, _torn) = baton_store::records::read(path)?;
+    let end = records
+        .last()
+        .map_or(baton_store::records::MAGIC.len(), |r| {
+            r.offset as usize + 12 + r.payload.len()
+        });
+    let entries = records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice(&r.payload)
+                .with_context(|| format!("{}: the record at offset {}", path.display(), r.offset))
+        })
+        .collect::<Result<_>>()?;
+    Ok((entries, end as u64))
+}
+
+/// Every entry of the coordinator journal at `path` (see [`read_journal_at`]).
+pub fn read_journal(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
+    Ok(read_journal_at(path)?.0)
+}
+
 /// Prints each event of a coordinator journal as milliseconds since the
 /// previous one, from `wall0` (when `baton upgrade` was invoked) to `wall1`
 /// (when it returned): where a rollout's time goes. The benches' `--timeline`.
 pub fn print_timeline(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<()> {
-    let text = std::fs::read_to_string(journal)?;
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let events = read_journal(journal)?;
     let mut commands = std::collections::BTreeMap::new();
     let mut prev = Some(wall0);
     eprintln!("  +   0 ms  (baton upgrade invoked)");

@@ -278,13 +278,7 @@ pub struct JournalTail {
 
 impl JournalTail {
     pub fn start(cluster: &Cluster) -> JournalTail {
-        Self::start_at(
-            cluster
-                .dir
-                .path()
-                .join("coordinator-state")
-                .join("journal.jsonl"),
-        )
+        Self::start_at(cluster.dir.path().join(crate::JOURNAL))
     }
 
     pub fn start_at(path: PathBuf) -> JournalTail {
@@ -295,29 +289,23 @@ impl JournalTail {
             let (entries, stop, read, path) =
                 (entries.clone(), stop.clone(), read.clone(), path.clone());
             tokio::spawn(async move {
-                let mut offset = 0usize;
+                let mut seen = 0usize;
                 // Bounded: the stop token, or 60,000 reads (10 minutes).
                 for _ in 0..60_000 {
                     if stop.is_cancelled() {
                         return;
                     }
-                    if let Ok(bytes) = std::fs::read(&path)
-                        && bytes.len() > offset
+                    // Only whole records; one being written waits.
+                    if let Ok((all, end)) = crate::read_journal_at(&path)
+                        && all.len() > seen
                     {
                         let now = unix_ms();
-                        let fresh = &bytes[offset..];
-                        // Only complete lines; a half-written one waits.
-                        if let Some(end) = fresh.iter().rposition(|b| *b == b'\n') {
-                            let text = String::from_utf8_lossy(&fresh[..end]);
-                            let mut got = entries.lock().expect("journal lock");
-                            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                                if let Ok(entry) = serde_json::from_str::<Value>(line) {
-                                    got.push(Line { seen: now, entry });
-                                }
-                            }
-                            offset += end + 1;
-                            read.store(offset, Ordering::SeqCst);
+                        let mut got = entries.lock().expect("journal lock");
+                        for entry in all.into_iter().skip(seen) {
+                            got.push(Line { seen: now, entry });
+                            seen += 1;
                         }
+                        read.store(end as usize, Ordering::SeqCst);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }

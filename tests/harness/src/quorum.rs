@@ -230,17 +230,8 @@ impl EtcdCluster {
     /// Every entry of the coordinator's journal: rollout events
     /// (`{"event": …}`) and alert entries (`{"alert_event": …}`).
     pub fn journal_lines(&self) -> Result<Vec<serde_json::Value>> {
-        let path = self.dir.path().join("coordinator-state/journal.jsonl");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        // A line being written may be torn: only whole lines count.
-        Ok(text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect())
+        // A record being written may be torn: only whole records count.
+        crate::read_journal(&self.dir.path().join(crate::JOURNAL))
     }
 
     /// Polls the journal every 5 ms until `f` finds something (bounded by

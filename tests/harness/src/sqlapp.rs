@@ -263,15 +263,10 @@ stop_timeout_ms = 5000
 
     /// Every rollout event in the coordinator's journal.
     pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
-        let text = fs::read_to_string(self.dir.path().join("coordinator-state/journal.jsonl"))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| Ok(serde_json::from_str::<serde_json::Value>(l)?))
-            .filter(|e| {
-                e.as_ref()
-                    .map_or(true, |e: &serde_json::Value| e.get("alert_event").is_none())
-            })
-            .collect()
+        Ok(crate::read_journal(&self.dir.path().join(crate::JOURNAL))?
+            .into_iter()
+            .filter(|e| e.get("alert_event").is_none())
+            .collect())
     }
 
     /// One HTTP/1.0 request to the app: (status code, body).

@@ -591,9 +591,11 @@ async fn a_restarted_coordinator_carries_on_and_no_command_runs_twice() -> Resul
     Ok(())
 }
 
-/// Runs `baton upgrade --to V` and returns the failed checks as (check, member).
+/// Runs `baton upgrade --to V --detach` and returns the failed checks as
+/// (check, member). Detached, so a preflight that wrongly passes fails the
+/// test at once instead of waiting on the rollout it started.
 fn refused(cluster: &Cluster, to: &str) -> Result<Vec<(String, String, String)>> {
-    let (code, out, stderr) = cluster.baton_json(&["upgrade", "--to", to])?;
+    let (code, out, stderr) = cluster.baton_json(&["upgrade", "--to", to, "--detach"])?;
     anyhow::ensure!(
         code == 2,
         "preflight must refuse with exit 2, got {code}: {stderr} {out:#}"

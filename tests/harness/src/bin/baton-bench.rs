@@ -178,7 +178,7 @@ async fn baton() -> Result<RunResult> {
     anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}\n{out}");
     if std::env::args().any(|a| a == "--timeline") {
         baton_harness::print_timeline(
-            &cluster.dir.path().join("coordinator-state/journal.jsonl"),
+            &cluster.dir.path().join(baton_harness::JOURNAL),
             wall0,
             baton_harness::unix_ms(),
         )?;

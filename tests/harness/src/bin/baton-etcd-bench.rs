@@ -82,9 +82,8 @@ async fn wait_cluster_version(clients: &[String]) -> Result<()> {
 
 /// When the journal confirmed the handover (Unix ms; 0 if it did not).
 fn handover_at(journal: &std::path::Path) -> Result<u64> {
-    Ok(std::fs::read_to_string(journal)?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    Ok(baton_harness::read_journal(journal)?
+        .into_iter()
         .find(|e| e["event"] == "handover_confirmed")
         .and_then(|e| e["at"].as_u64())
         .unwrap_or(0))
@@ -95,10 +94,8 @@ fn handover_at(journal: &std::path::Path) -> Result<u64> {
 /// returned) is charged to what the rollout was waiting for, named by the
 /// event that ended it. The phases sum to the wall-clock total.
 fn phases(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<BTreeMap<String, u64>> {
-    let text = std::fs::read_to_string(journal)?;
-    let events: Vec<serde_json::Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+    let events: Vec<serde_json::Value> = baton_harness::read_journal(journal)?
+        .into_iter()
         .filter(|e: &serde_json::Value| e.get("alert_event").is_none())
         .collect();
     let mut actions: BTreeMap<String, String> = BTreeMap::new();
@@ -271,7 +268,7 @@ async fn one(strategy: &'static str) -> Result<Run> {
                 tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "3.5.1"]))?;
             let wall1 = baton_harness::unix_ms();
             anyhow::ensure!(code == 0, "baton upgrade failed: {stderr}");
-            let journal = cluster.dir.path().join("coordinator-state/journal.jsonl");
+            let journal = cluster.dir.path().join(baton_harness::JOURNAL);
             phase_ms = phases(&journal, wall0, wall1)?;
             handover_ms = handover_at(&journal)?.saturating_sub(wall0);
             if std::env::args().any(|a| a == "--timeline") {
