@@ -1053,4 +1053,26 @@ mod tests {
         drop(ex);
         assert_eq!(open_at(dir.path()).unwrap().entries(), vec![entry]);
     }
+
+    #[test]
+    fn a_command_journal_written_by_the_jsonl_agent_imports_whole() {
+        // n2's commands.jsonl from a demo rollout, written by the agent at
+        // 0eeb9eb (the last JSON-lines version): 5 commands, 2 lines each.
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/commands-0eeb9eb.jsonl"
+        );
+        fs::copy(fixture, dir.path().join(LEGACY_JOURNAL_FILE)).unwrap();
+        for _ in 0..2 {
+            let entries = open_at(dir.path()).unwrap().entries();
+            assert_eq!(entries.len(), 5, "{entries:?}");
+            assert!(
+                entries
+                    .iter()
+                    .all(|e| e.runs == 1 && matches!(e.result, Some(Ok(_)))),
+                "{entries:?}"
+            );
+        }
+    }
 }

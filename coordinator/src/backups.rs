@@ -24,9 +24,17 @@ pub struct BackupStore {
     pub keep_for: Duration,
 }
 
-/// The rollout a backup id names: `<rollout>-b<n>`, as the planner makes
-/// them.
+/// The rollout a backup id names: `<rollout>-b<n>.<journal>` (or
+/// `<rollout>-b<n>`), as the planner makes them.
 pub fn rollout_of(id: &str) -> Option<&str> {
+    let id = match id.rsplit_once('.') {
+        Some((head, journal))
+            if !journal.is_empty() && journal.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            head
+        }
+        _ => id,
+    };
     let (rollout, n) = id.rsplit_once("-b")?;
     (!rollout.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
         .then_some(rollout)
@@ -184,6 +192,7 @@ mod tests {
             order: vec![n("n2"), n("n3"), n("n1")],
             leader: n("n1"),
             at: UnixMs(0),
+            journal: None,
         })
         .unwrap();
         r.phase = phase;
@@ -195,6 +204,9 @@ mod tests {
     fn ids_name_their_rollout() {
         assert_eq!(rollout_of("r1-v2-b1"), Some("r1-v2"));
         assert_eq!(rollout_of("r12-v3-b10"), Some("r12-v3"));
+        assert_eq!(rollout_of("r1-v2-b1.5f3a9c1e07d2"), Some("r1-v2"));
+        assert_eq!(rollout_of("r1-3.5.1-b2.5f3a9c1e07d2"), Some("r1-3.5.1"));
+        assert_eq!(rollout_of("r1-3.5.1-b2"), Some("r1-3.5.1"));
         assert_eq!(rollout_of("r1-v2-bx"), None);
         assert_eq!(rollout_of("-b1"), None);
         assert_eq!(rollout_of("manual"), None);

@@ -332,6 +332,7 @@ pub fn start(
         order: order(view, leader),
         leader: leader.clone(),
         at: now,
+        journal: None,
     })
 }
 
@@ -528,5 +529,6 @@ pub fn start_rollback(
         order,
         leader: leader.clone(),
         at: now,
+        journal: None,
     })
 }

@@ -33,6 +33,12 @@ pub enum Event {
         order: Vec<MemberId>,
         leader: MemberId,
         at: UnixMs,
+        /// The id of the journal that records this rollout, carried in
+        /// every command and backup id it makes, so no id repeats even
+        /// after a journal is lost and created anew. Absent in journals
+        /// written before journals had ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        journal: Option<String>,
     },
     CommandIssued {
         id: CommandId,
@@ -151,6 +157,10 @@ pub struct RolloutState {
     pub leader_changes: Vec<(MemberId, UnixMs)>,
     pub started_at: UnixMs,
     pub completed_at: Option<UnixMs>,
+    /// The journal's id (see `Event::Started`), in every id this rollout
+    /// makes.
+    #[serde(default)]
+    pub journal: Option<String>,
     /// The pre-upgrade backup.
     #[serde(default)]
     pub backup: RolloutBackup,
@@ -183,6 +193,7 @@ impl RolloutState {
             order,
             leader,
             at,
+            journal,
         } = event
         else {
             return Err(ApplyError::NotStarted(format!("{event:?}")));
@@ -213,6 +224,7 @@ impl RolloutState {
             handover: None,
             leader_changes: Vec::new(),
             started_at: *at,
+            journal: journal.clone(),
             completed_at: None,
             backup: RolloutBackup::default(),
             restore: None,
@@ -256,14 +268,25 @@ impl RolloutState {
         };
     }
 
-    /// The id the next backup gets: `<rollout>-b<attempt>`, never reused.
+    /// The id the next backup gets: `<rollout>-b<attempt>.<journal>`
+    /// (`<rollout>-b<attempt>` in a journal without an id), never reused.
     pub fn next_backup_id(&self) -> String {
-        format!("{}-b{}", self.id, self.backup.attempts + 1)
+        let id = format!("{}-b{}", self.id, self.backup.attempts + 1);
+        self.in_journal(id)
     }
 
-    /// The id the next command gets.
+    /// The id the next command gets: `<rollout>-<n>.<journal>` (or
+    /// `<rollout>-<n>`), unique for the journal's whole life and, through
+    /// the journal id, across journals.
     pub fn next_command_id(&self) -> CommandId {
-        CommandId(format!("{}-{}", self.id, self.next_command))
+        CommandId(self.in_journal(format!("{}-{}", self.id, self.next_command)))
+    }
+
+    fn in_journal(&self, id: String) -> String {
+        match &self.journal {
+            Some(j) => format!("{id}.{j}"),
+            None => id,
+        }
     }
 
     fn member_mut(&mut self, m: &MemberId) -> Result<&mut MemberProgress, ApplyError> {
@@ -571,6 +594,8 @@ impl From<&RolloutState> for Rollout {
             backup,
             // The view shows a restore by its commands and its backup line.
             restore: _,
+            // In every command id the view shows.
+            journal: _,
         } = s;
         Rollout {
             id: id.clone(),

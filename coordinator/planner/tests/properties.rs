@@ -318,6 +318,7 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
         order: order(&view, &leader),
         leader,
         at: UnixMs(0),
+        journal: None,
     };
     let mut journal = vec![started.clone()];
     let mut r = RolloutState::start(&started).expect("start");

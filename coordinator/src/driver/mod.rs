@@ -291,7 +291,13 @@ impl Driver {
 
     /// Proposes one event to the journal and reads back what it applied.
     /// A refused event changes nothing.
-    async fn record(&mut self, event: Event) -> Result<(), JournalError> {
+    async fn record(&mut self, mut event: Event) -> Result<(), JournalError> {
+        if let Event::Started { journal, .. } = &mut event
+            && journal.is_none()
+        {
+            // Every id the rollout makes carries the journal's.
+            journal.clone_from(&self.applied.borrow().journal_id);
+        }
         if let Err(e) = self.journal.propose(event.into()).await {
             self.journal_failed(&e);
             return Err(e);

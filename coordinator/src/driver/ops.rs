@@ -333,6 +333,7 @@ impl Driver {
             order: preflight::order(&view, &leader),
             leader,
             at: now,
+            journal: None,
         };
         if let Some(closed) = paused {
             tracing::info!(rollout = %closed, by = %id, "closing the paused rollout for a restore");

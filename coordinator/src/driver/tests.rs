@@ -240,6 +240,7 @@ impl Rig {
                     order: vec![id("n2"), id("n3"), id("n1")],
                     leader: id("n1"),
                     at: EPOCH,
+                    journal: None,
                 }
                 .into(),
             )

@@ -19,12 +19,20 @@ use std::sync::Mutex;
 use baton_store::records::{self, RecordError, RecordLog};
 use tokio::sync::watch;
 
-use super::{Applied, Entry, Journal, JournalError};
+use super::{Applied, Entry, Journal, JournalError, MetaEntry};
 
 /// The journal file, under the state dir.
 pub const FILE: &str = "journal.log";
 /// The JSON-lines journal of earlier versions, imported once.
 pub const LEGACY_FILE: &str = "journal.jsonl";
+
+/// A new journal id: 12 hex digits from the kernel's random source.
+fn new_journal_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 6];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// The file journal.
 #[derive(Debug)]
@@ -71,17 +79,34 @@ impl FileJournal {
                 })?;
             entries.push(entry);
         }
-        let applied = Applied::replay(&entries).map_err(|source| JournalError::Replay {
+        let mut applied = Applied::replay(&entries).map_err(|source| JournalError::Replay {
             path: path.clone(),
             source,
         })?;
+        let mut log = opened.log;
+        if applied.journal_id.is_none() {
+            // A new journal, or one from before journals had ids: name it
+            // now, before any rollout it records.
+            let created = Entry::Meta(MetaEntry::Created {
+                journal_id: new_journal_id().map_err(|source| JournalError::Write {
+                    path: path.clone(),
+                    source,
+                })?,
+            });
+            applied = applied.applying(&created)?;
+            let bytes = serde_json::to_vec(&created).map_err(|e| JournalError::Write {
+                path: path.clone(),
+                source: std::io::Error::other(e),
+            })?;
+            log.append(&bytes).map_err(JournalError::Log)?;
+        }
         if legacy.exists() {
             // Imported by an earlier start that stopped before the rename.
             rename_imported(&legacy)?;
         }
         Ok(FileJournal {
             path,
-            log: Mutex::new(opened.log),
+            log: Mutex::new(log),
             applied: watch::channel(applied).0,
         })
     }
@@ -211,14 +236,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
         let rx = j.subscribe();
+        let before = fs::read(j.path()).unwrap();
         let err = j
             .propose(Event::Resumed { at: UnixMs(1) }.into())
             .await
             .unwrap_err();
         assert!(matches!(err, JournalError::DoesNotApply { .. }), "{err}");
-        assert_eq!(fs::read(j.path()).unwrap(), baton_store::records::MAGIC);
+        assert_eq!(fs::read(j.path()).unwrap(), before);
         assert!(!rx.has_changed().unwrap());
-        assert_eq!(j.propose(started("r1").into()).await.unwrap(), 0);
+        // Index 0 is the journal's own `created` entry.
+        assert_eq!(j.propose(started("r1").into()).await.unwrap(), 1);
         assert!(rx.has_changed().unwrap());
     }
 
@@ -266,14 +293,18 @@ mod tests {
         )
         .unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
-        assert_eq!(j.subscribe().borrow().applied, 2);
+        assert_eq!(
+            j.subscribe().borrow().applied,
+            3,
+            "2 lines and the journal's id"
+        );
         assert!(!dir.path().join(LEGACY_FILE).exists());
         assert!(dir.path().join("journal.jsonl.imported").exists());
         j.propose(started("r2").into()).await.unwrap();
         drop(j);
         // A second start reads the log; the imported file is left alone.
         let j = FileJournal::open(dir.path()).unwrap();
-        assert_eq!(j.subscribe().borrow().applied, 3);
+        assert_eq!(j.subscribe().borrow().applied, 4);
         assert_eq!(j.subscribe().borrow().rollouts.len(), 2);
     }
 
@@ -298,7 +329,7 @@ mod tests {
         bytes.push(0xff);
         fs::write(&legacy, &bytes).unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
-        assert_eq!(j.subscribe().borrow().applied, 1);
+        assert_eq!(j.subscribe().borrow().applied, 2);
     }
 
     #[tokio::test]
@@ -316,7 +347,7 @@ mod tests {
         torn.push(0xff);
         fs::write(&path, &torn).unwrap();
         let j = FileJournal::open(dir.path()).unwrap();
-        assert_eq!(j.subscribe().borrow().applied, 2, "history is intact");
+        assert_eq!(j.subscribe().borrow().applied, 3, "history is intact");
         drop(j);
         assert_eq!(fs::read(&path).unwrap(), good);
         let mut flipped = good.clone();
@@ -332,5 +363,71 @@ mod tests {
             flipped,
             "a refusal changes nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_journal_written_by_the_jsonl_coordinator_imports_whole() {
+        // A demo rollout's journal.jsonl, written by the coordinator at
+        // 0eeb9eb (the last JSON-lines version): backup, 3 members, handover.
+        let dir = tempfile::tempdir().unwrap();
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/journal-0eeb9eb.jsonl"
+        );
+        fs::copy(fixture, dir.path().join(LEGACY_FILE)).unwrap();
+        let check = |j: &FileJournal| {
+            let applied = j.subscribe().borrow().clone();
+            assert_eq!(applied.applied, 43, "42 lines and the journal's id");
+            let r = &applied.rollouts[0];
+            assert_eq!((applied.rollouts.len(), r.id.as_str()), (1, "r1-v2"));
+            assert!(
+                matches!(r.phase, baton_planner::Phase::Completed),
+                "{:?}",
+                r.phase
+            );
+            assert_eq!(r.commands.len(), 14);
+            assert!(r.commands.values().all(|c| matches!(c.result, Some(Ok(_)))));
+        };
+        let j = FileJournal::open(dir.path()).unwrap();
+        check(&j);
+        drop(j);
+        assert_eq!(
+            fs::read(dir.path().join("journal.jsonl.imported")).unwrap(),
+            fs::read(fixture).unwrap(),
+            "the original is kept as it was"
+        );
+        check(&FileJournal::open(dir.path()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_journal_is_named_once_and_a_new_one_never_reuses_its_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = FileJournal::open(dir.path()).unwrap();
+        let id = j.subscribe().borrow().journal_id.clone().unwrap();
+        assert_eq!(id.len(), 12);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        drop(j);
+        let j = FileJournal::open(dir.path()).unwrap();
+        assert_eq!(
+            j.subscribe().borrow().journal_id.as_deref(),
+            Some(id.as_str())
+        );
+        assert_eq!(j.subscribe().borrow().applied, 1, "named once");
+        let err = j
+            .propose(
+                MetaEntry::Created {
+                    journal_id: "0".into(),
+                }
+                .into(),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("already has id"), "{err}");
+        drop(j);
+        // The journal is lost; the new one has another name.
+        fs::remove_file(dir.path().join(FILE)).unwrap();
+        let j = FileJournal::open(dir.path()).unwrap();
+        let again = j.subscribe().borrow().journal_id.clone().unwrap();
+        assert_ne!(again, id);
     }
 }

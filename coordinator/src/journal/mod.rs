@@ -63,6 +63,8 @@ pub enum JournalError {
 pub enum EntryError {
     #[error(transparent)]
     Rollout(#[from] ApplyError),
+    #[error("the journal already has id {id}; it cannot be given {new}")]
+    Renamed { id: String, new: String },
     #[error("alert {key} is already firing")]
     AlreadyFiring { key: String },
     #[error("alert {key} is not firing, so it cannot resolve")]
@@ -85,19 +87,37 @@ pub enum AlertEntry {
     Resolved { alert: Alert },
 }
 
+/// What the journal records about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "journal_event")]
+pub enum MetaEntry {
+    /// The journal's id, recorded once, before any rollout it names: a
+    /// random hex string, so a journal created anew (the old one lost)
+    /// never makes an id the old one made.
+    Created { journal_id: String },
+}
+
 /// One journal entry. On disk a rollout event keeps its own shape
 /// (`{"event": …}`), so journals written before alerts were journaled
-/// still load; an alert entry is `{"alert_event": "fired"|"resolved", …}`.
+/// still load; an alert entry is `{"alert_event": "fired"|"resolved", …}`;
+/// a meta entry is `{"journal_event": "created", …}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Entry {
     Rollout(Event),
     Alert(AlertEntry),
+    Meta(MetaEntry),
 }
 
 impl From<Event> for Entry {
     fn from(e: Event) -> Self {
         Entry::Rollout(e)
+    }
+}
+
+impl From<MetaEntry> for Entry {
+    fn from(e: MetaEntry) -> Self {
+        Entry::Meta(e)
     }
 }
 
@@ -112,7 +132,9 @@ impl Entry {
     /// apart, so a bad rollout event's error names its own problem.
     pub fn from_json(line: &str) -> Result<Entry, serde_json::Error> {
         let value: serde_json::Value = serde_json::from_str(line)?;
-        if value.get("alert_event").is_some() {
+        if value.get("journal_event").is_some() {
+            serde_json::from_value(value).map(Entry::Meta)
+        } else if value.get("alert_event").is_some() {
             serde_json::from_value(value).map(Entry::Alert)
         } else {
             serde_json::from_value(value).map(Entry::Rollout)
@@ -126,6 +148,9 @@ impl Entry {
             Entry::Alert(AlertEntry::Fired { alert }) => format!("alert {} fired", alert.key()),
             Entry::Alert(AlertEntry::Resolved { alert }) => {
                 format!("alert {} resolved", alert.key())
+            }
+            Entry::Meta(MetaEntry::Created { journal_id }) => {
+                format!("journal {journal_id} created")
             }
         }
     }
@@ -141,12 +166,24 @@ pub struct Applied {
     pub firing: BTreeMap<String, Alert>,
     /// Entries applied so far (the next entry's index is this).
     pub applied: u64,
+    /// The journal's id ([`MetaEntry::Created`]); `None` in a journal that
+    /// has not recorded one (the in-memory journal of tests).
+    pub journal_id: Option<String>,
 }
 
 impl Applied {
     /// Applies one entry, or changes nothing and says why not.
     pub fn apply(&mut self, entry: &Entry) -> Result<(), EntryError> {
         match entry {
+            Entry::Meta(MetaEntry::Created { journal_id }) => {
+                if let Some(id) = &self.journal_id {
+                    return Err(EntryError::Renamed {
+                        id: id.clone(),
+                        new: journal_id.clone(),
+                    });
+                }
+                self.journal_id = Some(journal_id.clone());
+            }
             Entry::Rollout(e @ Event::Started { .. }) => {
                 self.rollouts.push(Arc::new(RolloutState::start(e)?));
             }
@@ -244,6 +281,7 @@ pub(crate) mod fixtures {
             order: vec![MemberId::new("n2").unwrap(), MemberId::new("n1").unwrap()],
             leader: MemberId::new("n1").unwrap(),
             at: UnixMs(1),
+            journal: None,
         }
     }
 }

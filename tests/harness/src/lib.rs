@@ -620,12 +620,13 @@ impl Cluster {
     }
 
     /// Every rollout event in the coordinator's journal (alert entries,
-    /// `{"alert_event": …}`, are left out).
+    /// `{"alert_event": …}`, and the journal's own, `{"journal_event": …}`,
+    /// are left out).
     pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
         Ok(self
             .journal_entries()?
             .into_iter()
-            .filter(|e| e.get("alert_event").is_none())
+            .filter(|e| e.get("event").is_some())
             .collect())
     }
 
@@ -1082,7 +1083,10 @@ pub fn read_journal(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
 /// previous one, from `wall0` (when `baton upgrade` was invoked) to `wall1`
 /// (when it returned): where a rollout's time goes. The benches' `--timeline`.
 pub fn print_timeline(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<()> {
-    let events = read_journal(journal)?;
+    let events: Vec<serde_json::Value> = read_journal(journal)?
+        .into_iter()
+        .filter(|e| e.get("event").is_some())
+        .collect();
     let mut commands = std::collections::BTreeMap::new();
     let mut prev = Some(wall0);
     eprintln!("  +   0 ms  (baton upgrade invoked)");

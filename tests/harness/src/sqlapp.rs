@@ -265,7 +265,7 @@ stop_timeout_ms = 5000
     pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
         Ok(crate::read_journal(&self.dir.path().join(crate::JOURNAL))?
             .into_iter()
-            .filter(|e| e.get("alert_event").is_none())
+            .filter(|e| e.get("event").is_some())
             .collect())
     }
 

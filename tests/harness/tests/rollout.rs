@@ -591,6 +591,67 @@ async fn a_restarted_coordinator_carries_on_and_no_command_runs_twice() -> Resul
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_journal_reuses_no_command_id_and_no_agent_replays_a_result() -> Result<()> {
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    cluster.publish("v3", 1, false)?;
+    let load = start_load(&cluster);
+    for to in ["v2", "v3"] {
+        let (code, _, stderr) =
+            tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", to]))?;
+        assert_eq!(code, 0, "upgrade to {to}: {stderr}");
+    }
+    let old_ids: std::collections::BTreeSet<String> = cluster
+        .journal()?
+        .iter()
+        .filter(|e| e["event"] == "command_issued")
+        .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    // The journal is lost (as moving an unreadable one aside would do).
+    drop(cluster.coordinator.take()); // SIGKILL by pid
+    std::fs::remove_file(cluster.dir.path().join(baton_harness::JOURNAL))?;
+    cluster.start_coordinator()?;
+    cluster.wait_led_and_fresh().await?;
+    // The next rollout is r1-v2 again, with the same actions as the first.
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    assert_eq!(code, 0, "upgrade to v2 after the loss: {stderr} {out:#}");
+    let journal = cluster.journal()?;
+    assert_eq!(journal[0]["id"], "r1-v2", "the history really was lost");
+    let new_ids: Vec<String> = journal
+        .iter()
+        .filter(|e| e["event"] == "command_issued")
+        .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for id in &new_ids {
+        assert!(!old_ids.contains(id), "command id {id} was reused");
+    }
+    // Every command ran, once: none was answered from an agent's cache.
+    let mut ran = std::collections::BTreeSet::new();
+    for (i, entries) in agent_journals(&cluster).await? {
+        for e in entries {
+            assert_eq!(e["runs"], 1, "member {i} ran a command twice: {e}");
+            ran.insert(e["id"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    for id in &new_ids {
+        assert!(ran.contains(id), "command {id} never ran on any agent");
+    }
+    let status = cluster.status()?;
+    for m in &status.members {
+        let release = m.report.as_ref().map(|r| r.state.release.as_str());
+        assert_eq!(release, Some("v2"), "{} after the rollout to v2", m.member);
+    }
+    let (_, lost, _) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new());
+    Ok(())
+}
+
 /// Runs `baton upgrade --to V --detach` and returns the failed checks as
 /// (check, member). Detached, so a preflight that wrongly passes fails the
 /// test at once instead of waiting on the rollout it started.

@@ -152,6 +152,7 @@ pub fn started_needing_a_backup(view: &View, leader: &str) -> RolloutState {
         order: order(view, &id(leader)),
         leader: id(leader),
         at: t(0),
+        journal: None,
     })
     .unwrap()
 }

@@ -96,7 +96,7 @@ fn handover_at(journal: &std::path::Path) -> Result<u64> {
 fn phases(journal: &std::path::Path, wall0: u64, wall1: u64) -> Result<BTreeMap<String, u64>> {
     let events: Vec<serde_json::Value> = baton_harness::read_journal(journal)?
         .into_iter()
-        .filter(|e: &serde_json::Value| e.get("alert_event").is_none())
+        .filter(|e: &serde_json::Value| e.get("event").is_some())
         .collect();
     let mut actions: BTreeMap<String, String> = BTreeMap::new();
     let mut out: BTreeMap<String, u64> = BTreeMap::new();
