@@ -220,7 +220,7 @@ pub async fn run(
             poll,
         },
         obs_rx.clone(),
-        resources::ResourceReader::new(&config.data_dir),
+        resources::ResourceReader::new(&config.data_dir, &config.state_dir),
         stats_tx,
         executor.clone(),
         grant_rx,

@@ -1,15 +1,17 @@
-//! Host resources next to the member (CPU, memory, free disk on the data
-//! dir), read through sysinfo. Owns the sysinfo handles; reads only.
+//! Host resources next to the member (CPU and memory through sysinfo, free
+//! disk on the data dir and on the agent's state dir through statvfs).
+//! Owns the sysinfo handles; reads only.
 
 use std::path::{Path, PathBuf};
 
 use baton_domain::Resources;
-use sysinfo::{Disks, System};
+use sysinfo::System;
 
 /// Keeps sysinfo state between reads (CPU usage needs two samples).
 pub struct ResourceReader {
     system: Option<System>,
     data_dir: PathBuf,
+    state_dir: PathBuf,
 }
 
 impl std::fmt::Debug for ResourceReader {
@@ -21,7 +23,7 @@ impl std::fmt::Debug for ResourceReader {
 }
 
 impl ResourceReader {
-    pub fn new(data_dir: &Path) -> Self {
+    pub fn new(data_dir: &Path, state_dir: &Path) -> Self {
         let system = match System::new() {
             Ok(s) => Some(s),
             Err(e) => {
@@ -32,11 +34,12 @@ impl ResourceReader {
         ResourceReader {
             system,
             data_dir: data_dir.to_owned(),
+            state_dir: state_dir.to_owned(),
         }
     }
 
-    /// Reads current figures. Free disk is that of the filesystem whose mount
-    /// point is the longest prefix of the data dir.
+    /// Reads current figures. Free disk is what the filesystem holding the
+    /// data dir (and the one holding the state dir) has for the agent.
     pub fn read(&mut self) -> Resources {
         let mut r = Resources::default();
         if let Some(sys) = self.system.as_mut() {
@@ -49,15 +52,11 @@ impl ResourceReader {
             r.memory_used_bytes = sys.used_memory();
             r.memory_total_bytes = sys.total_memory();
         }
-        let dir = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
-        if let Ok(disks) = Disks::new_with_refreshed_list() {
-            r.data_disk_free_bytes = disks
-                .iter()
-                .filter(|d| dir.starts_with(d.mount_point()))
-                .max_by_key(|d| d.mount_point().as_os_str().len())
-                .map(|d| d.available_space())
-                .unwrap_or(0);
-        }
+        // A dir that cannot be measured reads as 0 free: the preflight
+        // then refuses, naming it.
+        let free = |dir: &Path| baton_store::records::free_bytes(dir).unwrap_or(0);
+        r.data_disk_free_bytes = free(&self.data_dir);
+        r.state_disk_free_bytes = free(&self.state_dir);
         r
     }
 }
@@ -69,10 +68,23 @@ mod tests {
     #[test]
     fn reads_memory_and_disk_of_a_real_dir() {
         let dir = tempfile::tempdir().unwrap();
-        let mut r = ResourceReader::new(dir.path());
+        let mut r = ResourceReader::new(dir.path(), dir.path());
         let got = r.read();
         assert!(got.memory_total_bytes > 0);
         assert!(got.data_disk_free_bytes > 0, "{got:?}");
+        assert_eq!(got.state_disk_free_bytes > 0, got.data_disk_free_bytes > 0);
         assert!(got.cpu_percent.is_finite());
+    }
+
+    #[test]
+    fn the_state_dir_is_measured_on_its_own_filesystem() {
+        let disk = baton_store::testutil::SmallDisk::mount();
+        let data = tempfile::tempdir().unwrap();
+        let mut r = ResourceReader::new(data.path(), disk.path());
+        let before = r.read();
+        assert!(before.state_disk_free_bytes <= 64 << 10, "{before:?}");
+        assert!(before.data_disk_free_bytes > 64 << 10, "{before:?}");
+        disk.fill("filler");
+        assert_eq!(r.read().state_disk_free_bytes, 0);
     }
 }

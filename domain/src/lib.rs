@@ -147,6 +147,10 @@ pub struct Resources {
     pub memory_total_bytes: u64,
     /// Free bytes on the filesystem holding the member's data directory.
     pub data_disk_free_bytes: u64,
+    /// Free bytes on the filesystem holding the agent's state directory
+    /// (its command journal): a command the agent cannot journal is refused.
+    #[serde(default)]
+    pub state_disk_free_bytes: u64,
 }
 
 /// What a member says about itself, as read by its agent's adapter.
@@ -559,7 +563,8 @@ pub struct CommandOutcome {
 /// The verdict of one preflight check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Check {
-    /// `agent`, `live`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`.
+    /// `agent`, `live`, `leader`, `health`, `release`, `format`, `lag`, `artifact`, `disk`,
+    /// `state-disk`.
     pub check: String,
     pub member: Option<MemberId>,
     pub ok: bool,

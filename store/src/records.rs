@@ -262,6 +262,18 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, Option<Torn>), RecordError> {
     }
 }
 
+/// Free bytes an unprivileged writer can use on the filesystem holding
+/// `path` (what a log's appends can still take).
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let s = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    #[allow(clippy::useless_conversion)] // the widths differ by platform
+    let (blocks, size) = (
+        u64::from(s.blocks_available()),
+        u64::from(s.fragment_size()),
+    );
+    Ok(blocks.saturating_mul(size))
+}
+
 /// Parses a JSON-lines file written before this format, for a one-time
 /// import: every non-blank line goes through `parse`. A last line with no
 /// newline after it that does not parse was torn by a crash and never

@@ -61,7 +61,16 @@ pub struct PreflightInput<'a> {
     pub required_disk: u64,
     /// A rollback starts from a mixed cluster by design.
     pub allow_mixed: bool,
+    /// Free bytes under the coordinator's own state dir (its journal), when
+    /// measured.
+    pub coordinator_state_free: Option<u64>,
 }
+
+/// The least free space a state dir (the coordinator's journal, an agent's
+/// command journal) must have for a rollout to start: a journal that
+/// cannot be written stops the coordinator deciding, and makes an agent
+/// refuse its commands.
+pub const MIN_STATE_DISK_FREE: u64 = 16 << 20;
 
 /// Free disk each member needs per byte of artifact: the packed artifact is
 /// downloaded and then unpacked beside it, so both copies are on disk at once.
@@ -276,6 +285,37 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
                 format!(
                     "member {m} has {free} bytes free, needs {} for the artifact and backup",
                     input.required_disk
+                ),
+            ));
+        }
+    }
+
+    // 8. State disks: where the journals are written.
+    if let Some(free) = input.coordinator_state_free
+        && free < MIN_STATE_DISK_FREE
+    {
+        checks.push(Check::fail(
+            "state-disk",
+            None,
+            format!(
+                "the coordinator's state_dir has {free} bytes free, needs at least {MIN_STATE_DISK_FREE} for its journal; free space there"
+            ),
+        ));
+    }
+    for (m, v) in &view.members {
+        let Some(r) = v.report.as_ref() else { continue };
+        let free = r.resources.state_disk_free_bytes;
+        if free < MIN_STATE_DISK_FREE {
+            let older = if free == 0 {
+                " (an agent older than this coordinator reports no figure: upgrade it)"
+            } else {
+                ""
+            };
+            checks.push(Check::fail(
+                "state-disk",
+                Some(m),
+                format!(
+                    "member {m}'s agent state_dir has {free} bytes free, needs at least {MIN_STATE_DISK_FREE} to journal its commands (one it cannot journal is refused){older}; free space there"
                 ),
             ));
         }

@@ -85,7 +85,10 @@ impl World {
                             health_detail: String::new(),
                             cluster_version: String::new(),
                         },
-                        resources: Resources::default(),
+                        resources: Resources {
+                            state_disk_free_bytes: 1 << 40,
+                            ..Resources::default()
+                        },
                         timestamp_unix_ms: now.0,
                         process: Default::default(),
                     }),
@@ -481,7 +484,7 @@ proptest! {
             ArtifactVerdict::Verified { release, size: 10 }
         };
         let policy = Policy { tolerable_lag: 10, ..Policy::default() };
-        let checks = preflight(&PreflightInput { view: &view, target_version: "v2", artifact: &artifact, required_disk: 1, allow_mixed: false }, &policy);
+        let checks = preflight(&PreflightInput { view: &view, target_version: "v2", artifact: &artifact, required_disk: 1, allow_mixed: false, coordinator_state_free: None }, &policy);
         let should_fail = missing || lags.iter().skip(1).any(|l| *l > 10);
         prop_assert_eq!(checks.iter().any(|c| !c.ok), should_fail, "{:?}", checks);
         prop_assert_eq!(baton_planner::preflight::start(&checks, "r".into(), &view, "v2", &artifact, UnixMs(0)).is_ok(), !should_fail);

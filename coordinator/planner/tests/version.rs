@@ -137,6 +137,7 @@ fn version_checks(view: &View, to: &str) -> Vec<String> {
             target_version: to,
             artifact: &artifact,
             required_disk: 0,
+            coordinator_state_free: None,
             allow_mixed: false,
         },
         &Policy::default(),

@@ -72,7 +72,8 @@ pub struct DriverConfig {
     /// The release name in the artifact store (e.g. `samplekv`).
     pub release_name: String,
     pub store: Option<Arc<dyn ArtifactStore>>,
-    /// Scratch space for verifying artifacts.
+    /// The coordinator's state dir: scratch space for verifying artifacts,
+    /// and where the journal is (its free space is a preflight check).
     pub scratch: PathBuf,
     /// How often the driver re-evaluates with no other trigger.
     pub tick: Duration,

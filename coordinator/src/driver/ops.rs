@@ -182,6 +182,9 @@ impl Driver {
                 artifact: &artifact,
                 required_disk: required,
                 allow_mixed,
+                coordinator_state_free: Some(
+                    baton_store::records::free_bytes(&self.cfg.scratch).unwrap_or(0),
+                ),
             },
             &self.cfg.policy,
         );

@@ -123,7 +123,10 @@ impl Sim {
                 term: self.term,
                 cluster_version: String::new(),
             },
-            resources: Resources::default(),
+            resources: Resources {
+                state_disk_free_bytes: 1 << 40,
+                ..Resources::default()
+            },
             timestamp_unix_ms: 0,
             process: Default::default(),
         }

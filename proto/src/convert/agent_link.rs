@@ -325,6 +325,7 @@ impl TryFrom<v1::Report> for Report {
                 memory_used_bytes,
                 memory_total_bytes,
                 data_disk_free_bytes,
+                state_disk_free_bytes,
             }) => {
                 if !cpu_percent.is_finite() || cpu_percent < 0.0 {
                     return Err(InvalidReport::BadCpu {
@@ -337,6 +338,7 @@ impl TryFrom<v1::Report> for Report {
                     memory_used_bytes,
                     memory_total_bytes,
                     data_disk_free_bytes,
+                    state_disk_free_bytes,
                 }
             }
         };
@@ -387,6 +389,7 @@ impl From<Report> for v1::Report {
             memory_used_bytes,
             memory_total_bytes,
             data_disk_free_bytes,
+            state_disk_free_bytes,
         } = resources;
         v1::Report {
             member_id: member.into(),
@@ -403,6 +406,7 @@ impl From<Report> for v1::Report {
                 memory_used_bytes,
                 memory_total_bytes,
                 data_disk_free_bytes,
+                state_disk_free_bytes,
             }),
             timestamp_unix_ms,
             term,

@@ -57,6 +57,7 @@ pub fn cluster(members: &[(&str, Role, u64)]) -> View {
                                 *applied,
                             );
                             r.resources.data_disk_free_bytes = 1 << 40;
+                            r.resources.state_disk_free_bytes = 1 << 40;
                             r
                         }),
                         lag: Some(committed - applied),
