@@ -97,6 +97,7 @@ struct RawPolicy {
     allow_quorum_loss: Option<bool>,
     backup: Option<String>,
     backup_keep_days: Option<u64>,
+    min_state_disk_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,7 +382,16 @@ fn policy(raw: RawPolicy, members: usize) -> Result<Policy, ConfigError> {
         start_retries: raw.start_retries.unwrap_or(d.start_retries),
         allow_quorum_loss,
         backup,
+        min_state_disk_free: raw
+            .min_state_disk_free_bytes
+            .unwrap_or(d.min_state_disk_free),
     };
+    if p.min_state_disk_free < 4096 {
+        return Err(invalid(
+            "policy.min_state_disk_free_bytes",
+            "must be at least 4096: a journal needs room for its next entries",
+        ));
+    }
     for (key, v) in [
         ("policy.stop_timeout_ms", p.stop_timeout),
         ("policy.health_timeout_ms", p.health_timeout),

@@ -110,6 +110,15 @@ pub struct RecordLog {
     end: u64,
     /// A failed append left bytes past `end` that could not be cut off yet.
     dirty_tail: bool,
+    /// Bytes kept written (as zeros) past `end`, so the next appends land
+    /// on space the filesystem has already given: when the disk fills,
+    /// the log still has this much to record the way out.
+    reserve: u64,
+    /// How far the file is written (records, then the reserve's zeros).
+    allocated: u64,
+    /// The last top-up of the reserve failed: the disk is (nearly) full and
+    /// the appends are eating the reserve.
+    low_space: bool,
     /// The open file's (device, inode), compared with the path's before
     /// each append.
     identity: (u64, u64),
@@ -355,11 +364,14 @@ impl RecordLog {
                 Scan::Torn(offset) => {
                     file.set_len(offset).map_err(|e| io("truncate", e))?;
                     file.sync_all().map_err(|e| io("sync", e))?;
-                    let torn = Torn {
+                    // Zeros are the reserve (or space a crash left
+                    // unwritten), not a record cut short.
+                    let zeros = bytes[offset as usize..].iter().all(|b| *b == 0);
+                    let torn = (!zeros).then(|| Torn {
                         offset,
                         bytes: bytes.len() as u64 - offset,
-                    };
-                    (offset, Some(torn))
+                    });
+                    (offset, torn)
                 }
                 Scan::Corrupt(offset, detail) => {
                     return Err(RecordError::Corrupt {
@@ -377,6 +389,9 @@ impl RecordLog {
                 file,
                 end,
                 dirty_tail: false,
+                reserve: 0,
+                allocated: end,
+                low_space: false,
                 identity: (meta.dev(), meta.ino()),
             },
             records,
@@ -433,12 +448,70 @@ impl RecordLog {
         self.end == MAGIC.len() as u64
     }
 
+    /// Keeps `bytes` of space written past the last record from now on
+    /// (see [`RecordLog::low_space`]); returns whether it is all there.
+    pub fn keep_reserve(&mut self, bytes: u64) -> Result<bool, RecordError> {
+        self.reserve = bytes;
+        self.top_up();
+        self.file.sync_data().map_err(|source| RecordError::Io {
+            path: self.path.clone(),
+            op: "sync",
+            source,
+        })?;
+        Ok(!self.low_space)
+    }
+
+    /// Whether the reserve could not be kept whole: the disk is full and
+    /// each append now eats into it. A caller should stop taking on new
+    /// work and use what is left to reach a safe point.
+    pub fn low_space(&self) -> bool {
+        self.low_space
+    }
+
+    /// Tries to write the reserve back to full (a disk that had filled may
+    /// have room again); returns whether it is whole.
+    pub fn retry_reserve(&mut self) -> bool {
+        if self.low_space {
+            self.top_up();
+            if self.file.sync_data().is_err() {
+                self.low_space = true;
+            }
+        }
+        !self.low_space
+    }
+
+    /// Writes zeros from what is written up to `end + reserve`; a failure
+    /// (a full disk) sets `low_space` and keeps whatever was written.
+    fn top_up(&mut self) {
+        let want = self.end + self.reserve;
+        if self.allocated >= want {
+            self.low_space = false;
+            return;
+        }
+        let zeros = vec![0u8; (want - self.allocated) as usize];
+        match self.file.write_all_at(&zeros, self.allocated) {
+            Ok(()) => {
+                self.allocated = want;
+                self.low_space = false;
+            }
+            Err(_) => {
+                // Some of it may be there; the length says how much.
+                self.allocated = self
+                    .file
+                    .metadata()
+                    .map_or(self.end, |m| m.len().max(self.end));
+                self.low_space = true;
+            }
+        }
+    }
+
     /// Appends one record and syncs it. On failure nothing was recorded:
     /// the partial frame is cut off (or, if even that fails, cut off
     /// before the next append).
     pub fn append(&mut self, payload: &[u8]) -> Result<(), RecordError> {
+        let path = self.path.clone();
         let io = |op, source| RecordError::Io {
-            path: self.path.clone(),
+            path: path.clone(),
             op,
             source,
         };
@@ -465,21 +538,33 @@ impl RecordLog {
         if self.dirty_tail {
             self.file.set_len(self.end).map_err(|e| io("truncate", e))?;
             self.dirty_tail = false;
+            self.allocated = self.end;
         }
         let bytes = frame(payload);
-        let written = self
-            .file
-            .write_all_at(&bytes, self.end)
-            .and_then(|()| self.file.sync_data());
+        let mut written = self.file.write_all_at(&bytes, self.end);
+        if written.is_ok() {
+            let end = self.end + bytes.len() as u64;
+            self.allocated = self.allocated.max(end);
+            if self.reserve > 0 {
+                let was = self.end;
+                self.end = end;
+                self.top_up();
+                self.end = was;
+            }
+            written = self.file.sync_data();
+        }
         match written {
             Ok(()) => {
                 self.end += bytes.len() as u64;
                 Ok(())
             }
             Err(e) => {
+                // The frame (and any reserve) is cut off: the next append
+                // starts clean, and finds its space again.
                 if self.file.set_len(self.end).is_err() {
                     self.dirty_tail = true;
                 }
+                self.allocated = self.end;
                 Err(io("append to", e))
             }
         }
@@ -549,7 +634,6 @@ mod tests {
             ("one appended 0xff byte", vec![0xff]),
             ("a header cut short", last[..7].to_vec()),
             ("a payload cut short", last[..last.len() - 2].to_vec()),
-            ("a zeroed tail", vec![0; 40]),
             ("a last payload that fails its checksum", {
                 let mut f = last.clone();
                 let n = f.len();
@@ -587,6 +671,62 @@ mod tests {
             assert_eq!(again.records.len(), 3, "{what}");
             assert_eq!(again.torn, None, "{what}");
         }
+    }
+
+    #[test]
+    fn a_zeroed_tail_is_space_not_a_torn_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_with(dir.path(), &[b"first"]);
+        let good = fs::read(&path).unwrap();
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&[0; 4000]);
+        fs::write(&path, &bytes).unwrap();
+        let o = RecordLog::open(&path).unwrap();
+        assert_eq!(payloads(&o), vec![b"first".to_vec()]);
+        assert_eq!(o.torn, None, "nothing was lost, nothing to warn about");
+        assert_eq!(fs::read(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn the_reserve_lets_appends_go_on_after_the_disk_fills_and_comes_back() {
+        let disk = crate::testutil::SmallDisk::mount();
+        let path = disk.path().join("j.log");
+        let mut log = RecordLog::open(&path).unwrap().log;
+        assert!(log.keep_reserve(16 << 10).unwrap());
+        assert!(!log.low_space());
+        log.append(b"before").unwrap();
+        disk.fill("filler");
+        // The disk is full: the reserve cannot be topped up, but the
+        // appends land in it.
+        let record = vec![b'r'; 1000];
+        let (mut appended, mut in_reserve) = (0, 0);
+        let err = loop {
+            match log.append(&record) {
+                Ok(()) => appended += 1,
+                Err(e) => break e,
+            }
+            // Once a top-up fails (the last page's slack used), every
+            // later append lives on the reserve.
+            if log.low_space() {
+                in_reserve += 1;
+            }
+            assert!(appended < 100, "the reserve never ran out");
+        };
+        assert!(err.is_disk_full(), "{err}");
+        assert!(log.low_space());
+        assert!(
+            in_reserve >= 12,
+            "16 KiB of reserve took only {in_reserve} records of 1 KB"
+        );
+        assert!(!log.retry_reserve(), "still full");
+        fs::remove_file(disk.path().join("filler")).unwrap();
+        assert!(log.retry_reserve(), "space came back");
+        assert!(!log.low_space());
+        log.append(b"after").unwrap();
+        let o = RecordLog::open(&path).unwrap();
+        assert_eq!(o.torn, None);
+        assert_eq!(o.records.len(), 1 + appended + 1);
+        assert_eq!(o.records.last().unwrap().payload, b"after");
     }
 
     #[test]

@@ -92,6 +92,33 @@ pub fn reverted(state: &RolloutState) -> Vec<(&baton_domain::MemberId, &str)> {
         .collect()
 }
 
+/// How a pause for the journal's disk space begins its reason; a rollout
+/// paused so resumes by itself once the space is back.
+pub const JOURNAL_SPACE_PAUSE: &str = "the coordinator's journal is nearly out of disk space";
+
+/// The pause the coordinator asks for itself when its journal's disk is
+/// nearly full (it is recording on its reserve): at the next safe point,
+/// as an operator's pause, so a member that is down is brought back first
+/// and nothing new is stopped. `None` unless the rollout is running.
+pub fn pause_for_journal_space(state: &RolloutState, now: UnixMs) -> Option<Event> {
+    if !matches!(state.phase, Phase::Running) {
+        return None;
+    }
+    let reason = format!(
+        "{JOURNAL_SPACE_PAUSE}: paused at a safe point with every member serving; it resumes by itself once there is space under the coordinator's state_dir again"
+    );
+    Some(match member_down(state) {
+        Some(_) => Event::PauseRequested { reason, at: now },
+        None => Event::Paused { reason, at: now },
+    })
+}
+
+/// Whether `state` is paused for the journal's disk space (and so resumes
+/// by itself once the space is back).
+pub fn paused_for_journal_space(state: &RolloutState) -> bool {
+    matches!(&state.phase, Phase::Paused { reason } if reason.starts_with(JOURNAL_SPACE_PAUSE))
+}
+
 /// The event that carries out `control` on `state` at `now`, or why the
 /// rollout's phase does not allow it.
 pub fn control(state: &RolloutState, control: Control, now: UnixMs) -> Result<Event, Refused> {

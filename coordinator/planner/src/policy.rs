@@ -63,6 +63,14 @@ pub struct Policy {
     /// The pre-upgrade backup.
     #[serde(default)]
     pub backup: BackupPolicy,
+    /// The least free space the coordinator's state dir and every agent's
+    /// must have for a rollout to start (the `state-disk` preflight check).
+    #[serde(default = "default_min_state_disk_free")]
+    pub min_state_disk_free: u64,
+}
+
+fn default_min_state_disk_free() -> u64 {
+    crate::preflight::MIN_STATE_DISK_FREE
 }
 
 impl Default for Policy {
@@ -82,6 +90,7 @@ impl Default for Policy {
             start_retries: 0,
             allow_quorum_loss: false,
             backup: BackupPolicy::Off,
+            min_state_disk_free: crate::preflight::MIN_STATE_DISK_FREE,
         }
     }
 }

@@ -66,10 +66,10 @@ pub struct PreflightInput<'a> {
     pub coordinator_state_free: Option<u64>,
 }
 
-/// The least free space a state dir (the coordinator's journal, an agent's
-/// command journal) must have for a rollout to start: a journal that
-/// cannot be written stops the coordinator deciding, and makes an agent
-/// refuse its commands.
+/// The default least free space a state dir (the coordinator's journal, an
+/// agent's command journal) must have for a rollout to start
+/// (`policy.min_state_disk_free_bytes`): a journal that cannot be written
+/// stops the coordinator deciding, and makes an agent refuse its commands.
 pub const MIN_STATE_DISK_FREE: u64 = 16 << 20;
 
 /// Free disk each member needs per byte of artifact: the packed artifact is
@@ -291,21 +291,22 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
     }
 
     // 8. State disks: where the journals are written.
+    let min = policy.min_state_disk_free;
     if let Some(free) = input.coordinator_state_free
-        && free < MIN_STATE_DISK_FREE
+        && free < min
     {
         checks.push(Check::fail(
             "state-disk",
             None,
             format!(
-                "the coordinator's state_dir has {free} bytes free, needs at least {MIN_STATE_DISK_FREE} for its journal; free space there"
+                "the coordinator's state_dir has {free} bytes free, needs at least {min} (policy.min_state_disk_free_bytes) for its journal; free space there"
             ),
         ));
     }
     for (m, v) in &view.members {
         let Some(r) = v.report.as_ref() else { continue };
         let free = r.resources.state_disk_free_bytes;
-        if free < MIN_STATE_DISK_FREE {
+        if free < min {
             let older = if free == 0 {
                 " (an agent older than this coordinator reports no figure: upgrade it)"
             } else {
@@ -315,7 +316,7 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
                 "state-disk",
                 Some(m),
                 format!(
-                    "member {m}'s agent state_dir has {free} bytes free, needs at least {MIN_STATE_DISK_FREE} to journal its commands (one it cannot journal is refused){older}; free space there"
+                    "member {m}'s agent state_dir has {free} bytes free, needs at least {min} (policy.min_state_disk_free_bytes) to journal its commands (one it cannot journal is refused){older}; free space there"
                 ),
             ));
         }

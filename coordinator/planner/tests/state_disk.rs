@@ -51,6 +51,7 @@ fn every_state_dir_needs_room_for_its_journal() {
         vec![],
         "exactly the minimum passes"
     );
+    assert_eq!(Policy::default().min_state_disk_free, min);
     let got = refusals(&[("n2", min - 1)], Some(min));
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0, "n2");
@@ -58,7 +59,8 @@ fn every_state_dir_needs_room_for_its_journal() {
         got[0].1.starts_with(&format!(
             "member n2's agent state_dir has {} bytes free",
             min - 1
-        )) && got[0].1.contains("one it cannot journal is refused"),
+        )) && got[0].1.contains("one it cannot journal is refused")
+            && got[0].1.contains("policy.min_state_disk_free_bytes"),
         "{got:?}"
     );
     let got = refusals(&[], Some(4096));

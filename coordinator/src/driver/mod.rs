@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
 use baton_planner::alerts::{self, Alert, AlertStatus, CATCH_UP_STALLED};
+use baton_planner::control;
 use baton_planner::decide::Step;
 use baton_planner::rollout::{BackupState, BackupSummary, Event, RolloutState};
 use baton_planner::watchdog::Watchdog;
@@ -123,7 +124,13 @@ pub struct Driver {
     /// Results that arrived while the journal could not record them, in
     /// arrival order; recorded first when it can again.
     unjournaled: Vec<(MemberId, CommandOutcome)>,
+    /// When a rollout paused for the journal's space may next ask whether
+    /// the space is back (each ask writes and syncs).
+    space_check_at: Instant,
 }
+
+/// How often a rollout paused for the journal's space checks for it.
+const SPACE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// The journal refused an append for a reason of its own (not an entry
 /// that does not apply): nothing is decided or sent while it lasts, and an
@@ -205,6 +212,7 @@ impl Driver {
             cluster,
             journal_down: None,
             unjournaled: Vec::new(),
+            space_check_at: Instant::now(),
             changes: watch::channel(1).0,
         }
     }
@@ -360,6 +368,44 @@ impl Driver {
                 });
                 self.bump();
             }
+        }
+    }
+
+    /// A journal on its reserve pauses the running rollout at a safe point;
+    /// a rollout so paused resumes once the reserve is whole again.
+    async fn mind_journal_space(&mut self) {
+        let Some(r) = self.active() else { return };
+        let (pause, paused) = {
+            let (_, now) = self.view();
+            (
+                control::pause_for_journal_space(r, now),
+                control::paused_for_journal_space(r),
+            )
+        };
+        let (_, now) = self.view();
+        if self.journal.low_space() {
+            if let Some(pause) = pause {
+                tracing::warn!(
+                    "the journal's disk is nearly full; pausing the rollout at a safe point"
+                );
+                if let Err(e) = self.record(pause).await {
+                    tracing::error!(error = %e, "cannot journal the pause for the journal's space");
+                }
+                return;
+            }
+            if !paused || Instant::now() < self.space_check_at {
+                return;
+            }
+            self.space_check_at = Instant::now() + SPACE_CHECK_EVERY;
+            if !self.journal.check_space().await {
+                return;
+            }
+        } else if !paused {
+            return;
+        }
+        tracing::info!("the journal has space again; resuming the rollout it paused");
+        if let Err(e) = self.record(Event::Resumed { at: now }).await {
+            tracing::error!(error = %e, "cannot journal the resume");
         }
     }
 
@@ -534,6 +580,7 @@ impl Driver {
             }
         }
         self.refresh();
+        self.mind_journal_space().await;
         let span = self
             .active()
             .map(|r| tracing::info_span!("rollout", id = %r.id, to = %r.target.version));

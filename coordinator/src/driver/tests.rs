@@ -554,6 +554,51 @@ async fn a_journal_that_cannot_be_written_stops_the_driver_pages_once_and_carrie
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_journal_on_its_reserve_pauses_at_a_safe_point_and_resumes_when_space_returns() {
+    let mut rig = Rig::new(Sim::three(), Policy::default()).await;
+    // Up to n2's stop, answered: n2 is down when the disk fills.
+    let before = rig
+        .run(200, |r| {
+            r.commands
+                .values()
+                .any(|c| c.action == Action::Stop && c.result.is_some())
+        })
+        .await;
+    assert!(!rig.sim.up[&id("n2")], "n2 is down");
+    rig.journal.set_low_space(true);
+    let during = rig.run(200, is_paused).await;
+    let reason = paused_reason(&rig.rollout());
+    assert!(
+        reason.starts_with(baton_planner::control::JOURNAL_SPACE_PAUSE),
+        "{reason}"
+    );
+    // n2 was carried back to serving first; nothing else was stopped.
+    assert!(rig.sim.up.values().all(|up| *up), "{:?}", rig.sim.up);
+    assert!(
+        !during.iter().any(|(_, a)| *a == Action::Stop),
+        "stopped while the journal was low: {during:?}"
+    );
+    // Still low: it stays paused.
+    assert!(rig.idle(50).await.is_empty());
+    assert!(is_paused(&rig.rollout()));
+    // Space is back: it resumes by itself and completes.
+    rig.journal.set_low_space(false);
+    let after = rig.run(400, |r| r.phase.is_terminal()).await;
+    assert!(
+        matches!(rig.rollout().phase, Phase::Completed),
+        "{:?}",
+        rig.rollout().phase
+    );
+    let stops = before
+        .iter()
+        .chain(&during)
+        .chain(&after)
+        .filter(|(_, a)| *a == Action::Stop)
+        .count();
+    assert_eq!(stops, 3, "each member stopped once");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failed_start_reverts_the_member_and_pauses() {
     let sim = Sim {
         fail_start: Some(id("n2")),

@@ -23,6 +23,10 @@ use super::{Applied, Entry, Journal, JournalError, MetaEntry};
 
 /// The journal file, under the state dir.
 pub const FILE: &str = "journal.log";
+/// Space kept written past the last entry: when the disk fills, enough to
+/// record a pause at a safe point (a member carried back to serving, its
+/// results, the alert) before anything is refused.
+pub const RESERVE: u64 = 32 << 10;
 /// The JSON-lines journal of earlier versions, imported once.
 pub const LEGACY_FILE: &str = "journal.jsonl";
 
@@ -100,6 +104,9 @@ impl FileJournal {
             })?;
             log.append(&bytes).map_err(JournalError::Log)?;
         }
+        if !log.keep_reserve(RESERVE).map_err(JournalError::Log)? {
+            tracing::warn!(path = %path.display(), reserve = RESERVE, "the journal's disk is full: starting on what is left of its reserve");
+        }
         if legacy.exists() {
             // Imported by an earlier start that stopped before the rename.
             rename_imported(&legacy)?;
@@ -139,6 +146,20 @@ impl Journal for FileJournal {
 
     fn subscribe(&self) -> watch::Receiver<Applied> {
         self.applied.subscribe()
+    }
+
+    fn low_space(&self) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .low_space()
+    }
+
+    async fn check_space(&self) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retry_reserve()
     }
 }
 

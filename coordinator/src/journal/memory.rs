@@ -20,6 +20,9 @@ pub struct MemoryJournal {
     applied: watch::Sender<Applied>,
     /// While set, every proposal fails as a full disk would.
     failing: AtomicBool,
+    /// While set, the journal says its disk is nearly full (it still
+    /// records).
+    low: AtomicBool,
 }
 
 impl MemoryJournal {
@@ -30,6 +33,11 @@ impl MemoryJournal {
     /// While `on`, every proposal fails with "No space left on device".
     pub fn fail_writes(&self, on: bool) {
         self.failing.store(on, Ordering::SeqCst);
+    }
+
+    /// While `on`, the journal reports its disk nearly full.
+    pub fn set_low_space(&self, on: bool) {
+        self.low.store(on, Ordering::SeqCst);
     }
 
     /// Every accepted entry so far, in order.
@@ -60,5 +68,13 @@ impl Journal for MemoryJournal {
 
     fn subscribe(&self) -> watch::Receiver<Applied> {
         self.applied.subscribe()
+    }
+
+    fn low_space(&self) -> bool {
+        self.low.load(Ordering::SeqCst)
+    }
+
+    async fn check_space(&self) -> bool {
+        !self.low.load(Ordering::SeqCst)
     }
 }

@@ -260,6 +260,15 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     async fn propose(&self, entry: Entry) -> Result<u64, JournalError>;
     /// The applied state, updated after every accepted proposal.
     fn subscribe(&self) -> watch::Receiver<Applied>;
+    /// Whether the journal's disk is (nearly) full: it still records, on a
+    /// reserve kept for reaching a safe point, so no new work should start.
+    fn low_space(&self) -> bool {
+        false
+    }
+    /// Tries to win the reserve back; returns whether there is room again.
+    async fn check_space(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

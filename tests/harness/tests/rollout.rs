@@ -652,6 +652,134 @@ async fn a_lost_journal_reuses_no_command_id_and_no_agent_replays_a_result() -> 
     Ok(())
 }
 
+/// Polls the journal (every 20 ms, at most `within`) until `f` finds an
+/// entry; the error names what was awaited.
+async fn journal_until(
+    cluster: &Cluster,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(e) = cluster.journal_entries()?.into_iter().find(&f) {
+            return Ok(e);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not journaled within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_coordinator_disk_pauses_with_every_member_serving_and_resumes_when_space_returns()
+-> Result<()> {
+    // A 64 KiB state dir is far below the 16 MiB the preflight asks by
+    // default; this cluster asks for 8 KiB.
+    let spec = ClusterSpec {
+        policy: format!("{POLICY}min_state_disk_free_bytes = 8192\n"),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    // The coordinator's state dir moves onto a 64 KiB disk.
+    drop(cluster.coordinator.take()); // SIGKILL by pid
+    let state = cluster.dir.path().join("coordinator-state");
+    let saved = cluster.dir.path().join("coordinator-state.before");
+    std::fs::rename(&state, &saved)?;
+    std::fs::create_dir(&state)?;
+    let disk = baton_store::testutil::SmallDisk::mount_at(&state);
+    for f in std::fs::read_dir(&saved)? {
+        let f = f?;
+        std::fs::copy(f.path(), state.join(f.file_name()))?;
+    }
+    cluster.start_coordinator()?;
+    cluster.wait_led_and_fresh().await?;
+    let load = start_load(&cluster);
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    // The first follower's stop has happened: fill the disk while the
+    // rollout is mid-way.
+    journal_until(&cluster, "the first stop", Duration::from_secs(30), |e| {
+        e["event"] == "command_succeeded"
+            && e["detail"].as_str().is_some_and(|d| d.contains("SIGTERM"))
+    })
+    .await?;
+    disk.fill("filler");
+    let log = cluster.dir.path().join("coordinator.log");
+    let log_at_fill = std::fs::metadata(&log)?.len();
+    let filled_at = tokio::time::Instant::now();
+    let paused = journal_until(
+        &cluster,
+        "the pause for space",
+        Duration::from_secs(60),
+        |e| {
+            e["event"] == "paused"
+                && e["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("nearly out of disk space"))
+        },
+    )
+    .await?;
+    // Paused at a safe point: every member serving, and paged.
+    cluster
+        .wait_status("every member serving", Duration::from_secs(20), |s| {
+            s.members.iter().all(|m| {
+                m.fresh
+                    && m.report
+                        .as_ref()
+                        .is_some_and(|r| r.state.health == Health::Healthy)
+            })
+        })
+        .await?;
+    journal_until(&cluster, "the paused page", Duration::from_secs(10), |e| {
+        e["alert_event"] == "fired" && e["alert"]["labels"]["alertname"] == "BatonRolloutPaused"
+    })
+    .await?;
+    // It stays paused while the disk is full, and its log stays bounded.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let journal = cluster.journal()?;
+    let last = journal.last().cloned().unwrap_or_default();
+    assert_eq!(
+        last["event"], "paused",
+        "still paused: {last} (paused: {paused})"
+    );
+    let grown = std::fs::metadata(&log)?.len().saturating_sub(log_at_fill);
+    let per_minute = grown as f64 * 60.0 / filled_at.elapsed().as_secs_f64();
+    assert!(
+        per_minute < 1_048_576.0,
+        "the log grew {grown} bytes in {:?} ({per_minute:.0} bytes/min)",
+        filled_at.elapsed()
+    );
+    // Space returns: it resumes by itself and completes.
+    std::fs::remove_file(state.join("filler"))?;
+    journal_until(&cluster, "the completion", Duration::from_secs(90), |e| {
+        e["event"] == "completed"
+    })
+    .await?;
+    let journal = cluster.journal()?;
+    assert!(
+        journal.iter().any(|e| e["event"] == "resumed"),
+        "resumed by itself"
+    );
+    let (_, lost, max_down) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new());
+    assert!(max_down <= 1, "{max_down} members down at once");
+    // The journal reads back whole after a restart.
+    drop(cluster.coordinator.take());
+    cluster.start_coordinator()?;
+    cluster.wait_led_and_fresh().await?;
+    let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(out.to_string().contains("r1-v2"), "{out:#}");
+    drop(cluster);
+    drop(disk);
+    Ok(())
+}
+
 /// Runs `baton upgrade --to V --detach` and returns the failed checks as
 /// (check, member). Detached, so a preflight that wrongly passes fails the
 /// test at once instead of waiting on the rollout it started.
