@@ -40,6 +40,10 @@ pub struct JournalEntry {
 pub const JOURNAL_FILE: &str = "commands.log";
 /// The JSON-lines journal of earlier versions, imported once.
 pub const LEGACY_JOURNAL_FILE: &str = "commands.jsonl";
+/// Space the command journal keeps written past its end: on a full disk,
+/// room to journal the commands that bring the member back (a start, a
+/// switch back) after the ones that took it down.
+pub const JOURNAL_RESERVE: u64 = 16 << 10;
 
 /// Why the journal could not be read at start.
 #[derive(Debug, thiserror::Error)]
@@ -173,9 +177,13 @@ impl Executor {
                 })
             })?;
         }
+        let mut log = opened.log;
+        if !log.keep_reserve(JOURNAL_RESERVE).map_err(log_err)? {
+            tracing::warn!(%member, path = %path.display(), "the agent's state_dir is full: starting on what is left of the command journal's reserve (the member will not be stopped until there is space)");
+        }
         Ok(Executor {
             member,
-            log: Mutex::new(opened.log),
+            log: Mutex::new(log),
             entries: Mutex::new(entries),
             running: tokio::sync::Mutex::new(()),
             adapter,
@@ -204,6 +212,24 @@ impl Executor {
         let bytes = serde_json::to_vec(e).map_err(|err| format!("cannot encode it: {err}"))?;
         let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         log.append(&bytes).map_err(|err| err.to_string())
+    }
+
+    /// On a full disk the journal lives on its reserve, kept for bringing
+    /// the member back: only a start, a switch or a step-down is taken
+    /// then; anything that could take the member down (or needs the disk)
+    /// is refused. The reserve is tried again first (the space may be back).
+    fn refuse_on_reserve(&self, cmd: &AgentCommand) -> Option<String> {
+        let mut log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        if !log.low_space() || log.retry_reserve() {
+            return None;
+        }
+        match cmd.action {
+            Action::Start | Action::Switch { .. } | Action::StepDown { .. } => None,
+            _ => Some(format!(
+                "member {}: the agent's state_dir is full (its command journal is down to the reserve kept for bringing the member back); refusing {} ({}), nothing was done: free space under the agent's state_dir, then resume",
+                self.member, cmd.id, cmd.action
+            )),
+        }
     }
 
     /// What the journal already says about `cmd`: its stored result when
@@ -238,6 +264,13 @@ impl Executor {
         if let Some(done) = self.stored(&cmd) {
             tracing::info!(member = %self.member, id = %cmd.id, "repeated command id; answering from the journal");
             return done;
+        }
+        if let Some(refusal) = self.refuse_on_reserve(&cmd) {
+            tracing::warn!(member = %self.member, id = %cmd.id, %refusal, "refused a command: the state_dir is full");
+            return CommandOutcome {
+                id: cmd.id.clone(),
+                result: Err(refusal),
+            };
         }
         let (runs, before) = {
             let mut entries = self.lock();
@@ -922,23 +955,32 @@ mod tests {
         disk.fill("filler");
         // The journal's last page may still have room: run cheap commands
         // until one is refused (bounded).
-        let mut filled = false;
+        // Starts are taken even on the journal's reserve; the first one
+        // that cannot be journaled at all is refused.
+        let mut refused = None;
         for i in 0..200 {
             let out = ex.run(cmd(&format!("fill-{i}"), Action::Start)).await;
-            if out.result.is_err_and(|e| e.contains("cannot journal")) {
-                filled = true;
+            if let Err(e) = out.result
+                && e.contains("cannot journal")
+            {
+                refused = Some((i, e));
                 break;
             }
         }
-        assert!(filled, "the journal never ran out of space");
+        let (i, err) = refused.expect("the journal never ran out of space");
+        assert!(
+            err.starts_with(&format!(
+                "member n1: cannot journal command fill-{i} (start) before running it"
+            )) && err.contains("refused, nothing was done"),
+            "{err}"
+        );
         let err = ex
             .run(cmd("r1-v2-3", Action::Stop))
             .await
             .result
             .unwrap_err();
         assert!(
-            err.starts_with("member n1: cannot journal command r1-v2-3 (stop) before running it")
-                && err.contains("refused, nothing was done"),
+            err.contains("r1-v2-3 (stop)") && err.contains("nothing was done"),
             "{err}"
         );
         assert!(!marker.exists(), "the member was stopped unjournaled");
@@ -1074,5 +1116,69 @@ mod tests {
                 "{entries:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn on_a_full_disk_the_member_is_started_but_never_stopped() {
+        let disk = baton_store::testutil::SmallDisk::mount();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let marker = elsewhere.path().join("stops");
+        let ex = Executor::open(
+            MemberId::new("n1").unwrap(),
+            disk.path(),
+            Arc::new(FakeAdapter::default()),
+            exec_member(elsewhere.path(), &marker),
+            None,
+        )
+        .unwrap();
+        // Stopped before the disk fills; the disk fills while it is down.
+        ex.run(cmd("r1-v2-2.j", Action::Stop)).await.result.unwrap();
+        disk.fill("filler");
+        // Cheap commands until the journal is on its reserve (bounded).
+        let mut on_reserve = false;
+        for i in 0..200 {
+            let out = ex
+                .run(cmd(
+                    &format!("probe-{i}"),
+                    Action::Backup {
+                        id: format!("b{i}"),
+                    },
+                ))
+                .await;
+            if out.result.is_err_and(|e| e.contains("down to the reserve")) {
+                on_reserve = true;
+                break;
+            }
+        }
+        assert!(on_reserve, "the journal never reached its reserve");
+        let err = ex
+            .run(cmd("r1-v2-9.j", Action::Stop))
+            .await
+            .result
+            .unwrap_err();
+        assert!(
+            err.starts_with("member n1: the agent's state_dir is full")
+                && err.contains("refusing r1-v2-9.j (stop)"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read_to_string(&marker).unwrap(),
+            "stopped\n",
+            "stopped once"
+        );
+        // The start that brings it back is journaled from the reserve.
+        ex.run(cmd("r1-v2-4.j", Action::Start))
+            .await
+            .result
+            .unwrap();
+        let started = ex.entries().into_iter().find(|e| e.id.0 == "r1-v2-4.j");
+        assert!(started.is_some_and(|e| e.result.is_some_and(|r| r.is_ok())));
+        // Space returns: a stop is taken again.
+        fs::remove_file(disk.path().join("filler")).unwrap();
+        ex.run(cmd("r1-v2-10.j", Action::Stop))
+            .await
+            .result
+            .unwrap();
+        assert_eq!(fs::read_to_string(&marker).unwrap(), "stopped\nstopped\n");
     }
 }

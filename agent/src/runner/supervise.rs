@@ -238,17 +238,37 @@ impl Running {
     }
 }
 
+/// The pidfile's fixed length (a pid and a start time, space-padded).
+const PIDFILE_LEN: usize = 48;
+
 impl Supervisor {
     fn pidfile(&self) -> PathBuf {
         self.state_dir.join("member.pid")
     }
 
+    /// Writes `<pid> <start time>` into the pidfile in place, padded to a
+    /// fixed [`PIDFILE_LEN`] bytes: once the file exists, rewriting it needs
+    /// no new space, so a member can be started again on a full disk (a
+    /// temp file and a rename would need a free block each time).
     fn write_pidfile(&self, pid: u32) -> Result<(), SupervisorError> {
+        use std::os::unix::fs::FileExt;
         let start = proc_start_time(pid).unwrap_or(0);
         let path = self.pidfile();
-        let tmp = path.with_extension("pid.tmp");
-        std::fs::write(&tmp, format!("{pid} {start}\n"))
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        let mut line = format!("{pid} {start}");
+        line.extend(std::iter::repeat_n(
+            ' ',
+            PIDFILE_LEN.saturating_sub(line.len() + 1),
+        ));
+        line.push('\n');
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|f| {
+                f.write_all_at(line.as_bytes(), 0)?;
+                f.set_len(line.len() as u64)
+            })
             .map_err(|source| SupervisorError::State {
                 member: self.member.clone(),
                 path,
@@ -757,6 +777,39 @@ mod tests {
         .unwrap();
         let started = wait_for(&mut h.state, |s| s.pid.is_some()).await;
         assert_ne!(started.pid, Some(u32::MAX - 1));
+        h.stop(None, Duration::from_secs(5)).await.unwrap();
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+    #[tokio::test]
+    async fn a_member_is_started_again_on_a_full_state_disk() {
+        let (dir, cfg) = setup("exec sleep 30");
+        let disk = baton_store::testutil::SmallDisk::mount();
+        let m = MemberId::new("n1").unwrap();
+        let tracker = tokio_util::task::TaskTracker::new();
+        let shutdown = CancellationToken::new();
+        let mut h = spawn(
+            m,
+            cfg,
+            dir.path().into(),
+            disk.path().into(),
+            &tracker,
+            shutdown.clone(),
+        )
+        .unwrap();
+        let first = wait_for(&mut h.state, |s| s.pid.is_some()).await.pid;
+        h.stop(None, Duration::from_secs(5)).await.unwrap();
+        disk.fill("filler");
+        h.start(Duration::from_secs(5)).await.unwrap();
+        let again = wait_for(&mut h.state, |s| s.pid.is_some() && s.pid != first).await;
+        let text = std::fs::read_to_string(disk.path().join("member.pid")).unwrap();
+        assert_eq!(
+            text.split_whitespace().next(),
+            again.pid.map(|p| p.to_string()).as_deref(),
+            "the pidfile names the new process: {text:?}"
+        );
+        assert_eq!(text.len(), PIDFILE_LEN);
         h.stop(None, Duration::from_secs(5)).await.unwrap();
         shutdown.cancel();
         tracker.close();
