@@ -178,7 +178,12 @@ fn valid_frame_after(bytes: &[u8], from: usize) -> bool {
 /// tail); when one does, records after it were appended later, so it is
 /// corruption, not a crash.
 fn scan(bytes: &[u8], records: &mut Vec<Record>) -> Scan {
-    let mut at = MAGIC.len();
+    scan_from(bytes, MAGIC.len(), records)
+}
+
+/// [`scan`] from `from`, a record boundary.
+fn scan_from(bytes: &[u8], from: usize, records: &mut Vec<Record>) -> Scan {
+    let mut at = from;
     let end = bytes.len();
     while at < end {
         let rest = &bytes[at..];
@@ -232,6 +237,13 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
 /// in progress, so it is reported, never cut off). A missing file is an
 /// empty log.
 pub fn read(path: &Path) -> Result<(Vec<Record>, Option<Torn>), RecordError> {
+    read_after(path, MAGIC.len() as u64)
+}
+
+/// [`read`], returning only the records from `offset` on (the end of a
+/// record an earlier read returned): a reader following a live log checks
+/// only what is new.
+pub fn read_after(path: &Path, offset: u64) -> Result<(Vec<Record>, Option<Torn>), RecordError> {
     let bytes = match fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), None)),
@@ -254,7 +266,8 @@ pub fn read(path: &Path) -> Result<(Vec<Record>, Option<Torn>), RecordError> {
         });
     }
     let mut records = Vec::new();
-    match scan(&bytes, &mut records) {
+    let from = (offset as usize).clamp(MAGIC.len(), bytes.len());
+    match scan_from(&bytes, from, &mut records) {
         Scan::Clean => Ok((records, None)),
         Scan::Torn(offset) => Ok((
             records,
@@ -778,6 +791,10 @@ mod tests {
             })
         );
         assert_eq!(fs::read(&path).unwrap(), bytes, "read changes nothing");
+        // From the end of the first record: only the second.
+        let second = records[1].offset;
+        let (rest, _) = read_after(&path, second).unwrap();
+        assert_eq!(rest, records[1..].to_vec());
         assert_eq!(read(&dir.path().join("none.log")).unwrap().0, vec![]);
         // The first record's payload, with the second still valid after it.
         bytes[8 + 12] ^= 1;

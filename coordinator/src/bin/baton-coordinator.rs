@@ -42,6 +42,10 @@ fn init_tracing(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // A log line that cannot be written (its disk is full) is dropped:
+        // by default the subscriber reports that with eprintln!, which
+        // panics when stderr is that same full file.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if format == "json" {
         fmt.json().init();

@@ -1058,11 +1058,21 @@ pub const JOURNAL: &str = "coordinator-state/journal.log";
 /// may be an append in progress, so only whole records count. A missing
 /// journal has no entries.
 pub fn read_journal_at(path: &std::path::Path) -> Result<(Vec<serde_json::Value>, u64)> {
-    let (records, _torn) = baton_store::records::read(path)?;
+    read_journal_after(path, 0)
+}
+
+/// The entries of the coordinator journal at `path` from `offset` on (0,
+/// or an end [`read_journal_at`] returned), and where the last whole one
+/// ends: a tail reads only what is new.
+pub fn read_journal_after(
+    path: &std::path::Path,
+    offset: u64,
+) -> Result<(Vec<serde_json::Value>, u64)> {
+    let (records, _torn) = baton_store::records::read_after(path, offset)?;
     let end = records
         .last()
-        .map_or(baton_store::records::MAGIC.len(), |r| {
-            r.offset as usize + 12 + r.payload.len()
+        .map_or(offset.max(baton_store::records::MAGIC.len() as u64), |r| {
+            r.offset + 12 + r.payload.len() as u64
         });
     let entries = records
         .iter()
@@ -1071,7 +1081,7 @@ pub fn read_journal_at(path: &std::path::Path) -> Result<(Vec<serde_json::Value>
                 .with_context(|| format!("{}: the record at offset {}", path.display(), r.offset))
         })
         .collect::<Result<_>>()?;
-    Ok((entries, end as u64))
+    Ok((entries, end))
 }
 
 /// Every entry of the coordinator journal at `path` (see [`read_journal_at`]).

@@ -289,22 +289,21 @@ impl JournalTail {
             let (entries, stop, read, path) =
                 (entries.clone(), stop.clone(), read.clone(), path.clone());
             tokio::spawn(async move {
-                let mut seen = 0usize;
+                let mut offset = 0u64;
                 // Bounded: the stop token, or 60,000 reads (10 minutes).
                 for _ in 0..60_000 {
                     if stop.is_cancelled() {
                         return;
                     }
-                    // Only whole records; one being written waits.
-                    if let Ok((all, end)) = crate::read_journal_at(&path)
-                        && all.len() > seen
+                    // Only whole records, and only the new ones; one being
+                    // written waits.
+                    if let Ok((fresh, end)) = crate::read_journal_after(&path, offset)
+                        && !fresh.is_empty()
                     {
                         let now = unix_ms();
                         let mut got = entries.lock().expect("journal lock");
-                        for entry in all.into_iter().skip(seen) {
-                            got.push(Line { seen: now, entry });
-                            seen += 1;
-                        }
+                        got.extend(fresh.into_iter().map(|entry| Line { seen: now, entry }));
+                        offset = end;
                         read.store(end as usize, Ordering::SeqCst);
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -322,7 +321,9 @@ impl JournalTail {
     /// Waits (bounded) until every line written before this call was read;
     /// returns how many entries that is (an index to search from).
     pub async fn settle(&self) -> usize {
-        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len() as usize);
+        // The end of the last whole record (the file runs on past it: the
+        // journal's reserve).
+        let len = crate::read_journal_at(&self.path).map_or(0, |(_, end)| end as usize);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.offset.load(Ordering::SeqCst) < len && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;

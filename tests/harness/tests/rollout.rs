@@ -780,6 +780,114 @@ async fn a_full_coordinator_disk_pauses_with_every_member_serving_and_resumes_wh
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_agent_disk_never_leaves_its_member_down_and_fails_the_next_preflight() -> Result<()>
+{
+    let spec = ClusterSpec {
+        policy: format!("{POLICY}min_state_disk_free_bytes = 8192\n"),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    cluster.publish("v3", 1, false)?;
+    // Every agent's state dir (its command journal, member.pid and the
+    // member's own log) moves onto a 64 KiB disk of its own; each agent
+    // adopts its running member from the pidfile it finds there.
+    let mut disks = Vec::new();
+    for i in 0..cluster.members.len() {
+        drop(cluster.members[i].agent.take()); // SIGKILL by pid
+        let m = &cluster.members[i];
+        let small = m.agent_dir.join("state-small");
+        std::fs::create_dir(&small)?;
+        disks.push(baton_store::testutil::SmallDisk::mount_at(&small));
+        for f in ["commands.log", "member.pid"] {
+            std::fs::copy(m.agent_dir.join(f), small.join(f))?;
+        }
+        let config = std::fs::read_to_string(&m.agent_config)?;
+        let old = format!("state_dir = {:?}", m.agent_dir.to_string_lossy());
+        anyhow::ensure!(config.contains(&old), "{config}");
+        let new = format!("state_dir = {:?}", small.to_string_lossy());
+        std::fs::write(&m.agent_config, config.replace(&old, &new))?;
+        cluster.start_agent(i)?;
+    }
+    cluster.wait_led_and_fresh().await?;
+    // Settled after the agents' restart: every agent fresh, every lag small.
+    cluster
+        .wait_status("settled", Duration::from_secs(20), |s| {
+            s.members
+                .iter()
+                .all(|m| m.fresh && m.connected && m.lag.is_some_and(|l| l <= 5))
+        })
+        .await?;
+    let load = start_load(&cluster);
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "{stderr} {out:#}");
+    // The first member stopped: its disk fills while it is down.
+    let stopped = journal_until(&cluster, "the first stop", Duration::from_secs(30), |e| {
+        e["event"] == "command_succeeded"
+            && e["detail"].as_str().is_some_and(|d| d.contains("SIGTERM"))
+    })
+    .await?;
+    let victim = cluster
+        .journal()?
+        .into_iter()
+        .find(|e| e["event"] == "command_issued" && e["id"] == stopped["id"])
+        .and_then(|e| e["member"].as_str().map(str::to_owned))
+        .expect("the stop was issued to a member");
+    let i = cluster
+        .members
+        .iter()
+        .position(|m| m.name == victim)
+        .expect("a member of the cluster");
+    disks[i].fill("filler");
+    // Its switch and start are journaled from the reserve, it starts with
+    // its log on the full disk, and the rollout completes.
+    journal_until(
+        &cluster,
+        "the end of the rollout",
+        Duration::from_secs(90),
+        |e| e["event"] == "completed" || e["event"] == "paused",
+    )
+    .await?;
+    let journal = cluster.journal()?;
+    assert!(
+        journal.iter().any(|e| e["event"] == "completed"),
+        "{:#?}",
+        journal.iter().rev().take(5).collect::<Vec<_>>()
+    );
+    let status = cluster.status()?;
+    for m in &status.members {
+        let release = m.report.as_ref().map(|r| r.state.release.as_str());
+        assert_eq!(release, Some("v2"), "{}", m.member);
+    }
+    let (_, lost, max_down) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new());
+    assert!(max_down <= 1, "{max_down} members down at once");
+    // The next rollout is refused before anything is touched, naming the
+    // member whose state disk is full.
+    cluster
+        .wait_status("the full disk reported", Duration::from_secs(10), |s| {
+            s.members.iter().any(|m| {
+                m.member.as_str() == victim
+                    && m.report
+                        .as_ref()
+                        .is_some_and(|r| r.resources.state_disk_free_bytes < 8192)
+            })
+        })
+        .await?;
+    let failed = tokio::task::block_in_place(|| refused(&cluster, "v3"))?;
+    assert!(
+        failed
+            .iter()
+            .any(|(c, m, d)| c == "state-disk" && m == &victim && d.contains("bytes free")),
+        "{failed:?}"
+    );
+    drop(cluster);
+    drop(disks);
+    Ok(())
+}
+
 /// Runs `baton upgrade --to V --detach` and returns the failed checks as
 /// (check, member). Detached, so a preflight that wrongly passes fails the
 /// test at once instead of waiting on the rollout it started.
