@@ -28,7 +28,12 @@
 //!   the magic. Only an empty (or missing) file is an empty log.
 //!
 //! Appending ([`RecordLog::append`]) writes one frame at the end of the last
-//! good record and syncs it. A write or sync that fails (a full disk) cuts
+//! good record and syncs it. A log may keep a reserve
+//! ([`RecordLog::keep_reserve`]): that many zero bytes written past the last
+//! record, so that on a full disk the next appends still land on space the
+//! filesystem has already given, and [`RecordLog::low_space`] says the
+//! reserve is being used. Zeros at the end read back as space, never as a
+//! torn record. A write or sync that fails (a full disk) cuts
 //! the partial frame off again, so a later append never lands behind a
 //! fragment. Before each append the path is checked to still name the open
 //! file: a log deleted or replaced under the running process is refused
