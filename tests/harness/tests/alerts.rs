@@ -84,7 +84,10 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     );
 
     // Alertmanager: one firing BatonCatchUpStalled with the right labels and
-    // annotations, within stall_after + 2 report intervals of the stall.
+    // annotations, within stall_after + 2 s of the catch-up's start: the
+    // stall path, far from the catch-up timeout (120 s). The 2 s cover the
+    // member's first reports after its start and a loaded 2-core CI (seen:
+    // 2.3 to 3.0 s; a budget of 2 report intervals failed at 3016 ms).
     let got = am_hook
         .wait_for_am("BatonCatchUpStalled", "firing", Duration::from_secs(20))
         .await?;
@@ -92,7 +95,7 @@ async fn a_stalled_catch_up_pages_once_through_every_sink_pauses_and_resolves() 
     let (first_firing, alert) =
         am_first(&got, "BatonCatchUpStalled", "firing").context("a firing notification")?;
     let arrived = first_firing.at_unix_ms;
-    let budget = STALL_AFTER_MS + 2 * HEARTBEAT_MS;
+    let budget = STALL_AFTER_MS + 2000;
     eprintln!(
         "stall alert reached the Alertmanager webhook {} ms after {first} began catching up (budget {budget} ms)",
         arrived.saturating_sub(since)
