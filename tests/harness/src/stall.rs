@@ -61,10 +61,10 @@ impl Load {
     }
 }
 
-/// A follower's index and its pause file.
+/// A member's index and its pause file.
 pub type PauseFile = (usize, PathBuf);
 
-/// A supervised cluster of `members` whose followers each have a pause file,
+/// A supervised cluster of `members` that each have a pause file,
 /// with `coordinator_extra` (policy lines, then any other tables) appended
 /// to the coordinator config. Returns once every member is back and caught up.
 pub async fn cluster_with_pause_files(
@@ -78,9 +78,10 @@ pub async fn cluster_with_pause_files(
         ..ClusterSpec::supervised(members)
     };
     let mut cluster = Cluster::start(spec).await?;
-    let leader = cluster.leader_index().await?;
+    // Every member gets one, the leader too: restarting the followers can
+    // move leadership, and the rollout's first member (whichever follows
+    // then) must have a file. Only the first member's is ever written.
     let files: Vec<PauseFile> = (0..members)
-        .filter(|i| *i != leader)
         .map(|i| (i, cluster.dir.path().join(format!("pause-apply-{i}"))))
         .collect();
     for (i, f) in &files {
@@ -89,7 +90,7 @@ pub async fn cluster_with_pause_files(
     }
     cluster
         .wait_status("all back and caught up", Duration::from_secs(30), |s| {
-            s.members.iter().all(|m| m.connected && m.lag == Some(0))
+            s.leader.is_some() && s.members.iter().all(|m| m.connected && m.lag == Some(0))
         })
         .await?;
     Ok((cluster, files))

@@ -276,8 +276,15 @@ async fn a_follower_lagging_outside_any_rollout_pages_and_resolves() -> Result<(
     let policy = "tolerable_lag = 5\nsteady_stall_after_ms = 1500\n";
     let (cluster, files) = cluster_with_pause_files(policy, &alerting).await?;
     let _unpause = Unpause(files.clone());
-    // Only one follower stalls.
-    let stalled = &files[..1];
+    // Only one follower stalls (every member has a file; not the leader's).
+    let leader = cluster.leader_index().await?;
+    let stalled: Vec<PauseFile> = files
+        .iter()
+        .filter(|(i, _)| *i != leader)
+        .take(1)
+        .cloned()
+        .collect();
+    let stalled = &stalled[..];
     let name = cluster.members[stalled[0].0].name.clone();
     let load = Load::start(&cluster, "alert-");
     pause(stalled)?;
@@ -314,7 +321,15 @@ async fn a_coordinator_restarted_mid_stall_still_resolves_its_alert_once() -> Re
     let policy = "tolerable_lag = 5\nsteady_stall_after_ms = 1500\n";
     let (mut cluster, files) = cluster_with_pause_files(policy, &alerting).await?;
     let _unpause = Unpause(files.clone());
-    let stalled = &files[..1];
+    // One follower (every member has a file; not the leader's).
+    let leader = cluster.leader_index().await?;
+    let stalled: Vec<PauseFile> = files
+        .iter()
+        .filter(|(i, _)| *i != leader)
+        .take(1)
+        .cloned()
+        .collect();
+    let stalled = &stalled[..];
     let load = Load::start(&cluster, "restart-");
     pause(stalled)?;
     let is = |r: &Received, status: &str| {
