@@ -78,7 +78,7 @@ pub enum RecordError {
 impl RecordError {
     /// Whether the disk is out of space (an append may succeed later).
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, RecordError::Io { source, .. } if source.raw_os_error() == Some(28))
+        matches!(self, RecordError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
     }
 }
 
@@ -96,6 +96,13 @@ pub struct Torn {
 pub struct Record {
     pub offset: u64,
     pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// Where the next frame starts.
+    pub fn end(&self) -> u64 {
+        self.offset + (HEADER + self.payload.len()) as u64
+    }
 }
 
 /// What [`RecordLog::open`] found.
@@ -470,7 +477,7 @@ impl RecordLog {
     /// (see [`RecordLog::low_space`]); returns whether it is all there.
     pub fn keep_reserve(&mut self, bytes: u64) -> Result<bool, RecordError> {
         self.reserve = bytes;
-        self.top_up();
+        self.top_up(self.end);
         self.file.sync_data().map_err(|source| RecordError::Io {
             path: self.path.clone(),
             op: "sync",
@@ -490,7 +497,7 @@ impl RecordLog {
     /// have room again); returns whether it is whole.
     pub fn retry_reserve(&mut self) -> bool {
         if self.low_space {
-            self.top_up();
+            self.top_up(self.end);
             if self.file.sync_data().is_err() {
                 self.low_space = true;
             }
@@ -500,8 +507,8 @@ impl RecordLog {
 
     /// Writes zeros from what is written up to `end + reserve`; a failure
     /// (a full disk) sets `low_space` and keeps whatever was written.
-    fn top_up(&mut self) {
-        let want = self.end + self.reserve;
+    fn top_up(&mut self, end: u64) {
+        let want = end + self.reserve;
         if self.allocated >= want {
             self.low_space = false;
             return;
@@ -514,10 +521,7 @@ impl RecordLog {
             }
             Err(_) => {
                 // Some of it may be there; the length says how much.
-                self.allocated = self
-                    .file
-                    .metadata()
-                    .map_or(self.end, |m| m.len().max(self.end));
+                self.allocated = self.file.metadata().map_or(end, |m| m.len().max(end));
                 self.low_space = true;
             }
         }
@@ -564,10 +568,7 @@ impl RecordLog {
             let end = self.end + bytes.len() as u64;
             self.allocated = self.allocated.max(end);
             if self.reserve > 0 {
-                let was = self.end;
-                self.end = end;
-                self.top_up();
-                self.end = was;
+                self.top_up(end);
             }
             written = self.file.sync_data();
         }

@@ -782,6 +782,7 @@ mod tests {
         tracker.close();
         tracker.wait().await;
     }
+
     #[tokio::test]
     async fn a_member_is_started_again_on_a_full_state_disk() {
         let (dir, cfg) = setup("exec sleep 30");

@@ -375,15 +375,16 @@ impl Driver {
     /// a rollout so paused resumes once the reserve is whole again.
     async fn mind_journal_space(&mut self) {
         let Some(r) = self.active() else { return };
-        let (pause, paused) = {
-            let (_, now) = self.view();
-            (
-                control::pause_for_journal_space(r, now),
-                control::paused_for_journal_space(r),
-            )
-        };
+        let paused = control::paused_for_journal_space(r);
+        let low = self.journal.low_space();
+        if !low && !paused {
+            return; // every step, nearly always: no view built
+        }
         let (_, now) = self.view();
-        if self.journal.low_space() {
+        let pause = self
+            .active()
+            .and_then(|r| control::pause_for_journal_space(r, now));
+        if low {
             if let Some(pause) = pause {
                 tracing::warn!(
                     "the journal's disk is nearly full; pausing the rollout at a safe point"
@@ -400,8 +401,6 @@ impl Driver {
             if !self.journal.check_space().await {
                 return;
             }
-        } else if !paused {
-            return;
         }
         tracing::info!("the journal has space again; resuming the rollout it paused");
         if let Err(e) = self.record(Event::Resumed { at: now }).await {

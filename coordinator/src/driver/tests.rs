@@ -529,7 +529,7 @@ async fn a_journal_that_cannot_be_written_stops_the_driver_pages_once_and_carrie
         .map(|a| a.status)
         .collect();
     assert_eq!(pages, vec![AlertStatus::Firing, AlertStatus::Resolved]);
-    let mut all: Vec<_> = sent
+    let all: Vec<_> = sent
         .into_iter()
         .chain(resent.into_iter().map(|(m, c)| (m, c.action)))
         .chain(rest)
@@ -539,7 +539,6 @@ async fn a_journal_that_cannot_be_written_stops_the_driver_pages_once_and_carrie
         .filter(|(m, a)| *m == id("n2") && *a == Action::Stop)
         .count();
     assert_eq!(stops, 1, "n2 was stopped once: {all:?}");
-    all.sort_by(|a, b| a.0.cmp(&b.0));
     let ids: Vec<_> = rig
         .journal
         .entries()

@@ -1069,11 +1069,10 @@ pub fn read_journal_after(
     offset: u64,
 ) -> Result<(Vec<serde_json::Value>, u64)> {
     let (records, _torn) = baton_store::records::read_after(path, offset)?;
-    let end = records
-        .last()
-        .map_or(offset.max(baton_store::records::MAGIC.len() as u64), |r| {
-            r.offset + 12 + r.payload.len() as u64
-        });
+    let end = records.last().map_or(
+        offset.max(baton_store::records::MAGIC.len() as u64),
+        baton_store::records::Record::end,
+    );
     let entries = records
         .iter()
         .map(|r| {
