@@ -309,6 +309,7 @@ mod tests {
             },
             stop_timeout_ms: None,
             even_if_leader: false,
+            fence: None,
         };
         executor.run(step("c-1")).await;
         executor.run(step("c-1")).await; // a repeat: not counted twice
@@ -318,6 +319,7 @@ mod tests {
                 action: Action::Stop,
                 stop_timeout_ms: None,
                 even_if_leader: false,
+                fence: None,
             })
             .await; // external mode: fails
 

@@ -241,6 +241,7 @@ mod tests {
             action,
             stop_timeout_ms: None,
             even_if_leader: false,
+            fence: None,
         }
     }
 

@@ -530,6 +530,21 @@ pub struct AgentCommand {
     /// there is nobody to hand over to). False for every rollout step.
     #[serde(default)]
     pub even_if_leader: bool,
+    /// Who sent it: the journal and the leader's term. `None` from a
+    /// coordinator that does not fence (and in journals written before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
+}
+
+/// The journal a command was recorded in and the term of the coordinator
+/// leader that sent it. Within one journal terms only grow: a command from
+/// an older term than one already seen comes from a deposed leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The journal's id (its `created` entry).
+    pub journal: String,
+    /// The sending leader's term.
+    pub term: u64,
 }
 
 /// What the coordinator sends an agent, as domain data: the driver emits

@@ -42,7 +42,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId, Outbound};
+use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, Fence, MemberId, Outbound};
 use baton_planner::alerts::{self, Alert, AlertStatus, CATCH_UP_STALLED};
 use baton_planner::control;
 use baton_planner::decide::Step;
@@ -486,6 +486,15 @@ impl Driver {
             action: action.clone(),
             stop_timeout_ms: u32::try_from(self.cfg.policy.stop_timeout.as_millis()).ok(),
             even_if_leader: restoring && *action == Action::Stop,
+            fence: self
+                .applied
+                .borrow()
+                .journal_id
+                .clone()
+                .map(|journal| Fence {
+                    journal,
+                    term: self.journal.term(),
+                }),
         })
     }
 

@@ -303,6 +303,7 @@ impl Rig {
             action,
             stop_timeout_ms: Some(self.policy.stop_timeout.as_millis() as u32),
             even_if_leader: false,
+            fence: None,
         }
     }
 

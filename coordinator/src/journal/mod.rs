@@ -269,6 +269,12 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     async fn check_space(&self) -> bool {
         true
     }
+    /// The term this journal's leader proposes in (a replicated journal's
+    /// leader term; 0 for a journal with one writer and no terms). Commands
+    /// carry it, and agents refuse an older one ([`baton_domain::Fence`]).
+    fn term(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! (`From` domain → wire) are total.
 
 use baton_domain::{
-    Action, AgentCommand, CommandId, CommandOutcome, Health, Hello, InvalidMemberId, MemberId,
-    MemberState, ProcessReport, ReleaseRef, Report, Resources, Role, StageCheck, VersionRule,
+    Action, AgentCommand, CommandId, CommandOutcome, Fence, Health, Hello, InvalidMemberId,
+    MemberId, MemberState, ProcessReport, ReleaseRef, Report, Resources, Role, StageCheck,
+    VersionRule,
 };
 
 use crate::v1;
@@ -457,7 +458,12 @@ impl TryFrom<v1::Command> for AgentCommand {
 
     fn try_from(c: v1::Command) -> Result<Self, Self::Error> {
         use v1::command::Step;
-        let v1::Command { id, step } = c;
+        let v1::Command {
+            id,
+            step,
+            journal,
+            term,
+        } = c;
         if id.is_empty() {
             return Err(InvalidCommand::EmptyId);
         }
@@ -519,11 +525,15 @@ impl TryFrom<v1::Command> for AgentCommand {
                 })?,
             },
         };
+        // A fence names its journal; a term without one (or none at all,
+        // from a coordinator that does not fence) is no fence.
+        let fence = (!journal.is_empty()).then_some(Fence { journal, term });
         Ok(AgentCommand {
             id: CommandId(id),
             action,
             stop_timeout_ms,
             even_if_leader: stop_even_if_leader,
+            fence,
         })
     }
 }
@@ -536,6 +546,7 @@ impl From<AgentCommand> for v1::Command {
             action,
             stop_timeout_ms,
             even_if_leader,
+            fence,
         } = c;
         let step = match action {
             Action::Stage { release } => {
@@ -564,9 +575,12 @@ impl From<AgentCommand> for v1::Command {
             Action::Backup { id } => Step::Backup(v1::Backup { id }),
             Action::Restore { id } => Step::Restore(v1::Restore { id }),
         };
+        let (journal, term) = fence.map_or((String::new(), 0), |f| (f.journal, f.term));
         v1::Command {
             id: id.0,
             step: Some(step),
+            journal,
+            term,
         }
     }
 }
@@ -764,6 +778,7 @@ mod tests {
                 action,
                 stop_timeout_ms: None,
                 even_if_leader: false,
+                fence: None,
             };
             assert_eq!(
                 AgentCommand::try_from(v1::Command::from(c.clone())).unwrap(),
@@ -776,6 +791,10 @@ mod tests {
             action: Action::Stop,
             stop_timeout_ms: Some(5000),
             even_if_leader: true,
+            fence: Some(Fence {
+                journal: "0a1b2c3d4e5f".into(),
+                term: 7,
+            }),
         };
         assert_eq!(
             AgentCommand::try_from(v1::Command::from(c.clone())).unwrap(),
@@ -789,6 +808,7 @@ mod tests {
                 format_version: 1,
                 sha256: "xyz".into(),
             })),
+            ..Default::default()
         };
         assert_eq!(
             AgentCommand::try_from(bad).unwrap_err().to_string(),
@@ -798,6 +818,7 @@ mod tests {
             let bad = v1::Command {
                 id: "r-3".into(),
                 step: Some(v1::command::Step::Backup(v1::Backup { id: backup.into() })),
+                ..Default::default()
             };
             assert!(
                 matches!(
@@ -811,6 +832,7 @@ mod tests {
                 step: Some(v1::command::Step::Restore(v1::Restore {
                     id: backup.into(),
                 })),
+                ..Default::default()
             };
             assert!(
                 matches!(
@@ -822,7 +844,7 @@ mod tests {
         }
         let empty = v1::Command {
             id: String::new(),
-            step: None,
+            ..Default::default()
         };
         assert_eq!(
             AgentCommand::try_from(empty).unwrap_err(),

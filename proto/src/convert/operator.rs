@@ -300,6 +300,7 @@ impl TryFrom<v1::Rollout> for Rollout {
                 action,
                 stop_timeout_ms: _, // a record keeps the action, not the agent's timeout
                 even_if_leader: _,
+                fence: _,
             } = AgentCommand::try_from(command).map_err(|source| InvalidRollout::Command {
                 rollout: id.clone(),
                 source,
@@ -593,6 +594,7 @@ impl From<Rollout> for v1::Rollout {
                             action,
                             stop_timeout_ms: None,
                             even_if_leader: false,
+                            fence: None,
                         })),
                         member_id: member.into(),
                         issued_at_unix_ms: issued_at.0,
