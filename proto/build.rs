@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "baton/v1/agent.proto",
         "baton/v1/operator.proto",
+        "baton/v1/replica.proto",
         "samplekv/v1/samplekv.proto",
     ];
     for p in protos {

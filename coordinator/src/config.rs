@@ -77,6 +77,107 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default)]
     alerting: RawAlerting,
+    replication: Option<RawReplication>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplication {
+    id: u64,
+    peers: BTreeMap<String, String>,
+}
+
+/// The journal's replicas (`[replication]`): this one's id and every
+/// replica's address. Without the section, one replica (id 1) at `listen`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    pub id: u64,
+    /// Every replica's address (`http://` or `https://`), by id.
+    pub peers: BTreeMap<u64, String>,
+}
+
+/// How many replicas a journal may have: an even count survives no more
+/// failures than one fewer, and more than five only slows every commit.
+pub const REPLICA_COUNTS: [usize; 3] = [1, 3, 5];
+
+fn replication(
+    raw: Option<RawReplication>,
+    listen: SocketAddr,
+    tls: bool,
+) -> Result<Replication, ConfigError> {
+    let scheme = if tls { "https" } else { "http" };
+    let Some(raw) = raw else {
+        return Ok(Replication {
+            id: 1,
+            peers: BTreeMap::from([(1, format!("{scheme}://{listen}"))]),
+        });
+    };
+    let mut peers = BTreeMap::new();
+    for (id, addr) in raw.peers {
+        let n: u64 = id.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+            invalid(
+                "replication.peers",
+                format!("{id:?} is not a replica id (a whole number from 1)"),
+            )
+        })?;
+        let rest = addr.strip_prefix(&format!("{scheme}://")).ok_or_else(|| {
+            invalid(
+                "replication.peers",
+                format!(
+                    "replica {n}'s address {addr:?} must start with {scheme}:// ({})",
+                    if tls {
+                        "[tls] is set"
+                    } else {
+                        "[tls] is not set"
+                    }
+                ),
+            )
+        })?;
+        if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+            return Err(invalid(
+                "replication.peers",
+                format!("replica {n}'s address {addr:?} must be {scheme}://HOST:PORT"),
+            ));
+        }
+        if peers.values().any(|a| *a == addr) {
+            return Err(invalid(
+                "replication.peers",
+                format!("{addr} is listed for two replicas"),
+            ));
+        }
+        peers.insert(n, addr);
+    }
+    if !REPLICA_COUNTS.contains(&peers.len()) {
+        return Err(invalid(
+            "replication.peers",
+            format!(
+                "{} replicas listed; use 1, 3 or 5 (a majority must agree on every entry, so an even count survives no more failures than one fewer)",
+                peers.len()
+            ),
+        ));
+    }
+    let own = peers.get(&raw.id).ok_or_else(|| {
+        invalid(
+            "replication.id",
+            format!(
+                "{} is not in replication.peers ({:?})",
+                raw.id,
+                peers.keys().collect::<Vec<_>>()
+            ),
+        )
+    })?;
+    if let Ok(addr) = own[scheme.len() + 3..].parse::<SocketAddr>()
+        && addr.port() != listen.port()
+    {
+        return Err(invalid(
+            "replication.peers",
+            format!(
+                "replica {}'s own address {own} is not where it listens ({listen})",
+                raw.id
+            ),
+        ));
+    }
+    Ok(Replication { id: raw.id, peers })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +244,8 @@ pub struct CoordinatorConfig {
     pub backup_keep: Duration,
     /// Where alerts go (`[alerting]`); no sinks by default.
     pub alerting: AlertingConfig,
+    /// The journal's replicas; one by default.
+    pub replication: Replication,
 }
 
 /// `policy.backup_keep_days` when unset: seven days.
@@ -282,6 +385,7 @@ impl CoordinatorConfig {
         };
         let policy = policy(raw.policy, members.len())?;
         let alerting = AlertingConfig::from_raw(raw.alerting)?;
+        let replication = replication(raw.replication, listen, tls.is_some())?;
         Ok(CoordinatorConfig {
             cluster,
             listen,
@@ -295,6 +399,7 @@ impl CoordinatorConfig {
             policy,
             backup_keep,
             alerting,
+            replication,
         })
     }
 }

@@ -30,18 +30,23 @@ pub mod error;
 pub mod fleet;
 pub mod grants;
 pub mod journal;
+pub mod leadership;
 pub mod metrics;
 pub mod operator;
 
 use std::sync::{Arc, Mutex};
 
-use baton_proto::v1::{agent_link_server::AgentLinkServer, operator_server::OperatorServer};
+use baton_proto::v1::{
+    agent_link_server::AgentLinkServer, operator_server::OperatorServer,
+    replica_server::ReplicaServer,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, ServerTlsConfig};
 
 use crate::config::{CoordinatorConfig, TlsConfig};
 use crate::fleet::FleetView;
+use crate::journal::Journal;
 
 /// Why the coordinator stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,9 +101,33 @@ pub async fn run(
         None => None,
     };
     let (results_tx, results_rx) = tokio::sync::mpsc::channel(256);
-    let journal: Arc<dyn journal::Journal> =
-        Arc::new(journal::FileJournal::open(&config.state_dir)?);
-    journal::import::import_alerts_json(&config.state_dir, journal.as_ref()).await?;
+    let peer_tls = match &config.tls {
+        Some(tls) if config.replication.peers.len() > 1 => {
+            let ca = tls.client_ca.as_deref().ok_or_else(|| RunError::TlsFile {
+                path: tls.cert.clone(),
+                source: std::io::Error::other(
+                    "replicas authenticate each other with [tls] client_ca (the CA that signs every replica's certificate); set it",
+                ),
+            })?;
+            let loaded = baton_net::tls::ClientTls::load(ca, Some((&tls.cert, &tls.key)), None)
+                .map_err(|e| RunError::TlsFile {
+                    path: e.path.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            Some(loaded.tonic_config())
+        }
+        _ => None,
+    };
+    let journal = Arc::new(
+        journal::raft::RaftJournal::open(journal::raft::ReplicaSettings {
+            id: config.replication.id,
+            peers: config.replication.peers.clone(),
+            cluster: config.cluster.clone(),
+            state_dir: config.state_dir.clone(),
+            tls: peer_tls,
+        })
+        .await?,
+    );
     // Alerts: one queue per sink, retried in the background; the driver's
     // callback only enqueues.
     let tracker = tokio_util::task::TaskTracker::new();
@@ -142,25 +171,52 @@ pub async fn run(
         shutdown.clone(),
         Arc::new(grants),
     );
-    let driver = driver::Driver::new(
-        driver::DriverConfig {
-            policy: config.policy.clone(),
-            release_name: config.release_name.clone(),
-            store: artifacts,
-            scratch: config.state_dir.clone(),
-            tick: std::time::Duration::from_millis(50),
-            backups: backups.clone(),
-            cluster: config.cluster.clone(),
-        },
-        fleet.clone(),
-        Arc::new(link.clone()),
-        journal.clone(),
-        &config.cluster,
-        Box::new({
+    let driver_cfg = driver::DriverConfig {
+        policy: config.policy.clone(),
+        release_name: config.release_name.clone(),
+        store: artifacts,
+        scratch: config.state_dir.clone(),
+        tick: std::time::Duration::from_millis(50),
+        backups: backups.clone(),
+        cluster: config.cluster.clone(),
+    };
+    let changes = tokio::sync::watch::channel(1u64).0;
+    // One driver per term this replica leads, each built from what the
+    // journal applied (and the alerts it holds as firing).
+    let make_driver = {
+        let (fleet, link, journal, notifier, metrics, changes) = (
+            fleet.clone(),
+            link.clone(),
+            journal.clone(),
+            notifier.clone(),
+            metrics.clone(),
+            changes.clone(),
+        );
+        let cluster = config.cluster.clone();
+        move || {
+            let firing: Vec<_> = journal
+                .subscribe()
+                .borrow()
+                .firing
+                .values()
+                .cloned()
+                .collect();
+            for a in firing {
+                notifier.restore(a);
+            }
             let notifier = notifier.clone();
-            move |alert| notifier.notify(alert)
-        }),
-    );
+            driver::Driver::new(
+                driver_cfg.clone(),
+                fleet.clone(),
+                Arc::new(link.clone()),
+                journal.clone(),
+                &cluster,
+                Box::new(move |alert| notifier.notify(alert)),
+            )
+            .with_metrics(metrics.clone())
+            .with_changes(changes.clone())
+        }
+    };
     let (ops_tx, ops_rx) = tokio::sync::mpsc::channel(16);
     let metrics_task = metrics_listener.map(|listener| {
         if let Ok(addr) = listener.local_addr() {
@@ -173,20 +229,9 @@ pub async fn run(
             }
         })
     });
-    // What was firing when the coordinator last stopped: the driver's
-    // watchdog took it from the journal; the notifier resolves it later.
-    let restored: Vec<_> = journal
-        .subscribe()
-        .borrow()
-        .firing
-        .values()
-        .cloned()
-        .collect();
-    for a in restored {
-        notifier.restore(a);
-    }
-    let driver_changes = driver.changes();
-    let driver_task = tokio::spawn(driver.with_metrics(metrics).run(
+    let driver_task = tokio::spawn(leadership::drive_while_leading(
+        journal.clone(),
+        make_driver,
         ops_rx,
         results_rx,
         shutdown.clone(),
@@ -194,7 +239,7 @@ pub async fn run(
     let operator = operator::OperatorService {
         fleet,
         ops: ops_tx,
-        changes: driver_changes,
+        changes: changes.subscribe(),
         backups: backups.map(|store| backups::BackupStore {
             store,
             cluster: config.cluster.clone(),
@@ -231,12 +276,25 @@ pub async fn run(
     let served = server
         .add_service(health_service)
         .add_service(AgentLinkServer::new(link))
-        .add_service(OperatorServer::new(operator))
+        .add_service(OperatorServer::with_interceptor(operator, {
+            let journal = journal.clone();
+            move |req: tonic::Request<()>| leadership::follower_hint(&journal).map(|()| req)
+        }))
+        .add_service(
+            ReplicaServer::new(journal::raft::peer::ReplicaService::new(
+                journal.raft().clone(),
+                config.replication.id,
+                config.cluster.clone(),
+                config.replication.peers.clone(),
+            ))
+            .max_decoding_message_size(journal::raft::peer::MAX_PEER_MESSAGE),
+        )
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await
         .map_err(RunError::Serve);
     shutdown.cancel();
-    let _ = driver_task.await;
+    let led = driver_task.await;
+    journal.shutdown().await;
     tracker.close();
     // Bounded: a sink mid-request must not stall shutdown.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
@@ -244,5 +302,9 @@ pub async fn run(
         // Bounded: a scraper holding a connection open cannot stall shutdown.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     }
-    served
+    served?;
+    match led {
+        Ok(Err(e)) => Err(RunError::Journal(e)),
+        _ => Ok(()),
+    }
 }

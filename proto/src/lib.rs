@@ -9,7 +9,7 @@
 
 pub mod convert;
 
-/// `baton.v1`: agent link and operator API.
+/// `baton.v1`: agent link, operator API and replica peering.
 pub mod v1 {
     #![allow(clippy::all, missing_debug_implementations)]
     tonic::include_proto!("baton.v1");

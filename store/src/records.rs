@@ -493,6 +493,12 @@ impl RecordLog {
         self.low_space
     }
 
+    /// How many bytes are written past the last record: what an append can
+    /// still use on a full disk.
+    pub fn reserve_left(&self) -> u64 {
+        self.allocated.saturating_sub(self.end)
+    }
+
     /// Tries to write the reserve back to full (a disk that had filled may
     /// have room again); returns whether it is whole.
     pub fn retry_reserve(&mut self) -> bool {
@@ -531,16 +537,23 @@ impl RecordLog {
     /// the partial frame is cut off (or, if even that fails, cut off
     /// before the next append).
     pub fn append(&mut self, payload: &[u8]) -> Result<(), RecordError> {
+        self.append_all(&[payload])
+    }
+
+    /// Appends `payloads` in order with one write and one sync (a group
+    /// commit). All or nothing: on failure every frame of the batch is cut
+    /// off, as [`RecordLog::append`] does for one.
+    pub fn append_all(&mut self, payloads: &[&[u8]]) -> Result<(), RecordError> {
         let path = self.path.clone();
         let io = |op, source| RecordError::Io {
             path: path.clone(),
             op,
             source,
         };
-        if payload.len() > MAX_RECORD {
+        if let Some(big) = payloads.iter().find(|p| p.len() > MAX_RECORD) {
             return Err(RecordError::TooLarge {
                 path: self.path.clone(),
-                len: payload.len(),
+                len: big.len(),
             });
         }
         match fs::metadata(&self.path) {
@@ -562,7 +575,7 @@ impl RecordLog {
             self.dirty_tail = false;
             self.allocated = self.end;
         }
-        let bytes = frame(payload);
+        let bytes: Vec<u8> = payloads.iter().flat_map(|p| frame(p)).collect();
         let mut written = self.file.write_all_at(&bytes, self.end);
         if written.is_ok() {
             let end = self.end + bytes.len() as u64;
@@ -578,7 +591,7 @@ impl RecordLog {
                 Ok(())
             }
             Err(e) => {
-                // The frame (and any reserve) is cut off: the next append
+                // The frames (and any reserve) are cut off: the next append
                 // starts clean, and finds its space again.
                 if self.file.set_len(self.end).is_err() {
                     self.dirty_tail = true;
@@ -605,6 +618,30 @@ mod tests {
             log.append(r).unwrap();
         }
         path
+    }
+
+    #[test]
+    fn a_batch_is_one_write_in_order_and_reads_back_as_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = log_with(dir.path(), &[b"zero"]);
+        let mut log = RecordLog::open(&path).unwrap().log;
+        log.append_all(&[b"one", b"two", b""]).unwrap();
+        let end = log.len();
+        log.append_all(&[]).unwrap();
+        assert_eq!(log.len(), end, "an empty batch writes nothing");
+        let o = RecordLog::open(&path).unwrap();
+        assert_eq!(
+            payloads(&o),
+            vec![b"zero".to_vec(), b"one".to_vec(), b"two".to_vec(), vec![]]
+        );
+        assert_eq!(o.records.last().unwrap().end(), end);
+        let big = vec![0u8; MAX_RECORD + 1];
+        let mut log = o.log;
+        assert!(matches!(
+            log.append_all(&[b"ok", &big]),
+            Err(RecordError::TooLarge { .. })
+        ));
+        assert_eq!(log.len(), end, "a refused batch records none of it");
     }
 
     #[test]

@@ -282,6 +282,14 @@ impl Driver {
             .filter(|r| !r.phase.is_terminal())
     }
 
+    /// Moves `changes` on every change instead of a counter of its own
+    /// (the operator API keeps one across drivers: one per leadership).
+    pub fn with_changes(mut self, changes: watch::Sender<u64>) -> Self {
+        self.changes = changes;
+        self.bump();
+        self
+    }
+
     /// The change counter the operator API long-polls on.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
@@ -750,8 +758,8 @@ impl Driver {
     /// Runs until `shutdown`.
     pub async fn run(
         mut self,
-        mut ops: mpsc::Receiver<Op>,
-        mut results: mpsc::Receiver<(MemberId, CommandOutcome)>,
+        ops: &mut mpsc::Receiver<Op>,
+        results: &mut mpsc::Receiver<(MemberId, CommandOutcome)>,
         shutdown: CancellationToken,
     ) {
         let reports = self.link.reports();

@@ -31,7 +31,7 @@ pub const RESERVE: u64 = 32 << 10;
 pub const LEGACY_FILE: &str = "journal.jsonl";
 
 /// A new journal id: 12 hex digits from the kernel's random source.
-fn new_journal_id() -> std::io::Result<String> {
+pub(crate) fn new_journal_id() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 6];
     fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
@@ -201,6 +201,120 @@ fn import_legacy(legacy: &Path, path: &Path) -> Result<(), JournalError> {
         "imported the JSON-lines journal into the checksummed journal"
     );
     rename_imported(legacy)
+}
+
+/// A journal from before replication, read for import into the replicated
+/// one: its entries and the files that hold them.
+#[derive(Debug)]
+pub struct Legacy {
+    pub entries: Vec<Entry>,
+    /// The file the entries come from (named in the import).
+    pub source: PathBuf,
+    /// Every legacy file to set aside once the import is recorded.
+    pub files: Vec<PathBuf>,
+}
+
+impl Legacy {
+    /// The id the old journal recorded, if it did.
+    pub fn journal_id(&self) -> Option<&str> {
+        self.entries.iter().find_map(|e| match e {
+            Entry::Meta(MetaEntry::Created { journal_id }) => Some(journal_id.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether `state` already holds this history (imported by an earlier
+    /// start that stopped before setting the files aside).
+    pub fn is_in(&self, state: &Applied) -> bool {
+        match self.journal_id() {
+            Some(id) => state.journal_id.as_deref() == Some(id),
+            None => {
+                let ours = Applied::replay(&self.entries).ok();
+                let first = ours.as_ref().and_then(|a| a.rollouts.first());
+                match (first, state.rollouts.first()) {
+                    (Some(a), Some(b)) => a.id == b.id && a.started_at == b.started_at,
+                    (None, _) => true,
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    /// Sets every legacy file aside (`<name>.imported`).
+    pub fn set_aside(&self) -> Result<(), JournalError> {
+        for f in &self.files {
+            if f.exists() {
+                rename_imported(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads, without changing anything, the journal an earlier version left in
+/// `state_dir`: the checksummed `journal.log`, else the JSON-lines
+/// `journal.jsonl`. `None` when there is neither. A torn tail is left out
+/// (it was never applied); anything else that does not check out refuses,
+/// naming the file and the offset or line.
+pub fn read_legacy(state_dir: &Path) -> Result<Option<Legacy>, JournalError> {
+    let log = state_dir.join(FILE);
+    let jsonl = state_dir.join(LEGACY_FILE);
+    let files: Vec<PathBuf> = [&log, &jsonl]
+        .into_iter()
+        .filter(|p| p.exists())
+        .cloned()
+        .collect();
+    let entries = if log.exists() {
+        let (recs, torn) = records::read(&log).map_err(JournalError::Log)?;
+        if let Some(t) = torn {
+            tracing::warn!(path = %log.display(), offset = t.offset, "not importing a torn journal tail");
+        }
+        recs.iter()
+            .map(|r| {
+                std::str::from_utf8(&r.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| Entry::from_json(t).map_err(|e| e.to_string()))
+                    .map_err(|detail| {
+                        JournalError::Log(RecordError::Corrupt {
+                            path: log.clone(),
+                            offset: r.offset,
+                            detail: format!(
+                                "a record that checks out is not a journal entry: {detail}"
+                            ),
+                        })
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else if jsonl.exists() {
+        let bytes = fs::read(&jsonl).map_err(|source| JournalError::Write {
+            path: jsonl.clone(),
+            source,
+        })?;
+        let (entries, torn) = records::parse_legacy_lines(&bytes, |line| {
+            Entry::from_json(line).map_err(|e| e.to_string())
+        })
+        .map_err(|(line, detail)| JournalError::Corrupt {
+            path: jsonl.clone(),
+            line,
+            detail,
+        })?;
+        if let Some(line) = torn {
+            tracing::warn!(path = %jsonl.display(), line, "not importing a torn last journal line");
+        }
+        entries
+    } else {
+        return Ok(None);
+    };
+    let source = if log.exists() { log } else { jsonl };
+    Applied::replay(&entries).map_err(|source_err| JournalError::Replay {
+        path: source.clone(),
+        source: source_err,
+    })?;
+    Ok(Some(Legacy {
+        entries,
+        source,
+        files,
+    }))
 }
 
 fn rename_imported(legacy: &Path) -> Result<(), JournalError> {

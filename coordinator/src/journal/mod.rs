@@ -17,6 +17,7 @@
 pub mod file;
 pub mod import;
 pub mod memory;
+pub mod raft;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,6 +57,15 @@ pub enum JournalError {
     Log(baton_store::records::RecordError),
     #[error("refused to journal {entry}: {source}; nothing was recorded")]
     DoesNotApply { entry: String, source: EntryError },
+    #[error("the journal refused {entry}: {detail}; nothing changed")]
+    Rejected { entry: String, detail: String },
+    #[error(
+        "this coordinator replica does not lead the journal{}; only the leader records",
+        leader.as_ref().map(|l| format!(" (the leader is at {l})")).unwrap_or_default()
+    )]
+    NotLeader { leader: Option<String> },
+    #[error("the journal is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why an entry does not apply to the journal's state.
@@ -109,6 +119,13 @@ pub enum Entry {
     Meta(MetaEntry),
 }
 
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Entry::from_value(value).map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<Event> for Entry {
     fn from(e: Event) -> Self {
         Entry::Rollout(e)
@@ -131,7 +148,10 @@ impl Entry {
     /// Parses one journal line. The `alert_event` key tells the kinds
     /// apart, so a bad rollout event's error names its own problem.
     pub fn from_json(line: &str) -> Result<Entry, serde_json::Error> {
-        let value: serde_json::Value = serde_json::from_str(line)?;
+        Entry::from_value(serde_json::from_str(line)?)
+    }
+
+    fn from_value(value: serde_json::Value) -> Result<Entry, serde_json::Error> {
         if value.get("journal_event").is_some() {
             serde_json::from_value(value).map(Entry::Meta)
         } else if value.get("alert_event").is_some() {
@@ -142,7 +162,7 @@ impl Entry {
     }
 
     /// A short description for errors and logs.
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         match self {
             Entry::Rollout(e) => format!("{e:?}"),
             Entry::Alert(AlertEntry::Fired { alert }) => format!("alert {} fired", alert.key()),
@@ -156,8 +176,9 @@ impl Entry {
     }
 }
 
-/// What the journal has applied: the rollouts and the firing alerts.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What the journal has applied: the rollouts and the firing alerts. A
+/// replicated journal's snapshot is this, whole.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Applied {
     /// Every rollout, oldest first; the last one may be active. Shared, so
     /// a clone (one per proposal, one per reader) copies only pointers.

@@ -1,0 +1,310 @@
+//! The replicated journal on real Raft, in process: one replica on disk
+//! (reopen, corruption, torn tails, snapshots) and three over loopback gRPC
+//! (a leader's death, a follower that catches up, proposals on followers).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_planner::UnixMs;
+use baton_planner::rollout::Event;
+use baton_proto::v1::replica_server::ReplicaServer;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::journal::MetaEntry;
+use crate::journal::fixtures::started;
+
+fn settings(dir: &std::path::Path, id: u64, peers: &BTreeMap<u64, String>) -> ReplicaSettings {
+    ReplicaSettings {
+        id,
+        peers: peers.clone(),
+        cluster: "test".into(),
+        state_dir: dir.to_owned(),
+        tls: None,
+    }
+}
+
+fn one(dir: &std::path::Path) -> ReplicaSettings {
+    settings(
+        dir,
+        1,
+        &BTreeMap::from([(1, "http://127.0.0.1:1".to_owned())]),
+    )
+}
+
+async fn leading(j: &RaftJournal) -> u64 {
+    let never = CancellationToken::new();
+    tokio::time::timeout(Duration::from_secs(10), j.lead(&never))
+        .await
+        .expect("a leader within 10 s")
+        .expect("leads")
+}
+
+fn paused(n: u64) -> Entry {
+    Entry::from(Event::Paused {
+        reason: format!("p{n}"),
+        at: UnixMs(n),
+    })
+}
+
+fn resumed(n: u64) -> Entry {
+    Entry::from(Event::Resumed { at: UnixMs(n) })
+}
+
+#[tokio::test]
+async fn one_replica_keeps_its_history_and_its_term_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    let t1 = leading(&j).await;
+    assert_eq!(j.term(), t1);
+    j.propose(Entry::Meta(MetaEntry::Created {
+        journal_id: "abc".into(),
+    }))
+    .await
+    .unwrap();
+    j.propose(started("r1").into()).await.unwrap();
+    j.propose(paused(2)).await.unwrap();
+    let before = j.subscribe().borrow().clone();
+    assert_eq!(before.rollouts.len(), 1);
+    // An entry that does not apply is refused and never logged.
+    let bogus = Entry::from(Event::CommandSucceeded {
+        id: baton_domain::CommandId("r1-c9".into()),
+        detail: String::new(),
+        at: UnixMs(3),
+    });
+    let err = j.propose(bogus).await.unwrap_err();
+    assert!(matches!(err, JournalError::DoesNotApply { .. }), "{err}");
+    j.shutdown().await;
+    drop(j);
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    let t2 = leading(&j).await;
+    // openraft restores a lone replica's leadership in its term; it never
+    // goes back.
+    assert!(
+        t2 >= t1,
+        "a restarted replica's term went back: {t1} then {t2}"
+    );
+    assert_eq!(*j.subscribe().borrow(), before);
+    j.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_flipped_byte_mid_log_refuses_naming_the_offset_and_a_torn_tail_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    leading(&j).await;
+    j.propose(started("r1").into()).await.unwrap();
+    j.propose(paused(2)).await.unwrap();
+    let state = j.subscribe().borrow().clone();
+    j.shutdown().await;
+    drop(j);
+    let path = dir.path().join(DIR).join(log::FILE);
+    let (recs, _) = baton_store::records::read(&path).unwrap();
+    let end = recs.last().unwrap().end();
+    // A torn tail: half a frame past the last record (over the reserve).
+    let good = std::fs::read(&path).unwrap();
+    let mut torn = good[..end as usize].to_vec();
+    torn.extend_from_slice(&good[recs[1].offset as usize..recs[1].offset as usize + 9]);
+    std::fs::write(&path, &torn).unwrap();
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    leading(&j).await;
+    assert_eq!(
+        *j.subscribe().borrow(),
+        state,
+        "the torn tail was never acknowledged"
+    );
+    j.shutdown().await;
+    drop(j);
+    // A flipped byte in the middle: refused, naming the file and offset.
+    let mut bad = std::fs::read(&path).unwrap();
+    let at = recs[1].offset as usize + 20;
+    bad[at] ^= 0x40;
+    std::fs::write(&path, &bad).unwrap();
+    let err = RaftJournal::open(one(dir.path()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains(&format!("offset {}", recs[1].offset)), "{err}");
+}
+
+#[tokio::test]
+async fn snapshots_hold_the_whole_state_and_a_reopen_starts_from_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    leading(&j).await;
+    j.propose(started("r1").into()).await.unwrap();
+    for n in 0..(SNAPSHOT_EVERY / 2 + 10) {
+        j.propose(paused(2 * n)).await.unwrap();
+        j.propose(resumed(2 * n + 1)).await.unwrap();
+    }
+    let state = j.subscribe().borrow().clone();
+    // openraft builds the snapshot in the background.
+    let snap = dir.path().join(DIR).join(machine::SNAPSHOT_FILE);
+    for _ in 0..200 {
+        if snap.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(snap.exists(), "a snapshot after {SNAPSHOT_EVERY} entries");
+    j.shutdown().await;
+    drop(j);
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    leading(&j).await;
+    assert_eq!(*j.subscribe().borrow(), state);
+    j.shutdown().await;
+    drop(j);
+    // The snapshot is checksummed like the log.
+    let mut bytes = std::fs::read(&snap).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 1;
+    std::fs::write(&snap, &bytes).unwrap();
+    let err = RaftJournal::open(one(dir.path()))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("snapshot"), "{err}");
+}
+
+#[tokio::test]
+async fn an_import_applies_once_and_only_to_an_empty_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    leading(&j).await;
+    let old = vec![
+        Entry::Meta(MetaEntry::Created {
+            journal_id: "0123456789ab".into(),
+        }),
+        Entry::from(started("r1")),
+        paused(2),
+    ];
+    j.import(old.clone(), "journal.log".into()).await.unwrap();
+    let s = j.subscribe().borrow().clone();
+    assert_eq!(s.journal_id.as_deref(), Some("0123456789ab"));
+    assert_eq!(s.rollouts.len(), 1);
+    let err = j
+        .import(old, "journal.log".into())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already holds a history"), "{err}");
+    assert_eq!(
+        *j.subscribe().borrow(),
+        s,
+        "a refused import changes nothing"
+    );
+    j.shutdown().await;
+}
+
+/// A replica with its peer service on its own loopback port.
+struct Replica {
+    journal: std::sync::Arc<RaftJournal>,
+    stop: CancellationToken,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    async fn kill(self) {
+        self.stop.cancel();
+        let _ = self.served.await;
+        self.journal.shutdown().await;
+    }
+}
+
+async fn replicas(dirs: &[tempfile::TempDir]) -> Vec<Replica> {
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for (i, _) in dirs.iter().enumerate() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.insert(i as u64 + 1, format!("http://{}", l.local_addr().unwrap()));
+        listeners.push(l);
+    }
+    let mut out = Vec::new();
+    for (i, (dir, listener)) in dirs.iter().zip(listeners).enumerate() {
+        let id = i as u64 + 1;
+        out.push(serve(dir.path(), id, &peers, listener).await);
+    }
+    out
+}
+
+async fn serve(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &BTreeMap<u64, String>,
+    listener: tokio::net::TcpListener,
+) -> Replica {
+    let journal = std::sync::Arc::new(RaftJournal::open(settings(dir, id, peers)).await.unwrap());
+    let svc = peer::ReplicaService::new(journal.raft().clone(), id, "test".into(), peers.clone());
+    let stop = CancellationToken::new();
+    let served = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(ReplicaServer::new(svc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+                .await;
+        }
+    });
+    Replica {
+        journal,
+        stop,
+        served,
+    }
+}
+
+/// Waits until some replica in `rs` leads; its index and term.
+async fn leader_of(rs: &[Replica]) -> (usize, u64) {
+    let never = CancellationToken::new();
+    let leads = rs.iter().map(|r| Box::pin(r.journal.lead(&never)));
+    let (term, i, _) =
+        tokio::time::timeout(Duration::from_secs(10), futures::future::select_all(leads))
+            .await
+            .expect("a leader within 10 s");
+    (i, term.expect("leads"))
+}
+
+async fn converged(rs: &[Replica], want: &Applied) {
+    for r in rs {
+        let mut rx = r.journal.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|s| s == want))
+            .await
+            .expect("every replica applies what the leader applied")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_survive_the_leaders_death_with_every_entry_and_a_higher_term() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut rs = replicas(&dirs).await;
+    let (l, t1) = leader_of(&rs).await;
+    let leader = &rs[l].journal;
+    leader.propose(started("r1").into()).await.unwrap();
+    leader.propose(paused(2)).await.unwrap();
+    // A follower is told where the leader is instead of recording.
+    let f = (l + 1) % 3;
+    let err = rs[f].journal.propose(resumed(3)).await.unwrap_err();
+    assert!(
+        matches!(&err, JournalError::NotLeader { leader: Some(a) } if *a == rs[l].journal.settings().peers[&(l as u64 + 1)]),
+        "{err}"
+    );
+    let state = leader.subscribe().borrow().clone();
+    converged(&rs, &state).await;
+    // The leader dies; one of the two left takes over, from the same state.
+    let dead = rs.remove(l);
+    dead.kill().await;
+    let (l2, t2) = leader_of(&rs).await;
+    assert!(t2 > t1, "the new leader's term {t2} is past {t1}");
+    assert_eq!(rs[l2].journal.term(), t2);
+    assert_eq!(*rs[l2].journal.subscribe().borrow(), state);
+    rs[l2].journal.propose(resumed(4)).await.unwrap();
+    let state = rs[l2].journal.subscribe().borrow().clone();
+    converged(&rs, &state).await;
+    for r in rs {
+        r.kill().await;
+    }
+}
