@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Rolling upgrades of leader/follower clusters"
 )]
 pub struct Args {
-    /// The coordinator's operator API.
+    /// The coordinator's operator API: its address, or its replicas'
+    /// separated by commas (same scheme, at most 7); calls go to the leader.
     #[arg(
         long,
         global = true,

@@ -1,8 +1,12 @@
 //! The connection to the coordinator's operator API: [`OperatorConn`] makes
 //! the calls, converts each answer into domain types at once (with
-//! `baton_proto::convert`) and names what failed in a [`CliError`]. It
-//! prints nothing.
+//! `baton_proto::convert`) and names what failed in a [`CliError`]. Every
+//! call goes through one private method, `OperatorConn::call`, which finds the leader among
+//! the replicas as [`crate::leader`] decides; commands never retry on
+//! their own. It prints nothing: a leader change is reported as data
+//! ([`OperatorConn::take_leader_change`]).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use baton_domain::{Check, FleetStatus, Rollout, StoredBackup};
@@ -10,11 +14,18 @@ use baton_net::tls::ClientTls;
 use baton_proto::InvalidRollout;
 use baton_proto::v1::{self, StatusRequest, operator_client::OperatorClient};
 use serde::Serialize;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::leader::{
+    Backoff, Coordinators, Effect, InvalidCoordinators, Route, Said, Step, Tried, Verdict, judge,
+};
 
 /// Why a CLI command failed. Each names the coordinator and what to try.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(transparent)]
+    BadCoordinators(#[from] InvalidCoordinators),
     #[error("coordinator address {addr:?} is invalid: {detail}")]
     BadAddress { addr: String, detail: String },
     #[error(
@@ -40,6 +51,26 @@ pub enum CliError {
     BadAnswer { addr: String, detail: String },
     #[error("no such rollout on the coordinator at {addr}")]
     NoRollout { addr: String },
+    /// Every replica tried either could not be reached or was not the
+    /// leader, for as long as the backoff lasts.
+    #[error("no coordinator leader answered {call} (after {waited_ms} ms): {tried}; {next}")]
+    NoLeader {
+        call: &'static str,
+        tried: Tried,
+        waited_ms: u128,
+        next: &'static str,
+    },
+    /// A change was sent to the leader and the connection broke before it
+    /// answered: it may or may not have been accepted, so it is not sent
+    /// again.
+    #[error(
+        "the connection to the coordinator at {addr} broke during {call} ({detail}); it may have taken effect: check with `baton rollout` before trying again"
+    )]
+    Interrupted {
+        addr: String,
+        call: &'static str,
+        detail: String,
+    },
 }
 
 /// A rollout as the CLI shows it. Its JSON form (`--output json`) is
@@ -126,24 +157,88 @@ pub struct Pruned {
     pub kept: Vec<StoredBackup>,
 }
 
-/// A connection to the operator API.
+/// A connection to the operator API of a coordinator's replicas. Every
+/// call goes through `OperatorConn::call`, which walks a
+/// [`Route`]: it follows a follower's leader hint,
+/// falls through to the next address, and pauses while an election runs.
 #[derive(Debug, Clone)]
 pub struct OperatorConn {
+    coordinators: Coordinators,
+    tls: Option<ClientTls>,
+    backoff: Backoff,
+    /// Channels to the replicas connected so far, by address.
+    clients: BTreeMap<String, OperatorClient<Channel>>,
+    /// The replica that served the last call: tried first by the next.
+    leader: Option<String>,
+    /// A replica that served a call after another one had: the leader
+    /// changed. Taken by [`OperatorConn::take_leader_change`].
+    changed: Option<String>,
+    /// The replica the last answer came from, for the errors it names.
     addr: String,
-    client: OperatorClient<Channel>,
+}
+
+/// `conn.call(name, effect, method, request)`: sends `request` with the
+/// client's `method`, cloned for each attempt.
+macro_rules! rpc {
+    ($conn:expr, $call:literal, $effect:expr, $method:ident, $req:expr) => {{
+        let req = $req;
+        $conn
+            .call($call, $effect, move |mut client| {
+                let req = req.clone();
+                async move { client.$method(req).await }
+            })
+            .await
+    }};
 }
 
 impl OperatorConn {
-    pub async fn connect(addr: &str, tls: Option<&ClientTls>) -> Result<Self, CliError> {
-        let bad = |detail: String| CliError::BadAddress {
-            addr: addr.to_owned(),
-            detail,
+    /// A connection to `coordinators`; nothing is dialled until a call.
+    pub fn new(coordinators: Coordinators, tls: Option<ClientTls>) -> Self {
+        let addr = coordinators.addrs()[0].clone();
+        OperatorConn {
+            coordinators,
+            tls,
+            backoff: Backoff::default(),
+            clients: BTreeMap::new(),
+            leader: None,
+            changed: None,
+            addr,
+        }
+    }
+
+    /// The same, pausing between rounds over the replicas as `backoff` says.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The replica that served the last call.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
+    /// The new leader's address, once, after a call was served by another
+    /// replica than the calls before it.
+    pub fn take_leader_change(&mut self) -> Option<String> {
+        self.changed.take()
+    }
+
+    /// The client for `addr`, dialled if need be.
+    async fn client(&mut self, addr: &str) -> Result<OperatorClient<Channel>, Dial> {
+        if let Some(c) = self.clients.get(addr) {
+            return Ok(c.clone());
+        }
+        let bad = |detail: String| {
+            Dial::Setup(CliError::BadAddress {
+                addr: addr.to_owned(),
+                detail,
+            })
         };
         let mut endpoint = Endpoint::from_shared(addr.to_owned())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(5));
-        if let Some(tls) = tls {
+        if let Some(tls) = &self.tls {
             endpoint = tls
                 .apply(endpoint)
                 .map_err(|e| bad(format!("TLS setup: {e}")))?;
@@ -151,31 +246,139 @@ impl OperatorConn {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| CliError::Unreachable {
-                addr: addr.to_owned(),
-                detail: e.to_string(),
-            })?;
-        Ok(OperatorConn {
-            addr: addr.to_owned(),
-            client: OperatorClient::new(channel),
-        })
+            .map_err(|e| Dial::Unreachable(chain(&e)))?;
+        let client = OperatorClient::new(channel);
+        self.clients.insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Sends one call (`send`, with a fresh copy of its request each time)
+    /// to the leader: the one place that decides where a call goes and
+    /// whether it may go again (see [`crate::leader`]). A replica's answer
+    /// other than UNAVAILABLE is the call's result.
+    async fn call<T, F, Fut>(
+        &mut self,
+        call: &'static str,
+        effect: Effect,
+        mut send: F,
+    ) -> Result<T, CliError>
+    where
+        F: FnMut(OperatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let started = Instant::now();
+        let mut route = Route::new(&self.coordinators, self.leader.as_deref(), self.backoff);
+        loop {
+            let addr = match route.next(started.elapsed()) {
+                Step::Try(addr) => addr,
+                Step::Wait(pause) => {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                Step::GiveUp => return Err(self.no_leader(call, route.tried(), started.elapsed())),
+            };
+            let client = match self.client(&addr).await {
+                Ok(c) => c,
+                Err(Dial::Setup(e)) => return Err(e),
+                Err(Dial::Unreachable(detail)) => {
+                    route.failed(&addr, Said::Unreachable { detail });
+                    continue;
+                }
+            };
+            let status = match send(client).await {
+                Ok(resp) => {
+                    self.served(&addr);
+                    return Ok(resp.into_inner());
+                }
+                Err(status) => status,
+            };
+            match judge(&status, effect) {
+                Verdict::Retry(said) => {
+                    if matches!(said, Said::Unreachable { .. } | Said::Dropped { .. }) {
+                        self.clients.remove(&addr);
+                    }
+                    route.failed(&addr, said);
+                }
+                Verdict::Answered => {
+                    self.addr = addr;
+                    return Err(self.refused(call)(status));
+                }
+                Verdict::Interrupted => {
+                    self.clients.remove(&addr);
+                    return Err(CliError::Interrupted {
+                        addr,
+                        call,
+                        detail: status.message().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn served(&mut self, addr: &str) {
+        if self.leader.as_deref() != Some(addr) {
+            if self.leader.is_some() {
+                self.changed = Some(addr.to_owned());
+            }
+            self.leader = Some(addr.to_owned());
+        }
+        addr.clone_into(&mut self.addr);
+    }
+
+    fn no_leader(&self, call: &'static str, tried: Tried, waited: Duration) -> CliError {
+        match (self.coordinators.addrs(), &tried.0[..]) {
+            // One address that could not be reached: as before replicas.
+            ([only], [(addr, Said::Unreachable { detail })]) if only == addr => {
+                CliError::Unreachable {
+                    addr: addr.clone(),
+                    detail: detail.clone(),
+                }
+            }
+            _ => CliError::NoLeader {
+                call,
+                next: if tried.any_answered() {
+                    "the replicas may be electing a leader: try again in a few seconds, and check that a majority of the coordinator replicas are running"
+                } else {
+                    "is baton-coordinator running there? (list its replicas' addresses in --coordinator or BATON_COORDINATOR)"
+                },
+                tried,
+                waited_ms: waited.as_millis(),
+            },
+        }
     }
 
     pub async fn status(&mut self) -> Result<FleetStatus, CliError> {
-        let resp = self
-            .client
-            .status(StatusRequest {})
-            .await
-            .map_err(|s| CliError::Refused {
-                addr: self.addr.clone(),
-                call: "Status",
-                detail: s.message().to_owned(),
-            })?;
-        FleetStatus::try_from(resp.into_inner()).map_err(|e| CliError::BadAnswer {
+        let resp = rpc!(self, "Status", Effect::Read, status, StatusRequest {})?;
+        FleetStatus::try_from(resp).map_err(|e| CliError::BadAnswer {
             addr: self.addr.clone(),
             detail: e.to_string(),
         })
     }
+}
+
+/// Why a replica could not be dialled.
+#[derive(Debug)]
+enum Dial {
+    /// The address or TLS setup is wrong: not retried.
+    Setup(CliError),
+    /// No connection: why.
+    Unreachable(String),
+}
+
+/// An error and its causes, on one line (a transport error's own text is
+/// often just "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl OperatorConn {
@@ -213,14 +416,15 @@ impl OperatorConn {
     }
 
     pub async fn plan(&mut self, to: &str) -> Result<Plan, CliError> {
-        let r = self
-            .client
-            .plan(v1::PlanRequest {
+        let r = rpc!(
+            self,
+            "Plan",
+            Effect::Read,
+            plan,
+            v1::PlanRequest {
                 to_version: to.to_owned(),
-            })
-            .await
-            .map_err(self.refused("Plan"))?
-            .into_inner();
+            }
+        )?;
         let v1::PlanResponse {
             ok,
             checks,
@@ -250,12 +454,13 @@ impl OperatorConn {
 
     /// Starts a rollback of the latest rollout.
     pub async fn rollback(&mut self) -> Result<Started, CliError> {
-        let r = self
-            .client
-            .rollback(v1::RollbackRequest {})
-            .await
-            .map_err(self.refused("Rollback"))?
-            .into_inner();
+        let r = rpc!(
+            self,
+            "Rollback",
+            Effect::Change,
+            rollback,
+            v1::RollbackRequest {}
+        )?;
         self.started(r)
     }
 
@@ -277,28 +482,30 @@ impl OperatorConn {
     }
 
     pub async fn upgrade(&mut self, to: &str) -> Result<Started, CliError> {
-        let r = self
-            .client
-            .upgrade(v1::UpgradeRequest {
+        let r = rpc!(
+            self,
+            "Upgrade",
+            Effect::Change,
+            upgrade,
+            v1::UpgradeRequest {
                 to_version: to.to_owned(),
-            })
-            .await
-            .map_err(self.refused("Upgrade"))?
-            .into_inner();
+            }
+        )?;
         self.started(r)
     }
 
     /// Starts a restore of `backup`, confirmed with the cluster id.
     pub async fn restore(&mut self, backup: &str, confirm: &str) -> Result<Started, CliError> {
-        let r = self
-            .client
-            .restore(v1::RestoreRequest {
+        let r = rpc!(
+            self,
+            "Restore",
+            Effect::Change,
+            restore,
+            v1::RestoreRequest {
                 backup_id: backup.to_owned(),
                 confirm_cluster_id: confirm.to_owned(),
-            })
-            .await
-            .map_err(self.refused("Restore"))?
-            .into_inner();
+            }
+        )?;
         self.started(r)
     }
 
@@ -314,16 +521,17 @@ impl OperatorConn {
         version: u64,
         wait: Duration,
     ) -> Result<RolloutView, CliError> {
-        let r = self
-            .client
-            .rollout(v1::RolloutRequest {
+        let r = rpc!(
+            self,
+            "Rollout",
+            Effect::Read,
+            rollout,
+            v1::RolloutRequest {
                 rollout_id: id.unwrap_or_default().to_owned(),
                 after_version: version,
                 wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
-            })
-            .await
-            .map_err(self.refused("Rollout"))?
-            .into_inner();
+            }
+        )?;
         self.view(r)?.ok_or_else(|| CliError::NoRollout {
             addr: self.addr.clone(),
         })
@@ -340,35 +548,23 @@ impl OperatorConn {
             retry,
         };
         let r = match verb {
-            "pause" => self
-                .client
-                .pause(req)
-                .await
-                .map_err(self.refused("Pause"))?,
-            "resume" => self
-                .client
-                .resume(req)
-                .await
-                .map_err(self.refused("Resume"))?,
-            _ => self
-                .client
-                .abort(req)
-                .await
-                .map_err(self.refused("Abort"))?,
+            "pause" => rpc!(self, "Pause", Effect::Change, pause, req)?,
+            "resume" => rpc!(self, "Resume", Effect::Change, resume, req)?,
+            _ => rpc!(self, "Abort", Effect::Change, abort, req)?,
         };
-        self.view(r.into_inner())?
-            .ok_or_else(|| CliError::NoRollout {
-                addr: self.addr.clone(),
-            })
+        self.view(r)?.ok_or_else(|| CliError::NoRollout {
+            addr: self.addr.clone(),
+        })
     }
 
     pub async fn history(&mut self) -> Result<Vec<RolloutView>, CliError> {
-        let r = self
-            .client
-            .history(v1::HistoryRequest {})
-            .await
-            .map_err(self.refused("History"))?
-            .into_inner();
+        let r = rpc!(
+            self,
+            "History",
+            Effect::Read,
+            history,
+            v1::HistoryRequest {}
+        )?;
         let mut out = Vec::new();
         for reply in r.rollouts {
             out.extend(self.view(reply)?);
@@ -383,12 +579,13 @@ impl OperatorConn {
             location,
             keep_days,
             backups,
-        } = self
-            .client
-            .backups(v1::BackupsRequest {})
-            .await
-            .map_err(self.refused("Backups"))?
-            .into_inner();
+        } = rpc!(
+            self,
+            "Backups",
+            Effect::Read,
+            backups,
+            v1::BackupsRequest {}
+        )?;
         Ok(BackupList {
             location,
             keep_days,
@@ -399,28 +596,35 @@ impl OperatorConn {
     /// Re-reads backup `id` from the store; Ok names the store and the
     /// backup that verified.
     pub async fn verify_backup(&mut self, id: &str) -> Result<(String, StoredBackup), CliError> {
-        let v1::VerifyBackupResponse { location, backup } = self
-            .client
-            .verify_backup(v1::VerifyBackupRequest { id: id.to_owned() })
-            .await
-            .map_err(self.refused("VerifyBackup"))?
-            .into_inner();
+        let v1::VerifyBackupResponse { location, backup } = rpc!(
+            self,
+            "VerifyBackup",
+            Effect::Read,
+            verify_backup,
+            v1::VerifyBackupRequest { id: id.to_owned() }
+        )?;
         let backup = backup.ok_or_else(|| self.bad("a verify reply without its backup".into()))?;
         Ok((location, StoredBackup::from(backup)))
     }
 
     pub async fn prune_backups(&mut self, keep: u32, dry_run: bool) -> Result<Pruned, CliError> {
+        let effect = if dry_run {
+            Effect::Read
+        } else {
+            Effect::Change
+        };
         let v1::PruneBackupsResponse {
             location,
             dry_run,
             deleted,
             kept,
-        } = self
-            .client
-            .prune_backups(v1::PruneBackupsRequest { keep, dry_run })
-            .await
-            .map_err(self.refused("PruneBackups"))?
-            .into_inner();
+        } = rpc!(
+            self,
+            "PruneBackups",
+            effect,
+            prune_backups,
+            v1::PruneBackupsRequest { keep, dry_run }
+        )?;
         Ok(Pruned {
             location,
             dry_run,

@@ -2,6 +2,8 @@
 //! long polls of the operator API until the rollout completes, pauses or
 //! closes, with spinners on a terminal and changed lines only in a log.
 //! Ends with the run's summary and the exit code that says how it ended.
+//! When the coordinator leader changes on the way, the connection finds the
+//! new one; this loop says so in one line on stderr and carries on.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -39,6 +41,17 @@ pub async fn follow(conn: &mut OperatorConn, id: &str, output: Output) -> anyhow
         } else {
             None
         };
+        // The connection found a new leader (the old one went away): the
+        // journal is shared, so the rollout goes on; the rows printed so
+        // far stay, and only what changed is printed.
+        if let Some(addr) = conn.take_leader_change() {
+            let note = format!("coordinator leader changed; following the rollout on {addr}");
+            if tty {
+                let _ = multi.println(note);
+            } else {
+                eprintln!("{note}");
+            }
+        }
         let r = &v.state;
         let mut lines = vec![format!(
             "rollout {} -> {}: {}",

@@ -6,6 +6,8 @@
 //! A tour:
 //! - [`args`]: the flags and subcommands (clap).
 //! - [`conn`]: [`OperatorConn`], the calls to the coordinator and their errors.
+//! - [`leader`]: which coordinator replica a call goes to (the leader's
+//!   hint, the next address, a bounded backoff during an election).
 //! - [`render`]: tables and the end-of-run summary.
 //! - [`follow`]: the long-poll loop that follows a rollout (upgrade, watch).
 //! - [`cmd`]: one file per command group, each printing a table or JSON.
@@ -17,6 +19,7 @@ pub mod args;
 pub mod cmd;
 pub mod conn;
 pub mod follow;
+pub mod leader;
 pub mod render;
 
 use std::process::ExitCode;
@@ -27,6 +30,7 @@ pub use args::{Args, BackupsCmd, Command, Output, ReleaseCmd, StoreArgs};
 pub use conn::{
     BackupList, CliError, InvalidReply, OperatorConn, Plan, PlanLine, Pruned, RolloutView, Started,
 };
+pub use leader::Coordinators;
 pub use render::{Summary, render_checks, render_rollout, render_status, summary};
 
 /// Preflight refused (nothing was touched).
@@ -78,7 +82,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut conn = OperatorConn::connect(&coordinator, tls.as_ref()).await?;
+    let coordinators = Coordinators::parse(&coordinator).map_err(CliError::from)?;
+    let mut conn = OperatorConn::new(coordinators, tls);
     let conn = &mut conn;
     match command {
         Command::Status { watch, interval_ms } => {

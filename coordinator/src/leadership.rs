@@ -19,8 +19,7 @@ use crate::driver::{Driver, Op};
 use crate::journal::raft::RaftJournal;
 use crate::journal::{Entry, Journal, JournalError, MetaEntry, file};
 
-/// The metadata key that names the leader's address in a follower's answer.
-pub const LEADER_HINT: &str = "x-baton-leader";
+pub use baton_proto::LEADER_HINT;
 
 /// Refuses a call on a follower: UNAVAILABLE, with the leader's address in
 /// [`LEADER_HINT`] when it is known.

@@ -21,4 +21,9 @@ pub mod samplekv {
     tonic::include_proto!("samplekv.v1");
 }
 
+/// The gRPC metadata key in which a coordinator replica that does not lead
+/// names the leader's address (a URL with its scheme), on an UNAVAILABLE
+/// answer: clients retry there.
+pub const LEADER_HINT: &str = "x-baton-leader";
+
 pub use convert::{InvalidCommand, InvalidHello, InvalidReport, InvalidRollout, InvalidStatus};

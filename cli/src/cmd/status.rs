@@ -24,6 +24,9 @@ pub async fn run(
                 print!("{}", render_status(&status));
             }
         }
+        if let Some(addr) = conn.take_leader_change() {
+            eprintln!("coordinator leader changed; showing the status from {addr}");
+        }
         if !watch {
             return Ok(());
         }

@@ -101,7 +101,11 @@ impl Mem {
         if let Some(upto) = self.purged {
             out.push(LogRecord::Purge { upto });
         }
-        out.extend(self.entries.values().map(|e| LogRecord::Entry(Box::new(e.clone()))));
+        out.extend(
+            self.entries
+                .values()
+                .map(|e| LogRecord::Entry(Box::new(e.clone()))),
+        );
         out
     }
 }
@@ -262,7 +266,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records = entries.into_iter().map(|e| LogRecord::Entry(Box::new(e))).collect();
+        let records = entries
+            .into_iter()
+            .map(|e| LogRecord::Entry(Box::new(e)))
+            .collect();
         let written = self.write(records);
         let reported = written
             .as_ref()

@@ -138,7 +138,11 @@ impl RaftJournal {
         let raft = JournalRaft::new(
             settings.id,
             std::sync::Arc::new(raft_config(&settings.cluster)?),
-            peer::Peers::new(settings.cluster.clone(), settings.tls.clone()),
+            peer::Peers::new(
+                settings.cluster.clone(),
+                settings.tls.clone(),
+                settings.peers.clone(),
+            ),
             opened.store.clone(),
             machine.clone(),
         )

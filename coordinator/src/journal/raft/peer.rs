@@ -47,16 +47,29 @@ struct SnapshotEnvelope {
     data: MachineSnapshot,
 }
 
-/// openraft's network factory for one replica.
+/// openraft's network factory for one replica. A peer is dialled at the
+/// address this replica's own `[replication]` gives it (so an operator can
+/// move a replica, or route peer traffic differently per replica, without
+/// a membership change); the address in the journal's membership is the
+/// fallback.
 #[derive(Debug, Clone)]
 pub struct Peers {
     cluster: String,
     tls: Option<ClientTlsConfig>,
+    addrs: BTreeMap<u64, String>,
 }
 
 impl Peers {
-    pub fn new(cluster: String, tls: Option<ClientTlsConfig>) -> Self {
-        Peers { cluster, tls }
+    pub fn new(
+        cluster: String,
+        tls: Option<ClientTlsConfig>,
+        addrs: BTreeMap<u64, String>,
+    ) -> Self {
+        Peers {
+            cluster,
+            tls,
+            addrs,
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {
@@ -77,11 +90,12 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerLink {
+        let addr = self.addrs.get(&target).unwrap_or(&node.addr).clone();
         PeerLink {
             target,
-            addr: node.addr.clone(),
+            channel: self.channel(&addr),
+            addr,
             cluster: self.cluster.clone(),
-            channel: self.channel(&node.addr),
         }
     }
 }
