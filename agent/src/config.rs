@@ -62,7 +62,9 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 struct RawConfig {
     member_id: Option<String>,
     cluster_id: Option<String>,
-    coordinator: Option<String>,
+    /// One address, or an array of them (one per coordinator replica);
+    /// checked by [`coordinators`].
+    coordinator: Option<toml::Value>,
     heartbeat_ms: Option<u64>,
     poll_ms: Option<u64>,
     data_dir: Option<PathBuf>,
@@ -197,8 +199,10 @@ pub struct SuperviseConfig {
 pub struct AgentConfig {
     pub member: MemberId,
     pub cluster: String,
-    /// `http://host:port` or `https://host:port` of the coordinator.
-    pub coordinator: String,
+    /// `http://host:port` or `https://host:port` of each coordinator
+    /// replica (one to [`MAX_COORDINATORS`], all with the same scheme, no
+    /// two the same); the agent holds a session with every one.
+    pub coordinators: Vec<String>,
     pub heartbeat: Duration,
     /// How often the member is read.
     pub poll: Duration,
@@ -217,6 +221,10 @@ pub struct AgentConfig {
     pub store: Option<AgentStore>,
     pub probes: ProbesConfig,
 }
+
+/// The most coordinator replicas an agent links to (a 7-replica
+/// coordinator is already more than a rollout needs).
+pub const MAX_COORDINATORS: usize = 7;
 
 /// The environment variables that override config keys, read once at start.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -254,7 +262,20 @@ impl AgentConfig {
             match *key {
                 "member_id" => raw.member_id = Some(value.clone()),
                 "cluster_id" => raw.cluster_id = Some(value.clone()),
-                "coordinator" => raw.coordinator = Some(value.clone()),
+                "coordinator" => {
+                    // A comma-separated list, one address per replica.
+                    let mut addrs = Vec::new();
+                    for (i, addr) in value.split(',').map(str::trim).enumerate() {
+                        if addr.is_empty() {
+                            return Err(bad(format!(
+                                "address {} of {value:?} is empty; give the replicas' addresses separated by commas",
+                                i + 1
+                            )));
+                        }
+                        addrs.push(toml::Value::String(addr.to_owned()));
+                    }
+                    raw.coordinator = Some(toml::Value::Array(addrs));
+                }
                 "heartbeat_ms" => {
                     raw.heartbeat_ms = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
                 }
@@ -285,15 +306,10 @@ impl AgentConfig {
         if cluster.is_empty() {
             return Err(invalid("cluster_id", "empty"));
         }
-        let coordinator = raw
-            .coordinator
-            .ok_or_else(|| invalid("coordinator", "missing"))?;
-        if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
-            return Err(invalid(
-                "coordinator",
-                format!("{coordinator:?} must start with http:// or https://"),
-            ));
-        }
+        let coordinators = coordinators(
+            raw.coordinator
+                .ok_or_else(|| invalid("coordinator", "missing"))?,
+        )?;
         let heartbeat = Duration::from_millis(raw.heartbeat_ms.unwrap_or(1000));
         if !(Duration::from_millis(50)..=Duration::from_secs(60)).contains(&heartbeat) {
             return Err(invalid("heartbeat_ms", "must be between 50 and 60000"));
@@ -377,7 +393,8 @@ impl AgentConfig {
                 )
             }
         };
-        if coordinator.starts_with("https://") != tls.is_some() {
+        let https = coordinators.iter().all(|c| c.starts_with("https://"));
+        if https != tls.is_some() {
             return Err(invalid(
                 "tls",
                 "an https:// coordinator needs [tls] with at least `ca`, and [tls] needs https://",
@@ -399,7 +416,7 @@ impl AgentConfig {
         Ok(AgentConfig {
             member,
             cluster,
-            coordinator,
+            coordinators,
             heartbeat,
             poll,
             data_dir,
@@ -412,6 +429,75 @@ impl AgentConfig {
             probes: ProbesConfig { tolerable_lag },
         })
     }
+}
+
+/// The `coordinator` key: one address, or an array of one to
+/// [`MAX_COORDINATORS`] distinct addresses that all start with `http://` or
+/// all with `https://`.
+fn coordinators(value: toml::Value) -> Result<Vec<String>, ConfigError> {
+    let addrs = match value {
+        toml::Value::String(addr) => vec![addr],
+        toml::Value::Array(values) => values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                toml::Value::String(addr) => Ok(addr),
+                other => Err(invalid(
+                    "coordinator",
+                    format!(
+                        "entry {} is a {}, not an address string",
+                        i + 1,
+                        other.type_str()
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        other => {
+            return Err(invalid(
+                "coordinator",
+                format!(
+                    "is a {}; give an address string, or an array of them (one per coordinator replica)",
+                    other.type_str()
+                ),
+            ));
+        }
+    };
+    if addrs.is_empty() || addrs.len() > MAX_COORDINATORS {
+        return Err(invalid(
+            "coordinator",
+            format!(
+                "{} addresses given; give 1 to {MAX_COORDINATORS} (one per coordinator replica)",
+                addrs.len()
+            ),
+        ));
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+            return Err(invalid(
+                "coordinator",
+                format!("{addr:?} must start with http:// or https://"),
+            ));
+        }
+        if addrs[..i]
+            .iter()
+            .any(|a| a.trim_end_matches('/') == addr.trim_end_matches('/'))
+        {
+            return Err(invalid(
+                "coordinator",
+                format!("{addr:?} is given twice; name each coordinator replica once"),
+            ));
+        }
+    }
+    let https = addrs.iter().filter(|a| a.starts_with("https://")).count();
+    if https != 0 && https != addrs.len() {
+        return Err(invalid(
+            "coordinator",
+            format!(
+                "{addrs:?} mixes http:// and https://; every coordinator replica is reached the same way"
+            ),
+        ));
+    }
+    Ok(addrs)
 }
 
 /// The `[store]` table. `kind = "coordinator"` (with an optional
@@ -636,6 +722,118 @@ base_dir = "/tmp/b"
         .unwrap();
         assert_eq!(c.member.as_str(), "n7");
         assert_eq!(c.heartbeat, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn coordinator_is_one_address_or_one_per_replica() {
+        let one = load(GOOD, &[]).unwrap();
+        assert_eq!(one.coordinators, ["http://127.0.0.1:7400"]);
+        let three = GOOD.replace(
+            "coordinator = \"http://127.0.0.1:7400\"",
+            "coordinator = [\"http://10.0.0.1:7400\", \"http://10.0.0.2:7400\", \"http://10.0.0.3:7400\"]",
+        );
+        let c = load(&three, &[]).unwrap();
+        assert_eq!(
+            c.coordinators,
+            [
+                "http://10.0.0.1:7400",
+                "http://10.0.0.2:7400",
+                "http://10.0.0.3:7400"
+            ]
+        );
+        let env = |v: &str| load(GOOD, &[("BATON_AGENT_COORDINATOR", v)]);
+        assert_eq!(
+            env("http://a:1").unwrap().coordinators,
+            ["http://a:1"],
+            "one address in the env, as before"
+        );
+        assert_eq!(
+            env(" http://a:1, http://b:1 ,http://c:1")
+                .unwrap()
+                .coordinators,
+            ["http://a:1", "http://b:1", "http://c:1"]
+        );
+        let err = env("http://a:1,,http://b:1").unwrap_err().to_string();
+        assert!(
+            err.contains("BATON_AGENT_COORDINATOR")
+                && err.contains("`coordinator`")
+                && err.contains("address 2"),
+            "{err}"
+        );
+        let err = env("http://a:1,http://a:1/").unwrap_err().to_string();
+        assert!(
+            err.contains("`coordinator`") && err.contains("given twice"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_coordinator_lists_name_the_key_and_the_fault() {
+        let with = |value: &str| {
+            GOOD.replace(
+                "coordinator = \"http://127.0.0.1:7400\"",
+                &format!("coordinator = {value}"),
+            )
+        };
+        let eight: Vec<String> = (1..=8)
+            .map(|i| format!("\"http://10.0.0.{i}:7400\""))
+            .collect();
+        let cases = [
+            (with("[]"), "0 addresses given; give 1 to 7"),
+            (
+                with(&format!("[{}]", eight.join(", "))),
+                "8 addresses given",
+            ),
+            (
+                with("[\"http://a:1\", \"http://b:1\", \"http://a:1\"]"),
+                "\"http://a:1\" is given twice",
+            ),
+            (
+                with("[\"http://a:1\", \"https://b:1\"]"),
+                "mixes http:// and https://",
+            ),
+            (
+                with("[\"http://a:1\", \"tcp://b:1\"]"),
+                "\"tcp://b:1\" must start with http:// or https://",
+            ),
+            (with("[\"http://a:1\", 7]"), "entry 2 is a integer"),
+            (with("7400"), "is a integer; give an address string"),
+            (
+                with("[\"https://a:1\", \"https://b:1\"]"),
+                "an https:// coordinator needs [tls]",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = load(&text, &[]).unwrap_err().to_string();
+            let key = if want.contains("[tls]") {
+                "`tls`"
+            } else {
+                "`coordinator`"
+            };
+            assert!(
+                err.contains(key) && err.contains(want),
+                "{err} should say {key}: {want}"
+            );
+        }
+        // 7 is the most; with [tls], every one is https.
+        let seven = with(&format!("[{}]", eight[..7].join(", ")));
+        assert_eq!(load(&seven, &[]).unwrap().coordinators.len(), 7);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ca.crt"),
+            "-----BEGIN X-----\n-----END X-----\n",
+        )
+        .unwrap();
+        let tls = format!("\n[tls]\nca = {:?}\n", dir.path().join("ca.crt"));
+        let https = with("[\"https://a:1\", \"https://b:1\"]") + &tls;
+        assert_eq!(load(&https, &[]).unwrap().coordinators.len(), 2);
+        let err = load(&(with("[\"http://a:1\", \"http://b:1\"]") + &tls), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`tls`") && err.contains("[tls] needs https://"),
+            "{err}"
+        );
     }
 
     #[test]

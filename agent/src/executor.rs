@@ -10,14 +10,24 @@
 //! Per-id run counts are kept so tests and operators can see that nothing
 //! ran twice. A `commands.jsonl` from before the checksummed format is
 //! imported once.
+//!
+//! It also fences off deposed coordinator leaders: each journaled command
+//! keeps its [`Fence`] (the coordinator journal's id and the sending
+//! leader's term), and the executor remembers, per journal id, the newest
+//! term it accepted a command under (rebuilt from every journaled record on
+//! open). A command with an older term from the same journal is refused
+//! before anything else, even for a known id: nothing runs and nothing is
+//! journaled. Another journal id starts afresh; a command without a fence
+//! (a coordinator that does not fence) is never refused for its term.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, MemberId};
+use baton_domain::{Action, AgentCommand, CommandId, CommandOutcome, Fence, MemberId};
 use serde::{Deserialize, Serialize};
 
 use crate::adapter::Adapter;
@@ -34,6 +44,38 @@ pub struct JournalEntry {
     /// How many times this id was executed on this node (should be 1).
     pub runs: u32,
     pub result: Option<Result<String, String>>,
+    /// The fence of the newest delivery it was accepted under: the
+    /// coordinator journal's id and the sending leader's term. `None` from
+    /// a coordinator that does not fence (and in journals written before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
+}
+
+/// What the executor says to one delivery of a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The command's outcome: it ran now or before, or it was refused for
+    /// a reason of this member (a full state_dir). Every coordinator
+    /// replica may hear it.
+    Outcome(CommandOutcome),
+    /// A refusal of this delivery alone, for the replica that sent it: a
+    /// deposed leader's term, or a known id with another action. Nothing
+    /// ran, and the command's own outcome is not this.
+    Refused(CommandOutcome),
+}
+
+impl Answer {
+    pub fn outcome(&self) -> &CommandOutcome {
+        match self {
+            Answer::Outcome(o) | Answer::Refused(o) => o,
+        }
+    }
+
+    pub fn into_outcome(self) -> CommandOutcome {
+        match self {
+            Answer::Outcome(o) | Answer::Refused(o) => o,
+        }
+    }
 }
 
 /// The command journal, under the state dir.
@@ -75,6 +117,15 @@ pub struct Executor {
     /// The journal in memory, by id; shared by `run` and the readers
     /// (`/commands`, metrics, the link's stored-result check).
     entries: Mutex<HashMap<CommandId, JournalEntry>>,
+    /// The newest leader term accepted from each coordinator journal, by
+    /// journal id: the fence an older term is refused at. Taken after
+    /// `entries` when both are held.
+    terms: Mutex<HashMap<String, u64>>,
+    /// Deliveries refused for an older term since the agent started.
+    fenced: AtomicU64,
+    /// The command running now (the link asks its grants on the session
+    /// that sent it).
+    current: Mutex<Option<CommandId>>,
     /// Held while a command runs: one command at a time.
     running: tokio::sync::Mutex<()>,
     adapter: Arc<dyn Adapter>,
@@ -157,6 +208,9 @@ impl Executor {
             );
         }
         let mut entries = HashMap::new();
+        // Every record counts for the fence, not only each id's latest: an
+        // id re-sent from another journal keeps the first journal's term.
+        let mut terms = HashMap::new();
         for r in &opened.records {
             let e: JournalEntry = serde_json::from_slice(&r.payload).map_err(|e| {
                 log_err(RecordError::Corrupt {
@@ -165,6 +219,7 @@ impl Executor {
                     detail: format!("a record that checks out is not a command entry: {e}"),
                 })
             })?;
+            raise(&mut terms, e.fence.as_ref());
             entries.insert(e.id.clone(), e);
         }
         if legacy.exists() {
@@ -185,6 +240,9 @@ impl Executor {
             member,
             log: Mutex::new(log),
             entries: Mutex::new(entries),
+            terms: Mutex::new(terms),
+            fenced: AtomicU64::new(0),
+            current: Mutex::new(None),
             running: tokio::sync::Mutex::new(()),
             adapter,
             process,
@@ -232,45 +290,135 @@ impl Executor {
         }
     }
 
+    /// The newest term accepted from each coordinator journal (for
+    /// `/commands`, tests and operators).
+    pub fn terms(&self) -> BTreeMap<String, u64> {
+        let terms = self.terms.lock().unwrap_or_else(|p| p.into_inner());
+        terms.iter().map(|(j, t)| (j.clone(), *t)).collect()
+    }
+
+    /// Deliveries refused since the agent started because they came from
+    /// a deposed coordinator leader (metrics).
+    pub fn fenced_total(&self) -> u64 {
+        self.fenced.load(Ordering::Relaxed)
+    }
+
+    /// The command running now, if any.
+    pub fn current(&self) -> Option<CommandId> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Raises the remembered term to `cmd`'s; whether it was newer.
+    fn accept_term(&self, cmd: &AgentCommand) -> bool {
+        let mut terms = self.terms.lock().unwrap_or_else(|p| p.into_inner());
+        raise(&mut terms, cmd.fence.as_ref())
+    }
+
+    /// The refusal of a command from a deposed coordinator leader: its
+    /// fence's term is older than the newest accepted from its journal.
+    fn refuse_deposed(&self, cmd: &AgentCommand) -> Option<CommandOutcome> {
+        let fence = cmd.fence.as_ref()?;
+        let newest = {
+            let terms = self.terms.lock().unwrap_or_else(|p| p.into_inner());
+            *terms.get(&fence.journal)?
+        };
+        if fence.term >= newest {
+            return None;
+        }
+        self.fenced.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            member = %self.member, command = %cmd.id, journal = %fence.journal,
+            term = fence.term, newest_term = newest,
+            "refused a command from a deposed coordinator leader"
+        );
+        Some(CommandOutcome {
+            id: cmd.id.clone(),
+            result: Err(format!(
+                "member {}: command {} ({}) comes from term {} of coordinator journal {}, but this member already took commands from its term {}: it came from a deposed coordinator leader; refused, nothing ran",
+                self.member, cmd.id, cmd.action, fence.term, fence.journal, newest
+            )),
+        })
+    }
+
     /// What the journal already says about `cmd`: its stored result when
     /// the same id and action finished before; a refusal when the id is
     /// known with another action (an id is never reused, so this is a
     /// coordinator that lost or replaced its journal, and replaying the
     /// old result would claim work that was not done); `None` otherwise.
+    /// A deposed leader's command (an older term than one seen from its
+    /// journal) is refused first, even for a known id.
     pub fn stored(&self, cmd: &AgentCommand) -> Option<CommandOutcome> {
-        let entries = self.lock();
-        let e = entries.get(&cmd.id)?;
-        if e.action != cmd.action {
-            let refusal = format!(
-                "member {}: command id {} already ran here as {}, not {}; refusing it (an id is never reused: was the coordinator's journal lost or replaced?); nothing was done",
-                self.member, cmd.id, e.action, cmd.action
-            );
-            tracing::warn!(member = %self.member, id = %cmd.id, %refusal, "refused a reused command id");
-            return Some(CommandOutcome {
-                id: cmd.id.clone(),
-                result: Err(refusal),
-            });
+        self.answer_stored(cmd).map(Answer::into_outcome)
+    }
+
+    /// [`Executor::stored`], saying whether the answer is the command's
+    /// outcome or a refusal of this delivery alone. A stored result given
+    /// under a newer term raises (and journals) the term.
+    pub fn answer_stored(&self, cmd: &AgentCommand) -> Option<Answer> {
+        if let Some(refusal) = self.refuse_deposed(cmd) {
+            return Some(Answer::Refused(refusal));
         }
-        e.result.clone().map(|result| CommandOutcome {
-            id: cmd.id.clone(),
-            result,
-        })
+        let (outcome, renewed) = {
+            let mut entries = self.lock();
+            let e = entries.get_mut(&cmd.id)?;
+            if e.action != cmd.action {
+                let refusal = format!(
+                    "member {}: command id {} already ran here as {}, not {}; refusing it (an id is never reused: was the coordinator's journal lost or replaced?); nothing was done",
+                    self.member, cmd.id, e.action, cmd.action
+                );
+                tracing::warn!(member = %self.member, id = %cmd.id, %refusal, "refused a reused command id");
+                return Some(Answer::Refused(CommandOutcome {
+                    id: cmd.id.clone(),
+                    result: Err(refusal),
+                }));
+            }
+            let result = e.result.clone()?;
+            // A newer leader re-sends what it finds in flight: its term is
+            // remembered, and journaled so that a restart remembers it too.
+            let renewed = self.accept_term(cmd).then(|| {
+                e.fence.clone_from(&cmd.fence);
+                e.clone()
+            });
+            let outcome = CommandOutcome {
+                id: cmd.id.clone(),
+                result,
+            };
+            (outcome, renewed)
+        };
+        if let Some(e) = renewed
+            && let Err(why) = self.append(&e)
+        {
+            tracing::warn!(member = %self.member, id = %cmd.id, error = %why, "cannot journal a newer coordinator term (it holds until the agent restarts)");
+        }
+        Some(Answer::Outcome(outcome))
     }
 
     /// Runs `cmd` unless its id already ran; returns the (stored) outcome.
-    /// A command that cannot be journaled first is refused, not run.
+    /// A command that cannot be journaled first is refused, not run; so is
+    /// one from a deposed coordinator leader.
     pub async fn run(&self, cmd: AgentCommand) -> CommandOutcome {
+        self.answer(cmd).await.into_outcome()
+    }
+
+    /// [`Executor::run`], saying whether the answer is the command's
+    /// outcome or a refusal of this delivery alone.
+    pub async fn answer(&self, cmd: AgentCommand) -> Answer {
         let _one_at_a_time = self.running.lock().await;
-        if let Some(done) = self.stored(&cmd) {
-            tracing::info!(member = %self.member, id = %cmd.id, "repeated command id; answering from the journal");
+        if let Some(done) = self.answer_stored(&cmd) {
+            if let Answer::Outcome(_) = done {
+                tracing::info!(member = %self.member, id = %cmd.id, "repeated command id; answering from the journal");
+            }
             return done;
         }
         if let Some(refusal) = self.refuse_on_reserve(&cmd) {
             tracing::warn!(member = %self.member, id = %cmd.id, %refusal, "refused a command: the state_dir is full");
-            return CommandOutcome {
+            return Answer::Outcome(CommandOutcome {
                 id: cmd.id.clone(),
                 result: Err(refusal),
-            };
+            });
         }
         let (runs, before) = {
             let mut entries = self.lock();
@@ -280,10 +428,12 @@ impl Executor {
                 action: cmd.action.clone(),
                 runs: 0,
                 result: None,
+                fence: None,
             });
             // An entry without a result was interrupted by an agent crash;
             // every action is idempotent, so it is safe to run it again.
             e.runs += 1;
+            e.fence.clone_from(&cmd.fence);
             (e.clone(), before)
         };
         if let Err(why) = self.append(&runs) {
@@ -294,16 +444,20 @@ impl Executor {
                 None => entries.remove(&cmd.id),
             };
             tracing::error!(member = %self.member, id = %cmd.id, error = %why, "cannot journal a command; refused it");
-            return CommandOutcome {
+            return Answer::Outcome(CommandOutcome {
                 id: cmd.id.clone(),
                 result: Err(format!(
                     "member {}: cannot journal command {} ({}) before running it: {why}; refused, nothing was done (free space under the agent's state_dir, then resume)",
                     self.member, cmd.id, cmd.action
                 )),
-            };
+            });
         }
+        self.accept_term(&cmd);
         tracing::info!(member = %self.member, id = %cmd.id, action = %cmd.action, "running command");
-        let result = self.execute(&cmd).await;
+        let result = {
+            let _current = Current::set(&self.current, &cmd.id);
+            self.execute(&cmd).await
+        };
         match &result {
             Ok(d) => {
                 tracing::info!(member = %self.member, id = %cmd.id, detail = %d, "command done")
@@ -324,7 +478,7 @@ impl Executor {
             // idempotent).
             tracing::error!(member = %self.member, id = %cmd.id, error = %why, "cannot journal a command's result");
         }
-        CommandOutcome { id: cmd.id, result }
+        Answer::Outcome(CommandOutcome { id: cmd.id, result })
     }
 
     fn needs_installer(&self) -> Result<&Installer, String> {
@@ -487,6 +641,40 @@ impl Executor {
     }
 }
 
+/// Raises `terms` to `fence`'s term for its journal; whether it was newer
+/// (or the journal new).
+fn raise(terms: &mut HashMap<String, u64>, fence: Option<&Fence>) -> bool {
+    let Some(fence) = fence else { return false };
+    match terms.get_mut(&fence.journal) {
+        Some(newest) if *newest >= fence.term => false,
+        Some(newest) => {
+            *newest = fence.term;
+            true
+        }
+        None => {
+            terms.insert(fence.journal.clone(), fence.term);
+            true
+        }
+    }
+}
+
+/// Names the command running now for as long as it runs (also when its
+/// future is dropped part way).
+struct Current<'a>(&'a Mutex<Option<CommandId>>);
+
+impl<'a> Current<'a> {
+    fn set(slot: &'a Mutex<Option<CommandId>>, id: &CommandId) -> Self {
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.clone());
+        Current(slot)
+    }
+}
+
+impl Drop for Current<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// Imports the JSON-lines command journal at `legacy` into a new record
 /// log at `path` (only a torn last line is dropped; any other bad line
 /// refuses, naming it). Each id keeps its latest entry, in order.
@@ -590,6 +778,165 @@ mod tests {
         assert_eq!(ex.run(cmd("r-1", Action::StepDown { to })).await, first);
         assert_eq!(target.step_downs.lock().unwrap().len(), 1);
         assert_eq!(ex.entries()[0].runs, 1);
+    }
+
+    fn fenced(id: &str, journal: &str, term: u64) -> AgentCommand {
+        AgentCommand {
+            fence: Some(Fence {
+                journal: journal.into(),
+                term,
+            }),
+            ..cmd(
+                id,
+                Action::StepDown {
+                    to: MemberId::new("n2").unwrap(),
+                },
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leaders_command_is_refused_and_nothing_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Arc::new(FakeAdapter::default());
+        let m = MemberId::new("n1").unwrap();
+        let ex = Executor::open(m, dir.path(), target.clone(), external(), None).unwrap();
+        assert!(ex.run(fenced("r1-1", "j-a", 2)).await.result.is_ok());
+        let stale = fenced("r1-2", "j-a", 1);
+        let answer = ex.answer(stale.clone()).await;
+        let Answer::Refused(refused) = &answer else {
+            panic!("{answer:?}")
+        };
+        let err = refused.result.clone().unwrap_err();
+        assert_eq!(
+            err,
+            "member n1: command r1-2 (step down to n2) comes from term 1 of coordinator journal j-a, but this member already took commands from its term 2: it came from a deposed coordinator leader; refused, nothing ran"
+        );
+        assert_eq!(ex.stored(&stale), Some(refused.clone()));
+        assert_eq!(target.step_downs.lock().unwrap().len(), 1, "nothing ran");
+        let ids: Vec<_> = ex.entries().into_iter().map(|e| e.id.0).collect();
+        assert_eq!(ids, ["r1-1"], "nothing was journaled for it");
+        assert_eq!(ex.fenced_total(), 2);
+        // The same term, and a newer one, are taken.
+        assert!(ex.run(fenced("r1-3", "j-a", 2)).await.result.is_ok());
+        assert!(ex.run(fenced("r1-4", "j-a", 3)).await.result.is_ok());
+        assert_eq!(target.step_downs.lock().unwrap().len(), 3);
+        let err = ex.run(fenced("r1-5", "j-a", 2)).await.result.unwrap_err();
+        assert!(
+            err.contains("term 2 of coordinator journal j-a") && err.contains("its term 3"),
+            "{err}"
+        );
+        assert_eq!(ex.terms(), BTreeMap::from([("j-a".to_owned(), 3)]));
+    }
+
+    #[tokio::test]
+    async fn the_fence_comes_before_the_known_id_cache_and_a_newer_term_raises_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Arc::new(FakeAdapter::default());
+        let m = MemberId::new("n1").unwrap();
+        let ex = Executor::open(m.clone(), dir.path(), target.clone(), external(), None).unwrap();
+        let first = ex.run(fenced("r1-1", "j-a", 3)).await;
+        assert!(first.result.is_ok(), "{first:?}");
+        // An old term's resend of a known id: refused, not the stored result.
+        let err = ex.run(fenced("r1-1", "j-a", 2)).await.result.unwrap_err();
+        assert!(err.contains("deposed coordinator leader"), "{err}");
+        assert!(matches!(
+            ex.answer_stored(&fenced("r1-1", "j-a", 2)),
+            Some(Answer::Refused(_))
+        ));
+        // The same term, a newer one, or no fence: the stored result.
+        for resend in [
+            fenced("r1-1", "j-a", 3),
+            fenced("r1-1", "j-a", 5),
+            cmd(
+                "r1-1",
+                Action::StepDown {
+                    to: MemberId::new("n2").unwrap(),
+                },
+            ),
+        ] {
+            assert_eq!(
+                ex.answer_stored(&resend),
+                Some(Answer::Outcome(first.clone()))
+            );
+            assert_eq!(ex.run(resend).await, first);
+        }
+        assert_eq!(target.step_downs.lock().unwrap().len(), 1);
+        assert_eq!(ex.entries()[0].runs, 1);
+        // Term 5 came only through the cache, and it fences term 4 off.
+        assert_eq!(ex.terms(), BTreeMap::from([("j-a".to_owned(), 5)]));
+        let err = ex.run(fenced("r1-2", "j-a", 4)).await.result.unwrap_err();
+        assert!(err.contains("its term 5"), "{err}");
+
+        // An agent restart remembers term 5.
+        drop(ex);
+        let ex = Executor::open(m, dir.path(), target.clone(), external(), None).unwrap();
+        assert_eq!(ex.terms(), BTreeMap::from([("j-a".to_owned(), 5)]));
+        let err = ex.run(fenced("r1-2", "j-a", 4)).await.result.unwrap_err();
+        assert!(err.contains("its term 5"), "{err}");
+        let err = ex.run(fenced("r1-1", "j-a", 4)).await.result.unwrap_err();
+        assert!(err.contains("deposed"), "{err}");
+        assert_eq!(ex.run(fenced("r1-1", "j-a", 5)).await, first);
+        assert_eq!(target.step_downs.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn another_journal_and_no_fence_are_never_fenced_off_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Arc::new(FakeAdapter::default());
+        let m = MemberId::new("n1").unwrap();
+        let ex = Executor::open(m.clone(), dir.path(), target.clone(), external(), None).unwrap();
+        assert!(ex.run(fenced("r1-1", "j-a", 7)).await.result.is_ok());
+        // A lost journal's successor starts again at term 1.
+        assert!(ex.run(fenced("r2-1", "j-b", 1)).await.result.is_ok());
+        // A coordinator that does not fence.
+        let plain = |id: &str| {
+            cmd(
+                id,
+                Action::StepDown {
+                    to: MemberId::new("n2").unwrap(),
+                },
+            )
+        };
+        assert!(ex.run(plain("r3-1")).await.result.is_ok());
+        // r1-1 re-sent from j-b: answered, and j-b's term is raised.
+        assert!(ex.run(fenced("r1-1", "j-b", 2)).await.result.is_ok());
+        assert_eq!(target.step_downs.lock().unwrap().len(), 3);
+        let want = BTreeMap::from([("j-a".to_owned(), 7), ("j-b".to_owned(), 2)]);
+        assert_eq!(ex.terms(), want);
+        assert_eq!(ex.fenced_total(), 0);
+
+        drop(ex);
+        // r1-1's entry now names j-b, yet j-a's term 7 is remembered.
+        let ex = Executor::open(m, dir.path(), target.clone(), external(), None).unwrap();
+        assert_eq!(ex.terms(), want);
+        let journaled: Vec<_> = ex
+            .entries()
+            .into_iter()
+            .map(|e| (e.id.0, e.fence.map(|f| (f.journal, f.term))))
+            .collect();
+        assert_eq!(
+            journaled,
+            [
+                ("r1-1".to_owned(), Some(("j-b".to_owned(), 2))),
+                ("r2-1".to_owned(), Some(("j-b".to_owned(), 1))),
+                ("r3-1".to_owned(), None),
+            ]
+        );
+        let err = ex.run(fenced("r1-9", "j-a", 6)).await.result.unwrap_err();
+        assert!(
+            err.contains("journal j-a") && err.contains("its term 7"),
+            "{err}"
+        );
+        let err = ex.run(fenced("r2-9", "j-b", 1)).await.result.unwrap_err();
+        assert!(
+            err.contains("journal j-b") && err.contains("its term 2"),
+            "{err}"
+        );
+        assert!(ex.run(fenced("r4-1", "j-c", 1)).await.result.is_ok());
+        assert!(ex.run(plain("r3-2")).await.result.is_ok());
+        assert_eq!(target.step_downs.lock().unwrap().len(), 5);
+        assert_eq!(ex.fenced_total(), 2);
     }
 
     #[tokio::test]
@@ -1080,6 +1427,7 @@ mod tests {
             action: Action::Start,
             runs: 1,
             result: Some(Ok("started".into())),
+            fence: None,
         };
         let line = serde_json::to_string(&entry).unwrap();
         fs::write(&legacy, format!("{{\"id\":\"x\"}}\n{line}\n")).unwrap();

@@ -1,7 +1,7 @@
 //! baton-agent: one per cluster member.
 //!
 //! ```text
-//!  member process          agent                                              coordinator
+//!  member process          agent                                   each coordinator replica
 //!   ▲  ▲ poll, step_down   adapter ◀── watcher (poll_ms; faster while gated)
 //!   │  └──────────────────   │ MemberState
 //!   │                        ▼
@@ -10,9 +10,9 @@
 //!   │                        ▼
 //!   │                      link ── Hello, Report on change or heartbeat ────────▶│
 //!   │                        │◀─ SetCadence (fast during a gate or handover) ────│
-//!   │                        │◀─ Command{id, action} ────────────────────────────│
+//!   │                        │◀─ Command{id, action, fence} ─────────────────────│
 //!   │                        ▼
-//!   │                    executor: journal id (commands.log) ─▶ stored? answer it
+//!   │                    executor: fenced? refuse; journal id (commands.log) ─▶ stored? answer it
 //!   │                        │ Stage, Switch ─▶ installer (store ─▶ releases/, current)
 //!   └── start, stop ──── runner (supervise | exec | external); StepDown ─▶ adapter
 //!                            │ result journaled, then ── Result{id} ─────────────▶│
@@ -24,8 +24,8 @@
 //! - [`adapter`]: the [`adapter::Adapter`] trait and its registry;
 //!   [`adapter::samplekv`] and [`adapter::etcd`] read and steer a member.
 //! - [`watcher`]: polls the member and publishes the latest observation.
-//! - [`link`]: the outbound gRPC stream to the coordinator (Hello, Reports,
-//!   Commands and their Results).
+//! - [`link`]: the outbound gRPC streams to the coordinator's replicas, one
+//!   session each (Hello, Reports, Commands and their Results).
 //! - [`executor`]: runs the coordinator's commands, each id at most once,
 //!   behind its fsynced command journal and the leader interlock on Stop.
 //! - [`installer`]: stages a release from the store (verified) and switches
@@ -214,7 +214,7 @@ pub async fn run(
     tracker.spawn(link::run(
         link::LinkConfig {
             hello,
-            coordinator: config.coordinator.clone(),
+            coordinators: config.coordinators.clone(),
             heartbeat: config.heartbeat,
             tls: config.tls.clone(),
             poll,

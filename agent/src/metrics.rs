@@ -11,7 +11,7 @@
 //! `member_role{role}`, `member_release{release}`, `member_reachable`,
 //! `member_healthy`, `member_ready`, `coordinator_connected`,
 //! `coordinator_sessions_total`, `reports_sent_total`,
-//! `commands_total{action,result}`.
+//! `commands_total{action,result}`, `commands_fenced_total`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -225,7 +225,7 @@ impl Collector for Sources {
         gauges(
             &mut encoder,
             "coordinator_connected",
-            "1 while the agent has a live stream to the coordinator, 0 otherwise.",
+            "1 while the agent has a live stream to any coordinator replica, 0 otherwise.",
             &one(flag(link.connected)),
         )?;
         counters(
@@ -252,6 +252,12 @@ impl Collector for Sources {
             "commands",
             "Coordinator commands this member's journal holds as finished, by action and result (ok or failed); a repeated id is not counted again.",
             &commands,
+        )?;
+        counters(
+            &mut encoder,
+            "commands_fenced",
+            "Coordinator commands refused since the agent started because they came from a deposed coordinator leader (a term older than one this member already took commands from, in the same journal); nothing ran for them.",
+            &[([("member", m)], self.executor.fenced_total())],
         )?;
         Ok(())
     }
@@ -322,6 +328,16 @@ mod tests {
                 fence: None,
             })
             .await; // external mode: fails
+        let fenced = |id: &str, term| AgentCommand {
+            fence: Some(baton_domain::Fence {
+                journal: "j-1".into(),
+                term,
+            }),
+            ..step(id)
+        };
+        executor.run(fenced("c-3", 4)).await;
+        executor.run(fenced("c-4", 3)).await; // a deposed leader: refused
+        executor.run(fenced("c-3", 2)).await; // refused too, known id or not
 
         let (obs_tx, obs) = watch::channel(None);
         let (link_tx, link) = watch::channel(LinkStats::default());
@@ -377,8 +393,9 @@ mod tests {
             ("baton_agent_reports_sent_total{member=\"n3\"}", 7.0),
             (
                 "baton_agent_commands_total{member=\"n3\",action=\"step_down\",result=\"ok\"}",
-                1.0,
+                2.0,
             ),
+            ("baton_agent_commands_fenced_total{member=\"n3\"}", 2.0),
             (
                 "baton_agent_commands_total{member=\"n3\",action=\"stop\",result=\"failed\"}",
                 1.0,
@@ -393,6 +410,7 @@ mod tests {
             "member_role",
             "member_release",
             "commands",
+            "commands_fenced",
             "coordinator_connected",
         ] {
             assert!(
