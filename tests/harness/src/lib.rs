@@ -20,7 +20,9 @@ use anyhow::{Context, Result, bail};
 
 pub mod alertmanager;
 pub mod etcd;
+pub mod load;
 pub mod observe;
+pub mod proxy;
 pub mod quorum;
 pub mod s3;
 pub mod sqlapp;
@@ -206,6 +208,10 @@ pub struct ClusterSpec {
     /// Extra `[target]` lines for every agent (e.g.
     /// `backup_progress_timeout_ms = 1500\n`).
     pub agent_target: String,
+    /// Coordinator replicas (1, 3 or 5). With more than one, peer traffic
+    /// runs through a [`proxy::TcpProxy`] per direction, and agents and
+    /// the CLI are given every replica's address.
+    pub replicas: usize,
 }
 
 /// The cluster's `[store]`.
@@ -279,6 +285,7 @@ impl Default for ClusterSpec {
             json_logs: false,
             store: StoreSpec::Dir,
             agent_target: String::new(),
+            replicas: 1,
         }
     }
 }
@@ -312,9 +319,26 @@ pub struct Member {
     pub agent: Option<Proc>,
 }
 
+/// One coordinator replica of a replicated cluster.
+#[derive(Debug)]
+pub struct Replica {
+    /// Its `[replication]` id (1-based).
+    pub id: u64,
+    /// Where agents and operators reach it.
+    pub url: String,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub proc: Option<Proc>,
+}
+
 /// A running cluster with agents and a coordinator. Drop kills everything.
 #[derive(Debug)]
 pub struct Cluster {
+    /// With `spec.replicas > 1`: every replica (and `coordinator` is None).
+    pub replicas: Vec<Replica>,
+    /// The peer proxies, by (from, to) replica id.
+    pub peer_proxies: Vec<((u64, u64), proxy::TcpProxy)>,
     pub spec: ClusterSpec,
     pub store_dir: PathBuf,
     pub members: Vec<Member>,
@@ -334,7 +358,14 @@ impl Cluster {
         init();
         let dir = tempfile::Builder::new().prefix("baton-e2e-").tempdir()?;
         let coord_port = free_port();
-        let coordinator_url = format!("http://127.0.0.1:{coord_port}");
+        let replica_ports: Vec<u16> = std::iter::once(coord_port)
+            .chain((1..spec.replicas).map(|_| free_port()))
+            .collect();
+        let replica_urls: Vec<String> = replica_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let coordinator_url = replica_urls.join(",");
         let ports: Vec<u16> = (0..spec.members).map(|_| free_port()).collect();
         let peers = ports
             .iter()
@@ -371,6 +402,70 @@ impl Cluster {
                 spec.policy,
             ),
         )?;
+        // Replicas: one config each, peers reached through the proxies.
+        let mut replicas = Vec::new();
+        let mut peer_proxies = Vec::new();
+        if spec.replicas > 1 {
+            let base = fs::read_to_string(&coordinator_config)?;
+            for (i, port) in replica_ports.iter().enumerate() {
+                let id = i as u64 + 1;
+                let mut peers = vec![format!("\"{id}\" = \"http://127.0.0.1:{port}\"")];
+                for (j, to) in replica_ports.iter().enumerate() {
+                    if i == j {
+                        continue;
+                    }
+                    let p = proxy::TcpProxy::start(format!("127.0.0.1:{to}").parse()?).await?;
+                    peers.push(format!("\"{}\" = \"http://{}\"", j + 1, p.addr));
+                    peer_proxies.push(((id, j as u64 + 1), p));
+                }
+                let state_dir = if i == 0 {
+                    dir.path().join("coordinator-state")
+                } else {
+                    dir.path().join(format!("coordinator-state-{id}"))
+                };
+                let config = if i == 0 {
+                    coordinator_config.clone()
+                } else {
+                    dir.path().join(format!("coordinator-{id}.toml"))
+                };
+                let text = base
+                    .replace(
+                        &format!("listen = \"127.0.0.1:{coord_port}\""),
+                        &format!("listen = \"127.0.0.1:{port}\""),
+                    )
+                    .replace(
+                        &format!(
+                            "state_dir = {:?}",
+                            dir.path().join("coordinator-state").to_string_lossy()
+                        ),
+                        &format!("state_dir = {:?}", state_dir.to_string_lossy()),
+                    );
+                let text = if i == 0 {
+                    text
+                } else {
+                    // Metrics only on the first replica (one port each).
+                    text.lines()
+                        .filter(|l| !l.starts_with("metrics_listen"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                fs::write(
+                    &config,
+                    format!(
+                        "{text}\n[replication]\nid = {id}\npeers = {{ {} }}\n",
+                        peers.join(", ")
+                    ),
+                )?;
+                replicas.push(Replica {
+                    id,
+                    url: replica_urls[i].clone(),
+                    config,
+                    state_dir,
+                    log: dir.path().join(format!("coordinator-{id}.log")),
+                    proc: None,
+                });
+            }
+        }
         let v1_build = build_release(dir.path(), &spec.release, spec.format_version, false)?;
         let store_flag = store_flag(&spec.store, &store_dir, &coordinator_config);
         publish_release_with(store_flag, &v1_build, &spec.release, spec.format_version)?;
@@ -429,7 +524,7 @@ impl Cluster {
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {coordinator_url:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{}{run}",
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {replica_urls:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{}{run}",
                     spec.heartbeat_ms,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
@@ -451,6 +546,8 @@ impl Cluster {
         }
 
         let mut cluster = Cluster {
+            replicas,
+            peer_proxies,
             spec,
             store_dir,
             members,
@@ -500,6 +597,12 @@ impl Cluster {
     }
 
     pub fn start_coordinator(&mut self) -> Result<()> {
+        if !self.replicas.is_empty() {
+            for k in 0..self.replicas.len() {
+                self.start_replica(k)?;
+            }
+            return Ok(());
+        }
         let log = self.dir.path().join("coordinator.log");
         let mut cmd = Command::new(bin("baton-coordinator"));
         cmd.arg("--config")
@@ -528,16 +631,34 @@ impl Cluster {
 
     /// The agent-side command journal of member `i` (`/commands`).
     pub async fn agent_commands(&self, i: usize) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.agent_get(i, "/commands").await?,
+        )?)
+    }
+
+    /// Member `i`'s agent's Prometheus metrics (`/metrics`).
+    pub async fn agent_metrics(&self, i: usize) -> Result<String> {
+        self.agent_get(i, "/metrics").await
+    }
+
+    /// The body of `GET path` on member `i`'s agent probe port.
+    async fn agent_get(&self, i: usize, path: &str) -> Result<String> {
         let addr = self.members[i].probe_addr;
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         stream
-            .write_all(format!("GET /commands HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .await?;
         let mut buf = String::new();
         stream.read_to_string(&mut buf).await?;
-        let body = buf.split("\r\n\r\n").nth(1).unwrap_or("");
-        Ok(serde_json::from_str(body)?)
+        Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+    }
+
+    /// Kills member `i`'s agent (SIGKILL by pid) and starts it again; a
+    /// supervised member keeps running and is adopted from its pidfile.
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        self.members[i].agent.take();
+        self.start_agent(i)
     }
 
     /// Supervise mode: restarts member `i` under its agent with extra
@@ -785,6 +906,91 @@ impl Drop for Cluster {
             m.proc.take();
         }
         self.coordinator.take();
+        for r in &mut self.replicas {
+            r.proc.take();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts replica `k` (an index into [`Cluster::replicas`]).
+    pub fn start_replica(&mut self, k: usize) -> Result<()> {
+        let json = self.spec.json_logs;
+        let r = &mut self.replicas[k];
+        let mut cmd = Command::new(bin("baton-coordinator"));
+        cmd.arg("--config")
+            .arg(&r.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .env("BATON_LOG_FORMAT", if json { "json" } else { "text" });
+        r.proc = Some(Proc::spawn(
+            &format!("coordinator-{}", r.id),
+            &mut cmd,
+            &r.log,
+        )?);
+        Ok(())
+    }
+
+    /// Kills replica `k` with SIGKILL (by its pid).
+    pub fn kill_replica(&mut self, k: usize) {
+        self.replicas[k].proc.take();
+    }
+
+    /// Cuts (or, with `cut == false`, heals) every peer link to and from
+    /// replica `k`; agents and operators still reach it.
+    pub fn partition_replica(&self, k: usize, cut: bool) {
+        let id = self.replicas[k].id;
+        for ((from, to), p) in &self.peer_proxies {
+            if *from == id || *to == id {
+                if cut { p.cut() } else { p.heal() }
+            }
+        }
+    }
+
+    /// Which live replica leads now: the one whose operator API answers
+    /// (a follower answers UNAVAILABLE). `None` during an election.
+    pub async fn leading_replica(&self) -> Option<usize> {
+        for (k, r) in self.replicas.iter().enumerate() {
+            if r.proc.is_none() {
+                continue;
+            }
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(r.url.clone()) else {
+                continue;
+            };
+            let ep = ep
+                .connect_timeout(Duration::from_millis(300))
+                .timeout(Duration::from_millis(800));
+            let Ok(channel) = ep.connect().await else {
+                continue;
+            };
+            let mut client = baton_proto::v1::operator_client::OperatorClient::new(channel);
+            if client
+                .status(baton_proto::v1::StatusRequest::default())
+                .await
+                .is_ok()
+            {
+                return Some(k);
+            }
+        }
+        None
+    }
+
+    /// Waits (bounded) until some live replica leads.
+    pub async fn wait_leading_replica(&self, within: Duration) -> Result<usize> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(k) = self.leading_replica().await {
+                return Ok(k);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("no coordinator replica leads after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The journal entries replica `k` holds (its own raft log).
+    pub fn replica_journal(&self, k: usize) -> Result<Vec<serde_json::Value>> {
+        read_journal(&self.replicas[k].state_dir.join("replica/log"))
     }
 }
 
@@ -1053,17 +1259,20 @@ impl LoneCoordinator {
 /// The coordinator's journal (its replica's raft log) under a cluster's dir.
 pub const JOURNAL: &str = "coordinator-state/replica/log";
 
-/// The journal entries one raft log record carries: a proposed entry, or
-/// every entry of an import; nothing for a vote, a blank entry or a
-/// membership change. (A follower's truncation is not undone here: the
-/// tests read a log whose entries were committed.)
-fn journal_entries_of(record: serde_json::Value, out: &mut Vec<serde_json::Value>) {
+/// The journal entries one raft log record carries (a proposed entry, or
+/// every entry of an import), with the log index that carries them; none
+/// for a vote, a blank entry or a membership change.
+fn journal_entries_of(record: &serde_json::Value) -> Option<(u64, Vec<serde_json::Value>)> {
+    let index = record["entry"]["log_id"]["index"].as_u64()?;
     let proposal = &record["entry"]["payload"]["Normal"];
-    if let Some(entry) = proposal.get("entry") {
-        out.push(entry.clone());
+    let entries = if let Some(entry) = proposal.get("entry") {
+        vec![entry.clone()]
     } else if let Some(entries) = proposal["import"]["entries"].as_array() {
-        out.extend(entries.iter().cloned());
-    }
+        entries.clone()
+    } else {
+        Vec::new()
+    };
+    Some((index, entries))
 }
 
 /// Every entry of the coordinator journal at `path`, decoded, and where
@@ -1086,13 +1295,20 @@ pub fn read_journal_after(
         offset.max(baton_store::records::MAGIC.len() as u64),
         baton_store::records::Record::end,
     );
-    let mut entries = Vec::new();
+    // By log index: a follower's log may cut entries a dead leader never
+    // committed and take others at the same index (a `truncate` record).
+    let mut by_index: BTreeMap<u64, Vec<serde_json::Value>> = BTreeMap::new();
     for r in &records {
-        let record = serde_json::from_slice(&r.payload)
+        let record: serde_json::Value = serde_json::from_slice(&r.payload)
             .with_context(|| format!("{}: the record at offset {}", path.display(), r.offset))?;
-        journal_entries_of(record, &mut entries);
+        if let Some(after) = record.get("truncate") {
+            let from = after["after"].as_u64().map_or(0, |a| a + 1);
+            by_index.split_off(&from);
+        } else if let Some((index, entries)) = journal_entries_of(&record) {
+            by_index.insert(index, entries);
+        }
     }
-    Ok((entries, end))
+    Ok((by_index.into_values().flatten().collect(), end))
 }
 
 /// Every entry of the coordinator journal at `path` (see [`read_journal_at`]).
