@@ -121,6 +121,11 @@ pub struct Driver {
     /// Set while the journal cannot be written (a full disk, a file deleted
     /// under it): the driver decides and sends nothing until `retry_at`.
     journal_down: Option<JournalDown>,
+    /// Set while the journal says this replica does not lead (or no
+    /// majority answers): nothing new is decided until `.0`; the backoff
+    /// `.1` doubles, so a replica cut off from its peers neither spins nor
+    /// floods its log. Not a page: the replicas that can still agree drive.
+    not_leading: Option<(Instant, Duration)>,
     /// Results that arrived while the journal could not record them, in
     /// arrival order; recorded first when it can again.
     unjournaled: Vec<(MemberId, CommandOutcome)>,
@@ -211,6 +216,7 @@ impl Driver {
             alerts,
             cluster,
             journal_down: None,
+            not_leading: None,
             unjournaled: Vec::new(),
             space_check_at: Instant::now(),
             changes: watch::channel(1).0,
@@ -332,6 +338,21 @@ impl Driver {
     /// entry that does not apply) stops the driver until a retry, and pages
     /// once (`BatonJournalUnavailable`).
     fn journal_failed(&mut self, e: &JournalError) {
+        if matches!(
+            e,
+            JournalError::NotLeader { .. } | JournalError::Unavailable(_)
+        ) {
+            let backoff = self
+                .not_leading
+                .map_or(JOURNAL_RETRY_FIRST, |(_, b)| (b * 2).min(JOURNAL_RETRY_MAX));
+            if self.not_leading.is_none() {
+                tracing::warn!(error = %e, "the journal does not take this replica's proposals; deciding nothing new, retrying with backoff");
+            } else {
+                tracing::debug!(error = %e, retry_in = ?backoff, "still not taken");
+            }
+            self.not_leading = Some((Instant::now() + backoff, backoff));
+            return;
+        }
         if !matches!(e, JournalError::Write { .. } | JournalError::Log(_)) {
             return;
         }
@@ -418,6 +439,9 @@ impl Driver {
 
     /// A proposal was written: a journal that was down is back.
     fn journal_recovered(&mut self) {
+        if self.not_leading.take().is_some() {
+            tracing::info!("the journal takes this replica's proposals again");
+        }
         if let Some(down) = self.journal_down.take() {
             let (_, wall) = self.view();
             tracing::info!(
@@ -630,6 +654,16 @@ impl Driver {
         if !r.phase.is_moving() {
             self.waiting_for = r.phase.to_string();
             self.fast = false;
+            self.send_cadence();
+            return;
+        }
+        // What is journaled as in flight reaches every new session first,
+        // whether or not anything new can be recorded now (it carries this
+        // driver's term: an agent that saw a newer one refuses it).
+        self.send_inflight();
+        if let Some((until, _)) = self.not_leading
+            && Instant::now() < until
+        {
             self.send_cadence();
             return;
         }

@@ -5,7 +5,9 @@
 //! write is read back.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::{Context, Result};
 use baton_harness::load::{agent_journals, start_load};
@@ -242,17 +244,28 @@ fn fenced_lines(cluster: &Cluster) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_nothing()
 -> Result<()> {
-    let mut cluster = Cluster::start(ha_spec()).await?;
+    // The pre-upgrade backup is slow (4 s): a command that is surely still
+    // in flight when the leader freezes.
+    let slow_backup = vec![("SAMPLEKV_BACKUP_DELAY_MS".to_owned(), "4000".to_owned())];
+    let spec = ClusterSpec {
+        member_env: (0..3).map(|i| (i, slow_backup.clone())).collect(),
+        ..ha_spec()
+    };
+    let mut cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
     let load = start_load(&cluster);
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
-    // A command in flight: a follower's stop has been issued.
-    let (old, _) = wait_journal(&cluster, "a stop", Duration::from_secs(60), |j| {
-        issued(j, "stop").next().is_some()
+    let (old, j) = wait_journal(&cluster, "the backup", Duration::from_secs(60), |j| {
+        issued(j, "backup").next().is_some()
     })
     .await?;
+    let backing_up = issued(&j, "backup")
+        .next()
+        .and_then(|e| e["member"].as_str())
+        .unwrap_or_default()
+        .to_owned();
     let old_pid = cluster.replicas[old].proc.as_ref().context("live")?.pid();
     // Freeze the leader, and keep it from hearing its peers once it wakes.
     cluster.replicas[old]
@@ -281,42 +294,82 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
     )
     .await?;
     // The old leader wakes, cut off from its peers: it still believes it
-    // leads. An agent that reconnects gets its in-flight command again, in
-    // its old term: refused.
+    // leads and that the backup is in flight. The backing-up member's agent
+    // reconnects and gets that command again, in the old term: refused.
     cluster.replicas[old]
         .proc
         .as_ref()
         .context("live")?
         .signal(Signal::SIGCONT);
-    let stopped = {
-        let (_, j) = leader_journal(&cluster).await?;
-        issued(&j, "stop")
-            .next()
-            .and_then(|e| e["member"].as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
     let i = cluster
         .members
         .iter()
-        .position(|m| m.name == stopped)
-        .context("the stopped member")?;
-    cluster.restart_agent(i)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while fenced_lines(&cluster).is_empty() {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "no agent refused the deposed leader's command (old replica pid {old_pid})"
-        );
+        .position(|m| m.name == backing_up)
+        .context("the member that backed up")?;
+    // Usually the agent's own reconnect (its session to the frozen replica
+    // was dropped) already brings the old command back; otherwise restart
+    // the agent, which reconnects everywhere.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    while fenced_lines(&cluster).is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = cluster.agent_metrics(i).await?;
+    if fenced_lines(&cluster).is_empty() {
+        cluster.restart_agent(i)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while fenced_lines(&cluster).is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                let log = std::fs::read_to_string(&cluster.replicas[old].log).unwrap_or_default();
+                let agent = std::fs::read_to_string(cluster.members[i].agent_dir.join("agent.log"))
+                    .unwrap_or_default();
+                let tail = |t: &str, n: usize| {
+                    t.lines()
+                        .rev()
+                        .take(n)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                anyhow::bail!(
+                    "no agent refused the deposed leader's command (old replica pid {old_pid})\n--- old replica\n{}\n--- agent\n{}",
+                    tail(&log, 30),
+                    tail(&agent, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let lines = fenced_lines(&cluster);
+    eprintln!("fenced: {lines:?}");
+    let member = &cluster.members[i].name;
     assert!(
-        metrics
+        lines.iter().any(|l| l.contains(member.as_str())),
+        "the refusal names the member {member}: {lines:?}"
+    );
+    // Counted, in the process that refused it (retried: a restarted
+    // agent's probe port may not listen yet).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let m = cluster.agent_metrics(i).await.unwrap_or_default();
+        let line = m
             .lines()
-            .any(|l| l.starts_with("baton_agent_commands_fenced_total")
-                && !l.trim_end().ends_with(" 0")),
-        "the refusal is counted: {metrics}"
+            .find(|l| l.starts_with("baton_agent_commands_fenced_total"))
+            .map(str::to_owned);
+        if line
+            .as_deref()
+            .is_some_and(|l| !l.trim_end().ends_with(" 0"))
+            || tokio::time::Instant::now() > deadline
+        {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        counted
+            .as_deref()
+            .is_some_and(|l| !l.trim_end().ends_with(" 0")),
+        "the refusal is counted: {counted:?}"
     );
     // The rollout never stalled on the cut-off replica: it completes.
     let (_, journal) = wait_journal(

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, Instant as _, ReadPolicy, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,12 @@ pub const SNAPSHOT_EVERY: u64 = 1000;
 /// openraft (for which a failed write is fatal): room for the votes and
 /// blank entries of a few elections.
 pub const MIN_RESERVE_LEFT: u64 = 4 << 10;
+
+/// How long a leader may go without a majority's acknowledgement and still
+/// count as leading ([`RaftJournal::is_leader`]): several heartbeats (50 ms)
+/// and more than an election takes, so a partitioned leader stops answering
+/// before a new one could have been elected and moved on much.
+pub const LEASE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// How long a proposal may wait for a majority before the driver is told
 /// the journal is unavailable (it may still commit; entries are checked
@@ -183,10 +189,19 @@ impl RaftJournal {
         Some((id, self.settings.peers.get(&id)?.clone()))
     }
 
-    /// Whether this replica leads now.
+    /// Whether this replica leads now, as far as anyone may rely on it:
+    /// with peers, a majority must have acknowledged it within [`LEASE`]
+    /// (a leader cut off from its peers keeps its Raft state, but answers
+    /// operators and proposals as a follower would).
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow_watched().clone();
-        m.state == ServerState::Leader && m.current_leader == Some(self.settings.id)
+        if m.state != ServerState::Leader || m.current_leader != Some(self.settings.id) {
+            return false;
+        }
+        self.settings.peers.len() == 1
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| t.elapsed() <= LEASE)
     }
 
     /// Why the Raft stopped, if it did (a storage error is fatal to it).
@@ -224,7 +239,10 @@ impl RaftJournal {
         }
     }
 
-    /// Resolves once this replica no longer leads in `term`.
+    /// Resolves once this replica's Raft no longer leads in `term`. Not a
+    /// lease: a leader cut off from its peers keeps driving, but it can
+    /// journal nothing (so it starts nothing new), and what it re-sends
+    /// carries its old term, which agents that saw a newer one refuse.
     pub async fn deposed(&self, term: u64) {
         let mut metrics = self.raft.metrics();
         loop {
