@@ -386,6 +386,12 @@ impl CoordinatorConfig {
         let policy = policy(raw.policy, members.len())?;
         let alerting = AlertingConfig::from_raw(raw.alerting)?;
         let replication = replication(raw.replication, listen, tls.is_some())?;
+        if replication.peers.len() > 1 && tls.as_ref().is_some_and(|t| t.client_ca.is_none()) {
+            return Err(invalid(
+                "tls.client_ca",
+                "replicas authenticate each other with it (the CA that signs every replica's certificate); set it, or run one replica",
+            ));
+        }
         Ok(CoordinatorConfig {
             cluster,
             listen,
@@ -526,6 +532,70 @@ mod tests {
     }
 
     const GOOD: &str = "cluster_id = \"demo\"\nmembers = [\"n1\", \"n2\", \"n3\"]\n";
+
+    #[test]
+    fn replication_defaults_to_one_replica_and_checks_every_peer() {
+        let c = load(GOOD, &[]).unwrap();
+        assert_eq!(c.replication.id, 1);
+        assert_eq!(
+            c.replication.peers,
+            BTreeMap::from([(1, "http://127.0.0.1:7400".to_owned())])
+        );
+        let three = |id: &str, peers: &str| {
+            load(
+                &format!(
+                    "{GOOD}listen = \"127.0.0.1:7402\"\n[replication]\nid = {id}\npeers = {{ {peers} }}\n"
+                ),
+                &[],
+            )
+        };
+        let ok = "\"1\" = \"http://127.0.0.1:7401\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://127.0.0.1:7403\"";
+        let c = three("2", ok).unwrap();
+        assert_eq!(c.replication.id, 2);
+        assert_eq!(c.replication.peers.len(), 3);
+        for (id, peers, key, says) in [
+            ("4", ok, "replication.id", "not in replication.peers"),
+            ("1", ok, "replication.peers", "not where it listens"),
+            (
+                "1",
+                "\"1\" = \"http://127.0.0.1:7402\", \"2\" = \"http://127.0.0.1:7401\"",
+                "replication.peers",
+                "use 1, 3 or 5",
+            ),
+            (
+                "2",
+                "\"1\" = \"https://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://b:1\"",
+                "replication.peers",
+                "must start with http://",
+            ),
+            (
+                "2",
+                "\"1\" = \"http://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://a:1\"",
+                "replication.peers",
+                "listed for two",
+            ),
+            (
+                "2",
+                "\"x\" = \"http://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://b:1\"",
+                "replication.peers",
+                "not a replica id",
+            ),
+            (
+                "2",
+                "\"1\" = \"http://a\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://b:1\"",
+                "replication.peers",
+                "HOST:PORT",
+            ),
+        ] {
+            match three(id, peers) {
+                Err(ConfigError::Invalid { key: k, reason }) => {
+                    assert_eq!(k, key, "{reason}");
+                    assert!(reason.contains(says), "{says:?} in {reason:?}");
+                }
+                other => panic!("{id} {peers}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn good_config_and_env_override() {

@@ -143,3 +143,108 @@ pub async fn drive_while_leading(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::journal::fixtures::started;
+    use crate::journal::raft::ReplicaSettings;
+
+    async fn leading(dir: &std::path::Path) -> RaftJournal {
+        let j = RaftJournal::open(ReplicaSettings {
+            id: 1,
+            peers: BTreeMap::from([(1, "http://127.0.0.1:1".to_owned())]),
+            cluster: "t".into(),
+            state_dir: dir.to_owned(),
+            tls: None,
+        })
+        .await
+        .unwrap();
+        let never = CancellationToken::new();
+        tokio::time::timeout(Duration::from_secs(10), j.lead(&never))
+            .await
+            .unwrap()
+            .unwrap();
+        j
+    }
+
+    #[tokio::test]
+    async fn a_journal_log_written_by_the_file_journal_is_imported_once_with_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = file::FileJournal::open(dir.path()).unwrap();
+        old.propose(started("r1").into()).await.unwrap();
+        let before = old.subscribe().borrow().clone();
+        drop(old);
+        let j = leading(dir.path()).await;
+        prepare(&j).await.unwrap();
+        let after = j.subscribe().borrow().clone();
+        assert_eq!(after.journal_id, before.journal_id, "the old id is kept");
+        assert_eq!(after.rollouts, before.rollouts);
+        assert!(!dir.path().join(file::FILE).exists());
+        assert!(dir.path().join("journal.log.imported").exists());
+        j.shutdown().await;
+        drop(j);
+        // Again, with the file put back (a crash before the rename): not
+        // imported twice, only set aside.
+        std::fs::rename(
+            dir.path().join("journal.log.imported"),
+            dir.path().join(file::FILE),
+        )
+        .unwrap();
+        let j = leading(dir.path()).await;
+        prepare(&j).await.unwrap();
+        assert_eq!(*j.subscribe().borrow(), after);
+        assert!(!dir.path().join(file::FILE).exists());
+        j.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_jsonl_journal_from_an_older_version_is_imported_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/journal-0eeb9eb.jsonl"
+            ),
+            dir.path().join(file::LEGACY_FILE),
+        )
+        .unwrap();
+        let replayed = file::read_legacy(dir.path()).unwrap().unwrap();
+        let expect = crate::journal::Applied::replay(&replayed.entries).unwrap();
+        let j = leading(dir.path()).await;
+        prepare(&j).await.unwrap();
+        let s = j.subscribe().borrow().clone();
+        assert_eq!(s.rollouts, expect.rollouts);
+        assert!(s.journal_id.is_some(), "named after the import");
+        assert!(dir.path().join("journal.jsonl.imported").exists());
+        j.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_older_journal_beside_another_history_refuses_to_drive() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = leading(dir.path()).await;
+        prepare(&j).await.unwrap();
+        j.propose(started("r1").into()).await.unwrap();
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/journal-0eeb9eb.jsonl"
+            ),
+            dir.path().join(file::LEGACY_FILE),
+        )
+        .unwrap();
+        let before = j.subscribe().borrow().clone();
+        let err = prepare(&j).await.unwrap_err().to_string();
+        assert!(err.contains("already holds another history"), "{err}");
+        assert!(
+            dir.path().join(file::LEGACY_FILE).exists(),
+            "left where it was"
+        );
+        assert_eq!(*j.subscribe().borrow(), before);
+        j.shutdown().await;
+    }
+}

@@ -1,6 +1,10 @@
-//! The embedded journal: one checksummed record per entry in
-//! `<state_dir>/journal.log` (a [`baton_store::records`] log), appended and
-//! synced before it is applied.
+//! The single-writer journal of the version before replication: one
+//! checksummed record per entry in `<state_dir>/journal.log` (a
+//! [`baton_store::records`] log), appended and synced before it is applied.
+//! The coordinator now runs [`super::raft::RaftJournal`]; this module keeps
+//! [`read_legacy`], which reads such a file (or the older `journal.jsonl`)
+//! without changing it for the one-time import, and [`FileJournal`] itself,
+//! a [`Journal`] on one file that tests use.
 //!
 //! This module owns the file. Opening it replays every record: a torn tail
 //! (a crash or a full disk mid-append) was never applied, so it is cut off

@@ -10,9 +10,11 @@
 //! keeps. An entry is applied to a clone of the state first, so an entry that
 //! does not apply is never recorded and changes nothing.
 //!
-//! Implementations: [`file::FileJournal`] (the embedded default, a checksummed
-//! record log), [`memory::MemoryJournal`] (in memory, for tests), and
-//! [`import`] (the one-time import of a pre-journal `alerts.json`).
+//! Implementations: [`raft::RaftJournal`] (what the coordinator runs: an
+//! openraft log on 1, 3 or 5 replicas), [`file::FileJournal`] (the
+//! single-writer file of the version before, read for the one-time import),
+//! [`memory::MemoryJournal`] (in memory, for tests), and [`import`] (the
+//! one-time import of a pre-journal `alerts.json`).
 
 pub mod file;
 pub mod import;
