@@ -128,6 +128,16 @@ pub async fn run(
         })
         .await?,
     );
+    // A lone replica leads at once (its own majority): serve only once it
+    // does, so the first call after start is answered, not pointed at an
+    // election. Replicas among peers serve at once and point at the leader.
+    if config.replication.peers.len() == 1
+        && tokio::time::timeout(std::time::Duration::from_secs(10), journal.lead(&shutdown))
+            .await
+            .is_err()
+    {
+        tracing::warn!("the journal has not elected this lone replica in 10 s; serving anyway");
+    }
     // Alerts: one queue per sink, retried in the background; the driver's
     // callback only enqueues.
     let tracker = tokio_util::task::TaskTracker::new();
@@ -281,13 +291,8 @@ pub async fn run(
             move |req: tonic::Request<()>| leadership::follower_hint(&journal).map(|()| req)
         }))
         .add_service(
-            ReplicaServer::new(journal::raft::peer::ReplicaService::new(
-                journal.raft().clone(),
-                config.replication.id,
-                config.cluster.clone(),
-                config.replication.peers.clone(),
-            ))
-            .max_decoding_message_size(journal::raft::peer::MAX_PEER_MESSAGE),
+            ReplicaServer::new(journal.replica_service())
+                .max_decoding_message_size(journal::raft::peer::MAX_PEER_MESSAGE),
         )
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await

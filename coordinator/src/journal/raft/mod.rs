@@ -179,6 +179,16 @@ impl RaftJournal {
         &self.raft
     }
 
+    /// The `baton.v1.Replica` service that feeds this replica's Raft.
+    pub fn replica_service(&self) -> peer::ReplicaService {
+        peer::ReplicaService::new(
+            self.raft.clone(),
+            self.settings.id,
+            self.settings.cluster.clone(),
+            self.settings.peers.clone(),
+        )
+    }
+
     pub fn settings(&self) -> &ReplicaSettings {
         &self.settings
     }

@@ -235,7 +235,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
 ) -> Replica {
     let journal = std::sync::Arc::new(RaftJournal::open(settings(dir, id, peers)).await.unwrap());
-    let svc = peer::ReplicaService::new(journal.raft().clone(), id, "test".into(), peers.clone());
+    let svc = journal.replica_service();
     let stop = CancellationToken::new();
     let served = tokio::spawn({
         let stop = stop.clone();
