@@ -7,6 +7,8 @@
 #   bash deploy/demo.sh            live progress and a summary
 #   bash deploy/demo.sh --json     the summary as one JSON line on stdout
 #   bash deploy/demo.sh --keep     leave the cluster running until Ctrl-C
+#   bash deploy/demo.sh --ha       three coordinator replicas; the leading one
+#                                  is killed mid-rollout and another takes over
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -1161,7 +1161,9 @@ pub fn publish_release_with(
     Ok(())
 }
 
-pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+/// Copies the directory tree `from` into `to` (a release build, a state
+/// dir onto another disk).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
     for e in fs::read_dir(from)? {
         let e = e?;

@@ -18,6 +18,8 @@ struct Args {
     json: bool,
     keep: bool,
     members: usize,
+    /// Three coordinator replicas; the leading one is killed mid-rollout.
+    ha: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -25,12 +27,14 @@ fn parse() -> Result<Args, String> {
         json: false,
         keep: false,
         members: 3,
+        ha: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--json" => a.json = true,
             "--keep" => a.keep = true,
+            "--ha" => a.ha = true,
             "--members" => {
                 a.members = it
                     .next()
@@ -40,7 +44,7 @@ fn parse() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: baton-demo [--json] [--keep] [--members N]"
+                    "unknown argument {other:?}; usage: baton-demo [--json] [--keep] [--ha] [--members N]"
                 ));
             }
         }
@@ -85,14 +89,20 @@ async fn run(args: Args) -> Result<bool> {
         // The default tolerable_lag (10): at 100 writes/s a looser one lets
         // the next follower stop while the previous is still catching up.
         policy: "handover_timeout_ms = 5000\n".into(),
+        replicas: if args.ha { 3 } else { 1 },
         ..ClusterSpec::supervised(args.members)
     };
     say!(
         args.json,
-        "starting {} samplekv members, their agents and a coordinator on loopback...",
-        args.members
+        "starting {} samplekv members, their agents and {} on loopback...",
+        args.members,
+        if args.ha {
+            "three coordinator replicas"
+        } else {
+            "a coordinator"
+        }
     );
-    let cluster = Cluster::start(spec)
+    let mut cluster = Cluster::start(spec)
         .await
         .context("starting the sample cluster")?;
     say!(
@@ -134,7 +144,13 @@ async fn run(args: Args) -> Result<bool> {
         cmd.stdout(Stdio::inherit());
     }
     cmd.args(["upgrade", "--to", "v2"]).stderr(Stdio::inherit());
-    let upgraded = tokio::task::block_in_place(|| cmd.status())?;
+    let mut child = cmd.spawn()?;
+    let failover = if args.ha {
+        Some(kill_the_leading_replica(&mut cluster, args.json).await?)
+    } else {
+        None
+    };
+    let upgraded = tokio::task::block_in_place(|| child.wait())?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.cancel();
     let report = writer.await?;
@@ -168,6 +184,8 @@ async fn run(args: Args) -> Result<bool> {
         "failed_writes": report.failed,
         "lost_acked_writes": checked.lost.len(),
         "total_s": summary["total_ms"].as_f64().map(|ms| ms / 1000.0),
+        "coordinator_failovers": failover.as_ref().map_or(0, |_| 1),
+        "resumed_after_ms": failover,
         "backup": {
             "id": summary["backup"]["id"],
             "bytes": summary["backup"]["bytes"],
@@ -216,6 +234,11 @@ async fn run(args: Args) -> Result<bool> {
         );
         println!("  lost acked writes:  {}", checked.lost.len());
         println!("  leader changes:     {}", report.leader_changes);
+        if let Some(ms) = failover {
+            println!(
+                "  coordinator:        1 failover (the leading replica was killed mid-rollout); the next leader journaled the rollout's next event {ms} ms later"
+            );
+        }
         if !out.success() {
             println!("\nbaton upgrade failed ({out}); see its output above");
         }
@@ -230,4 +253,60 @@ async fn run(args: Args) -> Result<bool> {
         let _ = tokio::signal::ctrl_c().await;
     }
     Ok(ok)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Once the first follower has been stopped, SIGKILLs the leading
+/// coordinator replica; returns how long after the kill a new leader
+/// journaled the rollout's next event (the journal's own clock), and
+/// brings the dead replica back as a follower.
+async fn kill_the_leading_replica(cluster: &mut Cluster, json: bool) -> Result<u64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let stopped = |j: &[serde_json::Value]| {
+        j.iter()
+            .any(|e| e["event"] == "command_issued" && e["action"] == "stop")
+    };
+    let k = loop {
+        if let Some(k) = cluster.leading_replica().await
+            && stopped(&cluster.replica_journal(k)?)
+        {
+            break k;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the rollout never stopped a member"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    cluster.kill_replica(k);
+    let killed = unix_ms();
+    say!(
+        json,
+        "\n>>> killed the leading coordinator replica {} (kill -9)\n",
+        cluster.replicas[k].id
+    );
+    let resumed = loop {
+        if let Some(k2) = cluster.leading_replica().await
+            && let Some(at) = cluster
+                .replica_journal(k2)?
+                .iter()
+                .filter_map(|e| e["at"].as_u64())
+                .filter(|at| *at > killed)
+                .min()
+        {
+            break at - killed;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no replica took over"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    cluster.start_replica(k)?;
+    Ok(resumed)
 }
