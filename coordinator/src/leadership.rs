@@ -24,7 +24,7 @@ pub use baton_proto::LEADER_HINT;
 /// Refuses a call on a follower: UNAVAILABLE, with the leader's address in
 /// [`LEADER_HINT`] when it is known.
 pub fn follower_hint(journal: &RaftJournal) -> Result<(), tonic::Status> {
-    if journal.is_leader() {
+    if journal.answers_as_leader() {
         return Ok(());
     }
     let me = journal.settings().id;

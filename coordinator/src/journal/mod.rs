@@ -185,8 +185,10 @@ pub struct Applied {
     /// Every rollout, oldest first; the last one may be active. Shared, so
     /// a clone (one per proposal, one per reader) copies only pointers.
     pub rollouts: Vec<Arc<RolloutState>>,
-    /// The alerts firing now, by [`Alert::key`].
-    pub firing: BTreeMap<String, Alert>,
+    /// The alerts firing now, by [`Alert::key`]. Shared like the rollouts:
+    /// a clone of the state copies a pointer; an apply copies the map only
+    /// when a reader still holds the old one.
+    pub firing: Arc<BTreeMap<String, Alert>>,
     /// Entries applied so far (the next entry's index is this).
     pub applied: u64,
     /// The journal's id ([`MetaEntry::Created`]); `None` in a journal that
@@ -232,7 +234,7 @@ impl Applied {
                 if self.firing.contains_key(&key) {
                     return Err(EntryError::AlreadyFiring { key });
                 }
-                self.firing.insert(key, alert.clone());
+                Arc::make_mut(&mut self.firing).insert(key, alert.clone());
             }
             Entry::Alert(AlertEntry::Resolved { alert }) => {
                 let key = alert.key();
@@ -243,9 +245,10 @@ impl Applied {
                         status: alert.status,
                     });
                 }
-                if self.firing.remove(&key).is_none() {
+                if !self.firing.contains_key(&key) {
                     return Err(EntryError::NotFiring { key });
                 }
+                Arc::make_mut(&mut self.firing).remove(&key);
             }
         }
         self.applied += 1;

@@ -2,9 +2,13 @@
 //! (`<state_dir>/replica/log`), every mutation a checksummed record.
 //!
 //! This module owns that file. An append, a vote, a truncation and a purge
-//! are each a record, synced before openraft is told it is durable (a batch
-//! of entries is one write and one sync); opening the file replays them in
-//! order, so the view after kill -9 is the view at the last sync. A torn
+//! are each a record, synced before openraft is told it is durable. One
+//! writer thread owns the file and group-commits: it takes every record
+//! queued since its last write, writes them with one write and one sync,
+//! and only then completes their callbacks, so the Raft core never blocks
+//! on the disk and many proposals in flight share a sync. Opening the file
+//! replays the records in order, so the view after kill -9 is the view at
+//! the last sync. A torn
 //! tail is cut off with a warning naming its offset; anything else that does
 //! not check out refuses to open, naming the file and the offset. After
 //! enough purged entries the file is rewritten to its live records
@@ -114,17 +118,112 @@ fn encode(r: &LogRecord) -> io::Result<Vec<u8>> {
     serde_json::to_vec(r).map_err(io::Error::other)
 }
 
-#[derive(Debug)]
-struct Inner {
-    mem: Mem,
-    file: RecordLog,
+/// What a queued write completes when it is on disk.
+enum Done {
+    /// openraft's callback for an append.
+    Flushed(IOFlushed<TypeConfig>),
+    /// A caller that waits (a vote, a truncation, a purge).
+    Signal(std::sync::mpsc::SyncSender<io::Result<()>>),
 }
 
-/// The log store; clones share one file (openraft's reader is a clone).
-#[derive(Debug, Clone)]
+impl Done {
+    fn complete(self, r: &Result<(), (io::ErrorKind, String)>) {
+        let r = r.clone().map_err(|(kind, msg)| io::Error::new(kind, msg));
+        match self {
+            Done::Flushed(cb) => cb.io_completed(r),
+            Done::Signal(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+}
+
+/// One queued write for the writer thread.
+enum Op {
+    /// Append these encoded records.
+    Append(Vec<Vec<u8>>, Done),
+    /// Replace the file with exactly these records (after a purge).
+    Rewrite(Vec<Vec<u8>>, Done),
+}
+
+/// The writer thread: drains the queue, writes what it took with one sync,
+/// completes it. Exits when every sender is gone.
+fn writer(file: Arc<Mutex<RecordLog>>, path: PathBuf, rx: std::sync::mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while let Ok(op) = rx.try_recv() {
+            ops.push(op);
+        }
+        // Appends up to a rewrite go together; a rewrite stands alone.
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut dones = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(records, done) => {
+                    batch.extend(records);
+                    dones.push(done);
+                }
+                Op::Rewrite(records, done) => {
+                    flush(&file, &mut batch, &mut dones);
+                    let r = rewrite(&file, &path, &records);
+                    done.complete(&r);
+                }
+            }
+        }
+        flush(&file, &mut batch, &mut dones);
+    }
+}
+
+fn flush(file: &Mutex<RecordLog>, batch: &mut Vec<Vec<u8>>, dones: &mut Vec<Done>) {
+    if dones.is_empty() {
+        return;
+    }
+    let slices: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+    let r = lock(file)
+        .append_all(&slices)
+        .map_err(|e| (to_io(&e).kind(), e.to_string()));
+    batch.clear();
+    for d in dones.drain(..) {
+        d.complete(&r);
+    }
+}
+
+fn rewrite(
+    file: &Mutex<RecordLog>,
+    path: &Path,
+    records: &[Vec<u8>],
+) -> Result<(), (io::ErrorKind, String)> {
+    let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+    let fail = |e: RecordError| (to_io(&e).kind(), e.to_string());
+    let mut fresh = RecordLog::create_with(path, &slices).map_err(fail)?;
+    if !fresh.keep_reserve(RESERVE).map_err(fail)? {
+        tracing::warn!(path = %path.display(), "the journal's disk is full after a rewrite: on its reserve");
+    }
+    *lock(file) = fresh;
+    tracing::info!(path = %path.display(), live = records.len(), "rewrote the raft log without its purged entries");
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The log store; clones share one view and one writer (openraft's reader
+/// is a clone).
+#[derive(Clone)]
 pub struct LogStore {
-    inner: Arc<Mutex<Inner>>,
+    mem: Arc<Mutex<Mem>>,
+    file: Arc<Mutex<RecordLog>>,
+    queue: std::sync::mpsc::Sender<Op>,
     path: PathBuf,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`LogStore::open`] found.
@@ -162,18 +261,29 @@ impl LogStore {
         if !file.keep_reserve(RESERVE)? {
             tracing::warn!(path = %path.display(), reserve = RESERVE, "the journal's disk is full: starting on what is left of its reserve");
         }
+        let file = Arc::new(Mutex::new(file));
+        let (queue, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn({
+                let (file, path) = (file.clone(), path.clone());
+                move || writer(file, path, rx)
+            })
+            .map_err(|source| RecordError::Io {
+                path: path.clone(),
+                op: "start the writer thread for",
+                source,
+            })?;
         Ok(OpenedLog {
             store: LogStore {
-                inner: Arc::new(Mutex::new(Inner { mem, file })),
+                mem: Arc::new(Mutex::new(mem)),
+                file,
+                queue,
                 path,
             },
             torn: opened.torn.map(|t| (t.offset, t.bytes)),
             pristine,
         })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The file's path.
@@ -183,34 +293,51 @@ impl LogStore {
 
     /// Whether the reserve could not be kept whole (the disk is full).
     pub fn low_space(&self) -> bool {
-        self.lock().file.low_space()
+        lock(&self.file).low_space()
     }
 
     /// How much of the reserve is left to append into.
     pub fn reserve_left(&self) -> u64 {
-        self.lock().file.reserve_left()
+        lock(&self.file).reserve_left()
     }
 
     /// Tries to write the reserve back to full; whether it is whole.
     pub fn retry_reserve(&self) -> bool {
-        self.lock().file.retry_reserve()
+        lock(&self.file).retry_reserve()
     }
 
-    /// Appends `records` with one sync; the view changes only once they
-    /// are durable.
-    fn write(&self, records: Vec<LogRecord>) -> io::Result<()> {
+    fn queue(&self, op: Op) -> io::Result<()> {
+        self.queue
+            .send(op)
+            .map_err(|_| io::Error::other("the journal's writer thread stopped"))
+    }
+
+    /// Queues `records`, applies them to the view, and waits until they
+    /// are on disk (off the runtime's threads).
+    async fn write_and_wait(&self, records: Vec<LogRecord>) -> io::Result<()> {
         let bytes = records.iter().map(encode).collect::<io::Result<Vec<_>>>()?;
-        let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        let mut inner = self.lock();
-        inner.file.append_all(&slices).map_err(to_io)?;
-        for r in records {
-            inner.mem.apply(r);
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut mem = lock(&self.mem);
+            self.queue(Op::Append(bytes, Done::Signal(tx)))?;
+            for r in records {
+                mem.apply(r);
+            }
         }
-        Ok(())
+        wait(rx).await
     }
 }
 
-fn to_io(e: RecordError) -> io::Error {
+async fn wait(rx: std::sync::mpsc::Receiver<io::Result<()>>) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        rx.recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the journal's writer thread stopped")))
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+fn to_io(e: &RecordError) -> io::Error {
     let kind = if e.is_disk_full() {
         io::ErrorKind::StorageFull
     } else {
@@ -224,9 +351,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<LogEntry>, io::Error> {
-        Ok(self
-            .lock()
-            .mem
+        Ok(lock(&self.mem)
             .entries
             .range(range)
             .map(|(_, e)| e.clone())
@@ -234,7 +359,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.lock().mem.vote)
+        Ok(lock(&self.mem).vote)
     }
 }
 
@@ -242,10 +367,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
-        let inner = self.lock();
+        let mem = lock(&self.mem);
         Ok(LogState {
-            last_purged_log_id: inner.mem.purged,
-            last_log_id: inner.mem.last_log_id(),
+            last_purged_log_id: mem.purged,
+            last_log_id: mem.last_log_id(),
         })
     }
 
@@ -254,7 +379,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        self.write(vec![LogRecord::Vote(*vote)])
+        self.write_and_wait(vec![LogRecord::Vote(*vote)]).await
     }
 
     async fn append<I>(
@@ -266,46 +391,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let records = entries
+        // Readable at once, durable when the writer's sync completes the
+        // callback: openraft counts an entry only once it is flushed.
+        let records: Vec<LogRecord> = entries
             .into_iter()
             .map(|e| LogRecord::Entry(Box::new(e)))
             .collect();
-        let written = self.write(records);
-        let reported = written
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| io::Error::new(e.kind(), e.to_string()));
-        callback.io_completed(reported);
-        written
+        let bytes = records.iter().map(encode).collect::<io::Result<Vec<_>>>()?;
+        let mut mem = lock(&self.mem);
+        self.queue(Op::Append(bytes, Done::Flushed(callback)))?;
+        for r in records {
+            mem.apply(r);
+        }
+        Ok(())
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        self.write(vec![LogRecord::Truncate {
+        self.write_and_wait(vec![LogRecord::Truncate {
             after: last_log_id.map(|l| l.index),
         }])
+        .await
     }
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
-        self.write(vec![LogRecord::Purge { upto }])?;
-        let mut inner = self.lock();
-        if inner.mem.dead < REWRITE_AFTER_PURGED {
-            return Ok(());
+        self.write_and_wait(vec![LogRecord::Purge { upto }]).await?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut mem = lock(&self.mem);
+            if mem.dead < REWRITE_AFTER_PURGED {
+                return Ok(());
+            }
+            let bytes = mem
+                .live_records()
+                .iter()
+                .map(encode)
+                .collect::<io::Result<Vec<_>>>()?;
+            // Queued under the view's lock: no append can slip in between
+            // the records it copies and the file it replaces.
+            self.queue(Op::Rewrite(bytes, Done::Signal(tx)))?;
+            mem.dead = 0;
         }
-        let bytes = inner
-            .mem
-            .live_records()
-            .iter()
-            .map(encode)
-            .collect::<io::Result<Vec<_>>>()?;
-        let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        let mut file = RecordLog::create_with(&self.path, &slices).map_err(to_io)?;
-        if !file.keep_reserve(RESERVE).map_err(to_io)? {
-            tracing::warn!(path = %self.path.display(), "the journal's disk is full after a rewrite: on its reserve");
-        }
-        inner.file = file;
-        inner.mem.dead = 0;
-        tracing::info!(path = %self.path.display(), live = slices.len(), "rewrote the raft log without its purged entries");
-        Ok(())
+        wait(rx).await
     }
 }
 

@@ -148,14 +148,17 @@ impl Machine {
     fn apply_one(&self, proposal: Proposal) -> Result<u64, String> {
         let mut answer = Err(String::new());
         self.shared.applied.send_if_modified(|state| {
-            let next = match &proposal {
-                Proposal::Entry(entry) => state.applying(entry).map_err(|e| e.to_string()),
-                Proposal::Import { entries, from } => import(state, entries, from),
+            // `Applied::apply` changes nothing when it refuses, so an entry
+            // applies in place; an import goes onto a copy, all or nothing.
+            let applied = match &proposal {
+                Proposal::Entry(entry) => state.apply(entry).map_err(|e| e.to_string()),
+                Proposal::Import { entries, from } => {
+                    import(state, entries, from).map(|next| *state = next)
+                }
             };
-            match next {
-                Ok(next) => {
-                    answer = Ok(next.applied.saturating_sub(1));
-                    *state = next;
+            match applied {
+                Ok(()) => {
+                    answer = Ok(state.applied.saturating_sub(1));
                     true
                 }
                 Err(e) => {

@@ -84,9 +84,8 @@ pub const SNAPSHOT_EVERY: u64 = 1000;
 pub const MIN_RESERVE_LEFT: u64 = 4 << 10;
 
 /// How long a leader may go without a majority's acknowledgement and still
-/// count as leading ([`RaftJournal::is_leader`]): several heartbeats (50 ms)
-/// and more than an election takes, so a partitioned leader stops answering
-/// before a new one could have been elected and moved on much.
+/// answer operators ([`RaftJournal::answers_as_leader`]): many heartbeats
+/// (50 ms) and more than an election takes.
 pub const LEASE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// How long a proposal may wait for a majority before the driver is told
@@ -199,17 +198,27 @@ impl RaftJournal {
         Some((id, self.settings.peers.get(&id)?.clone()))
     }
 
-    /// Whether this replica leads now, as far as anyone may rely on it:
-    /// with peers, a majority must have acknowledged it within [`LEASE`]
-    /// (a leader cut off from its peers keeps its Raft state, but answers
-    /// operators and proposals as a follower would).
+    /// Whether this replica's Raft leads now (it may yet learn it was
+    /// deposed; a proposal then fails).
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics().borrow_watched().clone();
-        if m.state != ServerState::Leader || m.current_leader != Some(self.settings.id) {
+        m.state == ServerState::Leader && m.current_leader == Some(self.settings.id)
+    }
+
+    /// Whether this replica may answer as the leader: it leads, and, with
+    /// peers, a majority acknowledged it within [`LEASE`]. A leader cut off
+    /// from its peers keeps its Raft state for a while, but answers
+    /// operators as a follower would rather than with a stale view.
+    pub fn answers_as_leader(&self) -> bool {
+        if !self.is_leader() {
             return false;
         }
         self.settings.peers.len() == 1
-            || m.last_quorum_acked
+            || self
+                .raft
+                .metrics()
+                .borrow_watched()
+                .last_quorum_acked
                 .as_ref()
                 .is_some_and(|t| t.elapsed() <= LEASE)
     }

@@ -9,9 +9,10 @@
 //! - `--mode ratio`: `--runs` rounds, interleaved, of `baton upgrade --to v2`
 //!   on a fresh cluster with one replica and with three; medians and the
 //!   ratio.
-//! - `--mode throughput`: three replicas in this process on loopback gRPC,
-//!   each with its log on disk; `--events` alert entries proposed one at a
-//!   time (what the driver does) and then 32 at a time; events per second.
+//! - `--mode throughput`: `--replicas` (3) replicas in this process on
+//!   loopback gRPC, each with its log on disk; `--events` alert entries
+//!   proposed one at a time (what the driver does) and then 32 at a time;
+//!   events per second.
 //!
 //! Each mode prints a table and one JSON line with every figure.
 
@@ -160,6 +161,26 @@ async fn replicas(
     Ok(out)
 }
 
+/// Proposes `entry`, again while the leader refuses it for its lease (a
+/// majority's acknowledgement late under load: openraft refuses writes
+/// then, and the driver would retry after its backoff).
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn propose(leader: &RaftJournal, entry: Entry) -> Result<u64> {
+    for _ in 0..100 {
+        match leader.propose(entry.clone()).await {
+            Err(baton_coordinator::journal::JournalError::NotLeader { .. })
+                if leader.is_leader() =>
+            {
+                REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r => return Ok(r?),
+        }
+    }
+    bail!("the leader refused 100 times")
+}
+
 fn alert(n: u64) -> Entry {
     Entry::from(AlertEntry::Fired {
         alert: Alert::firing(
@@ -173,6 +194,8 @@ fn alert(n: u64) -> Entry {
 }
 
 async fn throughput(events: u64) -> Result<(f64, f64)> {
+    // Whole fire-and-resolve cycles, so each phase starts with none firing.
+    let events = events.div_ceil(64) * 64;
     let dir = tempfile::tempdir()?;
     let stop = CancellationToken::new();
     let rs = replicas(dir.path(), &stop).await?;
@@ -185,7 +208,9 @@ async fn throughput(events: u64) -> Result<(f64, f64)> {
     let leader = rs[i].clone();
     let t0 = Instant::now();
     for n in 0..events {
-        leader.propose(alert(n)).await?;
+        propose(&leader, alert(n))
+            .await
+            .with_context(|| format!("proposal {n} of {events}"))?;
     }
     let one_at_a_time = events as f64 / t0.elapsed().as_secs_f64();
     let t0 = Instant::now();
@@ -195,12 +220,19 @@ async fn throughput(events: u64) -> Result<(f64, f64)> {
         let batch: Vec<_> = (next..(next + 32).min(end))
             .map(|n| {
                 let l = leader.clone();
-                tokio::spawn(async move { l.propose(alert(n)).await })
+                tokio::spawn(async move { propose(&l, alert(n)).await })
             })
             .collect();
         next = (next + 32).min(end);
         for b in batch {
-            b.await??;
+            if let Err(e) = b.await? {
+                bail!(
+                    "{e} (leading: {}, leader: {:?}, stopped: {:?})",
+                    leader.is_leader(),
+                    leader.leader(),
+                    leader.stopped()
+                );
+            }
         }
     }
     let concurrent = events as f64 / t0.elapsed().as_secs_f64();
@@ -273,8 +305,13 @@ async fn main() -> Result<()> {
                 seq.push(s as u64);
                 conc.push(c as u64);
             }
+            eprintln!(
+                "proposals refused for the leader's lease and retried: {}",
+                REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+            );
             println!(
-                "journal throughput, 3 replicas, {events} events x {runs} runs: one at a time median {} events/s, 32 in flight median {} events/s",
+                "journal throughput, {} replica(s), {events} events x {runs} runs: one at a time median {} events/s, 32 in flight median {} events/s",
+                arg("--replicas", "3"),
                 median(&seq),
                 median(&conc)
             );
