@@ -52,3 +52,23 @@ fn the_demo_upgrades_and_prints_a_json_summary() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_ha_demo_loses_its_leading_coordinator_mid_rollout_and_still_finishes() -> Result<()> {
+    let out = Command::new(bin("baton-demo"))
+        .args(["--ha", "--json"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout)?;
+    let s: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(s["coordinator_failovers"], 1, "{s}");
+    assert!(s["resumed_after_ms"].as_u64().is_some(), "{s}");
+    assert_eq!(s["leader_changes"], 1, "{s}");
+    assert_eq!(s["lost_acked_writes"], 0, "{s}");
+    assert!(
+        stderr.contains("killed the leading coordinator replica"),
+        "{stderr}"
+    );
+    Ok(())
+}

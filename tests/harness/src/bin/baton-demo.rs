@@ -268,8 +268,10 @@ fn unix_ms() -> u64 {
 async fn kill_the_leading_replica(cluster: &mut Cluster, json: bool) -> Result<u64> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let stopped = |j: &[serde_json::Value]| {
-        j.iter()
-            .any(|e| e["event"] == "command_issued" && e["action"] == "stop")
+        j.iter().any(|e| {
+            e["event"] == "command_issued"
+                && (e["action"] == "stop" || e["action"]["action"] == "stop")
+        })
     };
     let k = loop {
         if let Some(k) = cluster.leading_replica().await

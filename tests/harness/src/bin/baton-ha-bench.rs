@@ -81,7 +81,9 @@ async fn resume_once() -> Result<u64> {
     if code != 0 {
         bail!("upgrade: {stderr}");
     }
-    let stop = |e: &serde_json::Value| e["event"] == "command_issued" && e["action"] == "stop";
+    let stop = |e: &serde_json::Value| {
+        e["event"] == "command_issued" && (e["action"] == "stop" || e["action"]["action"] == "stop")
+    };
     let (k, _) = wait_journal(&cluster, Duration::from_secs(60), |j| j.iter().any(stop)).await?;
     cluster.kill_replica(k);
     let killed_at = unix_ms();
