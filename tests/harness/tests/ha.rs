@@ -390,3 +390,41 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_replica_cut_off_from_its_peers_stalls_nothing() -> Result<()> {
+    let cluster = Cluster::start(ha_spec()).await?;
+    cluster.publish("v2", 1, false)?;
+    let leader = cluster
+        .wait_leading_replica(Duration::from_secs(15))
+        .await?;
+    let cut = (leader + 1) % cluster.replicas.len();
+    cluster.partition_replica(cut, true);
+    let load = start_load(&cluster);
+    let (code, out, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    assert_eq!(code, 0, "the rollout completes: {stderr} {out:#}");
+    let (k, journal) = leader_journal(&cluster).await?;
+    assert_ne!(k, cut, "the cut-off replica does not lead");
+    assert!(journal.iter().any(|e| e["event"] == "completed"));
+    ran_once(&cluster, &journal).await?;
+    // Healed, it catches up with everything it missed.
+    cluster.partition_replica(cut, false);
+    let want = journal.len();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster.replica_journal(cut)?.len() < want {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the healed replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (report, lost, max_down) = load.finish().await?;
+    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
+    assert_eq!(report.leader_changes, 1, "{:?}", report.leaders_seen);
+    assert!(
+        max_down <= 1,
+        "never two members down at once (saw {max_down})"
+    );
+    Ok(())
+}

@@ -972,3 +972,71 @@ async fn preflight_refuses_naming_the_member_and_the_check() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_cut_with_history_intact_and_a_flipped_byte_refuses_naming_the_offset()
+-> Result<()> {
+    let spec = ClusterSpec {
+        policy: POLICY.into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    cluster.publish("v2", 1, false)?;
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    let (_, before, _) = tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
+    let path = cluster.dir.path().join(baton_harness::JOURNAL);
+    let log = cluster.dir.path().join("coordinator.log");
+    // An appended \xff (a write torn mid-character): cut, history intact.
+    drop(cluster.coordinator.take()); // SIGKILL by pid
+    {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)?
+            .write_all(b"\xff")?;
+    }
+    cluster.start_coordinator()?;
+    cluster.wait_led_and_fresh().await?;
+    let (code, after, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(after, before, "the history is intact");
+    let text = std::fs::read_to_string(&log)?;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("cut off a torn journal tail") && l.contains("offset")),
+        "the cut is logged with its offset"
+    );
+    // A flipped byte in the middle: the coordinator refuses to start and
+    // names the file and the offset.
+    drop(cluster.coordinator.take());
+    let (records, _) = baton_store::records::read(&path)?;
+    let mid = &records[records.len() / 2];
+    let mut bytes = std::fs::read(&path)?;
+    bytes[mid.offset as usize + 16] ^= 0x20;
+    std::fs::write(&path, &bytes)?;
+    cluster.start_coordinator()?;
+    let proc = cluster.coordinator.as_mut().expect("started");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = proc.child.try_wait()? {
+            break s;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "a coordinator on a damaged journal kept running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "refused to start: {status}");
+    let text = std::fs::read_to_string(&log)?;
+    let named = format!("offset {}", mid.offset);
+    assert!(
+        text.contains(&path.display().to_string()) && text.contains(&named),
+        "names {} and {named}: {}",
+        path.display(),
+        text.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
+}

@@ -257,72 +257,80 @@ fn arg(name: &str, default: &str) -> String {
 async fn main() -> Result<()> {
     let runs: usize = arg("--runs", "10").parse()?;
     match arg("--mode", "resume").as_str() {
-        "resume" => {
-            let mut ms = Vec::new();
-            for run in 0..runs {
-                let m = resume_once().await?;
-                eprintln!("run {run}: next journaled event {m} ms after the kill");
-                ms.push(m);
-            }
-            let mut sorted = ms.clone();
-            sorted.sort_unstable();
-            println!(
-                "resume after leader death, {runs} runs: median {} ms, min {} ms, max {} ms; all: {sorted:?}",
-                median(&ms),
-                sorted[0],
-                sorted[sorted.len() - 1]
-            );
-            println!(
-                "{}",
-                serde_json::json!({"bench": "ha-resume", "runs": runs, "median_ms": median(&ms), "all_ms": sorted})
-            );
-        }
-        "ratio" => {
-            let (mut one, mut three) = (Vec::new(), Vec::new());
-            for run in 0..runs {
-                one.push(upgrade_ms(1).await?);
-                three.push(upgrade_ms(3).await?);
-                eprintln!(
-                    "round {run}: 1 replica {} ms, 3 replicas {} ms",
-                    one[run], three[run]
-                );
-            }
-            let ratio = median(&three) as f64 / median(&one).max(1) as f64;
-            println!(
-                "rollout, {runs} rounds: 1 replica median {} ms, 3 replicas median {} ms, ratio {ratio:.3}",
-                median(&one),
-                median(&three)
-            );
-            println!(
-                "{}",
-                serde_json::json!({"bench": "ha-ratio", "runs": runs, "one_ms": one, "three_ms": three, "ratio": ratio})
-            );
-        }
-        "throughput" => {
-            let events: u64 = arg("--events", "2000").parse()?;
-            let mut seq = Vec::new();
-            let mut conc = Vec::new();
-            for _ in 0..runs {
-                let (s, c) = throughput(events).await?;
-                seq.push(s as u64);
-                conc.push(c as u64);
-            }
-            eprintln!(
-                "proposals refused for the leader's lease and retried: {}",
-                REFUSED.load(std::sync::atomic::Ordering::Relaxed)
-            );
-            println!(
-                "journal throughput, {} replica(s), {events} events x {runs} runs: one at a time median {} events/s, 32 in flight median {} events/s",
-                arg("--replicas", "3"),
-                median(&seq),
-                median(&conc)
-            );
-            println!(
-                "{}",
-                serde_json::json!({"bench": "ha-throughput", "runs": runs, "events": events, "one_at_a_time": seq, "concurrent_32": conc})
-            );
-        }
+        "resume" => bench_resume(runs).await,
+        "ratio" => bench_ratio(runs).await,
+        "throughput" => bench_throughput(runs).await,
         other => bail!("unknown --mode {other}: resume, ratio or throughput"),
     }
+}
+
+async fn bench_resume(runs: usize) -> Result<()> {
+    let mut ms = Vec::new();
+    for run in 0..runs {
+        let m = resume_once().await?;
+        eprintln!("run {run}: next journaled event {m} ms after the kill");
+        ms.push(m);
+    }
+    let mut sorted = ms.clone();
+    sorted.sort_unstable();
+    println!(
+        "resume after leader death, {runs} runs: median {} ms, min {} ms, max {} ms; all: {sorted:?}",
+        median(&ms),
+        sorted.first().copied().unwrap_or(0),
+        sorted.last().copied().unwrap_or(0)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "ha-resume", "runs": runs, "median_ms": median(&ms), "all_ms": sorted})
+    );
+    Ok(())
+}
+
+async fn bench_ratio(runs: usize) -> Result<()> {
+    let (mut one, mut three) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        one.push(upgrade_ms(1).await?);
+        three.push(upgrade_ms(3).await?);
+        eprintln!(
+            "round {run}: 1 replica {} ms, 3 replicas {} ms",
+            one[run], three[run]
+        );
+    }
+    let ratio = median(&three) as f64 / median(&one).max(1) as f64;
+    println!(
+        "rollout, {runs} rounds: 1 replica median {} ms, 3 replicas median {} ms, ratio {ratio:.3}",
+        median(&one),
+        median(&three)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "ha-ratio", "runs": runs, "one_ms": one, "three_ms": three, "ratio": ratio})
+    );
+    Ok(())
+}
+
+async fn bench_throughput(runs: usize) -> Result<()> {
+    let events: u64 = arg("--events", "2000").parse()?;
+    let replicas = arg("--replicas", "3");
+    let mut seq = Vec::new();
+    let mut conc = Vec::new();
+    for _ in 0..runs {
+        let (s, c) = throughput(events).await?;
+        seq.push(s as u64);
+        conc.push(c as u64);
+    }
+    eprintln!(
+        "proposals refused for the leader's lease and retried: {}",
+        REFUSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    println!(
+        "journal throughput, {replicas} replica(s), {events} events x {runs} runs: one at a time median {} events/s, 32 in flight median {} events/s",
+        median(&seq),
+        median(&conc)
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "ha-throughput", "replicas": replicas, "runs": runs, "events": events, "one_at_a_time": seq, "concurrent_32": conc})
+    );
     Ok(())
 }
