@@ -29,8 +29,20 @@ pub const GATE_STALLED: &str = "BatonGateStalled";
 /// journaled (the journal is what failed).
 pub const JOURNAL_UNAVAILABLE: &str = "BatonJournalUnavailable";
 
+/// A member's agent reports less free space under its state dir than
+/// `policy.min_state_disk_free_bytes`: it may soon be unable to journal a
+/// command, and refuses what it cannot journal (so a rollout would stop
+/// there).
+pub const AGENT_STATE_DISK_LOW: &str = "BatonAgentStateDiskLow";
+
 /// Every alert name the watchdog raises, for per-name metrics.
-pub const ALL: [&str; 4] = [CATCH_UP_STALLED, AGENT_DOWN, ROLLOUT_PAUSED, GATE_STALLED];
+pub const ALL: [&str; 5] = [
+    CATCH_UP_STALLED,
+    AGENT_DOWN,
+    ROLLOUT_PAUSED,
+    GATE_STALLED,
+    AGENT_STATE_DISK_LOW,
+];
 
 /// The label value used for `rollout` (or `member`) when there is none.
 pub const NONE_LABEL: &str = "none";

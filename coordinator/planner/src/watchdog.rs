@@ -36,7 +36,8 @@ use std::time::Duration;
 use baton_domain::MemberId;
 
 use crate::alerts::{
-    AGENT_DOWN, Alert, CATCH_UP_STALLED, GATE_STALLED, RESTORE_RUNNING, ROLLOUT_PAUSED,
+    AGENT_DOWN, AGENT_STATE_DISK_LOW, Alert, CATCH_UP_STALLED, GATE_STALLED, RESTORE_RUNNING,
+    ROLLOUT_PAUSED,
 };
 use crate::decide::stalled_for;
 use crate::rollout::{Phase, RolloutState, Stage};
@@ -213,6 +214,7 @@ impl Watchdog {
         self.idle_since.retain(|m, _| view.members.contains_key(m));
 
         self.agents(view, policy, now, &mut out);
+        self.state_disks(view, policy, now, &mut out);
         self.stalls(view, rollout, policy, now, &mut out);
         self.gates(view, rollout, policy, now, &mut out);
         self.paused(rollout, now, &mut out);
@@ -280,6 +282,64 @@ impl Watchdog {
                     "runbook",
                     format!(
                         "Check that baton-agent runs on member {m}'s node (systemctl status baton-agent / kubectl logs) and can reach the coordinator; rollouts wait while a member is unheard-of."
+                    ),
+                );
+            self.fire(alert, out);
+        }
+    }
+
+    /// Pages while a member's fresh report shows its agent's state dir
+    /// below `policy.min_state_disk_free`; resolves on a fresh report with
+    /// room again (or when the member leaves the view). A report of 0 from
+    /// an agent too old to measure it counts as low, as in preflight.
+    fn state_disks(&mut self, view: &View, policy: &Policy, now: UnixMs, out: &mut Vec<Alert>) {
+        let min = policy.min_state_disk_free;
+        let free_of = |m: &str| {
+            view.members
+                .iter()
+                .find(|(id, _)| id.as_str() == m)
+                .map(|(_, v)| {
+                    (
+                        v.fresh,
+                        v.report.as_ref().map(|r| r.resources.state_disk_free_bytes),
+                    )
+                })
+        };
+        for key in self.keys_named(AGENT_STATE_DISK_LOW) {
+            let member = self
+                .firing
+                .get(&key)
+                .map(|a| a.member().to_owned())
+                .unwrap_or_default();
+            let clear = match free_of(&member) {
+                None => true,
+                Some((true, Some(free))) => free >= min,
+                Some(_) => false,
+            };
+            if clear && let Some(a) = self.resolve(&key, now, |a| a) {
+                out.push(a);
+            }
+        }
+        for (m, v) in &view.members {
+            let Some(r) = v.report.as_ref().filter(|_| v.fresh) else {
+                continue;
+            };
+            let free = r.resources.state_disk_free_bytes;
+            if free >= min {
+                continue;
+            }
+            let alert = Alert::firing(AGENT_STATE_DISK_LOW, &self.cluster, Some(m.as_str()), None, now)
+                .annotate(
+                    "summary",
+                    format!(
+                        "member {m}'s agent has {free} bytes free under its state_dir, below {min} (policy.min_state_disk_free_bytes): it refuses a command it cannot journal, and a rollout would stop at this member"
+                    ),
+                )
+                .annotate("free_bytes", free.to_string())
+                .annotate(
+                    "runbook",
+                    format!(
+                        "Free space on the filesystem of baton-agent's state_dir on member {m}'s node (df -h there); the member keeps serving meanwhile, and a new rollout's preflight refuses until there is room."
                     ),
                 );
             self.fire(alert, out);

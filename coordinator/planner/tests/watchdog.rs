@@ -6,7 +6,9 @@ mod common;
 use std::time::Duration;
 
 use baton_planner::Policy;
-use baton_planner::alerts::{AGENT_DOWN, Alert, AlertStatus, CATCH_UP_STALLED, ROLLOUT_PAUSED};
+use baton_planner::alerts::{
+    AGENT_DOWN, AGENT_STATE_DISK_LOW, Alert, AlertStatus, CATCH_UP_STALLED, ROLLOUT_PAUSED,
+};
 use baton_planner::rollout::{Phase, Stage};
 use baton_planner::watchdog::{Watchdog, describe_trend, lag_trend};
 use common::*;
@@ -198,6 +200,43 @@ fn an_agent_unheard_of_fires_agent_down_and_its_next_report_resolves_it() {
     assert_eq!(
         brief(&w.evaluate(&view, None, &p, t(41_000))),
         vec![resolved(AGENT_DOWN, "n2", "none")]
+    );
+}
+
+#[test]
+fn an_agent_state_disk_below_the_minimum_pages_once_and_room_again_resolves() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let p = policy();
+    let with_free = |free: u64, fresh: bool| {
+        let mut v = view.clone();
+        let m = v.members.get_mut(&id("n3")).unwrap();
+        m.report.as_mut().unwrap().resources.state_disk_free_bytes = free;
+        m.fresh = fresh;
+        v
+    };
+    let mut w = Watchdog::new("c1");
+    assert!(w.evaluate(&view, None, &p, t(1_000)).is_empty());
+    let low = p.min_state_disk_free - 1;
+    let out = w.evaluate(&with_free(low, true), None, &p, t(2_000));
+    assert_eq!(
+        brief(&out),
+        vec![firing(AGENT_STATE_DISK_LOW, "n3", "none")]
+    );
+    assert_eq!(out[0].annotations["free_bytes"], low.to_string());
+    assert!(out[0].annotations["runbook"].contains("state_dir"));
+    // Once per condition; a stale report neither repeats nor resolves it.
+    assert!(
+        w.evaluate(&with_free(low, true), None, &p, t(3_000))
+            .is_empty()
+    );
+    assert!(
+        w.evaluate(&with_free(p.min_state_disk_free, false), None, &p, t(4_000))
+            .iter()
+            .all(|a| a.name() != AGENT_STATE_DISK_LOW)
+    );
+    assert_eq!(
+        brief(&w.evaluate(&with_free(p.min_state_disk_free, true), None, &p, t(5_000))),
+        vec![resolved(AGENT_STATE_DISK_LOW, "n3", "none")]
     );
 }
 

@@ -790,6 +790,18 @@ async fn a_full_agent_disk_never_leaves_its_member_down_and_fails_the_next_prefl
             })
         })
         .await?;
+    // And it pages, naming the member, while the member serves.
+    let low = |e: &serde_json::Value| {
+        e["alert"]["labels"]["alertname"] == "BatonAgentStateDiskLow"
+            && e["alert"]["labels"]["member"] == victim.as_str()
+    };
+    journal_until(
+        &cluster,
+        "the state-disk page",
+        Duration::from_secs(10),
+        |e| e["alert_event"] == "fired" && low(e),
+    )
+    .await?;
     let failed = tokio::task::block_in_place(|| refused(&cluster, "v3"))?;
     assert!(
         failed
@@ -797,6 +809,15 @@ async fn a_full_agent_disk_never_leaves_its_member_down_and_fails_the_next_prefl
             .any(|(c, m, d)| c == "state-disk" && m == &victim && d.contains("bytes free")),
         "{failed:?}"
     );
+    // Space returns: the page resolves.
+    std::fs::remove_file(disks[i].path().join("filler"))?;
+    journal_until(
+        &cluster,
+        "the state-disk page resolved",
+        Duration::from_secs(10),
+        |e| e["alert_event"] == "resolved" && low(e),
+    )
+    .await?;
     drop(cluster);
     drop(disks);
     Ok(())
