@@ -493,6 +493,25 @@ impl RecordLog {
         self.low_space
     }
 
+    /// Whether the file at the log's path is still the one it opened (not
+    /// deleted, not replaced); every append checks this first.
+    pub fn check_identity(&self) -> Result<(), RecordError> {
+        match fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => Ok(()),
+            Ok(_) => Err(RecordError::Replaced {
+                path: self.path.clone(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(RecordError::Replaced {
+                path: self.path.clone(),
+            }),
+            Err(source) => Err(RecordError::Io {
+                path: self.path.clone(),
+                op: "stat",
+                source,
+            }),
+        }
+    }
+
     /// How many bytes are written past the last record: what an append can
     /// still use on a full disk.
     pub fn reserve_left(&self) -> u64 {
@@ -556,20 +575,7 @@ impl RecordLog {
                 len: big.len(),
             });
         }
-        match fs::metadata(&self.path) {
-            Ok(m) if (m.dev(), m.ino()) == self.identity => {}
-            Ok(_) => {
-                return Err(RecordError::Replaced {
-                    path: self.path.clone(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RecordError::Replaced {
-                    path: self.path.clone(),
-                });
-            }
-            Err(e) => return Err(io("stat", e)),
-        }
+        self.check_identity()?;
         if self.dirty_tail {
             self.file.set_len(self.end).map_err(|e| io("truncate", e))?;
             self.dirty_tail = false;

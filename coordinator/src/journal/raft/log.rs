@@ -306,6 +306,12 @@ impl LogStore {
         lock(&self.file).retry_reserve()
     }
 
+    /// Whether the file is still the one opened (see
+    /// [`RecordLog::check_identity`]).
+    pub fn check_identity(&self) -> Result<(), RecordError> {
+        lock(&self.file).check_identity()
+    }
+
     fn queue(&self, op: Op) -> io::Result<()> {
         self.queue
             .send(op)

@@ -297,6 +297,10 @@ impl RaftJournal {
 
     async fn write(&self, p: Proposal) -> Result<u64, JournalError> {
         let described = p.to_string();
+        // A log deleted or replaced under this process: refused here, where
+        // the driver pages and backs off, before openraft meets it as a
+        // failed write (which stops its Raft for good).
+        self.log.check_identity().map_err(JournalError::Log)?;
         if self.log.reserve_left() < MIN_RESERVE_LEFT {
             return Err(JournalError::Write {
                 path: self.log.path().to_owned(),

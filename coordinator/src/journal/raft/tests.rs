@@ -308,3 +308,27 @@ async fn three_replicas_survive_the_leaders_death_with_every_entry_and_a_higher_
         r.kill().await;
     }
 }
+
+#[tokio::test]
+async fn a_log_deleted_under_a_running_replica_is_refused_before_raft_meets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = RaftJournal::open(one(dir.path())).await.unwrap();
+    leading(&j).await;
+    j.propose(started("r1").into()).await.unwrap();
+    let path = dir.path().join(DIR).join(log::FILE);
+    std::fs::rename(&path, dir.path().join("moved")).unwrap();
+    let err = j.propose(paused(2)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            JournalError::Log(baton_store::records::RecordError::Replaced { .. })
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(j.stopped(), None, "the journal's raft still runs");
+    j.shutdown().await;
+}
