@@ -332,3 +332,136 @@ async fn a_log_deleted_under_a_running_replica_is_refused_before_raft_meets_it()
     assert_eq!(j.stopped(), None, "the journal's raft still runs");
     j.shutdown().await;
 }
+
+/// A CA and certificates it signs for 127.0.0.1, as PEM files in `dir`.
+struct Pki {
+    ca: std::path::PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    dir: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path, name: &str) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().unwrap();
+        let ca = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        Pki {
+            ca,
+            issuer: Issuer::new(params, key),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// A certificate and key for 127.0.0.1: their paths.
+    fn issue(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    fn client(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        roots: &std::path::Path,
+    ) -> tonic::transport::ClientTlsConfig {
+        let _ = self;
+        baton_net::tls::ClientTls::load(roots, Some((cert, key)), None)
+            .unwrap()
+            .tonic_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path(), "cluster");
+    let mut listeners = Vec::new();
+    let mut peers = BTreeMap::new();
+    for id in 1..=3u64 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        peers.insert(id, format!("https://{}", l.local_addr().unwrap()));
+        listeners.push(l);
+    }
+    let stop = CancellationToken::new();
+    let mut rs = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let (cert, key) = pki.issue(&format!("c{id}"));
+        let state_dir = tmp.path().join(format!("r{id}"));
+        let journal = std::sync::Arc::new(
+            RaftJournal::open(ReplicaSettings {
+                tls: Some(pki.client(&cert, &key, &pki.ca)),
+                ..settings(&state_dir, id, &peers)
+            })
+            .await
+            .unwrap(),
+        );
+        let tls = baton_net::server_tls::server_tls(&cert, &key, Some(&pki.ca)).unwrap();
+        let svc = journal.replica_service();
+        let served_until = stop.clone();
+        let served = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(ReplicaServer::new(svc))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    served_until.cancelled_owned(),
+                )
+                .await;
+        });
+        rs.push(Replica {
+            journal,
+            stop: stop.clone(),
+            served,
+        });
+    }
+    let (l, _) = leader_of(&rs).await;
+    rs[l].journal.propose(started("r1").into()).await.unwrap();
+    let state = rs[l].journal.subscribe().borrow().clone();
+    converged(&rs, &state).await;
+    // A client whose certificate another CA signed: the handshake fails, so
+    // its request never reaches the journal.
+    let rogue = Pki::new(tmp.path(), "rogue");
+    let (cert, key) = rogue.issue("intruder");
+    let channel = tonic::transport::Endpoint::from_shared(peers[&1].clone())
+        .unwrap()
+        .tls_config(rogue.client(&cert, &key, &pki.ca))
+        .unwrap()
+        .connect()
+        .await;
+    let refused = match channel {
+        Err(_) => true,
+        Ok(ch) => baton_proto::v1::replica_client::ReplicaClient::new(ch)
+            .call(baton_proto::v1::PeerRequest {
+                call: baton_proto::v1::PeerCall::Vote as i32,
+                target: 1,
+                cluster: "test".into(),
+                data: b"{}".to_vec(),
+            })
+            .await
+            .is_err_and(|s| s.code() != tonic::Code::InvalidArgument),
+    };
+    assert!(
+        refused,
+        "a peer from another CA is refused at the handshake"
+    );
+    assert_eq!(*rs[l].journal.subscribe().borrow(), state);
+    stop.cancel();
+    for r in rs {
+        r.journal.shutdown().await;
+    }
+}
