@@ -52,9 +52,17 @@ impl ResourceReader {
             r.memory_used_bytes = sys.used_memory();
             r.memory_total_bytes = sys.total_memory();
         }
-        // A dir that cannot be measured reads as 0 free: the preflight
-        // then refuses, naming it.
-        let free = |dir: &Path| baton_store::records::free_bytes(dir).unwrap_or(0);
+        // Measured on the filesystem that holds the dir or will hold it: a
+        // member's data dir may not exist until the member first starts
+        // (etcd creates its own), so the nearest existing ancestor stands in
+        // for it. A dir that cannot be measured at all reads as 0 free: the
+        // preflight then refuses, naming it.
+        let free = |dir: &Path| {
+            dir.ancestors()
+                .find(|p| p.exists())
+                .and_then(|p| baton_store::records::free_bytes(p).ok())
+                .unwrap_or(0)
+        };
         r.data_disk_free_bytes = free(&self.data_dir);
         r.state_disk_free_bytes = free(&self.state_dir);
         r
@@ -74,6 +82,18 @@ mod tests {
         assert!(got.data_disk_free_bytes > 0, "{got:?}");
         assert_eq!(got.state_disk_free_bytes > 0, got.data_disk_free_bytes > 0);
         assert!(got.cpu_percent.is_finite());
+    }
+
+    #[test]
+    fn a_data_dir_not_created_yet_is_measured_where_it_will_be() {
+        let disk = baton_store::testutil::SmallDisk::mount();
+        let state = tempfile::tempdir().unwrap();
+        let mut r = ResourceReader::new(&disk.path().join("member/data"), state.path());
+        let got = r.read();
+        assert!(
+            got.data_disk_free_bytes > 0 && got.data_disk_free_bytes <= 64 << 10,
+            "the small disk's free space, not 0 and not the state dir's: {got:?}"
+        );
     }
 
     #[test]
