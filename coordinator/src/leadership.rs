@@ -28,7 +28,7 @@ pub fn follower_hint(journal: &RaftJournal) -> Result<(), tonic::Status> {
         return Ok(());
     }
     let me = journal.settings().id;
-    let mut status = match journal.leader() {
+    Err(match journal.leader() {
         Some((id, addr)) => {
             let mut s = tonic::Status::unavailable(format!(
                 "coordinator replica {me} is a follower; the leader is replica {id} at {addr}"
@@ -41,9 +41,7 @@ pub fn follower_hint(journal: &RaftJournal) -> Result<(), tonic::Status> {
         None => tonic::Status::unavailable(format!(
             "coordinator replica {me} knows no leader yet (an election is on); try again shortly or another replica"
         )),
-    };
-    status.metadata_mut().remove("grpc-status-details-bin");
-    Err(status)
+    })
 }
 
 /// Brings the journal up to date before the first decision of a term: the

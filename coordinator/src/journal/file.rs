@@ -71,22 +71,7 @@ impl FileJournal {
                 "cut off a torn journal tail (an append a crash or a full disk interrupted; it was never applied)"
             );
         }
-        let mut entries = Vec::with_capacity(opened.records.len());
-        for r in &opened.records {
-            let entry = std::str::from_utf8(&r.payload)
-                .map_err(|e| e.to_string())
-                .and_then(|text| Entry::from_json(text).map_err(|e| e.to_string()))
-                .map_err(|detail| {
-                    JournalError::Log(RecordError::Corrupt {
-                        path: path.clone(),
-                        offset: r.offset,
-                        detail: format!(
-                            "a record that checks out is not a journal entry: {detail}"
-                        ),
-                    })
-                })?;
-            entries.push(entry);
-        }
+        let entries = decode(&path, &opened.records)?;
         let mut applied = Applied::replay(&entries).map_err(|source| JournalError::Replay {
             path: path.clone(),
             source,
@@ -171,25 +156,8 @@ impl Journal for FileJournal {
 /// `path` (see [`baton_store::records::parse_legacy_lines`]: only a torn
 /// last line is dropped), after checking that it replays.
 fn import_legacy(legacy: &Path, path: &Path) -> Result<(), JournalError> {
-    let bytes = fs::read(legacy).map_err(|source| JournalError::Write {
-        path: legacy.to_owned(),
-        source,
-    })?;
-    let (entries, torn) = records::parse_legacy_lines(&bytes, |line| {
-        Entry::from_json(line).map_err(|e| e.to_string())
-    })
-    .map_err(|(line, detail)| JournalError::Corrupt {
-        path: legacy.to_owned(),
-        line,
-        detail,
-    })?;
-    if let Some(line) = torn {
-        tracing::warn!(path = %legacy.display(), line, "not importing a torn last journal line");
-    }
-    Applied::replay(&entries).map_err(|source| JournalError::Replay {
-        path: legacy.to_owned(),
-        source,
-    })?;
+    let entries = read_jsonl(legacy)?;
+    replays(legacy, &entries)?;
     let encoded: Vec<Vec<u8>> = entries
         .iter()
         .map(serde_json::to_vec)
@@ -268,57 +236,79 @@ pub fn read_legacy(state_dir: &Path) -> Result<Option<Legacy>, JournalError> {
         .filter(|p| p.exists())
         .cloned()
         .collect();
-    let entries = if log.exists() {
+    let (source, entries) = if log.exists() {
         let (recs, torn) = records::read(&log).map_err(JournalError::Log)?;
         if let Some(t) = torn {
             tracing::warn!(path = %log.display(), offset = t.offset, "not importing a torn journal tail");
         }
-        recs.iter()
-            .map(|r| {
-                std::str::from_utf8(&r.payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| Entry::from_json(t).map_err(|e| e.to_string()))
-                    .map_err(|detail| {
-                        JournalError::Log(RecordError::Corrupt {
-                            path: log.clone(),
-                            offset: r.offset,
-                            detail: format!(
-                                "a record that checks out is not a journal entry: {detail}"
-                            ),
-                        })
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?
+        let entries = decode(&log, &recs)?;
+        (log, entries)
     } else if jsonl.exists() {
-        let bytes = fs::read(&jsonl).map_err(|source| JournalError::Write {
-            path: jsonl.clone(),
-            source,
-        })?;
-        let (entries, torn) = records::parse_legacy_lines(&bytes, |line| {
-            Entry::from_json(line).map_err(|e| e.to_string())
-        })
-        .map_err(|(line, detail)| JournalError::Corrupt {
-            path: jsonl.clone(),
-            line,
-            detail,
-        })?;
-        if let Some(line) = torn {
-            tracing::warn!(path = %jsonl.display(), line, "not importing a torn last journal line");
-        }
-        entries
+        let entries = read_jsonl(&jsonl)?;
+        (jsonl, entries)
     } else {
         return Ok(None);
     };
-    let source = if log.exists() { log } else { jsonl };
-    Applied::replay(&entries).map_err(|source_err| JournalError::Replay {
-        path: source.clone(),
-        source: source_err,
-    })?;
+    replays(&source, &entries)?;
     Ok(Some(Legacy {
         entries,
         source,
         files,
     }))
+}
+
+/// The journal entries `records` of the log at `path` hold; a record that
+/// checks out but is not an entry is corruption at its offset.
+fn decode(path: &Path, records: &[records::Record]) -> Result<Vec<Entry>, JournalError> {
+    records
+        .iter()
+        .map(|r| {
+            std::str::from_utf8(&r.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Entry::from_json(text).map_err(|e| e.to_string()))
+                .map_err(|detail| {
+                    JournalError::Log(RecordError::Corrupt {
+                        path: path.to_owned(),
+                        offset: r.offset,
+                        detail: format!(
+                            "a record that checks out is not a journal entry: {detail}"
+                        ),
+                    })
+                })
+        })
+        .collect()
+}
+
+/// The entries of the JSON-lines journal at `legacy` (see
+/// [`baton_store::records::parse_legacy_lines`]: only a torn last line is
+/// dropped, with a warning).
+fn read_jsonl(legacy: &Path) -> Result<Vec<Entry>, JournalError> {
+    let bytes = fs::read(legacy).map_err(|source| JournalError::Write {
+        path: legacy.to_owned(),
+        source,
+    })?;
+    let (entries, torn) = records::parse_legacy_lines(&bytes, |line| {
+        Entry::from_json(line).map_err(|e| e.to_string())
+    })
+    .map_err(|(line, detail)| JournalError::Corrupt {
+        path: legacy.to_owned(),
+        line,
+        detail,
+    })?;
+    if let Some(line) = torn {
+        tracing::warn!(path = %legacy.display(), line, "not importing a torn last journal line");
+    }
+    Ok(entries)
+}
+
+/// Refuses `entries` (from `path`) unless they replay from nothing.
+fn replays(path: &Path, entries: &[Entry]) -> Result<(), JournalError> {
+    Applied::replay(entries)
+        .map(drop)
+        .map_err(|source| JournalError::Replay {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn rename_imported(legacy: &Path) -> Result<(), JournalError> {

@@ -123,7 +123,7 @@ enum Done {
     /// openraft's callback for an append.
     Flushed(IOFlushed<TypeConfig>),
     /// A caller that waits (a vote, a truncation, a purge).
-    Signal(std::sync::mpsc::SyncSender<io::Result<()>>),
+    Signal(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
 impl Done {
@@ -322,7 +322,7 @@ impl LogStore {
     /// are on disk (off the runtime's threads).
     async fn write_and_wait(&self, records: Vec<LogRecord>) -> io::Result<()> {
         let bytes = records.iter().map(encode).collect::<io::Result<Vec<_>>>()?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut mem = lock(&self.mem);
             self.queue(Op::Append(bytes, Done::Signal(tx)))?;
@@ -334,13 +334,9 @@ impl LogStore {
     }
 }
 
-async fn wait(rx: std::sync::mpsc::Receiver<io::Result<()>>) -> io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        rx.recv()
-            .unwrap_or_else(|_| Err(io::Error::other("the journal's writer thread stopped")))
-    })
-    .await
-    .map_err(io::Error::other)?
+async fn wait(rx: tokio::sync::oneshot::Receiver<io::Result<()>>) -> io::Result<()> {
+    rx.await
+        .unwrap_or_else(|_| Err(io::Error::other("the journal's writer thread stopped")))
 }
 
 fn to_io(e: &RecordError) -> io::Error {
@@ -421,7 +417,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, upto: LogId) -> Result<(), io::Error> {
         self.write_and_wait(vec![LogRecord::Purge { upto }]).await?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut mem = lock(&self.mem);
             if mem.dead < REWRITE_AFTER_PURGED {
@@ -439,22 +435,4 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         wait(rx).await
     }
-}
-
-/// Every entry the log at `dir/log` holds that is not truncated or purged,
-/// read without changing the file (for tests and tools).
-pub fn read_entries(dir: &Path) -> Result<Vec<LogEntry>, RecordError> {
-    let path = dir.join(FILE);
-    let (records, _) = baton_store::records::read(&path)?;
-    let mut mem = Mem::default();
-    for r in records {
-        let rec: LogRecord =
-            serde_json::from_slice(&r.payload).map_err(|e| RecordError::Corrupt {
-                path: path.clone(),
-                offset: r.offset,
-                detail: e.to_string(),
-            })?;
-        mem.apply(rec);
-    }
-    Ok(mem.entries.into_values().collect())
 }

@@ -123,11 +123,6 @@ impl Machine {
         self.shared.applied.borrow().clone()
     }
 
-    /// The index of the last entry applied.
-    pub fn last_applied(&self) -> Option<LogId> {
-        lock(&self.shared.position).last_applied
-    }
-
     fn store(&self, snap: Stored, force: bool) -> io::Result<()> {
         let mut cur = lock(&self.shared.current);
         if !force

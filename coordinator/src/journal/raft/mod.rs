@@ -18,7 +18,7 @@ pub mod log;
 pub mod machine;
 pub mod peer;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -174,10 +174,6 @@ impl RaftJournal {
         })
     }
 
-    pub fn raft(&self) -> &JournalRaft {
-        &self.raft
-    }
-
     /// The `baton.v1.Replica` service that feeds this replica's Raft.
     pub fn replica_service(&self) -> peer::ReplicaService {
         peer::ReplicaService::new(
@@ -201,7 +197,8 @@ impl RaftJournal {
     /// Whether this replica's Raft leads now (it may yet learn it was
     /// deposed; a proposal then fails).
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
         m.state == ServerState::Leader && m.current_leader == Some(self.settings.id)
     }
 
@@ -328,11 +325,6 @@ impl RaftJournal {
             }
             Err(e) => Err(JournalError::Unavailable(e.to_string())),
         }
-    }
-
-    /// Every replica id, this one's included.
-    pub fn replica_ids(&self) -> BTreeSet<u64> {
-        self.settings.peers.keys().copied().collect()
     }
 }
 

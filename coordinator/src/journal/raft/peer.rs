@@ -241,6 +241,34 @@ impl ReplicaService {
     }
 }
 
+/// Serves `svc` alone on `listener` (with `tls`, when given) until `stop`:
+/// replicas in one process, as tests and benchmarks run them. The
+/// coordinator serves the same service beside agents and operators on its
+/// own listener instead.
+pub fn spawn_server(
+    svc: ReplicaService,
+    listener: tokio::net::TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    tokio::spawn(async move {
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        server
+            .add_service(
+                baton_proto::v1::replica_server::ReplicaServer::new(svc)
+                    .max_decoding_message_size(MAX_PEER_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop.cancelled_owned(),
+            )
+            .await
+    })
+}
+
 fn decode<T: DeserializeOwned>(call: PeerCall, data: &[u8]) -> Result<T, Status> {
     serde_json::from_slice(data)
         .map_err(|e| Status::invalid_argument(format!("an undecodable {call:?} request: {e}")))

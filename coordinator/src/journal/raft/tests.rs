@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use baton_planner::UnixMs;
 use baton_planner::rollout::Event;
-use baton_proto::v1::replica_server::ReplicaServer;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
@@ -201,7 +200,7 @@ async fn an_import_applies_once_and_only_to_an_empty_journal() {
 struct Replica {
     journal: std::sync::Arc<RaftJournal>,
     stop: CancellationToken,
-    served: tokio::task::JoinHandle<()>,
+    served: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl Replica {
@@ -235,20 +234,8 @@ async fn serve(
     listener: tokio::net::TcpListener,
 ) -> Replica {
     let journal = std::sync::Arc::new(RaftJournal::open(settings(dir, id, peers)).await.unwrap());
-    let svc = journal.replica_service();
     let stop = CancellationToken::new();
-    let served = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(ReplicaServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
-                .await;
-        }
-    });
+    let served = peer::spawn_server(journal.replica_service(), listener, None, stop.clone());
     Replica {
         journal,
         stop,
@@ -410,19 +397,8 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
             .unwrap(),
         );
         let tls = baton_net::server_tls::server_tls(&cert, &key, Some(&pki.ca)).unwrap();
-        let svc = journal.replica_service();
-        let served_until = stop.clone();
-        let served = tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .tls_config(tls)
-                .unwrap()
-                .add_service(ReplicaServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    served_until.cancelled_owned(),
-                )
-                .await;
-        });
+        let served =
+            peer::spawn_server(journal.replica_service(), listener, Some(tls), stop.clone());
         rs.push(Replica {
             journal,
             stop: stop.clone(),

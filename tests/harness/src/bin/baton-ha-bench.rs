@@ -21,13 +21,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use baton_coordinator::journal::raft::{RaftJournal, ReplicaSettings};
+use baton_coordinator::journal::raft::{RaftJournal, ReplicaSettings, peer};
 use baton_coordinator::journal::{AlertEntry, Entry, Journal};
 use baton_harness::load::start_load;
 use baton_harness::{Cluster, ClusterSpec};
 use baton_planner::UnixMs;
 use baton_planner::alerts::{Alert, CATCH_UP_STALLED};
-use baton_proto::v1::replica_server::ReplicaServer;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -147,17 +146,7 @@ async fn replicas(
             })
             .await?,
         );
-        let svc = journal.replica_service();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(ReplicaServer::new(svc))
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
-                .await;
-        });
+        peer::spawn_server(journal.replica_service(), listener, None, stop.clone());
         out.push(journal);
     }
     Ok(out)
