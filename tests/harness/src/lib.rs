@@ -1313,6 +1313,16 @@ pub fn read_journal_after(
     Ok((by_index.into_values().flatten().collect(), end))
 }
 
+/// Every entry of the coordinator journal at `path`, or `None` while its
+/// tail is torn (a record half written: what it says is not known yet).
+pub fn read_journal_whole(path: &std::path::Path) -> Result<Option<Vec<serde_json::Value>>> {
+    let (_, torn) = baton_store::records::read_after(path, 0)?;
+    if torn.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(read_journal(path)?))
+}
+
 /// Every entry of the coordinator journal at `path` (see [`read_journal_at`]).
 pub fn read_journal(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
     Ok(read_journal_at(path)?.0)

@@ -215,7 +215,37 @@ impl Drop for Frozen {
     }
 }
 
+/// The coordinator held with SIGSTOP: while this lives it decides and
+/// sends nothing, so what its journal says stays true. SIGCONT on drop.
+#[derive(Debug)]
+pub struct Held {
+    pid: i32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.pid), Signal::SIGCONT);
+    }
+}
+
 impl EtcdCluster {
+    /// Holds the coordinator (SIGSTOP) until the guard drops: a test that
+    /// must act inside a window the coordinator could close (a member
+    /// between two gates) reads the journal and acts while it is held.
+    pub fn hold_coordinator(&self) -> Result<Held> {
+        let c = self.coordinator.as_ref().context("the coordinator runs")?;
+        let pid = i32::try_from(c.pid())?;
+        kill(Pid::from_raw(pid), Signal::SIGSTOP)
+            .with_context(|| format!("SIGSTOP the coordinator (pid {pid})"))?;
+        Ok(Held { pid })
+    }
+
+    /// Every entry of the coordinator's journal, or `None` while a record
+    /// is half written.
+    pub fn journal_whole(&self) -> Result<Option<Vec<serde_json::Value>>> {
+        crate::read_journal_whole(&self.dir.path().join(crate::JOURNAL))
+    }
+
     /// The pid of member `i`'s etcd, from its agent's `member.pid`.
     pub fn member_pid_now(&self, i: usize) -> Option<i32> {
         let text = std::fs::read_to_string(self.members[i].agent_dir.join("member.pid")).ok()?;

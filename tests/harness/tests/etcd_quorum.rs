@@ -17,7 +17,9 @@ use anyhow::{Context, Result};
 use baton_harness::etcd::{
     ETCD_34, EtcdCluster, EtcdLoad, EtcdWriterReport, assert_version, etcd_35, etcd_verify,
 };
-use baton_harness::quorum::{ObserverReport, QuorumObserver, at, etcd_versions, is_command};
+use baton_harness::quorum::{
+    Frozen, ObserverReport, QuorumObserver, at, etcd_versions, is_command,
+};
 use baton_harness::unix_ms;
 
 const STALL_AFTER_MS: u64 = 3000;
@@ -160,42 +162,91 @@ enum When {
     NextBegins,
 }
 
+/// Freezes the first of `followers` found between its `after` gate and
+/// its `before` gate, on its new release (3.5.1); returns it, its pid and
+/// the freeze. Each look at the journal is made with the coordinator held
+/// (SIGSTOP), and the freeze lands before it is let go, so the coordinator
+/// cannot pass the `before` gate (and stop the next member) between the
+/// look and the freeze: a late freeze would be the test taking a second
+/// member down, not baton. (The catch-up window is two reports, about
+/// 20 ms; one CI run froze its follower 7 ms after baton, rightly, had
+/// stopped the next one.) A follower whose window closed between two looks
+/// is left alone and the next one is tried.
+async fn freeze_in_window(
+    cluster: &EtcdCluster,
+    observer: &QuorumObserver,
+    followers: &[String],
+    after: &str,
+    before: &str,
+) -> Result<(String, i32, Frozen)> {
+    let passed = |j: &[serde_json::Value], member: &str, gate: &str| {
+        j.iter()
+            .any(|e| e["event"] == "gate_passed" && e["member"] == member && e["gate"] == gate)
+    };
+    for victim in followers {
+        let vi = cluster
+            .member_index(victim)
+            .context("a follower is a member")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{victim} did not pass its {after} gate within 60 s"
+            );
+            let held = cluster.hold_coordinator()?;
+            let Some(journal) = cluster.journal_whole()? else {
+                // A record half written: look again once it is whole.
+                drop(held);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                continue;
+            };
+            if passed(&journal, victim, before) {
+                drop(held);
+                eprintln!(
+                    "{victim} passed {after} and {before} between two looks; trying the next follower"
+                );
+                break;
+            }
+            if passed(&journal, victim, after) {
+                // The process to freeze is the new one, on 3.5.1.
+                let pid = cluster.member_pid_now(vi).context("member.pid")?;
+                let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+                anyhow::ensure!(
+                    exe.to_string_lossy().contains("3.5.1"),
+                    "{victim}'s pid {pid} runs {}, not 3.5.1",
+                    exe.display()
+                );
+                let frozen = observer.freeze(cluster, vi)?;
+                drop(held);
+                return Ok((victim.clone(), pid, frozen));
+            }
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    anyhow::bail!(
+        "no follower of {followers:?} was seen between its {after} and {before} gates (each passed both between two looks)"
+    )
+}
+
 /// Freezes the first follower at `when`; checks that nothing else is
 /// stopped while it is frozen, that a page names it within `stall_after` +
 /// 1 s, and that the rollout completes after SIGCONT.
 async fn freeze_first_follower(when: When, policy: &str, prefix: &str) -> Result<()> {
     let (cluster, load, observer) = loaded_cluster(policy, prefix).await?;
     let order = start_upgrade(&cluster).await?;
-    let victim = order[0].clone();
-    let vi = cluster
-        .member_index(&victim)
-        .context("the first follower is a member")?;
-    let gate = match when {
-        When::CatchingUp => "healthy",
-        When::NextBegins => "caught_up",
+    let (after, before) = match when {
+        When::CatchingUp => ("healthy", "caught_up"),
+        When::NextBegins => ("caught_up", "soaked"),
     };
-    cluster
-        .wait_journal(
-            &format!("{victim} passes its {gate} gate"),
-            Duration::from_secs(60),
-            |j| {
-                j.iter()
-                    .find(|e| {
-                        e["event"] == "gate_passed" && e["member"] == victim && e["gate"] == gate
-                    })
-                    .map(at)
-            },
-        )
-        .await?;
-    // The process to freeze is the new one, on 3.5.1.
-    let pid = cluster.member_pid_now(vi).context("member.pid")?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
-    anyhow::ensure!(
-        exe.to_string_lossy().contains("3.5.1"),
-        "{victim}'s pid {pid} runs {}, not 3.5.1",
-        exe.display()
-    );
-    let frozen = observer.freeze(&cluster, vi)?;
+    let (victim, pid, frozen) = freeze_in_window(
+        &cluster,
+        &observer,
+        &order[..order.len() - 1],
+        after,
+        before,
+    )
+    .await?;
     let t_stop = frozen.at;
     eprintln!("{when:?}: froze {victim} (pid {pid}) at {t_stop}");
 
