@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::replicas::Replicas;
 use crate::{Proc, bin, copy_dir, free_port, init, kill_pid};
 
 /// Where the 3.4.23 binary is.
@@ -80,6 +81,9 @@ pub struct EtcdOptions {
     pub exec: bool,
     /// Client URLs on https with client certificates required.
     pub tls: Option<EtcdTls>,
+    /// Coordinator replicas: 0 or 1 for a lone coordinator, 3 or 5 for a
+    /// replicated one (see [`Replicas`]).
+    pub replicas: usize,
 }
 
 /// One etcd member and its agent.
@@ -90,6 +94,8 @@ pub struct EtcdMember {
     pub base_dir: PathBuf,
     pub agent_dir: PathBuf,
     pub agent_config: PathBuf,
+    /// The agent's probe port (`/healthz`, `/commands`, `/metrics`).
+    pub probe_addr: SocketAddr,
     pub agent: Option<Proc>,
 }
 
@@ -97,7 +103,11 @@ pub struct EtcdMember {
 #[derive(Debug)]
 pub struct EtcdCluster {
     pub members: Vec<EtcdMember>,
+    /// A lone coordinator; `None` when `replicas` runs them.
     pub coordinator: Option<Proc>,
+    /// Every replica of a replicated coordinator (empty for a lone one).
+    pub replicas: Replicas,
+    /// Every coordinator address, comma-separated (the CLI's `--coordinator`).
     pub coordinator_url: String,
     pub coordinator_config: PathBuf,
     pub store_dir: PathBuf,
@@ -160,24 +170,40 @@ impl EtcdCluster {
 
     /// As `start`, with `options`.
     pub async fn start_opts(n: usize, policy: &str, options: EtcdOptions) -> Result<EtcdCluster> {
-        let EtcdOptions { exec, tls } = options;
+        let EtcdOptions {
+            exec,
+            tls,
+            replicas,
+        } = options;
         init();
         assert_version(Path::new(ETCD_34), "3.4.23")?;
         let dir = tempfile::Builder::new().prefix("baton-etcd-").tempdir()?;
         let store_dir = dir.path().join("store");
         fs::create_dir_all(&store_dir)?;
-        let coord_port = free_port();
-        let coordinator_url = format!("http://127.0.0.1:{coord_port}");
+        let coord_ports: Vec<u16> = (0..replicas.max(1)).map(|_| free_port()).collect();
+        let coordinator_urls: Vec<String> = coord_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
         let names: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
         let coordinator_config = dir.path().join("coordinator.toml");
+        let base = |port: u16, state_dir: &Path, _first: bool| {
+            format!(
+                "cluster_id = \"etcd-e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 500\nmembers = {names:?}\nstate_dir = {:?}\nrelease_name = \"etcd\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{policy}\n",
+                state_dir.to_string_lossy(),
+                store_dir.to_string_lossy(),
+            )
+        };
         fs::write(
             &coordinator_config,
-            format!(
-                "cluster_id = \"etcd-e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = 500\nmembers = {names:?}\nstate_dir = {:?}\nrelease_name = \"etcd\"\n[store]\nkind = \"dir\"\npath = {:?}\n[policy]\n{policy}\n",
-                dir.path().join("coordinator-state").to_string_lossy(),
-                store_dir.to_string_lossy(),
+            base(
+                coord_ports[0],
+                &crate::replicas::state_dir(dir.path(), 1),
+                true,
             ),
         )?;
+        let replicas =
+            Replicas::configure(dir.path(), &coordinator_config, &coord_ports, false, base).await?;
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial = names
             .iter()
@@ -188,7 +214,8 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members: Vec::new(),
             coordinator: None,
-            coordinator_url,
+            replicas,
+            coordinator_url: coordinator_urls.join(","),
             coordinator_config,
             store_dir,
             dir,
@@ -304,14 +331,14 @@ impl EtcdCluster {
             // etcdutl (the 3.5.1 wheel's), whichever release the member runs.
             let etcdutl = etcd_35()?.with_file_name("etcdutl");
             let agent_config = agent_dir.join("agent.toml");
+            let probe_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"127.0.0.1:{}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\netcdctl = \"/usr/bin/etcdctl\"\netcdutl = {:?}\n{target_tls}{run}",
-                    cluster.coordinator_url,
+                    "member_id = {name:?}\ncluster_id = \"etcd-e2e\"\ncoordinator = {:?}\nheartbeat_ms = 500\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n[store]\nkind = \"dir\"\npath = {:?}\n[target]\nkind = \"etcd\"\naddr = \"127.0.0.1:{client}\"\ntimeout_ms = 1000\netcdctl = \"/usr/bin/etcdctl\"\netcdutl = {:?}\n{target_tls}{run}",
+                    coordinator_urls,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
-                    free_port(),
                     cluster.store_dir.to_string_lossy(),
                     etcdutl.to_string_lossy(),
                 ),
@@ -322,16 +349,21 @@ impl EtcdCluster {
                 base_dir,
                 agent_dir,
                 agent_config,
+                probe_addr,
                 agent: None,
             });
         }
-        let mut cmd = Command::new(bin("baton-coordinator"));
-        cmd.arg("--config").arg(&cluster.coordinator_config);
-        cluster.coordinator = Some(Proc::spawn(
-            "coordinator",
-            &mut cmd,
-            &cluster.dir.path().join("coordinator.log"),
-        )?);
+        if cluster.replicas.is_empty() {
+            let mut cmd = Command::new(bin("baton-coordinator"));
+            cmd.arg("--config").arg(&cluster.coordinator_config);
+            cluster.coordinator = Some(Proc::spawn(
+                "coordinator",
+                &mut cmd,
+                &cluster.dir.path().join("coordinator.log"),
+            )?);
+        } else {
+            cluster.replicas.start_all()?;
+        }
         for m in &mut cluster.members {
             let mut cmd = Command::new(bin("baton-agent"));
             cmd.arg("--config").arg(&m.agent_config);
@@ -357,6 +389,11 @@ impl EtcdCluster {
             )
             .await?;
         Ok(cluster)
+    }
+
+    /// Every agent's probe address, by member index.
+    pub fn probe_addrs(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|m| m.probe_addr).collect()
     }
 
     pub fn clients(&self) -> Vec<String> {
@@ -388,6 +425,7 @@ impl EtcdCluster {
 
     fn dump_logs(&self) {
         let mut logs = vec![self.dir.path().join("coordinator.log")];
+        logs.extend(self.replicas.list.iter().map(|r| r.log.clone()));
         for m in &self.members {
             logs.push(m.agent_dir.join("agent.log"));
             logs.push(m.agent_dir.join("member.log"));
@@ -411,6 +449,7 @@ impl Drop for EtcdCluster {
             kill_pid(pid);
         }
         self.coordinator.take();
+        self.replicas.kill_all();
     }
 }
 

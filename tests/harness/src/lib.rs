@@ -20,10 +20,12 @@ use anyhow::{Context, Result, bail};
 
 pub mod alertmanager;
 pub mod etcd;
+pub mod failover;
 pub mod load;
 pub mod observe;
 pub mod proxy;
 pub mod quorum;
+pub mod replicas;
 pub mod s3;
 pub mod sqlapp;
 pub mod stall;
@@ -319,26 +321,11 @@ pub struct Member {
     pub agent: Option<Proc>,
 }
 
-/// One coordinator replica of a replicated cluster.
-#[derive(Debug)]
-pub struct Replica {
-    /// Its `[replication]` id (1-based).
-    pub id: u64,
-    /// Where agents and operators reach it.
-    pub url: String,
-    pub config: PathBuf,
-    pub state_dir: PathBuf,
-    pub log: PathBuf,
-    pub proc: Option<Proc>,
-}
-
 /// A running cluster with agents and a coordinator. Drop kills everything.
 #[derive(Debug)]
 pub struct Cluster {
     /// With `spec.replicas > 1`: every replica (and `coordinator` is None).
-    pub replicas: Vec<Replica>,
-    /// The peer proxies, by (from, to) replica id.
-    pub peer_proxies: Vec<((u64, u64), proxy::TcpProxy)>,
+    pub replicas: replicas::Replicas,
     pub spec: ClusterSpec,
     pub store_dir: PathBuf,
     pub members: Vec<Member>,
@@ -392,80 +379,30 @@ impl Cluster {
         let agent_store =
             spec.store
                 .section(true, &store_dir, &dir.path().join("agent-s3-secret"))?;
-        fs::write(
-            &coordinator_config,
+        let base = |port: u16, state_dir: &Path, first: bool| {
             format!(
-                "{metrics_line}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{coord_port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n{coordinator_store}[policy]\n{}\n",
+                "{}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n{coordinator_store}[policy]\n{}\n",
+                // Metrics only on the first replica (one port each).
+                if first { metrics_line.as_str() } else { "" },
                 spec.heartbeat_ms,
                 names,
-                dir.path().join("coordinator-state").to_string_lossy(),
+                state_dir.to_string_lossy(),
                 spec.policy,
-            ),
+            )
+        };
+        fs::write(
+            &coordinator_config,
+            base(coord_port, &replicas::state_dir(dir.path(), 1), true),
         )?;
         // Replicas: one config each, peers reached through the proxies.
-        let mut replicas = Vec::new();
-        let mut peer_proxies = Vec::new();
-        if spec.replicas > 1 {
-            let base = fs::read_to_string(&coordinator_config)?;
-            for (i, port) in replica_ports.iter().enumerate() {
-                let id = i as u64 + 1;
-                let mut peers = vec![format!("\"{id}\" = \"http://127.0.0.1:{port}\"")];
-                for (j, to) in replica_ports.iter().enumerate() {
-                    if i == j {
-                        continue;
-                    }
-                    let p = proxy::TcpProxy::start(format!("127.0.0.1:{to}").parse()?).await?;
-                    peers.push(format!("\"{}\" = \"http://{}\"", j + 1, p.addr));
-                    peer_proxies.push(((id, j as u64 + 1), p));
-                }
-                let state_dir = if i == 0 {
-                    dir.path().join("coordinator-state")
-                } else {
-                    dir.path().join(format!("coordinator-state-{id}"))
-                };
-                let config = if i == 0 {
-                    coordinator_config.clone()
-                } else {
-                    dir.path().join(format!("coordinator-{id}.toml"))
-                };
-                let text = base
-                    .replace(
-                        &format!("listen = \"127.0.0.1:{coord_port}\""),
-                        &format!("listen = \"127.0.0.1:{port}\""),
-                    )
-                    .replace(
-                        &format!(
-                            "state_dir = {:?}",
-                            dir.path().join("coordinator-state").to_string_lossy()
-                        ),
-                        &format!("state_dir = {:?}", state_dir.to_string_lossy()),
-                    );
-                let text = if i == 0 {
-                    text
-                } else {
-                    // Metrics only on the first replica (one port each).
-                    text.lines()
-                        .filter(|l| !l.starts_with("metrics_listen"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                fs::write(
-                    &config,
-                    format!(
-                        "{text}\n[replication]\nid = {id}\npeers = {{ {} }}\n",
-                        peers.join(", ")
-                    ),
-                )?;
-                replicas.push(Replica {
-                    id,
-                    url: replica_urls[i].clone(),
-                    config,
-                    state_dir,
-                    log: dir.path().join(format!("coordinator-{id}.log")),
-                    proc: None,
-                });
-            }
-        }
+        let replicas = replicas::Replicas::configure(
+            dir.path(),
+            &coordinator_config,
+            &replica_ports,
+            spec.json_logs,
+            base,
+        )
+        .await?;
         let v1_build = build_release(dir.path(), &spec.release, spec.format_version, false)?;
         let store_flag = store_flag(&spec.store, &store_dir, &coordinator_config);
         publish_release_with(store_flag, &v1_build, &spec.release, spec.format_version)?;
@@ -547,7 +484,6 @@ impl Cluster {
 
         let mut cluster = Cluster {
             replicas,
-            peer_proxies,
             spec,
             store_dir,
             members,
@@ -592,16 +528,18 @@ impl Cluster {
             .join(",")
     }
 
+    /// Every agent's probe address, by member index.
+    pub fn probe_addrs(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|m| m.probe_addr).collect()
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.members.iter().map(|m| m.addr.to_string()).collect()
     }
 
     pub fn start_coordinator(&mut self) -> Result<()> {
         if !self.replicas.is_empty() {
-            for k in 0..self.replicas.len() {
-                self.start_replica(k)?;
-            }
-            return Ok(());
+            return self.replicas.start_all();
         }
         let log = self.dir.path().join("coordinator.log");
         let mut cmd = Command::new(bin("baton-coordinator"));
@@ -631,9 +569,7 @@ impl Cluster {
 
     /// The agent-side command journal of member `i` (`/commands`).
     pub async fn agent_commands(&self, i: usize) -> Result<serde_json::Value> {
-        Ok(serde_json::from_str(
-            &self.agent_get(i, "/commands").await?,
-        )?)
+        agent_commands_at(self.members[i].probe_addr).await
     }
 
     /// Member `i`'s agent's Prometheus metrics (`/metrics`).
@@ -643,15 +579,7 @@ impl Cluster {
 
     /// The body of `GET path` on member `i`'s agent probe port.
     async fn agent_get(&self, i: usize, path: &str) -> Result<String> {
-        let addr = self.members[i].probe_addr;
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await?;
-        let mut buf = String::new();
-        stream.read_to_string(&mut buf).await?;
-        Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+        agent_get(self.members[i].probe_addr, path).await
     }
 
     /// Kills member `i`'s agent (SIGKILL by pid) and starts it again; a
@@ -906,92 +834,26 @@ impl Drop for Cluster {
             m.proc.take();
         }
         self.coordinator.take();
-        for r in &mut self.replicas {
-            r.proc.take();
-        }
+        self.replicas.kill_all();
     }
 }
 
-impl Cluster {
-    /// Starts replica `k` (an index into [`Cluster::replicas`]).
-    pub fn start_replica(&mut self, k: usize) -> Result<()> {
-        let json = self.spec.json_logs;
-        let r = &mut self.replicas[k];
-        let mut cmd = Command::new(bin("baton-coordinator"));
-        cmd.arg("--config")
-            .arg(&r.config)
-            .env("RUST_LOG", "info,openraft=warn")
-            .env("BATON_LOG_FORMAT", if json { "json" } else { "text" });
-        r.proc = Some(Proc::spawn(
-            &format!("coordinator-{}", r.id),
-            &mut cmd,
-            &r.log,
-        )?);
-        Ok(())
-    }
+/// The body of `GET path` on an agent's probe port at `addr`.
+pub async fn agent_get(addr: SocketAddr, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await?;
+    Ok(buf.split("\r\n\r\n").nth(1).unwrap_or("").to_owned())
+}
 
-    /// Kills replica `k` with SIGKILL (by its pid).
-    pub fn kill_replica(&mut self, k: usize) {
-        self.replicas[k].proc.take();
-    }
-
-    /// Cuts (or, with `cut == false`, heals) every peer link to and from
-    /// replica `k`; agents and operators still reach it.
-    pub fn partition_replica(&self, k: usize, cut: bool) {
-        let id = self.replicas[k].id;
-        for ((from, to), p) in &self.peer_proxies {
-            if *from == id || *to == id {
-                if cut { p.cut() } else { p.heal() }
-            }
-        }
-    }
-
-    /// Which live replica leads now: the one whose operator API answers
-    /// (a follower answers UNAVAILABLE). `None` during an election.
-    pub async fn leading_replica(&self) -> Option<usize> {
-        for (k, r) in self.replicas.iter().enumerate() {
-            if r.proc.is_none() {
-                continue;
-            }
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(r.url.clone()) else {
-                continue;
-            };
-            let ep = ep
-                .connect_timeout(Duration::from_millis(300))
-                .timeout(Duration::from_millis(800));
-            let Ok(channel) = ep.connect().await else {
-                continue;
-            };
-            let mut client = baton_proto::v1::operator_client::OperatorClient::new(channel);
-            if client
-                .status(baton_proto::v1::StatusRequest::default())
-                .await
-                .is_ok()
-            {
-                return Some(k);
-            }
-        }
-        None
-    }
-
-    /// Waits (bounded) until some live replica leads.
-    pub async fn wait_leading_replica(&self, within: Duration) -> Result<usize> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(k) = self.leading_replica().await {
-                return Ok(k);
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("no coordinator replica leads after {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The journal entries replica `k` holds (its own raft log).
-    pub fn replica_journal(&self, k: usize) -> Result<Vec<serde_json::Value>> {
-        read_journal(&self.replicas[k].state_dir.join("replica/log"))
-    }
+/// The agent-side command journal (`/commands`) of the agent whose probe
+/// port is `addr`.
+pub async fn agent_commands_at(addr: SocketAddr) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&agent_get(addr, "/commands").await?)?)
 }
 
 /// Runs a `baton` subcommand with `--output json` against the coordinator
@@ -1313,12 +1175,19 @@ pub fn read_journal_after(
     Ok((by_index.into_values().flatten().collect(), end))
 }
 
-/// Every entry of the coordinator journal at `path`, or `None` while its
-/// tail is torn (a record half written: what it says is not known yet).
+/// Every entry of the coordinator journal at `path`, or `None` while a
+/// record is half written (what it says is not known yet). Zeros after the
+/// last record are the log's reserve, not a record.
 pub fn read_journal_whole(path: &std::path::Path) -> Result<Option<Vec<serde_json::Value>>> {
     let (_, torn) = baton_store::records::read_after(path, 0)?;
-    if torn.is_some() {
-        return Ok(None);
+    if let Some(t) = torn {
+        let bytes = fs::read(path)?;
+        if bytes
+            .get(t.offset as usize..)
+            .is_none_or(|b| b.iter().any(|x| *x != 0))
+        {
+            return Ok(None);
+        }
     }
     Ok(Some(read_journal(path)?))
 }

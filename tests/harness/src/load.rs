@@ -94,12 +94,14 @@ impl Load {
     }
 }
 
-/// Every agent's `/commands`, by member index.
-pub async fn agent_journals(cluster: &Cluster) -> Result<Vec<(usize, Vec<serde_json::Value>)>> {
+/// Every agent's `/commands`, by member index, from the agents' probe
+/// addresses.
+pub async fn agent_journals(
+    probes: &[std::net::SocketAddr],
+) -> Result<Vec<(usize, Vec<serde_json::Value>)>> {
     let mut out = Vec::new();
-    for i in 0..cluster.members.len() {
-        let entries = cluster
-            .agent_commands(i)
+    for (i, addr) in probes.iter().enumerate() {
+        let entries = crate::agent_commands_at(*addr)
             .await?
             .as_array()
             .cloned()

@@ -4,13 +4,11 @@
 //! partitioned replica. Real processes; a writer runs and every acked
 //! write is read back.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use anyhow::{Context, Result};
-use baton_harness::load::{agent_journals, start_load};
+use baton_harness::failover::{issued, kill_the_leader_at_every_phase, ran_once};
+use baton_harness::load::{Load, start_load};
 use baton_harness::{Cluster, ClusterSpec};
 use nix::sys::signal::Signal;
 
@@ -24,132 +22,6 @@ fn ha_spec() -> ClusterSpec {
     }
 }
 
-/// A point in a rollout, recognised in its journal.
-struct Phase {
-    name: &'static str,
-    reached: fn(&[serde_json::Value]) -> bool,
-}
-
-fn started(j: &[serde_json::Value]) -> Option<&serde_json::Value> {
-    j.iter().find(|e| e["event"] == "started")
-}
-
-fn issued<'a>(
-    j: &'a [serde_json::Value],
-    action: &'a str,
-) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
-    j.iter().filter(move |e| {
-        e["event"] == "command_issued" && (e["action"] == action || e["action"]["action"] == action)
-    })
-}
-
-fn old_leader(j: &[serde_json::Value]) -> String {
-    started(j)
-        .and_then(|s| s["leader"].as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-const PHASES: [Phase; 7] = [
-    Phase {
-        name: "staging",
-        reached: |j| issued(j, "stage").next().is_some(),
-    },
-    Phase {
-        name: "a follower stopped",
-        reached: |j| issued(j, "stop").next().is_some(),
-    },
-    Phase {
-        name: "its health gate",
-        reached: |j| {
-            let Some(id) = issued(j, "start").next().map(|e| e["id"].clone()) else {
-                return false;
-            };
-            j.iter()
-                .any(|e| e["event"] == "command_succeeded" && e["id"] == id)
-        },
-    },
-    Phase {
-        name: "its catch-up",
-        reached: |j| {
-            j.iter()
-                .any(|e| e["event"] == "gate_passed" && e["gate"] == "healthy")
-        },
-    },
-    Phase {
-        name: "the handover",
-        reached: |j| j.iter().any(|e| e["event"] == "handover_picked"),
-    },
-    Phase {
-        name: "the old leader's stop",
-        reached: |j| {
-            let l = old_leader(j);
-            issued(j, "stop").any(|e| e["member"] == l.as_str())
-        },
-    },
-    Phase {
-        name: "the old leader's start",
-        reached: |j| {
-            let l = old_leader(j);
-            issued(j, "start").any(|e| e["member"] == l.as_str())
-        },
-    },
-];
-
-/// The journal as the leading replica holds it (waiting for a leader).
-async fn leader_journal(cluster: &Cluster) -> Result<(usize, Vec<serde_json::Value>)> {
-    let k = cluster
-        .wait_leading_replica(Duration::from_secs(15))
-        .await?;
-    Ok((k, cluster.replica_journal(k)?))
-}
-
-/// Waits (bounded) until the leading replica's journal satisfies `f`.
-async fn wait_journal(
-    cluster: &Cluster,
-    what: &str,
-    within: Duration,
-    f: impl Fn(&[serde_json::Value]) -> bool,
-) -> Result<(usize, Vec<serde_json::Value>)> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let (k, j) = leader_journal(cluster).await?;
-        if f(&j) {
-            return Ok((k, j));
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the journal never showed {what} within {within:?}: {j:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Every command ran once: ids unique in the journal, `runs = 1` on every
-/// agent, and every issued id ran somewhere.
-async fn ran_once(cluster: &Cluster, journal: &[serde_json::Value]) -> Result<()> {
-    let mut ids = BTreeSet::new();
-    for e in journal.iter().filter(|e| e["event"] == "command_issued") {
-        anyhow::ensure!(
-            ids.insert(e["id"].to_string()),
-            "command id issued twice: {e}"
-        );
-    }
-    let mut total = 0;
-    for (i, entries) in agent_journals(cluster).await? {
-        for e in entries {
-            anyhow::ensure!(e["runs"] == 1, "member {i} ran a command twice: {e}");
-            total += 1;
-        }
-    }
-    anyhow::ensure!(
-        total == ids.len(),
-        "every issued command ran exactly once somewhere: {total} ran, {} issued",
-        ids.len()
-    );
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leading_replica_killed_at_every_phase_hands_over_and_nothing_runs_twice() -> Result<()>
 {
@@ -159,58 +31,26 @@ async fn the_leading_replica_killed_at_every_phase_hands_over_and_nothing_runs_t
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
-    let mut resumed_ms = Vec::new();
-    for phase in &PHASES {
-        let (k, before) =
-            wait_journal(&cluster, phase.name, Duration::from_secs(60), phase.reached).await?;
-        let next_phase_passed = PHASES
-            .iter()
-            .skip_while(|p| p.name != phase.name)
-            .nth(1)
-            .is_some_and(|p| (p.reached)(&before));
-        cluster.kill_replica(k); // SIGKILL by pid
-        let killed = Instant::now();
-        // Another replica leads and carries on: its journal grows past what
-        // the dead one had (the rollout's next event). Only then does the
-        // dead one come back, as a follower, for the next kill.
-        let n = before.len();
-        let (k2, _) = wait_journal(
-            &cluster,
-            "the next event after the kill",
-            Duration::from_secs(30),
-            |j| j.len() > n,
-        )
+    let resumed_ms = kill_the_leader_at_every_phase(&mut cluster.replicas).await?;
+    let (_, journal) = cluster
+        .replicas
+        .wait_journal("the rollout completed", Duration::from_secs(120), |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
         .await?;
-        resumed_ms.push(killed.elapsed().as_millis());
-        assert_ne!(k2, k, "the dead replica does not lead");
-        cluster.start_replica(k)?;
-        eprintln!(
-            "killed leading replica {} during {}{}; replica {} carried on, next event after {} ms",
-            cluster.replicas[k].id,
-            phase.name,
-            if next_phase_passed {
-                " (the next phase had begun)"
-            } else {
-                ""
-            },
-            cluster.replicas[k2].id,
-            killed.elapsed().as_millis()
-        );
-    }
-    let (_, journal) = wait_journal(
-        &cluster,
-        "the rollout completed",
-        Duration::from_secs(120),
-        |j| j.iter().any(|e| e["event"] == "completed"),
-    )
-    .await?;
     eprintln!("next event after each kill (ms): {resumed_ms:?}");
     assert_eq!(
         journal.iter().filter(|e| e["event"] == "started").count(),
         1,
         "one rollout, carried on by each new leader, never started again"
     );
-    ran_once(&cluster, &journal).await?;
+    ran_once(&journal, &cluster.probe_addrs()).await?;
+    end_checks(load).await
+}
+
+/// Stops the load; checks every acked write is there, one leader change
+/// in samplekv and never two members down.
+async fn end_checks(load: Load) -> Result<()> {
     let (report, lost, max_down) = load.finish().await?;
     assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
     assert_eq!(
@@ -257,10 +97,12 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
-    let (old, j) = wait_journal(&cluster, "the backup", Duration::from_secs(60), |j| {
-        issued(j, "backup").next().is_some()
-    })
-    .await?;
+    let (old, j) = cluster
+        .replicas
+        .wait_journal("the backup", Duration::from_secs(60), |j| {
+            issued(j, "backup").next().is_some()
+        })
+        .await?;
     let backing_up = issued(&j, "backup")
         .next()
         .and_then(|e| e["member"].as_str())
@@ -273,11 +115,11 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
         .as_ref()
         .context("live")?
         .signal(Signal::SIGSTOP);
-    cluster.partition_replica(old, true);
+    cluster.replicas.partition(old, true);
     // The other two elect a leader, which drives on (commands in its term).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let new = loop {
-        if let Some(k) = cluster.leading_replica().await
+        if let Some(k) = cluster.replicas.leading().await
             && k != old
         {
             break k;
@@ -285,14 +127,15 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "no new leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let n = cluster.replica_journal(new)?.len();
-    wait_journal(
-        &cluster,
-        "the new leader's next command",
-        Duration::from_secs(30),
-        |j| j.len() > n && j[n..].iter().any(|e| e["event"] == "command_issued"),
-    )
-    .await?;
+    let n = cluster.replicas.journal(new)?.len();
+    cluster
+        .replicas
+        .wait_journal(
+            "the new leader's next command",
+            Duration::from_secs(30),
+            |j| j.len() > n && j[n..].iter().any(|e| e["event"] == "command_issued"),
+        )
+        .await?;
     // The old leader wakes, cut off from its peers: it still believes it
     // leads and that the backup is in flight. The backing-up member's agent
     // reconnects and gets that command again, in the old term: refused.
@@ -372,23 +215,15 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
         "the refusal is counted: {counted:?}"
     );
     // The rollout never stalled on the cut-off replica: it completes.
-    let (_, journal) = wait_journal(
-        &cluster,
-        "the rollout completed",
-        Duration::from_secs(120),
-        |j| j.iter().any(|e| e["event"] == "completed"),
-    )
-    .await?;
-    cluster.partition_replica(old, false);
-    ran_once(&cluster, &journal).await?;
-    let (report, lost, max_down) = load.finish().await?;
-    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
-    assert_eq!(report.leader_changes, 1, "{:?}", report.leaders_seen);
-    assert!(
-        max_down <= 1,
-        "never two members down at once (saw {max_down})"
-    );
-    Ok(())
+    let (_, journal) = cluster
+        .replicas
+        .wait_journal("the rollout completed", Duration::from_secs(120), |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
+        .await?;
+    cluster.replicas.partition(old, false);
+    ran_once(&journal, &cluster.probe_addrs()).await?;
+    end_checks(load).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,35 +231,28 @@ async fn a_follower_replica_cut_off_from_its_peers_stalls_nothing() -> Result<()
     let cluster = Cluster::start(ha_spec()).await?;
     cluster.publish("v2", 1, false)?;
     let leader = cluster
-        .wait_leading_replica(Duration::from_secs(15))
+        .replicas
+        .wait_leading(Duration::from_secs(15))
         .await?;
     let cut = (leader + 1) % cluster.replicas.len();
-    cluster.partition_replica(cut, true);
+    cluster.replicas.partition(cut, true);
     let load = start_load(&cluster);
     let (code, out, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
     assert_eq!(code, 0, "the rollout completes: {stderr} {out:#}");
-    let (k, journal) = leader_journal(&cluster).await?;
+    let (k, journal) = cluster
+        .replicas
+        .wait_journal("the rollout completed", Duration::from_secs(15), |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
+        .await?;
     assert_ne!(k, cut, "the cut-off replica does not lead");
-    assert!(journal.iter().any(|e| e["event"] == "completed"));
-    ran_once(&cluster, &journal).await?;
+    ran_once(&journal, &cluster.probe_addrs()).await?;
     // Healed, it catches up with everything it missed.
-    cluster.partition_replica(cut, false);
-    let want = journal.len();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while cluster.replica_journal(cut)?.len() < want {
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the healed replica never caught up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (report, lost, max_down) = load.finish().await?;
-    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
-    assert_eq!(report.leader_changes, 1, "{:?}", report.leaders_seen);
-    assert!(
-        max_down <= 1,
-        "never two members down at once (saw {max_down})"
-    );
-    Ok(())
+    cluster.replicas.partition(cut, false);
+    cluster
+        .replicas
+        .wait_holds(cut, journal.len(), Duration::from_secs(20))
+        .await?;
+    end_checks(load).await
 }

@@ -312,7 +312,7 @@ async fn a_release_that_fails_to_start_is_rolled_back_and_pauses() -> Result<()>
     // The others were staged (every member stages at once; staging never
     // takes a member down), one of them backed up while it served, and none
     // stopped.
-    for (i, entries) in agent_journals(&cluster).await? {
+    for (i, entries) in agent_journals(&cluster.probe_addrs()).await? {
         if i == leader || cluster.members[i].name != first {
             assert!(
                 entries
@@ -482,7 +482,7 @@ async fn a_restarted_coordinator_carries_on_and_no_command_runs_twice() -> Resul
         );
     }
     let mut total = 0;
-    for (i, entries) in agent_journals(&cluster).await? {
+    for (i, entries) in agent_journals(&cluster.probe_addrs()).await? {
         for e in entries {
             assert_eq!(e["runs"], 1, "member {i} ran a command twice: {e}");
             total += 1;
@@ -540,7 +540,7 @@ async fn a_lost_journal_reuses_no_command_id_and_no_agent_replays_a_result() -> 
     }
     // Every command ran, once: none was answered from an agent's cache.
     let mut ran = std::collections::BTreeSet::new();
-    for (i, entries) in agent_journals(&cluster).await? {
+    for (i, entries) in agent_journals(&cluster.probe_addrs()).await? {
         for e in entries {
             assert_eq!(e["runs"], 1, "member {i} ran a command twice: {e}");
             ran.insert(e["id"].as_str().unwrap_or_default().to_owned());
@@ -979,7 +979,7 @@ async fn preflight_refuses_naming_the_member_and_the_check() -> Result<()> {
     );
 
     // Nothing was ever touched.
-    for (i, entries) in agent_journals(&cluster).await? {
+    for (i, entries) in agent_journals(&cluster.probe_addrs()).await? {
         assert!(
             entries.is_empty(),
             "member {i} got commands from a refused preflight: {entries:?}"

@@ -274,8 +274,8 @@ async fn kill_the_leading_replica(cluster: &mut Cluster, json: bool) -> Result<u
         })
     };
     let k = loop {
-        if let Some(k) = cluster.leading_replica().await
-            && stopped(&cluster.replica_journal(k)?)
+        if let Some(k) = cluster.replicas.leading().await
+            && stopped(&cluster.replicas.journal(k)?)
         {
             break k;
         }
@@ -285,7 +285,7 @@ async fn kill_the_leading_replica(cluster: &mut Cluster, json: bool) -> Result<u
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    cluster.kill_replica(k);
+    cluster.replicas.kill(k);
     let killed = unix_ms();
     say!(
         json,
@@ -293,9 +293,10 @@ async fn kill_the_leading_replica(cluster: &mut Cluster, json: bool) -> Result<u
         cluster.replicas[k].id
     );
     let resumed = loop {
-        if let Some(k2) = cluster.leading_replica().await
+        if let Some(k2) = cluster.replicas.leading().await
             && let Some(at) = cluster
-                .replica_journal(k2)?
+                .replicas
+                .journal(k2)?
                 .iter()
                 .filter_map(|e| e["at"].as_u64())
                 .filter(|at| *at > killed)
@@ -309,6 +310,6 @@ async fn kill_the_leading_replica(cluster: &mut Cluster, json: bool) -> Result<u
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    cluster.start_replica(k)?;
+    cluster.replicas.start(k)?;
     Ok(resumed)
 }

@@ -50,27 +50,6 @@ fn spec(replicas: usize) -> ClusterSpec {
     }
 }
 
-/// Waits (bounded) until the leading replica's journal satisfies `f`.
-async fn wait_journal(
-    cluster: &Cluster,
-    within: Duration,
-    f: impl Fn(&[serde_json::Value]) -> bool,
-) -> Result<(usize, Vec<serde_json::Value>)> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(k) = cluster.leading_replica().await {
-            let j = cluster.replica_journal(k)?;
-            if f(&j) {
-                return Ok((k, j));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the journal did not get there within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn resume_once() -> Result<u64> {
     let mut cluster = Cluster::start(spec(3)).await?;
     cluster.publish("v2", 1, false)?;
@@ -83,25 +62,34 @@ async fn resume_once() -> Result<u64> {
     let stop = |e: &serde_json::Value| {
         e["event"] == "command_issued" && (e["action"] == "stop" || e["action"]["action"] == "stop")
     };
-    let (k, _) = wait_journal(&cluster, Duration::from_secs(60), |j| j.iter().any(stop)).await?;
-    cluster.kill_replica(k);
+    let (k, _) = cluster
+        .replicas
+        .wait_journal("the first stop", Duration::from_secs(60), |j| {
+            j.iter().any(stop)
+        })
+        .await?;
+    cluster.replicas.kill(k);
     let killed_at = unix_ms();
-    let (_, j) = wait_journal(&cluster, Duration::from_secs(30), |j| {
-        j.iter()
-            .any(|e| e["at"].as_u64().is_some_and(|at| at > killed_at))
-    })
-    .await?;
+    let (_, j) = cluster
+        .replicas
+        .wait_journal("an event after the kill", Duration::from_secs(30), |j| {
+            j.iter()
+                .any(|e| e["at"].as_u64().is_some_and(|at| at > killed_at))
+        })
+        .await?;
     let first = j
         .iter()
         .filter_map(|e| e["at"].as_u64())
         .filter(|at| *at > killed_at)
         .min()
         .context("an event after the kill")?;
-    cluster.start_replica(k)?;
-    wait_journal(&cluster, Duration::from_secs(120), |j| {
-        j.iter().any(|e| e["event"] == "completed")
-    })
-    .await?;
+    cluster.replicas.start(k)?;
+    cluster
+        .replicas
+        .wait_journal("the rollout completed", Duration::from_secs(120), |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
+        .await?;
     let (_, lost, _) = load.finish().await?;
     if !lost.is_empty() {
         bail!("acked writes lost: {lost:?}");

@@ -1,0 +1,132 @@
+//! The replicated coordinator (three replicas on openraft) driving real
+//! etcd 3.4.23 -> 3.5.1 under a writer at 100 writes/s, while an observer
+//! asks every member for its status every 10 ms: the leading replica
+//! killed with SIGKILL at each phase of the rollout, and a follower
+//! replica cut off from its peers. Each time another replica leads and the
+//! rollout completes; nothing runs twice, etcd changes leader exactly
+//! once, the observer never sees two members down, and every acked write
+//! is read back. (samplekv's leg, with the fencing drill, is `ha.rs`.)
+//!
+//! The tests run one at a time (each runs three etcds, three agents,
+//! three replicas, a writer and an observer on a small machine).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_harness::etcd::{
+    ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35, etcd_verify,
+};
+use baton_harness::failover::{kill_the_leader_at_every_phase, ran_once};
+use baton_harness::quorum::QuorumObserver;
+
+const POLICY: &str = "tolerable_lag = 1000\nhealth_timeout_ms = 30000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\nstall_after_ms = 20000\n";
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three etcds on 3.4.23 with 3.5.1 published, three coordinator
+/// replicas, the writer and the observer running.
+async fn ha_cluster(prefix: &str) -> Result<(EtcdCluster, EtcdLoad, QuorumObserver)> {
+    let e35 = etcd_35()?;
+    assert_version(&e35, "3.5.1")?;
+    assert_version(Path::new(ETCD_34), "3.4.23")?;
+    let options = EtcdOptions {
+        replicas: 3,
+        ..EtcdOptions::default()
+    };
+    let cluster = EtcdCluster::start_opts(3, POLICY, options).await?;
+    cluster.publish("3.5.1", &e35)?;
+    let load = EtcdLoad::start(&cluster, prefix, 100).await?;
+    let observer = QuorumObserver::start(&cluster);
+    Ok((cluster, load, observer))
+}
+
+/// Stops the writer and the observer; checks every acked write is there,
+/// one etcd leader change and never two members down.
+async fn end_checks(cluster: &EtcdCluster, load: EtcdLoad, observer: QuorumObserver) -> Result<()> {
+    let seen = observer.finish().await?;
+    let report = load.finish().await?;
+    let lost = etcd_verify(&cluster.clients(), &report).await?;
+    eprintln!(
+        "acked {}, failed {}, max gap {} ms, terms {:?}, most down at once {}",
+        report.acked.len(),
+        report.failed,
+        report.max_write_gap_ms,
+        report.terms,
+        seen.max_down
+    );
+    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
+    assert_eq!(
+        report.leader_changes(),
+        1,
+        "etcd changed leader exactly once (raft terms seen: {:?})",
+        report.terms
+    );
+    assert!(
+        seen.max_down <= 1,
+        "never two members down at once: saw {} ({:?})",
+        seen.max_down,
+        seen.overlaps
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leading_replica_killed_at_every_phase_of_an_etcd_rollout_hands_over_and_nothing_runs_twice()
+-> Result<()> {
+    let _one = SERIAL.lock().await;
+    let (mut cluster, load, observer) = ha_cluster("hk-").await?;
+    let (code, out, stderr) = cluster
+        .baton_within(
+            &["upgrade", "--to", "3.5.1", "--detach"],
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert_eq!(code, 0, "upgrade --detach: {stderr} {out}");
+    let resumed_ms = kill_the_leader_at_every_phase(&mut cluster.replicas).await?;
+    eprintln!("next event after each kill (ms): {resumed_ms:?}");
+    let (_, journal) = cluster
+        .replicas
+        .wait_journal("the rollout completed", Duration::from_secs(180), |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
+        .await?;
+    assert_eq!(
+        journal.iter().filter(|e| e["event"] == "started").count(),
+        1,
+        "one rollout, carried on by each new leader, never started again"
+    );
+    ran_once(&journal, &cluster.probe_addrs()).await?;
+    end_checks(&cluster, load, observer).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_replica_cut_off_from_its_peers_stalls_no_etcd_rollout() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let (cluster, load, observer) = ha_cluster("hp-").await?;
+    let leader = cluster
+        .replicas
+        .wait_leading(Duration::from_secs(15))
+        .await?;
+    let cut = (leader + 1) % cluster.replicas.len();
+    cluster.replicas.partition(cut, true);
+    let (code, out, stderr) = cluster
+        .baton_within(&["upgrade", "--to", "3.5.1"], Duration::from_secs(180))
+        .await?;
+    assert_eq!(code, 0, "the rollout completes: {stderr} {out}");
+    let (k, journal) = cluster
+        .replicas
+        .wait_journal("the rollout completed", Duration::from_secs(15), |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
+        .await?;
+    assert_ne!(k, cut, "the cut-off replica does not lead");
+    ran_once(&journal, &cluster.probe_addrs()).await?;
+    // Healed, it catches up with everything it missed.
+    cluster.replicas.partition(cut, false);
+    cluster
+        .replicas
+        .wait_holds(cut, journal.len(), Duration::from_secs(20))
+        .await?;
+    end_checks(&cluster, load, observer).await
+}
