@@ -1,7 +1,8 @@
 //! Every gRPC link goes through rustls: a coordinator with a server
 //! certificate and a client CA accepts a real agent that presents its
 //! certificate, serves `baton status` over TLS, and refuses a client without
-//! a certificate and a plaintext client.
+//! a certificate and a plaintext client. Replica processes speak mutual TLS
+//! to each other, and one with another CA's certificate gets nothing.
 
 use std::fs;
 use std::process::Command;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use baton_domain::FleetStatus;
-use baton_harness::{Proc, bin, free_port, init};
+use baton_harness::{Proc, bin, free_port, init, read_journal};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 struct Pki {
@@ -17,7 +18,19 @@ struct Pki {
 }
 
 impl Pki {
+    /// A CA, a coordinator certificate (localhost, 127.0.0.1) and n1's.
     fn new() -> Result<Pki> {
+        Pki::with(&[
+            (
+                "coordinator",
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+            ),
+            ("n1", vec!["n1".to_owned()]),
+        ])
+    }
+
+    /// A CA of its own, and one certificate it signs per `(name, SANs)`.
+    fn with(certs: &[(&str, Vec<String>)]) -> Result<Pki> {
         let dir = tempfile::tempdir()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -26,15 +39,9 @@ impl Pki {
         let ca_cert = ca.self_signed(&ca_key)?;
         fs::write(dir.path().join("ca.crt"), ca_cert.pem())?;
         let issuer = Issuer::new(ca, ca_key);
-        for (name, sans) in [
-            (
-                "coordinator",
-                vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
-            ),
-            ("n1", vec!["n1".to_owned()]),
-        ] {
+        for (name, sans) in certs {
             let key = KeyPair::generate()?;
-            let cert = CertificateParams::new(sans)?.signed_by(&key, &issuer)?;
+            let cert = CertificateParams::new(sans.clone())?.signed_by(&key, &issuer)?;
             fs::write(dir.path().join(format!("{name}.crt")), cert.pem())?;
             fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem())?;
         }
@@ -141,5 +148,87 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
     assert!(!plaintext.status.success(), "a plaintext client is refused");
     let msg = String::from_utf8_lossy(&plaintext.stderr);
     assert!(msg.contains("coordinator"), "{msg}");
+    Ok(())
+}
+
+/// Three replica processes whose `[tls]` has a certificate and a client CA:
+/// their raft traffic is mutual TLS. Replicas 1 and 2 share a CA, elect a
+/// leader and replicate its first entry (the journal's name) to each
+/// other; replica 3's certificate and CA are another CA's, so neither side
+/// of a link to it completes a handshake and it receives nothing.
+#[tokio::test]
+async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Result<()> {
+    init();
+    let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let pki = Pki::with(&[("coordinator", sans.clone()), ("n1", vec!["n1".to_owned()])])?;
+    let stranger = Pki::with(&[("coordinator", sans)])?;
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let url = |k: usize| format!("https://127.0.0.1:{}", ports[k]);
+    let peers = (0..3)
+        .map(|k| format!("\"{}\" = {:?}", k + 1, url(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut procs = Vec::new();
+    let mut logs = Vec::new();
+    for (k, own) in [&pki, &pki, &stranger].into_iter().enumerate() {
+        let id = k + 1;
+        let state = pki.dir.path().join(format!("state-{id}"));
+        let config = pki.dir.path().join(format!("coordinator-{id}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\nstate_dir = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[replication]\nid = {id}\npeers = {{ {peers} }}\n",
+                ports[k],
+                state.to_string_lossy(),
+                own.path("coordinator.crt"),
+                own.path("coordinator.key"),
+                own.path("ca.crt"),
+            ),
+        )?;
+        let mut cmd = Command::new(bin("baton-coordinator"));
+        cmd.arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info,openraft=warn");
+        let log = pki.dir.path().join(format!("coordinator-{id}.log"));
+        procs.push(Proc::spawn(&format!("coordinator-{id}"), &mut cmd, &log)?);
+        logs.push((state.join("replica/log"), log));
+    }
+    let entries = |k: usize| read_journal(&logs[k].0).map(|j| j.len()).unwrap_or(0);
+    let show = || {
+        logs.iter()
+            .map(|(_, log)| fs::read_to_string(log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n-----\n")
+    };
+    // 1 and 2 elect a leader over mTLS and both hold its first entry.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while entries(0) == 0 || entries(1) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "replicas 1 and 2 never agreed on an entry over mTLS:\n{}",
+            show()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The leader answers an operator with a certificate from its CA.
+    let out = baton_status(&format!("{},{}", url(0), url(1)), &pki, true);
+    assert!(
+        out.status.success(),
+        "the leader answers over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // For 2 s (forty of openraft's default 50 ms heartbeats) the stranger
+    // gets no entry, while the leader keeps trying to reach it.
+    let watch = tokio::time::Instant::now() + Duration::from_secs(2);
+    while tokio::time::Instant::now() < watch {
+        assert_eq!(
+            entries(2),
+            0,
+            "a replica with another CA's certificate received entries:\n{}",
+            show()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(procs);
     Ok(())
 }
