@@ -1175,21 +1175,62 @@ pub fn read_journal_after(
     Ok((by_index.into_values().flatten().collect(), end))
 }
 
-/// Every entry of the coordinator journal at `path`, or `None` while a
-/// record is half written (what it says is not known yet). Zeros after the
-/// last record are the log's reserve, not a record.
-pub fn read_journal_whole(path: &std::path::Path) -> Result<Option<Vec<serde_json::Value>>> {
-    let (_, torn) = baton_store::records::read_after(path, 0)?;
-    if let Some(t) = torn {
-        let bytes = fs::read(path)?;
-        if bytes
-            .get(t.offset as usize..)
-            .is_none_or(|b| b.iter().any(|x| *x != 0))
-        {
-            return Ok(None);
+/// A reader following a lone replica's journal as it grows: each look
+/// decodes only the records appended since the one before, so a test can
+/// look every millisecond or so.
+#[derive(Debug)]
+pub struct JournalTail {
+    path: PathBuf,
+    end: u64,
+    entries: Vec<serde_json::Value>,
+}
+
+impl JournalTail {
+    pub fn new(path: &Path) -> JournalTail {
+        JournalTail {
+            path: path.to_owned(),
+            end: 0,
+            entries: Vec::new(),
         }
     }
-    Ok(Some(read_journal(path)?))
+
+    /// Reads what was appended since the last look. `false` while a record
+    /// is half written: what it says is not known yet (zeros after the last
+    /// record are the log's reserve, not a record).
+    pub fn look(&mut self) -> Result<bool> {
+        let (records, torn) = baton_store::records::read_after(&self.path, self.end)?;
+        if let Some(t) = torn {
+            let bytes = fs::read(&self.path)?;
+            if bytes
+                .get(t.offset as usize..)
+                .is_none_or(|b| b.iter().any(|x| *x != 0))
+            {
+                return Ok(false);
+            }
+        }
+        for r in &records {
+            let record: serde_json::Value =
+                serde_json::from_slice(&r.payload).with_context(|| {
+                    format!("{}: the record at offset {}", self.path.display(), r.offset)
+                })?;
+            anyhow::ensure!(
+                record.get("truncate").is_none(),
+                "{}: a lone replica's log cut entries (offset {})",
+                self.path.display(),
+                r.offset
+            );
+            if let Some((_, entries)) = journal_entries_of(&record) {
+                self.entries.extend(entries);
+            }
+            self.end = r.end();
+        }
+        Ok(true)
+    }
+
+    /// Every entry read so far.
+    pub fn entries(&self) -> &[serde_json::Value] {
+        &self.entries
+    }
 }
 
 /// Every entry of the coordinator journal at `path` (see [`read_journal_at`]).

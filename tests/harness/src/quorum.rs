@@ -240,10 +240,9 @@ impl EtcdCluster {
         Ok(Held { pid })
     }
 
-    /// Every entry of the coordinator's journal, or `None` while a record
-    /// is half written.
-    pub fn journal_whole(&self) -> Result<Option<Vec<serde_json::Value>>> {
-        crate::read_journal_whole(&self.dir.path().join(crate::JOURNAL))
+    /// A reader following the coordinator's journal (a lone coordinator's).
+    pub fn journal_tail(&self) -> crate::JournalTail {
+        crate::JournalTail::new(&self.dir.path().join(crate::JOURNAL))
     }
 
     /// The pid of member `i`'s etcd, from its agent's `member.pid`.

@@ -167,22 +167,25 @@ enum When {
 
 /// Freezes the first of `followers` found between its `after` gate and
 /// its `before` gate, on its new release (3.5.1); returns it, its pid and
-/// the freeze. Once the journal shows the `after` gate, one more look is
-/// made with the coordinator held (SIGSTOP), and the freeze lands before
-/// it is let go, so the coordinator
-/// cannot pass the `before` gate (and stop the next member) between the
-/// look and the freeze: a late freeze would be the test taking a second
-/// member down, not baton. (The catch-up window is two reports, about
-/// 20 ms; one CI run froze its follower 7 ms after baton, rightly, had
-/// stopped the next one.) A follower whose window closed before the held
-/// look is left alone and the next one is tried.
+/// the freeze. From the follower's `start` command on (its health gate is
+/// at least etcd's boot away), the journal is looked at every millisecond
+/// or so with the coordinator held (SIGSTOP) during the look, and the
+/// freeze lands before it is let go: the coordinator cannot pass the
+/// `before` gate (and stop the next member) between the look and the
+/// freeze. A late freeze would be the test taking a second member down,
+/// not baton: one CI run froze its follower 7 ms after baton, rightly, had
+/// stopped the next one, and the catch-up window is two reports, about
+/// 20 ms. Each look decodes only what is new (a whole-journal read took
+/// long enough, in CI, to miss both followers' windows). A follower whose
+/// window closed between two looks is left alone and the next one is
+/// tried; `None` when none was caught.
 async fn freeze_in_window(
     cluster: &EtcdCluster,
     observer: &QuorumObserver,
     followers: &[String],
     after: &str,
     before: &str,
-) -> Result<(String, i32, Frozen)> {
+) -> Result<Option<(String, i32, Frozen)>> {
     let passed = |j: &[serde_json::Value], member: &str, gate: &str| {
         j.iter()
             .any(|e| e["event"] == "gate_passed" && e["member"] == member && e["gate"] == gate)
@@ -191,72 +194,99 @@ async fn freeze_in_window(
         let vi = cluster
             .member_index(victim)
             .context("a follower is a member")?;
-        // Unheld looks until the window opens (the coordinator runs
-        // freely), then one held look decides.
         cluster
             .wait_journal(
-                &format!("{victim} passes its {after} gate"),
+                &format!("{victim}'s start command"),
                 Duration::from_secs(60),
-                |j| passed(j, victim, after).then_some(()),
+                |j| {
+                    j.iter()
+                        .any(|e| is_command(e, "start") && e["member"] == *victim)
+                        .then_some(())
+                },
             )
             .await?;
-        let mut look = None;
-        for _ in 0..200 {
-            let held = cluster.hold_coordinator()?;
-            match cluster.journal_whole()? {
-                Some(j) => {
-                    look = Some((held, j));
-                    break;
+        // Looks on this worker thread, made blocking: no other task
+        // delays them.
+        let caught = tokio::task::block_in_place(|| -> Result<Option<(i32, Frozen)>> {
+            let mut tail = cluster.journal_tail();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while tokio::time::Instant::now() < deadline {
+                let held = cluster.hold_coordinator()?;
+                if tail.look()? {
+                    if passed(tail.entries(), victim, before) {
+                        return Ok(None);
+                    }
+                    if passed(tail.entries(), victim, after) {
+                        // The process to freeze is the new one, on 3.5.1.
+                        let pid = cluster.member_pid_now(vi).context("member.pid")?;
+                        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
+                        anyhow::ensure!(
+                            exe.to_string_lossy().contains("3.5.1"),
+                            "{victim}'s pid {pid} runs {}, not 3.5.1",
+                            exe.display()
+                        );
+                        let frozen = observer.freeze(cluster, vi)?;
+                        drop(held);
+                        return Ok(Some((pid, frozen)));
+                    }
                 }
-                // A record half written: let the coordinator finish it.
-                None => drop(held),
+                drop(held);
+                std::thread::sleep(Duration::from_millis(1));
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            anyhow::bail!("{victim} did not pass its {after} gate within 60 s of its start")
+        })?;
+        match caught {
+            Some((pid, frozen)) => return Ok(Some((victim.clone(), pid, frozen))),
+            None => eprintln!(
+                "{victim} passed {after} and {before} between two looks; trying the next follower"
+            ),
         }
-        let (held, journal) =
-            look.context("the journal's tail stayed half written for 200 looks")?;
-        if passed(&journal, victim, before) {
-            drop(held);
-            eprintln!(
-                "{victim} passed {after} and {before} before the held look; trying the next follower"
-            );
-            continue;
-        }
-        // The process to freeze is the new one, on 3.5.1.
-        let pid = cluster.member_pid_now(vi).context("member.pid")?;
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))?;
-        anyhow::ensure!(
-            exe.to_string_lossy().contains("3.5.1"),
-            "{victim}'s pid {pid} runs {}, not 3.5.1",
-            exe.display()
-        );
-        let frozen = observer.freeze(cluster, vi)?;
-        drop(held);
-        return Ok((victim.clone(), pid, frozen));
     }
-    anyhow::bail!(
-        "no follower of {followers:?} was seen between its {after} and {before} gates (each passed both before the held look)"
-    )
+    Ok(None)
 }
 
 /// Freezes the first follower at `when`; checks that nothing else is
 /// stopped while it is frozen, that a page names it within `stall_after` +
 /// 1 s, and that the rollout completes after SIGCONT.
 async fn freeze_first_follower(when: When, policy: &str, prefix: &str) -> Result<()> {
-    let (cluster, load, observer) = loaded_cluster(policy, prefix).await?;
-    let order = start_upgrade(&cluster).await?;
     let (after, before) = match when {
         When::CatchingUp => ("healthy", "caught_up"),
         When::NextBegins => ("caught_up", "soaked"),
     };
-    let (victim, pid, frozen) = freeze_in_window(
-        &cluster,
-        &observer,
-        &order[..order.len() - 1],
-        after,
-        before,
+    // Only when no follower was caught inside its window (the scenario did
+    // not happen; nothing was frozen) is it tried again, on a fresh
+    // cluster: never after a failed check.
+    for attempt in 1..=3 {
+        let (cluster, load, observer) = loaded_cluster(policy, prefix).await?;
+        let order = start_upgrade(&cluster).await?;
+        let followers = &order[..order.len() - 1];
+        if let Some(caught) =
+            freeze_in_window(&cluster, &observer, followers, after, before).await?
+        {
+            return frozen_holds(when, before, cluster, load, observer, caught).await;
+        }
+        eprintln!(
+            "{when:?}: attempt {attempt}: every follower passed {after} and {before} between two looks; starting over on a fresh cluster"
+        );
+        observer.finish().await?;
+        load.finish().await?;
+    }
+    anyhow::bail!(
+        "{when:?}: in 3 fresh clusters no follower was seen between its {after} and {before} gates"
     )
-    .await?;
+}
+
+/// The checks once `victim` is frozen: nothing else stopped while it is,
+/// a page within `stall_after` + 1 s, completion after SIGCONT, and the
+/// end checks.
+async fn frozen_holds(
+    when: When,
+    before: &str,
+    cluster: EtcdCluster,
+    load: EtcdLoad,
+    observer: QuorumObserver,
+    (victim, pid, frozen): (String, i32, Frozen),
+) -> Result<()> {
     let t_stop = frozen.at;
     eprintln!("{when:?}: froze {victim} (pid {pid}) at {t_stop}");
 
