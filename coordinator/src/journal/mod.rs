@@ -199,14 +199,9 @@ pub struct Applied {
 impl Applied {
     /// Applies one entry, or changes nothing and says why not.
     pub fn apply(&mut self, entry: &Entry) -> Result<(), EntryError> {
+        self.refusal(entry)?;
         match entry {
             Entry::Meta(MetaEntry::Created { journal_id }) => {
-                if let Some(id) = &self.journal_id {
-                    return Err(EntryError::Renamed {
-                        id: id.clone(),
-                        new: journal_id.clone(),
-                    });
-                }
                 self.journal_id = Some(journal_id.clone());
             }
             Entry::Rollout(e @ Event::Started { .. }) => {
@@ -223,6 +218,31 @@ impl Applied {
                 *last = Arc::new(next);
             }
             Entry::Alert(AlertEntry::Fired { alert }) => {
+                Arc::make_mut(&mut self.firing).insert(alert.key(), alert.clone());
+            }
+            Entry::Alert(AlertEntry::Resolved { alert }) => {
+                Arc::make_mut(&mut self.firing).remove(&alert.key());
+            }
+        }
+        self.applied += 1;
+        Ok(())
+    }
+
+    /// Why `entry` cannot apply, for what can be judged without applying
+    /// it: a second journal name, an alert fired twice or resolved while
+    /// not firing, or recorded with the wrong status. Rollout events are
+    /// judged by their rollout's own rules, as they apply.
+    fn refusal(&self, entry: &Entry) -> Result<(), EntryError> {
+        match entry {
+            Entry::Meta(MetaEntry::Created { journal_id }) => match &self.journal_id {
+                Some(id) => Err(EntryError::Renamed {
+                    id: id.clone(),
+                    new: journal_id.clone(),
+                }),
+                None => Ok(()),
+            },
+            Entry::Rollout(_) => Ok(()),
+            Entry::Alert(AlertEntry::Fired { alert }) => {
                 let key = alert.key();
                 if alert.status != AlertStatus::Firing {
                     return Err(EntryError::WrongStatus {
@@ -234,7 +254,7 @@ impl Applied {
                 if self.firing.contains_key(&key) {
                     return Err(EntryError::AlreadyFiring { key });
                 }
-                Arc::make_mut(&mut self.firing).insert(key, alert.clone());
+                Ok(())
             }
             Entry::Alert(AlertEntry::Resolved { alert }) => {
                 let key = alert.key();
@@ -248,11 +268,9 @@ impl Applied {
                 if !self.firing.contains_key(&key) {
                     return Err(EntryError::NotFiring { key });
                 }
-                Arc::make_mut(&mut self.firing).remove(&key);
+                Ok(())
             }
         }
-        self.applied += 1;
-        Ok(())
     }
 
     /// `self` with `entry` applied, leaving `self` as it was; refused
@@ -265,6 +283,22 @@ impl Applied {
                 source,
             })?;
         Ok(next)
+    }
+
+    /// Whether `entry` would apply, changing nothing. A proposal is checked
+    /// this way before it is written: an alert entry by its conditions
+    /// alone, a rollout event by applying it to a copy of its rollout (the
+    /// rest of the state is shared, not copied; the firing alerts are
+    /// never copied for a check).
+    pub fn check(&self, entry: &Entry) -> Result<(), JournalError> {
+        let refused = match entry {
+            Entry::Rollout(_) => self.clone().apply(entry),
+            _ => self.refusal(entry),
+        };
+        refused.map_err(|source| JournalError::DoesNotApply {
+            entry: entry.describe(),
+            source,
+        })
     }
 
     /// Replays `entries` from nothing.
@@ -373,6 +407,61 @@ mod tests {
             alert: a.resolved(UnixMs(9)),
         });
         assert!(Applied::default().applying(&wrong).is_err());
+    }
+
+    /// `check` (what a proposal is judged by before it is written) agrees
+    /// with `apply` on every kind of entry, refused or not, and changes
+    /// nothing.
+    #[test]
+    fn a_check_judges_an_entry_as_applying_it_would() {
+        let a = Alert::firing(CATCH_UP_STALLED, "c", Some("n2"), Some("r1"), UnixMs(5));
+        let fired = Entry::from(AlertEntry::Fired { alert: a.clone() });
+        let resolved = Entry::from(AlertEntry::Resolved {
+            alert: a.resolved(UnixMs(9)),
+        });
+        let wrong = Entry::from(AlertEntry::Fired {
+            alert: a.resolved(UnixMs(9)),
+        });
+        let named = Entry::Meta(MetaEntry::Created {
+            journal_id: "j1".into(),
+        });
+        let bogus = Entry::from(Event::CommandSucceeded {
+            id: baton_domain::CommandId("r1-c9".into()),
+            detail: String::new(),
+            at: UnixMs(3),
+        });
+        let started = Entry::from(started("r1"));
+        // Each entry is checked, then applied when it applies, in order.
+        let steps = [
+            (&bogus, false),
+            (&named, true),
+            (&named, false),
+            (&resolved, false),
+            (&wrong, false),
+            (&fired, true),
+            (&fired, false),
+            (&started, true),
+            (&bogus, false),
+            (&resolved, true),
+            (&resolved, false),
+        ];
+        let mut state = Applied::default();
+        for (i, (entry, applies)) in steps.into_iter().enumerate() {
+            let before = state.clone();
+            let checked = state.check(entry);
+            assert_eq!(state, before, "step {i}: a check changes nothing");
+            assert_eq!(checked.is_ok(), applies, "step {i}: {}", entry.describe());
+            match state.applying(entry) {
+                Ok(next) => {
+                    assert!(applies, "step {i}: applied what the check refused");
+                    state = next;
+                }
+                Err(e) => {
+                    assert!(!applies, "step {i}: refused what the check passed");
+                    assert_eq!(e.to_string(), checked.unwrap_err().to_string());
+                }
+            }
+        }
     }
 
     #[test]

@@ -338,7 +338,7 @@ impl Journal for RaftJournal {
         }
         // Checked on this replica's state first: an entry that cannot apply
         // is refused without a round trip (and is never in the log).
-        self.machine.subscribe().borrow().applying(&entry)?;
+        self.machine.subscribe().borrow().check(&entry)?;
         self.write(Proposal::Entry(entry)).await
     }
 
