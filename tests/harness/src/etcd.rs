@@ -364,14 +364,8 @@ impl EtcdCluster {
         } else {
             cluster.replicas.start_all()?;
         }
-        for m in &mut cluster.members {
-            let mut cmd = Command::new(bin("baton-agent"));
-            cmd.arg("--config").arg(&m.agent_config);
-            m.agent = Some(Proc::spawn(
-                &format!("agent-{}", m.name),
-                &mut cmd,
-                &m.agent_dir.join("agent.log"),
-            )?);
+        for i in 0..cluster.members.len() {
+            cluster.start_agent(i)?;
         }
         cluster
             .wait_status(
@@ -389,6 +383,20 @@ impl EtcdCluster {
             )
             .await?;
         Ok(cluster)
+    }
+
+    /// Starts member `i`'s agent (which adopts a running member from its
+    /// pidfile, or starts it).
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let m = &mut self.members[i];
+        let mut cmd = Command::new(bin("baton-agent"));
+        cmd.arg("--config").arg(&m.agent_config);
+        m.agent = Some(Proc::spawn(
+            &format!("agent-{}", m.name),
+            &mut cmd,
+            &m.agent_dir.join("agent.log"),
+        )?);
+        Ok(())
     }
 
     /// Every agent's probe address, by member index.
@@ -665,6 +673,26 @@ pub async fn etcd_verify(clients: &[String], report: &EtcdWriterReport) -> Resul
         }
     }
     Ok(lost)
+}
+
+impl crate::failover::Fleet for EtcdCluster {
+    fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+    fn agent(&self, i: usize) -> (String, PathBuf) {
+        let m = &self.members[i];
+        (m.name.clone(), m.agent_dir.join("agent.log"))
+    }
+    fn members(&self) -> usize {
+        self.members.len()
+    }
+    fn restart_agent(&mut self, i: usize) -> Result<()> {
+        self.members[i].agent.take();
+        self.start_agent(i)
+    }
+    fn probe_addrs(&self) -> Vec<SocketAddr> {
+        EtcdCluster::probe_addrs(self)
+    }
 }
 
 #[cfg(test)]

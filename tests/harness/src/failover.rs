@@ -1,14 +1,17 @@
 //! The coordinator failover drill the replicated-coordinator tests run on
 //! every engine: the phases of a rollout at which the leading replica is
-//! killed (each recognised in the journal), the kill loop, and the check
+//! killed (each recognised in the journal), the kill loop, the check
 //! that nothing ran twice (ids unique in the journal, `runs = 1` on every
-//! agent, every issued command ran somewhere).
+//! agent, every issued command ran somewhere), and the fencing drill (a
+//! leader frozen with a command in flight wakes deposed; its late command
+//! is refused).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
 use crate::load::agent_journals;
@@ -155,4 +158,227 @@ pub async fn ran_once(journal: &[serde_json::Value], probes: &[SocketAddr]) -> R
         ids.len()
     );
     Ok(())
+}
+
+/// What the fencing drill needs of a cluster under test (samplekv's
+/// [`crate::Cluster`] or [`crate::etcd::EtcdCluster`]).
+pub trait Fleet {
+    fn replicas(&self) -> &Replicas;
+    /// Member `i`'s name and its agent's log file.
+    fn agent(&self, i: usize) -> (String, std::path::PathBuf);
+    fn members(&self) -> usize;
+    /// Kills member `i`'s agent (by pid) and starts it again.
+    fn restart_agent(&mut self, i: usize) -> Result<()>;
+    fn probe_addrs(&self) -> Vec<SocketAddr>;
+}
+
+/// The commands the journal shows issued and not yet answered (those with
+/// `action`, when given): (member, id) each.
+pub fn in_flight(j: &[serde_json::Value], action: Option<&str>) -> Vec<(String, String)> {
+    let answered: BTreeSet<String> = j
+        .iter()
+        .filter(|e| e["event"] == "command_succeeded" || e["event"] == "command_failed")
+        .map(|e| e["id"].to_string())
+        .collect();
+    j.iter()
+        .filter(|e| match action {
+            Some(a) => issued(std::slice::from_ref(*e), a).next().is_some(),
+            None => e["event"] == "command_issued",
+        })
+        .filter(|e| !answered.contains(&e["id"].to_string()))
+        .map(|e| {
+            (
+                e["member"].as_str().unwrap_or_default().to_owned(),
+                e["id"].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The agent log lines that refused a command as fenced.
+fn fenced_lines(fleet: &impl Fleet) -> Vec<String> {
+    (0..fleet.members())
+        .flat_map(|i| {
+            std::fs::read_to_string(fleet.agent(i).1)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("deposed coordinator leader"))
+                .map(plain)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A log line without its terminal colour codes (`ESC [ … m`).
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The fencing drill: SIGSTOP the leading replica while a command is in
+/// flight (each look at its journal is made with it held, so the command
+/// is surely still unanswered when the freeze lands), cut it off from its
+/// peers, let the other two elect a leader that drives on, then SIGCONT
+/// the old one. It still believes it leads and that its command is in
+/// flight; the agent that ran the command gets it again, in the old term,
+/// and refuses it: logged naming the member, and counted. Returns the
+/// replica that was deposed (still cut off; the caller heals it). With
+/// `action`, the command in flight is one with that action.
+pub async fn a_deposed_leader_is_fenced(
+    fleet: &mut impl Fleet,
+    action: Option<&str>,
+) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (old, member, waiting) = loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no command was seen in flight within 60 s"
+        );
+        let k = fleet
+            .replicas()
+            .wait_leading(Duration::from_secs(15))
+            .await?;
+        let proc = fleet.replicas()[k]
+            .proc
+            .as_ref()
+            .context("the leader runs")?;
+        proc.signal(Signal::SIGSTOP);
+        let journal = fleet.replicas().journal(k)?;
+        if let Some((member, _)) = in_flight(&journal, action).into_iter().next() {
+            // Every member the frozen leader believes busy may be the one
+            // that gets its command again.
+            let waiting: Vec<String> = in_flight(&journal, None)
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect();
+            break (k, member, waiting);
+        }
+        proc.signal(Signal::SIGCONT);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let old_pid = fleet.replicas()[old].proc.as_ref().context("live")?.pid();
+    fleet.replicas().partition(old, true);
+    // The other two elect a leader, which drives on (commands in its term).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        if let Some(k) = fleet.replicas().leading().await
+            && k != old
+        {
+            break k;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let n = fleet.replicas().journal(new)?.len();
+    let next = fleet
+        .replicas()
+        .wait_journal(
+            "the new leader's next command",
+            Duration::from_secs(30),
+            |j| j.len() > n && j[n..].iter().any(|e| e["event"] == "command_issued"),
+        )
+        .await;
+    if let Err(e) = next {
+        let agents: Vec<String> = (0..fleet.members())
+            .map(|i| {
+                let (name, log) = fleet.agent(i);
+                format!(
+                    "--- agent {name}\n{}",
+                    tail(&std::fs::read_to_string(log).unwrap_or_default(), 25)
+                )
+            })
+            .collect();
+        let log = std::fs::read_to_string(&fleet.replicas()[new].log).unwrap_or_default();
+        anyhow::bail!(
+            "{e:#}\n(froze replica {} with commands in flight on {waiting:?})\n--- new leader\n{}\n{}",
+            fleet.replicas()[old].id,
+            tail(&plain(&log), 25),
+            agents.join("\n")
+        );
+    }
+    fleet.replicas()[old]
+        .proc
+        .as_ref()
+        .context("live")?
+        .signal(Signal::SIGCONT);
+    let i = (0..fleet.members())
+        .find(|i| fleet.agent(*i).0 == member)
+        .with_context(|| format!("the member {member} is one of the fleet's"))?;
+    // Usually the agent's own reconnect (its session to the frozen replica
+    // was dropped) already brings the old command back; otherwise restart
+    // the agent, which reconnects everywhere.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    while fenced_lines(fleet).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if fenced_lines(fleet).is_empty() {
+        fleet.restart_agent(i)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fenced_lines(fleet).is_empty() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&fleet.replicas()[old].log).unwrap_or_default();
+                let agent = std::fs::read_to_string(fleet.agent(i).1).unwrap_or_default();
+                anyhow::bail!(
+                    "no agent refused the deposed leader's command (old replica pid {old_pid})\n--- old replica\n{}\n--- agent\n{}",
+                    tail(&log, 30),
+                    tail(&agent, 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let lines = fenced_lines(fleet);
+    eprintln!("fenced: {lines:?}");
+    let refused = waiting
+        .iter()
+        .find(|m| lines.iter().any(|l| l.contains(&format!("member={m} "))))
+        .with_context(|| {
+            format!("a refusal names a member the deposed leader had a command in flight on ({waiting:?}): {lines:?}")
+        })?;
+    let i = (0..fleet.members())
+        .find(|i| fleet.agent(*i).0 == *refused)
+        .with_context(|| format!("the member {refused} is one of the fleet's"))?;
+    // Counted, in the process that refused it (retried: a restarted
+    // agent's probe port may not listen yet).
+    let probe = fleet.probe_addrs()[i];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counted = loop {
+        let m = crate::agent_get(probe, "/metrics")
+            .await
+            .unwrap_or_default();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("baton_agent_commands_fenced_total"))
+            .map(str::to_owned);
+        let nonzero = line
+            .as_deref()
+            .is_some_and(|l| !l.trim_end().ends_with(" 0"));
+        if nonzero {
+            break line;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the refusal is not counted: {line:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("counted: {counted:?}");
+    Ok(old)
 }

@@ -838,6 +838,25 @@ impl Drop for Cluster {
     }
 }
 
+impl failover::Fleet for Cluster {
+    fn replicas(&self) -> &replicas::Replicas {
+        &self.replicas
+    }
+    fn agent(&self, i: usize) -> (String, PathBuf) {
+        let m = &self.members[i];
+        (m.name.clone(), m.agent_dir.join("agent.log"))
+    }
+    fn members(&self) -> usize {
+        self.members.len()
+    }
+    fn restart_agent(&mut self, i: usize) -> Result<()> {
+        Cluster::restart_agent(self, i)
+    }
+    fn probe_addrs(&self) -> Vec<SocketAddr> {
+        Cluster::probe_addrs(self)
+    }
+}
+
 /// The body of `GET path` on an agent's probe port at `addr`.
 pub async fn agent_get(addr: SocketAddr, path: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
