@@ -382,3 +382,38 @@ pub async fn a_deposed_leader_is_fenced(
     eprintln!("counted: {counted:?}");
     Ok(old)
 }
+
+/// Waits (bounded) until the leading replica's journal shows the rollout
+/// completed, and checks that nothing ran twice ([`ran_once`], agents at
+/// `probes`); returns that replica and its journal.
+pub async fn completed_once(
+    replicas: &Replicas,
+    within: Duration,
+    probes: &[SocketAddr],
+) -> Result<(usize, Vec<serde_json::Value>)> {
+    let (k, journal) = replicas
+        .wait_journal("the rollout completed", within, |j| {
+            j.iter().any(|e| e["event"] == "completed")
+        })
+        .await?;
+    ran_once(&journal, probes).await?;
+    Ok((k, journal))
+}
+
+/// Cuts one follower replica (the one after the leader) off from its
+/// peers; returns it.
+pub async fn cut_a_follower_off(replicas: &Replicas) -> Result<usize> {
+    let leader = replicas.wait_leading(Duration::from_secs(15)).await?;
+    let cut = (leader + 1) % replicas.len();
+    replicas.partition(cut, true);
+    Ok(cut)
+}
+
+/// Heals replica `cut` and waits until it holds every one of the
+/// `entries` journal entries it missed.
+pub async fn heal(replicas: &Replicas, cut: usize, entries: usize) -> Result<()> {
+    replicas.partition(cut, false);
+    replicas
+        .wait_holds(cut, entries, Duration::from_secs(20))
+        .await
+}

@@ -18,7 +18,9 @@ use anyhow::Result;
 use baton_harness::etcd::{
     ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35, etcd_verify,
 };
-use baton_harness::failover::{kill_the_leader_at_every_phase, ran_once};
+use baton_harness::failover::{
+    completed_once, cut_a_follower_off, heal, kill_the_leader_at_every_phase,
+};
 use baton_harness::quorum::QuorumObserver;
 
 const POLICY: &str = "tolerable_lag = 1000\nhealth_timeout_ms = 30000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\nstall_after_ms = 20000\n";
@@ -86,18 +88,17 @@ async fn the_leading_replica_killed_at_every_phase_of_an_etcd_rollout_hands_over
     assert_eq!(code, 0, "upgrade --detach: {stderr} {out}");
     let resumed_ms = kill_the_leader_at_every_phase(&mut cluster.replicas).await?;
     eprintln!("next event after each kill (ms): {resumed_ms:?}");
-    let (_, journal) = cluster
-        .replicas
-        .wait_journal("the rollout completed", Duration::from_secs(180), |j| {
-            j.iter().any(|e| e["event"] == "completed")
-        })
-        .await?;
+    let (_, journal) = completed_once(
+        &cluster.replicas,
+        Duration::from_secs(180),
+        &cluster.probe_addrs(),
+    )
+    .await?;
     assert_eq!(
         journal.iter().filter(|e| e["event"] == "started").count(),
         1,
         "one rollout, carried on by each new leader, never started again"
     );
-    ran_once(&journal, &cluster.probe_addrs()).await?;
     end_checks(&cluster, load, observer).await
 }
 
@@ -105,29 +106,19 @@ async fn the_leading_replica_killed_at_every_phase_of_an_etcd_rollout_hands_over
 async fn a_follower_replica_cut_off_from_its_peers_stalls_no_etcd_rollout() -> Result<()> {
     let _one = SERIAL.lock().await;
     let (cluster, load, observer) = ha_cluster("hp-").await?;
-    let leader = cluster
-        .replicas
-        .wait_leading(Duration::from_secs(15))
-        .await?;
-    let cut = (leader + 1) % cluster.replicas.len();
-    cluster.replicas.partition(cut, true);
+    let cut = cut_a_follower_off(&cluster.replicas).await?;
     let (code, out, stderr) = cluster
         .baton_within(&["upgrade", "--to", "3.5.1"], Duration::from_secs(180))
         .await?;
     assert_eq!(code, 0, "the rollout completes: {stderr} {out}");
-    let (k, journal) = cluster
-        .replicas
-        .wait_journal("the rollout completed", Duration::from_secs(15), |j| {
-            j.iter().any(|e| e["event"] == "completed")
-        })
-        .await?;
+    let (k, journal) = completed_once(
+        &cluster.replicas,
+        Duration::from_secs(15),
+        &cluster.probe_addrs(),
+    )
+    .await?;
     assert_ne!(k, cut, "the cut-off replica does not lead");
-    ran_once(&journal, &cluster.probe_addrs()).await?;
     // Healed, it catches up with everything it missed.
-    cluster.replicas.partition(cut, false);
-    cluster
-        .replicas
-        .wait_holds(cut, journal.len(), Duration::from_secs(20))
-        .await?;
+    heal(&cluster.replicas, cut, journal.len()).await?;
     end_checks(&cluster, load, observer).await
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use baton_harness::failover::{
-    a_deposed_leader_is_fenced, kill_the_leader_at_every_phase, ran_once,
+    a_deposed_leader_is_fenced, completed_once, cut_a_follower_off, heal,
+    kill_the_leader_at_every_phase,
 };
 use baton_harness::load::{Load, start_load};
 use baton_harness::{Cluster, ClusterSpec};
@@ -33,19 +34,18 @@ async fn the_leading_replica_killed_at_every_phase_hands_over_and_nothing_runs_t
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
     let resumed_ms = kill_the_leader_at_every_phase(&mut cluster.replicas).await?;
-    let (_, journal) = cluster
-        .replicas
-        .wait_journal("the rollout completed", Duration::from_secs(120), |j| {
-            j.iter().any(|e| e["event"] == "completed")
-        })
-        .await?;
+    let (_, journal) = completed_once(
+        &cluster.replicas,
+        Duration::from_secs(120),
+        &cluster.probe_addrs(),
+    )
+    .await?;
     eprintln!("next event after each kill (ms): {resumed_ms:?}");
     assert_eq!(
         journal.iter().filter(|e| e["event"] == "started").count(),
         1,
         "one rollout, carried on by each new leader, never started again"
     );
-    ran_once(&journal, &cluster.probe_addrs()).await?;
     end_checks(load).await
 }
 
@@ -84,14 +84,13 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
     assert_eq!(code, 0, "{stderr}");
     let old = a_deposed_leader_is_fenced(&mut cluster, Some("backup")).await?;
     // The rollout never stalled on the cut-off replica: it completes.
-    let (_, journal) = cluster
-        .replicas
-        .wait_journal("the rollout completed", Duration::from_secs(120), |j| {
-            j.iter().any(|e| e["event"] == "completed")
-        })
-        .await?;
+    completed_once(
+        &cluster.replicas,
+        Duration::from_secs(120),
+        &cluster.probe_addrs(),
+    )
+    .await?;
     cluster.replicas.partition(old, false);
-    ran_once(&journal, &cluster.probe_addrs()).await?;
     end_checks(load).await
 }
 
@@ -99,29 +98,19 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
 async fn a_follower_replica_cut_off_from_its_peers_stalls_nothing() -> Result<()> {
     let cluster = Cluster::start(ha_spec()).await?;
     cluster.publish("v2", 1, false)?;
-    let leader = cluster
-        .replicas
-        .wait_leading(Duration::from_secs(15))
-        .await?;
-    let cut = (leader + 1) % cluster.replicas.len();
-    cluster.replicas.partition(cut, true);
+    let cut = cut_a_follower_off(&cluster.replicas).await?;
     let load = start_load(&cluster);
     let (code, out, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2"]))?;
     assert_eq!(code, 0, "the rollout completes: {stderr} {out:#}");
-    let (k, journal) = cluster
-        .replicas
-        .wait_journal("the rollout completed", Duration::from_secs(15), |j| {
-            j.iter().any(|e| e["event"] == "completed")
-        })
-        .await?;
+    let (k, journal) = completed_once(
+        &cluster.replicas,
+        Duration::from_secs(15),
+        &cluster.probe_addrs(),
+    )
+    .await?;
     assert_ne!(k, cut, "the cut-off replica does not lead");
-    ran_once(&journal, &cluster.probe_addrs()).await?;
     // Healed, it catches up with everything it missed.
-    cluster.replicas.partition(cut, false);
-    cluster
-        .replicas
-        .wait_holds(cut, journal.len(), Duration::from_secs(20))
-        .await?;
+    heal(&cluster.replicas, cut, journal.len()).await?;
     end_checks(load).await
 }
