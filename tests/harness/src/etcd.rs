@@ -675,6 +675,22 @@ pub async fn etcd_verify(clients: &[String], report: &EtcdWriterReport) -> Resul
     Ok(lost)
 }
 
+impl crate::failover::Fleet for EtcdCluster {
+    fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+    fn agent(&self, i: usize) -> (String, PathBuf) {
+        let m = &self.members[i];
+        (m.name.clone(), m.agent_dir.join("agent.log"))
+    }
+    fn members(&self) -> usize {
+        self.members.len()
+    }
+    fn probe_addrs(&self) -> Vec<SocketAddr> {
+        EtcdCluster::probe_addrs(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,8 +167,6 @@ pub trait Fleet {
     /// Member `i`'s name and its agent's log file.
     fn agent(&self, i: usize) -> (String, std::path::PathBuf);
     fn members(&self) -> usize;
-    /// Kills member `i`'s agent (by pid) and starts it again.
-    fn restart_agent(&mut self, i: usize) -> Result<()>;
     fn probe_addrs(&self) -> Vec<SocketAddr>;
 }
 
@@ -232,21 +230,55 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The fencing drill: SIGSTOP the leading replica while a command is in
-/// flight (each look at its journal is made with it held, so the command
-/// is surely still unanswered when the freeze lands), cut it off from its
-/// peers, let the other two elect a leader that drives on, then SIGCONT
-/// the old one. It still believes it leads and that its command is in
-/// flight; the agent that ran the command gets it again, in the old term,
-/// and refuses it: logged naming the member, and counted. Returns the
-/// replica that was deposed (still cut off; the caller heals it). With
-/// `action`, the command in flight is one with that action.
-pub async fn a_deposed_leader_is_fenced(
-    fleet: &mut impl Fleet,
-    action: Option<&str>,
-) -> Result<usize> {
+/// The highest term in a replica's raft log at `path` (its own term, once
+/// it led: a leader appends a blank entry in its term when elected).
+fn log_term(path: &std::path::Path) -> Result<u64> {
+    let (records, _torn) = baton_store::records::read_after(path, 0)?;
+    let mut term = 0;
+    for r in &records {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload)
+            .with_context(|| format!("{}: the record at offset {}", path.display(), r.offset))?;
+        let leader = &v["entry"]["log_id"]["leader_id"];
+        if let Some(t) = leader.as_u64().or_else(|| leader["term"].as_u64()) {
+            term = term.max(t);
+        }
+    }
+    Ok(term)
+}
+
+/// The term member `probe`'s agent last took command `id` under (its
+/// `/commands`), if it has it.
+async fn agent_term_of(probe: SocketAddr, id: &str) -> Option<u64> {
+    let entries = crate::agent_commands_at(probe).await.ok()?;
+    entries
+        .as_array()?
+        .iter()
+        .find(|e| e["id"].as_str() == Some(id))
+        .map(|e| e["fence"]["term"].as_u64().unwrap_or(0))
+}
+
+/// The fencing drill, made so the late command is certain to be sent:
+/// 1. SIGSTOP the leading replica at a moment when a command it sent is
+///    unanswered (each look is made with it frozen, so what its journal and
+///    the agent say cannot change under the look), and cut it off from its
+///    peers.
+/// 2. The other two elect a leader, which re-sends what it finds in flight
+///    in its own, newer term, and drives on. The drill waits until the
+///    agent shows it took the command under that newer term.
+/// 3. The old leader stays frozen until the agent's session with it has
+///    ended (its transport's keepalive went unanswered), and is then let go
+///    (SIGCONT). It still believes it leads and that its command is in
+///    flight, so it sends the command on the session the agent dials
+///    again, in its old term, and the agent refuses it: logged naming the
+///    member and the command, and counted.
+///
+/// Returns the replica that was deposed (still cut off; the caller heals
+/// it). With `action`, the command in flight is one with that action.
+pub async fn a_deposed_leader_is_fenced(fleet: &impl Fleet, action: Option<&str>) -> Result<usize> {
+    let probes = fleet.probe_addrs();
+    let names: Vec<String> = (0..fleet.members()).map(|i| fleet.agent(i).0).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (old, member, waiting) = loop {
+    let (old, i, id) = 'look: loop {
         anyhow::ensure!(
             Instant::now() < deadline,
             "no command was seen in flight within 60 s"
@@ -255,27 +287,50 @@ pub async fn a_deposed_leader_is_fenced(
             .replicas()
             .wait_leading(Duration::from_secs(15))
             .await?;
+        // A command the leader sent (its agent has it) and no result for it
+        // yet, seen with the leader running; then confirmed with it frozen
+        // by a look at its journal alone, so the freeze is short and causes
+        // no election of its own.
+        let mut sent = None;
+        for (member, id) in in_flight(&fleet.replicas().journal(k)?, action) {
+            let id = id.trim_matches('"').to_owned();
+            if let Some(i) = names.iter().position(|n| *n == member)
+                && agent_term_of(probes[i], &id).await.is_some()
+            {
+                sent = Some((i, id));
+                break;
+            }
+        }
+        let Some((i, id)) = sent else {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
         let proc = fleet.replicas()[k]
             .proc
             .as_ref()
             .context("the leader runs")?;
         proc.signal(Signal::SIGSTOP);
+        // Frozen: its journal cannot change under this look. No result in
+        // it means none in what it applied either, so its driver holds the
+        // command in flight.
         let journal = fleet.replicas().journal(k)?;
-        if let Some((member, _)) = in_flight(&journal, action).into_iter().next() {
-            // Every member the frozen leader believes busy may be the one
-            // that gets its command again.
-            let waiting: Vec<String> = in_flight(&journal, None)
-                .into_iter()
-                .map(|(m, _)| m)
-                .collect();
-            break (k, member, waiting);
+        if in_flight(&journal, None)
+            .iter()
+            .any(|(_, x)| x.trim_matches('"') == id)
+        {
+            break 'look (k, i, id);
         }
         proc.signal(Signal::SIGCONT);
-        tokio::time::sleep(Duration::from_millis(2)).await;
     };
+    let member = names[i].clone();
+    let agent_lines = std::fs::read_to_string(fleet.agent(i).1)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let old_term = log_term(&fleet.replicas()[old].state_dir.join("replica/log"))?;
     let old_pid = fleet.replicas()[old].proc.as_ref().context("live")?.pid();
     fleet.replicas().partition(old, true);
-    // The other two elect a leader, which drives on (commands in its term).
+    // The other two elect a leader, which re-sends the command in its term.
     let deadline = Instant::now() + Duration::from_secs(30);
     let new = loop {
         if let Some(k) = fleet.replicas().leading().await
@@ -286,81 +341,78 @@ pub async fn a_deposed_leader_is_fenced(
         anyhow::ensure!(Instant::now() < deadline, "no new leader");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let n = fleet.replicas().journal(new)?.len();
-    let next = fleet
-        .replicas()
-        .wait_journal(
-            "the new leader's next command",
-            Duration::from_secs(30),
-            |j| j.len() > n && j[n..].iter().any(|e| e["event"] == "command_issued"),
-        )
-        .await;
-    if let Err(e) = next {
-        let agents: Vec<String> = (0..fleet.members())
-            .map(|i| {
-                let (name, log) = fleet.agent(i);
-                format!(
-                    "--- agent {name}\n{}",
-                    tail(&std::fs::read_to_string(log).unwrap_or_default(), 25)
-                )
-            })
-            .collect();
-        let log = std::fs::read_to_string(&fleet.replicas()[new].log).unwrap_or_default();
-        anyhow::bail!(
-            "{e:#}\n(froze replica {} with commands in flight on {waiting:?})\n--- new leader\n{}\n{}",
-            fleet.replicas()[old].id,
-            tail(&plain(&log), 25),
-            agents.join("\n")
-        );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let term = agent_term_of(probes[i], &id).await;
+        if term.is_some_and(|t| t > old_term) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&fleet.replicas()[new].log).unwrap_or_default();
+            let agent = std::fs::read_to_string(fleet.agent(i).1).unwrap_or_default();
+            anyhow::bail!(
+                "member {member} did not take {id} from the new leader (replica {}) within 30 s: its term for it is {term:?}, the frozen leader's is {old_term}\n--- new leader\n{}\n--- agent\n{}",
+                fleet.replicas()[new].id,
+                tail(&plain(&log), 25),
+                tail(&plain(&agent), 25)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Its session with the frozen leader ends (the transport's keepalive
+    // gets no answer, or it stops taking reports), so the one the woken
+    // leader sees is new, and it sends what it holds in flight on it.
+    let old_url = fleet.replicas()[old].url.clone();
+    let (_, agent_log) = fleet.agent(i);
+    let ended = |from: usize| {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .lines()
+            .skip(from)
+            .map(plain)
+            .any(|l| {
+                l.contains("coordinator session ended")
+                    && l.contains(&format!("coordinator={old_url} "))
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ended(agent_lines) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "member {member}'s session with the frozen replica {old_url} did not end within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = fenced_lines(fleet).len();
     fleet.replicas()[old]
         .proc
         .as_ref()
         .context("live")?
         .signal(Signal::SIGCONT);
-    let i = (0..fleet.members())
-        .find(|i| fleet.agent(*i).0 == member)
-        .with_context(|| format!("the member {member} is one of the fleet's"))?;
-    // Usually the agent's own reconnect (its session to the frozen replica
-    // was dropped) already brings the old command back; otherwise restart
-    // the agent, which reconnects everywhere.
-    let deadline = Instant::now() + Duration::from_secs(8);
-    while fenced_lines(fleet).is_empty() && Instant::now() < deadline {
+    let refused = |lines: &[String]| {
+        lines[before..].iter().any(|l| {
+            l.contains(&format!("member={member} ")) && l.contains(&format!("command={id} "))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !refused(&fenced_lines(fleet)) {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(&fleet.replicas()[old].log).unwrap_or_default();
+            let agent = std::fs::read_to_string(fleet.agent(i).1).unwrap_or_default();
+            anyhow::bail!(
+                "member {member}'s agent did not refuse the deposed leader's {id} (term {old_term}, replica pid {old_pid})\n--- old replica\n{}\n--- agent\n{}",
+                tail(&plain(&log), 30),
+                tail(&plain(&agent), 40)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if fenced_lines(fleet).is_empty() {
-        fleet.restart_agent(i)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while fenced_lines(fleet).is_empty() {
-            if Instant::now() > deadline {
-                let log = std::fs::read_to_string(&fleet.replicas()[old].log).unwrap_or_default();
-                let agent = std::fs::read_to_string(fleet.agent(i).1).unwrap_or_default();
-                anyhow::bail!(
-                    "no agent refused the deposed leader's command (old replica pid {old_pid})\n--- old replica\n{}\n--- agent\n{}",
-                    tail(&log, 30),
-                    tail(&agent, 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let lines = fenced_lines(fleet);
-    eprintln!("fenced: {lines:?}");
-    let refused = waiting
-        .iter()
-        .find(|m| lines.iter().any(|l| l.contains(&format!("member={m} "))))
-        .with_context(|| {
-            format!("a refusal names a member the deposed leader had a command in flight on ({waiting:?}): {lines:?}")
-        })?;
-    let i = (0..fleet.members())
-        .find(|i| fleet.agent(*i).0 == *refused)
-        .with_context(|| format!("the member {refused} is one of the fleet's"))?;
-    // Counted, in the process that refused it (retried: a restarted
+    eprintln!("fenced: {:?}", &fenced_lines(fleet)[before..]);
+    // Counted, in the process that refused it (retried: the restarted
     // agent's probe port may not listen yet).
-    let probe = fleet.probe_addrs()[i];
     let deadline = Instant::now() + Duration::from_secs(10);
     let counted = loop {
-        let m = crate::agent_get(probe, "/metrics")
+        let m = crate::agent_get(probes[i], "/metrics")
             .await
             .unwrap_or_default();
         let line = m

@@ -849,9 +849,6 @@ impl failover::Fleet for Cluster {
     fn members(&self) -> usize {
         self.members.len()
     }
-    fn restart_agent(&mut self, i: usize) -> Result<()> {
-        Cluster::restart_agent(self, i)
-    }
     fn probe_addrs(&self) -> Vec<SocketAddr> {
         Cluster::probe_addrs(self)
     }

@@ -1,12 +1,13 @@
 //! The replicated coordinator (three replicas on openraft) driving real
 //! etcd 3.4.23 -> 3.5.1 under a writer at 100 writes/s, while an observer
 //! asks every member for its status every 10 ms: the leading replica
-//! killed with SIGKILL at each phase of the rollout, and a follower
-//! replica cut off from its peers. Each time another replica leads and the
-//! rollout completes; nothing runs twice, etcd changes leader exactly
-//! once, the observer never sees two members down, and every acked write
-//! is read back. (samplekv's leg, with the fencing drill, is `ha.rs`; the
-//! drills are shared.)
+//! killed with SIGKILL at each phase of the rollout, a leader frozen with
+//! a command in flight that wakes deposed (its late command is refused by
+//! the agent), and a follower replica cut off from its peers. Each time
+//! another replica leads and the rollout completes; nothing runs twice,
+//! etcd changes leader exactly once, the observer never sees two members
+//! down, and every acked write is read back. (samplekv's leg is `ha.rs`;
+//! the drills are shared.)
 //!
 //! The tests run one at a time (each runs three etcds, three agents,
 //! three replicas, a writer and an observer on a small machine).
@@ -19,7 +20,8 @@ use baton_harness::etcd::{
     ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35, etcd_verify,
 };
 use baton_harness::failover::{
-    completed_once, cut_a_follower_off, heal, kill_the_leader_at_every_phase,
+    a_deposed_leader_is_fenced, completed_once, cut_a_follower_off, heal,
+    kill_the_leader_at_every_phase,
 };
 use baton_harness::quorum::QuorumObserver;
 
@@ -120,5 +122,29 @@ async fn a_follower_replica_cut_off_from_its_peers_stalls_no_etcd_rollout() -> R
     assert_ne!(k, cut, "the cut-off replica does not lead");
     // Healed, it catches up with everything it missed.
     heal(&cluster.replicas, cut, journal.len()).await?;
+    end_checks(&cluster, load, observer).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_that_wakes_up_is_fenced_by_the_etcd_agents() -> Result<()> {
+    let _one = SERIAL.lock().await;
+    let (cluster, load, observer) = ha_cluster("hf-").await?;
+    let (code, out, stderr) = cluster
+        .baton_within(
+            &["upgrade", "--to", "3.5.1", "--detach"],
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert_eq!(code, 0, "upgrade --detach: {stderr} {out}");
+    let old = a_deposed_leader_is_fenced(&cluster, None).await?;
+    // The rollout never stalled on the cut-off replica: it completes, and
+    // nothing ran twice.
+    completed_once(
+        &cluster.replicas,
+        Duration::from_secs(180),
+        &cluster.probe_addrs(),
+    )
+    .await?;
+    cluster.replicas.partition(old, false);
     end_checks(&cluster, load, observer).await
 }

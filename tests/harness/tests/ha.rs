@@ -76,13 +76,13 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
         member_env: (0..3).map(|i| (i, slow_backup.clone())).collect(),
         ..ha_spec()
     };
-    let mut cluster = Cluster::start(spec).await?;
+    let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
     let load = start_load(&cluster);
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr}");
-    let old = a_deposed_leader_is_fenced(&mut cluster, Some("backup")).await?;
+    let old = a_deposed_leader_is_fenced(&cluster, Some("backup")).await?;
     // The rollout never stalled on the cut-off replica: it completes.
     completed_once(
         &cluster.replicas,
