@@ -237,6 +237,22 @@ pub trait ArtifactStore: Send + Sync + std::fmt::Debug {
     /// Every release in the store, sorted by [`release_order`]. The
     /// reserved `backups` tree is not a release and is skipped.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ReleaseManifest>, StoreError>>;
+    /// The sha256 of the artifact's bytes as stored. By default they are
+    /// fetched into a temporary file under `scratch` and hashed there; a
+    /// store that can read them in place needs no scratch space.
+    fn sha256<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+        scratch: &'a Path,
+    ) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            let tmp = scratch_file(scratch, "verify")?;
+            self.fetch(name, version, tmp.path()).await?;
+            let path = tmp.path().to_owned();
+            blocking(move || sha256_file(&path)).await
+        })
+    }
 }
 
 /// The order releases are listed in: by name, then by version with runs of
@@ -364,7 +380,9 @@ fn scratch_file(dir: &Path, what: &str) -> Result<tempfile::NamedTempFile, Store
         .map_err(io(dir))
 }
 
-/// Fetches the artifact to a temp file and checks it against the manifest.
+/// Checks the artifact's bytes against its manifest's sha256 (read in place
+/// where the store can, otherwise through a temporary file under
+/// `scratch`: see [`ArtifactStore::sha256`]).
 pub async fn verify(
     store: &dyn ArtifactStore,
     name: &str,
@@ -372,10 +390,7 @@ pub async fn verify(
     scratch: &Path,
 ) -> Result<ReleaseManifest, StoreError> {
     let manifest = store.manifest(name, version).await?;
-    let tmp = scratch_file(scratch, "verify")?;
-    store.fetch(name, version, tmp.path()).await?;
-    let path = tmp.path().to_owned();
-    let actual = blocking(move || sha256_file(&path)).await?;
+    let actual = store.sha256(name, version, scratch).await?;
     if !actual.eq_ignore_ascii_case(&manifest.sha256) {
         return Err(StoreError::BadChecksum {
             name: name.to_owned(),
@@ -490,6 +505,30 @@ impl ArtifactStore for DirStore {
                 }),
                 Err(e) => Err(io(&src)(e)),
             }
+        })
+    }
+
+    /// Hashed where it lies: verifying needs no disk space beside it.
+    fn sha256<'a>(
+        &'a self,
+        name: &'a str,
+        version: &'a str,
+        _scratch: &'a Path,
+    ) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            let src = self.dir(name, version)?.join("artifact.tar");
+            match fs::metadata(&src) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Missing {
+                        name: name.to_owned(),
+                        version: version.to_owned(),
+                        location: self.location(),
+                    });
+                }
+                Err(e) => return Err(io(&src)(e)),
+            }
+            blocking(move || sha256_file(&src)).await
         })
     }
 
@@ -815,6 +854,24 @@ mod tests {
         let dest = tmp.path().join("out");
         unpack_verified(&art, &m.sha256, &dest, "kv", "v2").unwrap();
         assert_eq!(fs::read_to_string(dest.join("bin/tool")).unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn the_dir_store_verifies_in_place_with_no_scratch_space() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = DirStore::new(tmp.path().join("store"));
+        let src = release_dir(tmp.path(), "hello");
+        let m = publish(&store, "kv", "v2", 1, &src, tmp.path())
+            .await
+            .unwrap();
+        // A scratch dir that cannot hold anything (here: none at all), as
+        // with a coordinator whose state disk is full.
+        let nowhere = tmp.path().join("no-such-dir");
+        assert_eq!(verify(&store, "kv", "v2", &nowhere).await.unwrap(), m);
+        assert!(!nowhere.exists());
+        // A missing release is still missing, not an I/O error.
+        let err = verify(&store, "kv", "v3", &nowhere).await.unwrap_err();
+        assert!(matches!(err, StoreError::Missing { .. }), "{err}");
     }
 
     #[tokio::test]

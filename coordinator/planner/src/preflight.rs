@@ -47,6 +47,9 @@ pub enum ArtifactVerdict {
     Verified { release: ReleaseRef, size: u64 },
     /// Not in the store.
     Missing { detail: String },
+    /// The store (or the coordinator's scratch space) could not be read or
+    /// written while checking it: nothing is known about the release.
+    Unverifiable { detail: String },
     /// In the store, but the bytes do not match the sha256.
     BadChecksum { detail: String },
 }
@@ -81,7 +84,9 @@ pub const DISK_PER_ARTIFACT_BYTE: u64 = 2;
 pub fn required_disk(artifact: &ArtifactVerdict) -> u64 {
     match artifact {
         ArtifactVerdict::Verified { size, .. } => size.saturating_mul(DISK_PER_ARTIFACT_BYTE),
-        ArtifactVerdict::Missing { .. } | ArtifactVerdict::BadChecksum { .. } => 0,
+        ArtifactVerdict::Missing { .. }
+        | ArtifactVerdict::Unverifiable { .. }
+        | ArtifactVerdict::BadChecksum { .. } => 0,
     }
 }
 
@@ -266,6 +271,11 @@ pub fn preflight(input: &PreflightInput<'_>, policy: &Policy) -> Vec<Check> {
             "artifact",
             None,
             format!("release {} is not in the artifact store ({detail}); publish it with `baton release publish`", input.target_version),
+        )),
+        ArtifactVerdict::Unverifiable { detail } => checks.push(Check::fail(
+            "artifact",
+            None,
+            format!("release {} could not be verified: {detail}; fix the store's or the coordinator's disk and run it again", input.target_version),
         )),
         ArtifactVerdict::BadChecksum { detail } => checks.push(Check::fail(
             "artifact",

@@ -1,5 +1,7 @@
-//! Table tests of the `state-disk` preflight check: the coordinator's
-//! state dir and every agent's must have room for their journals.
+//! Table tests of the `state-disk` preflight check (the coordinator's
+//! state dir and every agent's must have room for their journals), and of
+//! the artifact check when a full disk or a failing store left the
+//! artifact unverified.
 
 #![allow(clippy::unwrap_used)]
 
@@ -78,5 +80,40 @@ fn every_state_dir_needs_room_for_its_journal() {
     assert!(
         got[0].1.contains("an agent older than this coordinator"),
         "{got:?}"
+    );
+}
+
+/// An artifact the coordinator could not check (its store or its scratch
+/// space failed) fails the artifact check as unverified, saying so, and is
+/// never called missing.
+#[test]
+fn an_unverifiable_artifact_fails_as_such_and_not_as_missing() {
+    let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
+    let artifact = ArtifactVerdict::Unverifiable {
+        detail: "artifact store I/O on /s/kv/v2/artifact.tar: Input/output error".into(),
+    };
+    let failed: Vec<String> = preflight(
+        &PreflightInput {
+            view: &view,
+            target_version: "v2",
+            artifact: &artifact,
+            required_disk: 0,
+            allow_mixed: false,
+            coordinator_state_free: None,
+        },
+        &Policy::default(),
+    )
+    .into_iter()
+    .filter(|c| c.check == "artifact" && !c.ok)
+    .map(|c| c.detail)
+    .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].starts_with("release v2 could not be verified: artifact store I/O"),
+        "{failed:?}"
+    );
+    assert!(
+        !failed[0].contains("not in the artifact store"),
+        "{failed:?}"
     );
 }

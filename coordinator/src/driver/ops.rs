@@ -117,7 +117,10 @@ impl Driver {
             Err(e @ StoreError::BadChecksum { .. }) => ArtifactVerdict::BadChecksum {
                 detail: e.to_string(),
             },
-            Err(e) => ArtifactVerdict::Missing {
+            Err(e @ StoreError::Missing { .. }) => ArtifactVerdict::Missing {
+                detail: e.to_string(),
+            },
+            Err(e) => ArtifactVerdict::Unverifiable {
                 detail: e.to_string(),
             },
         }
@@ -298,7 +301,9 @@ impl Driver {
         }
         let target = match self.artifact(release).await {
             ArtifactVerdict::Verified { release, .. } => release,
-            ArtifactVerdict::Missing { detail } | ArtifactVerdict::BadChecksum { detail } => {
+            ArtifactVerdict::Missing { detail }
+            | ArtifactVerdict::Unverifiable { detail }
+            | ArtifactVerdict::BadChecksum { detail } => {
                 return Err(ControlError::Restore(format!(
                     "backup {backup} was taken on release {release}, which cannot be restored onto: {detail}"
                 )));

@@ -94,6 +94,9 @@ pub struct EtcdMember {
     pub base_dir: PathBuf,
     pub agent_dir: PathBuf,
     pub agent_config: PathBuf,
+    /// The agent's `state_dir` (its command journal, `member.pid` and the
+    /// member's log): `agent_dir` unless a test moved it.
+    pub state_dir: PathBuf,
     /// The agent's probe port (`/healthz`, `/commands`, `/metrics`).
     pub probe_addr: SocketAddr,
     pub agent: Option<Proc>,
@@ -347,6 +350,7 @@ impl EtcdCluster {
                 name: name.clone(),
                 client: format!("127.0.0.1:{client}").parse()?,
                 base_dir,
+                state_dir: agent_dir.clone(),
                 agent_dir,
                 agent_config,
                 probe_addr,
@@ -354,13 +358,7 @@ impl EtcdCluster {
             });
         }
         if cluster.replicas.is_empty() {
-            let mut cmd = Command::new(bin("baton-coordinator"));
-            cmd.arg("--config").arg(&cluster.coordinator_config);
-            cluster.coordinator = Some(Proc::spawn(
-                "coordinator",
-                &mut cmd,
-                &cluster.dir.path().join("coordinator.log"),
-            )?);
+            cluster.start_coordinator()?;
         } else {
             cluster.replicas.start_all()?;
         }
@@ -383,6 +381,29 @@ impl EtcdCluster {
             )
             .await?;
         Ok(cluster)
+    }
+
+    /// Starts the lone coordinator (a cluster without replicas), its log
+    /// appended to `coordinator.log`.
+    pub fn start_coordinator(&mut self) -> Result<()> {
+        let mut cmd = Command::new(bin("baton-coordinator"));
+        cmd.arg("--config").arg(&self.coordinator_config);
+        self.coordinator = Some(Proc::spawn(
+            "coordinator",
+            &mut cmd,
+            &self.dir.path().join("coordinator.log"),
+        )?);
+        Ok(())
+    }
+
+    /// The lone coordinator's state dir.
+    pub fn coordinator_state(&self) -> PathBuf {
+        crate::replicas::state_dir(self.dir.path(), 1)
+    }
+
+    /// The lone coordinator's journal, decoded.
+    pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
+        crate::read_journal(&self.dir.path().join(crate::JOURNAL))
     }
 
     /// Starts member `i`'s agent (which adopts a running member from its
@@ -427,7 +448,7 @@ impl EtcdCluster {
     }
 
     fn member_pid(&self, i: usize) -> Option<i32> {
-        let text = fs::read_to_string(self.members[i].agent_dir.join("member.pid")).ok()?;
+        let text = fs::read_to_string(self.members[i].state_dir.join("member.pid")).ok()?;
         text.split_whitespace().next()?.parse().ok()
     }
 
@@ -436,7 +457,7 @@ impl EtcdCluster {
         logs.extend(self.replicas.list.iter().map(|r| r.log.clone()));
         for m in &self.members {
             logs.push(m.agent_dir.join("agent.log"));
-            logs.push(m.agent_dir.join("member.log"));
+            logs.push(m.state_dir.join("member.log"));
         }
         crate::print_log_tails(&logs, 20);
     }
