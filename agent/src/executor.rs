@@ -378,7 +378,13 @@ impl Executor {
             let result = e.result.clone()?;
             // A newer leader re-sends what it finds in flight: its term is
             // remembered, and journaled so that a restart remembers it too.
-            let renewed = self.accept_term(cmd).then(|| {
+            // The entry takes the fence when it raised the journal's term,
+            // and whenever it is newer than the entry's own (the journal's
+            // term may have been raised already, by another command of that
+            // leader).
+            let raised = self.accept_term(cmd);
+            let newer = raised || newer_fence(e.fence.as_ref(), cmd.fence.as_ref());
+            let renewed = newer.then(|| {
                 e.fence.clone_from(&cmd.fence);
                 e.clone()
             });
@@ -641,6 +647,16 @@ impl Executor {
     }
 }
 
+/// Whether `new` is a newer fence than an entry's `old`: a newer term of
+/// the same journal, or a first fence.
+fn newer_fence(old: Option<&Fence>, new: Option<&Fence>) -> bool {
+    match (old, new) {
+        (Some(old), Some(new)) => old.journal == new.journal && new.term > old.term,
+        (None, Some(_)) => true,
+        (_, None) => false,
+    }
+}
+
 /// Raises `terms` to `fence`'s term for its journal; whether it was newer
 /// (or the journal new).
 fn raise(terms: &mut HashMap<String, u64>, fence: Option<&Fence>) -> bool {
@@ -827,6 +843,38 @@ mod tests {
             "{err}"
         );
         assert_eq!(ex.terms(), BTreeMap::from([("j-a".to_owned(), 3)]));
+    }
+
+    #[tokio::test]
+    async fn every_known_id_a_newer_leader_resends_records_its_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Arc::new(FakeAdapter::default());
+        let m = MemberId::new("n1").unwrap();
+        let ex = Executor::open(m.clone(), dir.path(), target.clone(), external(), None).unwrap();
+        for id in ["r1-1", "r1-2"] {
+            assert!(ex.run(fenced(id, "j-a", 1)).await.result.is_ok());
+        }
+        // The new leader re-sends both: the first raises the journal-wide
+        // term, and the second must still record it in its own entry.
+        for id in ["r1-1", "r1-2"] {
+            assert!(ex.run(fenced(id, "j-a", 2)).await.result.is_ok());
+        }
+        let terms: Vec<u64> = ex
+            .entries()
+            .iter()
+            .map(|e| e.fence.as_ref().unwrap().term)
+            .collect();
+        assert_eq!(terms, vec![2, 2]);
+        // Journaled: a restart reads the same.
+        drop(ex);
+        let ex = Executor::open(m, dir.path(), target, external(), None).unwrap();
+        let terms: Vec<u64> = ex
+            .entries()
+            .iter()
+            .map(|e| e.fence.as_ref().unwrap().term)
+            .collect();
+        assert_eq!(terms, vec![2, 2]);
+        assert!(ex.entries().iter().all(|e| e.runs == 1));
     }
 
     #[tokio::test]

@@ -54,8 +54,13 @@ pub enum LinkError {
     BadAddress { addr: String, detail: String },
     #[error("cannot reach coordinator at {addr}: {detail}")]
     Connect { addr: String, detail: String },
-    #[error("coordinator refused member {member}: {message}")]
-    Refused { member: MemberId, message: String },
+    #[error("coordinator refused member {member} ({code}): {message}")]
+    Refused {
+        member: MemberId,
+        /// The gRPC code, e.g. `PermissionDenied`.
+        code: String,
+        message: String,
+    },
     #[error("stream to coordinator broke: {0}")]
     Stream(String),
     #[error("coordinator sent a message this agent cannot understand: {0}")]
@@ -470,6 +475,7 @@ async fn session(
             | tonic::Code::NotFound
             | tonic::Code::FailedPrecondition => LinkError::Refused {
                 member: member.clone(),
+                code: format!("{:?}", status.code()),
                 message: status.message().to_owned(),
             },
             _ => LinkError::Connect {

@@ -4,7 +4,12 @@
 //! The driver hands [`Outbound`] domain values to [`AgentLink::send`]; only
 //! this module turns them into wire messages ([`to_wire`]). The service owns
 //! the session protocol: the first message must be a Hello, the second a
-//! Report; only then is a session opened in the [`FleetView`]. Each later
+//! Report; only then is a session opened in the [`FleetView`]. Under mutual
+//! TLS the Hello must be backed by the client certificate: it may claim only
+//! the member the certificate names (`spiffe://<cluster>/member/<id>`, or a
+//! DNS SAN equal to the id), and one that claims another is refused with
+//! PERMISSION_DENIED before any session opens, so the real member's stream
+//! is never displaced. Each later
 //! Report is validated at the edge (`TryFrom`) and then by the view. A bad
 //! message ends the stream with a status naming what was wrong, and leaves the
 //! view as it was. Converting from the wire happens here and nowhere deeper.
@@ -28,6 +33,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+use baton_net::identity::{PeerIdentity, echo};
 
 use crate::error::LinkError;
 use crate::fleet::{FleetView, SessionId};
@@ -80,6 +87,10 @@ pub struct AgentLinkService {
     shutdown: CancellationToken,
     /// What agents' commands may have presigned, and the signer.
     grants: Arc<Grants>,
+    /// Whether streams arrive over mutual TLS, so that a Hello must be
+    /// backed by the client certificate: it may claim only the member (of
+    /// this cluster) the certificate names.
+    require_identity: bool,
 }
 
 impl AgentLinkService {
@@ -97,7 +108,37 @@ impl AgentLinkService {
             reports: Arc::new(tokio::sync::Notify::new()),
             shutdown,
             grants,
+            require_identity: false,
         }
+    }
+
+    /// Binds every Hello to the client certificate when `tls` (the
+    /// coordinator serves mutual TLS).
+    pub fn with_identity(mut self, tls: bool) -> Self {
+        self.require_identity = tls;
+        self
+    }
+
+    /// Refuses a Hello the client certificate does not back (with mutual
+    /// TLS): before any session opens, so the real member's is untouched.
+    fn check_identity(&self, hello: &Hello, peer: Option<&[u8]>) -> Result<(), LinkError> {
+        if !self.require_identity {
+            return Ok(());
+        }
+        let claimed = echo(hello.member.as_str());
+        let Some(der) = peer else {
+            return Err(LinkError::NotYours {
+                claimed,
+                detail: "no client certificate was presented; give the agent [tls] cert and key signed by the coordinator's client_ca".into(),
+            });
+        };
+        let cluster = self.lock().cluster().to_owned();
+        PeerIdentity::from_der(der)
+            .and_then(|id| id.may_be_member(&cluster, hello.member.as_str()))
+            .map_err(|e| LinkError::NotYours {
+                claimed,
+                detail: e.to_string(),
+            })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FleetView> {
@@ -151,11 +192,13 @@ impl AgentLinkService {
     async fn handshake(
         &self,
         inbound: &mut Streaming<AgentMessage>,
+        peer: Option<&[u8]>,
     ) -> Result<(Hello, Report), LinkError> {
         let hello = match next_message(inbound).await? {
             Some(agent_message::Body::Hello(h)) => Hello::try_from(h)?,
             other => return Err(LinkError::ExpectedHello { got: kind(&other) }),
         };
+        self.check_identity(&hello, peer)?;
         self.lock().check_hello(&hello)?;
         let report = match next_message(inbound).await? {
             Some(agent_message::Body::Report(r)) => Report::try_from(r)?,
@@ -254,10 +297,21 @@ impl AgentLinkRpc for AgentLinkService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let from = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        // The leaf of the client's chain (rustls verified it against the
+        // client CA during the handshake).
+        let peer = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.to_vec()));
         let mut inbound = request.into_inner();
-        let (hello, first) = self.handshake(&mut inbound).await.inspect_err(|e| {
-            tracing::warn!(error = %e, "refused agent stream");
-        })?;
+        let (hello, first) = self
+            .handshake(&mut inbound, peer.as_deref())
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(peer = %from, error = %e, "refused agent stream");
+            })?;
         let (tx, rx) = mpsc::channel(16);
         let session = self
             .lock()

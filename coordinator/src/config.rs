@@ -5,7 +5,7 @@
 //! The root config is built from the subsystems' own sections, each parsed
 //! and validated by the subsystem that owns it ([`crate::alerts::config`]
 //! for `[alerting]`); this module owns the top-level keys, `[tls]`,
-//! `[store]` and `[policy]`, and imports no subsystem that imports it.
+//! `[operators]`, `[store]` and `[policy]`, and imports no subsystem that imports it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use serde::Deserialize;
 pub use baton_store::config::StoreConfig;
 use baton_store::config::StoreSection;
 
+use crate::access::Role;
 use crate::alerts::config::{AlertingConfig, AlertingConfigError, RawAlerting};
 
 /// A config problem, naming the key.
@@ -78,6 +79,8 @@ struct RawConfig {
     #[serde(default)]
     alerting: RawAlerting,
     replication: Option<RawReplication>,
+    /// `[operators]`: each operator certificate's name, and its role.
+    operators: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,8 +217,9 @@ struct RawTls {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA.
-    pub client_ca: Option<PathBuf>,
+    /// The CA whose certificates clients must present: agents, operators
+    /// and replica peers are known by them.
+    pub client_ca: PathBuf,
 }
 
 /// A validated coordinator configuration.
@@ -244,6 +248,9 @@ pub struct CoordinatorConfig {
     pub backup_keep: Duration,
     /// Where alerts go (`[alerting]`); no sinks by default.
     pub alerting: AlertingConfig,
+    /// The role of each operator, by the name in its certificate
+    /// (`spiffe://<cluster>/operator/<name>`).
+    pub operators: BTreeMap<String, Role>,
     /// The journal's replicas; one by default.
     pub replication: Replication,
 }
@@ -328,11 +335,19 @@ impl CoordinatorConfig {
             }
             members.push(id);
         }
-        let tls = raw.tls.map(|t| TlsConfig {
-            cert: t.cert,
-            key: t.key,
-            client_ca: t.client_ca,
-        });
+        let tls = match raw.tls {
+            None => None,
+            Some(t) => Some(TlsConfig {
+                cert: t.cert,
+                key: t.key,
+                client_ca: t.client_ca.ok_or_else(|| {
+                    invalid(
+                        "tls.client_ca",
+                        "agents, operators and replica peers are known by their client certificates, so [tls] needs the CA that signs them; set it",
+                    )
+                })?,
+            }),
+        };
         if tls.is_none() && !listen.ip().is_loopback() {
             return Err(invalid(
                 "listen",
@@ -386,11 +401,30 @@ impl CoordinatorConfig {
         let policy = policy(raw.policy, members.len())?;
         let alerting = AlertingConfig::from_raw(raw.alerting)?;
         let replication = replication(raw.replication, listen, tls.is_some())?;
-        if replication.peers.len() > 1 && tls.as_ref().is_some_and(|t| t.client_ca.is_none()) {
-            return Err(invalid(
-                "tls.client_ca",
-                "replicas authenticate each other with it (the CA that signs every replica's certificate); set it, or run one replica",
-            ));
+        let mut operators = BTreeMap::new();
+        for (name, role) in raw.operators.unwrap_or_default() {
+            let role = match role.as_str() {
+                "viewer" => Role::Viewer,
+                "operator" => Role::Operator,
+                "admin" => Role::Admin,
+                other => {
+                    return Err(invalid(
+                        "operators",
+                        format!(
+                            "operator {name:?} has role {other:?}; a role is viewer, operator or admin"
+                        ),
+                    ));
+                }
+            };
+            if name.is_empty() || name.contains('/') {
+                return Err(invalid(
+                    "operators",
+                    format!(
+                        "{name:?} is not an operator name (the last part of spiffe://<cluster>/operator/<name>)"
+                    ),
+                ));
+            }
+            operators.insert(name, role);
         }
         Ok(CoordinatorConfig {
             cluster,
@@ -406,6 +440,7 @@ impl CoordinatorConfig {
             backup_keep,
             alerting,
             replication,
+            operators,
         })
     }
 }
@@ -532,6 +567,46 @@ mod tests {
     }
 
     const GOOD: &str = "cluster_id = \"demo\"\nmembers = [\"n1\", \"n2\", \"n3\"]\n";
+
+    fn invalid_key(e: ConfigError) -> (&'static str, String) {
+        match e {
+            ConfigError::Invalid { key, reason } => (key, reason),
+            other => panic!("not an invalid key: {other}"),
+        }
+    }
+
+    #[test]
+    fn tls_needs_a_client_ca_and_operators_need_a_known_role() {
+        let tls = "[tls]\ncert = \"c.crt\"\nkey = \"c.key\"\n";
+        let (key, reason) = invalid_key(load(&format!("{GOOD}{tls}"), &[]).unwrap_err());
+        assert_eq!(key, "tls.client_ca");
+        assert!(
+            reason.contains("known by their client certificates"),
+            "{reason}"
+        );
+        let c = load(
+            &format!("{GOOD}[operators]\nalice = \"admin\"\nvic = \"viewer\"\n{tls}client_ca = \"ca.crt\"\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.tls.unwrap().client_ca, PathBuf::from("ca.crt"));
+        assert_eq!(
+            c.operators,
+            BTreeMap::from([
+                ("alice".to_owned(), Role::Admin),
+                ("vic".to_owned(), Role::Viewer)
+            ])
+        );
+        for (table, says) in [
+            ("alice = \"root\"", "a role is viewer, operator or admin"),
+            ("\"a/b\" = \"admin\"", "is not an operator name"),
+        ] {
+            let (key, reason) =
+                invalid_key(load(&format!("{GOOD}[operators]\n{table}\n"), &[]).unwrap_err());
+            assert_eq!(key, "operators");
+            assert!(reason.contains(says), "{reason}");
+        }
+    }
 
     #[test]
     fn replication_defaults_to_one_replica_and_checks_every_peer() {

@@ -32,6 +32,10 @@ pub enum LinkError {
     BadResult(baton_proto::InvalidCommand),
     #[error("agent stream failed: {0}")]
     Transport(String),
+    /// A Hello the client certificate does not back: it claims a member
+    /// (or cluster) the certificate does not name, or no certificate came.
+    #[error("hello for member {claimed} refused: {detail}")]
+    NotYours { claimed: String, detail: String },
 }
 
 impl From<LinkError> for Status {
@@ -48,6 +52,7 @@ impl From<LinkError> for Status {
             LinkError::Refused(Refusal::Superseded { .. }) => Code::Aborted,
             LinkError::Silent { .. } => Code::DeadlineExceeded,
             LinkError::Transport(_) => Code::Unavailable,
+            LinkError::NotYours { .. } => Code::PermissionDenied,
         };
         Status::new(code, e.to_string())
     }

@@ -21,6 +21,7 @@
 //!
 //! [`run`] takes an already-bound listener so tests bind `127.0.0.1:0`.
 
+pub mod access;
 pub mod agent_link;
 pub mod alerts;
 pub mod backups;
@@ -76,7 +77,7 @@ pub enum RunError {
 }
 
 fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, RunError> {
-    baton_net::server_tls::server_tls(&tls.cert, &tls.key, tls.client_ca.as_deref()).map_err(|e| {
+    baton_net::server_tls::server_tls(&tls.cert, &tls.key, Some(&tls.client_ca)).map_err(|e| {
         RunError::TlsFile {
             path: e.path,
             source: e.source,
@@ -103,17 +104,12 @@ pub async fn run(
     let (results_tx, results_rx) = tokio::sync::mpsc::channel(256);
     let peer_tls = match &config.tls {
         Some(tls) if config.replication.peers.len() > 1 => {
-            let ca = tls.client_ca.as_deref().ok_or_else(|| RunError::TlsFile {
-                path: tls.cert.clone(),
-                source: std::io::Error::other(
-                    "replicas authenticate each other with [tls] client_ca (the CA that signs every replica's certificate); set it",
-                ),
-            })?;
-            let loaded = baton_net::tls::ClientTls::load(ca, Some((&tls.cert, &tls.key)), None)
-                .map_err(|e| RunError::TlsFile {
-                    path: e.path.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
+            let loaded =
+                baton_net::tls::ClientTls::load(&tls.client_ca, Some((&tls.cert, &tls.key)), None)
+                    .map_err(|e| RunError::TlsFile {
+                        path: e.path.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
             Some(loaded.tonic_config())
         }
         _ => None,
@@ -180,7 +176,8 @@ pub async fn run(
         results_tx,
         shutdown.clone(),
         Arc::new(grants),
-    );
+    )
+    .with_identity(config.tls.is_some());
     let driver_cfg = driver::DriverConfig {
         policy: config.policy.clone(),
         release_name: config.release_name.clone(),
@@ -255,6 +252,11 @@ pub async fn run(
             cluster: config.cluster.clone(),
             keep_for: config.backup_keep,
         }),
+        access: access::Access::new(
+            config.cluster.clone(),
+            config.tls.is_some(),
+            config.operators.clone(),
+        ),
     };
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))

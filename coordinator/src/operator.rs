@@ -1,5 +1,7 @@
-//! The `Operator` gRPC service: what the `baton` CLI calls. Status reads the
-//! FleetView; everything about rollouts is a request to the driver task.
+//! The `Operator` gRPC service: what the `baton` CLI calls. Every call is
+//! first authorized ([`crate::access`]: the caller's role must cover it).
+//! Status reads the FleetView; everything about rollouts is a request to
+//! the driver task.
 //! Converts domain to wire on the way out (with `baton_proto::convert`) and
 //! nothing else; errors become `Status` in [`crate::error`].
 
@@ -14,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use crate::access::{Access, Role};
 use crate::backups::{self, BackupStore};
 use crate::driver::{Op, RolloutSnapshot};
 use crate::error::ControlError;
@@ -27,6 +30,8 @@ pub struct OperatorService {
     pub changes: tokio::sync::watch::Receiver<u64>,
     /// Where backups are kept; None without a `[store]`.
     pub backups: Option<BackupStore>,
+    /// Who may call what ([`crate::access`]).
+    pub access: Access,
 }
 
 /// The longest a `Rollout` long poll waits.
@@ -102,8 +107,9 @@ fn version(v: &str) -> Result<String, Status> {
 impl Operator for OperatorService {
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        let _actor = self.access.authorize(&request, Role::Viewer, "status")?;
         let status = self
             .fleet
             .lock()
@@ -113,6 +119,7 @@ impl Operator for OperatorService {
     }
 
     async fn plan(&self, request: Request<PlanRequest>) -> Result<Response<PlanResponse>, Status> {
+        let _actor = self.access.authorize(&request, Role::Viewer, "plan")?;
         let PlanRequest { to_version } = request.into_inner();
         let to = version(&to_version)?;
         let plan = self.ask(|reply| Op::Plan { to, reply }).await?;
@@ -136,6 +143,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<UpgradeRequest>,
     ) -> Result<Response<UpgradeResponse>, Status> {
+        let _actor = self.access.authorize(&request, Role::Operator, "upgrade")?;
         let UpgradeRequest { to_version } = request.into_inner();
         let to = version(&to_version)?;
         let started = self.ask(|reply| Op::Upgrade { to, reply }).await?;
@@ -146,6 +154,9 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::RollbackRequest>,
     ) -> Result<Response<UpgradeResponse>, Status> {
+        let _actor = self
+            .access
+            .authorize(&request, Role::Operator, "rollback")?;
         let v1::RollbackRequest {} = request.into_inner();
         let started = self.ask(|reply| Op::Rollback { reply }).await?;
         upgrade_response(started)
@@ -155,6 +166,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
+        let _actor = self.access.authorize(&request, Role::Operator, "pause")?;
         let ControlRequest { reason, retry: _ } = request.into_inner();
         let r = self.ask(|reply| Op::Pause { reason, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
@@ -164,6 +176,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
+        let _actor = self.access.authorize(&request, Role::Operator, "resume")?;
         let ControlRequest { reason: _, retry } = request.into_inner();
         let r = self.ask(|reply| Op::Resume { retry, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
@@ -173,6 +186,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
+        let _actor = self.access.authorize(&request, Role::Operator, "abort")?;
         let ControlRequest {
             reason: _,
             retry: _,
@@ -185,6 +199,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<RolloutRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
+        let _actor = self.access.authorize(&request, Role::Viewer, "rollout")?;
         let RolloutRequest {
             rollout_id,
             after_version,
@@ -209,8 +224,9 @@ impl Operator for OperatorService {
 
     async fn history(
         &self,
-        _request: Request<HistoryRequest>,
+        request: Request<HistoryRequest>,
     ) -> Result<Response<HistoryResponse>, Status> {
+        let _actor = self.access.authorize(&request, Role::Viewer, "history")?;
         let all = self.ask(|reply| Op::History { reply }).await?;
         let rollouts = all.into_iter().map(|s| reply(Some(s))).collect();
         Ok(Response::new(HistoryResponse { rollouts }))
@@ -220,6 +236,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::BackupsRequest>,
     ) -> Result<Response<v1::BackupsResponse>, Status> {
+        let _actor = self.access.authorize(&request, Role::Viewer, "backups")?;
         let v1::BackupsRequest {} = request.into_inner();
         let (store, backups) = self.stored_backups().await?;
         Ok(Response::new(v1::BackupsResponse {
@@ -233,6 +250,9 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::VerifyBackupRequest>,
     ) -> Result<Response<v1::VerifyBackupResponse>, Status> {
+        let _actor = self
+            .access
+            .authorize(&request, Role::Operator, "verify backup")?;
         let v1::VerifyBackupRequest { id } = request.into_inner();
         baton_store::check_name(&id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (store, all) = self.stored_backups().await?;
@@ -261,6 +281,7 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::RestoreRequest>,
     ) -> Result<Response<UpgradeResponse>, Status> {
+        let _actor = self.access.authorize(&request, Role::Admin, "restore")?;
         let v1::RestoreRequest {
             backup_id,
             confirm_cluster_id,
@@ -312,6 +333,9 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::PruneBackupsRequest>,
     ) -> Result<Response<v1::PruneBackupsResponse>, Status> {
+        let _actor = self
+            .access
+            .authorize(&request, Role::Admin, "prune backups")?;
         let v1::PruneBackupsRequest { keep, dry_run } = request.into_inner();
         let (store, all) = self.stored_backups().await?;
         let plan = backups::prune_plan(all, keep as usize);
@@ -392,6 +416,7 @@ mod tests {
                 ops,
                 changes,
                 backups: None,
+                access: crate::access::Access::new("c".into(), false, Default::default()),
             },
             changes_tx,
         )

@@ -5,6 +5,9 @@
 //!   read and checked once; a probing handshake that says why TLS failed.
 //! - [`server_tls`]: server TLS for the coordinator's gRPC port, with client
 //!   certificates required when a client CA is configured.
+//! - [`identity`]: who a TLS peer is, from its certificate's SANs
+//!   (`spiffe://<cluster>/member/<id>` and the like, or a DNS name), and
+//!   the cutting of echoed wire values to a bounded length.
 //! - [`http`]: the one HTTP(S) client (hyper-rustls on ring; webpki roots,
 //!   or a private CA and a client certificate).
 //!
@@ -12,5 +15,6 @@
 //! no baton decisions, only transport.
 
 pub mod http;
+pub mod identity;
 pub mod server_tls;
 pub mod tls;

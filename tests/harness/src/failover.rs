@@ -246,22 +246,34 @@ fn log_term(path: &std::path::Path) -> Result<u64> {
     Ok(term)
 }
 
-/// The term member `probe`'s agent last took command `id` under (its
-/// `/commands`), if it has it.
-async fn agent_term_of(probe: SocketAddr, id: &str) -> Option<u64> {
+/// What member `probe`'s agent has of command `id` (its `/commands`): the
+/// term it last took it under, and whether it has a result yet.
+async fn agent_entry(probe: SocketAddr, id: &str) -> Option<(u64, bool)> {
     let entries = crate::agent_commands_at(probe).await.ok()?;
     entries
         .as_array()?
         .iter()
         .find(|e| e["id"].as_str() == Some(id))
-        .map(|e| e["fence"]["term"].as_u64().unwrap_or(0))
+        .map(|e| {
+            (
+                e["fence"]["term"].as_u64().unwrap_or(0),
+                !e["result"].is_null(),
+            )
+        })
+}
+
+/// The term member `probe`'s agent last took command `id` under, if it
+/// has it.
+async fn agent_term_of(probe: SocketAddr, id: &str) -> Option<u64> {
+    agent_entry(probe, id).await.map(|(term, _)| term)
 }
 
 /// The fencing drill, made so the late command is certain to be sent:
 /// 1. SIGSTOP the leading replica at a moment when a command it sent is
-///    unanswered (each look is made with it frozen, so what its journal and
-///    the agent say cannot change under the look), and cut it off from its
-///    peers.
+///    still running on its agent (so no result for it exists, and with the
+///    only proposer frozen none can be journaled), and cut it off from its
+///    peers. (Its own journal file is no guide: a leader's entry can commit
+///    on its followers' acks before its own write lands.)
 /// 2. The other two elect a leader, which re-sends what it finds in flight
 ///    in its own, newer term, and drives on. The drill waits until the
 ///    agent shows it took the command under that newer term.
@@ -287,15 +299,20 @@ pub async fn a_deposed_leader_is_fenced(fleet: &impl Fleet, action: Option<&str>
             .replicas()
             .wait_leading(Duration::from_secs(15))
             .await?;
-        // A command the leader sent (its agent has it) and no result for it
-        // yet, seen with the leader running; then confirmed with it frozen
-        // by a look at its journal alone, so the freeze is short and causes
-        // no election of its own.
+        // A command the leader sent that its agent is still running: no
+        // result exists yet, so none can be in any journal. Seen with the
+        // leader running, then confirmed with it frozen (a look at the
+        // agent alone, so the freeze is short and causes no election). A
+        // result that comes after the freeze cannot be journaled, since
+        // only the frozen leader proposes: its driver keeps the command in
+        // flight, and the new leader finds it in flight too.
         let mut sent = None;
         for (member, id) in in_flight(&fleet.replicas().journal(k)?, action) {
             let id = id.trim_matches('"').to_owned();
             if let Some(i) = names.iter().position(|n| *n == member)
-                && agent_term_of(probes[i], &id).await.is_some()
+                && agent_entry(probes[i], &id)
+                    .await
+                    .is_some_and(|(_, done)| !done)
             {
                 sent = Some((i, id));
                 break;
@@ -310,13 +327,9 @@ pub async fn a_deposed_leader_is_fenced(fleet: &impl Fleet, action: Option<&str>
             .as_ref()
             .context("the leader runs")?;
         proc.signal(Signal::SIGSTOP);
-        // Frozen: its journal cannot change under this look. No result in
-        // it means none in what it applied either, so its driver holds the
-        // command in flight.
-        let journal = fleet.replicas().journal(k)?;
-        if in_flight(&journal, None)
-            .iter()
-            .any(|(_, x)| x.trim_matches('"') == id)
+        if agent_entry(probes[i], &id)
+            .await
+            .is_some_and(|(_, done)| !done)
         {
             break 'look (k, i, id);
         }

@@ -2,7 +2,10 @@
 //! certificate and a client CA accepts a real agent that presents its
 //! certificate, serves `baton status` over TLS, and refuses a client without
 //! a certificate and a plaintext client. Replica processes speak mutual TLS
-//! to each other, and one with another CA's certificate gets nothing.
+//! to each other, and one with another CA's certificate gets nothing. An
+//! agent may speak only for the member its certificate names: one that
+//! claims another member, or whose certificate is another cluster's or an
+//! operator's, is refused, and the real member's session is untouched.
 
 use std::fs;
 use std::process::Command;
@@ -26,10 +29,14 @@ impl Pki {
                 vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
             ),
             ("n1", vec!["n1".to_owned()]),
+            ("alice", vec!["spiffe://e2e/operator/alice".to_owned()]),
+            ("mallory", vec!["spiffe://e2e/operator/mallory".to_owned()]),
+            ("vic", vec!["spiffe://e2e/operator/vic".to_owned()]),
         ])
     }
 
-    /// A CA of its own, and one certificate it signs per `(name, SANs)`.
+    /// A CA of its own, and one certificate it signs per `(name, SANs)`
+    /// (each SAN a DNS name or an IP address, or a URI: `spiffe://...`).
     fn with(certs: &[(&str, Vec<String>)]) -> Result<Pki> {
         let dir = tempfile::tempdir()?;
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
@@ -41,7 +48,15 @@ impl Pki {
         let issuer = Issuer::new(ca, ca_key);
         for (name, sans) in certs {
             let key = KeyPair::generate()?;
-            let cert = CertificateParams::new(sans.clone())?.signed_by(&key, &issuer)?;
+            let (uris, names): (Vec<String>, Vec<String>) =
+                sans.iter().cloned().partition(|s| s.contains("://"));
+            let mut params = CertificateParams::new(names)?;
+            for u in uris {
+                params
+                    .subject_alt_names
+                    .push(rcgen::SanType::URI(u.as_str().try_into()?));
+            }
+            let cert = params.signed_by(&key, &issuer)?;
             fs::write(dir.path().join(format!("{name}.crt")), cert.pem())?;
             fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem())?;
         }
@@ -51,6 +66,20 @@ impl Pki {
     fn path(&self, f: &str) -> String {
         self.dir.path().join(f).to_string_lossy().into_owned()
     }
+}
+
+/// `baton --output json <args>` with `cert`'s certificate and key.
+fn baton_as(url: &str, pki: &Pki, cert: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin("baton"))
+        .args(["--coordinator", url, "--output", "json", "--ca-cert"])
+        .arg(pki.path("ca.crt"))
+        .arg("--cert")
+        .arg(pki.path(&format!("{cert}.crt")))
+        .arg("--key")
+        .arg(pki.path(&format!("{cert}.key")))
+        .args(args)
+        .output()
+        .expect("run baton")
 }
 
 fn baton_status(url: &str, pki: &Pki, with_cert: bool) -> std::process::Output {
@@ -64,7 +93,12 @@ fn baton_status(url: &str, pki: &Pki, with_cert: bool) -> std::process::Output {
         &pki.path("ca.crt"),
     ]);
     if with_cert {
-        cmd.args(["--cert", &pki.path("n1.crt"), "--key", &pki.path("n1.key")]);
+        cmd.args([
+            "--cert",
+            &pki.path("alice.crt"),
+            "--key",
+            &pki.path("alice.key"),
+        ]);
     }
     cmd.arg("status").output().expect("run baton")
 }
@@ -78,7 +112,7 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
     fs::write(
         &config,
         format!(
-            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\n[operators]\nalice = \"admin\"\nvic = \"viewer\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
             pki.path("coordinator.crt"),
             pki.path("coordinator.key"),
             pki.path("ca.crt")
@@ -133,6 +167,35 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Roles: a member's certificate, an operator with no role, and a
+    // viewer asking to upgrade are each refused, naming who and why.
+    for (cert, args, why) in [
+        (
+            "n1",
+            &["status"][..],
+            "the client certificate names DNS:n1, which is no operator of cluster e2e",
+        ),
+        ("mallory", &["status"][..], "operator mallory has no role"),
+        (
+            "vic",
+            &["upgrade", "--to", "v2", "--detach"][..],
+            "operator vic is a viewer, and upgrade needs operator",
+        ),
+    ] {
+        let out = baton_as(&url, &pki, cert, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{cert} {args:?} is refused: {stderr}"
+        );
+        assert!(stderr.contains(why), "{cert} {args:?}: {stderr}");
+    }
+    let viewer = baton_as(&url, &pki, "vic", &["status"]);
+    assert!(
+        viewer.status.success(),
+        "a viewer may read the status: {}",
+        String::from_utf8_lossy(&viewer.stderr)
+    );
     let no_cert = baton_status(&url, &pki, false);
     assert!(
         !no_cert.status.success(),
@@ -160,7 +223,11 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
 async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Result<()> {
     init();
     let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let pki = Pki::with(&[("coordinator", sans.clone()), ("n1", vec!["n1".to_owned()])])?;
+    let pki = Pki::with(&[
+        ("coordinator", sans.clone()),
+        ("n1", vec!["n1".to_owned()]),
+        ("alice", vec!["spiffe://e2e/operator/alice".to_owned()]),
+    ])?;
     let stranger = Pki::with(&[("coordinator", sans)])?;
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let url = |k: usize| format!("https://127.0.0.1:{}", ports[k]);
@@ -177,7 +244,7 @@ async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Resul
         fs::write(
             &config,
             format!(
-                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\nstate_dir = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[replication]\nid = {id}\npeers = {{ {peers} }}\n",
+                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\nstate_dir = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[operators]\nalice = \"admin\"\n[replication]\nid = {id}\npeers = {{ {peers} }}\n",
                 ports[k],
                 state.to_string_lossy(),
                 own.path("coordinator.crt"),
@@ -230,5 +297,175 @@ async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Resul
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(procs);
+    Ok(())
+}
+
+/// Writes an agent config for `member` with `cert` (whose member process is
+/// not running: it reports it down, but its session opens) and starts it.
+fn spawn_agent(
+    pki: &Pki,
+    url: &str,
+    member: &str,
+    cert: &str,
+    name: &str,
+) -> Result<(Proc, std::path::PathBuf)> {
+    let dir = pki.dir.path().join(name);
+    fs::create_dir_all(&dir)?;
+    let config = dir.join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "member_id = {member:?}\ncluster_id = \"e2e\"\ncoordinator = {url:?}\nheartbeat_ms = 200\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"127.0.0.1:{}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            dir.to_string_lossy(),
+            dir.to_string_lossy(),
+            free_port(),
+            pki.path("ca.crt"),
+            pki.path(&format!("{cert}.crt")),
+            pki.path(&format!("{cert}.key")),
+        ),
+    )?;
+    let mut cmd = Command::new(bin("baton-agent"));
+    cmd.arg("--config").arg(&config);
+    let log = dir.join("agent.log");
+    Ok((Proc::spawn(&format!("agent-{name}"), &mut cmd, &log)?, log))
+}
+
+fn plain_log(path: &std::path::Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_agent_speaks_only_for_the_member_its_certificate_names() -> Result<()> {
+    init();
+    let pki = Pki::with(&[
+        (
+            "coordinator",
+            vec!["localhost".to_owned(), "127.0.0.1".to_owned()],
+        ),
+        ("n1", vec!["spiffe://e2e/member/n1".to_owned()]),
+        ("n2", vec!["n2".to_owned()]),
+        ("n3", vec!["n3".to_owned()]),
+        ("foreign", vec!["spiffe://other/member/n3".to_owned()]),
+        ("alice", vec!["spiffe://e2e/operator/alice".to_owned()]),
+    ])?;
+    let port = free_port();
+    let config = pki.dir.path().join("coordinator.toml");
+    fs::write(
+        &config,
+        format!(
+            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = [\"n1\", \"n2\", \"n3\"]\nstate_dir = {:?}\n[operators]\nalice = \"admin\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            pki.dir.path().join("state").to_string_lossy(),
+            pki.path("coordinator.crt"),
+            pki.path("coordinator.key"),
+            pki.path("ca.crt")
+        ),
+    )?;
+    let mut cmd = Command::new(bin("baton-coordinator"));
+    cmd.arg("--config").arg(&config);
+    let coordinator_log = pki.dir.path().join("coordinator.log");
+    let _coordinator = Proc::spawn("coordinator", &mut cmd, &coordinator_log)?;
+    let url = format!("https://127.0.0.1:{port}");
+    let (_n1, _) = spawn_agent(&pki, &url, "n1", "n1", "n1")?;
+    let (_n2, _) = spawn_agent(&pki, &url, "n2", "n2", "n2")?;
+    let (_n3, n3_log) = spawn_agent(&pki, &url, "n3", "n3", "n3")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = baton_status(&url, &pki, true);
+        if out.status.success() {
+            let s: FleetStatus = serde_json::from_slice(&out.stdout)?;
+            if s.members.iter().all(|m| m.connected) {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agents never connected: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            plain_log(&coordinator_log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n3_lines = plain_log(&n3_log).lines().count();
+    // Three impostors for n3, each a real agent: n1's certificate, another
+    // cluster's member certificate, and an operator's certificate.
+    let impostors = [
+        ("n1", "names spiffe://e2e/member/n1, not member n3"),
+        ("foreign", "belongs to cluster other"),
+        ("alice", "names spiffe://e2e/operator/alice, not member n3"),
+    ];
+    let mut running = Vec::new();
+    for (cert, _) in &impostors {
+        running.push(spawn_agent(
+            &pki,
+            &url,
+            "n3",
+            cert,
+            &format!("fake-{cert}"),
+        )?);
+    }
+    // Each is refused, naming both ids, again and again as it redials.
+    for ((cert, why), (_, log)) in impostors.iter().zip(&running) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = plain_log(log);
+            let refusals = text
+                .lines()
+                .filter(|l| l.contains("hello for member n3 refused") && l.contains(why))
+                .count();
+            if refusals >= 3 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the agent with {cert}'s certificate was refused {refusals} times, not 3, for {why:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            plain_log(log).contains("coordinator refused member n3 (PermissionDenied)"),
+            "{}",
+            plain_log(log)
+        );
+    }
+    let log = plain_log(&coordinator_log);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused agent stream") && l.contains("peer=127.0.0.1:")),
+        "the coordinator logs each refusal with the peer's address:\n{log}"
+    );
+    assert!(
+        !log.contains("replaced by a newer connection") && !log.contains("superseded"),
+        "the real n3's session was never displaced:\n{log}"
+    );
+    // The real n3 kept its one session throughout, and still reports.
+    let since: Vec<String> = plain_log(&n3_log)
+        .lines()
+        .skip(n3_lines)
+        .filter(|l| l.contains("session ended"))
+        .map(str::to_owned)
+        .collect();
+    assert!(since.is_empty(), "the real n3's session ended: {since:?}");
+    let out = baton_status(&url, &pki, true);
+    let s: FleetStatus = serde_json::from_slice(&out.stdout)?;
+    assert!(
+        s.members.iter().all(|m| m.connected && m.fresh),
+        "{:?}",
+        s.members
+    );
     Ok(())
 }
