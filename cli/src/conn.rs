@@ -691,6 +691,7 @@ mod tests {
             started_at: UnixMs(1),
             completed_at: None,
             backup: Default::default(),
+            audit: Vec::new(),
         }
     }
 

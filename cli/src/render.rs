@@ -22,6 +22,10 @@ pub struct Summary {
     pub step_ms: Vec<(String, u64)>,
     pub total_ms: u64,
     pub backup: BackupLine,
+    /// Who started it (`operator/<name>`, or `local`), when recorded.
+    pub started_by: Option<String>,
+    /// Every control event someone asked for, with who and when.
+    pub audit: Vec<baton_domain::Audit>,
 }
 
 /// The pre-upgrade backup, as the summary shows it.
@@ -119,6 +123,12 @@ pub fn summary(r: &Rollout) -> Summary {
             .collect(),
         total_ms: u64::try_from(end.since(r.started_at).as_millis()).unwrap_or(u64::MAX),
         backup: BackupLine::of(&r.backup.state),
+        started_by: r
+            .audit
+            .iter()
+            .find(|a| a.what == "started")
+            .map(|a| a.by.clone()),
+        audit: r.audit.clone(),
     }
 }
 
@@ -395,6 +405,7 @@ mod tests {
             finished_at: finished.map(UnixMs),
         };
         Rollout {
+            audit: Vec::new(),
             id: "r1-v2".into(),
             target: ReleaseRef {
                 name: "samplekv".into(),

@@ -247,6 +247,7 @@ fn rollout(phase: Phase) -> Rollout {
         started_at: UnixMs(1),
         completed_at: None,
         backup: Default::default(),
+        audit: Vec::new(),
     }
 }
 

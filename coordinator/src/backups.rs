@@ -181,6 +181,7 @@ mod tests {
     fn rollout(id: &str, phase: Phase, completed: Option<u64>) -> RolloutState {
         let n = |s: &str| MemberId::new(s).unwrap();
         let mut r = RolloutState::start(&Event::Started {
+            by: None,
             id: id.into(),
             target: ReleaseRef {
                 name: "kv".into(),

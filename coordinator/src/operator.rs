@@ -143,10 +143,13 @@ impl Operator for OperatorService {
         &self,
         request: Request<UpgradeRequest>,
     ) -> Result<Response<UpgradeResponse>, Status> {
-        let _actor = self.access.authorize(&request, Role::Operator, "upgrade")?;
+        let by = self
+            .access
+            .authorize(&request, Role::Operator, "upgrade")?
+            .name;
         let UpgradeRequest { to_version } = request.into_inner();
         let to = version(&to_version)?;
-        let started = self.ask(|reply| Op::Upgrade { to, reply }).await?;
+        let started = self.ask(|reply| Op::Upgrade { to, by, reply }).await?;
         upgrade_response(started)
     }
 
@@ -154,11 +157,12 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::RollbackRequest>,
     ) -> Result<Response<UpgradeResponse>, Status> {
-        let _actor = self
+        let by = self
             .access
-            .authorize(&request, Role::Operator, "rollback")?;
+            .authorize(&request, Role::Operator, "rollback")?
+            .name;
         let v1::RollbackRequest {} = request.into_inner();
-        let started = self.ask(|reply| Op::Rollback { reply }).await?;
+        let started = self.ask(|reply| Op::Rollback { by, reply }).await?;
         upgrade_response(started)
     }
 
@@ -166,9 +170,12 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let _actor = self.access.authorize(&request, Role::Operator, "pause")?;
+        let by = self
+            .access
+            .authorize(&request, Role::Operator, "pause")?
+            .name;
         let ControlRequest { reason, retry: _ } = request.into_inner();
-        let r = self.ask(|reply| Op::Pause { reason, reply }).await?;
+        let r = self.ask(|reply| Op::Pause { reason, by, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
@@ -176,9 +183,12 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let _actor = self.access.authorize(&request, Role::Operator, "resume")?;
+        let by = self
+            .access
+            .authorize(&request, Role::Operator, "resume")?
+            .name;
         let ControlRequest { reason: _, retry } = request.into_inner();
-        let r = self.ask(|reply| Op::Resume { retry, reply }).await?;
+        let r = self.ask(|reply| Op::Resume { retry, by, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
@@ -186,12 +196,15 @@ impl Operator for OperatorService {
         &self,
         request: Request<ControlRequest>,
     ) -> Result<Response<RolloutReply>, Status> {
-        let _actor = self.access.authorize(&request, Role::Operator, "abort")?;
+        let by = self
+            .access
+            .authorize(&request, Role::Operator, "abort")?
+            .name;
         let ControlRequest {
             reason: _,
             retry: _,
         } = request.into_inner();
-        let r = self.ask(|reply| Op::Abort { reply }).await?;
+        let r = self.ask(|reply| Op::Abort { by, reply }).await?;
         Ok(Response::new(reply(Some(r.map_err(Status::from)?))))
     }
 
@@ -281,7 +294,10 @@ impl Operator for OperatorService {
         &self,
         request: Request<v1::RestoreRequest>,
     ) -> Result<Response<UpgradeResponse>, Status> {
-        let _actor = self.access.authorize(&request, Role::Admin, "restore")?;
+        let by = self
+            .access
+            .authorize(&request, Role::Admin, "restore")?
+            .name;
         let v1::RestoreRequest {
             backup_id,
             confirm_cluster_id,
@@ -323,6 +339,7 @@ impl Operator for OperatorService {
                 backup: backup_id,
                 revision: manifest.revision,
                 release: manifest.release,
+                by,
                 reply,
             })
             .await?;

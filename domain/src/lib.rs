@@ -13,8 +13,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use rollout::{
-    BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep,
-    Rollout, RolloutBackup, Stage, StoredBackup, StoredBackupDetail, UnixMs,
+    Audit, BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase,
+    RevertStep, Rollout, RolloutBackup, Stage, StoredBackup, StoredBackupDetail, UnixMs,
 };
 
 /// The name of one cluster member, as the operator configured it (e.g. `n1`).

@@ -431,6 +431,21 @@ pub struct Rollout {
     /// The pre-upgrade backup.
     #[serde(default)]
     pub backup: RolloutBackup,
+    /// Who asked for what: every control event someone asked for, in order.
+    #[serde(default)]
+    pub audit: Vec<Audit>,
+}
+
+/// One line of a rollout's audit trail: a control event and who asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Audit {
+    /// `started`, `paused`, `pause requested`, `resumed`, `abort
+    /// requested` or `closed`.
+    pub what: String,
+    /// `operator/<name>` (its certificate's), or `local` on plaintext
+    /// loopback.
+    pub by: String,
+    pub at: UnixMs,
 }
 
 #[cfg(test)]
@@ -548,6 +563,11 @@ mod tests {
                     verified_at: UnixMs(5),
                 }),
             },
+            audit: vec![Audit {
+                what: "started".into(),
+                by: "operator/alice".into(),
+                at: UnixMs(1),
+            }],
         }
     }
 
@@ -583,6 +603,7 @@ mod tests {
                 "sha256": "cd".repeat(32), "revision": 41, "parts": 1,
                 "location": "/srv/baton", "verified_at": 5,
             }},
+            "audit": [{"what": "started", "by": "operator/alice", "at": 1}],
         });
         assert_eq!(json, expected);
         let back: Rollout = serde_json::from_value(json).unwrap();

@@ -102,13 +102,23 @@ pub async fn history(conn: &mut OperatorConn, output: Output) -> anyhow::Result<
         Output::Table => {
             for v in &all {
                 let s = summary(&v.state);
+                let by: Vec<String> = s
+                    .audit
+                    .iter()
+                    .map(|a| format!("{} by {}", a.what, a.by))
+                    .collect();
                 println!(
-                    "{:<16} -> {:<8} {:>8}ms  order {}  {}",
+                    "{:<16} -> {:<8} {:>8}ms  order {}  {}{}",
                     s.rollout,
                     s.target,
                     s.total_ms,
                     s.order.join(","),
-                    s.outcome
+                    s.outcome,
+                    if by.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", by.join(", "))
+                    }
                 );
             }
         }

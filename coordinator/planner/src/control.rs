@@ -108,8 +108,16 @@ pub fn pause_for_journal_space(state: &RolloutState, now: UnixMs) -> Option<Even
         "{JOURNAL_SPACE_PAUSE}: paused at a safe point with every member serving; it resumes by itself once there is space under the coordinator's state_dir again"
     );
     Some(match member_down(state) {
-        Some(_) => Event::PauseRequested { reason, at: now },
-        None => Event::Paused { reason, at: now },
+        Some(_) => Event::PauseRequested {
+            by: None,
+            reason,
+            at: now,
+        },
+        None => Event::Paused {
+            by: None,
+            reason,
+            at: now,
+        },
     })
 }
 
@@ -127,8 +135,16 @@ pub fn control(state: &RolloutState, control: Control, now: UnixMs) -> Result<Ev
             let reason = format!("paused by the operator: {reason}");
             Ok(match member_down(state) {
                 // Never leave a member down: finish (or undo) its step first.
-                Some(_) => Event::PauseRequested { reason, at: now },
-                None => Event::Paused { reason, at: now },
+                Some(_) => Event::PauseRequested {
+                    by: None,
+                    reason,
+                    at: now,
+                },
+                None => Event::Paused {
+                    by: None,
+                    reason,
+                    at: now,
+                },
             })
         }
         (Control::Pause { .. }, Phase::Pausing { .. }) => Err(Refused::of(
@@ -149,13 +165,13 @@ pub fn control(state: &RolloutState, control: Control, now: UnixMs) -> Result<Ev
                     ),
                 ));
             }
-            Ok(Event::Resumed { at: now })
+            Ok(Event::Resumed { by: None, at: now })
         }
         (Control::Resume { .. }, _) => {
             Err(Refused::of(state, "only a paused rollout can be resumed"))
         }
         (Control::Abort, Phase::Running | Phase::Pausing { .. }) => {
-            Ok(Event::AbortRequested { at: now })
+            Ok(Event::AbortRequested { by: None, at: now })
         }
         (Control::Abort, Phase::Paused { .. }) => Err(Refused::of(
             state,

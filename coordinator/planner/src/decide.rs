@@ -328,6 +328,7 @@ fn next(
         && !progress.stage.is_disruptive()
     {
         return vec![Step::Record(Event::Paused {
+            by: None,
             reason: format!("{why}; member {member} is {}", progress.stage.name()),
             at: now,
         })];
@@ -391,6 +392,7 @@ fn next(
             }
         }
         Stage::Reverted { reason } => vec![Step::Record(Event::Paused {
+            by: None,
             reason: reason.clone(),
             at: now,
         })],
@@ -426,7 +428,11 @@ fn next(
                         at: now,
                     }
                 } else {
-                    Event::Paused { reason, at: now }
+                    Event::Paused {
+                        by: None,
+                        reason,
+                        at: now,
+                    }
                 };
                 return vec![Step::Record(record)];
             }
@@ -449,6 +455,7 @@ fn next(
                     .count();
                 if refusals >= MAX_LEADER_REFUSALS {
                     return vec![Step::Record(Event::Paused {
+                        by: None,
                         reason: format!(
                             "member {member} refused to stop {refusals} times because it leads by its own reads, while the reports name another leader; check the cluster's leadership, then `baton resume`"
                         ),
@@ -515,6 +522,7 @@ fn backup_steps(view: &View, rollout: &RolloutState, policy: &Policy, now: UnixM
                 at: now,
             })],
             _ => vec![Step::Record(Event::Paused {
+                by: None,
                 reason: format!(
                     "pre-upgrade backup {id} failed: {reason}; no member was stopped; fix the cause, then `baton resume` takes a new backup"
                 ),
@@ -568,7 +576,11 @@ fn catch_up(
             "member {member} did not catch up: lag {lag_text} > {} after {waited:?} (catchup_timeout {:?})",
             policy.tolerable_lag, policy.catchup_timeout
         );
-        return vec![Step::Record(Event::Paused { reason, at: now })];
+        return vec![Step::Record(Event::Paused {
+            by: None,
+            reason,
+            at: now,
+        })];
     }
     if let Some(stalled) = stalled_for(view, member, since, policy.tolerable_lag, now)
         && stalled >= policy.stall_after
@@ -580,7 +592,11 @@ fn catch_up(
         // The watchdog pages for the stall (BatonCatchUpStalled), from the
         // same view at the same instant.
         return match policy.on_stall {
-            OnStall::Pause => vec![Step::Record(Event::Paused { reason, at: now })],
+            OnStall::Pause => vec![Step::Record(Event::Paused {
+                by: None,
+                reason,
+                at: now,
+            })],
             OnStall::Wait => wait(format!("{reason}; on_stall = wait, so waiting")),
             OnStall::Rollback => vec![Step::Record(Event::GateFailed {
                 member: member.clone(),
@@ -634,7 +650,11 @@ fn handover(
                 "handover from leader {from} to {} failed after {} attempts: {why}; {from} was not stopped and still leads",
                 h.to, h.attempts
             );
-            return vec![Step::Record(Event::Paused { reason, at: now })];
+            return vec![Step::Record(Event::Paused {
+                by: None,
+                reason,
+                at: now,
+            })];
         }
     }
     match handover_target(view, rollout, from) {
@@ -711,7 +731,11 @@ pub(crate) fn verify(
             policy.catchup_timeout,
             problems.join(", ")
         );
-        return vec![Step::Record(Event::Paused { reason, at: now })];
+        return vec![Step::Record(Event::Paused {
+            by: None,
+            reason,
+            at: now,
+        })];
     }
     wait(format!("verify: {}", problems.join(", ")))
 }

@@ -377,6 +377,7 @@ pub fn start(
         return refuse("release", "no member reports a release".to_owned());
     };
     Ok(crate::rollout::Event::Started {
+        by: None,
         id,
         target: release.clone(),
         previous: previous.to_owned(),
@@ -574,6 +575,7 @@ pub fn start_rollback(
         order.push(l);
     }
     Ok(crate::rollout::Event::Started {
+        by: None,
         id,
         target: release.clone(),
         previous: from.target.version.clone(),

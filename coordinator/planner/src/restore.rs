@@ -80,6 +80,7 @@ pub(crate) fn next(
         && !touched
     {
         return vec![Step::Record(Event::Paused {
+            by: None,
             reason: format!("{why}; no member was stopped"),
             at: now,
         })];
@@ -135,6 +136,7 @@ pub(crate) fn next(
                     }));
                 } else if now.since(*at) > policy.health_timeout {
                     return vec![Step::Record(Event::Paused {
+                        by: None,
                         reason: format!(
                             "restore: member {m} is not healthy on {} at revision {} or later after {:?} (health_timeout; it is at {applied}); check it, then `baton resume`",
                             target.version, plan.revision, policy.health_timeout

@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use baton_domain::MemberId;
 pub use baton_domain::rollout::{
-    BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase, RevertStep,
-    Rollout, RolloutBackup, Stage,
+    Audit, BackupState, BackupSummary, CommandRecord, Gate, Handover, MemberProgress, Phase,
+    RevertStep, Rollout, RolloutBackup, Stage,
 };
 pub use baton_domain::{Action, CommandId};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,11 @@ pub enum Event {
         /// written before journals had ids.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         journal: Option<String>,
+        /// Who asked for it (`operator/<name>`, or `local` on plaintext
+        /// loopback); absent when baton itself decided, and in journals
+        /// written before actors were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     CommandIssued {
         id: CommandId,
@@ -82,18 +87,38 @@ pub enum Event {
     Paused {
         reason: String,
         at: UnixMs,
+        /// Who asked for it (`operator/<name>`, or `local` on plaintext
+        /// loopback); absent when baton itself decided, and in journals
+        /// written before actors were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// The operator asked to pause while a member was between stop and
     /// healthy: carry it on (or back), then pause with `reason`.
     PauseRequested {
         reason: String,
         at: UnixMs,
+        /// Who asked for it (`operator/<name>`, or `local` on plaintext
+        /// loopback); absent when baton itself decided, and in journals
+        /// written before actors were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     Resumed {
         at: UnixMs,
+        /// Who asked for it (`operator/<name>`, or `local` on plaintext
+        /// loopback); absent when baton itself decided, and in journals
+        /// written before actors were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     AbortRequested {
         at: UnixMs,
+        /// Who asked for it (`operator/<name>`, or `local` on plaintext
+        /// loopback); absent when baton itself decided, and in journals
+        /// written before actors were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     Completed {
         at: UnixMs,
@@ -102,6 +127,11 @@ pub enum Event {
     Closed {
         reason: String,
         at: UnixMs,
+        /// Who asked for it (`operator/<name>`, or `local` on plaintext
+        /// loopback); absent when baton itself decided, and in journals
+        /// written before actors were recorded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// The coordinator re-read the backup from the store and every part
     /// matched its manifest.
@@ -167,6 +197,9 @@ pub struct RolloutState {
     /// Set when this rollout is a restore (`Event::RestorePlanned`).
     #[serde(default)]
     pub restore: Option<RestorePlan>,
+    /// Who asked for each control event ([`Event::audit`]), in order.
+    #[serde(default)]
+    pub audit: Vec<Audit>,
 }
 
 /// An event that does not fit the state it was applied to. Replaying a
@@ -183,10 +216,48 @@ pub enum ApplyError {
     DuplicateCommand(CommandId),
 }
 
+impl Event {
+    /// This event with `actor` recorded as who asked for it: for the
+    /// control events (started, paused, pause requested, resumed, abort
+    /// requested, closed); any other event is returned as it is.
+    pub fn asked_by(mut self, actor: &str) -> Event {
+        if let Some((_, by, _)) = self.control_mut() {
+            *by = Some(actor.to_owned());
+        }
+        self
+    }
+
+    /// What a control event is called in the audit trail, and who asked
+    /// for it.
+    fn control_mut(&mut self) -> Option<(&'static str, &mut Option<String>, UnixMs)> {
+        match self {
+            Event::Started { by, at, .. } => Some(("started", by, *at)),
+            Event::Paused { by, at, .. } => Some(("paused", by, *at)),
+            Event::PauseRequested { by, at, .. } => Some(("pause requested", by, *at)),
+            Event::Resumed { by, at } => Some(("resumed", by, *at)),
+            Event::AbortRequested { by, at } => Some(("abort requested", by, *at)),
+            Event::Closed { by, at, .. } => Some(("closed", by, *at)),
+            _ => None,
+        }
+    }
+
+    /// The audit line this event adds, when someone asked for it.
+    pub fn audit(&self) -> Option<Audit> {
+        let mut e = self.clone();
+        let (what, by, at) = e.control_mut()?;
+        Some(Audit {
+            what: what.to_owned(),
+            by: by.take()?,
+            at,
+        })
+    }
+}
+
 impl RolloutState {
     /// Builds the state from its first event.
     pub fn start(event: &Event) -> Result<RolloutState, ApplyError> {
         let Event::Started {
+            by: _,
             id,
             target,
             previous,
@@ -227,6 +298,7 @@ impl RolloutState {
             journal: journal.clone(),
             completed_at: None,
             backup: RolloutBackup::default(),
+            audit: event.audit().into_iter().collect(),
             restore: None,
         })
     }
@@ -461,21 +533,29 @@ impl RolloutState {
                 self.handover = None;
                 self.leader_changes.push((to.clone(), *at));
             }
-            Event::Paused { reason, at: _ } => {
+            Event::Paused {
+                by: _,
+                reason,
+                at: _,
+            } => {
                 if !self.phase.is_terminal() {
                     self.phase = Phase::Paused {
                         reason: reason.clone(),
                     };
                 }
             }
-            Event::PauseRequested { reason, at: _ } => {
+            Event::PauseRequested {
+                by: _,
+                reason,
+                at: _,
+            } => {
                 if matches!(self.phase, Phase::Running | Phase::Aborting) {
                     self.phase = Phase::Pausing {
                         reason: reason.clone(),
                     };
                 }
             }
-            Event::Resumed { at: _ } => {
+            Event::Resumed { by: _, at: _ } => {
                 if matches!(
                     self.phase,
                     Phase::Paused { .. } | Phase::Aborting | Phase::Pausing { .. }
@@ -496,7 +576,7 @@ impl RolloutState {
                     self.backup.state = BackupState::Pending;
                 }
             }
-            Event::AbortRequested { at: _ } => {
+            Event::AbortRequested { by: _, at: _ } => {
                 if matches!(self.phase, Phase::Running | Phase::Pausing { .. }) {
                     self.phase = Phase::Aborting;
                 }
@@ -542,7 +622,7 @@ impl RolloutState {
                     };
                 }
             }
-            Event::Closed { reason, at } => {
+            Event::Closed { by: _, reason, at } => {
                 if !self.phase.is_terminal() {
                     self.phase = Phase::Closed {
                         reason: reason.clone(),
@@ -550,6 +630,12 @@ impl RolloutState {
                     self.completed_at = Some(*at);
                 }
             }
+        }
+        // Who asked (Started's line is the new state's first).
+        if !matches!(event, Event::Started { .. })
+            && let Some(line) = event.audit()
+        {
+            self.audit.push(line);
         }
         Ok(())
     }
@@ -596,6 +682,7 @@ impl From<&RolloutState> for Rollout {
             restore: _,
             // In every command id the view shows.
             journal: _,
+            audit,
         } = s;
         Rollout {
             id: id.clone(),
@@ -611,6 +698,7 @@ impl From<&RolloutState> for Rollout {
             started_at: *started_at,
             completed_at: *completed_at,
             backup: backup.clone(),
+            audit: audit.clone(),
         }
     }
 }

@@ -134,7 +134,7 @@ fn a_failed_required_backup_pauses_and_resume_takes_a_new_one() {
     );
     r.apply(&steps[0].clone().into_event()).unwrap();
     assert!(matches!(r.phase, Phase::Paused { .. }));
-    r.apply(&Event::Resumed { at: t(4) }).unwrap();
+    r.apply(&Event::Resumed { by: None, at: t(4) }).unwrap();
     assert_eq!(
         decide(&view, &r, &p, t(4)),
         vec![Step::Issue {

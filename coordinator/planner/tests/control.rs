@@ -49,6 +49,7 @@ fn pause_resume_and_abort_in_every_phase() {
         reason: "change freeze".into(),
     };
     let paused_event = Ok(Event::Paused {
+        by: None,
         reason: "paused by the operator: change freeze".into(),
         at: t(7),
     });
@@ -69,8 +70,16 @@ fn pause_resume_and_abort_in_every_phase() {
             refused(Phase::Completed, NOT_PAUSABLE),
         ),
         (closed(), pause(), refused(closed(), NOT_PAUSABLE)),
-        (paused(), resume(), Ok(Event::Resumed { at: t(7) })),
-        (pausing(), resume(), Ok(Event::Resumed { at: t(7) })),
+        (
+            paused(),
+            resume(),
+            Ok(Event::Resumed { by: None, at: t(7) }),
+        ),
+        (
+            pausing(),
+            resume(),
+            Ok(Event::Resumed { by: None, at: t(7) }),
+        ),
         (
             Phase::Running,
             resume(),
@@ -89,12 +98,12 @@ fn pause_resume_and_abort_in_every_phase() {
         (
             Phase::Running,
             Control::Abort,
-            Ok(Event::AbortRequested { at: t(7) }),
+            Ok(Event::AbortRequested { by: None, at: t(7) }),
         ),
         (
             pausing(),
             Control::Abort,
-            Ok(Event::AbortRequested { at: t(7) }),
+            Ok(Event::AbortRequested { by: None, at: t(7) }),
         ),
         (paused(), Control::Abort, refused(paused(), PAUSED_ABORT)),
         (
@@ -115,7 +124,13 @@ fn pause_resume_and_abort_in_every_phase() {
 fn a_control_event_carries_the_time_it_was_asked_for_and_applies() {
     let mut r = in_phase(Phase::Running);
     let e = control(&r, Control::Abort, t(42)).unwrap();
-    assert_eq!(e, Event::AbortRequested { at: t(42) });
+    assert_eq!(
+        e,
+        Event::AbortRequested {
+            by: None,
+            at: t(42)
+        }
+    );
     r.apply(&e).unwrap();
     assert_eq!(r.phase, Phase::Aborting);
 }
@@ -139,6 +154,7 @@ fn a_pause_while_a_member_is_down_waits_for_it() {
         assert_eq!(
             e,
             Event::PauseRequested {
+                by: None,
                 reason: "paused by the operator: lunch".into(),
                 at: t(9)
             },
@@ -186,7 +202,7 @@ fn resume_after_a_failed_start_needs_retry() {
     );
     assert_eq!(
         control(&r, Control::Resume { retry: true }, t(5)),
-        Ok(Event::Resumed { at: t(5) })
+        Ok(Event::Resumed { by: None, at: t(5) })
     );
 }
 

@@ -221,6 +221,7 @@ fn pausing_finishes_the_member_in_flight_then_pauses() {
     assert_eq!(
         records(&decide(&view, &catching, &Policy::default(), t(5))),
         vec![&Event::Paused {
+            by: None,
             reason: format!("{reason}; member n2 is catching-up"),
             at: t(5)
         }]

@@ -315,6 +315,7 @@ fn run(sc: &Scenario) -> (World, RolloutState, Vec<Event>) {
     let cap = policy.effective_max_unavailable(n);
     let view = world.view(UnixMs(0));
     let started = Event::Started {
+        by: None,
         id: "r".into(),
         target: target.clone(),
         previous: "v1".into(),

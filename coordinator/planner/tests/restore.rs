@@ -157,7 +157,11 @@ fn a_failed_restore_pauses_where_it_is_and_resume_redoes_only_that_member() {
     // Paused: nothing moves.
     assert!(matches!(&decide(&view, &r, t(11))[..], [Step::Wait { .. }]));
 
-    r.apply(&Event::Resumed { at: t(12) }).unwrap();
+    r.apply(&Event::Resumed {
+        by: None,
+        at: t(12),
+    })
+    .unwrap();
     let rounds = run(&view, &mut r, t(12), None);
     assert_eq!(rounds[0], vec![("n2".to_owned(), "restore")], "{rounds:?}");
     assert_eq!(kinds(&rounds[1]), vec!["switch"; 3]);
@@ -168,6 +172,7 @@ fn pause_is_honoured_before_the_first_stop_and_not_after() {
     let view = cluster(&[("n1", L, 150), ("n2", F, 150), ("n3", F, 150)]);
     let mut r = restoring(&view);
     r.apply(&Event::PauseRequested {
+        by: None,
         reason: "operator".into(),
         at: t(1),
     })
@@ -188,6 +193,7 @@ fn pause_is_honoured_before_the_first_stop_and_not_after() {
         succeed(&mut r, &c, t(1));
     }
     r.apply(&Event::PauseRequested {
+        by: None,
         reason: "operator".into(),
         at: t(2),
     })

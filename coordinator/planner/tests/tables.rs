@@ -481,7 +481,9 @@ fn stop_waits_while_another_member_is_down() {
 fn abort_stops_between_steps_and_never_leaves_a_member_stopped() {
     let view = cluster(&[("n1", L, 100), ("n2", F, 100), ("n3", F, 100)]);
     let mut stopped = at_stage(&view, "n1", "n2", Stage::Stopped);
-    stopped.apply(&Event::AbortRequested { at: t(1) }).unwrap();
+    stopped
+        .apply(&Event::AbortRequested { by: None, at: t(1) })
+        .unwrap();
     assert_eq!(
         decide(&view, &stopped, &Policy::default(), t(2)),
         vec![Step::Issue {
@@ -493,7 +495,9 @@ fn abort_stops_between_steps_and_never_leaves_a_member_stopped() {
         "a stopped member is brought back up first"
     );
     let mut catching = at_stage(&view, "n1", "n2", Stage::CatchingUp { since: t(0) });
-    catching.apply(&Event::AbortRequested { at: t(1) }).unwrap();
+    catching
+        .apply(&Event::AbortRequested { by: None, at: t(1) })
+        .unwrap();
     let steps = decide(&view, &catching, &Policy::default(), t(2));
     assert!(
         matches!(&steps[..], [Step::Record(Event::Paused { reason, .. })] if reason.contains("aborted"))

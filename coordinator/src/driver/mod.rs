@@ -432,7 +432,7 @@ impl Driver {
             }
         }
         tracing::info!("the journal has space again; resuming the rollout it paused");
-        if let Err(e) = self.record(Event::Resumed { at: now }).await {
+        if let Err(e) = self.record(Event::Resumed { by: None, at: now }).await {
             tracing::error!(error = %e, "cannot journal the resume");
         }
     }

@@ -43,22 +43,28 @@ pub enum Op {
     },
     Upgrade {
         to: String,
+        /// Who asked ([`crate::access::Actor`]'s name), for the journal.
+        by: String,
         reply: oneshot::Sender<Result<String, ControlError>>,
     },
     /// Walks the latest rollout back to its previous release.
     Rollback {
+        by: String,
         reply: oneshot::Sender<Result<String, ControlError>>,
     },
     Pause {
         reason: String,
+        by: String,
         reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
     },
     Resume {
         /// Try again a release that failed on a member (and was put back).
         retry: bool,
+        by: String,
         reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
     },
     Abort {
+        by: String,
         reply: oneshot::Sender<Result<RolloutSnapshot, ControlError>>,
     },
     Get {
@@ -74,6 +80,7 @@ pub enum Op {
         backup: String,
         revision: u64,
         release: String,
+        by: String,
         reply: oneshot::Sender<Result<String, ControlError>>,
     },
 }
@@ -205,20 +212,20 @@ impl Driver {
                     handover,
                 });
             }
-            Op::Upgrade { to, reply } => {
-                let _ = reply.send(self.start(&to).await);
+            Op::Upgrade { to, by, reply } => {
+                let _ = reply.send(self.start(&to, &by).await);
             }
-            Op::Rollback { reply } => {
-                let _ = reply.send(self.rollback().await);
+            Op::Rollback { by, reply } => {
+                let _ = reply.send(self.rollback(&by).await);
             }
-            Op::Pause { reason, reply } => {
-                let _ = reply.send(self.control(Control::Pause { reason }).await);
+            Op::Pause { reason, by, reply } => {
+                let _ = reply.send(self.control(Control::Pause { reason }, &by).await);
             }
-            Op::Resume { retry, reply } => {
-                let _ = reply.send(self.control(Control::Resume { retry }).await);
+            Op::Resume { retry, by, reply } => {
+                let _ = reply.send(self.control(Control::Resume { retry }, &by).await);
             }
-            Op::Abort { reply } => {
-                let _ = reply.send(self.control(Control::Abort).await);
+            Op::Abort { by, reply } => {
+                let _ = reply.send(self.control(Control::Abort, &by).await);
             }
             Op::Get { id, reply } => {
                 let found = match id {
@@ -231,9 +238,10 @@ impl Driver {
                 backup,
                 revision,
                 release,
+                by,
                 reply,
             } => {
-                let _ = reply.send(self.restore(&backup, revision, &release).await);
+                let _ = reply.send(self.restore(&backup, revision, &release, &by).await);
             }
             Op::History { reply } => {
                 let _ = reply.send(self.rollouts.iter().map(|r| self.snapshot(r)).collect());
@@ -241,13 +249,20 @@ impl Driver {
         }
     }
 
-    /// Journals an operator control event on the active rollout.
-    async fn control(&mut self, request: Control) -> Result<RolloutSnapshot, ControlError> {
+    /// Journals an operator control event on the active rollout, with who
+    /// asked for it (`by`).
+    async fn control(
+        &mut self,
+        request: Control,
+        by: &str,
+    ) -> Result<RolloutSnapshot, ControlError> {
         let verb = request.verb();
         let r = self.active().ok_or(ControlError::NoRollout { verb })?;
         let (_, now) = self.view();
-        let e = control::control(r, request, now).map_err(ControlError::from)?;
-        tracing::info!(verb, event = ?e, "operator control");
+        let e = control::control(r, request, now)
+            .map_err(ControlError::from)?
+            .asked_by(by);
+        tracing::info!(verb, by, event = ?e, "operator control");
         self.record(e)
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
@@ -262,7 +277,7 @@ impl Driver {
         Ok(self.snapshot(r))
     }
 
-    async fn start(&mut self, to: &str) -> Result<String, ControlError> {
+    async fn start(&mut self, to: &str, by: &str) -> Result<String, ControlError> {
         control::may_start(self.active())?;
         let (view, now, artifact, checks) = self.preflight(to).await;
         let id = control::rollout_id(self.rollouts.len() + 1, to);
@@ -273,8 +288,8 @@ impl Driver {
                     checks: failed,
                 }
             })?;
-        tracing::info!(rollout = %id, to, "preflight passed; starting rollout");
-        self.record(started)
+        tracing::info!(rollout = %id, to, by, "preflight passed; starting rollout");
+        self.record(started.asked_by(by))
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
         Ok(id)
@@ -289,6 +304,7 @@ impl Driver {
         backup: &str,
         revision: u64,
         release: &str,
+        by: &str,
     ) -> Result<String, ControlError> {
         // A paused rollout (every member serving) is closed by the restore,
         // as a rollback closes it; a moving one must finish first.
@@ -335,6 +351,7 @@ impl Driver {
             .to_owned();
         let id = control::rollout_id(self.rollouts.len() + 1, &format!("restore-{release}"));
         let started = Event::Started {
+            by: Some(by.to_owned()),
             id: id.clone(),
             target,
             previous,
@@ -346,6 +363,7 @@ impl Driver {
         if let Some(closed) = paused {
             tracing::info!(rollout = %closed, by = %id, "closing the paused rollout for a restore");
             self.record(Event::Closed {
+                by: Some(by.to_owned()),
                 reason: format!("closed by restore {id}"),
                 at: now,
             })
@@ -369,7 +387,7 @@ impl Driver {
     }
 
     /// Closes the latest rollout (if it is paused) and starts its reverse.
-    async fn rollback(&mut self) -> Result<String, ControlError> {
+    async fn rollback(&mut self, by: &str) -> Result<String, ControlError> {
         let from = self
             .rollouts
             .last()
@@ -393,9 +411,13 @@ impl Driver {
                 from.target.version, from.previous
             );
             tracing::info!(rollout = %from.id, reason, "closing rollout");
-            self.record(Event::Closed { reason, at: now })
-                .await
-                .map_err(|e| ControlError::Journal(e.to_string()))?;
+            self.record(Event::Closed {
+                by: Some(by.to_owned()),
+                reason,
+                at: now,
+            })
+            .await
+            .map_err(|e| ControlError::Journal(e.to_string()))?;
             return Ok(from.id.clone());
         }
         let (view, now, artifact, checks) = self.preflight_with(&from.previous, true).await;
@@ -407,14 +429,15 @@ impl Driver {
             })?;
         if !from.phase.is_terminal() {
             self.record(Event::Closed {
+                by: Some(by.to_owned()),
                 reason: format!("rolled back by {id}"),
                 at: now,
             })
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
         }
-        tracing::info!(rollout = %id, from = %from.id, "starting rollback");
-        self.record(started)
+        tracing::info!(rollout = %id, from = %from.id, by, "starting rollback");
+        self.record(started.asked_by(by))
             .await
             .map_err(|e| ControlError::Journal(e.to_string()))?;
         Ok(id)

@@ -237,6 +237,7 @@ impl Rig {
         journal
             .propose(
                 Event::Started {
+                    by: None,
                     id: "r1".into(),
                     target: target(),
                     previous: "v1".into(),
@@ -731,6 +732,7 @@ async fn pause_stops_before_the_next_command_and_resume_goes_on() {
     assert_eq!(rig.commands().len(), 3, "every member stages at once");
     let snap = rig
         .op(|reply| Op::Pause {
+            by: "operator/test".into(),
             reason: "lunch".into(),
             reply,
         })
@@ -755,6 +757,7 @@ async fn pause_stops_before_the_next_command_and_resume_goes_on() {
     assert_eq!(rig.idle(5).await, vec![]);
     assert_eq!(rig.rollout().members[&id("n2")].stage, Stage::Staged);
     rig.op(|reply| Op::Resume {
+        by: "operator/test".into(),
         retry: false,
         reply,
     })
@@ -763,6 +766,20 @@ async fn pause_stops_before_the_next_command_and_resume_goes_on() {
     rig.feed();
     rig.driver.step().await;
     assert_eq!(rig.commands(), vec![(id("n2"), rig.cmd(4, Action::Stop))]);
+    // Who asked is journaled with each control event, in order.
+    let audit: Vec<(String, String)> = rig
+        .rollout()
+        .audit
+        .iter()
+        .map(|a| (a.what.clone(), a.by.clone()))
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            ("paused".to_owned(), "operator/test".to_owned()),
+            ("resumed".to_owned(), "operator/test".to_owned()),
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -772,7 +789,13 @@ async fn abort_stops_after_the_current_step_and_never_leaves_a_member_down() {
     rig.feed();
     rig.driver.step().await;
     assert_eq!(rig.commands().len(), 3, "every member stages at once");
-    let snap = rig.op(|reply| Op::Abort { reply }).await.unwrap();
+    let snap = rig
+        .op(|reply| Op::Abort {
+            by: "operator/test".into(),
+            reply,
+        })
+        .await
+        .unwrap();
     assert_eq!(snap.state.phase, Phase::Aborting);
     rig.driver
         .handle_result(
@@ -795,7 +818,12 @@ async fn abort_stops_after_the_current_step_and_never_leaves_a_member_down() {
     rig.driver.step().await;
     let stop = rig.commands();
     assert_eq!(stop, vec![(id("n2"), rig.cmd(4, Action::Stop))]);
-    rig.op(|reply| Op::Abort { reply }).await.unwrap();
+    rig.op(|reply| Op::Abort {
+        by: "operator/test".into(),
+        reply,
+    })
+    .await
+    .unwrap();
     rig.sim.run(&id("n2"), &Action::Stop).unwrap();
     rig.driver
         .handle_result(

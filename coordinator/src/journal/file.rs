@@ -341,6 +341,7 @@ mod tests {
         j.propose(started("r1").into()).await.unwrap();
         j.propose(
             Event::Paused {
+                by: None,
                 reason: "x".into(),
                 at: UnixMs(2),
             }
@@ -367,7 +368,13 @@ mod tests {
         let rx = j.subscribe();
         let before = fs::read(j.path()).unwrap();
         let err = j
-            .propose(Event::Resumed { at: UnixMs(1) }.into())
+            .propose(
+                Event::Resumed {
+                    by: None,
+                    at: UnixMs(1),
+                }
+                .into(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, JournalError::DoesNotApply { .. }), "{err}");

@@ -345,6 +345,7 @@ pub(crate) mod fixtures {
 
     pub fn started(id: &str) -> Event {
         Event::Started {
+            by: None,
             id: id.into(),
             target: ReleaseRef {
                 name: "kv".into(),
@@ -373,6 +374,7 @@ mod tests {
     fn a_refused_entry_changes_nothing() {
         let state = Applied::default();
         let paused = Entry::from(Event::Paused {
+            by: None,
             reason: "x".into(),
             at: UnixMs(2),
         });

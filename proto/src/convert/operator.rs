@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use baton_domain::{
-    AgentCommand, BackupState, BackupSummary, Check, CommandId, CommandRecord, FleetStatus,
+    AgentCommand, Audit, BackupState, BackupSummary, Check, CommandId, CommandRecord, FleetStatus,
     Handover, InvalidMemberId, MemberId, MemberProgress, MemberRow, Phase, ReleaseRef, Report,
     RevertStep, Rollout, RolloutBackup, Stage, StoredBackup, StoredBackupDetail, UnixMs,
 };
@@ -232,6 +232,7 @@ impl TryFrom<v1::Rollout> for Rollout {
             started_at_unix_ms,
             completed_at_unix_ms,
             backup,
+            audit,
         } = r;
         if id.is_empty() {
             return Err(InvalidRollout::EmptyId);
@@ -370,6 +371,14 @@ impl TryFrom<v1::Rollout> for Rollout {
             started_at: UnixMs(started_at_unix_ms),
             completed_at: completed_at_unix_ms.map(UnixMs),
             backup,
+            audit: audit
+                .into_iter()
+                .map(|a| Audit {
+                    what: a.what,
+                    by: a.by,
+                    at: UnixMs(a.at_unix_ms),
+                })
+                .collect(),
             id,
         })
     }
@@ -542,6 +551,7 @@ impl From<Rollout> for v1::Rollout {
             started_at,
             completed_at,
             backup,
+            audit,
         } = r;
         let ReleaseRef {
             name,
@@ -631,6 +641,14 @@ impl From<Rollout> for v1::Rollout {
             started_at_unix_ms: started_at.0,
             completed_at_unix_ms: completed_at.map(|t| t.0),
             backup: Some(backup_to_wire(backup)),
+            audit: audit
+                .into_iter()
+                .map(|a| v1::AuditLine {
+                    what: a.what,
+                    by: a.by,
+                    at_unix_ms: a.at.0,
+                })
+                .collect(),
         }
     }
 }
@@ -817,6 +835,11 @@ mod tests {
             result,
         };
         Rollout {
+            audit: vec![Audit {
+                what: "paused".into(),
+                by: "operator/olga".into(),
+                at: UnixMs(7),
+            }],
             id: "r1-v2".into(),
             previous: "v1".into(),
             original_leader: order[0].clone(),

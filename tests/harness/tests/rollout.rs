@@ -153,6 +153,13 @@ async fn clean_upgrade(n: usize) -> Result<()> {
         })
         .await?;
     let summary = &out["summary"];
+    // Who started it is journaled: on plaintext loopback, the local caller.
+    assert_eq!(summary["started_by"], "local", "{summary:#}");
+    let (code, history, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(history[0]["audit"][0]["what"], "started", "{history:#}");
+    assert_eq!(history[0]["audit"][0]["by"], "local", "{history:#}");
     let order: Vec<String> = serde_json::from_value(summary["order"].clone())?;
     assert_eq!(order.len(), n);
     assert_eq!(

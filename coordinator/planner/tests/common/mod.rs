@@ -147,6 +147,7 @@ pub fn started(view: &View, leader: &str) -> RolloutState {
 /// A rollout that has just started and has no backup yet.
 pub fn started_needing_a_backup(view: &View, leader: &str) -> RolloutState {
     RolloutState::start(&Event::Started {
+        by: None,
         id: "r1".into(),
         target: target(),
         previous: "v1".into(),

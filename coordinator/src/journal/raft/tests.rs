@@ -41,13 +41,17 @@ async fn leading(j: &RaftJournal) -> u64 {
 
 fn paused(n: u64) -> Entry {
     Entry::from(Event::Paused {
+        by: None,
         reason: format!("p{n}"),
         at: UnixMs(n),
     })
 }
 
 fn resumed(n: u64) -> Entry {
-    Entry::from(Event::Resumed { at: UnixMs(n) })
+    Entry::from(Event::Resumed {
+        by: None,
+        at: UnixMs(n),
+    })
 }
 
 #[tokio::test]
