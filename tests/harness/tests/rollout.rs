@@ -155,8 +155,7 @@ async fn clean_upgrade(n: usize) -> Result<()> {
     let summary = &out["summary"];
     // Who started it is journaled: on plaintext loopback, the local caller.
     assert_eq!(summary["started_by"], "local", "{summary:#}");
-    let (code, history, stderr) =
-        tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
+    let (code, history, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(history[0]["audit"][0]["what"], "started", "{history:#}");
     assert_eq!(history[0]["audit"][0]["by"], "local", "{history:#}");
