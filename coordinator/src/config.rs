@@ -222,6 +222,29 @@ pub struct TlsConfig {
     pub client_ca: PathBuf,
 }
 
+impl TlsConfig {
+    /// Every file `[tls]` names can be read: a missing or unreadable one is
+    /// a bad config, named by its key, not a failure later at start.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for (key, path) in [
+            ("tls.cert", &self.cert),
+            ("tls.key", &self.key),
+            ("tls.client_ca", &self.client_ca),
+        ] {
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "cannot read {}: {e}; point {key} at a PEM file the coordinator can read",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A validated coordinator configuration.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -273,7 +296,11 @@ impl CoordinatorConfig {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text, path, env)
+        let config = Self::from_toml(&text, path, env)?;
+        if let Some(tls) = &config.tls {
+            tls.check_files()?;
+        }
+        Ok(config)
     }
 
     pub fn from_toml(
@@ -572,6 +599,39 @@ mod tests {
         match e {
             ConfigError::Invalid { key, reason } => (key, reason),
             other => panic!("not an invalid key: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_tls_file_that_cannot_be_read_is_named_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, "pem").unwrap();
+            p
+        };
+        let (cert, key, ca) = (file("c.crt"), file("c.key"), file("ca.crt"));
+        let config = dir.path().join("coordinator.toml");
+        let write = |cert: &Path, key: &Path, ca: &Path| {
+            std::fs::write(
+                &config,
+                format!("{GOOD}[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {ca:?}\n"),
+            )
+            .unwrap();
+        };
+        write(&cert, &key, &ca);
+        assert!(CoordinatorConfig::load(&config, &BTreeMap::new()).is_ok());
+        let missing = dir.path().join("missing.pem");
+        for (k, c, kk, a) in [
+            ("tls.cert", &missing, &key, &ca),
+            ("tls.key", &cert, &missing, &ca),
+            ("tls.client_ca", &cert, &key, &missing),
+        ] {
+            write(c, kk, a);
+            let (key, reason) =
+                invalid_key(CoordinatorConfig::load(&config, &BTreeMap::new()).unwrap_err());
+            assert_eq!(key, k);
+            assert!(reason.contains("missing.pem"), "{reason}");
         }
     }
 

@@ -380,6 +380,11 @@ impl EtcdCluster {
                 },
             )
             .await?;
+        cluster.replicas.extra_logs = cluster
+            .members
+            .iter()
+            .map(|m| m.agent_dir.join("agent.log"))
+            .collect();
         Ok(cluster)
     }
 

@@ -207,22 +207,9 @@ fn fenced_lines(fleet: &impl Fleet) -> Vec<String> {
         .collect()
 }
 
-/// A log line without its terminal colour codes (`ESC [ … m`).
+/// A log line without its terminal colour codes.
 fn plain(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::without_colours(line)
 }
 
 fn tail(text: &str, n: usize) -> String {

@@ -158,6 +158,24 @@ impl Drop for Proc {
 }
 
 /// Prints the last `n` lines of each log that exists (for a failing test).
+/// `text` without its terminal colour codes (`ESC [ … m`).
+pub fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 pub(crate) fn print_log_tails(logs: &[PathBuf], n: usize) {
     for l in logs {
         if let Ok(text) = fs::read_to_string(l) {
@@ -517,6 +535,11 @@ impl Cluster {
                 },
             )
             .await?;
+        cluster.replicas.extra_logs = cluster
+            .members
+            .iter()
+            .map(|m| m.agent_dir.join("agent.log"))
+            .collect();
         Ok(cluster)
     }
 

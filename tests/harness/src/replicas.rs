@@ -36,6 +36,9 @@ pub struct Replicas {
     /// The peer proxies, by (from, to) replica id.
     pub peer_proxies: Vec<((u64, u64), TcpProxy)>,
     json_logs: bool,
+    /// More logs to show when a wait on the journal fails (the agents'):
+    /// set by the cluster that owns these replicas.
+    pub extra_logs: Vec<PathBuf>,
 }
 
 impl std::ops::Index<usize> for Replicas {
@@ -256,9 +259,31 @@ impl Replicas {
             }
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
-                "the journal never showed {what} within {within:?}: {j:#?}"
+                "the journal never showed {what} within {within:?}: {j:#?}\n{}",
+                self.log_tails(20)
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The last `n` lines of every replica's log and of every extra log,
+    /// without terminal colours, for a failure's message.
+    pub fn log_tails(&self, n: usize) -> String {
+        self.list
+            .iter()
+            .map(|r| r.log.clone())
+            .chain(self.extra_logs.iter().cloned())
+            .map(|path| {
+                let text =
+                    crate::without_colours(&std::fs::read_to_string(&path).unwrap_or_default());
+                let lines: Vec<&str> = text.lines().collect();
+                format!(
+                    "----- {} (last {n} lines)\n{}",
+                    path.display(),
+                    lines[lines.len().saturating_sub(n)..].join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }

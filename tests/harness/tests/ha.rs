@@ -78,6 +78,20 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_and_a_cut_off_replica_stalls_n
     };
     let cluster = Cluster::start(spec).await?;
     cluster.publish("v2", 1, false)?;
+    // The replicas have changed leader once already (as under load in CI):
+    // the first leader is frozen until another leads, then let go.
+    let first = cluster
+        .replicas
+        .wait_leading(Duration::from_secs(15))
+        .await?;
+    let proc = cluster.replicas[first].proc.as_ref().expect("it runs");
+    proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cluster.replicas.leading().await.is_none_or(|k| k == first) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no other leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proc.signal(nix::sys::signal::Signal::SIGCONT);
     let load = start_load(&cluster);
     let (code, _, stderr) =
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;

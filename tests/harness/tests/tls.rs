@@ -469,3 +469,34 @@ async fn an_agent_speaks_only_for_the_member_its_certificate_names() -> Result<(
     );
     Ok(())
 }
+
+/// A `[tls]` file that does not exist is a bad config: exit 64, naming the
+/// key and the file, before anything listens.
+#[test]
+fn a_missing_tls_file_exits_64_naming_its_key() -> Result<()> {
+    init();
+    let pki = Pki::new()?;
+    let missing = pki.dir.path().join("nowhere.key");
+    let config = pki.dir.path().join("coordinator.toml");
+    fs::write(
+        &config,
+        format!(
+            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{}\"\nmembers = [\"n1\"]\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            free_port(),
+            pki.path("coordinator.crt"),
+            missing.to_string_lossy(),
+            pki.path("ca.crt")
+        ),
+    )?;
+    let out = Command::new(bin("baton-coordinator"))
+        .arg("--config")
+        .arg(&config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("tls.key") && stderr.contains("nowhere.key"),
+        "{stderr}"
+    );
+    Ok(())
+}
