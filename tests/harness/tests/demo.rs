@@ -10,7 +10,11 @@ use baton_harness::bin;
 fn the_demo_upgrades_and_prints_a_json_summary() -> Result<()> {
     let out = Command::new(bin("baton-demo")).arg("--json").output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "demo failed: {stderr}\nstdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let stdout = String::from_utf8(out.stdout)?;
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "stdout is one JSON line: {stdout}");

@@ -135,22 +135,42 @@ async fn run(args: Args) -> Result<bool> {
         "writer running at 100 writes/s; baton upgrade --to v2:\n"
     );
 
-    // Live progress: in table mode the CLI draws it on this terminal.
-    let mut cmd = Command::new(bin("baton"));
-    cmd.args(["--coordinator", &cluster.coordinator_url]);
-    if args.json {
-        cmd.args(["--output", "json"]).stdout(Stdio::null());
-    } else {
-        cmd.stdout(Stdio::inherit());
-    }
-    cmd.args(["upgrade", "--to", "v2"]).stderr(Stdio::inherit());
-    let mut child = cmd.spawn()?;
-    let failover = if args.ha {
-        Some(kill_the_leading_replica(&mut cluster, args.json).await?)
-    } else {
-        None
+    // Live progress: in table mode the CLI draws it on this terminal; in
+    // JSON mode its output is kept, and shown on stderr when it fails. A
+    // preflight refusal (exit 2: nothing was touched) is tried again twice,
+    // a second apart: on a loaded machine a follower can trail the writer by
+    // more than tolerable_lag for a moment. Each refusal is shown.
+    let mut attempt = 1;
+    let (upgraded, failover) = loop {
+        let mut cmd = Command::new(bin("baton"));
+        cmd.args(["--coordinator", &cluster.coordinator_url]);
+        if args.json {
+            cmd.args(["--output", "json"]).stdout(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::inherit());
+        }
+        cmd.args(["upgrade", "--to", "v2"]).stderr(Stdio::inherit());
+        let child = cmd.spawn()?;
+        let failover = if args.ha {
+            Some(kill_the_leading_replica(&mut cluster, args.json).await?)
+        } else {
+            None
+        };
+        let out = tokio::task::block_in_place(|| child.wait_with_output())?;
+        if args.json && !out.status.success() {
+            eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+        }
+        if out.status.code() == Some(2) && failover.is_none() && attempt < 3 {
+            say!(
+                args.json,
+                "preflight refused the upgrade (attempt {attempt} of 3); trying again in 1 s"
+            );
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            continue;
+        }
+        break (out.status, failover);
     };
-    let upgraded = tokio::task::block_in_place(|| child.wait())?;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.cancel();
     let report = writer.await?;
