@@ -107,7 +107,14 @@ pub fn pause_for_journal_space(state: &RolloutState, now: UnixMs) -> Option<Even
     let reason = format!(
         "{JOURNAL_SPACE_PAUSE}: paused at a safe point with every member serving; it resumes by itself once there is space under the coordinator's state_dir again"
     );
-    Some(match member_down(state) {
+    Some(pause(state, reason, now))
+}
+
+/// A pause with `reason`: at once, or, while a member is between stop and
+/// healthy, a request to pause once its step is finished (or undone), so
+/// no member is left down.
+fn pause(state: &RolloutState, reason: String, now: UnixMs) -> Event {
+    match member_down(state) {
         Some(_) => Event::PauseRequested {
             by: None,
             reason,
@@ -118,7 +125,7 @@ pub fn pause_for_journal_space(state: &RolloutState, now: UnixMs) -> Option<Even
             reason,
             at: now,
         },
-    })
+    }
 }
 
 /// Whether `state` is paused for the journal's disk space (and so resumes
@@ -131,22 +138,11 @@ pub fn paused_for_journal_space(state: &RolloutState) -> bool {
 /// rollout's phase does not allow it.
 pub fn control(state: &RolloutState, control: Control, now: UnixMs) -> Result<Event, Refused> {
     match (control, &state.phase) {
-        (Control::Pause { reason }, Phase::Running | Phase::Aborting) => {
-            let reason = format!("paused by the operator: {reason}");
-            Ok(match member_down(state) {
-                // Never leave a member down: finish (or undo) its step first.
-                Some(_) => Event::PauseRequested {
-                    by: None,
-                    reason,
-                    at: now,
-                },
-                None => Event::Paused {
-                    by: None,
-                    reason,
-                    at: now,
-                },
-            })
-        }
+        (Control::Pause { reason }, Phase::Running | Phase::Aborting) => Ok(pause(
+            state,
+            format!("paused by the operator: {reason}"),
+            now,
+        )),
         (Control::Pause { .. }, Phase::Pausing { .. }) => Err(Refused::of(
             state,
             "it is already pausing: the member being worked on is carried on to healthy (or put back) first; `baton watch` follows it",

@@ -221,34 +221,33 @@ impl Event {
     /// control events (started, paused, pause requested, resumed, abort
     /// requested, closed); any other event is returned as it is.
     pub fn asked_by(mut self, actor: &str) -> Event {
-        if let Some((_, by, _)) = self.control_mut() {
-            *by = Some(actor.to_owned());
+        match &mut self {
+            Event::Started { by, .. }
+            | Event::Paused { by, .. }
+            | Event::PauseRequested { by, .. }
+            | Event::Resumed { by, .. }
+            | Event::AbortRequested { by, .. }
+            | Event::Closed { by, .. } => *by = Some(actor.to_owned()),
+            _ => {}
         }
         self
     }
 
-    /// What a control event is called in the audit trail, and who asked
-    /// for it.
-    fn control_mut(&mut self) -> Option<(&'static str, &mut Option<String>, UnixMs)> {
-        match self {
-            Event::Started { by, at, .. } => Some(("started", by, *at)),
-            Event::Paused { by, at, .. } => Some(("paused", by, *at)),
-            Event::PauseRequested { by, at, .. } => Some(("pause requested", by, *at)),
-            Event::Resumed { by, at } => Some(("resumed", by, *at)),
-            Event::AbortRequested { by, at } => Some(("abort requested", by, *at)),
-            Event::Closed { by, at, .. } => Some(("closed", by, *at)),
-            _ => None,
-        }
-    }
-
     /// The audit line this event adds, when someone asked for it.
     pub fn audit(&self) -> Option<Audit> {
-        let mut e = self.clone();
-        let (what, by, at) = e.control_mut()?;
+        let (what, by, at) = match self {
+            Event::Started { by, at, .. } => ("started", by, at),
+            Event::Paused { by, at, .. } => ("paused", by, at),
+            Event::PauseRequested { by, at, .. } => ("pause requested", by, at),
+            Event::Resumed { by, at } => ("resumed", by, at),
+            Event::AbortRequested { by, at } => ("abort requested", by, at),
+            Event::Closed { by, at, .. } => ("closed", by, at),
+            _ => return None,
+        };
         Some(Audit {
             what: what.to_owned(),
-            by: by.take()?,
-            at,
+            by: by.clone()?,
+            at: *at,
         })
     }
 }

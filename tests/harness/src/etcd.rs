@@ -406,8 +406,9 @@ impl EtcdCluster {
         crate::replicas::state_dir(self.dir.path(), 1)
     }
 
-    /// The lone coordinator's journal, decoded.
-    pub fn journal(&self) -> Result<Vec<serde_json::Value>> {
+    /// Every entry of the lone coordinator's journal, decoded: rollout
+    /// events, alerts and the journal's own.
+    pub fn journal_entries(&self) -> Result<Vec<serde_json::Value>> {
         crate::read_journal(&self.dir.path().join(crate::JOURNAL))
     }
 

@@ -201,15 +201,10 @@ fn fenced_lines(fleet: &impl Fleet) -> Vec<String> {
                 .unwrap_or_default()
                 .lines()
                 .filter(|l| l.contains("deposed coordinator leader"))
-                .map(plain)
+                .map(crate::without_colours)
                 .collect::<Vec<_>>()
         })
         .collect()
-}
-
-/// A log line without its terminal colour codes.
-fn plain(line: &str) -> String {
-    crate::without_colours(line)
 }
 
 fn tail(text: &str, n: usize) -> String {
@@ -353,8 +348,8 @@ pub async fn a_deposed_leader_is_fenced(fleet: &impl Fleet, action: Option<&str>
             anyhow::bail!(
                 "member {member} did not take {id} from the new leader (replica {}) within 30 s: its term for it is {term:?}, the frozen leader's is {old_term}\n--- new leader\n{}\n--- agent\n{}",
                 fleet.replicas()[new].id,
-                tail(&plain(&log), 25),
-                tail(&plain(&agent), 25)
+                tail(&crate::without_colours(&log), 25),
+                tail(&crate::without_colours(&agent), 25)
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -369,7 +364,7 @@ pub async fn a_deposed_leader_is_fenced(fleet: &impl Fleet, action: Option<&str>
             .unwrap_or_default()
             .lines()
             .skip(from)
-            .map(plain)
+            .map(crate::without_colours)
             .any(|l| {
                 l.contains("coordinator session ended")
                     && l.contains(&format!("coordinator={old_url} "))
@@ -401,8 +396,8 @@ pub async fn a_deposed_leader_is_fenced(fleet: &impl Fleet, action: Option<&str>
             let agent = std::fs::read_to_string(fleet.agent(i).1).unwrap_or_default();
             anyhow::bail!(
                 "member {member}'s agent did not refuse the deposed leader's {id} (term {old_term}, replica pid {old_pid})\n--- old replica\n{}\n--- agent\n{}",
-                tail(&plain(&log), 30),
-                tail(&plain(&agent), 40)
+                tail(&crate::without_colours(&log), 30),
+                tail(&crate::without_colours(&agent), 40)
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

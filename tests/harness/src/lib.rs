@@ -158,6 +158,35 @@ impl Drop for Proc {
 }
 
 /// Prints the last `n` lines of each log that exists (for a failing test).
+/// Polls a lone coordinator's journal (`read`, every 20 ms, at most
+/// `within`) until `f` finds an entry, and returns it; the error names what
+/// was awaited and shows where the journal ends.
+pub async fn wait_journal_entry(
+    read: impl Fn() -> Result<Vec<serde_json::Value>>,
+    what: &str,
+    within: Duration,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let journal = read()?;
+        if let Some(e) = journal.iter().find(|e| f(e)) {
+            return Ok(e.clone());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not journaled within {within:?}; the journal ends {:#?}",
+            &journal[journal.len().saturating_sub(4)..]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A journal entry recording a member stopped by a command (SIGTERM).
+pub fn is_a_stop(e: &serde_json::Value) -> bool {
+    e["event"] == "command_succeeded" && e["detail"].as_str().is_some_and(|d| d.contains("SIGTERM"))
+}
+
 /// `text` without its terminal colour codes (`ESC [ … m`).
 pub fn without_colours(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

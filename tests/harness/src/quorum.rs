@@ -1,7 +1,8 @@
 //! Watching quorum while an etcd cluster rolls: an observer that asks every
 //! member for its status every 10 ms and counts how many are down at once,
 //! a guard that freezes a member with SIGSTOP (and thaws it on drop), and
-//! the coordinator journal lookups the quorum tests time things by.
+//! the coordinator journal lookups the quorum tests time things by, and
+//! the checks every etcd rollout test ends with ([`etcd_end_checks`]).
 //!
 //! A member is down when it is frozen by the test (ground truth), when its
 //! last status request failed (refused, an error), or when a request has
@@ -17,7 +18,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::etcd::{EtcdCluster, etcd_call};
+use crate::etcd::{EtcdCluster, EtcdLoad, etcd_call, etcd_verify};
 use crate::unix_ms;
 
 /// A status request unanswered this long counts the member down.
@@ -344,4 +345,39 @@ pub fn at(e: &serde_json::Value) -> u64 {
 /// Whether `e` is a `command_issued` of `action` (`stop`, `stage`, …).
 pub fn is_command(e: &serde_json::Value, action: &str) -> bool {
     e["event"] == "command_issued" && (e["action"]["action"] == action || e["action"] == action)
+}
+
+/// The end of an etcd rollout test: stops the writer and the observer,
+/// and checks every acked write is there, etcd changed leader exactly once
+/// and never two members were down.
+pub async fn etcd_end_checks(
+    cluster: &EtcdCluster,
+    load: EtcdLoad,
+    observer: QuorumObserver,
+) -> Result<()> {
+    let seen = observer.finish().await?;
+    let report = load.finish().await?;
+    let lost = etcd_verify(&cluster.clients(), &report).await?;
+    eprintln!(
+        "acked {}, failed {}, max gap {} ms, terms {:?}, most down at once {}",
+        report.acked.len(),
+        report.failed,
+        report.max_write_gap_ms,
+        report.terms,
+        seen.max_down
+    );
+    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
+    assert_eq!(
+        report.leader_changes(),
+        1,
+        "etcd changed leader exactly once (raft terms seen: {:?})",
+        report.terms
+    );
+    assert!(
+        seen.max_down <= 1,
+        "never two members down at once: saw {} ({:?})",
+        seen.max_down,
+        seen.overlaps
+    );
+    Ok(())
 }

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use baton_domain::Health;
-use baton_harness::etcd::{
-    ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35, etcd_verify,
-};
-use baton_harness::quorum::QuorumObserver;
+use baton_harness::etcd::{ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35};
+use baton_harness::quorum::{QuorumObserver, etcd_end_checks};
+use baton_harness::{is_a_stop, wait_journal_entry};
 use baton_store::testutil::SmallDisk;
 
 /// A 64 KiB state dir is far below the 16 MiB the preflight asks by
@@ -36,31 +35,15 @@ async fn etcd_cluster(policy: &str) -> Result<EtcdCluster> {
     Ok(cluster)
 }
 
-/// Waits (bounded) until the coordinator's journal holds an entry `f`
-/// accepts, and returns it.
+/// Polls the coordinator's journal until `f` finds an entry
+/// ([`wait_journal_entry`]).
 async fn journal_until(
     cluster: &EtcdCluster,
     what: &str,
     within: Duration,
     f: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let journal = cluster.journal()?;
-        if let Some(e) = journal.iter().find(|e| f(e)) {
-            return Ok(e.clone());
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not journaled within {within:?}; the journal ends {:#?}",
-            &journal[journal.len().saturating_sub(4)..]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn the_first_stop(e: &serde_json::Value) -> bool {
-    e["event"] == "command_succeeded" && e["detail"].as_str().is_some_and(|d| d.contains("SIGTERM"))
+    wait_journal_entry(|| cluster.journal_entries(), what, within, f).await
 }
 
 async fn upgrade_detached(cluster: &EtcdCluster) -> Result<()> {
@@ -82,31 +65,7 @@ async fn end_checks(cluster: &EtcdCluster, load: EtcdLoad, observer: QuorumObser
         let release = m.report.as_ref().map(|r| r.state.release.as_str());
         assert_eq!(release, Some("3.5.1"), "{}", m.member);
     }
-    let seen = observer.finish().await?;
-    let report = load.finish().await?;
-    let lost = etcd_verify(&cluster.clients(), &report).await?;
-    eprintln!(
-        "acked {}, failed {}, max gap {} ms, terms {:?}, most down at once {}",
-        report.acked.len(),
-        report.failed,
-        report.max_write_gap_ms,
-        report.terms,
-        seen.max_down
-    );
-    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
-    assert_eq!(
-        report.leader_changes(),
-        1,
-        "etcd changed leader exactly once (raft terms seen: {:?})",
-        report.terms
-    );
-    assert!(
-        seen.max_down <= 1,
-        "never two members down at once: saw {} ({:?})",
-        seen.max_down,
-        seen.overlaps
-    );
-    Ok(())
+    etcd_end_checks(cluster, load, observer).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +94,7 @@ async fn a_full_coordinator_disk_pauses_an_etcd_rollout_with_every_member_servin
         &cluster,
         "the first stop",
         Duration::from_secs(30),
-        the_first_stop,
+        is_a_stop,
     )
     .await?;
     disk.fill("filler");
@@ -173,7 +132,7 @@ async fn a_full_coordinator_disk_pauses_an_etcd_rollout_with_every_member_servin
     // resumes (after the pause only pages and the results of commands
     // already in flight are journaled), and the log stays bounded.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let journal = cluster.journal()?;
+    let journal = cluster.journal_entries()?;
     let at = journal
         .iter()
         .position(|e| *e == paused)
@@ -204,7 +163,10 @@ async fn a_full_coordinator_disk_pauses_an_etcd_rollout_with_every_member_servin
     })
     .await?;
     assert!(
-        cluster.journal()?.iter().any(|e| e["event"] == "resumed"),
+        cluster
+            .journal_entries()?
+            .iter()
+            .any(|e| e["event"] == "resumed"),
         "resumed by itself"
     );
     end_checks(&cluster, load, observer).await?;
@@ -273,11 +235,11 @@ async fn a_full_agent_disk_never_leaves_its_etcd_member_down_and_fails_the_next_
         &cluster,
         "the first stop",
         Duration::from_secs(30),
-        the_first_stop,
+        is_a_stop,
     )
     .await?;
     let victim = cluster
-        .journal()?
+        .journal_entries()?
         .into_iter()
         .find(|e| e["event"] == "command_issued" && e["id"] == stopped["id"])
         .and_then(|e| e["member"].as_str().map(str::to_owned))

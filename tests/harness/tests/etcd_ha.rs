@@ -16,14 +16,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use baton_harness::etcd::{
-    ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35, etcd_verify,
-};
+use baton_harness::etcd::{ETCD_34, EtcdCluster, EtcdLoad, EtcdOptions, assert_version, etcd_35};
 use baton_harness::failover::{
     a_deposed_leader_is_fenced, completed_once, cut_a_follower_off, heal,
     kill_the_leader_at_every_phase,
 };
-use baton_harness::quorum::QuorumObserver;
+use baton_harness::quorum::{QuorumObserver, etcd_end_checks};
 
 const POLICY: &str = "tolerable_lag = 1000\nhealth_timeout_ms = 30000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\nstall_after_ms = 20000\n";
 
@@ -44,36 +42,6 @@ async fn ha_cluster(prefix: &str) -> Result<(EtcdCluster, EtcdLoad, QuorumObserv
     let load = EtcdLoad::start(&cluster, prefix, 100).await?;
     let observer = QuorumObserver::start(&cluster);
     Ok((cluster, load, observer))
-}
-
-/// Stops the writer and the observer; checks every acked write is there,
-/// one etcd leader change and never two members down.
-async fn end_checks(cluster: &EtcdCluster, load: EtcdLoad, observer: QuorumObserver) -> Result<()> {
-    let seen = observer.finish().await?;
-    let report = load.finish().await?;
-    let lost = etcd_verify(&cluster.clients(), &report).await?;
-    eprintln!(
-        "acked {}, failed {}, max gap {} ms, terms {:?}, most down at once {}",
-        report.acked.len(),
-        report.failed,
-        report.max_write_gap_ms,
-        report.terms,
-        seen.max_down
-    );
-    assert_eq!(lost, Vec::<String>::new(), "no acknowledged write lost");
-    assert_eq!(
-        report.leader_changes(),
-        1,
-        "etcd changed leader exactly once (raft terms seen: {:?})",
-        report.terms
-    );
-    assert!(
-        seen.max_down <= 1,
-        "never two members down at once: saw {} ({:?})",
-        seen.max_down,
-        seen.overlaps
-    );
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +69,7 @@ async fn the_leading_replica_killed_at_every_phase_of_an_etcd_rollout_hands_over
         1,
         "one rollout, carried on by each new leader, never started again"
     );
-    end_checks(&cluster, load, observer).await
+    etcd_end_checks(&cluster, load, observer).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +90,7 @@ async fn a_follower_replica_cut_off_from_its_peers_stalls_no_etcd_rollout() -> R
     assert_ne!(k, cut, "the cut-off replica does not lead");
     // Healed, it catches up with everything it missed.
     heal(&cluster.replicas, cut, journal.len()).await?;
-    end_checks(&cluster, load, observer).await
+    etcd_end_checks(&cluster, load, observer).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,5 +114,5 @@ async fn a_deposed_leader_that_wakes_up_is_fenced_by_the_etcd_agents() -> Result
     )
     .await?;
     cluster.replicas.partition(old, false);
-    end_checks(&cluster, load, observer).await
+    etcd_end_checks(&cluster, load, observer).await
 }

@@ -9,7 +9,7 @@ use anyhow::Result;
 use baton_domain::Health;
 use baton_harness::load::{agent_journals, start_load};
 use baton_harness::stall::{self, Unpause};
-use baton_harness::{Cluster, ClusterSpec};
+use baton_harness::{Cluster, ClusterSpec, is_a_stop, wait_journal_entry};
 use samplekv::client::Client;
 
 const POLICY: &str = "tolerable_lag = 50\nhealth_timeout_ms = 20000\ncatchup_timeout_ms = 30000\nhandover_timeout_ms = 5000\nstall_after_ms = 20000\n";
@@ -565,25 +565,14 @@ async fn a_lost_journal_reuses_no_command_id_and_no_agent_replays_a_result() -> 
     Ok(())
 }
 
-/// Polls the journal (every 20 ms, at most `within`) until `f` finds an
-/// entry; the error names what was awaited.
+/// Polls the journal until `f` finds an entry ([`wait_journal_entry`]).
 async fn journal_until(
     cluster: &Cluster,
     what: &str,
     within: Duration,
     f: impl Fn(&serde_json::Value) -> bool,
 ) -> Result<serde_json::Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(e) = cluster.journal_entries()?.into_iter().find(&f) {
-            return Ok(e);
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not journaled within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_journal_entry(|| cluster.journal_entries(), what, within, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -613,10 +602,12 @@ async fn a_full_coordinator_disk_pauses_with_every_member_serving_and_resumes_wh
     assert_eq!(code, 0, "{stderr}");
     // The first follower's stop has happened: fill the disk while the
     // rollout is mid-way.
-    journal_until(&cluster, "the first stop", Duration::from_secs(30), |e| {
-        e["event"] == "command_succeeded"
-            && e["detail"].as_str().is_some_and(|d| d.contains("SIGTERM"))
-    })
+    journal_until(
+        &cluster,
+        "the first stop",
+        Duration::from_secs(30),
+        is_a_stop,
+    )
     .await?;
     disk.fill("filler");
     let log = cluster.dir.path().join("coordinator.log");
@@ -744,10 +735,12 @@ async fn a_full_agent_disk_never_leaves_its_member_down_and_fails_the_next_prefl
         tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
     assert_eq!(code, 0, "{stderr} {out:#}");
     // The first member stopped: its disk fills while it is down.
-    let stopped = journal_until(&cluster, "the first stop", Duration::from_secs(30), |e| {
-        e["event"] == "command_succeeded"
-            && e["detail"].as_str().is_some_and(|d| d.contains("SIGTERM"))
-    })
+    let stopped = journal_until(
+        &cluster,
+        "the first stop",
+        Duration::from_secs(30),
+        is_a_stop,
+    )
     .await?;
     let victim = cluster
         .journal()?

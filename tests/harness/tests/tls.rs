@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use baton_domain::FleetStatus;
-use baton_harness::{Proc, bin, free_port, init, read_journal};
+use baton_harness::{Proc, bin, free_port, init, read_journal, without_colours};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 struct Pki {
@@ -129,24 +129,7 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
 
     // A real agent, with its certificate. Its member is not running, so it
     // reports the member as down, but the session itself must open over TLS.
-    let agent_dir = pki.dir.path().join("agent");
-    fs::create_dir_all(&agent_dir)?;
-    let agent_config = agent_dir.join("agent.toml");
-    fs::write(
-        &agent_config,
-        format!(
-            "member_id = \"n1\"\ncluster_id = \"e2e\"\ncoordinator = {url:?}\nheartbeat_ms = 200\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"127.0.0.1:{}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
-            agent_dir.to_string_lossy(),
-            agent_dir.to_string_lossy(),
-            free_port(),
-            pki.path("ca.crt"),
-            pki.path("n1.crt"),
-            pki.path("n1.key"),
-        ),
-    )?;
-    let mut cmd = Command::new(bin("baton-agent"));
-    cmd.arg("--config").arg(&agent_config);
-    let _agent = Proc::spawn("agent", &mut cmd, &agent_dir.join("agent.log"))?;
+    let (_agent, _) = spawn_agent(&pki, &url, "n1", "n1", "agent")?;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -331,21 +314,7 @@ fn spawn_agent(
 }
 
 fn plain_log(path: &std::path::Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    without_colours(&fs::read_to_string(path).unwrap_or_default())
 }
 
 #[tokio::test]
