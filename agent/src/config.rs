@@ -478,6 +478,9 @@ fn coordinators(value: toml::Value) -> Result<Vec<String>, ConfigError> {
                 format!("{addr:?} must start with http:// or https://"),
             ));
         }
+        if let Some(why) = baton_net::addr::plaintext_refusal(addr) {
+            return Err(invalid("coordinator", why));
+        }
         if addrs[..i]
             .iter()
             .any(|a| a.trim_end_matches('/') == addr.trim_end_matches('/'))
@@ -730,37 +733,45 @@ base_dir = "/tmp/b"
         assert_eq!(one.coordinators, ["http://127.0.0.1:7400"]);
         let three = GOOD.replace(
             "coordinator = \"http://127.0.0.1:7400\"",
-            "coordinator = [\"http://10.0.0.1:7400\", \"http://10.0.0.2:7400\", \"http://10.0.0.3:7400\"]",
+            "coordinator = [\"http://127.0.0.1:7400\", \"http://127.0.0.2:7400\", \"http://127.0.0.3:7400\"]",
         );
         let c = load(&three, &[]).unwrap();
         assert_eq!(
             c.coordinators,
             [
-                "http://10.0.0.1:7400",
-                "http://10.0.0.2:7400",
-                "http://10.0.0.3:7400"
+                "http://127.0.0.1:7400",
+                "http://127.0.0.2:7400",
+                "http://127.0.0.3:7400"
             ]
         );
         let env = |v: &str| load(GOOD, &[("BATON_AGENT_COORDINATOR", v)]);
         assert_eq!(
-            env("http://a:1").unwrap().coordinators,
-            ["http://a:1"],
+            env("http://127.0.0.1:1").unwrap().coordinators,
+            ["http://127.0.0.1:1"],
             "one address in the env, as before"
         );
         assert_eq!(
-            env(" http://a:1, http://b:1 ,http://c:1")
+            env(" http://127.0.0.1:1, http://127.0.0.2:1 ,http://127.0.0.3:1")
                 .unwrap()
                 .coordinators,
-            ["http://a:1", "http://b:1", "http://c:1"]
+            [
+                "http://127.0.0.1:1",
+                "http://127.0.0.2:1",
+                "http://127.0.0.3:1"
+            ]
         );
-        let err = env("http://a:1,,http://b:1").unwrap_err().to_string();
+        let err = env("http://127.0.0.1:1,,http://127.0.0.2:1")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("BATON_AGENT_COORDINATOR")
                 && err.contains("`coordinator`")
                 && err.contains("address 2"),
             "{err}"
         );
-        let err = env("http://a:1,http://a:1/").unwrap_err().to_string();
+        let err = env("http://127.0.0.1:1,http://127.0.0.1:1/")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("`coordinator`") && err.contains("given twice"),
             "{err}"
@@ -776,7 +787,7 @@ base_dir = "/tmp/b"
             )
         };
         let eight: Vec<String> = (1..=8)
-            .map(|i| format!("\"http://10.0.0.{i}:7400\""))
+            .map(|i| format!("\"http://127.0.0.{i}:7400\""))
             .collect();
         let cases = [
             (with("[]"), "0 addresses given; give 1 to 7"),
@@ -785,18 +796,22 @@ base_dir = "/tmp/b"
                 "8 addresses given",
             ),
             (
-                with("[\"http://a:1\", \"http://b:1\", \"http://a:1\"]"),
-                "\"http://a:1\" is given twice",
+                with("[\"http://127.0.0.1:1\", \"http://127.0.0.2:1\", \"http://127.0.0.1:1\"]"),
+                "\"http://127.0.0.1:1\" is given twice",
             ),
             (
-                with("[\"http://a:1\", \"https://b:1\"]"),
+                with("[\"http://127.0.0.1:1\", \"https://b:1\"]"),
                 "mixes http:// and https://",
             ),
             (
-                with("[\"http://a:1\", \"tcp://b:1\"]"),
+                with("[\"http://127.0.0.1:1\", \"tcp://b:1\"]"),
                 "\"tcp://b:1\" must start with http:// or https://",
             ),
-            (with("[\"http://a:1\", 7]"), "entry 2 is a integer"),
+            (with("[\"http://127.0.0.1:1\", 7]"), "entry 2 is a integer"),
+            (
+                with("\"http://10.1.2.3:7400\""),
+                "plaintext http:// to 10.1.2.3, which is not loopback",
+            ),
             (with("7400"), "is a integer; give an address string"),
             (
                 with("[\"https://a:1\", \"https://b:1\"]"),
@@ -827,9 +842,12 @@ base_dir = "/tmp/b"
         let tls = format!("\n[tls]\nca = {:?}\n", dir.path().join("ca.crt"));
         let https = with("[\"https://a:1\", \"https://b:1\"]") + &tls;
         assert_eq!(load(&https, &[]).unwrap().coordinators.len(), 2);
-        let err = load(&(with("[\"http://a:1\", \"http://b:1\"]") + &tls), &[])
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            &(with("[\"http://127.0.0.1:1\", \"http://127.0.0.2:1\"]") + &tls),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("`tls`") && err.contains("[tls] needs https://"),
             "{err}"

@@ -71,6 +71,8 @@ pub enum InvalidCoordinators {
     NoScheme { addr: String },
     #[error("coordinator address {addr:?} has scheme {scheme:?}; use http:// or https://")]
     BadScheme { addr: String, scheme: String },
+    #[error("--coordinator: {why}")]
+    Plaintext { why: String },
     #[error("coordinator address {addr:?} has a path or query; give only scheme://HOST:PORT")]
     HasPath { addr: String },
     #[error(
@@ -203,10 +205,11 @@ fn parse_address(addr: &str) -> Result<(Scheme, String), InvalidCoordinators> {
             addr: addr.to_owned(),
         });
     }
-    Ok((
-        scheme,
-        format!("{scheme}://{}", authority.as_str().to_ascii_lowercase()),
-    ))
+    let normal = format!("{scheme}://{}", authority.as_str().to_ascii_lowercase());
+    if let Some(why) = baton_net::addr::plaintext_refusal(&normal) {
+        return Err(InvalidCoordinators::Plaintext { why });
+    }
+    Ok((scheme, normal))
 }
 
 /// Whether a call may be sent twice.
@@ -471,32 +474,43 @@ mod tests {
 
     #[test]
     fn addresses_are_validated() {
-        let ok = coords(" http://C1:7400/ ,http://c2:7400");
-        assert_eq!(ok.addrs(), ["http://c1:7400", "http://c2:7400"]);
+        let ok = coords(" http://LOCALHOST:7400/ ,http://127.0.0.2:7400");
+        assert_eq!(
+            ok.addrs(),
+            ["http://localhost:7400", "http://127.0.0.2:7400"]
+        );
         assert_eq!(ok.scheme(), Scheme::Http);
         assert_eq!(
-            coords("https://127.0.0.1:7400").addrs(),
-            ["https://127.0.0.1:7400"]
+            coords("http://127.0.0.1:7400").addrs(),
+            ["http://127.0.0.1:7400"]
         );
         let err = |list: &str| Coordinators::parse(list).unwrap_err().to_string();
         let table = [
             ("", "is empty"),
-            ("http://a:1,,http://b:1", "has an empty entry"),
-            ("http://a:1,", "has an empty entry"),
+            ("https://a:1,,https://b:1", "has an empty entry"),
+            ("https://a:1,", "has an empty entry"),
             (
                 "127.0.0.1:7400",
                 "has no scheme; write it as http://127.0.0.1:7400",
             ),
             ("ftp://a:1", "has scheme \"ftp\"; use http:// or https://"),
-            ("http://a:1/api", "has a path"),
-            ("http://a b", "is not a URL"),
+            ("https://a:1/api", "has a path"),
+            ("https://a b", "is not a URL"),
             (
-                "http://a:1,https://b:1",
-                "mix schemes (http://a:1 and https://b:1)",
+                "http://10.1.2.3:7400",
+                "plaintext http:// to 10.1.2.3, which is not loopback",
             ),
-            ("http://a:1,http://A:1/", "http://a:1 is listed twice"),
             (
-                "http://a:1,http://a:2,http://a:3,http://a:4,http://a:5,http://a:6,http://a:7,http://a:8",
+                "http://coord:7400",
+                "plaintext http:// to coord, which is not loopback",
+            ),
+            (
+                "http://127.0.0.1:1,https://b:1",
+                "mix schemes (http://127.0.0.1:1 and https://b:1)",
+            ),
+            ("https://a:1,https://A:1/", "https://a:1 is listed twice"),
+            (
+                "https://a:1,https://a:2,https://a:3,https://a:4,https://a:5,https://a:6,https://a:7,https://a:8",
                 "8 coordinator addresses given; at most 7",
             ),
         ];
@@ -508,18 +522,25 @@ mod tests {
 
     #[test]
     fn a_hint_is_followed_only_with_the_configured_scheme() {
-        let c = coords("http://c1:7400,http://c2:7400");
+        let c = coords("https://c1:7400,https://c2:7400");
         assert_eq!(
-            c.leader_hint("http://c9:7401").unwrap(),
-            "http://c9:7401",
+            c.leader_hint("https://c9:7401").unwrap(),
+            "https://c9:7401",
             "a leader that is not listed is followed"
         );
         assert_eq!(
-            c.leader_hint("https://c2:7400").unwrap_err(),
+            c.leader_hint("http://127.0.0.1:7400").unwrap_err(),
             RefusedHint::Scheme {
-                hint: Scheme::Https,
-                configured: Scheme::Http
+                hint: Scheme::Http,
+                configured: Scheme::Https
             }
+        );
+        assert!(
+            matches!(
+                c.leader_hint("http://c2:7400").unwrap_err(),
+                RefusedHint::Invalid(InvalidCoordinators::Plaintext { .. })
+            ),
+            "a follower cannot send the CLI to plaintext off loopback"
         );
         assert!(matches!(
             c.leader_hint("c2:7400").unwrap_err(),
@@ -536,7 +557,7 @@ mod tests {
 
     #[test]
     fn judge_retries_only_what_was_not_accepted() {
-        let follower = status_with_hint("http://c2:7400");
+        let follower = status_with_hint("https://c2:7400");
         let election = tonic::Status::unavailable("no leader yet");
         let refused = tonic::Status::failed_precondition("a rollout is running");
         let connect =
@@ -548,7 +569,7 @@ mod tests {
                 &follower,
                 Effect::Change,
                 Verdict::Retry(Said::Follower {
-                    leader: "http://c2:7400".into(),
+                    leader: "https://c2:7400".into(),
                     message: "c1 is a follower".into(),
                 }),
             ),
@@ -599,25 +620,25 @@ mod tests {
 
     #[test]
     fn a_route_follows_a_hint_out_of_turn() {
-        let c = coords("http://c1:1,http://c2:1,http://c3:1");
+        let c = coords("https://c1:1,https://c2:1,https://c3:1");
         let mut r = Route::new(&c, None, Backoff::default());
-        assert_eq!(r.next(NO_PAUSE), Step::Try("http://c1:1".into()));
-        r.failed("http://c1:1", follower("http://c3:1"));
-        assert_eq!(r.next(NO_PAUSE), Step::Try("http://c3:1".into()));
-        r.failed("http://c3:1", unreachable());
-        assert_eq!(r.next(NO_PAUSE), Step::Try("http://c2:1".into()));
+        assert_eq!(r.next(NO_PAUSE), Step::Try("https://c1:1".into()));
+        r.failed("https://c1:1", follower("https://c3:1"));
+        assert_eq!(r.next(NO_PAUSE), Step::Try("https://c3:1".into()));
+        r.failed("https://c3:1", unreachable());
+        assert_eq!(r.next(NO_PAUSE), Step::Try("https://c2:1".into()));
     }
 
     #[test]
     fn a_route_starts_at_the_last_leader_and_refuses_a_bad_hint() {
-        let c = coords("http://c1:1,http://c2:1");
-        let mut r = Route::new(&c, Some("http://c9:1"), Backoff::default());
-        assert_eq!(r.next(NO_PAUSE), Step::Try("http://c9:1".into()));
-        r.failed("http://c9:1", follower("https://c2:1"));
-        assert_eq!(r.next(NO_PAUSE), Step::Try("http://c1:1".into()));
-        r.failed("http://c1:1", unreachable());
-        assert_eq!(r.next(NO_PAUSE), Step::Try("http://c2:1".into()));
-        r.failed("http://c2:1", unreachable());
+        let c = coords("https://c1:1,https://c2:1");
+        let mut r = Route::new(&c, Some("https://c9:1"), Backoff::default());
+        assert_eq!(r.next(NO_PAUSE), Step::Try("https://c9:1".into()));
+        r.failed("https://c9:1", follower("http://127.0.0.2:1"));
+        assert_eq!(r.next(NO_PAUSE), Step::Try("https://c1:1".into()));
+        r.failed("https://c1:1", unreachable());
+        assert_eq!(r.next(NO_PAUSE), Step::Try("https://c2:1".into()));
+        r.failed("https://c2:1", unreachable());
         let budget = Backoff::default().budget;
         assert_eq!(r.next(budget), Step::GiveUp);
         let tried = r.tried();
@@ -625,14 +646,14 @@ mod tests {
         assert!(
             tried
                 .to_string()
-                .contains("not followed because its scheme is https"),
+                .contains("not followed because its scheme is http,"),
             "{tried}"
         );
     }
 
     #[test]
     fn a_route_pauses_between_rounds_while_a_replica_answers() {
-        let c = coords("http://c1:1,http://c2:1");
+        let c = coords("https://c1:1,https://c2:1");
         let backoff = Backoff {
             first: Duration::from_millis(100),
             max_step: Duration::from_millis(300),
@@ -643,7 +664,7 @@ mod tests {
         let mut steps = Vec::new();
         loop {
             match r.next(elapsed) {
-                Step::Try(addr) if addr == "http://c1:1" => r.failed(&addr, unreachable()),
+                Step::Try(addr) if addr == "https://c1:1" => r.failed(&addr, unreachable()),
                 Step::Try(addr) => r.failed(
                     &addr,
                     Said::Unavailable {
@@ -667,23 +688,23 @@ mod tests {
         // Nobody answers: no pause, give up after one round.
         let mut r = Route::new(&c, None, backoff);
         assert!(matches!(r.next(NO_PAUSE), Step::Try(_)));
-        r.failed("http://c1:1", unreachable());
+        r.failed("https://c1:1", unreachable());
         assert!(matches!(r.next(NO_PAUSE), Step::Try(_)));
-        r.failed("http://c2:1", unreachable());
+        r.failed("https://c2:1", unreachable());
         assert_eq!(r.next(NO_PAUSE), Step::GiveUp);
     }
 
     #[test]
     fn two_followers_naming_each_other_do_not_loop_forever() {
-        let c = coords("http://c1:1,http://c2:1");
+        let c = coords("https://c1:1,https://c2:1");
         let mut r = Route::new(&c, None, Backoff::default());
         let mut tries = 0;
         while let Step::Try(addr) = r.next(NO_PAUSE) {
             tries += 1;
             let other = if addr.contains("c1") {
-                "http://c2:1"
+                "https://c2:1"
             } else {
-                "http://c1:1"
+                "https://c1:1"
             };
             r.failed(&addr, follower(other));
             assert!(tries < 100, "a hint loop");

@@ -37,6 +37,9 @@ pub use render::{Summary, render_checks, render_rollout, render_status, summary}
 pub const EXIT_REFUSED: u8 = 2;
 /// The rollout paused or was closed without finishing.
 pub const EXIT_PAUSED: u8 = 3;
+/// A bad argument or address (`--coordinator` plaintext off loopback, not
+/// a URL): nothing was sent (sysexits' EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 /// Any other failure (unreachable coordinator, bad answer, IO).
 pub const EXIT_OTHER: u8 = 69;
 
@@ -58,6 +61,9 @@ pub fn exit_code(e: &anyhow::Error) -> ExitCode {
     // refused preflight.
     if let Some(CliError::WrongPhase { .. }) = e.downcast_ref::<CliError>() {
         return ExitCode::from(EXIT_REFUSED);
+    }
+    if let Some(CliError::BadCoordinators(_)) = e.downcast_ref::<CliError>() {
+        return ExitCode::from(EXIT_USAGE);
     }
     ExitCode::from(EXIT_OTHER)
 }

@@ -4,7 +4,10 @@
 //! The driver hands [`Outbound`] domain values to [`AgentLink::send`]; only
 //! this module turns them into wire messages ([`to_wire`]). The service owns
 //! the session protocol: the first message must be a Hello, the second a
-//! Report; only then is a session opened in the [`FleetView`]. Under mutual
+//! Report, both within 5 s; only then is a session opened in the
+//! [`FleetView`]. Streams still in that handshake are capped per peer
+//! address and in all, so strangers that never speak cannot crowd agents
+//! out for longer than the deadline. Under mutual
 //! TLS the Hello must be backed by the client certificate: it may claim only
 //! the member the certificate names (`spiffe://<cluster>/member/<id>`, or a
 //! DNS SAN equal to the id), and one that claims another is refused with
@@ -18,6 +21,7 @@
 //! and what was answered.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,13 +39,87 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use baton_net::identity::{PeerIdentity, echo};
+use baton_net::throttle::Throttle;
 
 use crate::error::LinkError;
 use crate::fleet::{FleetView, SessionId};
 use crate::grants::Grants;
+use crate::metrics::Metrics;
 
-/// How long a new stream may take to send its Hello and first Report.
+/// How long a new stream may take to send its Hello and first Report, in
+/// all.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many streams from one peer address may be waiting for their Hello
+/// at once (an agent opens one at a time; a host of several agents a few).
+const STRANGERS_PER_PEER: usize = 16;
+/// How many streams in all may be waiting for their Hello at once.
+const STRANGERS: usize = 256;
+
+/// The streams still in their handshake (Hello, first Report), by peer
+/// address and in all: a peer that opens streams and never speaks holds
+/// at most [`STRANGERS_PER_PEER`] slots, each for [`HANDSHAKE_TIMEOUT`].
+#[derive(Debug, Default)]
+struct Strangers {
+    waiting: Mutex<(HashMap<Option<IpAddr>, usize>, usize)>,
+    /// The total, exported as `baton_agent_streams_in_handshake`.
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// One stream's place among the [`Strangers`], given back on drop.
+struct StrangerSlot {
+    strangers: Arc<Strangers>,
+    peer: Option<IpAddr>,
+}
+
+impl Strangers {
+    fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<StrangerSlot, LinkError> {
+        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let (by_peer, total) = &mut *w;
+        let mine = by_peer.get(&peer).copied().unwrap_or(0);
+        let (waiting, cap) = if mine >= STRANGERS_PER_PEER {
+            (mine, STRANGERS_PER_PEER)
+        } else if *total >= STRANGERS {
+            (*total, STRANGERS)
+        } else {
+            by_peer.insert(peer, mine + 1);
+            *total += 1;
+            self.gauge.set(*total as i64);
+            return Ok(StrangerSlot {
+                strangers: self.clone(),
+                peer,
+            });
+        };
+        Err(LinkError::TooManyStrangers {
+            peer: if cap == STRANGERS {
+                "all peers".to_owned()
+            } else {
+                peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
+            },
+            waiting,
+            cap,
+            deadline_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
+        })
+    }
+}
+
+impl Drop for StrangerSlot {
+    fn drop(&mut self) {
+        let mut w = self
+            .strangers
+            .waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (by_peer, total) = &mut *w;
+        *total = total.saturating_sub(1);
+        self.strangers.gauge.set(*total as i64);
+        if let Some(n) = by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
 
 type SessionTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
@@ -91,6 +169,12 @@ pub struct AgentLinkService {
     /// backed by the client certificate: it may claim only the member (of
     /// this cluster) the certificate names.
     require_identity: bool,
+    /// The streams that have not finished their handshake yet.
+    strangers: Arc<Strangers>,
+    /// Refusals of too many strangers, logged once per peer per minute.
+    crowded: Arc<Throttle<Option<IpAddr>>>,
+    /// Where refusals are counted, when the coordinator exports metrics.
+    metrics: Option<Metrics>,
 }
 
 impl AgentLinkService {
@@ -109,6 +193,9 @@ impl AgentLinkService {
             shutdown,
             grants,
             require_identity: false,
+            strangers: Arc::default(),
+            crowded: Arc::new(Throttle::new(Duration::from_secs(60))),
+            metrics: None,
         }
     }
 
@@ -117,6 +204,31 @@ impl AgentLinkService {
     pub fn with_identity(mut self, tls: bool) -> Self {
         self.require_identity = tls;
         self
+    }
+
+    /// Counts handshakes and refusals in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.strangers = Arc::new(Strangers {
+            gauge: metrics.handshakes(),
+            ..Strangers::default()
+        });
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts a stream refused before its session opened.
+    fn refused(&self, e: &LinkError) {
+        let Some(m) = &self.metrics else { return };
+        m.stream_refused(match e {
+            LinkError::TooManyStrangers { .. } => "crowded",
+            LinkError::Silent { .. } => "silent",
+            LinkError::NotYours { .. } => "not_yours",
+            LinkError::Refused(
+                crate::fleet::Refusal::UnknownMember { .. }
+                | crate::fleet::Refusal::WrongCluster { .. },
+            ) => "unknown",
+            _ => "invalid",
+        });
     }
 
     /// Refuses a Hello the client certificate does not back (with mutual
@@ -178,8 +290,9 @@ fn kind(body: &Option<agent_message::Body>) -> &'static str {
 
 async fn next_message(
     inbound: &mut Streaming<AgentMessage>,
+    deadline: Instant,
 ) -> Result<Option<agent_message::Body>, LinkError> {
-    let msg = tokio::time::timeout(HANDSHAKE_TIMEOUT, inbound.message())
+    let msg = tokio::time::timeout_at(deadline, inbound.message())
         .await
         .map_err(|_| LinkError::Silent {
             waited_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
@@ -194,13 +307,14 @@ impl AgentLinkService {
         inbound: &mut Streaming<AgentMessage>,
         peer: Option<&[u8]>,
     ) -> Result<(Hello, Report), LinkError> {
-        let hello = match next_message(inbound).await? {
+        let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+        let hello = match next_message(inbound, deadline).await? {
             Some(agent_message::Body::Hello(h)) => Hello::try_from(h)?,
             other => return Err(LinkError::ExpectedHello { got: kind(&other) }),
         };
         self.check_identity(&hello, peer)?;
         self.lock().check_hello(&hello)?;
-        let report = match next_message(inbound).await? {
+        let report = match next_message(inbound, deadline).await? {
             Some(agent_message::Body::Report(r)) => Report::try_from(r)?,
             other => {
                 return Err(LinkError::ExpectedReport {
@@ -297,9 +411,15 @@ impl AgentLinkRpc for AgentLinkService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
-        let from = request
-            .remote_addr()
-            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let remote = request.remote_addr();
+        let from = remote.map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let ip = remote.map(|a| a.ip());
+        let slot = self.strangers.admit(ip).inspect_err(|e| {
+            self.refused(e);
+            if let Some(suppressed) = self.crowded.allow(&ip, Instant::now()) {
+                tracing::warn!(peer = %from, error = %e, suppressed, "refused agent stream (logged once a minute per peer; suppressed counts the refusals since)");
+            }
+        })?;
         // The leaf of the client's chain (rustls verified it against the
         // client CA during the handshake).
         let peer = request
@@ -310,8 +430,10 @@ impl AgentLinkRpc for AgentLinkService {
             .handshake(&mut inbound, peer.as_deref())
             .await
             .inspect_err(|e| {
+                self.refused(e);
                 tracing::warn!(peer = %from, error = %e, "refused agent stream");
             })?;
+        drop(slot);
         let (tx, rx) = mpsc::channel(16);
         let session = self
             .lock()
@@ -331,5 +453,52 @@ impl AgentLinkRpc for AgentLinkService {
         tracing::info!(member = %hello.member, agent_version = %hello.agent_version, adapter = %hello.adapter_kind, "agent connected");
         tokio::spawn(self.clone().serve_session(hello, session, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strangers_are_capped_per_peer_and_in_all_and_slots_come_back() {
+        let s = Arc::new(Strangers::default());
+        let a: Option<IpAddr> = Some([127, 0, 0, 2].into());
+        let mut held: Vec<StrangerSlot> = (0..STRANGERS_PER_PEER)
+            .map(|_| s.admit(a).unwrap())
+            .collect();
+        let err = s.admit(a).err().unwrap();
+        assert!(
+            matches!(
+                err,
+                LinkError::TooManyStrangers {
+                    cap: STRANGERS_PER_PEER,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("127.0.0.2"), "{err}");
+        held.pop();
+        held.push(s.admit(a).expect("a slot given back is free again"));
+        // Others fill up to the total, one peer at a time.
+        let mut n = STRANGERS_PER_PEER;
+        let mut ip = 3u8;
+        while n < STRANGERS {
+            held.push(s.admit(Some([127, 0, 0, ip].into())).unwrap());
+            n += 1;
+            if n.is_multiple_of(STRANGERS_PER_PEER) {
+                ip += 1;
+            }
+        }
+        let err = s.admit(Some([127, 0, 1, 1].into())).err().unwrap();
+        assert!(
+            matches!(err, LinkError::TooManyStrangers { cap: STRANGERS, .. }),
+            "{err}"
+        );
+        assert_eq!(Status::from(err).code(), tonic::Code::ResourceExhausted);
+        drop(held);
+        let w = s.waiting.lock().unwrap();
+        assert_eq!((w.0.len(), w.1), (0, 0), "nothing is left behind");
     }
 }

@@ -142,6 +142,9 @@ fn replication(
                 format!("replica {n}'s address {addr:?} must be {scheme}://HOST:PORT"),
             ));
         }
+        if let Some(why) = baton_net::addr::plaintext_refusal(&addr) {
+            return Err(invalid("replication.peers", format!("replica {n}: {why}")));
+        }
         if peers.values().any(|a| *a == addr) {
             return Err(invalid(
                 "replication.peers",
@@ -699,27 +702,33 @@ mod tests {
             ),
             (
                 "2",
-                "\"1\" = \"https://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://b:1\"",
+                "\"1\" = \"https://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://127.0.0.8:1\"",
                 "replication.peers",
                 "must start with http://",
             ),
             (
                 "2",
-                "\"1\" = \"http://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://a:1\"",
+                "\"1\" = \"http://127.0.0.9:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://127.0.0.9:1\"",
                 "replication.peers",
                 "listed for two",
             ),
             (
                 "2",
-                "\"x\" = \"http://a:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://b:1\"",
+                "\"x\" = \"http://127.0.0.9:1\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://127.0.0.8:1\"",
                 "replication.peers",
                 "not a replica id",
             ),
             (
                 "2",
-                "\"1\" = \"http://a\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://b:1\"",
+                "\"1\" = \"http://127.0.0.9\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://127.0.0.8:1\"",
                 "replication.peers",
                 "HOST:PORT",
+            ),
+            (
+                "2",
+                "\"1\" = \"http://10.1.2.3:7401\", \"2\" = \"http://127.0.0.1:7402\", \"3\" = \"http://127.0.0.8:1\"",
+                "replication.peers",
+                "replica 1: http://10.1.2.3:7401 is plaintext http:// to 10.1.2.3, which is not loopback",
             ),
         ] {
             match three(id, peers) {

@@ -19,9 +19,20 @@ pub enum LinkError {
         got: &'static str,
     },
     #[error(
-        "agent sent nothing for {waited_ms} ms after connecting; it must send Hello and a Report"
+        "agent did not send its Hello and first Report within {waited_ms} ms of connecting; the stream is closed"
     )]
     Silent { waited_ms: u64 },
+    /// Too many streams from one peer (or from everyone) have not said
+    /// Hello yet; refused before anything is read.
+    #[error(
+        "{waiting} streams from {peer} have not said Hello yet (at most {cap} may wait, each for {deadline_ms} ms); retry once they end"
+    )]
+    TooManyStrangers {
+        peer: String,
+        waiting: usize,
+        cap: usize,
+        deadline_ms: u64,
+    },
     #[error("hello refused: {0}")]
     BadHello(#[from] InvalidHello),
     #[error("report refused: {0}")]
@@ -51,6 +62,7 @@ impl From<LinkError> for Status {
             LinkError::Refused(Refusal::WrongCluster { .. }) => Code::FailedPrecondition,
             LinkError::Refused(Refusal::Superseded { .. }) => Code::Aborted,
             LinkError::Silent { .. } => Code::DeadlineExceeded,
+            LinkError::TooManyStrangers { .. } => Code::ResourceExhausted,
             LinkError::Transport(_) => Code::Unavailable,
             LinkError::NotYours { .. } => Code::PermissionDenied,
         };

@@ -177,7 +177,8 @@ pub async fn run(
         shutdown.clone(),
         Arc::new(grants),
     )
-    .with_identity(config.tls.is_some());
+    .with_identity(config.tls.is_some())
+    .with_metrics(metrics.clone());
     let driver_cfg = driver::DriverConfig {
         policy: config.policy.clone(),
         release_name: config.release_name.clone(),

@@ -101,6 +101,15 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// The reasons an agent stream is refused before its session opens, as
+/// the `reason` label of `baton_agent_streams_refused_total`.
+pub const STREAM_REFUSALS: [&str; 5] = ["crowded", "silent", "not_yours", "invalid", "unknown"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AlertLabels {
     alertname: String,
 }
@@ -128,6 +137,8 @@ struct Inner {
     commands_sent: Family<ActionLabels, Counter>,
     commands_failed: Family<ActionLabels, Counter>,
     alerts_firing: Family<AlertLabels, Gauge>,
+    handshakes: Gauge,
+    streams_refused: Family<RefusalLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -189,6 +200,23 @@ impl Metrics {
             "Alerts the coordinator currently has firing, per alert name",
             alerts_firing.clone(),
         );
+        let handshakes = Gauge::default();
+        registry.register(
+            "baton_agent_streams_in_handshake",
+            "Agent streams that have connected but not yet sent their Hello and first Report",
+            handshakes.clone(),
+        );
+        let streams_refused = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "baton_agent_streams_refused",
+            "Agent streams refused before a session opened, per reason (crowded: too many in handshake; silent: no Hello in time; not_yours: the certificate names another member; invalid: a bad Hello or Report; unknown: not a member of this cluster)",
+            streams_refused.clone(),
+        );
+        for reason in STREAM_REFUSALS {
+            streams_refused
+                .get_or_create(&RefusalLabels { reason })
+                .inc_by(0);
+        }
         // Start every counter at 0, so rate() and increase() see the first event.
         for action in ACTION_LABELS {
             let labels = ActionLabels {
@@ -217,8 +245,26 @@ impl Metrics {
                 commands_sent,
                 commands_failed,
                 alerts_firing,
+                handshakes,
+                streams_refused,
             }),
         }
+    }
+
+    /// The gauge of agent streams still in their handshake (the agent link
+    /// moves it).
+    pub fn handshakes(&self) -> Gauge {
+        self.inner.handshakes.clone()
+    }
+
+    /// Counts an agent stream refused before its session opened; `reason`
+    /// is one of [`STREAM_REFUSALS`].
+    pub fn stream_refused(&self, reason: &'static str) {
+        debug_assert!(STREAM_REFUSALS.contains(&reason), "{reason}");
+        self.inner
+            .streams_refused
+            .get_or_create(&RefusalLabels { reason })
+            .inc();
     }
 
     /// Marks `phase` (a [`baton_domain::Phase::kind`]) as the current phase of

@@ -17,6 +17,23 @@ pub use rollout::{
     RevertStep, Rollout, RolloutBackup, Stage, StoredBackup, StoredBackupDetail, UnixMs,
 };
 
+/// The most bytes of a value from the wire, a config or the disk that an
+/// error or a log line repeats; the rest is cut and marked ([`echo`]).
+pub const ECHO_MAX: usize = 128;
+
+/// `s` cut to at most [`ECHO_MAX`] bytes (on a char boundary), with a note
+/// of how long it was when it was cut: for echoing untrusted values.
+pub fn echo(s: &str) -> String {
+    if s.len() <= ECHO_MAX {
+        return s.to_owned();
+    }
+    let mut end = ECHO_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &s[..end], s.len())
+}
+
 /// The name of one cluster member, as the operator configured it (e.g. `n1`).
 ///
 /// Non-empty, at most 128 bytes, and made only of `[A-Za-z0-9._-]`, so that it
@@ -30,6 +47,7 @@ pub struct MemberId(String);
 pub enum InvalidMemberId {
     #[error("member id is empty")]
     Empty,
+    /// Holds the id as [`echo`] cut it.
     #[error("member id {0:?} is longer than 128 bytes")]
     TooLong(String),
     #[error("member id {0:?} has characters outside [A-Za-z0-9._-]")]
@@ -43,7 +61,7 @@ impl MemberId {
             return Err(InvalidMemberId::Empty);
         }
         if s.len() > 128 {
-            return Err(InvalidMemberId::TooLong(s));
+            return Err(InvalidMemberId::TooLong(echo(&s)));
         }
         if !s
             .bytes()

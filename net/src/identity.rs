@@ -10,22 +10,8 @@
 
 use std::fmt;
 
-/// Longest a wire or certificate value may be when echoed into an error or
-/// a log line; the rest is cut and marked.
-pub const ECHO_MAX: usize = 128;
-
-/// `s` cut to at most [`ECHO_MAX`] bytes (on a char boundary), with a note
-/// of how long it was when it was cut.
-pub fn echo(s: &str) -> String {
-    if s.len() <= ECHO_MAX {
-        return s.to_owned();
-    }
-    let mut end = ECHO_MAX;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} bytes in all)", &s[..end], s.len())
-}
+/// Values echoed into errors and logs are cut the one way baton cuts them.
+pub use baton_domain::{ECHO_MAX, echo};
 
 /// The kind of party a baton SPIFFE id names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

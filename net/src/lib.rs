@@ -8,13 +8,18 @@
 //! - [`identity`]: who a TLS peer is, from its certificate's SANs
 //!   (`spiffe://<cluster>/member/<id>` and the like, or a DNS name), and
 //!   the cutting of echoed wire values to a bounded length.
+//! - [`addr`]: which addresses may be spoken to in plaintext (loopback
+//!   only).
+//! - [`throttle`]: once per key per period, for logs a peer could flood.
 //! - [`http`]: the one HTTP(S) client (hyper-rustls on ring; webpki roots,
 //!   or a private CA and a client certificate).
 //!
 //! It sits above `baton-domain` and below the agent and coordinator; it holds
 //! no baton decisions, only transport.
 
+pub mod addr;
 pub mod http;
 pub mod identity;
 pub mod server_tls;
+pub mod throttle;
 pub mod tls;

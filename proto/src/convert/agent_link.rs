@@ -21,6 +21,15 @@ pub enum InvalidHello {
     #[error("hello from member {member} has an empty cluster id")]
     EmptyCluster { member: MemberId },
     #[error(
+        "hello from member {member} has a {field} of {len} bytes, more than {max}; fix the agent's config"
+    )]
+    TooLong {
+        member: MemberId,
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error(
         "hello from member {member} names {count} stage checks, more than {max}; configure fewer [[target.checks]] on that agent"
     )]
     TooManyStageChecks {
@@ -101,6 +110,20 @@ impl TryFrom<v1::Hello> for Hello {
         let member = MemberId::new(member_id)?;
         if cluster_id.is_empty() {
             return Err(InvalidHello::EmptyCluster { member });
+        }
+        for (field, text) in [
+            ("cluster id", &cluster_id),
+            ("agent version", &agent_version),
+            ("adapter kind", &adapter_kind),
+        ] {
+            if text.len() > baton_domain::ECHO_MAX {
+                return Err(InvalidHello::TooLong {
+                    member,
+                    field,
+                    len: text.len(),
+                    max: baton_domain::ECHO_MAX,
+                });
+            }
         }
         if stage_checks.len() > MAX_STAGE_CHECKS {
             return Err(InvalidHello::TooManyStageChecks {
@@ -863,8 +886,35 @@ mod tests {
             stage_checks: Vec::new(),
         };
         assert_eq!(
-            Hello::try_from(h).unwrap_err().to_string(),
+            Hello::try_from(h.clone()).unwrap_err().to_string(),
             "hello from member n1 has an empty cluster id"
+        );
+        let long = "x".repeat(1 << 20);
+        for field in ["cluster id", "agent version", "adapter kind"] {
+            let mut bad = v1::Hello {
+                cluster_id: "e2e".into(),
+                ..h.clone()
+            };
+            match field {
+                "cluster id" => bad.cluster_id = long.clone(),
+                "agent version" => bad.agent_version = long.clone(),
+                _ => bad.adapter_kind = long.clone(),
+            }
+            let err = Hello::try_from(bad).unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.contains("1048576 bytes") && err.len() < 200,
+                "{err}"
+            );
+        }
+        let huge_id = v1::Hello {
+            member_id: long.clone(),
+            ..h
+        };
+        let err = Hello::try_from(huge_id).unwrap_err().to_string();
+        assert!(
+            err.contains("longer than 128 bytes") && err.len() < 300,
+            "the refusal repeats {} bytes of the id",
+            err.len()
         );
     }
 

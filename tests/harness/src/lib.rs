@@ -1151,6 +1151,16 @@ pub struct LoneCoordinator {
 
 impl LoneCoordinator {
     pub async fn start(members: &[&str], heartbeat_ms: u64) -> Result<LoneCoordinator> {
+        LoneCoordinator::start_with(members, heartbeat_ms, "").await
+    }
+
+    /// As [`LoneCoordinator::start`], with `extra` appended to the
+    /// top-level keys of its config (`metrics_listen = ...`).
+    pub async fn start_with(
+        members: &[&str],
+        heartbeat_ms: u64,
+        extra: &str,
+    ) -> Result<LoneCoordinator> {
         init();
         let dir = tempfile::Builder::new().prefix("baton-coord-").tempdir()?;
         let port = free_port();
@@ -1158,7 +1168,7 @@ impl LoneCoordinator {
         fs::write(
             &config,
             format!(
-                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = {heartbeat_ms}\nmembers = {members:?}\n"
+                "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = {heartbeat_ms}\nmembers = {members:?}\n{extra}\n"
             ),
         )?;
         let mut cmd = Command::new(bin("baton-coordinator"));
