@@ -63,6 +63,9 @@ pub enum LinkError {
     },
     #[error("stream to coordinator broke: {0}")]
     Stream(String),
+    /// The TLS layer refused the connection, for a reason a probe named.
+    #[error("cannot talk to coordinator at {addr}: {why}")]
+    Tls { addr: String, why: String },
     #[error("coordinator sent a message this agent cannot understand: {0}")]
     BadMessage(String),
     #[error("coordinator at {addr} stopped taking messages; dropped its session")]
@@ -301,6 +304,19 @@ struct Dial {
     tls: Option<baton_net::tls::ClientTls>,
 }
 
+impl Dial {
+    /// The TLS files as they are now (read again for every connection, so
+    /// rotated certificates are used without a restart); the ones read
+    /// before when the files cannot be read or used, with a warning.
+    fn current_tls(&self) -> Option<baton_net::tls::ClientTls> {
+        let tls = self.tls.as_ref()?;
+        Some(tls.fresh().unwrap_or_else(|e| {
+            tracing::warn!(member = %self.hello.member, error = %e, "cannot read the [tls] files again; connecting with the ones read before. Fix the files");
+            tls.clone()
+        }))
+    }
+}
+
 /// What a session tells the hub, in the order it happened.
 #[derive(Debug)]
 enum Event {
@@ -391,13 +407,27 @@ async fn replica_sessions(
     loop {
         let started = tokio::time::Instant::now();
         let stop = shutdown.child_token();
+        let tls = dial.current_tls();
         let ended = tokio::select! {
             () = stop.cancelled() => LinkError::Stalled { addr: addr.clone() },
-            Err(e) = session(replica, &addr, &dial, &mut observations, &events, &stop) => e,
+            Err(e) = session(replica, &addr, &dial, tls.as_ref(), &mut observations, &events, &stop) => e,
         };
         if shutdown.is_cancelled() {
             return;
         }
+        // A connection that could not be made: say why when TLS is why.
+        let ended = match ended {
+            LinkError::Connect { .. } => {
+                match baton_net::tls::diagnose(&addr, tls.as_ref(), Duration::from_secs(2)).await {
+                    Some(why) => LinkError::Tls {
+                        addr: addr.clone(),
+                        why,
+                    },
+                    None => ended,
+                }
+            }
+            other => other,
+        };
         tracing::warn!(member = %member, coordinator = %addr, error = %ended, retry_in = ?backoff, "coordinator session ended");
         let down = Event::Down {
             replica,
@@ -424,6 +454,7 @@ async fn session(
     replica: Replica,
     addr: &str,
     dial: &Dial,
+    tls: Option<&baton_net::tls::ClientTls>,
     observations: &mut watch::Receiver<Option<Observation>>,
     events: &mpsc::Sender<Event>,
     stop: &CancellationToken,
@@ -438,7 +469,7 @@ async fn session(
         .connect_timeout(Duration::from_secs(2))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5));
-    let endpoint = match &dial.tls {
+    let endpoint = match tls {
         Some(tls) => tls.apply(endpoint).map_err(|e| LinkError::BadAddress {
             addr: addr.to_owned(),
             detail: format!("TLS setup: {e}"),

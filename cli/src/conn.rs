@@ -32,6 +32,9 @@ pub enum CliError {
         "cannot reach the coordinator at {addr}: {detail}; is baton-coordinator running there? (set --coordinator or BATON_COORDINATOR)"
     )]
     Unreachable { addr: String, detail: String },
+    /// The TLS layer refused the connection, for a reason a probe named.
+    #[error("cannot talk to the coordinator at {addr}: {why}")]
+    Tls { addr: String, why: String },
     #[error("coordinator at {addr} refused {call}: {detail}")]
     Refused {
         addr: String,
@@ -281,6 +284,9 @@ impl OperatorConn {
                 Ok(c) => c,
                 Err(Dial::Setup(e)) => return Err(e),
                 Err(Dial::Unreachable(detail)) => {
+                    if let Some(why) = self.tls_cause(&addr).await {
+                        return Err(CliError::Tls { addr, why });
+                    }
                     route.failed(&addr, Said::Unreachable { detail });
                     continue;
                 }
@@ -296,6 +302,9 @@ impl OperatorConn {
                 Verdict::Retry(said) => {
                     if matches!(said, Said::Unreachable { .. } | Said::Dropped { .. }) {
                         self.clients.remove(&addr);
+                        if let Some(why) = self.tls_cause(&addr).await {
+                            return Err(CliError::Tls { addr, why });
+                        }
                     }
                     route.failed(&addr, said);
                 }
@@ -313,6 +322,13 @@ impl OperatorConn {
                 }
             }
         }
+    }
+
+    /// Why `addr` cannot be reached at the TLS layer, if that is why: a
+    /// probing handshake names the cause (unknown CA, expired, no client
+    /// certificate, name mismatch, plaintext to a TLS port).
+    async fn tls_cause(&self, addr: &str) -> Option<String> {
+        baton_net::tls::diagnose(addr, self.tls.as_ref(), Duration::from_secs(2)).await
     }
 
     fn served(&mut self, addr: &str) {

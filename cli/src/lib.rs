@@ -84,7 +84,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tls = match &ca_cert {
         Some(ca) => {
             let identity = cert.as_deref().zip(key.as_deref());
-            Some(ClientTls::load(ca, identity, None)?)
+            let bad = |e: String| Exit {
+                code: EXIT_USAGE,
+                message: format!(
+                    "--ca-cert/--cert/--key: {e}; give PEM files that belong together (see `baton certs dev`)"
+                ),
+            };
+            let tls = ClientTls::load(ca, identity, None).map_err(|e| bad(e.to_string()))?;
+            // A key that does not match its certificate, or a file with
+            // no PEM in it, is named here rather than as a transport error.
+            tls.rustls_config().map_err(|e| bad(e.to_string()))?;
+            Some(tls)
         }
         None => None,
     };

@@ -43,7 +43,7 @@ use baton_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::config::{CoordinatorConfig, TlsConfig};
 use crate::fleet::FleetView;
@@ -58,7 +58,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     #[error("TLS setup failed: {0}")]
-    Tls(tonic::transport::Error),
+    TlsSetup(Box<baton_net::server_tls::ServerTlsError>),
     #[error("gRPC server failed: {0}")]
     Serve(tonic::transport::Error),
     #[error(transparent)]
@@ -76,13 +76,40 @@ pub enum RunError {
     AlertImport(#[from] journal::import::ImportError),
 }
 
-fn tls_config(tls: &TlsConfig) -> Result<ServerTlsConfig, RunError> {
-    baton_net::server_tls::server_tls(&tls.cert, &tls.key, Some(&tls.client_ca)).map_err(|e| {
-        RunError::TlsFile {
-            path: e.path,
-            source: e.source,
-        }
+fn server_tls(tls: &TlsConfig) -> Result<baton_net::server_tls::ServerTls, RunError> {
+    baton_net::server_tls::ServerTls::load(baton_net::server_tls::ServerTlsFiles {
+        cert: tls.cert.clone(),
+        key: tls.key.clone(),
+        client_ca: tls.client_ca.clone(),
     })
+    .map_err(|e| RunError::TlsSetup(Box::new(e)))
+}
+
+/// How often the TLS files are checked for a change.
+const TLS_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads `tls` on every SIGHUP until `shutdown`.
+fn reload_on_sighup(tls: baton_net::server_tls::ServerTls, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are still reloaded when they change");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tls.reload_logged("SIGHUP");
+                }
+            }
+        }
+    });
 }
 
 /// Serves agents and operators on `listener` until `shutdown`.
@@ -110,7 +137,7 @@ pub async fn run(
                         path: e.path.clone(),
                         source: std::io::Error::other(e.to_string()),
                     })?;
-            Some(loaded.tonic_config())
+            Some(loaded)
         }
         _ => None,
     };
@@ -259,25 +286,17 @@ pub async fn run(
             config.operators.clone(),
         ),
     };
+    let server_tls = config.tls.as_ref().map(server_tls).transpose()?;
+    if let Some(tls) = &server_tls {
+        reload_on_sighup(tls.clone(), shutdown.clone());
+        tls.watch(TLS_WATCH, shutdown.clone());
+    }
     let mut server = Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)));
-    if let Some(tls) = &config.tls {
-        server = server.tls_config(tls_config(tls)?).map_err(RunError::Tls)?;
-    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(cluster = %config.cluster, %addr, members = config.members.len(), "coordinator serving");
     }
-    // TCP_NODELAY on every accepted connection: without it a small gRPC
-    // reply can sit behind Nagle and the peer's delayed ACK for ~40 ms.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| {
-            conn.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        },
-    );
     // gRPC health: "" (SERVING from the start) and each service, while it runs.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -286,7 +305,7 @@ pub async fn run(
     health
         .set_serving::<OperatorServer<operator::OperatorService>>()
         .await;
-    let served = server
+    let router = server
         .add_service(health_service)
         .add_service(AgentLinkServer::new(link))
         .add_service(OperatorServer::with_interceptor(operator, {
@@ -296,10 +315,34 @@ pub async fn run(
         .add_service(
             ReplicaServer::new(journal.replica_service())
                 .max_decoding_message_size(journal::raft::peer::MAX_PEER_MESSAGE),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-        .await
-        .map_err(RunError::Serve);
+        );
+    let served = match server_tls {
+        // Handshakes are done (and refusals logged) by baton-net, with the
+        // certificates of that moment.
+        Some(tls) => {
+            let incoming = baton_net::server_tls::accept(listener, tls, shutdown.clone());
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+                .await
+        }
+        None => {
+            // TCP_NODELAY on every accepted connection: without it a small
+            // gRPC reply can sit behind Nagle and the peer's delayed ACK
+            // for ~40 ms.
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                |conn| {
+                    conn.inspect(|s| {
+                        let _ = s.set_nodelay(true);
+                    })
+                },
+            );
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+                .await
+        }
+    }
+    .map_err(RunError::Serve);
     shutdown.cancel();
     let led = driver_task.await;
     journal.shutdown().await;

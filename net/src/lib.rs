@@ -3,8 +3,10 @@
 //! - [`tls`]: client TLS for the gRPC links (agent to coordinator, CLI to
 //!   coordinator, the etcd adapter to etcd) and the HTTP client, PEM files
 //!   read and checked once; a probing handshake that says why TLS failed.
-//! - [`server_tls`]: server TLS for the coordinator's gRPC port, with client
-//!   certificates required when a client CA is configured.
+//! - [`server_tls`]: server TLS for the coordinator's gRPC port (client
+//!   certificates required), reloaded on SIGHUP or a file change, and the
+//!   accept loop that logs why each refused handshake failed.
+//! - [`why`]: a failed TLS handshake's cause in words, for either side.
 //! - [`identity`]: who a TLS peer is, from its certificate's SANs
 //!   (`spiffe://<cluster>/member/<id>` and the like, or a DNS name), and
 //!   the cutting of echoed wire values to a bounded length.
@@ -23,3 +25,4 @@ pub mod identity;
 pub mod server_tls;
 pub mod throttle;
 pub mod tls;
+pub mod why;

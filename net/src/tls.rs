@@ -39,6 +39,15 @@ pub enum TlsConfigError {
     Rustls(#[from] rustls::Error),
 }
 
+/// Why TLS files could not be read again ([`ClientTls::fresh`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsReloadError {
+    #[error(transparent)]
+    File(#[from] TlsFileError),
+    #[error(transparent)]
+    Config(#[from] TlsConfigError),
+}
+
 /// Why one TLS connection to a server did not hold ([`ClientTls::probe`]).
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
@@ -51,18 +60,150 @@ pub enum HandshakeError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("the TLS handshake with {addr} failed: {source}")]
+    #[error("the TLS handshake with {addr} failed: {}", client_side(source))]
     Handshake {
         addr: String,
         source: std::io::Error,
     },
-    #[error("{addr} rejected the TLS connection right after the handshake: {source}")]
+    #[error(
+        "{addr} rejected the TLS connection right after the handshake: {}",
+        client_side(source)
+    )]
     Rejected {
         addr: String,
         source: std::io::Error,
     },
     #[error("{addr} closed the TLS connection right after the handshake")]
     Closed { addr: String },
+}
+
+/// An IO error from a client's handshake, explained when rustls says why.
+fn client_side(e: &std::io::Error) -> String {
+    match crate::why::rustls_error(e) {
+        Some(r) => crate::why::explain(r, crate::why::Side::Client),
+        None => e.to_string(),
+    }
+}
+
+/// The `host:port` of `scheme://host:port[/...]`.
+fn authority(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())
+}
+
+/// Why calls to the gRPC server at `url` fail at the TLS layer, if they do:
+/// with `tls`, a probing handshake's cause and what to do; for an
+/// `http://` URL, whether the server speaks TLS there. None when TLS is
+/// not the problem (or cannot be told within `wait`).
+pub async fn diagnose(url: &str, tls: Option<&ClientTls>, wait: Duration) -> Option<String> {
+    let addr = authority(url)?;
+    match tls {
+        Some(tls) if url.starts_with("https://") => match tls.probe(addr, wait).await {
+            Err(
+                e @ (HandshakeError::Handshake { .. }
+                | HandshakeError::Rejected { .. }
+                | HandshakeError::Config(_)),
+            ) => Some(match tls.own_expiry() {
+                // The server only says "expired"; this side knows when.
+                Some(at) if e.to_string().contains("has expired") => {
+                    format!("{e} (this client's certificate expired at {at})")
+                }
+                _ => e.to_string(),
+            }),
+            _ => None,
+        },
+        _ if url.starts_with("http://") => speaks_tls(addr, wait).await.then(|| {
+            format!(
+                "{addr} speaks TLS, and this side sent plaintext: use https:// and give the CA that signs its certificate (--ca-cert, or [tls] ca), and a client certificate (--cert and --key, or [tls] cert and key)"
+            )
+        }),
+        _ => None,
+    }
+}
+
+/// Takes any server certificate, to learn only whether a server speaks TLS.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether the server at `addr` answers a TLS ClientHello with a TLS
+/// handshake (its certificate is not checked, and nothing is sent after).
+pub async fn speaks_tls(addr: &str, wait: Duration) -> bool {
+    let Some((host, _)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(name) = ServerName::try_from(host.to_owned()) else {
+        return false;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        match connector.connect(name, tcp).await {
+            Ok(_) => Some(true),
+            // The server answered in TLS, then refused (no client
+            // certificate, say): it still speaks TLS.
+            Err(e) => Some(matches!(
+                crate::why::rustls_error(&e),
+                Some(rustls::Error::AlertReceived(_))
+            )),
+        }
+    };
+    matches!(tokio::time::timeout(wait, attempt).await, Ok(Some(true)))
 }
 
 /// PEM material for a client: the CA that signs the server, and optionally
@@ -74,6 +215,16 @@ pub struct ClientTls {
     /// The name to verify the server certificate against, when it differs
     /// from the host in the URL.
     pub domain: Option<String>,
+    /// The files the PEM was read from ([`ClientTls::load`]), so that
+    /// [`ClientTls::fresh`] can read them again after a rotation.
+    pub files: Option<ClientTlsFiles>,
+}
+
+/// Where a client's PEM files are: the CA, and its certificate and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    pub ca: PathBuf,
+    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
@@ -91,14 +242,53 @@ impl ClientTls {
         domain: Option<String>,
     ) -> Result<Self, TlsFileError> {
         let ca_pem = read("CA certificate", ca)?;
-        let identity = match identity {
+        let identity_pem = match identity {
             Some((cert, key)) => Some((read("certificate", cert)?, read("key", key)?)),
             None => None,
         };
         Ok(ClientTls {
             ca_pem,
-            identity,
+            identity: identity_pem,
             domain,
+            files: Some(ClientTlsFiles {
+                ca: ca.to_owned(),
+                identity: identity.map(|(c, k)| (c.to_owned(), k.to_owned())),
+            }),
+        })
+    }
+
+    /// The same files read again, for a new connection after certificates
+    /// were rotated; as it was when it was not read from files. An
+    /// unreadable or unusable file is an error (the caller may go on with
+    /// what it had).
+    pub fn fresh(&self) -> Result<ClientTls, TlsReloadError> {
+        let Some(files) = &self.files else {
+            return Ok(self.clone());
+        };
+        let identity = files
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        let again = ClientTls::load(&files.ca, identity, self.domain.clone())?;
+        again.rustls_config()?;
+        Ok(again)
+    }
+
+    /// When this client's own certificate stopped being valid, if it has.
+    pub fn own_expiry(&self) -> Option<String> {
+        let (cert, _) = self.identity.as_ref()?;
+        let der = CertificateDer::pem_slice_iter(cert).next()?.ok()?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).ok()?;
+        let not_after = parsed.validity().not_after.timestamp();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        let not_after = u64::try_from(not_after).ok()?;
+        (not_after < now).then(|| {
+            crate::why::utc(rustls::pki_types::UnixTime::since_unix_epoch(
+                Duration::from_secs(not_after),
+            ))
         })
     }
 
@@ -307,10 +497,12 @@ mod tests {
             ca_pem: pki.ca.clone(),
             identity: None,
             domain: None,
+            files: None,
         };
         let err = without.probe(&addr, wait).await.unwrap_err();
         assert!(
-            matches!(err, HandshakeError::Rejected { .. }) && err.to_string().contains("alert"),
+            matches!(err, HandshakeError::Rejected { .. })
+                && err.to_string().contains("requires a client certificate"),
             "{err}"
         );
         let with = ClientTls {
@@ -324,6 +516,7 @@ mod tests {
             ca_pem: other.ca,
             identity: Some(other.client),
             domain: None,
+            files: None,
         };
         let err = stranger.probe(&addr, wait).await.unwrap_err();
         assert!(matches!(err, HandshakeError::Handshake { .. }), "{err}");
@@ -336,6 +529,7 @@ mod tests {
             ca_pem: ca.to_vec(),
             identity: identity.map(|(c, k)| (c.to_vec(), k.to_vec())),
             domain: None,
+            files: None,
         };
         assert!(tls(&pki.ca, None).rustls_config().is_ok());
         assert!(

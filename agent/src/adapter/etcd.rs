@@ -234,6 +234,7 @@ fn load_tls(raw: RawEtcdTls) -> Result<ClientTls, EtcdConfigError> {
         ca_pem,
         identity,
         domain: raw.domain,
+        files: None,
     };
     tls.rustls_config().map_err(|e| {
         let key = match e {

@@ -18,6 +18,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsage
 
 struct Pki {
     dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -45,22 +46,39 @@ impl Pki {
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca.self_signed(&ca_key)?;
         fs::write(dir.path().join("ca.crt"), ca_cert.pem())?;
-        let issuer = Issuer::new(ca, ca_key);
+        let pki = Pki {
+            dir,
+            issuer: Issuer::new(ca, ca_key),
+        };
         for (name, sans) in certs {
-            let key = KeyPair::generate()?;
-            let (uris, names): (Vec<String>, Vec<String>) =
-                sans.iter().cloned().partition(|s| s.contains("://"));
-            let mut params = CertificateParams::new(names)?;
-            for u in uris {
-                params
-                    .subject_alt_names
-                    .push(rcgen::SanType::URI(u.as_str().try_into()?));
-            }
-            let cert = params.signed_by(&key, &issuer)?;
-            fs::write(dir.path().join(format!("{name}.crt")), cert.pem())?;
-            fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem())?;
+            pki.issue(name, sans, false)?;
         }
-        Ok(Pki { dir })
+        Ok(pki)
+    }
+
+    /// Writes `name.crt` and `name.key`, signed by this CA; `expired`
+    /// makes one that was valid only in 2020.
+    fn issue(&self, name: &str, sans: &[String], expired: bool) -> Result<()> {
+        let key = KeyPair::generate()?;
+        let (uris, names): (Vec<String>, Vec<String>) =
+            sans.iter().cloned().partition(|s| s.contains("://"));
+        let mut params = CertificateParams::new(names)?;
+        for u in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(u.as_str().try_into()?));
+        }
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
+        fs::write(self.dir.path().join(format!("{name}.crt")), cert.pem())?;
+        fs::write(
+            self.dir.path().join(format!("{name}.key")),
+            key.serialize_pem(),
+        )?;
+        Ok(())
     }
 
     fn path(&self, f: &str) -> String {
@@ -467,5 +485,207 @@ fn a_missing_tls_file_exits_64_naming_its_key() -> Result<()> {
         stderr.contains("tls.key") && stderr.contains("nowhere.key"),
         "{stderr}"
     );
+    Ok(())
+}
+
+/// Starts a mutual-TLS coordinator for n1 whose certificates are `pki`'s;
+/// its URL and log.
+async fn tls_coordinator(pki: &Pki, members: &str) -> Result<(Proc, String, std::path::PathBuf)> {
+    let port = free_port();
+    let config = pki.dir.path().join("coordinator.toml");
+    fs::write(
+        &config,
+        format!(
+            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = {members}\n[operators]\nalice = \"admin\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            pki.path("coordinator.crt"),
+            pki.path("coordinator.key"),
+            pki.path("ca.crt")
+        ),
+    )?;
+    let log = pki.dir.path().join("coordinator.log");
+    let mut cmd = Command::new(bin("baton-coordinator"));
+    cmd.arg("--config").arg(&config);
+    let proc = Proc::spawn("coordinator", &mut cmd, &log)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "coordinator never listened: {}",
+            plain_log(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((proc, format!("https://127.0.0.1:{port}"), log))
+}
+
+/// `baton status` with explicit TLS arguments; exit code and stderr.
+fn status_with(url: &str, ca: &str, identity: Option<(&str, &str)>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["--coordinator", url, "--ca-cert", ca]);
+    if let Some((cert, key)) = identity {
+        cmd.args(["--cert", cert, "--key", key]);
+    }
+    let out = cmd.arg("status").output().expect("run baton");
+    (
+        out.status.code(),
+        without_colours(&String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+/// Every TLS failure is named with its cause and what to do, by the CLI
+/// and the agent, and the coordinator logs each refused handshake once per
+/// peer and cause per minute, naming the peer's address and the reason.
+#[tokio::test]
+async fn tls_failures_say_why() -> Result<()> {
+    init();
+    // The coordinator's certificate names only 127.0.0.1, so "localhost"
+    // is a name mismatch.
+    let pki = Pki::with(&[
+        ("coordinator", vec!["127.0.0.1".to_owned()]),
+        ("n1", vec!["n1".to_owned()]),
+        ("alice", vec!["spiffe://e2e/operator/alice".to_owned()]),
+        ("vic", vec!["spiffe://e2e/operator/vic".to_owned()]),
+    ])?;
+    pki.issue("old", &["spiffe://e2e/operator/alice".to_owned()], true)?;
+    let other = Pki::with(&[("alice", vec!["spiffe://e2e/operator/alice".to_owned()])])?;
+    let (mut coordinator, url, log) = tls_coordinator(&pki, "[\"n1\"]").await?;
+    let (ca, alice) = (
+        pki.path("ca.crt"),
+        (pki.path("alice.crt"), pki.path("alice.key")),
+    );
+    let alice = (alice.0.as_str(), alice.1.as_str());
+
+    let (code, ok) = status_with(&url, &ca, Some(alice));
+    assert_eq!(code, Some(0), "the right certificates work: {ok}");
+    type Case<'a> = (&'a str, (Option<i32>, String), &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "a CA that did not sign the server",
+            status_with(&url, &other.path("ca.crt"), Some(alice)),
+            "the server's certificate is not signed by a CA this side trusts (unknown CA); give the CA that signs the server's certificate",
+        ),
+        (
+            "no client certificate",
+            status_with(&url, &ca, None),
+            "requires a client certificate and none was sent; give --cert and --key",
+        ),
+        (
+            "a client certificate another CA signed",
+            status_with(
+                &url,
+                &ca,
+                Some((&other.path("alice.crt"), &other.path("alice.key"))),
+            ),
+            "the server does not trust this client's certificate (unknown CA)",
+        ),
+        (
+            "an expired client certificate",
+            status_with(
+                &url,
+                &ca,
+                Some((&pki.path("old.crt"), &pki.path("old.key"))),
+            ),
+            "expired at 2020-12-31T00:00:00Z",
+        ),
+        (
+            "a name the server's certificate does not hold",
+            status_with(&url.replace("127.0.0.1", "localhost"), &ca, Some(alice)),
+            "the server's certificate is for 127.0.0.1, not localhost",
+        ),
+        (
+            "plaintext to the TLS port",
+            status_with(&url.replace("https://", "http://"), &ca, Some(alice)),
+            "speaks TLS, and this side sent plaintext: use https://",
+        ),
+        (
+            "a key that is not the certificate's",
+            status_with(&url, &ca, Some((alice.0, &pki.path("vic.key")))),
+            "--ca-cert/--cert/--key:",
+        ),
+    ];
+    for (what, (code, stderr), want) in &cases {
+        assert!(
+            stderr.contains(want),
+            "{what}: wanted {want:?} in: {stderr}"
+        );
+        assert_ne!(*code, Some(0), "{what}: {stderr}");
+    }
+    let (code, _) = &cases[6].1;
+    assert_eq!(*code, Some(64), "a mismatched key is a usage error");
+
+    // An agent with the wrong CA says why in its log.
+    let (_agent, agent_log) = {
+        let dir = pki.dir.path().join("agent");
+        fs::create_dir_all(&dir)?;
+        let config = dir.join("agent.toml");
+        fs::write(
+            &config,
+            format!(
+                "member_id = \"n1\"\ncluster_id = \"e2e\"\ncoordinator = {url:?}\nheartbeat_ms = 200\ndata_dir = {:?}\nstate_dir = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"127.0.0.1:{}\"\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                dir.to_string_lossy(),
+                dir.to_string_lossy(),
+                free_port(),
+                other.path("ca.crt"),
+                pki.path("n1.crt"),
+                pki.path("n1.key"),
+            ),
+        )?;
+        let mut cmd = Command::new(bin("baton-agent"));
+        cmd.arg("--config").arg(&config);
+        let log = dir.join("agent.log");
+        (Proc::spawn("agent", &mut cmd, &log)?, log)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !plain_log(&agent_log).contains("not signed by a CA this side trusts") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent never said why TLS failed: {}",
+            plain_log(&agent_log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The coordinator named the peer and the cause of each kind of refusal,
+    // and said each once although the CLI and the agent tried repeatedly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let refusals = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.contains("refused a TLS handshake"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let wanted = [
+        "the client sent no certificate",
+        "the client's certificate is not signed by a CA this side trusts",
+        "the client's certificate expired at 2020-12-31T00:00:00Z",
+        "the client spoke plaintext to this TLS port",
+    ];
+    loop {
+        let lines = refusals(&plain_log(&log));
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|w| !lines.iter().any(|l| l.contains(*w)))
+            .collect();
+        if missing.is_empty() {
+            for w in wanted {
+                let n = lines.iter().filter(|l| l.contains(w)).count();
+                assert_eq!(n, 1, "{w:?} logged {n} times: {lines:#?}");
+            }
+            assert!(
+                lines.iter().all(|l| l.contains("peer=127.0.0.1:")),
+                "{lines:#?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the coordinator did not log {missing:?}: {lines:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(coordinator.is_running(), "the coordinator went down");
     Ok(())
 }

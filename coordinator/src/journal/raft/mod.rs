@@ -103,7 +103,7 @@ pub struct ReplicaSettings {
     pub cluster: String,
     pub state_dir: PathBuf,
     /// TLS for peer traffic (client side), when the coordinator has [tls].
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    pub tls: Option<baton_net::tls::ClientTls>,
 }
 
 /// The replicated journal.

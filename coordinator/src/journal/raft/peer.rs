@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use baton_net::tls::ClientTls;
 use baton_proto::v1::replica_client::ReplicaClient;
 use baton_proto::v1::replica_server::Replica;
 use baton_proto::v1::{PeerCall, PeerReply, PeerRequest};
@@ -26,7 +27,7 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use super::machine::{MachineSnapshot, SnapshotOf};
@@ -55,16 +56,12 @@ struct SnapshotEnvelope {
 #[derive(Debug, Clone)]
 pub struct Peers {
     cluster: String,
-    tls: Option<ClientTlsConfig>,
+    tls: Option<ClientTls>,
     addrs: BTreeMap<u64, String>,
 }
 
 impl Peers {
-    pub fn new(
-        cluster: String,
-        tls: Option<ClientTlsConfig>,
-        addrs: BTreeMap<u64, String>,
-    ) -> Self {
+    pub fn new(cluster: String, tls: Option<ClientTls>, addrs: BTreeMap<u64, String>) -> Self {
         Peers {
             cluster,
             tls,
@@ -78,8 +75,14 @@ impl Peers {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if let Some(tls) = &self.tls {
+            // Read again for every new link, so rotated certificates are
+            // used without a restart.
+            let tls = tls.fresh().unwrap_or_else(|e| {
+                tracing::warn!(replica = %addr, error = %e, "cannot read the [tls] files again; dialling the replica with the ones read before");
+                tls.clone()
+            });
             ep = ep
-                .tls_config(tls.clone())
+                .tls_config(tls.tonic_config())
                 .map_err(|e| format!("TLS to replica {addr}: {e}"))?;
         }
         Ok(ep.connect_lazy())
@@ -248,24 +251,30 @@ impl ReplicaService {
 pub fn spawn_server(
     svc: ReplicaService,
     listener: tokio::net::TcpListener,
-    tls: Option<tonic::transport::ServerTlsConfig>,
+    tls: Option<baton_net::server_tls::ServerTls>,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
     tokio::spawn(async move {
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = tls {
-            server = server.tls_config(tls)?;
+        let router = tonic::transport::Server::builder().add_service(
+            baton_proto::v1::replica_server::ReplicaServer::new(svc)
+                .max_decoding_message_size(MAX_PEER_MESSAGE),
+        );
+        match tls {
+            Some(tls) => {
+                let incoming = baton_net::server_tls::accept(listener, tls, stop.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            }
         }
-        server
-            .add_service(
-                baton_proto::v1::replica_server::ReplicaServer::new(svc)
-                    .max_decoding_message_size(MAX_PEER_MESSAGE),
-            )
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.cancelled_owned(),
-            )
-            .await
     })
 }
 

@@ -367,11 +367,9 @@ impl Pki {
         cert: &std::path::Path,
         key: &std::path::Path,
         roots: &std::path::Path,
-    ) -> tonic::transport::ClientTlsConfig {
+    ) -> baton_net::tls::ClientTls {
         let _ = self;
-        baton_net::tls::ClientTls::load(roots, Some((cert, key)), None)
-            .unwrap()
-            .tonic_config()
+        baton_net::tls::ClientTls::load(roots, Some((cert, key)), None).unwrap()
     }
 }
 
@@ -400,7 +398,12 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
             .await
             .unwrap(),
         );
-        let tls = baton_net::server_tls::server_tls(&cert, &key, Some(&pki.ca)).unwrap();
+        let tls = baton_net::server_tls::ServerTls::load(baton_net::server_tls::ServerTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: pki.ca.clone(),
+        })
+        .unwrap();
         let served =
             peer::spawn_server(journal.replica_service(), listener, Some(tls), stop.clone());
         rs.push(Replica {
@@ -419,7 +422,7 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
     let (cert, key) = rogue.issue("intruder");
     let channel = tonic::transport::Endpoint::from_shared(peers[&1].clone())
         .unwrap()
-        .tls_config(rogue.client(&cert, &key, &pki.ca))
+        .tls_config(rogue.client(&cert, &key, &pki.ca).tonic_config())
         .unwrap()
         .connect()
         .await;
