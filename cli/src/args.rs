@@ -131,6 +131,47 @@ pub enum Command {
     /// The cluster's backups in the coordinator's store.
     #[command(subcommand)]
     Backups(BackupsCmd),
+    /// Certificates for mutual TLS.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCmd {
+    /// Writes a development PKI (a CA, the coordinator's certificate, one
+    /// per member and one per operator) for mutual TLS. Not for
+    /// production: the CA key is written beside what it signs.
+    Dev {
+        /// The directory to write into (created if need be).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// The cluster id (the coordinator's and agents' cluster_id).
+        #[arg(long)]
+        cluster: String,
+        /// The member ids, comma-separated (n1,n2,n3).
+        #[arg(long)]
+        members: String,
+        /// Operator names, comma-separated or repeated; each gets
+        /// operator-<name>.crt (give it a role in [operators]).
+        #[arg(long = "operator")]
+        operators: Vec<String>,
+        /// The names and addresses clients reach the coordinator by.
+        #[arg(long, default_value = "localhost,127.0.0.1,::1")]
+        hosts: String,
+        /// The coordinator's name in its spiffe://<cluster>/coordinator/<name>.
+        #[arg(long, default_value = "coordinator")]
+        coordinator_name: String,
+        /// How long the leaf certificates are valid.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Sign with the CA (ca.crt, ca.key) an earlier run wrote to this
+        /// directory, instead of a new one: renewing under the same trust.
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// Replace files that exist.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

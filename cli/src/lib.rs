@@ -26,7 +26,7 @@ use std::process::ExitCode;
 
 use baton_net::tls::ClientTls;
 
-pub use args::{Args, BackupsCmd, Command, Output, ReleaseCmd, StoreArgs};
+pub use args::{Args, BackupsCmd, CertsCmd, Command, Output, ReleaseCmd, StoreArgs};
 pub use conn::{
     BackupList, CliError, InvalidReply, OperatorConn, Plan, PlanLine, Pruned, RolloutView, Started,
 };
@@ -80,6 +80,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } = args;
     if let Command::Release(release) = command {
         return cmd::release::run(release, output).await;
+    }
+    if let Command::Certs(certs) = command {
+        return cmd::certs::run(certs, output);
     }
     let tls = match &ca_cert {
         Some(ca) => {
@@ -146,6 +149,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Command::Abort => cmd::rollout::show(conn.control("abort", "", false).await?, output),
         Command::History => cmd::rollout::history(conn, output).await,
         Command::Backups(cmd) => cmd::backups::run(conn, cmd, output).await,
-        Command::Release(_) => unreachable!("handled above"),
+        Command::Release(_) | Command::Certs(_) => unreachable!("handled above"),
     }
 }

@@ -7,8 +7,10 @@
 //!   `resume`, `abort`, `history`.
 //! - [`release`]: `baton release publish`.
 //! - [`backups`]: `baton backups list | verify | prune`.
+//! - [`certs`]: `baton certs dev` (no coordinator needed).
 
 pub mod backups;
+pub mod certs;
 pub mod plan;
 pub mod release;
 pub mod rollout;

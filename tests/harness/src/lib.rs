@@ -261,6 +261,12 @@ pub struct ClusterSpec {
     /// runs through a [`proxy::TcpProxy`] per direction, and agents and
     /// the CLI are given every replica's address.
     pub replicas: usize,
+    /// Mutual TLS everywhere, with a PKI `baton certs dev` writes to
+    /// [`Cluster::pki_dir`]: the coordinator serves https with
+    /// `client_ca`, each agent presents `member-<id>.crt`, and the CLI
+    /// calls the harness makes present `operator-alice.crt` (an admin).
+    /// One replica only.
+    pub tls: bool,
 }
 
 /// The cluster's `[store]`.
@@ -335,6 +341,7 @@ impl Default for ClusterSpec {
             store: StoreSpec::Dir,
             agent_target: String::new(),
             replicas: 1,
+            tls: false,
         }
     }
 }
@@ -378,6 +385,8 @@ pub struct Cluster {
     pub members: Vec<Member>,
     pub coordinator: Option<Proc>,
     pub coordinator_url: String,
+    /// TLS flags for every CLI call the harness makes (empty without TLS).
+    pub cli_flags: Vec<String>,
     pub coordinator_config: PathBuf,
     /// Where the coordinator serves `/metrics`, when `spec.metrics` is set.
     pub metrics_addr: Option<SocketAddr>,
@@ -395,9 +404,13 @@ impl Cluster {
         let replica_ports: Vec<u16> = std::iter::once(coord_port)
             .chain((1..spec.replicas).map(|_| free_port()))
             .collect();
+        if spec.tls && spec.replicas != 1 {
+            bail!("ClusterSpec::tls runs one coordinator replica");
+        }
+        let scheme = if spec.tls { "https" } else { "http" };
         let replica_urls: Vec<String> = replica_ports
             .iter()
-            .map(|p| format!("http://127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
             .collect();
         let coordinator_url = replica_urls.join(",");
         let ports: Vec<u16> = (0..spec.members).map(|_| free_port()).collect();
@@ -408,6 +421,29 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         let names: Vec<String> = (1..=spec.members).map(|i| format!("n{i}")).collect();
+        let pki = dir.path().join("pki");
+        let (coordinator_tls, cli_flags) = if spec.tls {
+            dev_certs(&pki, &names)?;
+            let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+            (
+                format!(
+                    "[operators]\nalice = \"admin\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+                    p("coordinator.crt"),
+                    p("coordinator.key"),
+                    p("ca.crt")
+                ),
+                vec![
+                    "--ca-cert".to_owned(),
+                    p("ca.crt"),
+                    "--cert".to_owned(),
+                    p("operator-alice.crt"),
+                    "--key".to_owned(),
+                    p("operator-alice.key"),
+                ],
+            )
+        } else {
+            (String::new(), Vec::new())
+        };
 
         let store_dir = dir.path().join("store");
         fs::create_dir_all(&store_dir)?;
@@ -428,7 +464,7 @@ impl Cluster {
                 .section(true, &store_dir, &dir.path().join("agent-s3-secret"))?;
         let base = |port: u16, state_dir: &Path, first: bool| {
             format!(
-                "{}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n{coordinator_store}[policy]\n{}\n",
+                "{}cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = {}\nmembers = {:?}\nstate_dir = {:?}\nrelease_name = \"samplekv\"\n{coordinator_store}[policy]\n{}\n{coordinator_tls}",
                 // Metrics only on the first replica (one port each).
                 if first { metrics_line.as_str() } else { "" },
                 spec.heartbeat_ms,
@@ -504,11 +540,22 @@ impl Cluster {
                 "--peers".into(),
                 peers.clone(),
             ];
+            let agent_tls = if spec.tls {
+                let p = |f: String| pki.join(f).to_string_lossy().into_owned();
+                format!(
+                    "\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                    p("ca.crt".into()),
+                    p(format!("member-n{id}.crt")),
+                    p(format!("member-n{id}.key"))
+                )
+            } else {
+                String::new()
+            };
             let agent_config = agent_dir.join("agent.toml");
             fs::write(
                 &agent_config,
                 format!(
-                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {replica_urls:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{}{run}",
+                    "member_id = \"n{id}\"\ncluster_id = \"e2e\"\ncoordinator = {replica_urls:?}\nheartbeat_ms = {}\npoll_ms = 50\ndata_dir = {:?}\nstate_dir = {:?}\nprobe_listen = \"{probe_addr}\"\n{agent_store}[target]\nkind = \"samplekv\"\naddr = \"{addr}\"\ntimeout_ms = 500\nrestore_command = {restore:?}\n{}{run}{agent_tls}",
                     spec.heartbeat_ms,
                     data_dir.to_string_lossy(),
                     agent_dir.to_string_lossy(),
@@ -538,6 +585,7 @@ impl Cluster {
             coordinator_url,
             coordinator_config,
             metrics_addr,
+            cli_flags,
             dir,
         };
         cluster.start_coordinator()?;
@@ -616,7 +664,13 @@ impl Cluster {
 
     /// `baton --output json <args>` against this cluster's coordinator.
     pub fn baton_json(&self, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
-        baton_json_at(&self.coordinator_url, args)
+        baton_json_with(&self.coordinator_url, &self.cli_flags, args)
+    }
+
+    /// Where `baton certs dev` wrote this cluster's PKI (with
+    /// [`ClusterSpec::tls`]).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
     }
 
     /// The agent-side command journal of member `i` (`/commands`).
@@ -806,7 +860,7 @@ impl Cluster {
 
     /// `baton --output json status`, run as the operator would.
     pub fn status(&self) -> Result<FleetStatus> {
-        status_at(&self.coordinator_url)
+        status_with(&self.coordinator_url, &self.cli_flags)
     }
 
     /// Polls `baton status` until `f` holds or `within` passes.
@@ -816,7 +870,7 @@ impl Cluster {
         within: Duration,
         f: impl FnMut(&FleetStatus) -> bool,
     ) -> Result<FleetStatus> {
-        wait_status_at(&self.coordinator_url, what, within, f).await
+        wait_status_with(&self.coordinator_url, &self.cli_flags, what, within, f).await
     }
 
     /// Waits (30 s at most) until a leader is known and every member's
@@ -928,11 +982,47 @@ pub async fn agent_commands_at(addr: SocketAddr) -> Result<serde_json::Value> {
 /// at `url`; returns the exit code, the last stdout line that is JSON (Null
 /// if none) and stderr.
 pub fn baton_json_at(url: &str, args: &[&str]) -> Result<(i32, serde_json::Value, String)> {
+    baton_json_with(url, &[], args)
+}
+
+/// [`baton_json_at`] with `flags` (TLS: `--ca-cert`, `--cert`, `--key`).
+pub fn baton_json_with(
+    url: &str,
+    flags: &[String],
+    args: &[&str],
+) -> Result<(i32, serde_json::Value, String)> {
     let out = Command::new(bin("baton"))
         .args(["--coordinator", url, "--output", "json"])
+        .args(flags)
         .args(args)
         .output()?;
     baton_output(&out)
+}
+
+/// A development PKI for cluster `e2e`, its `members` and the operator
+/// alice, written to `dir` by `baton certs dev`.
+pub fn dev_certs(dir: &Path, members: &[String]) -> Result<()> {
+    let out = Command::new(bin("baton"))
+        .args([
+            "certs",
+            "dev",
+            "--cluster",
+            "e2e",
+            "--operator",
+            "alice",
+            "--out",
+        ])
+        .arg(dir)
+        .arg("--members")
+        .arg(members.join(","))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "baton certs dev failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// A finished `baton --output json` run as (exit code, the last stdout line
@@ -955,7 +1045,12 @@ pub fn baton_output(out: &std::process::Output) -> Result<(i32, serde_json::Valu
 
 /// `baton --output json status` against the coordinator at `url`.
 pub fn status_at(url: &str) -> Result<FleetStatus> {
-    let (code, json, stderr) = baton_json_at(url, &["status"])?;
+    status_with(url, &[])
+}
+
+/// [`status_at`] with CLI `flags`.
+pub fn status_with(url: &str, flags: &[String]) -> Result<FleetStatus> {
+    let (code, json, stderr) = baton_json_with(url, flags, &["status"])?;
     if code != 0 {
         bail!("baton status failed: {stderr}");
     }
@@ -968,12 +1063,23 @@ pub async fn wait_status_at(
     url: &str,
     what: &str,
     within: Duration,
+    f: impl FnMut(&FleetStatus) -> bool,
+) -> Result<FleetStatus> {
+    wait_status_with(url, &[], what, within, f).await
+}
+
+/// [`wait_status_at`] with CLI `flags`.
+pub async fn wait_status_with(
+    url: &str,
+    flags: &[String],
+    what: &str,
+    within: Duration,
     mut f: impl FnMut(&FleetStatus) -> bool,
 ) -> Result<FleetStatus> {
     let deadline = tokio::time::Instant::now() + within;
     let mut last = None;
     loop {
-        match status_at(url) {
+        match status_with(url, flags) {
             Ok(s) if f(&s) => return Ok(s),
             Ok(s) => last = Some(s),
             Err(_) if tokio::time::Instant::now() < deadline => {}

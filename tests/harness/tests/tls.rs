@@ -689,3 +689,170 @@ async fn tls_failures_say_why() -> Result<()> {
     assert!(coordinator.is_running(), "the coordinator went down");
     Ok(())
 }
+
+/// Replaces `to` with `from`'s bytes in one rename, as a deploy tool
+/// would, so no reader sees half a file.
+fn put(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    let tmp = to.with_extension("new");
+    fs::copy(from, &tmp)?;
+    fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+fn put_text(text: &str, to: &std::path::Path) -> Result<()> {
+    let tmp = to.with_extension("new");
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+/// Waits until the coordinator log has more than `seen` lines containing
+/// `what`; their count.
+async fn wait_log(log: &std::path::Path, what: &str, seen: usize) -> Result<usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = plain_log(log).lines().filter(|l| l.contains(what)).count();
+        if n > seen {
+            return Ok(n);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the coordinator never logged {what:?} (seen {seen}): {}",
+            plain_log(log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Certificates rotated to a new CA in the middle of a rollout, without a
+/// restart: the coordinator picks up its new certificate and client CA
+/// when the files change (and again on SIGHUP), a broken file is refused
+/// while it keeps serving, the rollout completes, and once the old CA is
+/// dropped every agent connects again with its rotated certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotated_mid_rollout_are_used_and_the_rollout_completes() -> Result<()> {
+    use baton_harness::{Cluster, ClusterSpec, dev_certs};
+    let spec = ClusterSpec {
+        tls: true,
+        policy: "tolerable_lag = 50\nhealth_timeout_ms = 20000\ncatchup_timeout_ms = 30000\n"
+            .into(),
+        ..ClusterSpec::supervised(3)
+    };
+    let mut cluster = Cluster::start(spec).await?;
+    let log = cluster.dir.path().join("coordinator.log");
+    let pki = cluster.pki_dir();
+    cluster.publish("v2", 1, false)?;
+    let (code, _, stderr) =
+        tokio::task::block_in_place(|| cluster.baton_json(&["upgrade", "--to", "v2", "--detach"]))?;
+    assert_eq!(code, 0, "{stderr}");
+    cluster
+        .wait_status("a first member on v2", Duration::from_secs(60), |s| {
+            s.members
+                .iter()
+                .any(|m| m.report.as_ref().is_some_and(|r| r.state.release == "v2"))
+        })
+        .await?;
+
+    // Rotate: a new CA, trusted beside the old one for now; every leaf
+    // re-issued by it, written over the files the processes were started
+    // with.
+    let new = cluster.dir.path().join("pki-new");
+    let names: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    dev_certs(&new, &names)?;
+    let old_ca = fs::read_to_string(pki.join("ca.crt"))?;
+    let new_ca = fs::read_to_string(new.join("ca.crt"))?;
+    let reloaded = "TLS certificate, key and client CA reloaded";
+    let before = plain_log(&log)
+        .lines()
+        .filter(|l| l.contains(reloaded))
+        .count();
+    put_text(&format!("{old_ca}{new_ca}"), &pki.join("ca.crt"))?;
+    for f in ["member-n1", "member-n2", "member-n3", "operator-alice"] {
+        put(&new.join(format!("{f}.crt")), &pki.join(format!("{f}.crt")))?;
+        put(&new.join(format!("{f}.key")), &pki.join(format!("{f}.key")))?;
+    }
+    put(&new.join("coordinator.key"), &pki.join("coordinator.key"))?;
+    put(&new.join("coordinator.crt"), &pki.join("coordinator.crt"))?;
+    let seen = wait_log(&log, reloaded, before).await?;
+
+    // A client that trusts only the new CA, with a certificate only the
+    // new CA signed: served, so both the server certificate and the client
+    // CA in use are the new ones. (The two files can land in two reloads.)
+    let new_only = |flags: &[&str]| {
+        let mut cmd = Command::new(bin("baton"));
+        cmd.args([
+            "--coordinator",
+            &cluster.coordinator_url,
+            "--output",
+            "json",
+        ])
+        .arg("--ca-cert")
+        .arg(new.join("ca.crt"))
+        .arg("--cert")
+        .arg(new.join("operator-alice.crt"))
+        .arg("--key")
+        .arg(new.join("operator-alice.key"))
+        .args(flags);
+        cmd.output()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = new_only(&["status"])?;
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated certificates were never served: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A broken key: refused, and the coordinator goes on with what it had.
+    let good_key = fs::read_to_string(pki.join("coordinator.key"))?;
+    let failed = "TLS reload failed; still serving";
+    let fails = plain_log(&log)
+        .lines()
+        .filter(|l| l.contains(failed))
+        .count();
+    put_text("not a key\n", &pki.join("coordinator.key"))?;
+    wait_log(&log, failed, fails).await?;
+    assert!(new_only(&["status"])?.status.success(), "still serving");
+    put_text(&good_key, &pki.join("coordinator.key"))?;
+    let seen = wait_log(&log, reloaded, seen).await?;
+    // SIGHUP reloads too.
+    let coordinator = cluster.coordinator.as_ref().expect("coordinator");
+    coordinator.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_log(&log, "SIGHUP", 0).await?;
+    wait_log(&log, reloaded, seen).await?;
+
+    // The rollout completes.
+    let (code, _, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["watch"]))?;
+    assert_eq!(
+        code, 0,
+        "the rollout completes after the rotation: {stderr}"
+    );
+    cluster
+        .wait_status("everyone on v2", Duration::from_secs(30), |s| {
+            s.members
+                .iter()
+                .all(|m| m.fresh && m.report.as_ref().is_some_and(|r| r.state.release == "v2"))
+        })
+        .await?;
+
+    // Drop the old CA and restart the coordinator, so every agent must
+    // connect again: each reads its rotated files (the old ones in memory
+    // would trust no server now, and be trusted by none).
+    put_text(&new_ca, &pki.join("ca.crt"))?;
+    drop(cluster.coordinator.take());
+    cluster.start_coordinator()?;
+    cluster
+        .wait_status(
+            "every agent back on the new CA",
+            Duration::from_secs(30),
+            |s| s.members.iter().all(|m| m.connected && m.fresh),
+        )
+        .await?;
+    Ok(())
+}
