@@ -1,5 +1,6 @@
 //! The demo (`bash deploy/demo.sh --json` runs the same binary in release
-//! mode) upgrades its cluster and ends with its summary as one JSON line.
+//! mode) upgrades its cluster over mutual TLS and ends with its summary as
+//! one JSON line, naming who started the rollout.
 
 use std::process::Command;
 
@@ -50,6 +51,10 @@ fn the_demo_upgrades_and_prints_a_json_summary() -> Result<()> {
     );
     assert!(s["backup"]["bytes"].as_u64().unwrap_or(0) > 0, "{s}");
     assert!(s["acked_writes"].as_u64().unwrap_or(0) > 100, "{s}");
+    // Mutual TLS by default, and the journal names who started the rollout:
+    // the operator the CLI's certificate names.
+    assert_eq!(s["tls"], true, "{s}");
+    assert_eq!(s["started_by"], "operator/alice", "{s}");
     assert!(
         stderr.contains("baton upgrade --to v2"),
         "progress goes to stderr: {stderr}"
@@ -70,6 +75,7 @@ fn the_ha_demo_loses_its_leading_coordinator_mid_rollout_and_still_finishes() ->
     assert!(s["resumed_after_ms"].as_u64().is_some(), "{s}");
     assert_eq!(s["leader_changes"], 1, "{s}");
     assert_eq!(s["lost_acked_writes"], 0, "{s}");
+    assert_eq!(s["started_by"], "local", "plaintext loopback: {s}");
     assert!(
         stderr.contains("killed the leading coordinator replica"),
         "{stderr}"

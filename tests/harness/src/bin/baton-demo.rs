@@ -2,8 +2,11 @@
 //!
 //! Starts a 3-member samplekv cluster with agents and a coordinator in a
 //! temp dir, publishes v1 and v2, runs a writer at 100 writes/s, runs
-//! `baton upgrade --to v2` with live progress, and prints a summary. Every
-//! process is killed by pid when it ends, however it ends.
+//! `baton upgrade --to v2` with live progress, and prints a summary (with
+//! who started the rollout, from the journal's audit trail). Every link is
+//! mutual TLS with a PKI from `baton certs dev` (the CLI acts as operator
+//! alice), unless `--plaintext` or `--ha` (whose replicas run on plaintext
+//! loopback). Every process is killed by pid when it ends, however it ends.
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
@@ -20,6 +23,8 @@ struct Args {
     members: usize,
     /// Three coordinator replicas; the leading one is killed mid-rollout.
     ha: bool,
+    /// Plaintext on loopback instead of mutual TLS.
+    plaintext: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -28,6 +33,7 @@ fn parse() -> Result<Args, String> {
         keep: false,
         members: 3,
         ha: false,
+        plaintext: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -35,6 +41,7 @@ fn parse() -> Result<Args, String> {
             "--json" => a.json = true,
             "--keep" => a.keep = true,
             "--ha" => a.ha = true,
+            "--plaintext" => a.plaintext = true,
             "--members" => {
                 a.members = it
                     .next()
@@ -44,7 +51,7 @@ fn parse() -> Result<Args, String> {
             }
             other => {
                 return Err(format!(
-                    "unknown argument {other:?}; usage: baton-demo [--json] [--keep] [--ha] [--members N]"
+                    "unknown argument {other:?}; usage: baton-demo [--json] [--keep] [--ha] [--plaintext] [--members N]"
                 ));
             }
         }
@@ -90,8 +97,10 @@ async fn run(args: Args) -> Result<bool> {
         // the next follower stop while the previous is still catching up.
         policy: "handover_timeout_ms = 5000\n".into(),
         replicas: if args.ha { 3 } else { 1 },
+        tls: !args.ha && !args.plaintext,
         ..ClusterSpec::supervised(args.members)
     };
+    let tls = spec.tls;
     say!(
         args.json,
         "starting {} samplekv members, their agents and {} on loopback...",
@@ -105,6 +114,13 @@ async fn run(args: Args) -> Result<bool> {
     let mut cluster = Cluster::start(spec)
         .await
         .context("starting the sample cluster")?;
+    if tls {
+        say!(
+            args.json,
+            "every link is mutual TLS: certificates from `baton certs dev` in {} (the CLI acts as spiffe://e2e/operator/alice, an admin)",
+            cluster.pki_dir().display()
+        );
+    }
     say!(
         args.json,
         "published v1 (running) and v2 to {}",
@@ -112,7 +128,9 @@ async fn run(args: Args) -> Result<bool> {
     );
     cluster.publish("v2", 1, false)?;
     let status = Command::new(bin("baton"))
-        .args(["--coordinator", &cluster.coordinator_url, "status"])
+        .args(["--coordinator", &cluster.coordinator_url])
+        .args(&cluster.cli_flags)
+        .arg("status")
         .output()?;
     say!(args.json, "\n{}", String::from_utf8_lossy(&status.stdout));
 
@@ -143,7 +161,8 @@ async fn run(args: Args) -> Result<bool> {
     let mut attempt = 1;
     let (upgraded, failover) = loop {
         let mut cmd = Command::new(bin("baton"));
-        cmd.args(["--coordinator", &cluster.coordinator_url]);
+        cmd.args(["--coordinator", &cluster.coordinator_url])
+            .args(&cluster.cli_flags);
         if args.json {
             cmd.args(["--output", "json"]).stdout(Stdio::piped());
         } else {
@@ -178,13 +197,9 @@ async fn run(args: Args) -> Result<bool> {
 
     // The rollout's own summary, from the coordinator's journal.
     let history = Command::new(bin("baton"))
-        .args([
-            "--coordinator",
-            &cluster.coordinator_url,
-            "--output",
-            "json",
-            "history",
-        ])
+        .args(["--coordinator", &cluster.coordinator_url])
+        .args(&cluster.cli_flags)
+        .args(["--output", "json", "history"])
         .output()?;
     let all: serde_json::Value =
         serde_json::from_slice(&history.stdout).context("baton history --output json")?;
@@ -205,6 +220,8 @@ async fn run(args: Args) -> Result<bool> {
         "lost_acked_writes": checked.lost.len(),
         "total_s": summary["total_ms"].as_f64().map(|ms| ms / 1000.0),
         "coordinator_failovers": failover.as_ref().map_or(0, |_| 1),
+        "tls": tls,
+        "started_by": summary["started_by"],
         "resumed_after_ms": failover,
         "backup": {
             "id": summary["backup"]["id"],
@@ -232,6 +249,15 @@ async fn run(args: Args) -> Result<bool> {
                 b["reason"].as_str().unwrap_or("")
             );
         }
+        println!(
+            "  started by:         {} ({})",
+            summary["started_by"].as_str().unwrap_or("?"),
+            if tls {
+                "from its client certificate, journaled"
+            } else {
+                "plaintext loopback acts as local admin"
+            }
+        );
         println!("  order:              {}", summary["order"]);
         println!("  handover target:    {}", summary["handover_target"]);
         if let Some(steps) = summary["step_ms"].as_array() {
@@ -266,9 +292,10 @@ async fn run(args: Args) -> Result<bool> {
     if args.keep {
         say!(
             args.json,
-            "\ncluster left running; watch it with:\n  {} --coordinator {} status --watch\nCtrl-C here stops everything.",
+            "\ncluster left running; watch it with:\n  {} --coordinator {} {} status --watch\nCtrl-C here stops everything.",
             bin("baton").display(),
-            cluster.coordinator_url
+            cluster.coordinator_url,
+            cluster.cli_flags.join(" ")
         );
         let _ = tokio::signal::ctrl_c().await;
     }
