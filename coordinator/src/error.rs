@@ -88,6 +88,14 @@ pub enum ControlError {
     },
     #[error("{0}")]
     Journal(String),
+    /// This replica lost the journal's leadership (or its quorum) before
+    /// it could record the request: nothing was recorded, and the leader
+    /// (when known) can take it.
+    #[error("{detail}")]
+    NotLeader {
+        detail: String,
+        leader: Option<String>,
+    },
     /// A restore that cannot start; nothing was touched.
     #[error("restore refused: {0}")]
     Restore(String),
@@ -101,8 +109,45 @@ impl From<ControlError> for Status {
                 Code::FailedPrecondition
             }
             ControlError::Journal(_) => Code::Internal,
+            ControlError::NotLeader { leader, .. } => {
+                let mut status = Status::unavailable(e.to_string());
+                if let Some(addr) = leader.as_deref().and_then(|l| l.parse().ok()) {
+                    status.metadata_mut().insert(baton_proto::LEADER_HINT, addr);
+                }
+                return status;
+            }
             ControlError::Restore(_) => Code::FailedPrecondition,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_leadership_is_unavailable_with_the_leader_named() {
+        let s = Status::from(ControlError::NotLeader {
+            detail: "this coordinator replica does not lead the journal".into(),
+            leader: Some("http://127.0.0.1:7402".into()),
+        });
+        assert_eq!(s.code(), Code::Unavailable, "the CLI asks again elsewhere");
+        assert_eq!(
+            s.metadata()
+                .get(baton_proto::LEADER_HINT)
+                .and_then(|v| v.to_str().ok()),
+            Some("http://127.0.0.1:7402")
+        );
+        let s = Status::from(ControlError::NotLeader {
+            detail: "the journal is unavailable".into(),
+            leader: None,
+        });
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.metadata().get(baton_proto::LEADER_HINT).is_none());
+        assert_eq!(
+            Status::from(ControlError::Journal("disk".into())).code(),
+            Code::Internal
+        );
     }
 }

@@ -34,6 +34,17 @@ pub fn echo(s: &str) -> String {
     format!("{}… ({} bytes in all)", &s[..end], s.len())
 }
 
+/// True when `s` is safe as one path component, a label or a log word: 1
+/// to 128 bytes of `[A-Za-z0-9._-]`, not starting with `.` (so never `..`).
+/// Release names and versions, backup ids and command ids obey it.
+pub fn is_path_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// The name of one cluster member, as the operator configured it (e.g. `n1`).
 ///
 /// Non-empty, at most 128 bytes, and made only of `[A-Za-z0-9._-]`, so that it

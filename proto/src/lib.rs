@@ -26,4 +26,6 @@ pub mod samplekv {
 /// answer: clients retry there.
 pub const LEADER_HINT: &str = "x-baton-leader";
 
-pub use convert::{InvalidCommand, InvalidHello, InvalidReport, InvalidRollout, InvalidStatus};
+pub use convert::{
+    InvalidCommand, InvalidHello, InvalidReport, InvalidRollout, InvalidStatus, MAX_REVISION,
+};

@@ -125,15 +125,10 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ 
 
 /// Names and versions become path components: keep them boring.
 pub fn check_name(s: &str) -> Result<(), StoreError> {
-    let ok = !s.is_empty()
-        && s.len() <= 128
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if baton_domain::is_path_name(s) {
         Ok(())
     } else {
-        Err(StoreError::BadName(s.to_owned()))
+        Err(StoreError::BadName(baton_domain::echo(s)))
     }
 }
 

@@ -17,6 +17,23 @@ use tokio::sync::oneshot;
 use baton_planner::control::{self, Control};
 
 use super::Driver;
+
+/// A journal error as the operator's answer: a lost leadership (or quorum)
+/// is UNAVAILABLE, naming the leader when known, so the CLI asks again
+/// where it can be recorded (nothing was); anything else is internal.
+fn journal_refusal(e: crate::journal::JournalError) -> ControlError {
+    match e {
+        crate::journal::JournalError::NotLeader { ref leader } => ControlError::NotLeader {
+            leader: leader.clone(),
+            detail: e.to_string(),
+        },
+        crate::journal::JournalError::Unavailable(_) => ControlError::NotLeader {
+            leader: None,
+            detail: e.to_string(),
+        },
+        other => ControlError::Journal(other.to_string()),
+    }
+}
 pub use crate::error::ControlError;
 
 /// A dry run's answer.
@@ -263,9 +280,7 @@ impl Driver {
             .map_err(ControlError::from)?
             .asked_by(by);
         tracing::info!(verb, by, event = ?e, "operator control");
-        self.record(e)
-            .await
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
+        self.record(e).await.map_err(journal_refusal)?;
         // Act on it now, so the answer's phase and what the rollout waits
         // for agree (a resumed rollout says what it does next; a paused one
         // says why it is paused).
@@ -291,7 +306,7 @@ impl Driver {
         tracing::info!(rollout = %id, to, by, "preflight passed; starting rollout");
         self.record(started.asked_by(by))
             .await
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
+            .map_err(journal_refusal)?;
         Ok(id)
     }
 
@@ -368,7 +383,7 @@ impl Driver {
                 at: now,
             })
             .await
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
+            .map_err(journal_refusal)?;
         }
         tracing::warn!(rollout = %id, backup, revision, release, "starting a restore: every member's data is replaced");
         for e in [
@@ -379,9 +394,7 @@ impl Driver {
                 at: now,
             },
         ] {
-            self.record(e)
-                .await
-                .map_err(|e| ControlError::Journal(e.to_string()))?;
+            self.record(e).await.map_err(journal_refusal)?;
         }
         Ok(id)
     }
@@ -417,7 +430,7 @@ impl Driver {
                 at: now,
             })
             .await
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
+            .map_err(journal_refusal)?;
             return Ok(from.id.clone());
         }
         let (view, now, artifact, checks) = self.preflight_with(&from.previous, true).await;
@@ -434,12 +447,12 @@ impl Driver {
                 at: now,
             })
             .await
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
+            .map_err(journal_refusal)?;
         }
         tracing::info!(rollout = %id, from = %from.id, by, "starting rollback");
         self.record(started.asked_by(by))
             .await
-            .map_err(|e| ControlError::Journal(e.to_string()))?;
+            .map_err(journal_refusal)?;
         Ok(id)
     }
 }

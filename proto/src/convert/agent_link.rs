@@ -48,6 +48,11 @@ pub enum InvalidHello {
     },
 }
 
+/// The largest revision (or term) a report may carry: 2^63 - 1. etcd's
+/// revisions and Redis's offsets are signed 64-bit, and lag arithmetic and
+/// metrics stay exact below it.
+pub const MAX_REVISION: u64 = i64::MAX as u64;
+
 /// The most stage checks one Hello may name.
 pub const MAX_STAGE_CHECKS: usize = 64;
 
@@ -76,6 +81,15 @@ pub enum InvalidReport {
         member: MemberId,
         applied: u64,
         committed: u64,
+    },
+    #[error(
+        "report from member {member} says {field} {value}, beyond {max}; no engine counts that high, so the agent's reading is wrong"
+    )]
+    ImplausibleRevision {
+        member: MemberId,
+        field: &'static str,
+        value: u64,
+        max: u64,
     },
     #[error("report from member {member} has a non-finite or negative cpu figure {value}")]
     BadCpu { member: MemberId, value: f32 },
@@ -301,6 +315,20 @@ impl TryFrom<v1::Report> for Report {
                 })?,
             )
         };
+        for (field, value) in [
+            ("committed revision", committed_revision),
+            ("applied revision", applied_revision),
+            ("term", term),
+        ] {
+            if value > MAX_REVISION {
+                return Err(InvalidReport::ImplausibleRevision {
+                    member,
+                    field,
+                    value,
+                    max: MAX_REVISION,
+                });
+            }
+        }
         if applied_revision > committed_revision {
             return Err(InvalidReport::AppliedAheadOfCommitted {
                 member,
@@ -446,6 +474,16 @@ impl From<Report> for v1::Report {
 /// Why a `Command` from the wire was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidCommand {
+    #[error("command id {id:?} is not 1 to 128 characters of [A-Za-z0-9._-]")]
+    BadId { id: String },
+    #[error(
+        "command {id}: release {field} {value:?} is not 1 to 128 characters of [A-Za-z0-9._-] (not starting with '.'); refused, nothing touched"
+    )]
+    BadName {
+        id: String,
+        field: &'static str,
+        value: String,
+    },
     #[error("command has an empty id")]
     EmptyId,
     #[error("command {id} has no step")]
@@ -490,6 +528,11 @@ impl TryFrom<v1::Command> for AgentCommand {
         if id.is_empty() {
             return Err(InvalidCommand::EmptyId);
         }
+        if !baton_domain::is_path_name(&id) {
+            return Err(InvalidCommand::BadId {
+                id: baton_domain::echo(&id),
+            });
+        }
         let mut stop_timeout_ms = None;
         let mut stop_even_if_leader = false;
         let action = match step {
@@ -504,6 +547,15 @@ impl TryFrom<v1::Command> for AgentCommand {
                 let hex = sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit());
                 if name.is_empty() || version.is_empty() || !hex {
                     return Err(InvalidCommand::BadStage { id });
+                }
+                for (field, value) in [("name", &name), ("version", &version)] {
+                    if !baton_domain::is_path_name(value) {
+                        return Err(InvalidCommand::BadName {
+                            id,
+                            field,
+                            value: baton_domain::echo(value),
+                        });
+                    }
                 }
                 Action::Stage {
                     release: ReleaseRef {
@@ -525,6 +577,13 @@ impl TryFrom<v1::Command> for AgentCommand {
             Some(Step::Switch(v1::Switch { version })) => {
                 if version.is_empty() {
                     return Err(InvalidCommand::BadSwitch { id });
+                }
+                if !baton_domain::is_path_name(&version) {
+                    return Err(InvalidCommand::BadName {
+                        id,
+                        field: "version",
+                        value: baton_domain::echo(&version),
+                    });
                 }
                 Action::Switch { version }
             }
@@ -987,5 +1046,104 @@ mod tests {
             stage_checks: Vec::new(),
         };
         assert_eq!(Hello::try_from(unknown).unwrap().version_rule, None);
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    fn command(id: &str, step: v1::command::Step) -> v1::Command {
+        v1::Command {
+            id: id.into(),
+            step: Some(step),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn names_that_are_paths_are_refused_at_the_edge() {
+        use v1::command::Step;
+        let sha = "a".repeat(64);
+        let long = "v".repeat(10 * 1024);
+        for bad in [
+            "../../etc",
+            "v2/../v1",
+            ".hidden",
+            "v1;rm -rf /",
+            long.as_str(),
+        ] {
+            let stage = command(
+                "r1-v2-1",
+                Step::Stage(v1::Stage {
+                    name: "kv".into(),
+                    version: bad.into(),
+                    format_version: 1,
+                    sha256: sha.clone(),
+                }),
+            );
+            let err = AgentCommand::try_from(stage).unwrap_err();
+            assert!(
+                matches!(err, InvalidCommand::BadName { .. }),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().len() < 400, "{err}");
+            let named = command(
+                "r1-v2-1",
+                Step::Stage(v1::Stage {
+                    name: bad.into(),
+                    version: "v2".into(),
+                    format_version: 1,
+                    sha256: sha.clone(),
+                }),
+            );
+            assert!(matches!(
+                AgentCommand::try_from(named),
+                Err(InvalidCommand::BadName { field: "name", .. })
+            ));
+            let switch = command(
+                "r1-v2-2",
+                Step::Switch(v1::Switch {
+                    version: bad.into(),
+                }),
+            );
+            assert!(matches!(
+                AgentCommand::try_from(switch),
+                Err(InvalidCommand::BadName {
+                    field: "version",
+                    ..
+                })
+            ));
+            let id = command(bad, Step::Start(v1::Start {}));
+            assert!(matches!(
+                AgentCommand::try_from(id),
+                Err(InvalidCommand::BadId { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn revisions_beyond_i64_are_refused() {
+        let report = v1::Report {
+            member_id: "n2".into(),
+            role: v1::Role::Follower as i32,
+            leader_id: "n1".into(),
+            committed_revision: u64::MAX,
+            applied_revision: 5,
+            release_version: "v1".into(),
+            format_version: 1,
+            health: v1::Health::Healthy as i32,
+            ..Default::default()
+        };
+        let err = Report::try_from(report.clone()).unwrap_err();
+        assert!(
+            matches!(err, InvalidReport::ImplausibleRevision { .. }),
+            "{err}"
+        );
+        let ok = v1::Report {
+            committed_revision: MAX_REVISION,
+            ..report
+        };
+        assert!(Report::try_from(ok).is_ok());
     }
 }

@@ -10,5 +10,5 @@
 pub mod agent_link;
 pub mod operator;
 
-pub use agent_link::{InvalidCommand, InvalidHello, InvalidReport};
+pub use agent_link::{InvalidCommand, InvalidHello, InvalidReport, MAX_REVISION};
 pub use operator::{InvalidRollout, InvalidStatus};

@@ -294,3 +294,442 @@ fn plaintext_off_loopback_is_refused_by_agent_cli_and_replica() -> Result<()> {
     );
     Ok(())
 }
+
+/// Sends raw gRPC message bodies (not necessarily protobuf) on an agent
+/// stream, as a broken or hostile client would.
+mod raw {
+    use bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Raw;
+    #[derive(Debug)]
+    pub struct RawEncoder;
+    #[derive(Debug)]
+    pub struct RawDecoder;
+
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawEncoder;
+        type Decoder = RawDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RawDecoder {
+            RawDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for RawDecoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let out = src.chunk().to_vec();
+            src.advance(out.len());
+            Ok(Some(out))
+        }
+    }
+
+    /// Opens an agent stream that sends `bodies` as they are; the status
+    /// the coordinator answered with, or None when it let the stream in.
+    pub async fn connect(
+        ch: tonic::transport::Channel,
+        bodies: Vec<Vec<u8>>,
+    ) -> anyhow::Result<Option<tonic::Status>> {
+        let mut grpc = tonic::client::Grpc::new(ch);
+        grpc.ready().await?;
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/baton.v1.AgentLink/Connect");
+        let outbound = tokio_stream::iter(bodies);
+        let answer = grpc
+            .streaming::<_, Vec<u8>, Vec<u8>, _>(tonic::Request::new(outbound), path, Raw)
+            .await;
+        Ok(answer.err())
+    }
+}
+
+fn encoded(m: &AgentMessage) -> Vec<u8> {
+    prost::Message::encode_to_vec(m)
+}
+
+/// The status view without the ages that grow on their own.
+async fn view(c: &LoneCoordinator) -> Result<String> {
+    let mut op = OperatorClient::new(c.channel().await?);
+    let mut status = op.status(v1::StatusRequest {}).await?.into_inner();
+    for m in &mut status.members {
+        m.last_seen_ms_ago = 0;
+    }
+    Ok(format!("{status:?}"))
+}
+
+#[tokio::test]
+async fn wire_garbage_is_refused_and_changes_nothing() -> Result<()> {
+    let (mut c, _metrics) = coordinator().await?;
+    // n1 holds a real session all along.
+    let ch = c.channel().await?;
+    let (_n1, session) = open(ch.clone(), vec![hello("n1"), report("n1")]).await;
+    session.context("n1's session")?;
+    let before = view(&c).await?;
+
+    let mut wrong_cluster = hello("n2");
+    if let Some(agent_message::Body::Hello(h)) = &mut wrong_cluster.body {
+        h.cluster_id = "other".into();
+    }
+    let with_report = |f: &dyn Fn(&mut v1::Report)| {
+        let mut r = report("n2");
+        if let Some(agent_message::Body::Report(rep)) = &mut r.body {
+            f(rep);
+        }
+        vec![encoded(&hello("n2")), encoded(&r)]
+    };
+    let mut huge = hello("n2");
+    if let Some(agent_message::Body::Hello(h)) = &mut huge.body {
+        h.adapter_kind = "x".repeat(5 << 20);
+    }
+    let cases: Vec<(&str, Vec<Vec<u8>>, &str)> = vec![
+        (
+            "bytes that are not protobuf",
+            vec![vec![0xff; 64]],
+            "decode",
+        ),
+        (
+            "a truncated message",
+            vec![encoded(&hello("n2"))[..5].to_vec()],
+            "decode",
+        ),
+        (
+            "a Hello for another cluster",
+            vec![encoded(&wrong_cluster), encoded(&report("n2"))],
+            "says cluster \"other\", this coordinator runs \"e2e\"",
+        ),
+        (
+            "applied above committed",
+            with_report(&|r| {
+                r.applied_revision = 60;
+                r.committed_revision = 50;
+            }),
+            "applied revision 60 > committed revision 50",
+        ),
+        (
+            "u64::MAX revisions",
+            with_report(&|r| {
+                r.applied_revision = u64::MAX;
+                r.committed_revision = u64::MAX;
+            }),
+            "committed revision 18446744073709551615, beyond 9223372036854775807",
+        ),
+        (
+            "an unknown health value",
+            with_report(&|r| r.health = 77),
+            "unknown health value 77",
+        ),
+        (
+            "a 5 MB message",
+            vec![encoded(&huge)],
+            "message length too large",
+        ),
+    ];
+    for (what, bodies, want) in cases {
+        let status = raw::connect(ch.clone(), bodies)
+            .await?
+            .with_context(|| format!("{what}: the stream was let in"))?;
+        assert!(
+            status.message().contains(want) && status.message().len() < 1024,
+            "{what}: {:?} should say {want:?}",
+            status.message()
+        );
+        assert_eq!(view(&c).await?, before, "{what}: the view changed");
+        assert!(c.proc.is_running(), "{what}: the coordinator went down");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hostile_versions_are_refused_before_anything_runs() -> Result<()> {
+    let (mut c, _metrics) = coordinator().await?;
+    let long = "v".repeat(10 * 1024);
+    for to in [
+        "../../etc",
+        "",
+        "v2/../v1",
+        long.as_str(),
+        "v1;rm -rf /",
+        ".hidden",
+    ] {
+        for verb in ["plan", "upgrade"] {
+            let args: &[&str] = if verb == "plan" {
+                &[verb, "--to", to]
+            } else {
+                &[verb, "--to", to, "--detach"]
+            };
+            let (code, _, stderr) = baton_harness::baton_json_at(&c.url, args)?;
+            assert_ne!(code, 0, "{verb} --to {to:?} was accepted");
+            assert!(
+                stderr.contains("[A-Za-z0-9._-]") || stderr.contains("empty"),
+                "{verb} --to {:?}: {stderr}",
+                baton_domain::echo(to)
+            );
+            assert!(
+                stderr.len() < 2048,
+                "the refusal echoed {} bytes",
+                stderr.len()
+            );
+        }
+    }
+    let (code, history, stderr) = baton_harness::baton_json_at(&c.url, &["history"])?;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(history, serde_json::json!([]), "no rollout was started");
+    assert!(c.proc.is_running(), "the coordinator went down");
+    Ok(())
+}
+
+/// A coordinator played by the test: each agent stream that connects is
+/// handed over (its inbound messages, and a sender for commands).
+mod fake {
+    use baton_proto::v1::{self, agent_link_server::AgentLink};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    pub type Session = (
+        tonic::Streaming<v1::AgentMessage>,
+        mpsc::Sender<Result<v1::CoordinatorMessage, tonic::Status>>,
+    );
+
+    #[derive(Debug)]
+    pub struct Coordinator(pub mpsc::Sender<Session>);
+
+    #[tonic::async_trait]
+    impl AgentLink for Coordinator {
+        type ConnectStream = ReceiverStream<Result<v1::CoordinatorMessage, tonic::Status>>;
+
+        async fn connect(
+            &self,
+            request: tonic::Request<tonic::Streaming<v1::AgentMessage>>,
+        ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+            let (tx, rx) = mpsc::channel(16);
+            let _ = self.0.send((request.into_inner(), tx)).await;
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }
+    }
+}
+
+fn command(id: &str, step: v1::command::Step) -> v1::CoordinatorMessage {
+    v1::CoordinatorMessage {
+        body: Some(v1::coordinator_message::Body::Command(v1::Command {
+            id: id.into(),
+            step: Some(step),
+            ..Default::default()
+        })),
+    }
+}
+
+/// Waits for the next session and its Hello.
+async fn next_session(sessions: &mut mpsc::Receiver<fake::Session>) -> Result<fake::Session> {
+    let (mut inbound, tx) = tokio::time::timeout(Duration::from_secs(20), sessions.recv())
+        .await
+        .context("the agent did not connect")?
+        .context("the fake coordinator stopped")?;
+    let first = inbound.message().await?.context("no Hello")?;
+    anyhow::ensure!(
+        matches!(first.body, Some(agent_message::Body::Hello(_))),
+        "the first message was not a Hello: {first:?}"
+    );
+    Ok((inbound, tx))
+}
+
+/// Every file and link under `dir`, with its target for links.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let link = fs::read_link(&p).ok();
+            out.push(format!("{} {link:?}", p.display()));
+            if link.is_none() && p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A hostile coordinator (a fake, played by this test, with the agent's
+/// session) sends path traversal in Stage and Switch, a megabyte command
+/// id, and a step_down to a member that does not exist: the agent refuses
+/// each, naming it, runs nothing, touches no file, and stays up.
+#[tokio::test]
+async fn an_agent_refuses_what_a_hostile_coordinator_sends() -> Result<()> {
+    init();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (sessions_tx, mut sessions) = mpsc::channel(8);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(v1::agent_link_server::AgentLinkServer::new(
+                fake::Coordinator(sessions_tx),
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = tempfile::tempdir()?;
+    let base = dir.path().join("base");
+    let v1 = baton_harness::build_release(dir.path(), "v1", 1, false)?;
+    baton_harness::copy_dir(&v1, &base.join("releases/v1"))?;
+    std::os::unix::fs::symlink("releases/v1", base.join("current"))?;
+    let config = dir.path().join("agent.toml");
+    // A real one-member samplekv, which the agent runs and which leads.
+    let member: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let data = dir.path().join("data");
+    fs::create_dir_all(&data)?;
+    let argv = baton_harness::member_argv(
+        "{release_dir}/samplekv",
+        1,
+        member,
+        &format!("1={member}"),
+        "{data_dir}",
+        "{release_dir}",
+    );
+    fs::write(
+        &config,
+        format!(
+            "member_id = \"n1\"\ncluster_id = \"e2e\"\ncoordinator = \"http://{addr}\"\nheartbeat_ms = 200\ndata_dir = {:?}\nstate_dir = {:?}\n[target]\nkind = \"samplekv\"\naddr = \"{member}\"\n[run]\nmode = \"supervise\"\nbase_dir = {:?}\ncommand = {argv:?}\n",
+            data.to_string_lossy(),
+            dir.path().join("state").to_string_lossy(),
+            base.to_string_lossy()
+        ),
+    )?;
+    let log = dir.path().join("agent.log");
+    let mut cmd = Command::new(bin("baton-agent"));
+    cmd.arg("--config").arg(&config);
+    let mut agent = baton_harness::Proc::spawn("agent", &mut cmd, &log)?;
+    let before = tree(&base);
+
+    use v1::command::Step;
+    let sha = "a".repeat(64);
+    let stage = |version: &str| {
+        Step::Stage(v1::Stage {
+            name: "samplekv".into(),
+            version: version.into(),
+            format_version: 1,
+            sha256: sha.clone(),
+        })
+    };
+    let long_id = "r".repeat(1 << 20);
+    let refused: Vec<(&str, v1::CoordinatorMessage, &str)> = vec![
+        (
+            "a stage of ../../etc",
+            command("r1-v2-1", stage("../../etc")),
+            "release version \"../../etc\" is not 1 to 128 characters",
+        ),
+        (
+            "a switch to v2/../../x",
+            command(
+                "r1-v2-2",
+                Step::Switch(v1::Switch {
+                    version: "v2/../../x".into(),
+                }),
+            ),
+            "release version \"v2/../../x\" is not 1 to 128 characters",
+        ),
+        (
+            "a megabyte command id",
+            command(&long_id, Step::Start(v1::Start {})),
+            "bytes in all",
+        ),
+    ];
+    for (what, msg, want) in refused {
+        let (mut inbound, tx) = next_session(&mut sessions).await?;
+        tx.send(Ok(msg)).await?;
+        // The agent ends the session on a command it cannot accept.
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if let Some(agent_message::Body::Result(r)) = m.body {
+                            return Err(anyhow::anyhow!("{what}: the agent ran it: {r:?}"));
+                        }
+                    }
+                    Ok(None) | Err(_) => return Ok(()),
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("{what}: the agent kept the session"))?;
+        ended?;
+        let text = baton_harness::without_colours(&fs::read_to_string(&log)?);
+        assert!(text.contains(want), "{what}: the agent log lacks {want:?}");
+        assert!(agent.is_running(), "{what}: the agent went down");
+    }
+    let text = fs::read_to_string(&log)?;
+    assert!(
+        text.len() < 256 * 1024,
+        "the megabyte id was echoed: the log is {} bytes",
+        text.len()
+    );
+
+    // A step_down to a member that does not exist, once the member leads:
+    // run, and refused by the member.
+    let (mut inbound, tx) = next_session(&mut sessions).await?;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match inbound.message().await? {
+                Some(v1::AgentMessage {
+                    body: Some(agent_message::Body::Report(r)),
+                }) if r.role == v1::Role::Leader as i32 => return anyhow::Ok(()),
+                Some(_) => continue,
+                None => anyhow::bail!("the session ended"),
+            }
+        }
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the member never led; agent log:\n{}",
+            fs::read_to_string(&log).unwrap_or_default()
+        )
+    })??;
+    tx.send(Ok(command(
+        "r1-v2-9",
+        Step::StepDown(v1::StepDown {
+            to_member_id: "n9".into(),
+        }),
+    )))
+    .await?;
+    let result = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match inbound.message().await? {
+                Some(v1::AgentMessage {
+                    body: Some(agent_message::Body::Result(r)),
+                }) => return anyhow::Ok(r),
+                Some(_) => continue,
+                None => anyhow::bail!("the session ended"),
+            }
+        }
+    })
+    .await??;
+    assert_eq!(result.id, "r1-v2-9");
+    assert_eq!(result.outcome, v1::Outcome::Failed as i32, "{result:?}");
+    assert!(
+        result.detail.contains("member 9 is not in this cluster"),
+        "the member refuses a handover to a stranger: {result:?}"
+    );
+
+    assert_eq!(tree(&base), before, "the agent changed its release tree");
+    assert!(agent.is_running(), "the agent went down");
+    server.abort();
+    Ok(())
+}
