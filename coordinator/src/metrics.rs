@@ -555,8 +555,7 @@ pub async fn serve(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .with_state(metrics);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    baton_net::serve::serve(listener, app, "metrics", shutdown)
         .await
         .map_err(|source| MetricsError::Serve { addr, source })
 }

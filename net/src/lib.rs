@@ -13,6 +13,8 @@
 //! - [`addr`]: which addresses may be spoken to in plaintext (loopback
 //!   only).
 //! - [`throttle`]: once per key per period, for logs a peer could flood.
+//! - [`serve`]: the bounded HTTP server for plain-HTTP ports (probes,
+//!   metrics): header deadline, connection lifetime, per-peer caps.
 //! - [`http`]: the one HTTP(S) client (hyper-rustls on ring; webpki roots,
 //!   or a private CA and a client certificate).
 //!
@@ -22,6 +24,7 @@
 pub mod addr;
 pub mod http;
 pub mod identity;
+pub mod serve;
 pub mod server_tls;
 pub mod throttle;
 pub mod tls;

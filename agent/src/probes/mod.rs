@@ -121,7 +121,7 @@ async fn track_readiness(reporter: HealthReporter, ctx: ProbeContext, shutdown: 
 }
 
 /// Serves HTTP/1 probes and h2c gRPC health on one already-bound listener
-/// until `shutdown`.
+/// until `shutdown`, within [`baton_net::serve`]'s limits.
 pub async fn serve(
     listener: TcpListener,
     ctx: ProbeContext,
@@ -146,9 +146,9 @@ pub async fn serve(
         )
         .route_service(&grpc_route(&health), health)
         .with_state(ctx);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+    // Bounded: a header deadline, a connection lifetime and per-peer caps,
+    // so a slowloris cannot starve the kubelet's or systemd's probes.
+    let served = baton_net::serve::serve(listener, app, "probe port", shutdown).await;
     tracker.abort();
     served
 }

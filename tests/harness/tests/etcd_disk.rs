@@ -170,8 +170,10 @@ async fn a_full_coordinator_disk_pauses_an_etcd_rollout_with_every_member_servin
         "resumed by itself"
     );
     end_checks(&cluster, load, observer).await?;
-    drop(cluster);
+    // The tmpfs first (a lazy unmount), so the cluster's temp dir can
+    // be removed whole when it drops.
     drop(disk);
+    drop(cluster);
     Ok(())
 }
 
@@ -309,7 +311,9 @@ async fn a_full_agent_disk_never_leaves_its_etcd_member_down_and_fails_the_next_
         |e| e["alert_event"] == "resolved" && low(e),
     )
     .await?;
-    drop(cluster);
+    // The tmpfs first (a lazy unmount), so the cluster's temp dir can
+    // be removed whole when it drops.
     drop(disks);
+    drop(cluster);
     Ok(())
 }

@@ -733,3 +733,225 @@ async fn an_agent_refuses_what_a_hostile_coordinator_sends() -> Result<()> {
     server.abort();
     Ok(())
 }
+
+/// A TCP connection to `to` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    Ok(socket.connect(to).await?)
+}
+
+/// Reads until the peer closes (or errors); how long that took.
+async fn until_closed(mut s: tokio::net::TcpStream, within: Duration) -> Result<Duration> {
+    use tokio::io::AsyncReadExt;
+    let t0 = Instant::now();
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .context("the connection was never closed")?;
+    Ok(t0.elapsed())
+}
+
+/// The agent's probe port, fed garbage and a slowloris from one host: the
+/// garbage is answered or closed, the slow connections beyond 32 per
+/// peer are closed at once and the rest at the 5 s header deadline, and
+/// meanwhile a probe from another host is answered. The agent stays up.
+#[tokio::test]
+async fn the_probe_port_survives_garbage_and_a_slowloris() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    init();
+    let dir = tempfile::tempdir()?;
+    let probe: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let d = dir.path().to_string_lossy();
+    let config = dir.path().join("agent.toml");
+    fs::write(
+        &config,
+        format!(
+            "member_id = \"n1\"\ncluster_id = \"e2e\"\ncoordinator = \"http://127.0.0.1:{}\"\ndata_dir = {d:?}\nstate_dir = {d:?}\nprobe_listen = \"{probe}\"\n[target]\nkind = \"samplekv\"\naddr = \"127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    )?;
+    let mut cmd = Command::new(bin("baton-agent"));
+    cmd.arg("--config").arg(&config);
+    let mut agent = baton_harness::Proc::spawn("agent", &mut cmd, &dir.path().join("agent.log"))?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while agent_get(probe, "/healthz").await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the probe port never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Garbage: answered (400) or closed, quickly.
+    let mut g = connect_from([127, 0, 0, 1], probe).await?;
+    g.write_all(b"\x00\xff\xfeGARBAGE \x01\x02 /\r\n\r\n")
+        .await?;
+    until_closed(g, Duration::from_secs(10)).await?;
+
+    // A slowloris from 127.0.0.2: headers that never end.
+    let mut slow = Vec::new();
+    for _ in 0..40 {
+        let mut s = connect_from([127, 0, 0, 2], probe).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await?;
+        slow.push(s);
+    }
+    let started = Instant::now();
+    // Another host is still answered meanwhile.
+    let body = agent_get(probe, "/healthz").await?;
+    assert!(!body.is_empty(), "no answer to a probe from 127.0.0.1");
+    let closes = futures::future::join_all(
+        slow.into_iter()
+            .map(|s| until_closed(s, Duration::from_secs(20))),
+    )
+    .await;
+    let mut at_once = 0;
+    let mut at_deadline = 0;
+    for took in closes {
+        let took = took?;
+        if took < Duration::from_secs(2) {
+            at_once += 1;
+        } else {
+            at_deadline += 1;
+        }
+    }
+    assert_eq!(
+        (at_once, at_deadline),
+        (8, 32),
+        "32 held until the header deadline, 8 closed at once"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(4500),
+        "closed before the 5 s header deadline: {:?}",
+        started.elapsed()
+    );
+    assert!(agent.is_running(), "the agent went down");
+    agent_get(probe, "/healthz").await?;
+    Ok(())
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+fn report_at(member: &str, applied: u64) -> AgentMessage {
+    let mut r = report(member);
+    if let Some(agent_message::Body::Report(rep)) = &mut r.body {
+        rep.applied_revision = applied;
+        rep.committed_revision = applied;
+    }
+    r
+}
+
+/// 20,000 reports in 2 s on one session: all taken, the last one is what
+/// the view shows, and the coordinator's memory stays bounded. A second
+/// stream for the same member replaces the first, which is told why; the
+/// member stays connected once. A long poll asking to wait u32::MAX ms is
+/// answered within the 10 s cap.
+#[tokio::test]
+async fn floods_duplicates_and_absurd_waits_are_bounded() -> Result<()> {
+    let (mut c, _metrics) = coordinator().await?;
+    let ch = c.channel().await?;
+    let (tx, session) = open(ch.clone(), vec![hello("n1"), report_at("n1", 1)]).await;
+    let _inbound = session.context("n1's session")?;
+    let before = rss(c.proc.pid())?;
+    let started = Instant::now();
+    const FLOOD: u64 = 20_000;
+    for i in 0..FLOOD {
+        tx.send(report_at("n1", 2 + i)).await?;
+        // 20,000 in 2 s: pace by count against the clock, not by sleeps
+        // per message.
+        let due = Duration::from_micros(i * 100);
+        if let Some(early) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(early).await;
+        }
+    }
+    let last = FLOOD + 1;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut op = OperatorClient::new(ch.clone());
+        let status = op.status(v1::StatusRequest {}).await?.into_inner();
+        let applied = status.members[0]
+            .report
+            .as_ref()
+            .map(|r| r.applied_revision)
+            .unwrap_or_default();
+        if applied == last {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the view stopped at applied {applied}, not {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let grown = rss(c.proc.pid())?.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "20,000 reports grew the coordinator by {} MiB",
+        grown >> 20
+    );
+
+    // Two streams for one member: the newer replaces the older.
+    let (_old_tx, old) = open(ch.clone(), vec![hello("n2"), report("n2")]).await;
+    let mut old = old.context("n2's first stream")?;
+    let (_new_tx, new) = open(ch.clone(), vec![hello("n2"), report("n2")]).await;
+    let _new = new.context("n2's second stream")?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), old.message())
+        .await
+        .context("the older stream was kept")?;
+    let status = ended
+        .err()
+        .context("the older stream ended without a status")?;
+    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("replaced by a newer connection"),
+        "{status:?}"
+    );
+    let mut reporting = members_reporting(&c).await?;
+    reporting.sort();
+    assert_eq!(reporting, ["n1", "n2"]);
+
+    // A long poll that asks to wait forever is answered within the cap.
+    let mut op = OperatorClient::new(ch.clone());
+    let version = op
+        .rollout(v1::RolloutRequest::default())
+        .await
+        .map(|r| r.into_inner().version)
+        .unwrap_or_default();
+    let t0 = Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(30),
+        op.rollout(v1::RolloutRequest {
+            rollout_id: String::new(),
+            after_version: version,
+            wait_ms: u32::MAX,
+        }),
+    )
+    .await
+    .context("a long poll of u32::MAX ms was held past 30 s")?;
+    let _ = answer;
+    assert!(
+        t0.elapsed() <= Duration::from_secs(15),
+        "held {:?}, past the 10 s cap",
+        t0.elapsed()
+    );
+    assert!(c.proc.is_running(), "the coordinator went down");
+    drop(tx);
+    Ok(())
+}

@@ -686,8 +686,10 @@ async fn a_full_coordinator_disk_pauses_with_every_member_serving_and_resumes_wh
     let (code, out, stderr) = tokio::task::block_in_place(|| cluster.baton_json(&["history"]))?;
     assert_eq!(code, 0, "{stderr}");
     assert!(out.to_string().contains("r1-v2"), "{out:#}");
-    drop(cluster);
+    // The tmpfs first (a lazy unmount), so the cluster's temp dir can
+    // be removed whole when it drops.
     drop(disk);
+    drop(cluster);
     Ok(())
 }
 
@@ -817,8 +819,10 @@ async fn a_full_agent_disk_never_leaves_its_member_down_and_fails_the_next_prefl
         |e| e["alert_event"] == "resolved" && low(e),
     )
     .await?;
-    drop(cluster);
+    // The tmpfs first (a lazy unmount), so the cluster's temp dir can
+    // be removed whole when it drops.
     drop(disks);
+    drop(cluster);
     Ok(())
 }
 
