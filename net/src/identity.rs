@@ -97,6 +97,10 @@ pub enum IdentityError {
         names: String,
     },
     #[error(
+        "the client certificate names {names}, which is no coordinator replica of cluster {cluster}: a replica peer must present a certificate with the URI SAN spiffe://{cluster}/coordinator/<name> (`baton certs dev` writes one)"
+    )]
+    NotACoordinator { cluster: String, names: String },
+    #[error(
         "the client certificate belongs to cluster {theirs} ({id}), not to this cluster {ours}"
     )]
     OtherCluster {
@@ -165,6 +169,24 @@ impl PeerIdentity {
             cluster: echo(cluster),
             names: self.describe(),
         })
+    }
+
+    /// The coordinator replica name this certificate gives in `cluster`:
+    /// it must hold `spiffe://<cluster>/coordinator/<name>` and name no
+    /// member or operator (a member's or an operator's certificate is never
+    /// a replica peer, whatever CA signed it).
+    pub fn coordinator_name(&self, cluster: &str) -> Result<&str, IdentityError> {
+        let others = self.spiffe.iter().any(|s| s.kind != PartyKind::Coordinator);
+        match self
+            .ids(PartyKind::Coordinator)
+            .find(|s| s.cluster == cluster)
+        {
+            Some(id) if !others => Ok(&id.name),
+            _ => Err(IdentityError::NotACoordinator {
+                cluster: echo(cluster),
+                names: self.describe(),
+            }),
+        }
     }
 
     /// What the certificate names, for messages (each value cut to

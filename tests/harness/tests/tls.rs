@@ -223,7 +223,11 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
 #[tokio::test]
 async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Result<()> {
     init();
-    let sans = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let sans = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "spiffe://e2e/coordinator/main".to_owned(),
+    ];
     let pki = Pki::with(&[
         ("coordinator", sans.clone()),
         ("n1", vec!["n1".to_owned()]),
@@ -284,6 +288,40 @@ async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Resul
         out.status.success(),
         "the leader answers over TLS: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // A member's certificate from the same CA: the handshake holds, and
+    // the replica refuses the peer call itself, and logs it.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(fs::read(
+            pki.path("ca.crt"),
+        )?))
+        .identity(tonic::transport::Identity::from_pem(
+            fs::read(pki.path("n1.crt"))?,
+            fs::read(pki.path("n1.key"))?,
+        ));
+    let ch = tonic::transport::Endpoint::from_shared(url(0))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let refused = baton_proto::v1::replica_client::ReplicaClient::new(ch)
+        .call(baton_proto::v1::PeerRequest {
+            call: baton_proto::v1::PeerCall::Vote as i32,
+            target: 1,
+            cluster: "e2e".into(),
+            data: b"{}".to_vec(),
+        })
+        .await
+        .expect_err("a member's certificate is no replica peer");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("which is no coordinator replica of cluster e2e"),
+        "{refused:?}"
+    );
+    assert!(
+        plain_log(&logs[0].1).contains("refused a replica call"),
+        "replica 1 did not log the refusal"
     );
     // For 2 s (forty of openraft's default 50 ms heartbeats) the stranger
     // gets no entry, while the leader keeps trying to reach it.

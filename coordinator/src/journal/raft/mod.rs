@@ -182,6 +182,7 @@ impl RaftJournal {
             self.settings.cluster.clone(),
             self.settings.peers.clone(),
         )
+        .with_identity(self.settings.tls.is_some())
     }
 
     pub fn settings(&self) -> &ReplicaSettings {

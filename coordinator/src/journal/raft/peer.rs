@@ -231,6 +231,9 @@ pub struct ReplicaService {
     cluster: String,
     /// The peers by id, for naming them in refusals.
     peers: BTreeMap<u64, String>,
+    /// Under mutual TLS: every call must come with a coordinator replica's
+    /// certificate of this cluster (`spiffe://<cluster>/coordinator/<name>`).
+    require_identity: bool,
 }
 
 impl ReplicaService {
@@ -240,7 +243,42 @@ impl ReplicaService {
             id,
             cluster,
             peers,
+            require_identity: false,
         }
+    }
+
+    /// Requires a coordinator replica's certificate on every call when
+    /// `tls` (the replicas speak mutual TLS).
+    pub fn with_identity(mut self, tls: bool) -> Self {
+        self.require_identity = tls;
+        self
+    }
+
+    /// Refuses a caller whose certificate is not a coordinator replica's of
+    /// this cluster: before its request is read.
+    fn check_peer(&self, request: &Request<PeerRequest>) -> Result<(), Status> {
+        if !self.require_identity {
+            return Ok(());
+        }
+        let from = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let leaf = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.to_vec()));
+        let verdict = match leaf {
+            None => Err("no client certificate was presented".to_owned()),
+            Some(der) => baton_net::identity::PeerIdentity::from_der(&der)
+                .and_then(|id| id.coordinator_name(&self.cluster).map(|_| ()))
+                .map_err(|e| e.to_string()),
+        };
+        verdict.map_err(|why| {
+            tracing::warn!(replica = self.id, peer = %from, reason = %why, "refused a replica call");
+            Status::permission_denied(format!(
+                "replica {} refused a peer call from {from}: {why}",
+                self.id
+            ))
+        })
     }
 }
 
@@ -292,6 +330,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Response<PeerReply>, Status> {
 #[tonic::async_trait]
 impl Replica for ReplicaService {
     async fn call(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
+        self.check_peer(&request)?;
         let PeerRequest {
             call,
             target,

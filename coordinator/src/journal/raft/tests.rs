@@ -346,13 +346,20 @@ impl Pki {
         }
     }
 
-    /// A certificate and key for 127.0.0.1: their paths.
+    /// A certificate and key for 127.0.0.1 that names coordinator replica
+    /// `name` of cluster "test": their paths.
     fn issue(&self, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        self.issue_as(name, &format!("spiffe://test/coordinator/{name}"))
+    }
+
+    /// The same, naming `uri` instead.
+    fn issue_as(&self, name: &str, uri: &str) -> (std::path::PathBuf, std::path::PathBuf) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
         let (c, k) = (
             self.dir.join(format!("{name}.pem")),
             self.dir.join(format!("{name}.key")),
@@ -442,6 +449,43 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
         refused,
         "a peer from another CA is refused at the handshake"
     );
+    // The cluster's own CA, but a member's certificate (and an operator's):
+    // the handshake holds, and the replica refuses the call itself.
+    for (name, uri) in [
+        ("member", "spiffe://test/member/n1"),
+        ("operator", "spiffe://test/operator/alice"),
+        ("elsewhere", "spiffe://other/coordinator/c9"),
+    ] {
+        let (cert, key) = pki.issue_as(name, uri);
+        let ch = tonic::transport::Endpoint::from_shared(peers[&1].clone())
+            .unwrap()
+            .tls_config(pki.client(&cert, &key, &pki.ca).tonic_config())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let status = baton_proto::v1::replica_client::ReplicaClient::new(ch)
+            .call(baton_proto::v1::PeerRequest {
+                call: baton_proto::v1::PeerCall::Vote as i32,
+                target: 1,
+                cluster: "test".into(),
+                data: b"{}".to_vec(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::PermissionDenied,
+            "{name}: {status:?}"
+        );
+        assert!(
+            status
+                .message()
+                .contains("no coordinator replica of cluster test"),
+            "{name}: {}",
+            status.message()
+        );
+    }
     assert_eq!(*rs[l].journal.subscribe().borrow(), state);
     stop.cancel();
     for r in rs {
