@@ -31,6 +31,10 @@ pub struct Args {
     /// Operator client key, with --cert.
     #[arg(long, global = true, env = "BATON_KEY", requires = "cert")]
     pub key: Option<std::path::PathBuf>,
+    /// A file holding a bearer token (one of the coordinator's [tokens]),
+    /// sent instead of a client certificate; https:// only.
+    #[arg(long, global = true, env = "BATON_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

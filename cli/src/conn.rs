@@ -160,6 +160,16 @@ pub struct Pruned {
     pub kept: Vec<StoredBackup>,
 }
 
+/// A bearer token; its Debug never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// A connection to the operator API of a coordinator's replicas. Every
 /// call goes through `OperatorConn::call`, which walks a
 /// [`Route`]: it follows a follower's leader hint,
@@ -178,6 +188,9 @@ pub struct OperatorConn {
     changed: Option<String>,
     /// The replica the last answer came from, for the errors it names.
     addr: String,
+    /// A bearer token sent on every call (never logged or printed: its
+    /// Debug says only whether there is one).
+    token: Option<Secret>,
 }
 
 /// `conn.call(name, effect, method, request)`: sends `request` with the
@@ -185,9 +198,13 @@ pub struct OperatorConn {
 macro_rules! rpc {
     ($conn:expr, $call:literal, $effect:expr, $method:ident, $req:expr) => {{
         let req = $req;
+        let bearer = $conn.bearer();
         $conn
             .call($call, $effect, move |mut client| {
-                let req = req.clone();
+                let mut req = tonic::Request::new(req.clone());
+                if let Some(b) = &bearer {
+                    req.metadata_mut().insert("authorization", b.clone());
+                }
                 async move { client.$method(req).await }
             })
             .await
@@ -206,7 +223,20 @@ impl OperatorConn {
             leader: None,
             changed: None,
             addr,
+            token: None,
         }
+    }
+
+    /// The same, sending `token` as a bearer token on every call.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(Secret);
+        self
+    }
+
+    /// The `authorization` value for the calls, when there is a token.
+    fn bearer(&self) -> Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+        let Secret(token) = self.token.as_ref()?;
+        format!("Bearer {token}").parse().ok()
     }
 
     /// The same, pausing between rounds over the replicas as `backoff` says.

@@ -76,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ca_cert,
         cert,
         key,
+        token_file,
         command,
     } = args;
     if let Command::Release(release) = command {
@@ -102,7 +103,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let coordinators = Coordinators::parse(&coordinator).map_err(CliError::from)?;
-    let mut conn = OperatorConn::new(coordinators, tls);
+    let token = match &token_file {
+        None => None,
+        Some(path) => {
+            let usage = |message: String| Exit {
+                code: EXIT_USAGE,
+                message,
+            };
+            if coordinators.scheme() != leader::Scheme::Https || tls.is_none() {
+                return Err(usage(
+                    "--token-file: a bearer token is sent only over TLS; use https:// with --ca-cert"
+                        .into(),
+                )
+                .into());
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| usage(format!("--token-file {}: {e}", path.display())))?;
+            let token = text.trim().to_owned();
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(usage(format!(
+                    "--token-file {}: the token must be one line of printable ASCII",
+                    path.display()
+                ))
+                .into());
+            }
+            Some(token)
+        }
+    };
+    let mut conn = OperatorConn::new(coordinators, tls).with_token(token);
     let conn = &mut conn;
     match command {
         Command::Status { watch, interval_ms } => {

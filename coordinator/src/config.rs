@@ -81,6 +81,15 @@ struct RawConfig {
     replication: Option<RawReplication>,
     /// `[operators]`: each operator certificate's name, and its role.
     operators: Option<BTreeMap<String, String>>,
+    /// `[tokens]`: bearer tokens by name, each `{ sha256, role }`.
+    tokens: Option<BTreeMap<String, RawToken>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    sha256: String,
+    role: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,6 +288,9 @@ pub struct CoordinatorConfig {
     pub operators: BTreeMap<String, Role>,
     /// The journal's replicas; one by default.
     pub replication: Replication,
+    /// Bearer tokens by name: the sha256 of each (lowercase hex; the token
+    /// itself is never in the config) and its role. Only over TLS.
+    pub tokens: BTreeMap<String, (String, Role)>,
 }
 
 /// `policy.backup_keep_days` when unset: seven days.
@@ -431,21 +443,50 @@ impl CoordinatorConfig {
         let policy = policy(raw.policy, members.len())?;
         let alerting = AlertingConfig::from_raw(raw.alerting)?;
         let replication = replication(raw.replication, listen, tls.is_some())?;
+        let role_of = |key: &'static str, name: &str, role: &str| match role {
+            "viewer" => Ok(Role::Viewer),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            other => Err(invalid(
+                key,
+                format!(
+                    "{name:?} has role {:?}; a role is viewer, operator or admin",
+                    baton_domain::echo(other)
+                ),
+            )),
+        };
+        let mut tokens = BTreeMap::new();
+        for (name, t) in raw.tokens.unwrap_or_default() {
+            if tls.is_none() {
+                return Err(invalid(
+                    "tokens",
+                    "bearer tokens are accepted only over TLS; set [tls] (or remove [tokens])",
+                ));
+            }
+            if !baton_domain::is_path_name(&name) {
+                return Err(invalid(
+                    "tokens",
+                    format!(
+                        "{:?} is not a token name (1 to 128 characters of [A-Za-z0-9._-])",
+                        baton_domain::echo(&name)
+                    ),
+                ));
+            }
+            let hex = t.sha256.to_ascii_lowercase();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "tokens",
+                    format!(
+                        "token {name:?}: sha256 must be 64 hex digits (printf %s \"$TOKEN\" | sha256sum); the token itself never goes in the config"
+                    ),
+                ));
+            }
+            let role = role_of("tokens", &name, &t.role)?;
+            tokens.insert(name, (hex, role));
+        }
         let mut operators = BTreeMap::new();
         for (name, role) in raw.operators.unwrap_or_default() {
-            let role = match role.as_str() {
-                "viewer" => Role::Viewer,
-                "operator" => Role::Operator,
-                "admin" => Role::Admin,
-                other => {
-                    return Err(invalid(
-                        "operators",
-                        format!(
-                            "operator {name:?} has role {other:?}; a role is viewer, operator or admin"
-                        ),
-                    ));
-                }
-            };
+            let role = role_of("operators", &name, &role)?;
             if name.is_empty() || name.contains('/') {
                 return Err(invalid(
                     "operators",
@@ -471,6 +512,7 @@ impl CoordinatorConfig {
             alerting,
             replication,
             operators,
+            tokens,
         })
     }
 }
@@ -597,6 +639,53 @@ mod tests {
     }
 
     const GOOD: &str = "cluster_id = \"demo\"\nmembers = [\"n1\", \"n2\", \"n3\"]\n";
+
+    #[test]
+    fn tokens_are_hashes_with_roles_and_need_tls() {
+        let sha = "ab".repeat(32);
+        let tls = "[tls]\ncert = \"/c.crt\"\nkey = \"/c.key\"\nclient_ca = \"/ca.crt\"\n";
+        let with = |tokens: &str, tls: &str| {
+            load(
+                &format!("{GOOD}listen = \"127.0.0.1:7400\"\n{tls}[tokens]\n{tokens}\n"),
+                &[],
+            )
+        };
+        let c = with(
+            &format!(
+                "ci = {{ sha256 = \"{}\", role = \"operator\" }}",
+                sha.to_uppercase()
+            ),
+            tls,
+        )
+        .unwrap();
+        assert_eq!(c.tokens["ci"], (sha.clone(), Role::Operator));
+        for (tokens, tls, says) in [
+            (
+                format!("ci = {{ sha256 = \"{sha}\", role = \"operator\" }}"),
+                "",
+                "only over TLS",
+            ),
+            (
+                "ci = { sha256 = \"abc\", role = \"operator\" }".to_owned(),
+                tls,
+                "64 hex digits",
+            ),
+            (
+                format!("ci = {{ sha256 = \"{sha}\", role = \"root\" }}"),
+                tls,
+                "a role is viewer, operator or admin",
+            ),
+            (
+                format!("\"a/b\" = {{ sha256 = \"{sha}\", role = \"viewer\" }}"),
+                tls,
+                "not a token name",
+            ),
+        ] {
+            let (key, reason) = invalid_key(with(&tokens, tls).unwrap_err());
+            assert_eq!(key, "tokens", "{reason}");
+            assert!(reason.contains(says), "{says:?} in {reason:?}");
+        }
+    }
 
     fn invalid_key(e: ConfigError) -> (&'static str, String) {
         match e {

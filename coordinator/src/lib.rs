@@ -76,11 +76,14 @@ pub enum RunError {
     AlertImport(#[from] journal::import::ImportError),
 }
 
-fn server_tls(tls: &TlsConfig) -> Result<baton_net::server_tls::ServerTls, RunError> {
+fn server_tls(tls: &TlsConfig, tokens: bool) -> Result<baton_net::server_tls::ServerTls, RunError> {
     baton_net::server_tls::ServerTls::load(baton_net::server_tls::ServerTlsFiles {
         cert: tls.cert.clone(),
         key: tls.key.clone(),
         client_ca: tls.client_ca.clone(),
+        // With bearer tokens, an operator may come without a certificate;
+        // the agent link and the replica service still require one.
+        client_cert_optional: tokens,
     })
     .map_err(|e| RunError::TlsSetup(Box::new(e)))
 }
@@ -284,9 +287,14 @@ pub async fn run(
             config.cluster.clone(),
             config.tls.is_some(),
             config.operators.clone(),
-        ),
+        )
+        .with_tokens(config.tokens.clone()),
     };
-    let server_tls = config.tls.as_ref().map(server_tls).transpose()?;
+    let server_tls = config
+        .tls
+        .as_ref()
+        .map(|t| server_tls(t, !config.tokens.is_empty()))
+        .transpose()?;
     if let Some(tls) = &server_tls {
         reload_on_sighup(tls.clone(), shutdown.clone());
         tls.watch(TLS_WATCH, shutdown.clone());

@@ -39,6 +39,11 @@ pub struct ServerTlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// Let a client without a certificate finish the handshake (the
+    /// services then decide: an operator call may carry a bearer token;
+    /// agents and replicas are refused). A certificate that is presented
+    /// must still verify.
+    pub client_cert_optional: bool,
 }
 
 /// Why the server's TLS config could not be built.
@@ -134,10 +139,14 @@ pub fn build(files: &ServerTlsFiles) -> Result<rustls::ServerConfig, ServerTlsEr
         key: files.key.clone(),
         source,
     };
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-            .build()
-            .map_err(|e| rustls(rustls::Error::General(e.to_string())))?;
+    let mut verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone());
+    if files.client_cert_optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| rustls(rustls::Error::General(e.to_string())))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(rustls)?

@@ -75,6 +75,16 @@ pub enum HandshakeError {
     },
     #[error("{addr} closed the TLS connection right after the handshake")]
     Closed { addr: String },
+    /// The server refused the handshake, and this client had sent no
+    /// certificate: that is why.
+    #[error(
+        "{addr} refused the TLS connection because this client sent no certificate ({}); give it a client certificate and key",
+        client_side(source)
+    )]
+    NoClientCert {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// An IO error from a client's handshake, explained when rustls says why.
@@ -102,6 +112,7 @@ pub async fn diagnose(url: &str, tls: Option<&ClientTls>, wait: Duration) -> Opt
             Err(
                 e @ (HandshakeError::Handshake { .. }
                 | HandshakeError::Rejected { .. }
+                | HandshakeError::NoClientCert { .. }
                 | HandshakeError::Config(_)),
             ) => Some(match tls.own_expiry() {
                 // The server only says "expired"; this side knows when.
@@ -366,7 +377,24 @@ impl ClientTls {
                     }),
                 }
             };
+        let refused_for_want_of_a_cert = |e: &std::io::Error| {
+            self.identity.is_none()
+                && matches!(
+                    crate::why::rustls_error(e),
+                    Some(rustls::Error::AlertReceived(
+                        rustls::AlertDescription::CertificateRequired
+                            | rustls::AlertDescription::BadCertificate
+                            | rustls::AlertDescription::HandshakeFailure
+                    ))
+                )
+        };
         match tokio::time::timeout(wait, attempt).await {
+            Ok(Err(
+                HandshakeError::Handshake { addr, source }
+                | HandshakeError::Rejected { addr, source },
+            )) if refused_for_want_of_a_cert(&source) => {
+                Err(HandshakeError::NoClientCert { addr, source })
+            }
             Ok(result) => result,
             // Still open after `wait`: the handshake holds (or the server
             // is too slow to say; not a TLS verdict either way).
@@ -501,8 +529,8 @@ mod tests {
         };
         let err = without.probe(&addr, wait).await.unwrap_err();
         assert!(
-            matches!(err, HandshakeError::Rejected { .. })
-                && err.to_string().contains("requires a client certificate"),
+            matches!(err, HandshakeError::NoClientCert { .. })
+                && err.to_string().contains("this client sent no certificate"),
             "{err}"
         );
         let with = ClientTls {

@@ -415,6 +415,7 @@ impl EtcdTarget {
                 Err(
                     e @ (HandshakeError::Handshake { .. }
                     | HandshakeError::Rejected { .. }
+                    | HandshakeError::NoClientCert { .. }
                     | HandshakeError::Config(_)),
                 ) => Some(e.to_string()),
                 _ => None,

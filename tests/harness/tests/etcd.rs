@@ -540,7 +540,7 @@ async fn an_etcd_that_requires_client_certificates_is_read_and_upgraded_over_tls
     assert!(
         err.contains("etcd member n1 at https://127.0.0.1:")
             && err.contains("TLS handshake failed")
-            && err.contains("fatal alert")
+            && err.contains("because this client sent no certificate")
             && err.contains("--client-cert-auth")
             && err.contains("[target.tls] cert and key"),
         "{err}"

@@ -180,7 +180,7 @@ async fn agents_and_operators_speak_mtls() -> Result<()> {
         (
             "vic",
             &["upgrade", "--to", "v2", "--detach"][..],
-            "operator vic is a viewer, and upgrade needs operator",
+            "operator/vic is a viewer, and upgrade needs operator",
         ),
     ] {
         let out = baton_as(&url, &pki, cert, args);
@@ -892,5 +892,135 @@ async fn certificates_rotated_mid_rollout_are_used_and_the_rollout_completes() -
             |s| s.members.iter().all(|m| m.connected && m.fresh),
         )
         .await?;
+    Ok(())
+}
+
+/// Bearer tokens: stored hashed in `[tokens]`, accepted only over TLS, each
+/// acting with its role (and named `token/<name>`); with tokens configured
+/// a client may come without a certificate, yet an agent without one is
+/// still refused. No token is ever written to the log.
+#[tokio::test]
+async fn a_bearer_token_acts_with_its_role_and_a_certless_agent_is_still_refused() -> Result<()> {
+    use sha2::Digest;
+    init();
+    let pki = Pki::new()?;
+    let hash = |t: &str| -> String {
+        sha2::Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let (bot, ci) = ("bot-9f2c41d7a8", "ci-61aa03e5b2");
+    let port = free_port();
+    let config = pki.dir.path().join("coordinator.toml");
+    fs::write(
+        &config,
+        format!(
+            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\n[operators]\nalice = \"admin\"\n[tokens]\nbot = {{ sha256 = \"{}\", role = \"viewer\" }}\nci = {{ sha256 = \"{}\", role = \"operator\" }}\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            hash(bot),
+            hash(ci),
+            pki.path("coordinator.crt"),
+            pki.path("coordinator.key"),
+            pki.path("ca.crt")
+        ),
+    )?;
+    let log = pki.dir.path().join("coordinator.log");
+    let mut cmd = Command::new(bin("baton-coordinator"));
+    cmd.arg("--config").arg(&config);
+    let mut coordinator = Proc::spawn("coordinator", &mut cmd, &log)?;
+    let url = format!("https://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token_file = |name: &str, token: &str| -> Result<String> {
+        let p = pki.dir.path().join(format!("{name}.token"));
+        fs::write(&p, format!("{token}\n"))?;
+        Ok(p.to_string_lossy().into_owned())
+    };
+    let with_token = |url: &str, file: &str, args: &[&str]| {
+        let out = Command::new(bin("baton"))
+            .args(["--coordinator", url, "--ca-cert", &pki.path("ca.crt")])
+            .args(["--token-file", file])
+            .args(args)
+            .output()
+            .expect("run baton");
+        (
+            out.status.code(),
+            without_colours(&String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (bot_file, ci_file) = (token_file("bot", bot)?, token_file("ci", ci)?);
+    let (code, stderr) = with_token(&url, &bot_file, &["status"]);
+    assert_eq!(code, Some(0), "a viewer token reads the status: {stderr}");
+    let (code, stderr) = with_token(&url, &bot_file, &["upgrade", "--to", "v2", "--detach"]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains("token/bot is a viewer, and upgrade needs operator"),
+        "{stderr}"
+    );
+    let (code, stderr) = with_token(&url, &ci_file, &["plan", "--to", "v2"]);
+    assert!(
+        !stderr.contains("refused: "),
+        "an operator token may plan: {code:?} {stderr}"
+    );
+    let (code, stderr) = with_token(&url, &token_file("bad", "guess")?, &["status"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("matches none"), "{stderr}");
+    let (code, stderr) = with_token(&url.replace("https://", "http://"), &bot_file, &["status"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("only over TLS"), "{stderr}");
+    // Certificates still work beside tokens.
+    let out = baton_status(&url, &pki, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An agent without a certificate now completes the handshake, and its
+    // Hello is refused.
+    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(fs::read(pki.path("ca.crt"))?),
+    );
+    let ch = tonic::transport::Endpoint::from_shared(url.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(baton_proto::v1::AgentMessage {
+        body: Some(baton_proto::v1::agent_message::Body::Hello(
+            baton_proto::v1::Hello {
+                member_id: "n1".into(),
+                cluster_id: "e2e".into(),
+                agent_version: "test".into(),
+                adapter_kind: "samplekv".into(),
+                ..Default::default()
+            },
+        )),
+    })
+    .await?;
+    let refused = baton_proto::v1::agent_link_client::AgentLinkClient::new(ch)
+        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("a certless agent was let in");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("no client certificate was presented"),
+        "{refused:?}"
+    );
+    let text = plain_log(&log);
+    assert!(
+        !text.contains(bot) && !text.contains(ci) && !text.contains("guess"),
+        "a token reached the log"
+    );
+    assert!(coordinator.is_running());
+    drop(tx);
     Ok(())
 }

@@ -409,6 +409,7 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: pki.ca.clone(),
+            client_cert_optional: false,
         })
         .unwrap();
         let served =
