@@ -859,21 +859,17 @@ mod tests {
         for id in ["r1-1", "r1-2"] {
             assert!(ex.run(fenced(id, "j-a", 2)).await.result.is_ok());
         }
-        let terms: Vec<u64> = ex
-            .entries()
-            .iter()
-            .map(|e| e.fence.as_ref().unwrap().term)
-            .collect();
-        assert_eq!(terms, vec![2, 2]);
+        let terms = |ex: &Executor| -> Vec<u64> {
+            ex.entries()
+                .iter()
+                .map(|e| e.fence.as_ref().unwrap().term)
+                .collect()
+        };
+        assert_eq!(terms(&ex), vec![2, 2]);
         // Journaled: a restart reads the same.
         drop(ex);
         let ex = Executor::open(m, dir.path(), target, external(), None).unwrap();
-        let terms: Vec<u64> = ex
-            .entries()
-            .iter()
-            .map(|e| e.fence.as_ref().unwrap().term)
-            .collect();
-        assert_eq!(terms, vec![2, 2]);
+        assert_eq!(terms(&ex), vec![2, 2]);
         assert!(ex.entries().iter().all(|e| e.runs == 1));
     }
 

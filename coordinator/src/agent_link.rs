@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use baton_net::identity::{PeerIdentity, echo};
+use baton_net::slots::{Full, PeerSlots};
 use baton_net::throttle::Throttle;
 
 use crate::error::LinkError;
@@ -54,72 +55,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const STRANGERS_PER_PEER: usize = 16;
 /// How many streams in all may be waiting for their Hello at once.
 const STRANGERS: usize = 256;
-
-/// The streams still in their handshake (Hello, first Report), by peer
-/// address and in all: a peer that opens streams and never speaks holds
-/// at most [`STRANGERS_PER_PEER`] slots, each for [`HANDSHAKE_TIMEOUT`].
-#[derive(Debug, Default)]
-struct Strangers {
-    waiting: Mutex<(HashMap<Option<IpAddr>, usize>, usize)>,
-    /// The total, exported as `baton_agent_streams_in_handshake`.
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-/// One stream's place among the [`Strangers`], given back on drop.
-struct StrangerSlot {
-    strangers: Arc<Strangers>,
-    peer: Option<IpAddr>,
-}
-
-impl Strangers {
-    fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Result<StrangerSlot, LinkError> {
-        let mut w = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let (by_peer, total) = &mut *w;
-        let mine = by_peer.get(&peer).copied().unwrap_or(0);
-        let (waiting, cap) = if mine >= STRANGERS_PER_PEER {
-            (mine, STRANGERS_PER_PEER)
-        } else if *total >= STRANGERS {
-            (*total, STRANGERS)
-        } else {
-            by_peer.insert(peer, mine + 1);
-            *total += 1;
-            self.gauge.set(*total as i64);
-            return Ok(StrangerSlot {
-                strangers: self.clone(),
-                peer,
-            });
-        };
-        Err(LinkError::TooManyStrangers {
-            peer: if cap == STRANGERS {
-                "all peers".to_owned()
-            } else {
-                peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string())
-            },
-            waiting,
-            cap,
-            deadline_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
-        })
-    }
-}
-
-impl Drop for StrangerSlot {
-    fn drop(&mut self) {
-        let mut w = self
-            .strangers
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let (by_peer, total) = &mut *w;
-        *total = total.saturating_sub(1);
-        self.strangers.gauge.set(*total as i64);
-        if let Some(n) = by_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                by_peer.remove(&self.peer);
-            }
-        }
-    }
-}
 
 type SessionTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
@@ -169,8 +104,10 @@ pub struct AgentLinkService {
     /// backed by the client certificate: it may claim only the member (of
     /// this cluster) the certificate names.
     require_identity: bool,
-    /// The streams that have not finished their handshake yet.
-    strangers: Arc<Strangers>,
+    /// The streams that have not finished their handshake yet, capped at
+    /// [`STRANGERS_PER_PEER`] per peer address and [`STRANGERS`] in all,
+    /// each held for at most [`HANDSHAKE_TIMEOUT`].
+    strangers: Arc<PeerSlots>,
     /// Refusals of too many strangers, logged once per peer per minute.
     crowded: Arc<Throttle<Option<IpAddr>>>,
     /// Where refusals are counted, when the coordinator exports metrics.
@@ -193,7 +130,7 @@ impl AgentLinkService {
             shutdown,
             grants,
             require_identity: false,
-            strangers: Arc::default(),
+            strangers: Arc::new(PeerSlots::new(STRANGERS_PER_PEER, STRANGERS)),
             crowded: Arc::new(Throttle::new(Duration::from_secs(60))),
             metrics: None,
         }
@@ -208,10 +145,12 @@ impl AgentLinkService {
 
     /// Counts handshakes and refusals in `metrics`.
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.strangers = Arc::new(Strangers {
-            gauge: metrics.handshakes(),
-            ..Strangers::default()
-        });
+        let gauge = metrics.handshakes();
+        self.strangers = Arc::new(PeerSlots::new(STRANGERS_PER_PEER, STRANGERS).on_change(
+            move |n| {
+                gauge.set(i64::try_from(n).unwrap_or(i64::MAX));
+            },
+        ));
         self.metrics = Some(metrics);
         self
     }
@@ -275,6 +214,24 @@ impl AgentLink for AgentLinkService {
 
     fn reports(&self) -> Arc<tokio::sync::Notify> {
         self.reports.clone()
+    }
+}
+
+/// The refusal of a stream when the handshake slots are full.
+fn crowded(peer: Option<IpAddr>, full: Full) -> LinkError {
+    let (peer, waiting, cap) = match full {
+        Full::Peer { taken, cap } => (
+            peer.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string()),
+            taken,
+            cap,
+        ),
+        Full::All { taken, cap } => ("all peers".to_owned(), taken, cap),
+    };
+    LinkError::TooManyStrangers {
+        peer,
+        waiting,
+        cap,
+        deadline_ms: HANDSHAKE_TIMEOUT.as_millis() as u64,
     }
 }
 
@@ -414,7 +371,11 @@ impl AgentLinkRpc for AgentLinkService {
         let remote = request.remote_addr();
         let from = remote.map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
         let ip = remote.map(|a| a.ip());
-        let slot = self.strangers.admit(ip).inspect_err(|e| {
+        let slot = self
+            .strangers
+            .admit(ip)
+            .map_err(|full| crowded(ip, full))
+            .inspect_err(|e| {
             self.refused(e);
             if let Some(suppressed) = self.crowded.allow(&ip, Instant::now()) {
                 tracing::warn!(peer = %from, error = %e, suppressed, "refused agent stream (logged once a minute per peer; suppressed counts the refusals since)");
@@ -461,44 +422,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strangers_are_capped_per_peer_and_in_all_and_slots_come_back() {
-        let s = Arc::new(Strangers::default());
-        let a: Option<IpAddr> = Some([127, 0, 0, 2].into());
-        let mut held: Vec<StrangerSlot> = (0..STRANGERS_PER_PEER)
-            .map(|_| s.admit(a).unwrap())
-            .collect();
-        let err = s.admit(a).err().unwrap();
+    fn a_full_handshake_cap_is_refused_naming_the_peer_or_everyone() {
+        let ip = Some(IpAddr::from([127, 0, 0, 2]));
+        let e = crowded(ip, Full::Peer { taken: 16, cap: 16 });
         assert!(
-            matches!(
-                err,
-                LinkError::TooManyStrangers {
-                    cap: STRANGERS_PER_PEER,
-                    ..
-                }
-            ),
-            "{err}"
+            e.to_string().contains("16 streams from 127.0.0.2")
+                && e.to_string().contains("at most 16"),
+            "{e}"
         );
-        assert!(err.to_string().contains("127.0.0.2"), "{err}");
-        held.pop();
-        held.push(s.admit(a).expect("a slot given back is free again"));
-        // Others fill up to the total, one peer at a time.
-        let mut n = STRANGERS_PER_PEER;
-        let mut ip = 3u8;
-        while n < STRANGERS {
-            held.push(s.admit(Some([127, 0, 0, ip].into())).unwrap());
-            n += 1;
-            if n.is_multiple_of(STRANGERS_PER_PEER) {
-                ip += 1;
-            }
-        }
-        let err = s.admit(Some([127, 0, 1, 1].into())).err().unwrap();
-        assert!(
-            matches!(err, LinkError::TooManyStrangers { cap: STRANGERS, .. }),
-            "{err}"
+        let e = crowded(
+            ip,
+            Full::All {
+                taken: 256,
+                cap: 256,
+            },
         );
-        assert_eq!(Status::from(err).code(), tonic::Code::ResourceExhausted);
-        drop(held);
-        let w = s.waiting.lock().unwrap();
-        assert_eq!((w.0.len(), w.1), (0, 0), "nothing is left behind");
+        assert!(e.to_string().contains("from all peers"), "{e}");
+        assert_eq!(Status::from(e).code(), tonic::Code::ResourceExhausted);
     }
 }

@@ -12,6 +12,8 @@
 //!   the cutting of echoed wire values to a bounded length.
 //! - [`addr`]: which addresses may be spoken to in plaintext (loopback
 //!   only).
+//! - [`slots`]: places for connections or streams, capped per peer and in
+//!   all.
 //! - [`throttle`]: once per key per period, for logs a peer could flood.
 //! - [`serve`]: the bounded HTTP server for plain-HTTP ports (probes,
 //!   metrics): header deadline, connection lifetime, per-peer caps.
@@ -26,6 +28,7 @@ pub mod http;
 pub mod identity;
 pub mod serve;
 pub mod server_tls;
+pub mod slots;
 pub mod throttle;
 pub mod tls;
 pub mod why;

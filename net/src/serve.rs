@@ -5,15 +5,14 @@
 //! Owns the accept loop and its limits: a client has [`HEADER_TIMEOUT`] to
 //! send a request's headers, a connection lives at most
 //! [`CONNECTION_LIFETIME`], and at most [`PER_PEER`] connections per peer
-//! address (and [`TOTAL`] in all) are open at once; one more is closed at
-//! once, logged once a minute per peer. So a slowloris from one host cannot
+//! address (and [`TOTAL`] in all, [`crate::slots`]) are open at once; one more is
+//! closed at once, logged once a minute per peer. So a slowloris from one host cannot
 //! starve the kubelet's or systemd's probes from another, nor the process
 //! of file descriptors. What is served is the caller's (any tower service).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -23,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::slots::PeerSlots;
 use crate::throttle::Throttle;
 
 /// How long a client may take to send one request's headers.
@@ -33,45 +33,6 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 pub const PER_PEER: usize = 32;
 /// How many connections may be open in all.
 pub const TOTAL: usize = 256;
-
-#[derive(Debug, Default)]
-struct Open {
-    by_peer: HashMap<IpAddr, usize>,
-    total: usize,
-}
-
-/// One connection's place among the open ones, given back on drop.
-struct Slot {
-    open: Arc<Mutex<Open>>,
-    peer: IpAddr,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        o.total = o.total.saturating_sub(1);
-        if let Some(n) = o.by_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                o.by_peer.remove(&self.peer);
-            }
-        }
-    }
-}
-
-fn admit(open: &Arc<Mutex<Open>>, peer: IpAddr) -> Option<Slot> {
-    let mut o = open.lock().unwrap_or_else(|p| p.into_inner());
-    let mine = o.by_peer.get(&peer).copied().unwrap_or(0);
-    if mine >= PER_PEER || o.total >= TOTAL {
-        return None;
-    }
-    o.by_peer.insert(peer, mine + 1);
-    o.total += 1;
-    Some(Slot {
-        open: open.clone(),
-        peer,
-    })
-}
 
 /// Serves `service` on `listener` until `shutdown`; `what` names the port
 /// in log lines ("probe port", "metrics").
@@ -94,7 +55,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let open = Arc::new(Mutex::new(Open::default()));
+    let open = Arc::new(PeerSlots::new(PER_PEER, TOTAL));
     let crowded: Throttle<IpAddr> = Throttle::new(Duration::from_secs(60));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -108,7 +69,7 @@ where
                 }
             },
         };
-        let Some(slot) = admit(&open, peer.ip()) else {
+        let Ok(slot) = open.admit(Some(peer.ip())) else {
             if let Some(suppressed) = crowded.allow(&peer.ip(), tokio::time::Instant::now()) {
                 tracing::warn!(what, peer = %peer, per_peer = PER_PEER, total = TOTAL, suppressed, "too many open connections; closed a new one (logged once a minute per peer)");
             }
@@ -132,34 +93,5 @@ where
                 () = stop.cancelled() => {}
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_are_capped_per_peer_and_in_all() {
-        let open = Arc::new(Mutex::new(Open::default()));
-        let a: IpAddr = [127, 0, 0, 2].into();
-        let mut held: Vec<Slot> = (0..PER_PEER).map(|_| admit(&open, a).unwrap()).collect();
-        assert!(admit(&open, a).is_none(), "one more from the same peer");
-        assert!(
-            admit(&open, [127, 0, 0, 3].into()).is_some(),
-            "another peer"
-        );
-        held.pop();
-        assert!(admit(&open, a).is_some(), "a slot given back is free");
-        let mut ip = 10u8;
-        while open.lock().unwrap().total < TOTAL {
-            if let Some(s) = admit(&open, [127, 0, 1, ip].into()) {
-                held.push(s);
-            } else {
-                ip += 1;
-            }
-        }
-        assert!(admit(&open, [127, 0, 9, 9].into()).is_none(), "the total");
-        drop(held);
     }
 }

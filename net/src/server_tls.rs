@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::throttle::Throttle;
-use crate::tls::TlsFileError;
+use crate::tls::{TlsFileError, read};
 use crate::why::{Side, explain, rustls_error};
 
 /// How long a client may take over its TLS handshake.
@@ -64,25 +64,6 @@ pub enum ServerTlsError {
         key: PathBuf,
         source: rustls::Error,
     },
-}
-
-impl ServerTlsError {
-    /// The file at fault, when one is.
-    pub fn path(&self) -> Option<&Path> {
-        match self {
-            ServerTlsError::File(e) => Some(&e.path),
-            ServerTlsError::Pem { path, .. } => Some(path),
-            ServerTlsError::Rustls { .. } => None,
-        }
-    }
-}
-
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
-    std::fs::read(path).map_err(|source| TlsFileError {
-        what,
-        path: path.to_owned(),
-        source,
-    })
 }
 
 fn pem_error(
@@ -178,8 +159,6 @@ pub struct ServerTls {
     files: ServerTlsFiles,
     current: Arc<RwLock<Arc<rustls::ServerConfig>>>,
     stamps: Arc<Mutex<Stamps>>,
-    /// How many times a reload replaced the config.
-    reloads: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ServerTls {
@@ -191,7 +170,6 @@ impl ServerTls {
             files,
             current: Arc::new(RwLock::new(Arc::new(config))),
             stamps: Arc::new(Mutex::new(before)),
-            reloads: Arc::default(),
         })
     }
 
@@ -203,11 +181,6 @@ impl ServerTls {
             .clone()
     }
 
-    /// How many reloads have replaced the config since start.
-    pub fn reloads(&self) -> u64 {
-        self.reloads.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Reads the files again and, when they make a good config, uses it
     /// for every new handshake. On an error the config in use stays.
     pub fn reload(&self) -> Result<(), ServerTlsError> {
@@ -215,8 +188,6 @@ impl ServerTls {
         let config = build(&self.files)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = before;
-        self.reloads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -322,16 +293,20 @@ async fn handshake(
     refused: &Throttle<(IpAddr, String)>,
     tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
 ) {
-    let plaintext = looks_like_plaintext(&tcp).await;
-    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => {
+    // One deadline for the whole handshake, the peek included.
+    let attempt = async {
+        let plaintext = looks_like_plaintext(&tcp).await;
+        (plaintext, acceptor.accept(tcp).await)
+    };
+    let why = match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+        Ok((_, Ok(tls))) => {
             let _ = tx.send(Ok(tls)).await;
             return;
         }
-        Ok(Err(_)) if plaintext => {
+        Ok((true, Err(_))) => {
             "the client spoke plaintext to this TLS port; it must use https:// with the CA that signs this server's certificate".to_owned()
         }
-        Ok(Err(e)) => failure_text(&e),
+        Ok((false, Err(e))) => failure_text(&e),
         Err(_) => format!(
             "the client did not finish its TLS handshake within {} s",
             HANDSHAKE_TIMEOUT.as_secs()
@@ -354,8 +329,8 @@ fn failure_text(e: &io::Error) -> String {
 /// plaintext HTTP (an `http://` client on this TLS port). Peeks only.
 async fn looks_like_plaintext(tcp: &TcpStream) -> bool {
     let mut first = [0u8; 4];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => first[0] != 0x16 && first[..n].iter().all(u8::is_ascii),
+    match tcp.peek(&mut first).await {
+        Ok(n) if n > 0 => first[0] != 0x16 && first[..n].iter().all(u8::is_ascii),
         _ => false,
     }
 }

@@ -238,7 +238,8 @@ pub struct ClientTlsFiles {
     pub identity: Option<(PathBuf, PathBuf)>,
 }
 
-fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
+/// The bytes of TLS file `path` (`what` names it in the error).
+pub(crate) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     std::fs::read(path).map_err(|source| TlsFileError {
         what,
         path: path.to_owned(),

@@ -29,6 +29,7 @@ pub mod replicas;
 pub mod s3;
 pub mod sqlapp;
 pub mod stall;
+pub mod wire;
 use baton_domain::FleetStatus;
 use baton_proto::samplekv::{StatusRequest, StatusResponse, kv_client::KvClient};
 use nix::sys::signal::{Signal, kill};

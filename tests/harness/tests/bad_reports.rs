@@ -6,46 +6,13 @@ use std::time::Duration;
 use anyhow::Result;
 use baton_domain::FleetStatus;
 use baton_harness::LoneCoordinator;
+use baton_harness::wire::{hello, report};
 use baton_proto::v1::{
     self, AgentMessage, agent_link_client::AgentLinkClient, agent_message,
     operator_client::OperatorClient,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-
-fn hello(member: &str) -> AgentMessage {
-    AgentMessage {
-        body: Some(agent_message::Body::Hello(v1::Hello {
-            member_id: member.into(),
-            cluster_id: "e2e".into(),
-            agent_version: "test".into(),
-            adapter_kind: "test".into(),
-            version_rule: None,
-            stage_checks: Vec::new(),
-        })),
-    }
-}
-
-fn report(member: &str, role: i32, applied: u64) -> AgentMessage {
-    AgentMessage {
-        body: Some(agent_message::Body::Report(v1::Report {
-            member_id: member.into(),
-            role,
-            leader_id: "n1".into(),
-            committed_revision: 50,
-            applied_revision: applied,
-            release_version: "v1".into(),
-            format_version: 1,
-            health: v1::Health::Healthy as i32,
-            health_detail: String::new(),
-            resources: None,
-            timestamp_unix_ms: 1,
-            term: 4,
-            cluster_version: String::new(),
-            process: None,
-        })),
-    }
-}
 
 /// Opens a stream, sends `msgs`, and returns the coordinator's verdict on the
 /// stream: the status that ended it, or Ok with the open stream's sender.

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use baton_harness::wire::hello;
 use baton_harness::{LoneCoordinator, agent_get, bin, free_port, init};
 use baton_proto::v1::{
     self, AgentMessage, agent_link_client::AgentLinkClient, agent_message,
@@ -26,38 +27,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-fn hello(member: &str) -> AgentMessage {
-    AgentMessage {
-        body: Some(agent_message::Body::Hello(v1::Hello {
-            member_id: member.into(),
-            cluster_id: "e2e".into(),
-            agent_version: "test".into(),
-            adapter_kind: "test".into(),
-            version_rule: None,
-            stage_checks: Vec::new(),
-        })),
-    }
-}
-
+/// A follower's Report from `member` (applied 50 of 50).
 fn report(member: &str) -> AgentMessage {
-    AgentMessage {
-        body: Some(agent_message::Body::Report(v1::Report {
-            member_id: member.into(),
-            role: v1::Role::Follower as i32,
-            leader_id: "n1".into(),
-            committed_revision: 50,
-            applied_revision: 50,
-            release_version: "v1".into(),
-            format_version: 1,
-            health: v1::Health::Healthy as i32,
-            health_detail: String::new(),
-            resources: None,
-            timestamp_unix_ms: 1,
-            term: 4,
-            cluster_version: String::new(),
-            process: None,
-        })),
-    }
+    baton_harness::wire::report(member, v1::Role::Follower as i32, 50)
 }
 
 /// A coordinator for n1, n2 and n3 that exports /metrics.

@@ -86,6 +86,28 @@ impl Pki {
     }
 }
 
+/// A gRPC channel to `url` that trusts `pki`'s CA and presents the
+/// certificate `<identity>.crt` (none when `identity` is None).
+async fn tls_channel(
+    url: &str,
+    pki: &Pki,
+    identity: Option<&str>,
+) -> Result<tonic::transport::Channel> {
+    let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(fs::read(pki.path("ca.crt"))?),
+    );
+    if let Some(name) = identity {
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            fs::read(pki.path(&format!("{name}.crt")))?,
+            fs::read(pki.path(&format!("{name}.key")))?,
+        ));
+    }
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .tls_config(tls)?
+        .connect()
+        .await?)
+}
+
 /// `baton --output json <args>` with `cert`'s certificate and key.
 fn baton_as(url: &str, pki: &Pki, cert: &str, args: &[&str]) -> std::process::Output {
     Command::new(bin("baton"))
@@ -291,18 +313,7 @@ async fn replicas_authenticate_each_other_and_a_stranger_gets_nothing() -> Resul
     );
     // A member's certificate from the same CA: the handshake holds, and
     // the replica refuses the peer call itself, and logs it.
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(fs::read(
-            pki.path("ca.crt"),
-        )?))
-        .identity(tonic::transport::Identity::from_pem(
-            fs::read(pki.path("n1.crt"))?,
-            fs::read(pki.path("n1.key"))?,
-        ));
-    let ch = tonic::transport::Endpoint::from_shared(url(0))?
-        .tls_config(tls)?
-        .connect()
-        .await?;
+    let ch = tls_channel(&url(0), &pki, Some("n1")).await?;
     let refused = baton_proto::v1::replica_client::ReplicaClient::new(ch)
         .call(baton_proto::v1::PeerRequest {
             call: baton_proto::v1::PeerCall::Vote as i32,
@@ -526,15 +537,16 @@ fn a_missing_tls_file_exits_64_naming_its_key() -> Result<()> {
     Ok(())
 }
 
-/// Starts a mutual-TLS coordinator for n1 whose certificates are `pki`'s;
-/// its URL and log.
-async fn tls_coordinator(pki: &Pki, members: &str) -> Result<(Proc, String, std::path::PathBuf)> {
+/// Starts a mutual-TLS coordinator for n1 whose certificates are `pki`'s,
+/// with `tables` (`[operators]`, `[tokens]`) after its `[tls]`; its URL
+/// and log.
+async fn tls_coordinator(pki: &Pki, tables: &str) -> Result<(Proc, String, std::path::PathBuf)> {
     let port = free_port();
     let config = pki.dir.path().join("coordinator.toml");
     fs::write(
         &config,
         format!(
-            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = {members}\n[operators]\nalice = \"admin\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n{tables}",
             pki.path("coordinator.crt"),
             pki.path("coordinator.key"),
             pki.path("ca.crt")
@@ -589,7 +601,8 @@ async fn tls_failures_say_why() -> Result<()> {
     ])?;
     pki.issue("old", &["spiffe://e2e/operator/alice".to_owned()], true)?;
     let other = Pki::with(&[("alice", vec!["spiffe://e2e/operator/alice".to_owned()])])?;
-    let (mut coordinator, url, log) = tls_coordinator(&pki, "[\"n1\"]").await?;
+    let (mut coordinator, url, log) =
+        tls_coordinator(&pki, "[operators]\nalice = \"admin\"\n").await?;
     let (ca, alice) = (
         pki.path("ca.crt"),
         (pki.path("alice.crt"), pki.path("alice.key")),
@@ -911,32 +924,15 @@ async fn a_bearer_token_acts_with_its_role_and_a_certless_agent_is_still_refused
             .collect()
     };
     let (bot, ci) = ("bot-9f2c41d7a8", "ci-61aa03e5b2");
-    let port = free_port();
-    let config = pki.dir.path().join("coordinator.toml");
-    fs::write(
-        &config,
-        format!(
-            "cluster_id = \"e2e\"\nlisten = \"127.0.0.1:{port}\"\nheartbeat_ms = 200\nmembers = [\"n1\"]\n[operators]\nalice = \"admin\"\n[tokens]\nbot = {{ sha256 = \"{}\", role = \"viewer\" }}\nci = {{ sha256 = \"{}\", role = \"operator\" }}\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+    let (mut coordinator, url, log) = tls_coordinator(
+        &pki,
+        &format!(
+            "[operators]\nalice = \"admin\"\n[tokens]\nbot = {{ sha256 = \"{}\", role = \"viewer\" }}\nci = {{ sha256 = \"{}\", role = \"operator\" }}\n",
             hash(bot),
-            hash(ci),
-            pki.path("coordinator.crt"),
-            pki.path("coordinator.key"),
-            pki.path("ca.crt")
+            hash(ci)
         ),
-    )?;
-    let log = pki.dir.path().join("coordinator.log");
-    let mut cmd = Command::new(bin("baton-coordinator"));
-    cmd.arg("--config").arg(&config);
-    let mut coordinator = Proc::spawn("coordinator", &mut cmd, &log)?;
-    let url = format!("https://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    )
+    .await?;
     let token_file = |name: &str, token: &str| -> Result<String> {
         let p = pki.dir.path().join(format!("{name}.token"));
         fs::write(&p, format!("{token}\n"))?;
@@ -984,26 +980,9 @@ async fn a_bearer_token_acts_with_its_role_and_a_certless_agent_is_still_refused
 
     // An agent without a certificate now completes the handshake, and its
     // Hello is refused.
-    let tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
-        tonic::transport::Certificate::from_pem(fs::read(pki.path("ca.crt"))?),
-    );
-    let ch = tonic::transport::Endpoint::from_shared(url.clone())?
-        .tls_config(tls)?
-        .connect()
-        .await?;
+    let ch = tls_channel(&url, &pki, None).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(baton_proto::v1::AgentMessage {
-        body: Some(baton_proto::v1::agent_message::Body::Hello(
-            baton_proto::v1::Hello {
-                member_id: "n1".into(),
-                cluster_id: "e2e".into(),
-                agent_version: "test".into(),
-                adapter_kind: "samplekv".into(),
-                ..Default::default()
-            },
-        )),
-    })
-    .await?;
+    tx.send(baton_harness::wire::hello("n1")).await?;
     let refused = baton_proto::v1::agent_link_client::AgentLinkClient::new(ch)
         .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await

@@ -436,13 +436,7 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
         .await;
     let refused = match channel {
         Err(_) => true,
-        Ok(ch) => baton_proto::v1::replica_client::ReplicaClient::new(ch)
-            .call(baton_proto::v1::PeerRequest {
-                call: baton_proto::v1::PeerCall::Vote as i32,
-                target: 1,
-                cluster: "test".into(),
-                data: b"{}".to_vec(),
-            })
+        Ok(ch) => vote_to_replica_1(ch)
             .await
             .is_err_and(|s| s.code() != tonic::Code::InvalidArgument),
     };
@@ -465,15 +459,7 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
             .connect()
             .await
             .unwrap();
-        let status = baton_proto::v1::replica_client::ReplicaClient::new(ch)
-            .call(baton_proto::v1::PeerRequest {
-                call: baton_proto::v1::PeerCall::Vote as i32,
-                target: 1,
-                cluster: "test".into(),
-                data: b"{}".to_vec(),
-            })
-            .await
-            .unwrap_err();
+        let status = vote_to_replica_1(ch).await.unwrap_err();
         assert_eq!(
             status.code(),
             tonic::Code::PermissionDenied,
@@ -492,6 +478,20 @@ async fn replicas_over_mtls_agree_and_a_peer_from_another_ca_is_refused() {
     for r in rs {
         r.journal.shutdown().await;
     }
+}
+
+/// A (malformed) vote request to replica 1 of cluster "test" on `ch`.
+async fn vote_to_replica_1(
+    ch: tonic::transport::Channel,
+) -> Result<tonic::Response<baton_proto::v1::PeerReply>, tonic::Status> {
+    baton_proto::v1::replica_client::ReplicaClient::new(ch)
+        .call(baton_proto::v1::PeerRequest {
+            call: baton_proto::v1::PeerCall::Vote as i32,
+            target: 1,
+            cluster: "test".into(),
+            data: b"{}".to_vec(),
+        })
+        .await
 }
 
 /// A rewrite of the log (after a purge) swaps the open file under the lock
