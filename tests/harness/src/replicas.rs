@@ -260,7 +260,7 @@ impl Replicas {
             anyhow::ensure!(
                 tokio::time::Instant::now() < deadline,
                 "the journal never showed {what} within {within:?}: {j:#?}\n{}",
-                self.log_tails(20)
+                self.log_tails(40)
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -276,9 +276,14 @@ impl Replicas {
             .map(|path| {
                 let text =
                     crate::without_colours(&std::fs::read_to_string(&path).unwrap_or_default());
-                let lines: Vec<&str> = text.lines().collect();
+                // A leader cut off from a peer logs a failed heartbeat
+                // every 50 ms; those would push everything else out.
+                let lines: Vec<&str> = text
+                    .lines()
+                    .filter(|l| !l.contains("failed to send a heartbeat"))
+                    .collect();
                 format!(
-                    "----- {} (last {n} lines)\n{}",
+                    "----- {} (last {n} lines, failed heartbeats left out)\n{}",
                     path.display(),
                     lines[lines.len().saturating_sub(n)..].join("\n")
                 )
